@@ -1,0 +1,70 @@
+/**
+ * A publisher that only reports success when RabbitMQ has taken the message:
+ * publisher confirms, `mandatory` so an unroutable message (a wait queue or the
+ * DLQ deleted by hand) is an error instead of a silent drop, and a timeout so a
+ * blocked connection (memory alarm) never pins a delivery forever.
+ */
+import type { Connection, Envelope, Publisher, ReturnedMessage } from "rabbitmq-client";
+import { publishQueueDeclarations, type Topology } from "./topology.ts";
+
+const PUBLISH_ID = "sync-publish-id";
+
+/** Publishes to a queue through the default exchange, with confirms. */
+export interface ConfirmingPublisher {
+  /** Resolves once the broker confirmed the message into `queue`. */
+  toQueue(queue: string, envelope: Envelope, body: Uint8Array | string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Creates the publisher on its own connection (DESIGN.md §4: memory alarms
+ * block publishers, not consumers). Re-declares the wait queues and the DLQ on
+ * every reconnect.
+ */
+export function createConfirmingPublisher(
+  connection: Connection,
+  topology: Topology,
+  timeoutMs = 10_000,
+): ConfirmingPublisher {
+  const returned = new Set<string>();
+  const publisher: Publisher = connection.createPublisher({
+    confirm: true,
+    maxAttempts: 3,
+    queues: publishQueueDeclarations(topology),
+  });
+  // RabbitMQ sends basic.return before the confirm, so by the time send()
+  // resolves we already know whether the message was unroutable.
+  publisher.on("basic.return", (msg: ReturnedMessage) => {
+    const id = msg.headers?.[PUBLISH_ID];
+    if (typeof id === "string") returned.add(id);
+  });
+  let counter = 0;
+  return {
+    async toQueue(queue, envelope, body) {
+      const id = `${Date.now().toString(36)}-${(counter++).toString(36)}`;
+      const send = publisher.send({
+        ...envelope,
+        exchange: "",
+        routingKey: queue,
+        mandatory: true,
+        headers: { ...envelope.headers, [PUBLISH_ID]: id },
+      }, body);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`publish to ${queue} not confirmed within ${timeoutMs} ms`)),
+          timeoutMs,
+        );
+      });
+      try {
+        await Promise.race([send, timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+      if (returned.delete(id)) {
+        throw new Error(`queue "${queue}" does not exist; message returned unroutable`);
+      }
+    },
+    close: () => publisher.close(),
+  };
+}

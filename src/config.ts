@@ -1,0 +1,219 @@
+/**
+ * Service configuration, read once from the environment and validated with zod.
+ *
+ * Every variable has a loopback default so `deno task start` runs with no
+ * configuration at all. A bad value stops start-up with one error that lists
+ * every problem by variable name; secret values are never echoed back.
+ */
+import { z } from "zod";
+
+/** Channels the service knows how to sync. */
+export const KNOWN_CHANNELS = ["shopify", "mercadolibre"] as const;
+/** A marketplace channel name. */
+export type ChannelName = typeof KNOWN_CHANNELS[number];
+
+/** Variables whose values must never appear in logs or error messages. */
+export const SECRET_VARIABLES: ReadonlySet<string> = new Set([
+  "ADMIN_TOKEN",
+  "SHOPIFY_TOKEN",
+  "MELI_TOKEN",
+  "MELI_CLIENT_SECRET",
+  "MELI_REFRESH_TOKEN",
+]);
+
+/** Variables that may carry credentials inside a URL. */
+const URL_VARIABLES = new Set([
+  "RABBITMQ_URL",
+  "DATABASE_URL",
+  "REDIS_URL",
+  "POS_DATABASE_URL",
+  "POS_REDIS_URL",
+]);
+
+const DURATION_RE = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/;
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Parses `250ms`, `4s`, `2m`, `1h` or a bare number of milliseconds. */
+export function parseDurationMs(text: string): number | undefined {
+  const m = DURATION_RE.exec(text.trim());
+  if (!m) return undefined;
+  return Math.round(Number(m[1]) * UNIT_MS[m[2] ?? "ms"]);
+}
+
+const duration = (name: string) =>
+  z.string().transform((text, ctx) => {
+    const ms = parseDurationMs(text);
+    if (ms === undefined) {
+      ctx.addIssue({
+        code: "custom",
+        message: `${name} must be a duration like 500ms, 4s or 2m (got "${text}")`,
+      });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const int = (min: number, max: number) =>
+  z.string().trim().regex(/^-?\d+$/, "must be a whole number").transform(Number).pipe(
+    z.number().int().min(min).max(max),
+  );
+
+const url = (protocols: string[]) =>
+  z.string().trim().refine((value) => {
+    try {
+      return protocols.includes(new URL(value).protocol);
+    } catch {
+      return false;
+    }
+  }, `must be a URL starting with ${protocols.map((p) => p + "//").join(" or ")}`);
+
+const bool = z.string().trim().toLowerCase().pipe(
+  z.enum(["true", "false", "1", "0", "yes", "no"]),
+).transform((v) => v === "true" || v === "1" || v === "yes");
+
+const EnvSchema = z.object({
+  RABBITMQ_URL: url(["amqp:", "amqps:"]).default("amqp://guest:guest@127.0.0.1:5672"),
+  DATABASE_URL: url(["postgres:", "postgresql:"]).default(
+    "postgres://postgres@127.0.0.1:5432/postgres",
+  ),
+  REDIS_URL: url(["redis:", "rediss:"]).default("redis://127.0.0.1:6379"),
+  HTTP_HOST: z.string().trim().min(1).default("0.0.0.0"),
+  HTTP_PORT: int(0, 65535).default(8080),
+  ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
+
+  EXCHANGE: z.string().trim().min(1).max(255).default("blend_events"),
+  ROUTING_KEY: z.string().trim().min(1).max(255).default("sales.created"),
+  QUEUE: z.string().trim().min(1).max(200).default("marketplace-sync.sales.created"),
+  QUEUE_TYPE: z.enum(["classic", "quorum"]).default("classic"),
+  RETRY_DELAYS: z.string().default("1s,4s,9s").transform((text, ctx) => {
+    const parts = text.split(",").map((p) => p.trim()).filter(Boolean);
+    const delays = parts.map(parseDurationMs);
+    if (delays.some((d) => d === undefined || d < 1) || delays.length > 10) {
+      ctx.addIssue({
+        code: "custom",
+        message: `must be up to 10 comma-separated durations like 1s,4s,9s (got "${text}")`,
+      });
+      return z.NEVER;
+    }
+    return delays as number[];
+  }),
+  CONSUMER_CONCURRENCY: int(1, 5000).default(200),
+  PREFETCH: int(1, 65535).optional(),
+  CUSTODY_BATCH_SIZE: int(1, 5000).default(100),
+  CUSTODY_BATCH_WAIT: duration("CUSTODY_BATCH_WAIT").default(5),
+  MAX_EVENT_BYTES: int(256, 16 * 1024 * 1024).default(256 * 1024),
+  MAX_ITEMS_PER_EVENT: int(1, 10_000).default(1000),
+  MAX_ITEM_QUANTITY: int(1, 1_000_000_000).default(1_000_000),
+  SHUTDOWN_TIMEOUT: duration("SHUTDOWN_TIMEOUT").default(25_000),
+
+  LEDGER_SCHEMA: z.string().regex(
+    /^[a-z_][a-z0-9_]{0,62}$/,
+    "must be a lower-case SQL identifier",
+  ).default("marketplace_sync"),
+  DATABASE_POOL_SIZE: int(1, 100).default(10),
+
+  CHANNELS: z.string().default("shopify,mercadolibre").transform((text, ctx) => {
+    const names = text.split(",").map((c) => c.trim().toLowerCase()).filter(Boolean);
+    const unknown = names.filter((n) => !(KNOWN_CHANNELS as readonly string[]).includes(n));
+    if (unknown.length > 0) {
+      ctx.addIssue({
+        code: "custom",
+        message: `unknown channel(s) ${unknown.map((u) => `"${u}"`).join(", ")}; known: ${
+          KNOWN_CHANNELS.join(", ")
+        }`,
+      });
+      return z.NEVER;
+    }
+    return [...new Set(names)] as ChannelName[];
+  }),
+
+  SHOPIFY_URL: url(["https:", "http:"]).optional(),
+  SHOPIFY_TOKEN: z.string().min(1).optional(),
+  SHOPIFY_API_VERSION: z.string().regex(/^\d{4}-(01|04|07|10)$/, "must look like 2026-10")
+    .default("2026-10"),
+  SHOPIFY_LOCATION_ID: z.string().regex(
+    /^gid:\/\/shopify\/Location\/\d+$/,
+    "must be a Location gid like gid://shopify/Location/123",
+  ).optional(),
+  MELI_URL: url(["https:", "http:"]).default("https://api.mercadolibre.com"),
+  MELI_TOKEN: z.string().min(1).optional(),
+  MELI_CLIENT_ID: z.string().min(1).optional(),
+  MELI_CLIENT_SECRET: z.string().min(1).optional(),
+  MELI_REFRESH_TOKEN: z.string().min(1).optional(),
+  MELI_USER_ID: z.string().regex(/^\d+$/, "must be a numeric MercadoLibre user id").optional(),
+
+  LOG_LEVEL: z.enum(["trace", "debug", "info", "warning", "error", "fatal"]).default("info"),
+  LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),
+  METRICS_PREFIX: z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/).default("marketplace_sync_"),
+});
+
+/** The names of every variable the service reads. */
+export const CONFIG_VARIABLES: readonly string[] = Object.keys(EnvSchema.shape);
+
+/** Validated service configuration. */
+export type Config = z.infer<typeof EnvSchema> & { prefetch: number };
+
+/** Thrown when the environment holds invalid values; lists them all. */
+export class ConfigError extends Error {
+  constructor(readonly problems: { variable: string; message: string }[]) {
+    super(
+      `invalid configuration (${problems.length} problem${problems.length === 1 ? "" : "s"}):\n` +
+        problems.map((p) => `  - ${p.variable}: ${p.message}`).join("\n"),
+    );
+    this.name = "ConfigError";
+  }
+}
+
+/**
+ * Validates an environment map and returns the configuration.
+ * Empty strings count as unset, so `FOO=` in a compose file means "default".
+ * @throws ConfigError naming every invalid variable (never its secret value).
+ */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const input: Record<string, string> = {};
+  for (const name of CONFIG_VARIABLES) {
+    const value = env[name];
+    if (value !== undefined && value.trim() !== "") input[name] = value;
+  }
+  const result = EnvSchema.safeParse(input);
+  const problems: { variable: string; message: string }[] = [];
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const variable = String(issue.path[0] ?? "environment");
+      problems.push({ variable, message: describeIssue(variable, issue.message, input) });
+    }
+  }
+  // Cross-variable rules are checked on the raw input so they are reported
+  // together with the per-variable problems above.
+  const meliOAuth = ["MELI_CLIENT_ID", "MELI_CLIENT_SECRET", "MELI_REFRESH_TOKEN"];
+  const meliSet = meliOAuth.filter((name) => input[name] !== undefined);
+  if (meliSet.length > 0 && meliSet.length < meliOAuth.length) {
+    problems.push({
+      variable: meliOAuth.find((name) => input[name] === undefined)!,
+      message: "MELI_CLIENT_ID, MELI_CLIENT_SECRET and MELI_REFRESH_TOKEN must be set together",
+    });
+  }
+  if ((input.SHOPIFY_URL === undefined) !== (input.SHOPIFY_TOKEN === undefined)) {
+    problems.push({
+      variable: input.SHOPIFY_URL === undefined ? "SHOPIFY_URL" : "SHOPIFY_TOKEN",
+      message:
+        "SHOPIFY_URL and SHOPIFY_TOKEN must be set together (leave both unset for the sandbox)",
+    });
+  }
+  if (problems.length > 0 || !result.success) throw new ConfigError(problems);
+  const data = result.data;
+  return { ...data, prefetch: data.PREFETCH ?? data.CONSUMER_CONCURRENCY };
+}
+
+function describeIssue(variable: string, message: string, input: Record<string, string>) {
+  if (SECRET_VARIABLES.has(variable)) return `${message} (value hidden)`;
+  const raw = input[variable];
+  if (raw === undefined || message.includes("got")) return message;
+  const shown = URL_VARIABLES.has(variable) ? redactUrl(raw) : raw;
+  return `${message} (got "${shown.length > 80 ? shown.slice(0, 80) + "…" : shown}")`;
+}
+
+/** Replaces the password in a URL's userinfo with `***`, for logs and errors. */
+export function redactUrl(text: string): string {
+  return text.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:/@\s]*:)[^@\s]*@/gi, "$1***@");
+}

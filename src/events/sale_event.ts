@@ -1,0 +1,279 @@
+/**
+ * The `sales.created` event contract (DESIGN.md §3): decoding, validation,
+ * identity and the per-SKU stock items the ledger stores.
+ *
+ * Every way an event can be unusable maps to one machine-readable reason that
+ * travels to the DLQ in a header, with a message a person can act on.
+ */
+import { createHash } from "node:crypto";
+import { z } from "zod";
+
+/** Why an incoming message was refused. Stable: operators filter on these. */
+export type RejectReason =
+  | "too_large"
+  | "invalid_encoding"
+  | "invalid_json"
+  | "invalid_event";
+
+/** A refused message: the reason, a human message, and the offending field if any. */
+export interface Rejection {
+  reason: RejectReason;
+  message: string;
+  field?: string;
+}
+
+/** Where an event's identity came from (DESIGN.md §3, in order of preference). */
+export type IdentitySource = "message_id" | "event_id" | "venta_id" | "body_hash";
+
+/** One SKU's share of a sale: duplicate SKUs in the event are already summed. */
+export interface StockItem {
+  sku: string;
+  productoId: string | null;
+  quantity: number;
+}
+
+/** A validated sale, ready to be taken into custody. */
+export interface SaleEvent {
+  eventId: string;
+  identitySource: IdentitySource;
+  tiendaId: string;
+  items: StockItem[];
+  /** The parsed body as received (unknown fields kept). */
+  body: Record<string, unknown>;
+}
+
+/** Limits applied while decoding; see the MAX_* variables in config. */
+export interface EventLimits {
+  maxBytes: number;
+  maxItems: number;
+  maxQuantity: number;
+}
+
+/** What the broker hands over besides the body. */
+export interface DeliveryProperties {
+  messageId?: string;
+  contentEncoding?: string;
+}
+
+/** The result of {@link decodeSaleEvent}. */
+export type DecodeResult = { ok: true; event: SaleEvent } | { ok: false; rejection: Rejection };
+
+const MAX_DEPTH = 32;
+const ID_MAX = 200;
+
+const text = (max: number) => z.string().max(max, `must be at most ${max} characters`);
+const identifier = z.union([text(ID_MAX).trim().min(1, "must not be empty"), z.number().int()]);
+
+function itemSchema(limits: EventLimits) {
+  return z.looseObject({
+    producto_id: text(ID_MAX).trim().min(1, "must not be empty").nullish(),
+    producto_nombre: text(1000).nullish(),
+    producto_sku: z.string({
+      error: (issue) => issue.input === undefined ? "is required" : "must be a string",
+    }).max(255, "must be at most 255 characters").refine(
+      (sku) => sku.trim().length > 0,
+      "must not be empty",
+    ),
+    cantidad: z.number({
+      error: (issue) => issue.input === undefined ? "is required" : "must be a number",
+    }).int("must be a whole number (marketplace stock is integral)")
+      .positive("must be greater than 0")
+      .max(limits.maxQuantity, `must be at most ${limits.maxQuantity}`),
+    precio_unitario: z.number().finite().nullish(),
+    subtotal: z.number().finite().nullish(),
+  });
+}
+
+function eventSchema(limits: EventLimits) {
+  return z.looseObject({
+    event_id: identifier.nullish(),
+    venta_id: identifier.nullish(),
+    tienda_id: z.string({
+      error: (issue) => issue.input === undefined ? "is required" : "must be a string",
+    }).trim().min(1, "must not be empty").max(ID_MAX, `must be at most ${ID_MAX} characters`),
+    total: z.number().finite().nullish(),
+    metodo_pago: text(100).nullish(),
+    timestamp: z.iso.datetime({ offset: true, local: true, error: "must be an ISO 8601 date-time" })
+      .nullish(),
+    items: z.array(itemSchema(limits), {
+      error: (issue) => issue.input === undefined ? "is required" : "must be an array",
+    })
+      .min(1, "must hold at least one item")
+      .max(limits.maxItems, `must hold at most ${limits.maxItems} items`),
+  });
+}
+
+type EventSchema = ReturnType<typeof eventSchema>;
+const schemaCache = new Map<string, EventSchema>();
+
+function schemaFor(limits: EventLimits): EventSchema {
+  const key = `${limits.maxItems}/${limits.maxQuantity}`;
+  let schema = schemaCache.get(key);
+  if (!schema) schemaCache.set(key, schema = eventSchema(limits));
+  return schema;
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Turns a raw AMQP body into a {@link SaleEvent}, or says precisely why not.
+ * Never throws.
+ */
+export function decodeSaleEvent(
+  raw: Uint8Array,
+  properties: DeliveryProperties,
+  limits: EventLimits,
+): DecodeResult {
+  const reject = (reason: RejectReason, message: string, field?: string): DecodeResult => ({
+    ok: false,
+    rejection: { reason, message, ...(field ? { field } : {}) },
+  });
+  if (raw.byteLength > limits.maxBytes) {
+    return reject("too_large", `body is ${raw.byteLength} bytes; the limit is ${limits.maxBytes}`);
+  }
+  const encoding = properties.contentEncoding?.toLowerCase();
+  if (encoding && !["identity", "utf-8", "utf8"].includes(encoding)) {
+    return reject("invalid_encoding", `content_encoding "${encoding}" is not supported; send plain UTF-8 JSON`);
+  }
+  let textBody: string;
+  try {
+    textBody = utf8.decode(raw);
+  } catch {
+    return reject("invalid_encoding", "body is not valid UTF-8");
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(textBody);
+  } catch (error) {
+    return reject("invalid_json", `body is not JSON: ${(error as Error).message}`);
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+    const kind = parsed === null ? "null" : Array.isArray(parsed) ? "an array" : typeof parsed;
+    return reject("invalid_event", `body must be a JSON object, got ${kind}`);
+  }
+  const unsafe = findUnstorableValue(parsed, "", 0);
+  if (unsafe) return reject("invalid_event", unsafe.message, unsafe.field);
+
+  const result = schemaFor(limits).safeParse(parsed);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const field = formatPath(issue.path);
+    const more = result.error.issues.length > 1 ? ` (+${result.error.issues.length - 1} more)` : "";
+    return reject("invalid_event", `${field || "body"} ${issue.message}${more}`, field || undefined);
+  }
+  const data = result.data;
+  const items = new Map<string, StockItem>();
+  for (const [index, item] of data.items.entries()) {
+    const productoId = item.producto_id ?? null;
+    const existing = items.get(item.producto_sku);
+    if (!existing) {
+      items.set(item.producto_sku, { sku: item.producto_sku, productoId, quantity: item.cantidad });
+      continue;
+    }
+    if (productoId !== null && existing.productoId !== null && existing.productoId !== productoId) {
+      return reject(
+        "invalid_event",
+        `items[${index}] repeats SKU "${item.producto_sku}" with a different producto_id`,
+        `items[${index}].producto_id`,
+      );
+    }
+    existing.productoId ??= productoId;
+    existing.quantity += item.cantidad;
+    if (existing.quantity > limits.maxQuantity) {
+      return reject(
+        "invalid_event",
+        `SKU "${item.producto_sku}" sums to ${existing.quantity}; the limit is ${limits.maxQuantity}`,
+        `items[${index}].cantidad`,
+      );
+    }
+  }
+  const identity = eventIdentity(properties.messageId, data as Record<string, unknown>);
+  return {
+    ok: true,
+    event: {
+      eventId: identity.eventId,
+      identitySource: identity.source,
+      tiendaId: data.tienda_id,
+      items: [...items.values()],
+      body: parsed as Record<string, unknown>,
+    },
+  };
+}
+
+/**
+ * The event's identity: AMQP message_id, else event_id / venta_id in the body,
+ * else a hash of the canonical body (two identical sales in one second collapse,
+ * which is why the caller counts and warns about it).
+ */
+export function eventIdentity(
+  messageId: string | undefined,
+  body: Record<string, unknown>,
+): { eventId: string; source: IdentitySource } {
+  if (messageId && messageId.trim()) return { eventId: messageId.trim(), source: "message_id" };
+  for (const key of ["event_id", "venta_id"] as const) {
+    const value = body[key];
+    if ((typeof value === "string" && value.trim()) || typeof value === "number") {
+      return { eventId: String(value).trim(), source: key };
+    }
+  }
+  const digest = createHash("sha256").update(canonicalJson(body)).digest("hex");
+  return { eventId: `sha256:${digest}`, source: "body_hash" };
+}
+
+/** JSON with object keys sorted at every level, so equal bodies hash equally. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.keys(value).sort().map((key) =>
+      `${JSON.stringify(key)}:${canonicalJson((value as Record<string, unknown>)[key])}`
+    );
+    return `{${entries.join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/**
+ * Postgres jsonb cannot hold NUL characters or lone UTF-16 surrogates, and very
+ * deep nesting is a denial-of-service shape. Finding them here keeps one bad
+ * event from failing a whole custody batch.
+ */
+function findUnstorableValue(
+  value: unknown,
+  path: string,
+  depth: number,
+): { field: string; message: string } | undefined {
+  if (depth > MAX_DEPTH) {
+    return { field: path, message: `body is nested deeper than ${MAX_DEPTH} levels` };
+  }
+  if (typeof value === "string") {
+    if (value.includes("\u0000")) {
+      return { field: path, message: `${path || "value"} contains a NUL character` };
+    }
+    if (!value.isWellFormed()) {
+      return { field: path, message: `${path || "value"} contains an unpaired UTF-16 surrogate` };
+    }
+    return undefined;
+  }
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = findUnstorableValue(value[i], `${path}[${i}]`, depth + 1);
+      if (found) return found;
+    }
+  } else if (value !== null && typeof value === "object") {
+    for (const [key, child] of Object.entries(value)) {
+      const childPath = path ? `${path}.${key}` : key;
+      const bad = findUnstorableValue(key, childPath, depth + 1);
+      if (bad) return { field: childPath, message: `a key in ${path || "body"} is not storable: ${bad.message}` };
+      const found = findUnstorableValue(child, childPath, depth + 1);
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
+function formatPath(path: PropertyKey[]): string {
+  return path.reduce<string>(
+    (acc, key) => typeof key === "number" ? `${acc}[${key}]` : acc ? `${acc}.${String(key)}` : String(key),
+    "",
+  );
+}

@@ -1,0 +1,42 @@
+/**
+ * The HTTP surface (DESIGN.md §7): liveness, readiness and Prometheus metrics.
+ * Operator routes (resync, DLQ, audit trail, status page) join here later.
+ */
+import { Hono } from "hono";
+import type { Registry } from "prom-client";
+
+/** One dependency's state, as `/readyz` reports it. */
+export interface CheckResult {
+  ok: boolean;
+  detail?: string;
+}
+
+/** What the HTTP layer needs from the service. */
+export interface HttpDeps {
+  /** Named readiness checks: broker, consumer, postgres, redis, … */
+  readiness(): Promise<Record<string, CheckResult>>;
+  registry: Registry;
+  version: string;
+}
+
+/** Builds the Hono app. Pure: no listening, so tests can call `app.request()`. */
+export function createApp(deps: HttpDeps): Hono {
+  const app = new Hono();
+
+  app.get("/healthz", (c) => c.json({ status: "ok", version: deps.version }));
+
+  app.get("/readyz", async (c) => {
+    const checks = await deps.readiness();
+    const down = Object.entries(checks).filter(([, r]) => !r.ok).map(([name]) => name);
+    return c.json({ ready: down.length === 0, down, checks }, down.length === 0 ? 200 : 503);
+  });
+
+  app.get("/metrics", async (c) => {
+    const body = await deps.registry.metrics();
+    return c.body(body, 200, { "content-type": deps.registry.contentType });
+  });
+
+  app.notFound((c) => c.json({ error: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404));
+  app.onError((error, c) => c.json({ error: "internal_error", message: error.message }, 500));
+  return app;
+}

@@ -1,0 +1,192 @@
+/**
+ * Custody: the step that makes the service responsible for a sale.
+ *
+ * Deliveries are grouped (up to `batchSize` events or `maxWaitMs`) into ONE
+ * Postgres transaction that writes the sale and one `stock_change` row per
+ * (enabled channel, SKU). Only after it commits does the broker ack them. A
+ * redelivered event inserts nothing; a re-received event whose changes had
+ * failed re-arms them (DLQ replay), and applied changes are never touched.
+ */
+import type postgres from "postgres";
+import type { Sql } from "postgres";
+import type { ChannelName } from "../config.ts";
+import type { SaleEvent } from "../events/sale_event.ts";
+import { logger } from "../log.ts";
+
+const log = logger("ledger");
+
+/** What custody did with one event. */
+export type CustodyOutcome = "stored" | "duplicate" | "rearmed";
+
+/** Postgres could not be reached or the transaction could not run: retry later. */
+export class LedgerUnavailableError extends Error {
+  override name = "LedgerUnavailableError";
+}
+
+/** Postgres refused this event's data (it would fail every time): dead-letter it. */
+export class LedgerRejectedError extends Error {
+  override name = "LedgerRejectedError";
+}
+
+/** Observers for batch size and duration (metrics). */
+export interface CustodyObserver {
+  batch(size: number, seconds: number): void;
+}
+
+interface Waiter {
+  event: SaleEvent;
+  resolve(outcome: CustodyOutcome): void;
+  reject(error: Error): void;
+}
+
+// SQLSTATE classes that mean "this data can never be stored", as opposed to
+// "the database is unavailable right now".
+const DATA_ERROR_CLASSES = ["22", "23", "54"];
+const TRANSIENT_CODES = new Set(["40001", "40P01"]);
+
+/** True when a postgres.js error is about the data rather than the connection. */
+export function isDataError(error: unknown): boolean {
+  const code = (error as { code?: unknown })?.code;
+  return typeof code === "string" && code.length === 5 &&
+    DATA_ERROR_CLASSES.includes(code.slice(0, 2));
+}
+
+/**
+ * Groups events into custody transactions. `accept` resolves when the event's
+ * transaction has committed, and rejects with {@link LedgerUnavailableError} or
+ * {@link LedgerRejectedError}.
+ */
+export class Custody {
+  #pending: Waiter[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #inFlight = new Set<Promise<void>>();
+
+  constructor(
+    private readonly sql: Sql,
+    private readonly channels: readonly ChannelName[],
+    private readonly options: { batchSize: number; maxWaitMs: number },
+    private readonly observer?: CustodyObserver,
+  ) {}
+
+  /** Takes one event into custody (batched with others arriving meanwhile). */
+  accept(event: SaleEvent): Promise<CustodyOutcome> {
+    return new Promise((resolve, reject) => {
+      this.#pending.push({ event, resolve, reject });
+      if (this.#pending.length >= this.options.batchSize) this.#flush();
+      else this.#timer ??= setTimeout(() => this.#flush(), this.options.maxWaitMs);
+    });
+  }
+
+  /** Writes whatever is waiting now and waits for every write in flight. */
+  async drain(): Promise<void> {
+    this.#flush();
+    while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
+  }
+
+  #flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#pending.length === 0) return;
+    const batch = this.#pending.splice(0, this.#pending.length);
+    const run = this.#write(batch).finally(() => this.#inFlight.delete(run));
+    this.#inFlight.add(run);
+  }
+
+  async #write(batch: Waiter[]): Promise<void> {
+    const started = performance.now();
+    try {
+      const outcomes = await this.#writeWithRetry(batch.map((w) => w.event));
+      this.observer?.batch(batch.length, (performance.now() - started) / 1000);
+      const seen = new Set<string>();
+      for (const w of batch) {
+        // The same event twice in one batch: the second copy is a duplicate.
+        const id = w.event.eventId;
+        w.resolve(seen.has(id) ? "duplicate" : outcomes.get(id)!);
+        seen.add(id);
+      }
+    } catch (error) {
+      if (isDataError(error) && batch.length > 1) {
+        // One event Postgres refuses must not hold the others hostage: write
+        // them one by one so only the culprit fails.
+        log.warning("custody batch of {size} refused by Postgres ({error}); isolating", {
+          size: batch.length,
+          error: (error as Error).message,
+        });
+        await Promise.all(batch.map((w) => this.#write([w])));
+        return;
+      }
+      const wrapped = isDataError(error)
+        ? new LedgerRejectedError(`Postgres refused the event: ${(error as Error).message}`)
+        : new LedgerUnavailableError(`ledger unavailable: ${(error as Error).message}`);
+      for (const w of batch) w.reject(wrapped);
+    }
+  }
+
+  async #writeWithRetry(events: SaleEvent[]): Promise<Map<string, CustodyOutcome>> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await this.#writeOnce(events);
+      } catch (error) {
+        const code = (error as { code?: string }).code ?? "";
+        if (!TRANSIENT_CODES.has(code) || attempt >= 3) throw error;
+      }
+    }
+  }
+
+  async #writeOnce(events: SaleEvent[]): Promise<Map<string, CustodyOutcome>> {
+    // Same event twice in one batch (a duplicate publish): write it once. Rows
+    // are sorted so concurrent batches lock keys in the same order (no deadlock).
+    const unique = new Map<string, SaleEvent>();
+    for (const e of events) if (!unique.has(e.eventId)) unique.set(e.eventId, e);
+    const sorted = [...unique.values()].sort((a, b) => a.eventId < b.eventId ? -1 : a.eventId > b.eventId ? 1 : 0);
+    const sales = sorted.map((e) => ({
+      event_id: e.eventId,
+      identity_source: e.identitySource,
+      tienda_id: e.tiendaId,
+      body: e.body,
+    }));
+    const changes = sorted.flatMap((e) =>
+      [...this.channels].sort().flatMap((channel) =>
+        [...e.items].sort((a, b) => a.sku < b.sku ? -1 : a.sku > b.sku ? 1 : 0).map((item) => ({
+          event_id: e.eventId,
+          channel,
+          tienda_id: e.tiendaId,
+          sku: item.sku,
+          producto_id: item.productoId,
+          delta: -item.quantity,
+        }))
+      )
+    );
+    const { inserted, rearmed } = await this.sql.begin(async (tx) => {
+      const inserted = await tx<{ event_id: string }[]>`
+        insert into sale (event_id, identity_source, tienda_id, body)
+        select event_id, identity_source, tienda_id, body
+          from jsonb_to_recordset(${tx.json(sales as unknown as postgres.JSONValue)}::jsonb)
+            as x(event_id text, identity_source text, tienda_id text, body jsonb)
+        on conflict (event_id) do nothing
+        returning event_id`;
+      const touched = await tx<{ event_id: string; inserted: boolean }[]>`
+        insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
+        select event_id, channel, tienda_id, sku, producto_id, delta
+          from jsonb_to_recordset(${tx.json(changes as unknown as postgres.JSONValue)}::jsonb)
+            as x(event_id text, channel text, tienda_id text, sku text, producto_id text, delta integer)
+        on conflict (event_id, channel, sku) do update
+          set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
+              error = null, error_reason = null, updated_at = now()
+          where stock_change.status = 'failed'
+        returning event_id, (xmax = 0) as inserted`;
+      return {
+        inserted: new Set(inserted.map((r) => r.event_id)),
+        rearmed: new Set(touched.filter((r) => !r.inserted).map((r) => r.event_id)),
+      };
+    });
+    const outcomes = new Map<string, CustodyOutcome>();
+    for (const e of events) {
+      outcomes.set(
+        e.eventId,
+        inserted.has(e.eventId) ? "stored" : rearmed.has(e.eventId) ? "rearmed" : "duplicate",
+      );
+    }
+    return outcomes;
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * Versioned ledger migrations. Kept as TypeScript strings (not .sql files) so
+ * the compiled binary and the bundle carry them without read permissions.
+ * Append only: never edit a migration that has shipped.
+ */
+
+/** One schema change, applied once, in order. */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+/** All migrations, oldest first. Run with `search_path` set to the ledger schema. */
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "custody ledger",
+    sql: `
+      -- One row per sale event taken into custody; event_id is the identity rule's result.
+      create table sale (
+        event_id        text primary key,
+        identity_source text not null,
+        tienda_id       text not null,
+        received_at     timestamptz not null default now(),
+        body            jsonb not null
+      );
+
+      -- What each channel must do for each sale: one row per (event, channel, sku).
+      -- pending -> sending (in a batch) -> applied | failed; failed rows are re-armed
+      -- (back to pending) when the same event is received again (DLQ replay).
+      create table stock_change (
+        id              bigint generated always as identity primary key,
+        event_id        text not null references sale(event_id),
+        channel         text not null,
+        tienda_id       text not null,
+        sku             text not null,
+        producto_id     text,
+        delta           integer not null,
+        status          text not null default 'pending'
+                        check (status in ('pending', 'sending', 'applied', 'failed')),
+        attempts        integer not null default 0,
+        next_attempt_at timestamptz not null default now(),
+        batch_id        bigint,
+        result          jsonb,
+        error           text,
+        error_reason    text,
+        created_at      timestamptz not null default now(),
+        updated_at      timestamptz not null default now(),
+        applied_at      timestamptz,
+        unique (event_id, channel, sku)
+      );
+      -- The dispatcher's claim query: pending work per channel, due first.
+      create index stock_change_due on stock_change (channel, next_attempt_at)
+        where status = 'pending';
+      create index stock_change_status on stock_change (channel, status);
+
+      -- A batch is persisted with its idempotency key BEFORE it is sent, so a crash
+      -- and re-send reuses the key and the marketplace applies it once.
+      create table sync_batch (
+        id              bigint generated always as identity primary key,
+        channel         text not null,
+        idempotency_key text not null unique,
+        payload         jsonb not null,
+        status          text not null default 'sending'
+                        check (status in ('sending', 'done', 'failed', 'superseded')),
+        attempts        integer not null default 0,
+        lease_until     timestamptz,
+        created_at      timestamptz not null default now(),
+        sent_at         timestamptz,
+        finished_at     timestamptz,
+        response        jsonb
+      );
+      create index sync_batch_open on sync_batch (channel, lease_until) where status = 'sending';
+      alter table stock_change add constraint stock_change_batch
+        foreign key (batch_id) references sync_batch(id);
+    `,
+  },
+];

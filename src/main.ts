@@ -1,0 +1,273 @@
+/**
+ * Composition root: builds the service from configuration, wires broker →
+ * ledger (and later dispatcher → channels), serves HTTP, and shuts down
+ * gracefully. Tests call {@link startService} with their own configuration.
+ */
+import { Connection } from "rabbitmq-client";
+import postgres from "postgres";
+import { createClient } from "redis";
+import { createConfirmingPublisher } from "./broker/publisher.ts";
+import { keepRawBodies } from "./broker/raw_body.ts";
+import { startSaleConsumer } from "./broker/sale_consumer.ts";
+import { buildTopology, declareTopology, type Topology } from "./broker/topology.ts";
+import { type Config, ConfigError, loadConfig, redactUrl } from "./config.ts";
+import { type CheckResult, createApp } from "./http/app.ts";
+import { Custody } from "./ledger/custody.ts";
+import { migrate } from "./ledger/migrate.ts";
+import { logger, setupLogging } from "./log.ts";
+import { createMetrics, type ServiceMetrics } from "./metrics.ts";
+import { VERSION } from "./version.ts";
+
+const log = logger("main");
+
+/** A started service instance. */
+export interface RunningService {
+  config: Config;
+  topology: Topology;
+  metrics: ServiceMetrics;
+  /** Base URL of the HTTP server, e.g. http://127.0.0.1:8080 */
+  url: string;
+  /** Resolves when the ledger is migrated and the consumer has started. */
+  started: Promise<void>;
+  /** Graceful stop: consumer, in-flight custody, publisher, connections, HTTP. */
+  close(): Promise<void>;
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise,
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+function connectBroker(url: string, name: string, metrics: ServiceMetrics): Connection {
+  const connection = new Connection({
+    url,
+    connectionName: `marketplace-sync ${name} (${Deno.hostname?.() ?? "host"})`,
+    retryLow: 250,
+    retryHigh: 10_000,
+    heartbeat: 30,
+  });
+  let down = false;
+  connection.on("connection", () => {
+    metrics.brokerReconnects.inc({ connection: name });
+    metrics.componentUp.set({ component: `broker_${name}` }, 1);
+    if (down) log.info("RabbitMQ {connection} connection restored", { connection: name, mark: "start" });
+    down = false;
+  });
+  connection.on("error", (error: Error) => {
+    metrics.componentUp.set({ component: `broker_${name}` }, 0);
+    // One line per outage, not one per reconnect attempt.
+    if (!down) {
+      log.warning("RabbitMQ {connection} connection lost: {error}; reconnecting", {
+        connection: name,
+        error: error.message,
+        mark: "retry",
+      });
+    }
+    down = true;
+  });
+  return connection;
+}
+
+/**
+ * Starts the service with the given configuration. HTTP answers at once
+ * (`/readyz` says what is still down); the ledger is migrated with retries and
+ * the consumer starts once it is ready.
+ */
+export async function startService(config: Config): Promise<RunningService> {
+  keepRawBodies();
+  const topology = buildTopology({
+    exchange: config.EXCHANGE,
+    routingKey: config.ROUTING_KEY,
+    queue: config.QUEUE,
+    queueType: config.QUEUE_TYPE,
+    retryDelaysMs: config.RETRY_DELAYS,
+  });
+
+  const sql = postgres(config.DATABASE_URL, {
+    max: config.DATABASE_POOL_SIZE,
+    connect_timeout: 5,
+    idle_timeout: 30,
+    onnotice: () => {},
+    connection: {
+      application_name: "marketplace-sync",
+      search_path: config.LEDGER_SCHEMA,
+      statement_timeout: 15_000,
+    },
+  });
+
+  const metrics = createMetrics(config.METRICS_PREFIX, async () => {
+    const rows = await sql<{ channel: string; status: string; count: string }[]>`
+      select channel, status, count(*) as count from stock_change group by channel, status`;
+    return rows.map((r) => ({ channel: r.channel, status: r.status, count: Number(r.count) }));
+  });
+
+  const redis = createClient({
+    url: config.REDIS_URL,
+    socket: {
+      connectTimeout: 2_000,
+      reconnectStrategy: (retries: number) => Math.min(100 * 2 ** retries, 5_000),
+    },
+  });
+  let redisDown = false;
+  redis.on("error", (error: Error) => {
+    if (!redisDown) log.warning("Redis unreachable: {error}", { error: error.message });
+    redisDown = true;
+  });
+  redis.on("ready", () => {
+    if (redisDown) log.info("Redis reachable again");
+    redisDown = false;
+  });
+  redis.connect().catch(() => {});
+
+  let ledgerReady = false;
+  let consumer: ReturnType<typeof startSaleConsumer> | undefined;
+  let consumeConnection: Connection | undefined;
+  let publishConnection: Connection | undefined;
+  let stopping = false;
+
+  async function readiness(): Promise<Record<string, CheckResult>> {
+    const [pg, rd] = await Promise.all([
+      withTimeout(sql`select 1`, 2_000, "postgres ping").then(
+        () => ({ ok: ledgerReady, detail: ledgerReady ? undefined : "ledger migrations not applied yet" }),
+        (e: Error) => ({ ok: false, detail: redactUrl(e.message) }),
+      ),
+      redis.isReady
+        ? withTimeout(redis.ping(), 2_000, "redis ping").then(
+          () => ({ ok: true }),
+          (e: Error) => ({ ok: false, detail: redactUrl(e.message) }),
+        )
+        : Promise.resolve({ ok: false, detail: "not connected" }),
+    ]);
+    const brokerOk = Boolean(consumeConnection?.ready && publishConnection?.ready);
+    metrics.componentUp.set({ component: "postgres" }, pg.ok ? 1 : 0);
+    metrics.componentUp.set({ component: "redis" }, rd.ok ? 1 : 0);
+    return {
+      broker: brokerOk ? { ok: true } : { ok: false, detail: "not connected to RabbitMQ" },
+      consumer: consumer?.attached ? { ok: true } : {
+        ok: false,
+        detail: stopping ? "shutting down" : `not consuming ${topology.queue}`,
+      },
+      postgres: pg,
+      redis: rd,
+    };
+  }
+
+  const app = createApp({ readiness, registry: metrics.registry, version: VERSION });
+  const server = Deno.serve({
+    hostname: config.HTTP_HOST,
+    port: config.HTTP_PORT,
+    onListen: () => {},
+  }, app.fetch);
+  const address = server.addr as Deno.NetAddr;
+  const host = address.hostname === "0.0.0.0" ? "127.0.0.1" : address.hostname;
+  const url = `http://${host.includes(":") ? `[${host}]` : host}:${address.port}`;
+  log.info("marketplace-sync {version} listening on {url}", { mark: "start", version: VERSION, url });
+
+  let custody: Custody | undefined;
+  let publisher: ReturnType<typeof createConfirmingPublisher> | undefined;
+
+  const started = (async () => {
+    for (let attempt = 1; !stopping; attempt++) {
+      try {
+        const applied = await migrate(sql, config.LEDGER_SCHEMA);
+        ledgerReady = true;
+        log.info("ledger ready in schema {schema} ({count} migrations applied now)", {
+          schema: config.LEDGER_SCHEMA,
+          count: applied.length,
+        });
+        break;
+      } catch (error) {
+        const delay = Math.min(500 * 2 ** attempt, 15_000);
+        log.error("ledger not ready ({error}); retrying in {delay_ms} ms", {
+          mark: "error",
+          error: redactUrl((error as Error).message),
+          delay_ms: delay,
+        });
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+    if (stopping) return;
+    consumeConnection = connectBroker(config.RABBITMQ_URL, "consume", metrics);
+    publishConnection = connectBroker(config.RABBITMQ_URL, "publish", metrics);
+    await publishConnection.onConnect(0);
+    await declareTopology(publishConnection, topology);
+    publisher = createConfirmingPublisher(publishConnection, topology);
+    custody = new Custody(sql, config.CHANNELS, {
+      batchSize: config.CUSTODY_BATCH_SIZE,
+      maxWaitMs: config.CUSTODY_BATCH_WAIT,
+    }, { batch: (size, seconds) => {
+      metrics.custodyBatchSize.observe(size);
+      metrics.custodyBatchSeconds.observe(seconds);
+    } });
+    if (stopping) return;
+    consumer = startSaleConsumer({
+      connection: consumeConnection,
+      publisher,
+      custody,
+      topology,
+      limits: {
+        maxBytes: config.MAX_EVENT_BYTES,
+        maxItems: config.MAX_ITEMS_PER_EVENT,
+        maxQuantity: config.MAX_ITEM_QUANTITY,
+      },
+      concurrency: config.CONSUMER_CONCURRENCY,
+      prefetch: config.prefetch,
+      metrics,
+    });
+  })();
+  started.catch((error) => log.error("start-up failed: {error}", { mark: "error", error: (error as Error).message }));
+
+  async function close(): Promise<void> {
+    if (stopping) return;
+    stopping = true;
+    log.info("shutting down: stop consuming, finish in-flight work", { mark: "shutdown" });
+    await started.catch(() => {});
+    await consumer?.close();
+    await custody?.drain();
+    await publisher?.close();
+    await Promise.all([consumeConnection?.close(), publishConnection?.close()]);
+    await sql.end({ timeout: 5 });
+    if (redis.isOpen) await redis.close().catch(() => redis.destroy());
+    else redis.destroy();
+    await server.shutdown();
+    log.info("stopped", { mark: "shutdown" });
+  }
+
+  return { config, topology, metrics, url, started, close };
+}
+
+async function main(): Promise<number> {
+  let config: Config;
+  try {
+    config = loadConfig(Deno.env.toObject());
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      console.error(`marketplace-sync: ${error.message}`);
+      return 2;
+    }
+    throw error;
+  }
+  await setupLogging({ level: config.LOG_LEVEL, format: config.LOG_FORMAT });
+  const service = await startService(config);
+  const stop = Promise.withResolvers<string>();
+  for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, () => stop.resolve(signal));
+  const signal = await stop.promise;
+  log.info("received {signal}", { signal, mark: "shutdown" });
+  try {
+    await withTimeout(service.close(), config.SHUTDOWN_TIMEOUT, "graceful shutdown");
+    return 0;
+  } catch (error) {
+    log.error("{error}; exiting anyway (unacked deliveries will be redelivered)", {
+      mark: "error",
+      error: (error as Error).message,
+    });
+    return 1;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main());

@@ -1,0 +1,126 @@
+/**
+ * Prometheus metrics (prom-client), one registry per service instance so tests
+ * can run several instances in one process. Names follow Prometheus
+ * conventions (`_total` counters, `_seconds` / `_bytes` units).
+ */
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** Every metric the service exports. */
+export interface ServiceMetrics {
+  registry: Registry;
+  eventsConsumed: Counter<"queue">;
+  eventsAcked: Counter<"outcome">;
+  eventsRetried: Counter<"reason">;
+  eventsDeadLettered: Counter<"reason">;
+  eventIdentity: Counter<"source">;
+  custodyBatchSize: Histogram;
+  custodyBatchSeconds: Histogram;
+  ledgerChanges: Gauge<"channel" | "status">;
+  brokerReconnects: Counter<"connection">;
+  componentUp: Gauge<"component">;
+  rssBytes: Gauge;
+  heapUsedBytes: Gauge;
+}
+
+/**
+ * Creates the registry and metrics.
+ * @param prefix metric name prefix, e.g. `marketplace_sync_`.
+ * @param collectLedger called on each scrape to refresh the backlog gauge.
+ */
+export function createMetrics(
+  prefix: string,
+  collectLedger: () => Promise<{ channel: string; status: string; count: number }[]>,
+): ServiceMetrics {
+  const registry = new Registry();
+  const registers = [registry];
+  const ledgerChanges = new Gauge({
+    name: `${prefix}ledger_changes`,
+    help: "Stock changes in the ledger by channel and status.",
+    labelNames: ["channel", "status"] as const,
+    registers,
+    async collect() {
+      try {
+        const rows = await collectLedger();
+        this.reset();
+        for (const row of rows) this.set({ channel: row.channel, status: row.status }, row.count);
+      } catch {
+        // Postgres down: keep the last values; readiness already reports it.
+      }
+    },
+  });
+  return {
+    registry,
+    eventsConsumed: new Counter({
+      name: `${prefix}events_consumed_total`,
+      help: "Sale events delivered to this instance by RabbitMQ.",
+      labelNames: ["queue"] as const,
+      registers,
+    }),
+    eventsAcked: new Counter({
+      name: `${prefix}events_acked_total`,
+      help:
+        "Deliveries acked, by outcome: stored (new sale), duplicate (already in custody), rearmed (failed changes re-armed), retried (moved to a wait queue), dead_lettered.",
+      labelNames: ["outcome"] as const,
+      registers,
+    }),
+    eventsRetried: new Counter({
+      name: `${prefix}events_retried_total`,
+      help: "Deliveries sent to a retry wait queue, by reason.",
+      labelNames: ["reason"] as const,
+      registers,
+    }),
+    eventsDeadLettered: new Counter({
+      name: `${prefix}events_dead_lettered_total`,
+      help: "Messages sent to the dead-letter queue, by reason.",
+      labelNames: ["reason"] as const,
+      registers,
+    }),
+    eventIdentity: new Counter({
+      name: `${prefix}event_identity_total`,
+      help: "Where accepted events got their identity; body_hash means identical sales may collapse.",
+      labelNames: ["source"] as const,
+      registers,
+    }),
+    custodyBatchSize: new Histogram({
+      name: `${prefix}custody_batch_size`,
+      help: "Events written per custody transaction.",
+      buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+      registers,
+    }),
+    custodyBatchSeconds: new Histogram({
+      name: `${prefix}custody_batch_seconds`,
+      help: "Duration of one custody transaction.",
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    }),
+    ledgerChanges,
+    brokerReconnects: new Counter({
+      name: `${prefix}broker_connections_total`,
+      help: "RabbitMQ connections established (the first one and every reconnect).",
+      labelNames: ["connection"] as const,
+      registers,
+    }),
+    componentUp: new Gauge({
+      name: `${prefix}component_up`,
+      help: "1 when a dependency (broker, consumer, postgres, redis) is reachable.",
+      labelNames: ["component"] as const,
+      registers,
+    }),
+    rssBytes: new Gauge({
+      name: `${prefix}process_resident_memory_bytes`,
+      help: "Resident set size of the service process.",
+      registers,
+      collect() {
+        this.set(Deno.memoryUsage().rss);
+      },
+    }),
+    heapUsedBytes: new Gauge({
+      name: `${prefix}process_heap_used_bytes`,
+      help: "V8 heap in use.",
+      registers,
+      collect() {
+        this.set(Deno.memoryUsage().heapUsed);
+      },
+    }),
+  };
+}
