@@ -40,7 +40,9 @@ export function stableUuid(label: string): string {
     h2 = Math.imul(h2 ^ ch.charCodeAt(0), 2246822519) >>> 0;
   }
   const hex = (h1.toString(16).padStart(8, "0") + h2.toString(16).padStart(8, "0")).repeat(2);
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${
+    hex.slice(20, 32)
+  }`;
 }
 
 /** The SKU used for product number `n` (REMERA-001, BUZO-002, …). */
@@ -107,7 +109,9 @@ if (import.meta.main) {
     },
   });
   if (values.help) {
-    console.log("usage: deno task publish-sample [--count N] [--stores N] [--skus N] [--max-items N] [--rate N/s] [--seed N] [--no-message-id]");
+    console.log(
+      "usage: deno task publish-sample [--count N] [--stores N] [--skus N] [--max-items N] [--rate N/s] [--seed N] [--no-message-id]",
+    );
     Deno.exit(0);
   }
   const number = (name: string, value: string | undefined) => {

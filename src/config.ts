@@ -67,10 +67,6 @@ const url = (protocols: string[]) =>
     }
   }, `must be a URL starting with ${protocols.map((p) => p + "//").join(" or ")}`);
 
-const bool = z.string().trim().toLowerCase().pipe(
-  z.enum(["true", "false", "1", "0", "yes", "no"]),
-).transform((v) => v === "true" || v === "1" || v === "yes");
-
 const EnvSchema = z.object({
   RABBITMQ_URL: url(["amqp:", "amqps:"]).default("amqp://guest:guest@127.0.0.1:5672"),
   DATABASE_URL: url(["postgres:", "postgresql:"]).default(
@@ -196,8 +192,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if ((input.SHOPIFY_URL === undefined) !== (input.SHOPIFY_TOKEN === undefined)) {
     problems.push({
       variable: input.SHOPIFY_URL === undefined ? "SHOPIFY_URL" : "SHOPIFY_TOKEN",
-      message:
-        "SHOPIFY_URL and SHOPIFY_TOKEN must be set together (leave both unset for the sandbox)",
+      message: "SHOPIFY_URL and SHOPIFY_TOKEN must be set together (leave both unset for the sandbox)",
     });
   }
   if (problems.length > 0 || !result.success) throw new ConfigError(problems);

@@ -41,12 +41,18 @@ const LINE_PATTERNS = [
   { pattern: /(Bearer\s+)[A-Za-z0-9._~+/=-]+/g, replacement: `$1${REDACTED}` },
   { pattern: /\bshp(at|ca|pa|ss)_[A-Za-z0-9]+/g, replacement: REDACTED },
   { pattern: /\b(APP_USR|TG)-[A-Za-z0-9-]{10,}/g, replacement: REDACTED },
+  // OAuth secrets in form bodies or JSON (MercadoLibre token refresh)
+  {
+    pattern: /((?:access_token|refresh_token|client_secret|password)\\?"?\s*[=:]\s*\\?"?)[^&"\\\s,}]+/gi,
+    replacement: `$1${REDACTED}`,
+  },
   JWT_PATTERN,
 ];
 
 function renderMessage(record: LogRecord): string {
-  return record.message.map((part) => typeof part === "string" ? part : JSON.stringify(part))
-    .join("");
+  return record.message.map((part) =>
+    typeof part === "string" ? part : part instanceof Error ? part.message : JSON.stringify(part)
+  ).join("");
 }
 
 /** One JSON object per line with stable top-level keys. */
@@ -69,11 +75,7 @@ export function prettyLine(record: LogRecord): string {
   const template = Array.isArray(record.rawMessage) ? record.rawMessage.join("") : String(record.rawMessage);
   for (const key of Object.keys(properties)) if (template.includes(`{${key}}`)) delete properties[key];
   const emoji = MARKS[mark as Mark] ??
-    (record.level === "error" || record.level === "fatal"
-      ? "❌"
-      : record.level === "warning"
-      ? "⚠️ "
-      : "  ");
+    (record.level === "error" || record.level === "fatal" ? "❌" : record.level === "warning" ? "⚠️ " : "  ");
   const time = new Date(record.timestamp).toISOString().slice(11, 23);
   const extras = Object.entries(properties)
     .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v instanceof Error ? v.message : v)}`)

@@ -78,7 +78,7 @@ function connectBroker(url: string, name: string, metrics: ServiceMetrics): Conn
  * (`/readyz` says what is still down); the ledger is migrated with retries and
  * the consumer starts once it is ready.
  */
-export async function startService(config: Config): Promise<RunningService> {
+export function startService(config: Config): RunningService {
   keepRawBodies();
   const topology = buildTopology({
     exchange: config.EXCHANGE,
@@ -200,10 +200,12 @@ export async function startService(config: Config): Promise<RunningService> {
     custody = new Custody(sql, config.CHANNELS, {
       batchSize: config.CUSTODY_BATCH_SIZE,
       maxWaitMs: config.CUSTODY_BATCH_WAIT,
-    }, { batch: (size, seconds) => {
-      metrics.custodyBatchSize.observe(size);
-      metrics.custodyBatchSeconds.observe(seconds);
-    } });
+    }, {
+      batch: (size, seconds) => {
+        metrics.custodyBatchSize.observe(size);
+        metrics.custodyBatchSeconds.observe(seconds);
+      },
+    });
     if (stopping) return;
     consumer = startSaleConsumer({
       connection: consumeConnection,
@@ -220,7 +222,9 @@ export async function startService(config: Config): Promise<RunningService> {
       metrics,
     });
   })();
-  started.catch((error) => log.error("start-up failed: {error}", { mark: "error", error: (error as Error).message }));
+  started.catch((error) =>
+    log.error("start-up failed: {error}", { mark: "error", error: (error as Error).message })
+  );
 
   async function close(): Promise<void> {
     if (stopping) return;
@@ -253,9 +257,11 @@ async function main(): Promise<number> {
     throw error;
   }
   await setupLogging({ level: config.LOG_LEVEL, format: config.LOG_FORMAT });
-  const service = await startService(config);
+  const service = startService(config);
   const stop = Promise.withResolvers<string>();
-  for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, () => stop.resolve(signal));
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    Deno.addSignalListener(signal, () => stop.resolve(signal));
+  }
   const signal = await stop.promise;
   log.info("received {signal}", { signal, mark: "shutdown" });
   try {

@@ -4,6 +4,7 @@
  * DLQ deleted by hand) is an error instead of a silent drop, and a timeout so a
  * blocked connection (memory alarm) never pins a delivery forever.
  */
+import { Buffer } from "node:buffer";
 import type { Connection, Envelope, Publisher, ReturnedMessage } from "rabbitmq-client";
 import { publishQueueDeclarations, type Topology } from "./topology.ts";
 
@@ -48,7 +49,8 @@ export function createConfirmingPublisher(
         routingKey: queue,
         mandatory: true,
         headers: { ...envelope.headers, [PUBLISH_ID]: id },
-      }, body);
+        // The client JSON-encodes anything that is not a Buffer or a string.
+      }, typeof body === "string" ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength));
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(

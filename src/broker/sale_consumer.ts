@@ -78,7 +78,11 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
         { event_id: event.eventId, tienda_id: event.tiendaId },
       );
     }
-    log.debug("received sale {event_id}", { mark: "received", event_id: event.eventId, items: event.items.length });
+    log.debug("received sale {event_id}", {
+      mark: "received",
+      event_id: event.eventId,
+      items: event.items.length,
+    });
     try {
       const outcome = await deps.custody.accept(event);
       metrics.eventsAcked.inc({ outcome });
@@ -94,17 +98,32 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
       const message = (error as Error).message;
       const attempts = attemptsSoFar(msg) + 1;
       if (error instanceof LedgerRejectedError) {
-        await deadLetter(msg, raw, { reason: "ledger_rejected", error: message, attempts, eventId: event.eventId });
+        await deadLetter(msg, raw, {
+          reason: "ledger_rejected",
+          error: message,
+          attempts,
+          eventId: event.eventId,
+        });
         return ConsumerStatus.ACK;
       }
       const tier = topology.retryQueues[attempts - 1];
       if (!tier) {
-        await deadLetter(msg, raw, { reason: "ledger_unavailable", error: message, attempts, eventId: event.eventId });
+        await deadLetter(msg, raw, {
+          reason: "ledger_unavailable",
+          error: message,
+          attempts,
+          eventId: event.eventId,
+        });
         return ConsumerStatus.ACK;
       }
       await publisher.toQueue(
         tier.name,
-        republishEnvelope(msg, { reason: "ledger_unavailable", error: message, attempts, eventId: event.eventId }),
+        republishEnvelope(msg, {
+          reason: "ledger_unavailable",
+          error: message,
+          attempts,
+          eventId: event.eventId,
+        }),
         raw,
       );
       metrics.eventsRetried.inc({ reason: "ledger_unavailable" });

@@ -64,7 +64,9 @@ export function publishQueueDeclarations(t: Topology) {
         "x-message-ttl": tier.delayMs,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": t.queue,
-        ...(t.queueType === "quorum" ? { "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish" as const } : {}),
+        ...(t.queueType === "quorum"
+          ? { "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish" as const }
+          : {}),
       },
     })),
     { queue: t.deadLetterQueue, durable: true, arguments: { "x-queue-type": t.queueType } },

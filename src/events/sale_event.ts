@@ -133,7 +133,10 @@ export function decodeSaleEvent(
   }
   const encoding = properties.contentEncoding?.toLowerCase();
   if (encoding && !["identity", "utf-8", "utf8"].includes(encoding)) {
-    return reject("invalid_encoding", `content_encoding "${encoding}" is not supported; send plain UTF-8 JSON`);
+    return reject(
+      "invalid_encoding",
+      `content_encoding "${encoding}" is not supported; send plain UTF-8 JSON`,
+    );
   }
   let textBody: string;
   try {
@@ -263,7 +266,9 @@ function findUnstorableValue(
     for (const [key, child] of Object.entries(value)) {
       const childPath = path ? `${path}.${key}` : key;
       const bad = findUnstorableValue(key, childPath, depth + 1);
-      if (bad) return { field: childPath, message: `a key in ${path || "body"} is not storable: ${bad.message}` };
+      if (bad) {
+        return { field: childPath, message: `a key in ${path || "body"} is not storable: ${bad.message}` };
+      }
       const found = findUnstorableValue(child, childPath, depth + 1);
       if (found) return found;
     }

@@ -36,7 +36,9 @@ export function createApp(deps: HttpDeps): Hono {
     return c.body(body, 200, { "content-type": deps.registry.contentType });
   });
 
-  app.notFound((c) => c.json({ error: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404));
+  app.notFound((c) =>
+    c.json({ error: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404)
+  );
   app.onError((error, c) => c.json({ error: "internal_error", message: error.message }, 500));
   return app;
 }

@@ -138,7 +138,9 @@ export class Custody {
     // are sorted so concurrent batches lock keys in the same order (no deadlock).
     const unique = new Map<string, SaleEvent>();
     for (const e of events) if (!unique.has(e.eventId)) unique.set(e.eventId, e);
-    const sorted = [...unique.values()].sort((a, b) => a.eventId < b.eventId ? -1 : a.eventId > b.eventId ? 1 : 0);
+    const sorted = [...unique.values()].sort((a, b) =>
+      a.eventId < b.eventId ? -1 : a.eventId > b.eventId ? 1 : 0
+    );
     const sales = sorted.map((e) => ({
       event_id: e.eventId,
       identity_source: e.identitySource,

@@ -37,7 +37,11 @@ export async function migrate(
       await tx.unsafe(migration.sql);
       await tx`insert into schema_migration (version, name) values (${migration.version}, ${migration.name})`;
       applied.push(migration.version);
-      log.info("applied ledger migration {version} ({name})", { version: migration.version, name: migration.name, schema });
+      log.info("applied ledger migration {version} ({name})", {
+        version: migration.version,
+        name: migration.name,
+        schema,
+      });
     }
     return applied;
   });

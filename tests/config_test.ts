@@ -1,0 +1,98 @@
+/** Configuration: defaults, validation of every variable at once, secrets never echoed. */
+import assert from "node:assert/strict";
+import { CONFIG_VARIABLES, ConfigError, loadConfig, parseDurationMs, redactUrl } from "../src/config.ts";
+
+Deno.test("no environment at all gives loopback defaults", () => {
+  const c = loadConfig({});
+  assert.equal(c.RABBITMQ_URL, "amqp://guest:guest@127.0.0.1:5672");
+  assert.equal(c.DATABASE_URL, "postgres://postgres@127.0.0.1:5432/postgres");
+  assert.equal(c.REDIS_URL, "redis://127.0.0.1:6379");
+  assert.equal(c.HTTP_PORT, 8080);
+  assert.equal(c.QUEUE, "marketplace-sync.sales.created");
+  assert.equal(c.EXCHANGE, "blend_events");
+  assert.deepEqual(c.RETRY_DELAYS, [1000, 4000, 9000]);
+  assert.deepEqual(c.CHANNELS, ["shopify", "mercadolibre"]);
+  assert.equal(c.SHOPIFY_API_VERSION, "2026-10");
+  assert.equal(c.prefetch, c.CONSUMER_CONCURRENCY);
+});
+
+Deno.test("empty strings count as unset", () => {
+  assert.equal(loadConfig({ HTTP_PORT: "", QUEUE: "  " }).HTTP_PORT, 8080);
+});
+
+Deno.test("values are parsed: durations, channels, numbers", () => {
+  const c = loadConfig({
+    RETRY_DELAYS: "500ms, 2s,1m",
+    CHANNELS: " Shopify ",
+    HTTP_PORT: "9000",
+    PREFETCH: "50",
+  });
+  assert.deepEqual(c.RETRY_DELAYS, [500, 2000, 60000]);
+  assert.deepEqual(c.CHANNELS, ["shopify"]);
+  assert.equal(c.HTTP_PORT, 9000);
+  assert.equal(c.prefetch, 50);
+  assert.equal(parseDurationMs("1.5s"), 1500);
+  assert.equal(parseDurationMs("soon"), undefined);
+});
+
+Deno.test("every invalid variable is reported at once, by name, without secret values", () => {
+  let error: unknown;
+  try {
+    loadConfig({
+      HTTP_PORT: "70000",
+      DATABASE_URL: "mysql://root:s3cr3tpw@db/x",
+      CONSUMER_CONCURRENCY: "many",
+      LOG_LEVEL: "loud",
+      MELI_CLIENT_ID: "123",
+      MELI_USER_ID: "abc",
+      ADMIN_TOKEN: "short",
+      SHOPIFY_LOCATION_ID: "42",
+    });
+  } catch (e) {
+    error = e;
+  }
+  assert.ok(error instanceof ConfigError);
+  const names = error.problems.map((p) => p.variable).sort();
+  assert.deepEqual(names, [
+    "ADMIN_TOKEN",
+    "CONSUMER_CONCURRENCY",
+    "DATABASE_URL",
+    "HTTP_PORT",
+    "LOG_LEVEL",
+    "MELI_CLIENT_SECRET",
+    "MELI_USER_ID",
+    "SHOPIFY_LOCATION_ID",
+  ]);
+  assert.ok(!error.message.includes("s3cr3tpw"));
+  assert.ok(!error.message.includes('short"'));
+  assert.match(error.message, /mysql:\/\/root:\*\*\*@db\/x/);
+});
+
+Deno.test("the design's variable names are all known", () => {
+  for (
+    const name of [
+      "RABBITMQ_URL",
+      "SHOPIFY_URL",
+      "SHOPIFY_TOKEN",
+      "MELI_URL",
+      "MELI_TOKEN",
+      "DATABASE_URL",
+      "REDIS_URL",
+      "HTTP_PORT",
+      "ADMIN_TOKEN",
+      "SHOPIFY_API_VERSION",
+      "SHOPIFY_LOCATION_ID",
+      "MELI_CLIENT_ID",
+      "MELI_CLIENT_SECRET",
+      "MELI_REFRESH_TOKEN",
+      "MELI_USER_ID",
+      "CHANNELS",
+    ]
+  ) assert.ok(CONFIG_VARIABLES.includes(name), name);
+});
+
+Deno.test("redactUrl hides passwords in any URL", () => {
+  assert.equal(redactUrl("amqp://guest:guest@127.0.0.1:5672"), "amqp://guest:***@127.0.0.1:5672");
+  assert.equal(redactUrl("see postgres://u:p%40ss@h/db now"), "see postgres://u:***@h/db now");
+  assert.equal(redactUrl("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+});
