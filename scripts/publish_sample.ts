@@ -6,11 +6,13 @@
  * Options: --count N events (default 10), --stores N (default 3), --skus N
  * (default 20), --max-items N per sale (default 3), --rate N events per second
  * (default: as fast as confirms allow), --seed N for a repeatable run,
- * --no-message-id to exercise the body-hash identity. Uses RABBITMQ_URL,
+ * --no-message-id to exercise the body-hash identity, --catalog FILE for stores
+ * and SKUs (default: the sandbox's default catalog, so sales hit its listings). Uses RABBITMQ_URL,
  * EXCHANGE and ROUTING_KEY like the service.
  */
 import { parseArgs } from "node:util";
 import { Connection } from "rabbitmq-client";
+import { type Catalog, defaultCatalog, loadCatalog } from "../src/sandbox/catalog.ts";
 
 /** One sale as the POS publishes it (DESIGN.md §3). */
 export interface SampleSale {
@@ -29,36 +31,38 @@ export interface SampleSale {
   timestamp: string;
 }
 
-const PRODUCTS = ["Remera", "Buzo", "Jean", "Campera", "Gorra", "Medias", "Short", "Camisa"];
 const PAYMENTS = ["EFECTIVO", "DEBITO", "CREDITO", "MERCADOPAGO"];
 
-/** Deterministic uuid-shaped id from a label, so store/product ids are stable across runs. */
-export function stableUuid(label: string): string {
-  let h1 = 0x811c9dc5, h2 = 0x01000193;
-  for (const ch of label) {
-    h1 = Math.imul(h1 ^ ch.charCodeAt(0), 16777619) >>> 0;
-    h2 = Math.imul(h2 ^ ch.charCodeAt(0), 2246822519) >>> 0;
+/** Options for {@link sampleSales}. */
+export interface SampleOptions {
+  count: number;
+  /** Use the catalog's first N stores. */
+  stores: number;
+  /** Use the catalog's first N SKUs (ambiguous SKUs are skipped unless `includeTricky`). */
+  skus: number;
+  maxItems: number;
+  seed: number;
+  /** Where stores and SKUs come from; the sandbox's default catalog if omitted. */
+  catalog?: Catalog;
+  /** Keep SKUs the sandbox catalog makes deliberately ambiguous. */
+  includeTricky?: boolean;
+}
+
+/**
+ * Builds `count` sales over the catalog's stores and SKUs with a seeded PRNG,
+ * so sample sales land on listings the sandbox marketplaces know.
+ */
+export function sampleSales(options: SampleOptions): SampleSale[] {
+  const catalog = options.catalog ?? defaultCatalog();
+  const bySku = new Map<string, number>();
+  for (const p of catalog.products) bySku.set(p.sku, (bySku.get(p.sku) ?? 0) + 1);
+  const products = catalog.products
+    .filter((p) => options.includeTricky || bySku.get(p.sku) === 1)
+    .slice(0, options.skus);
+  const stores = catalog.stores.slice(0, options.stores);
+  if (products.length === 0 || stores.length === 0) {
+    throw new Error("the catalog has no usable stores or SKUs");
   }
-  const hex = (h1.toString(16).padStart(8, "0") + h2.toString(16).padStart(8, "0")).repeat(2);
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${
-    hex.slice(20, 32)
-  }`;
-}
-
-/** The SKU used for product number `n` (REMERA-001, BUZO-002, …). */
-export function sampleSku(n: number): string {
-  return `${PRODUCTS[n % PRODUCTS.length].toUpperCase()}-${String(n + 1).padStart(3, "0")}`;
-}
-
-/** The tienda_id of store number `n`. */
-export function sampleStore(n: number): string {
-  return stableUuid(`tienda-${n + 1}`);
-}
-
-/** Builds `count` sales over `stores` stores and `skus` SKUs with a seeded PRNG. */
-export function sampleSales(
-  options: { count: number; stores: number; skus: number; maxItems: number; seed: number },
-): SampleSale[] {
   let state = options.seed >>> 0 || 1;
   const random = () => {
     state ^= state << 13;
@@ -70,13 +74,14 @@ export function sampleSales(
   const sales: SampleSale[] = [];
   for (let i = 0; i < options.count; i++) {
     const items = Array.from({ length: 1 + pick(options.maxItems) }, () => {
-      const n = pick(options.skus);
+      const n = pick(products.length);
+      const product = products[n];
       const cantidad = 1 + pick(3);
       const precio = 500 + 250 * (n % 8);
       return {
-        producto_id: stableUuid(`producto-${n}`),
-        producto_nombre: `${PRODUCTS[n % PRODUCTS.length]} Blend ${n + 1}`,
-        producto_sku: sampleSku(n),
+        producto_id: product.producto_id,
+        producto_nombre: product.title,
+        producto_sku: product.sku,
         cantidad,
         precio_unitario: precio,
         subtotal: precio * cantidad,
@@ -84,7 +89,7 @@ export function sampleSales(
     });
     sales.push({
       event_id: crypto.randomUUID(),
-      tienda_id: sampleStore(pick(options.stores)),
+      tienda_id: stores[pick(stores.length)].tienda_id,
       total: items.reduce((sum, item) => sum + item.subtotal, 0),
       metodo_pago: PAYMENTS[pick(PAYMENTS.length)],
       items,
@@ -105,12 +110,13 @@ if (import.meta.main) {
       rate: { type: "string" },
       seed: { type: "string", default: String(Date.now() % 100000) },
       "no-message-id": { type: "boolean", default: false },
+      catalog: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
   if (values.help) {
     console.log(
-      "usage: deno task publish-sample [--count N] [--stores N] [--skus N] [--max-items N] [--rate N/s] [--seed N] [--no-message-id]",
+      "usage: deno task publish-sample [--count N] [--stores N] [--skus N] [--max-items N] [--rate N/s] [--seed N] [--no-message-id] [--catalog FILE]",
     );
     Deno.exit(0);
   }
@@ -130,6 +136,7 @@ if (import.meta.main) {
     skus: number("skus", values.skus),
     maxItems: number("max-items", values["max-items"]),
     seed: number("seed", values.seed),
+    catalog: values.catalog ? await loadCatalog(values.catalog) : undefined,
   });
   const exchange = Deno.env.get("EXCHANGE") || "blend_events";
   const routingKey = Deno.env.get("ROUTING_KEY") || "sales.created";

@@ -131,6 +131,62 @@ const EnvSchema = z.object({
     /^gid:\/\/shopify\/Location\/\d+$/,
     "must be a Location gid like gid://shopify/Location/123",
   ).optional(),
+  SHOPIFY_LOCATIONS: z.string().transform((text, ctx) => {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      ctx.addIssue({
+        code: "custom",
+        message: 'must be a JSON object {"<tienda_id>": "gid://shopify/Location/<id>"}',
+      });
+      return z.NEVER;
+    }
+    const map = z.record(z.string().min(1), z.string().regex(/^gid:\/\/shopify\/Location\/\d+$/)).safeParse(
+      parsed,
+    );
+    if (!map.success) {
+      ctx.addIssue({
+        code: "custom",
+        message:
+          'must map each tienda_id to a Location gid like {"<tienda_id>": "gid://shopify/Location/123"}',
+      });
+      return z.NEVER;
+    }
+    return map.data;
+  }).optional(),
+  SHOPIFY_REASON: z.enum([
+    "correction",
+    "cycle_count_available",
+    "damaged",
+    "movement_created",
+    "movement_updated",
+    "movement_received",
+    "movement_canceled",
+    "other",
+    "promotion",
+    "quality_control",
+    "received",
+    "reservation_created",
+    "reservation_deleted",
+    "reservation_updated",
+    "restock",
+    "safety_stock",
+    "shrinkage",
+  ]).default("correction"),
+  SHOPIFY_TIMEOUT: duration("SHOPIFY_TIMEOUT").default(10_000),
+  SHOPIFY_BUCKET_MAX: int(1, 1_000_000).default(2000),
+  SHOPIFY_RESTORE_RATE: int(1, 100_000).default(100),
+  SANDBOX_SHOPIFY_PORT: int(0, 65535).default(0),
+  SANDBOX_CATALOG: z.string().min(1).optional(),
+
+  DISPATCH_ENABLED: z.enum(["true", "false"]).default("true").transform((v) => v === "true"),
+  DISPATCH_MAX_ATTEMPTS: int(1, 1000).default(20),
+  DISPATCH_LEASE: duration("DISPATCH_LEASE").default(30_000),
+  DISPATCH_POLL_INTERVAL: duration("DISPATCH_POLL_INTERVAL").default(100),
+  DISPATCH_BACKOFF_BASE: duration("DISPATCH_BACKOFF_BASE").default(1_000),
+  DISPATCH_BACKOFF_MAX: duration("DISPATCH_BACKOFF_MAX").default(300_000),
+
   MELI_URL: url(["https:", "http:"]).default("https://api.mercadolibre.com"),
   MELI_TOKEN: z.string().min(1).optional(),
   MELI_CLIENT_ID: z.string().min(1).optional(),

@@ -7,6 +7,13 @@ import { Connection } from "rabbitmq-client";
 import postgres from "postgres";
 import { createClient } from "redis";
 import { createConfirmingPublisher } from "./broker/publisher.ts";
+import { locationMap, ShopifyChannel } from "./channels/shopify/channel.ts";
+import { ShopifyClient } from "./channels/shopify/client.ts";
+import { DispatchStore } from "./ledger/dispatch_store.ts";
+import { loadCatalog } from "./sandbox/catalog.ts";
+import { type ShopifySandbox, startShopifySandbox } from "./sandbox/shopify.ts";
+import { RedisBucket } from "./sync/cost_bucket.ts";
+import { Dispatcher, type DispatcherHooks } from "./sync/dispatcher.ts";
 import { keepRawBodies } from "./broker/raw_body.ts";
 import { startSaleConsumer } from "./broker/sale_consumer.ts";
 import { buildTopology, declareTopology, type Topology } from "./broker/topology.ts";
@@ -29,6 +36,8 @@ export interface RunningService {
   url: string;
   /** Resolves when the ledger is migrated and the consumer has started. */
   started: Promise<void>;
+  /** The built-in Shopify sandbox, when Shopify is not configured. */
+  shopifySandbox(): ShopifySandbox | undefined;
   /** Graceful stop: consumer, in-flight custody, publisher, connections, HTTP. */
   close(): Promise<void>;
 }
@@ -78,7 +87,12 @@ function connectBroker(url: string, name: string, metrics: ServiceMetrics): Conn
  * (`/readyz` says what is still down); the ledger is migrated with retries and
  * the consumer starts once it is ready.
  */
-export function startService(config: Config): RunningService {
+/** Extra wiring for tests: seams around the dispatcher. */
+export interface ServiceOptions {
+  dispatcherHooks?: DispatcherHooks;
+}
+
+export function startService(config: Config, options: ServiceOptions = {}): RunningService {
   keepRawBodies();
   const topology = buildTopology({
     exchange: config.EXCHANGE,
@@ -154,6 +168,7 @@ export function startService(config: Config): RunningService {
       },
       postgres: pg,
       redis: rd,
+      ...Object.fromEntries(Object.entries(channelHealth).map(([name, health]) => [name, health()])),
     };
   }
 
@@ -170,6 +185,56 @@ export function startService(config: Config): RunningService {
 
   let custody: Custody | undefined;
   let publisher: ReturnType<typeof createConfirmingPublisher> | undefined;
+  let sandbox: ShopifySandbox | undefined;
+  const dispatchers: Dispatcher[] = [];
+  const channelHealth: Record<string, () => CheckResult> = {};
+
+  /** Builds the Shopify channel: the real API when configured, else the built-in sandbox. */
+  async function shopifyDispatcher(store: DispatchStore): Promise<Dispatcher> {
+    let baseUrl = config.SHOPIFY_URL;
+    let token = config.SHOPIFY_TOKEN;
+    let locations = locationMap(config.SHOPIFY_LOCATIONS ?? {}, config.SHOPIFY_LOCATION_ID);
+    if (!baseUrl || !token) {
+      sandbox = await startShopifySandbox({
+        port: config.SANDBOX_SHOPIFY_PORT,
+        catalog: config.SANDBOX_CATALOG ? await loadCatalog(config.SANDBOX_CATALOG) : undefined,
+      });
+      baseUrl = sandbox.url;
+      token = sandbox.token;
+      locations = locationMap(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id])));
+      log.warning(
+        "SHOPIFY_URL/SHOPIFY_TOKEN not set: syncing to the built-in Shopify SANDBOX at {url} (no real store is touched)",
+        { url: sandbox.url, mark: "start" },
+      );
+    } else if (!config.SHOPIFY_LOCATION_ID && !config.SHOPIFY_LOCATIONS) {
+      log.warning(
+        "neither SHOPIFY_LOCATION_ID nor SHOPIFY_LOCATIONS is set: every Shopify change will fail store_unmapped",
+      );
+    }
+    const budget = new RedisBucket(redis, `marketplace-sync:budget:shopify:${new URL(baseUrl).host}`, {
+      max: config.SHOPIFY_BUCKET_MAX,
+      restoreRate: config.SHOPIFY_RESTORE_RATE,
+    });
+    const client = new ShopifyClient({
+      baseUrl,
+      token,
+      apiVersion: config.SHOPIFY_API_VERSION,
+      timeoutMs: config.SHOPIFY_TIMEOUT,
+      budget,
+      metrics,
+    });
+    const channel = new ShopifyChannel({ client, sql, locations, reason: config.SHOPIFY_REASON });
+    channelHealth.shopify = () => channel.health();
+    return new Dispatcher({
+      adapter: channel,
+      store,
+      publisher: publisher!,
+      topology,
+      metrics,
+      pollIntervalMs: config.DISPATCH_POLL_INTERVAL,
+      hooks: options.dispatcherHooks,
+    });
+  }
 
   const started = (async () => {
     for (let attempt = 1; !stopping; attempt++) {
@@ -197,6 +262,21 @@ export function startService(config: Config): RunningService {
     await publishConnection.onConnect(0);
     await declareTopology(publishConnection, topology);
     publisher = createConfirmingPublisher(publishConnection, topology);
+    const store = new DispatchStore(sql, {
+      maxAttempts: config.DISPATCH_MAX_ATTEMPTS,
+      leaseMs: config.DISPATCH_LEASE,
+      backoffBaseMs: config.DISPATCH_BACKOFF_BASE,
+      backoffMaxMs: config.DISPATCH_BACKOFF_MAX,
+    });
+    if (!config.DISPATCH_ENABLED) {
+      log.info("DISPATCH_ENABLED=false: this instance only takes sales into custody; others dispatch them");
+    } else if (config.CHANNELS.includes("shopify")) dispatchers.push(await shopifyDispatcher(store));
+    if (config.DISPATCH_ENABLED && config.CHANNELS.includes("mercadolibre")) {
+      log.warning(
+        "the mercadolibre channel is not implemented yet: its changes are recorded and stay pending",
+      );
+    }
+    for (const d of dispatchers) d.start();
     custody = new Custody(sql, config.CHANNELS, {
       batchSize: config.CUSTODY_BATCH_SIZE,
       maxWaitMs: config.CUSTODY_BATCH_WAIT,
@@ -204,6 +284,8 @@ export function startService(config: Config): RunningService {
       batch: (size, seconds) => {
         metrics.custodyBatchSize.observe(size);
         metrics.custodyBatchSeconds.observe(seconds);
+        // New pending changes: wake the local dispatchers instead of waiting for their poll.
+        for (const d of dispatchers) d.wake();
       },
     });
     if (stopping) return;
@@ -233,16 +315,25 @@ export function startService(config: Config): RunningService {
     await started.catch(() => {});
     await consumer?.close();
     await custody?.drain();
+    // Let each dispatcher finish (and record) the batch in flight; abort waits
+    // for the rate budget if that takes too long. An unrecorded batch keeps its
+    // lease and is re-sent with the same key by whoever claims it next.
+    const stopped = Promise.all(dispatchers.map((d) => d.stop()));
+    const grace = new Promise<void>((r) => setTimeout(r, Math.min(10_000, config.SHUTDOWN_TIMEOUT / 2)));
+    await Promise.race([stopped, grace]);
+    for (const d of dispatchers) d.abort();
+    await stopped;
     await publisher?.close();
     await Promise.all([consumeConnection?.close(), publishConnection?.close()]);
     await sql.end({ timeout: 5 });
     if (redis.isOpen) await redis.close().catch(() => redis.destroy());
     else redis.destroy();
+    await sandbox?.close();
     await server.shutdown();
     log.info("stopped", { mark: "shutdown" });
   }
 
-  return { config, topology, metrics, url, started, close };
+  return { config, topology, metrics, url, started, close, shopifySandbox: () => sandbox };
 }
 
 async function main(): Promise<number> {

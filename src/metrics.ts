@@ -20,6 +20,12 @@ export interface ServiceMetrics {
   componentUp: Gauge<"component">;
   rssBytes: Gauge;
   heapUsedBytes: Gauge;
+  dispatchBatchSize: Histogram<"channel">;
+  changesProcessed: Counter<"channel" | "outcome">;
+  eventAppliedSeconds: Histogram<"channel">;
+  marketplaceCalls: Counter<"channel" | "operation" | "outcome">;
+  throttleWaitSeconds: Counter<"channel">;
+  budgetLevel: Gauge<"channel">;
 }
 
 /**
@@ -50,6 +56,44 @@ export function createMetrics(
   });
   return {
     registry,
+    dispatchBatchSize: new Histogram({
+      name: `${prefix}dispatch_batch_listings`,
+      help: "Listings (coalesced store × SKU changes) per marketplace batch.",
+      labelNames: ["channel"] as const,
+      buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500],
+      registers,
+    }),
+    changesProcessed: new Counter({
+      name: `${prefix}changes_processed_total`,
+      help: "Stock changes given an outcome by a marketplace batch: applied, retry, failed.",
+      labelNames: ["channel", "outcome"] as const,
+      registers,
+    }),
+    eventAppliedSeconds: new Histogram({
+      name: `${prefix}event_applied_latency_seconds`,
+      help: "From custody of a sale to its change applied on the marketplace.",
+      labelNames: ["channel"] as const,
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900],
+      registers,
+    }),
+    marketplaceCalls: new Counter({
+      name: `${prefix}marketplace_calls_total`,
+      help: "Marketplace API calls by operation and outcome (ok, throttled, http_429, http_5xx, network, …).",
+      labelNames: ["channel", "operation", "outcome"] as const,
+      registers,
+    }),
+    throttleWaitSeconds: new Counter({
+      name: `${prefix}throttle_wait_seconds_total`,
+      help: "Time spent waiting for the marketplace rate budget before sending.",
+      labelNames: ["channel"] as const,
+      registers,
+    }),
+    budgetLevel: new Gauge({
+      name: `${prefix}budget_available`,
+      help: "Last known level of the marketplace rate budget (Shopify: cost points).",
+      labelNames: ["channel"] as const,
+      registers,
+    }),
     eventsConsumed: new Counter({
       name: `${prefix}events_consumed_total`,
       help: "Sale events delivered to this instance by RabbitMQ.",

@@ -36,6 +36,8 @@ export function testEnv(overrides: Record<string, string> = {}): Record<string, 
     QUEUE: `marketplace-sync.${id}`,
     LEDGER_SCHEMA: `msync_${id}`,
     RETRY_DELAYS: "100ms,200ms,300ms",
+    // Custody tests look at pending changes; sync tests turn dispatching on.
+    DISPATCH_ENABLED: "false",
     LOG_LEVEL: Deno.env.get("TEST_LOG_LEVEL") ?? "fatal",
     ...overrides,
   };

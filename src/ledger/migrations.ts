@@ -76,4 +76,26 @@ export const MIGRATIONS: readonly Migration[] = [
         foreign key (batch_id) references sync_batch(id);
     `,
   },
+  {
+    version: 2,
+    name: "dispatcher: listings, batch requests",
+    sql: `
+      -- The exact request a batch sends, persisted before the first send so a
+      -- re-send after a crash repeats it byte for byte under the same key.
+      alter table sync_batch add column request jsonb;
+      alter table sync_batch add column channel_attempts integer not null default 0;
+      alter table sync_batch add column error text;
+
+      -- SKU -> marketplace listing resolutions (Shopify InventoryItem, MeLi item/variation).
+      create table listing (
+        channel      text not null,
+        sku          text not null,
+        external_id  text not null,
+        variant_id   text,
+        data         jsonb not null default '{}',
+        resolved_at  timestamptz not null default now(),
+        primary key (channel, sku)
+      );
+    `,
+  },
 ];

@@ -1,0 +1,246 @@
+/**
+ * The Shopify channel: sales become `inventoryAdjustQuantities` deltas on
+ * `available`, up to 250 changes per call, coalesced per (item, location),
+ * sent with `@idempotent(key:)` and the batch's persisted key.
+ */
+import type { Sql } from "postgres";
+import type { CheckResult } from "../../http/app.ts";
+import type { BatchOutcome, ChangeOutcome, ClaimedBatch } from "../../ledger/dispatch_store.ts";
+import { logger } from "../../log.ts";
+import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
+import type { ShopifyClient } from "./client.ts";
+import { ADJUST_AVAILABLE } from "./documents.ts";
+import { ShopifyListings } from "./listings.ts";
+
+const log = logger("shopify");
+
+/** Shopify accepts at most 250 changes per inventoryAdjustQuantities call. */
+export const MAX_CHANGES_PER_CALL = 250;
+
+/** Where each store's stock lives in Shopify. */
+export interface LocationMap {
+  /** Location gid for a store, or undefined when the store is not mapped. */
+  locationFor(tiendaId: string): string | undefined;
+}
+
+/** A fixed location for every store, or a per-store map (with an optional default). */
+export function locationMap(byStore: Record<string, string>, fallback?: string): LocationMap {
+  return { locationFor: (tiendaId) => byStore[tiendaId] ?? fallback };
+}
+
+/** What a batch sends, persisted before the first send. */
+interface AdjustRequest {
+  variables: {
+    input: {
+      reason: string;
+      name: "available";
+      referenceDocumentUri: string;
+      changes: { inventoryItemId: string; locationId: string; delta: number; changeFromQuantity: null }[];
+    };
+    key: string;
+  };
+  /** For each request change, the logical changes (batch indexes) it carries. */
+  index: number[][];
+  /** Outcomes decided without asking Shopify (unresolvable SKUs, unmapped stores, net-zero). */
+  decided: Record<number, ChangeOutcome>;
+}
+
+interface AdjustResponse {
+  inventoryAdjustQuantities: {
+    inventoryAdjustmentGroup: {
+      id: string;
+      changes: {
+        name: string;
+        delta: number;
+        quantityAfterChange: number | null;
+        item: { id: string };
+        location: { id: string };
+      }[];
+    } | null;
+    userErrors: { field: string[] | null; message: string; code: string | null }[];
+  } | null;
+}
+
+/** Options for {@link ShopifyChannel}. */
+export interface ShopifyChannelOptions {
+  client: ShopifyClient;
+  sql: Sql;
+  locations: LocationMap;
+  /** One of Shopify's documented inventory reasons (there is no "sale"). */
+  reason: string;
+}
+
+/** The Shopify adapter for the dispatcher. */
+export class ShopifyChannel implements ChannelAdapter {
+  readonly name = "shopify" as const;
+  readonly maxListingsPerBatch = MAX_CHANGES_PER_CALL;
+  readonly listings: ShopifyListings;
+  #unauthorized: string | undefined;
+
+  constructor(private readonly options: ShopifyChannelOptions) {
+    this.listings = new ShopifyListings(options.sql, options.client);
+  }
+
+  health(): CheckResult {
+    return this.#unauthorized ? { ok: false, detail: this.#unauthorized } : { ok: true };
+  }
+
+  async process(batch: ClaimedBatch, context: BatchContext): Promise<BatchOutcome> {
+    const request = (batch.request as AdjustRequest | null) ??
+      await this.#buildRequest(batch, context.signal);
+    const results: ChangeOutcome[] = batch.changes.map((_, i) =>
+      request.decided[i] ?? { kind: "retry", reason: "unsent", error: "not sent" }
+    );
+    if (request.variables.input.changes.length === 0) return { kind: "done", results };
+    if (!batch.request) await context.persistRequest(request);
+
+    const result = await this.options.client.call<AdjustResponse>(
+      "AdjustAvailable",
+      ADJUST_AVAILABLE,
+      request.variables,
+      context.signal,
+    );
+    if (result.kind === "unauthorized") {
+      if (!this.#unauthorized) {
+        log.error("Shopify refused our credentials: {error}", { mark: "error", error: result.error });
+      }
+      this.#unauthorized = result.error;
+      return {
+        kind: "resend",
+        reason: "unauthorized",
+        error: result.error,
+        waitMs: 10_000,
+        countsAsAttempt: false,
+      };
+    }
+    this.#unauthorized = undefined;
+    const sent = request.index.flat();
+    if (result.kind === "retry") {
+      const waitMs = result.waitMs ?? Math.min(1_000 * 2 ** Math.max(0, batch.sends - 1), 60_000);
+      return {
+        kind: "resend",
+        reason: result.reason,
+        error: result.error,
+        waitMs,
+        countsAsAttempt: result.countsAsAttempt,
+      };
+    }
+    if (result.kind === "new_key") {
+      for (const i of sent) {
+        results[i] = { kind: "retry", reason: result.reason, error: result.error, waitMs: 500 };
+      }
+      return { kind: "done", results };
+    }
+    if (result.kind === "rejected") {
+      for (const i of sent) results[i] = { kind: "failed", reason: result.reason, error: result.error };
+      return { kind: "done", results };
+    }
+
+    const payload = result.data.inventoryAdjustQuantities;
+    const userErrors = payload?.userErrors ?? [];
+    if (userErrors.length > 0 || !payload?.inventoryAdjustmentGroup) {
+      // The mutation is all-or-nothing: a userError that names one change fails
+      // that change; the others were not applied and go out again under a new key.
+      const blamed = new Map<number, { reason: string; error: string }>();
+      for (const e of userErrors) {
+        const at = (e.field ?? []).indexOf("changes");
+        const j = at >= 0 ? Number((e.field ?? [])[at + 1]) : NaN;
+        if (Number.isInteger(j) && request.index[j]) {
+          for (const i of request.index[j]) {
+            blamed.set(i, { reason: (e.code ?? "user_error").toLowerCase(), error: e.message });
+          }
+        }
+      }
+      const summary = userErrors.map((e) => `${e.code ?? "ERROR"}: ${e.message}`).join("; ") ||
+        "no adjustment group returned";
+      for (const i of sent) {
+        const b = blamed.get(i);
+        results[i] = b ? { kind: "failed", ...b } : blamed.size > 0
+          ? {
+            kind: "retry",
+            reason: "batch_rejected",
+            error: `another change in the batch was refused: ${summary}`,
+            waitMs: 0,
+          }
+          : { kind: "failed", reason: "rejected", error: summary };
+      }
+      return { kind: "done", results, response: payload };
+    }
+    const after = new Map<string, number | null>();
+    for (const c of payload.inventoryAdjustmentGroup.changes) {
+      if (c.name === "available") after.set(`${c.item.id} ${c.location.id}`, c.quantityAfterChange);
+    }
+    for (const [j, change] of request.variables.input.changes.entries()) {
+      const quantityAfter = after.get(`${change.inventoryItemId} ${change.locationId}`) ?? null;
+      for (const i of request.index[j]) {
+        results[i] = {
+          kind: "applied",
+          quantityAfter,
+          detail: { group: payload.inventoryAdjustmentGroup.id },
+        };
+      }
+    }
+    return { kind: "done", results, response: { group: payload.inventoryAdjustmentGroup.id } };
+  }
+
+  async #buildRequest(batch: ClaimedBatch, signal: AbortSignal): Promise<AdjustRequest> {
+    const decided: Record<number, ChangeOutcome> = {};
+    const merged = new Map<
+      string,
+      { inventoryItemId: string; locationId: string; delta: number; indexes: number[] }
+    >();
+    for (const [i, change] of batch.changes.entries()) {
+      const locationId = this.options.locations.locationFor(change.tiendaId);
+      if (!locationId) {
+        decided[i] = {
+          kind: "failed",
+          reason: "store_unmapped",
+          error:
+            `store ${change.tiendaId} has no Shopify location (set SHOPIFY_LOCATION_ID or SHOPIFY_LOCATIONS)`,
+        };
+        continue;
+      }
+      const resolution = await this.listings.resolve(change.sku, signal);
+      if (!resolution.ok) {
+        decided[i] = resolution.outcome;
+        continue;
+      }
+      const key = `${resolution.listing.inventoryItemId} ${locationId}`;
+      const entry = merged.get(key) ??
+        { inventoryItemId: resolution.listing.inventoryItemId, locationId, delta: 0, indexes: [] };
+      entry.delta += change.delta;
+      entry.indexes.push(i);
+      merged.set(key, entry);
+    }
+    const changes: AdjustRequest["variables"]["input"]["changes"] = [];
+    const index: number[][] = [];
+    for (const entry of merged.values()) {
+      if (entry.delta === 0) {
+        for (const i of entry.indexes) {
+          decided[i] = { kind: "applied", quantityAfter: null, detail: { net_zero: true } };
+        }
+        continue;
+      }
+      changes.push({
+        inventoryItemId: entry.inventoryItemId,
+        locationId: entry.locationId,
+        delta: entry.delta,
+        changeFromQuantity: null,
+      });
+      index.push(entry.indexes);
+    }
+    return {
+      variables: {
+        input: {
+          reason: this.options.reason,
+          name: "available",
+          referenceDocumentUri: `gid://marketplace-sync/SyncBatch/${batch.id}`,
+          changes,
+        },
+        key: batch.idempotencyKey,
+      },
+      index,
+      decided,
+    };
+  }
+}

@@ -1,0 +1,195 @@
+/**
+ * A small Shopify Admin GraphQL client: native fetch, the shared cost budget
+ * drawn BEFORE sending, a timeout well below the broker's consumer timeout,
+ * and every way a call can go wrong mapped to what the caller should do.
+ */
+import type { ServiceMetrics } from "../../metrics.ts";
+import type { RateBudget } from "../../sync/cost_bucket.ts";
+
+/** `extensions.cost` of a Shopify response. */
+export interface QueryCost {
+  requestedQueryCost: number;
+  actualQueryCost?: number | null;
+  throttleStatus: { maximumAvailable: number; currentlyAvailable: number; restoreRate: number };
+}
+
+/** One GraphQL error as Shopify returns it. */
+export interface GraphqlError {
+  message: string;
+  extensions?: { code?: string; [key: string]: unknown };
+  path?: (string | number)[];
+}
+
+/** What a call came to, from the caller's point of view. */
+export type CallResult<T> =
+  | { kind: "ok"; data: T }
+  /** Try the same request (same key) again after `waitMs`. */
+  | { kind: "retry"; reason: string; error: string; waitMs?: number; countsAsAttempt: boolean }
+  /** Credentials refused: wait for an operator; do not fail changes. */
+  | { kind: "unauthorized"; error: string }
+  /** The key is spent or unusable: send the changes again under a new key. */
+  | { kind: "new_key"; reason: string; error: string }
+  /** Shopify refused the document itself: retrying cannot help. */
+  | { kind: "rejected"; reason: string; error: string };
+
+/** Connection settings. */
+export interface ShopifyClientOptions {
+  /** Base URL, e.g. https://my-shop.myshopify.com (or the sandbox's loopback URL). */
+  baseUrl: string;
+  token: string;
+  apiVersion: string;
+  timeoutMs: number;
+  budget: RateBudget;
+  metrics: ServiceMetrics;
+}
+
+const INITIAL_COST_ESTIMATE = 10;
+
+/** Admin GraphQL client for one shop. */
+export class ShopifyClient {
+  readonly endpoint: string;
+  #costEstimate = new Map<string, number>();
+
+  constructor(private readonly options: ShopifyClientOptions) {
+    this.endpoint = `${options.baseUrl.replace(/\/+$/, "")}/admin/api/${options.apiVersion}/graphql.json`;
+  }
+
+  /**
+   * Sends one operation. Never throws for marketplace or network errors.
+   * @param operation the document's operation name (cost is learned per name).
+   */
+  async call<T>(
+    operation: string,
+    query: string,
+    variables: Record<string, unknown>,
+    signal?: AbortSignal,
+  ): Promise<CallResult<T>> {
+    const { budget, metrics } = this.options;
+    const channel = "shopify";
+    const count = (outcome: string) => metrics.marketplaceCalls.inc({ channel, operation, outcome });
+    const estimate = this.#costEstimate.get(operation) ?? INITIAL_COST_ESTIMATE;
+    const waited = await budget.take(estimate, signal);
+    if (waited > 0) metrics.throttleWaitSeconds.inc({ channel }, waited / 1000);
+
+    let response: Response;
+    try {
+      const timeout = AbortSignal.timeout(this.options.timeoutMs);
+      response = await fetch(this.endpoint, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          "accept": "application/json",
+          "x-shopify-access-token": this.options.token,
+        },
+        body: JSON.stringify({ query, variables }),
+        signal: signal ? AbortSignal.any([timeout, signal]) : timeout,
+      });
+    } catch (error) {
+      const timedOut = (error as Error).name === "TimeoutError";
+      count(timedOut ? "timeout" : "network");
+      return {
+        kind: "retry",
+        reason: timedOut ? "timeout" : "network",
+        error: timedOut ? `no answer within ${this.options.timeoutMs} ms` : (error as Error).message,
+        countsAsAttempt: true,
+      };
+    }
+
+    if (response.status === 429) {
+      await response.body?.cancel();
+      count("http_429");
+      // Retry-After is in SECONDS (it may be fractional).
+      const seconds = Number(response.headers.get("retry-after"));
+      return {
+        kind: "retry",
+        reason: "http_429",
+        error: "HTTP 429 Too Many Requests",
+        waitMs: Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : 2_000,
+        countsAsAttempt: false,
+      };
+    }
+    if (response.status === 401 || response.status === 403) {
+      const text = await response.text().catch(() => "");
+      count(`http_${response.status}`);
+      return {
+        kind: "unauthorized",
+        error: `HTTP ${response.status}: ${text.slice(0, 200)} (check SHOPIFY_TOKEN and the app's scopes)`,
+      };
+    }
+    if (response.status >= 500 || response.status === 408) {
+      await response.body?.cancel();
+      count("http_5xx");
+      return { kind: "retry", reason: "http_5xx", error: `HTTP ${response.status}`, countsAsAttempt: true };
+    }
+    let body: { data?: T | null; errors?: GraphqlError[]; extensions?: { cost?: QueryCost } };
+    try {
+      body = await response.json();
+    } catch {
+      count("bad_response");
+      return {
+        kind: "retry",
+        reason: "bad_response",
+        error: `HTTP ${response.status} with a body that is not JSON`,
+        countsAsAttempt: true,
+      };
+    }
+    if (response.status !== 200) {
+      count(`http_${response.status}`);
+      return {
+        kind: "rejected",
+        reason: `http_${response.status}`,
+        error: `HTTP ${response.status}: ${JSON.stringify(body).slice(0, 300)}`,
+      };
+    }
+
+    const cost = body.extensions?.cost;
+    if (cost?.throttleStatus) {
+      const s = cost.throttleStatus;
+      this.#costEstimate.set(operation, cost.requestedQueryCost);
+      await budget.observe(s.currentlyAvailable, { max: s.maximumAvailable, restoreRate: s.restoreRate });
+      metrics.budgetLevel.set({ channel }, s.currentlyAvailable);
+    }
+    const errors = body.errors ?? [];
+    const codes = errors.map((e) => e.extensions?.code ?? "");
+    if (codes.includes("THROTTLED")) {
+      count("throttled");
+      const s = cost?.throttleStatus;
+      const needed = (cost?.requestedQueryCost ?? estimate) - (s?.currentlyAvailable ?? 0);
+      const waitMs = s ? Math.max(100, Math.ceil(needed / s.restoreRate * 1000)) : 1_000;
+      return { kind: "retry", reason: "throttled", error: "THROTTLED", waitMs, countsAsAttempt: false };
+    }
+    const message = errors.map((e) => `${e.extensions?.code ? `${e.extensions.code}: ` : ""}${e.message}`)
+      .join("; ");
+    if (codes.includes("IDEMPOTENCY_CONCURRENT_REQUEST")) {
+      count("idempotency_concurrent");
+      return {
+        kind: "retry",
+        reason: "idempotency_concurrent",
+        error: message,
+        waitMs: 1_000,
+        countsAsAttempt: false,
+      };
+    }
+    if (
+      codes.includes("IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED") ||
+      codes.includes("IDEMPOTENCY_KEY_PARAMETER_MISMATCH")
+    ) {
+      count("idempotency_new_key");
+      return {
+        kind: "new_key",
+        reason: codes.find((c) => c.startsWith("IDEMPOTENCY"))!.toLowerCase(),
+        error: message,
+      };
+    }
+    if (codes.some((c) => c === "INTERNAL_SERVER_ERROR" || c === "SERVICE_UNAVAILABLE")) {
+      count("graphql_internal");
+      return { kind: "retry", reason: "graphql_internal", error: message, countsAsAttempt: true };
+    }
+    if (errors.length > 0 || body.data == null) {
+      count("graphql_error");
+      return { kind: "rejected", reason: "graphql_error", error: message || "response without data" };
+    }
+    count("ok");
+    return { kind: "ok", data: body.data };
+  }
+}

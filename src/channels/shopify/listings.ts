@@ -1,0 +1,91 @@
+/**
+ * SKU → Shopify InventoryItem resolution, cached in memory and in the ledger's
+ * `listing` table. Exactly one variant whose SKU equals ours (Shopify's search
+ * is not exact) or the change fails `sku_not_found` / `sku_ambiguous`.
+ */
+import type { Sql } from "postgres";
+import type { ChangeOutcome } from "../../ledger/dispatch_store.ts";
+import type { ShopifyClient } from "./client.ts";
+import { VARIANTS_BY_SKU } from "./documents.ts";
+import { skuSearchQuery } from "./search.ts";
+
+/** A resolved listing: the inventory item the SKU's stock lives on. */
+export interface ShopifyListing {
+  inventoryItemId: string;
+  variantId: string;
+}
+
+/** Either a listing or the outcome to give the change. */
+export type Resolution = { ok: true; listing: ShopifyListing } | { ok: false; outcome: ChangeOutcome };
+
+interface VariantsBySku {
+  productVariants: { nodes: { id: string; sku: string | null; inventoryItem: { id: string } }[] };
+}
+
+const NEGATIVE_TTL_MS = 60_000;
+
+/** Resolves and caches SKU → InventoryItem for one shop. */
+export class ShopifyListings {
+  #memory = new Map<string, ShopifyListing>();
+  #misses = new Map<string, { outcome: ChangeOutcome; until: number }>();
+
+  constructor(private readonly sql: Sql, private readonly client: ShopifyClient) {}
+
+  /** Resolves one SKU (memory, then ledger, then Shopify). */
+  async resolve(sku: string, signal?: AbortSignal): Promise<Resolution> {
+    const cached = this.#memory.get(sku);
+    if (cached) return { ok: true, listing: cached };
+    const miss = this.#misses.get(sku);
+    if (miss && miss.until > Date.now()) return { ok: false, outcome: miss.outcome };
+
+    const [row] = await this.sql<{ external_id: string; variant_id: string }[]>`
+      select external_id, variant_id from listing where channel = 'shopify' and sku = ${sku}`;
+    if (row) {
+      const listing = { inventoryItemId: row.external_id, variantId: row.variant_id };
+      this.#memory.set(sku, listing);
+      return { ok: true, listing };
+    }
+
+    const result = await this.client.call<VariantsBySku>(
+      "VariantsBySku",
+      VARIANTS_BY_SKU,
+      { query: skuSearchQuery(sku) },
+      signal,
+    );
+    if (result.kind !== "ok") {
+      const wait = result.kind === "retry" ? result.waitMs : undefined;
+      const reason = result.kind === "unauthorized" ? "unauthorized" : result.reason;
+      return {
+        ok: false,
+        outcome: { kind: "retry", reason, error: `resolving SKU: ${result.error}`, waitMs: wait },
+      };
+    }
+    const exact = result.data.productVariants.nodes.filter((n) => n.sku === sku);
+    if (exact.length !== 1) {
+      const outcome: ChangeOutcome = exact.length === 0
+        ? { kind: "failed", reason: "sku_not_found", error: `no Shopify variant has SKU "${sku}"` }
+        : {
+          kind: "failed",
+          reason: "sku_ambiguous",
+          error: `several Shopify variants have SKU "${sku}" (${
+            exact.map((n) => n.id).join(", ")
+          }); make it unique`,
+        };
+      this.#misses.set(sku, { outcome, until: Date.now() + NEGATIVE_TTL_MS });
+      return { ok: false, outcome };
+    }
+    const listing = { inventoryItemId: exact[0].inventoryItem.id, variantId: exact[0].id };
+    await this.sql`
+      insert into listing (channel, sku, external_id, variant_id)
+      values ('shopify', ${sku}, ${listing.inventoryItemId}, ${listing.variantId})
+      on conflict (channel, sku) do update
+        set external_id = excluded.external_id, variant_id = excluded.variant_id, resolved_at = now()`;
+    this.#memory.set(sku, listing);
+    return { ok: true, listing };
+  }
+
+  /** Forgets negative results (after an operator fixed the catalog). */
+  forgetMisses(): void {
+    this.#misses.clear();
+  }
+}

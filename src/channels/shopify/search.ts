@@ -1,0 +1,14 @@
+/**
+ * Shopify search syntax for `productVariants(query:)`.
+ *
+ * The SKU is always sent as a quoted phrase of the `sku` field, with every
+ * character that has a meaning in the syntax backslash-escaped, so a SKU like
+ * `A:B "C" (D)\E` can neither break out of the phrase nor turn into an
+ * operator. The variables carry the string; it is never spliced into GraphQL.
+ */
+const SPECIAL = /[\\":()]/g;
+
+/** The `query` argument that finds variants with exactly this SKU. */
+export function skuSearchQuery(sku: string): string {
+  return `sku:"${sku.replace(SPECIAL, (ch) => `\\${ch}`)}"`;
+}

@@ -1,0 +1,356 @@
+/**
+ * The dispatcher's side of the ledger: claim pending changes into a batch with
+ * its idempotency key (persisted BEFORE anything is sent), re-claim batches
+ * whose lease expired (a crashed replica's, or one waiting to be re-sent with
+ * the same key), and record what the marketplace said.
+ *
+ * All claims use FOR UPDATE SKIP LOCKED, so any number of replicas can
+ * dispatch the same channel without sending a change twice.
+ */
+import type postgres from "postgres";
+import type { Sql } from "postgres";
+
+/** Changes for one listing (store × SKU) inside a batch, coalesced. */
+export interface LogicalChange {
+  tiendaId: string;
+  sku: string;
+  productoId: string | null;
+  /** Sum of the coalesced changes' deltas (negative for sales). */
+  delta: number;
+  changeIds: string[];
+  eventIds: string[];
+  /** Highest attempt count among the coalesced changes (1 on the first send). */
+  attempts: number;
+  oldestCreatedAt: Date;
+}
+
+/** A batch claimed by this replica. */
+export interface ClaimedBatch {
+  id: string;
+  channel: string;
+  idempotencyKey: string;
+  changes: LogicalChange[];
+  /** The exact request persisted before the first send; null until then. */
+  request: unknown | null;
+  /** Sends of this batch so far under this key (0 before the first). */
+  sends: number;
+  /** True when this batch was sent before (crash recovery or same-key retry). */
+  resend: boolean;
+}
+
+/** What happened to one logical change. */
+export type ChangeOutcome =
+  | { kind: "applied"; quantityAfter?: number | null; detail?: unknown }
+  | { kind: "failed"; reason: string; error: string }
+  | { kind: "retry"; reason: string; error: string; waitMs?: number };
+
+/** What happened to a batch. */
+export type BatchOutcome =
+  /** The key is used up; every logical change (by index) has its own outcome. */
+  | { kind: "done"; results: ChangeOutcome[]; response?: unknown }
+  /** Send the same request with the same key again after `waitMs`. */
+  | { kind: "resend"; reason: string; error: string; waitMs: number; countsAsAttempt: boolean };
+
+/** A change that has just failed for good, with its sale, for a DLQ copy. */
+export interface FailedChange {
+  eventId: string;
+  channel: string;
+  sku: string;
+  tiendaId: string;
+  reason: string;
+  error: string;
+  attempts: number;
+  body: unknown;
+}
+
+/** Retry and lease policy. */
+export interface DispatchPolicy {
+  /** Attempts per change before it fails as `exhausted`. */
+  maxAttempts: number;
+  /** Lease on a batch in flight; a crashed replica's batch is re-sent after it. */
+  leaseMs: number;
+  /** First backoff step for a change sent back to pending. */
+  backoffBaseMs: number;
+  backoffMaxMs: number;
+}
+
+/** Exponential backoff with ±20 % jitter. */
+export function backoffMs(
+  attempt: number,
+  policy: Pick<DispatchPolicy, "backoffBaseMs" | "backoffMaxMs">,
+): number {
+  const base = Math.min(policy.backoffMaxMs, policy.backoffBaseMs * 2 ** Math.max(0, attempt - 1));
+  return Math.round(base * (0.8 + Math.random() * 0.4));
+}
+
+interface ClaimedRow {
+  id: string;
+  event_id: string;
+  tienda_id: string;
+  sku: string;
+  producto_id: string | null;
+  delta: number;
+  attempts: number;
+  created_at: Date;
+}
+
+function coalesce(rows: ClaimedRow[]): LogicalChange[] {
+  const groups = new Map<string, LogicalChange>();
+  for (const row of rows) {
+    const key = `${row.tienda_id}\u0000${row.sku}`;
+    let group = groups.get(key);
+    if (!group) {
+      group = {
+        tiendaId: row.tienda_id,
+        sku: row.sku,
+        productoId: row.producto_id,
+        delta: 0,
+        changeIds: [],
+        eventIds: [],
+        attempts: 0,
+        oldestCreatedAt: row.created_at,
+      };
+      groups.set(key, group);
+    }
+    group.delta += row.delta;
+    group.changeIds.push(String(row.id));
+    group.eventIds.push(row.event_id);
+    group.productoId ??= row.producto_id;
+    group.attempts = Math.max(group.attempts, row.attempts);
+    if (row.created_at < group.oldestCreatedAt) group.oldestCreatedAt = row.created_at;
+  }
+  // Stable order so a re-built request is identical.
+  return [...groups.values()].sort((a, b) =>
+    a.tiendaId === b.tiendaId ? (a.sku < b.sku ? -1 : 1) : (a.tiendaId < b.tiendaId ? -1 : 1)
+  );
+}
+
+function toJson(value: unknown): postgres.JSONValue {
+  return value as postgres.JSONValue;
+}
+
+/** Ledger operations for one dispatcher. */
+export class DispatchStore {
+  constructor(private readonly sql: Sql, private readonly policy: DispatchPolicy) {}
+
+  /**
+   * Claims up to `maxListings` listings' worth of due pending changes for
+   * `channel` into a new batch with a fresh idempotency key. Null when idle.
+   */
+  async claimBatch(
+    channel: string,
+    maxListings: number,
+    maxRows = maxListings * 20,
+  ): Promise<ClaimedBatch | null> {
+    return await this.sql.begin(async (tx) => {
+      const key = crypto.randomUUID();
+      const [batch] = await tx<{ id: string }[]>`
+        insert into sync_batch (channel, idempotency_key, payload, status, lease_until)
+        values (${channel}, ${key}, '[]', 'sending', now() + ${this.policy.leaseMs} * interval '1 millisecond')
+        returning id`;
+      const rows = await tx<ClaimedRow[]>`
+        with due as (
+          select id, tienda_id, sku from stock_change
+           where channel = ${channel} and status = 'pending' and next_attempt_at <= now()
+           order by next_attempt_at, id
+           limit ${maxRows}
+           for update skip locked
+        ), listings as (
+          select tienda_id, sku, min(id) as first_id from due
+           group by tienda_id, sku order by first_id limit ${maxListings}
+        )
+        update stock_change s
+           set status = 'sending', batch_id = ${batch.id}, attempts = s.attempts + 1, updated_at = now()
+          from due join listings using (tienda_id, sku)
+         where s.id = due.id
+        returning s.id, s.event_id, s.tienda_id, s.sku, s.producto_id, s.delta, s.attempts, s.created_at`;
+      if (rows.length === 0) {
+        await tx`delete from sync_batch where id = ${batch.id}`;
+        return null;
+      }
+      const changes = coalesce(rows);
+      await tx`update sync_batch set payload = ${tx.json(toJson(changes))} where id = ${batch.id}`;
+      return {
+        id: String(batch.id),
+        channel,
+        idempotencyKey: key,
+        changes,
+        request: null,
+        sends: 0,
+        resend: false,
+      };
+    });
+  }
+
+  /**
+   * Takes over one batch of `channel` whose lease has expired: a batch waiting
+   * for a same-key re-send, or one left in flight by a crashed replica.
+   */
+  async reclaimBatch(channel: string): Promise<ClaimedBatch | null> {
+    return await this.sql.begin(async (tx) => {
+      const [row] = await tx<
+        {
+          id: string;
+          idempotency_key: string;
+          payload: LogicalChange[];
+          request: unknown;
+          channel_attempts: number;
+          sent_at: Date | null;
+        }[]
+      >`
+        select id, idempotency_key, payload, request, channel_attempts, sent_at from sync_batch
+         where channel = ${channel} and status = 'sending' and lease_until <= now()
+         order by lease_until limit 1
+         for update skip locked`;
+      if (!row) return null;
+      await tx`
+        update sync_batch set lease_until = now() + ${this.policy.leaseMs} * interval '1 millisecond'
+         where id = ${row.id}`;
+      const changes = row.payload.map((c) => ({ ...c, oldestCreatedAt: new Date(c.oldestCreatedAt) }));
+      return {
+        id: String(row.id),
+        channel,
+        idempotencyKey: row.idempotency_key,
+        changes,
+        request: row.request ?? null,
+        sends: row.channel_attempts,
+        resend: row.sent_at !== null,
+      };
+    });
+  }
+
+  /** Persists the exact request (before the first send) and marks the send. */
+  async markSending(batch: ClaimedBatch, request: unknown): Promise<void> {
+    await this.sql`
+      update sync_batch
+         set request = coalesce(request, ${this.sql.json(toJson(request))}),
+             sent_at = coalesce(sent_at, now()),
+             channel_attempts = channel_attempts + 1,
+             lease_until = now() + ${this.policy.leaseMs} * interval '1 millisecond'
+       where id = ${batch.id}`;
+    batch.request ??= request;
+    batch.sends += 1;
+  }
+
+  /**
+   * Records a batch outcome in one transaction. Returns the changes that have
+   * just failed for good (for DLQ copies).
+   */
+  async record(batch: ClaimedBatch, outcome: BatchOutcome): Promise<FailedChange[]> {
+    return await this.sql.begin(async (tx) => {
+      const failed: { ids: string[]; reason: string; error: string }[] = [];
+      if (outcome.kind === "resend") {
+        // Throttling, a concurrent request under our key or bad credentials are
+        // not the request's fault: they do not use up an attempt.
+        if (!outcome.countsAsAttempt) batch.sends -= 1;
+        const exhausted = outcome.countsAsAttempt && batch.sends >= this.policy.maxAttempts;
+        if (!exhausted) {
+          await tx`
+            update sync_batch
+               set lease_until = now() + ${
+            Math.max(0, Math.round(outcome.waitMs))
+          } * interval '1 millisecond',
+                   error = ${outcome.error}, channel_attempts = ${batch.sends}
+             where id = ${batch.id}`;
+          return [];
+        }
+        await tx`
+          update sync_batch set status = 'failed', finished_at = now(), error = ${outcome.error}
+           where id = ${batch.id}`;
+        failed.push({
+          ids: batch.changes.flatMap((c) => c.changeIds),
+          reason: "exhausted",
+          error: `gave up after ${batch.sends} sends: ${outcome.error}`,
+        });
+      } else {
+        await tx`
+          update sync_batch set status = 'done', finished_at = now(),
+                 response = ${outcome.response === undefined ? null : tx.json(toJson(outcome.response))}
+           where id = ${batch.id}`;
+        for (const [index, result] of outcome.results.entries()) {
+          const change = batch.changes[index];
+          if (result.kind === "applied") {
+            await tx`
+              update stock_change
+                 set status = 'applied', applied_at = now(), updated_at = now(), error = null, error_reason = null,
+                     result = ${
+              tx.json(
+                toJson({
+                  quantity_after: result.quantityAfter ?? null,
+                  batch_id: batch.id,
+                  detail: result.detail ?? null,
+                }),
+              )
+            }
+               where id = any(${change.changeIds}::bigint[])`;
+          } else if (result.kind === "retry" && change.attempts < this.policy.maxAttempts) {
+            const wait = Math.max(result.waitMs ?? 0, backoffMs(change.attempts, this.policy));
+            await tx`
+              update stock_change
+                 set status = 'pending', batch_id = null, updated_at = now(), error = ${result.error},
+                     error_reason = ${result.reason},
+                     next_attempt_at = now() + ${wait} * interval '1 millisecond'
+               where id = any(${change.changeIds}::bigint[])`;
+          } else {
+            failed.push({
+              ids: change.changeIds,
+              reason: result.kind === "retry" ? "exhausted" : result.reason,
+              error: result.kind === "retry"
+                ? `gave up after ${change.attempts} attempts: ${result.error}`
+                : result.error,
+            });
+          }
+        }
+      }
+      const out: FailedChange[] = [];
+      for (const f of failed) {
+        const rows = await tx<
+          {
+            event_id: string;
+            channel: string;
+            sku: string;
+            tienda_id: string;
+            attempts: number;
+            body: unknown;
+          }[]
+        >`
+          update stock_change s
+             set status = 'failed', updated_at = now(), error = ${f.error}, error_reason = ${f.reason}
+            from sale
+           where s.id = any(${f.ids}::bigint[]) and sale.event_id = s.event_id
+          returning s.event_id, s.channel, s.sku, s.tienda_id, s.attempts, sale.body`;
+        for (const r of rows) {
+          out.push({
+            eventId: r.event_id,
+            channel: r.channel,
+            sku: r.sku,
+            tiendaId: r.tienda_id,
+            reason: f.reason,
+            error: f.error,
+            attempts: r.attempts,
+            body: r.body,
+          });
+        }
+      }
+      return out;
+    });
+  }
+
+  /**
+   * Abandons a batch that was never sent (e.g. shutdown, or nothing in it could
+   * be resolved): its changes go back to pending; the unused key is retired.
+   * Never call this for a batch that may have reached the marketplace.
+   */
+  async release(batch: ClaimedBatch): Promise<void> {
+    if (batch.resend || batch.sends > 0) {
+      throw new Error(`batch ${batch.id} was sent; it must be re-sent, not released`);
+    }
+    await this.sql.begin(async (tx) => {
+      await tx`update sync_batch set status = 'superseded', finished_at = now() where id = ${batch.id}`;
+      await tx`
+        update stock_change set status = 'pending', batch_id = null, attempts = greatest(attempts - 1, 0),
+               updated_at = now()
+         where batch_id = ${batch.id} and status = 'sending'`;
+    });
+  }
+}

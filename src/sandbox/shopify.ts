@@ -1,0 +1,358 @@
+/**
+ * Loopback simulator of the Shopify Admin GraphQL API (version 2026-10), for running
+ * the service without Shopify credentials and for injecting faults.
+ *
+ * It behaves like the real API rather than accepting whatever is sent: the access
+ * token is checked, every document is validated against Shopify's published schema
+ * (a committed subset, see scripts/extract_shopify_schema.ts) and executed with
+ * graphql-js over an in-memory shop seeded from a catalog; `@idempotent` keys,
+ * `changeFromQuantity`, Shopify's inventory reasons and user-error codes, search
+ * syntax, calculated query cost and the leaky bucket (THROTTLED) are enforced.
+ *
+ * Routes: `POST /admin/api/{version}/graphql.json` (the API), `GET /__sandbox/state`,
+ * `GET|POST /__sandbox/faults` (JSON, partial updates). The admin routes take no
+ * token: the sandbox only listens on 127.0.0.1.
+ *
+ * Run alone: `deno task sandbox` (env: SANDBOX_SHOPIFY_PORT, SANDBOX_SHOPIFY_TOKEN,
+ * SANDBOX_CATALOG, SANDBOX_SEED); it prints the SHOPIFY_* settings that point the
+ * service at it.
+ */
+import { z } from "zod";
+import { type Catalog, defaultCatalog, loadCatalog } from "./catalog.ts";
+import { type BucketSettings, LeakyBucket, STANDARD_PLAN_BUCKET, type ThrottleStatus } from "./cost.ts";
+import { IDEMPOTENCY_TTL_MS, IdempotencyStore } from "./idempotency.ts";
+import { seededRandom } from "./prng.ts";
+import { NOT_FOUND_BODY, UNAUTHORIZED_BODY } from "./shopify_errors.ts";
+import { runShopifyGraphQL } from "./shopify_graphql.ts";
+import {
+  type MutationRecord,
+  type SandboxLocation,
+  type SandboxVariant,
+  ShopifyInventory,
+} from "./shopify_inventory.ts";
+import type { ShopifyContext } from "./shopify_resolvers.ts";
+import { SHOPIFY_SCHEMA_VERSION } from "./shopify_schema.ts";
+import { logger, setupLogging } from "../log.ts";
+
+const log = logger("sandbox");
+
+/** Faults the sandbox can inject; all off by default. */
+export interface ShopifyFaults {
+  /** Fraction of API requests answered 500/502/503 before anything is applied. */
+  errorRate: number;
+  /** Fraction of API requests applied in full whose answer is then replaced by a 502 (a lost response). */
+  lostResponseRate: number;
+  /** Fraction of idempotent mutations failing inside (INTERNAL_SERVER_ERROR; the key then reports IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED). */
+  internalErrorRate: number;
+  /** Delay added to every API request, in ms (a mutation holds its idempotency key meanwhile). */
+  latencyMs: number;
+  /** Answer every API request THROTTLED. */
+  throttleAll: boolean;
+  /** Seed of the generator that draws the faults (set it again to replay a sequence). */
+  seed: number;
+}
+
+const NO_FAULTS: ShopifyFaults = {
+  errorRate: 0,
+  lostResponseRate: 0,
+  internalErrorRate: 0,
+  latencyMs: 0,
+  throttleAll: false,
+  seed: 1,
+};
+
+const rate = z.number().min(0).max(1);
+const faultsSchema = z.object({
+  errorRate: rate,
+  lostResponseRate: rate,
+  internalErrorRate: rate,
+  latencyMs: z.number().int().min(0).max(120_000),
+  throttleAll: z.boolean(),
+  seed: z.number().int(),
+}).partial().strict();
+
+/** Options of {@link startShopifySandbox}. */
+export interface ShopifySandboxOptions {
+  /** TCP port on 127.0.0.1; 0 (default) picks a free one. */
+  port?: number;
+  /** Access token to require; a random `shpat_…` by default. */
+  token?: string;
+  /** Catalog to seed the shop; the committed default otherwise. */
+  catalog?: Catalog;
+  /** Cost bucket; Shopify's Standard plan (2,000 points, 100/s) by default. */
+  bucket?: BucketSettings;
+  /** Initial faults. */
+  faults?: Partial<ShopifyFaults>;
+  /** Idempotency key retention (24 h by default). */
+  idempotencyTtlMs?: number;
+  /** Clock (ms), for tests. */
+  now?: () => number;
+}
+
+/** Counters since start. */
+export interface ShopifySandboxStats {
+  /** Requests to the GraphQL endpoint (any outcome). */
+  requests: number;
+  /** Rejected for a missing or wrong access token. */
+  unauthorized: number;
+  /** Answered 5xx by fault injection before anything was applied. */
+  errorsInjected: number;
+  /** Applied, then answered 502 by fault injection. */
+  lostResponses: number;
+  /** Idempotent mutations failed inside by fault injection. */
+  internalErrors: number;
+  /** Answered THROTTLED (bucket short of the requested cost, or throttleAll). */
+  throttled: number;
+  /** Refused because the requested cost exceeds what one query may cost or the bucket can ever hold. */
+  costExceeded: number;
+  /** Parse, validation, variable or Shopify request errors (nothing executed). */
+  invalid: number;
+  /** Executed documents. */
+  executed: number;
+  /** Adjustment groups created by mutations. */
+  mutationsApplied: number;
+  /** Idempotent duplicates answered with the original result. */
+  idempotentReplays: number;
+}
+
+/** A running sandbox. */
+export interface ShopifySandbox {
+  /** Base URL, e.g. `http://127.0.0.1:41234` (what SHOPIFY_URL should be). */
+  url: string;
+  /** Full GraphQL endpoint for {@link apiVersion}. */
+  graphqlUrl: string;
+  token: string;
+  apiVersion: string;
+  /** One location per catalog store. */
+  locations: readonly SandboxLocation[];
+  /** One variant (and inventory item) per catalog product. */
+  variants: readonly SandboxVariant[];
+  /** Available quantity of an inventory item at a location (gids). */
+  available(inventoryItemId: string, locationId: string): number | undefined;
+  /** Available quantity of a catalog product at a catalog store. */
+  availableFor(productoId: string, tiendaId: string): number | undefined;
+  /** The location gid of a catalog store. */
+  locationIdOf(tiendaId: string): string | undefined;
+  /** Locations and variants with their available quantity per location. */
+  state(): ReturnType<ShopifyInventory["snapshot"]>;
+  stats(): ShopifySandboxStats;
+  throttleStatus(): ThrottleStatus;
+  faults(): ShopifyFaults;
+  /** Changes some faults (a new `seed` restarts the fault sequence). */
+  setFaults(faults: Partial<ShopifyFaults>): ShopifyFaults;
+  close(): Promise<void>;
+}
+
+const JSON_HEADERS = { "content-type": "application/json; charset=utf-8" };
+
+function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), { status, headers: { ...JSON_HEADERS, ...headers } });
+}
+
+function randomToken(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `shpat_${[...bytes].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+/** A 5xx as Shopify's edge sends them: JSON for 500/503, an HTML page for 502. */
+function serverError(status: 500 | 502 | 503): Response {
+  if (status === 502) {
+    return new Response("<html><body><h1>502 Bad Gateway</h1></body></html>", {
+      status,
+      headers: { "content-type": "text/html" },
+    });
+  }
+  return json(status, { errors: status === 500 ? "Internal Server Error" : "Service Unavailable" });
+}
+
+/** Starts the simulator on 127.0.0.1 and resolves once it listens. */
+export async function startShopifySandbox(options: ShopifySandboxOptions = {}): Promise<ShopifySandbox> {
+  const now = options.now ?? Date.now;
+  const token = options.token ?? randomToken();
+  const apiVersion = SHOPIFY_SCHEMA_VERSION;
+  const catalog = options.catalog ?? defaultCatalog();
+  const inventory = new ShopifyInventory(catalog, now);
+  const idempotency = new IdempotencyStore<MutationRecord>(
+    options.idempotencyTtlMs ?? IDEMPOTENCY_TTL_MS,
+    now,
+  );
+  const bucket = new LeakyBucket(options.bucket ?? STANDARD_PLAN_BUCKET, now);
+  let faults: ShopifyFaults = { ...NO_FAULTS, ...faultsSchema.parse(options.faults ?? {}) };
+  let random = seededRandom(faults.seed);
+  const stats: ShopifySandboxStats = {
+    requests: 0,
+    unauthorized: 0,
+    errorsInjected: 0,
+    lostResponses: 0,
+    internalErrors: 0,
+    throttled: 0,
+    costExceeded: 0,
+    invalid: 0,
+    executed: 0,
+    mutationsApplied: 0,
+    idempotentReplays: 0,
+  };
+
+  const setFaults = (patch: Partial<ShopifyFaults>): ShopifyFaults => {
+    const parsed = faultsSchema.parse(patch);
+    faults = { ...faults, ...parsed };
+    if (parsed.seed !== undefined) random = seededRandom(parsed.seed);
+    log.info("Shopify sandbox faults now {faults}", { faults });
+    return { ...faults };
+  };
+
+  const graphql = async (req: Request, requestId: string): Promise<Response> => {
+    stats.requests++;
+    if (req.headers.get("x-shopify-access-token") !== token) {
+      stats.unauthorized++;
+      return json(401, UNAUTHORIZED_BODY);
+    }
+    // Drawn before reading the body: a 5xx here means nothing was applied.
+    if (faults.errorRate > 0 && random() < faults.errorRate) {
+      stats.errorsInjected++;
+      await new Promise((r) => setTimeout(r, faults.latencyMs));
+      return serverError(([500, 502, 503] as const)[Math.floor(random() * 3)]);
+    }
+    let body: unknown;
+    try {
+      body = (req.headers.get("content-type") ?? "").includes("application/graphql")
+        ? { query: await req.text() }
+        : await req.json();
+    } catch {
+      body = undefined;
+    }
+    const latencyMs = faults.latencyMs;
+    let waited: Promise<void> | undefined;
+    const context: ShopifyContext = {
+      inventory,
+      idempotency,
+      requestId,
+      latency: () =>
+        waited ??= latencyMs > 0 ? new Promise((r) => setTimeout(r, latencyMs)) : Promise.resolve(),
+      internalFailure: () => {
+        const fail = faults.internalErrorRate > 0 && random() < faults.internalErrorRate;
+        if (fail) stats.internalErrors++;
+        return fail;
+      },
+      searchWarnings: [],
+      onApplied: () => stats.mutationsApplied++,
+      onReplay: () => stats.idempotentReplays++,
+    };
+    const result = await runShopifyGraphQL(body, { bucket, throttleAll: faults.throttleAll, context });
+    await context.latency();
+    log.debug("Shopify sandbox request {requestId}: {outcome}", { requestId, outcome: result.outcome });
+    if (result.outcome === "executed") stats.executed++;
+    else if (result.outcome === "throttled") stats.throttled++;
+    else if (result.outcome === "cost_exceeded") stats.costExceeded++;
+    else stats.invalid++;
+    if (result.outcome === "executed" && faults.lostResponseRate > 0 && random() < faults.lostResponseRate) {
+      stats.lostResponses++;
+      return serverError(502);
+    }
+    return json(result.status, result.body);
+  };
+
+  const admin = async (req: Request, path: string): Promise<Response> => {
+    if (path === "/__sandbox/state" && req.method === "GET") {
+      return json(200, {
+        apiVersion,
+        ...inventory.snapshot(),
+        stats: { ...stats },
+        faults,
+        throttleStatus: bucket.status(),
+        idempotencyKeys: idempotency.size,
+      });
+    }
+    if (path === "/__sandbox/faults" && req.method === "GET") return json(200, faults);
+    if (path === "/__sandbox/faults" && req.method === "POST") {
+      try {
+        return json(200, setFaults(await req.json()));
+      } catch (e) {
+        const issues = e instanceof z.ZodError ? e.issues : String(e);
+        return json(400, { errors: issues });
+      }
+    }
+    return json(404, NOT_FOUND_BODY);
+  };
+
+  const route = /^\/admin\/api\/([^/]+)\/graphql\.json$/;
+  const { promise: listening, resolve: onListen } = Promise.withResolvers<void>();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: options.port ?? 0, onListen: () => onListen() },
+    async (req) => {
+      const requestId = crypto.randomUUID();
+      const path = new URL(req.url).pathname;
+      const headers = { "x-request-id": requestId };
+      let response: Response;
+      const match = path.match(route);
+      if (path.startsWith("/__sandbox/")) response = await admin(req, path);
+      else if (!match || match[1] !== apiVersion) response = json(404, NOT_FOUND_BODY);
+      else if (req.method !== "POST") {
+        response = json(405, { errors: "Method Not Allowed" }, {
+          allow: "POST",
+        });
+      } else response = await graphql(req, requestId);
+      for (const [k, v] of Object.entries(headers)) response.headers.set(k, v);
+      if (match) response.headers.set("x-shopify-api-version", apiVersion);
+      return response;
+    },
+  );
+  await listening;
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  log.info("Shopify sandbox listening on {url} (API {apiVersion})", { url, apiVersion, mark: "start" });
+
+  return {
+    url,
+    graphqlUrl: `${url}/admin/api/${apiVersion}/graphql.json`,
+    token,
+    apiVersion,
+    locations: inventory.locations,
+    variants: inventory.variants,
+    available: (itemId, locationId) => inventory.available(itemId, locationId),
+    availableFor: (productoId, tiendaId) => {
+      const v = inventory.variants.find((x) => x.productoId === productoId);
+      const l = inventory.locationOfStore(tiendaId);
+      return v && l ? inventory.available(v.inventoryItemId, l.id) : undefined;
+    },
+    locationIdOf: (tiendaId) => inventory.locationOfStore(tiendaId)?.id,
+    state: () => inventory.snapshot(),
+    stats: () => ({ ...stats }),
+    throttleStatus: () => bucket.status(),
+    faults: () => ({ ...faults }),
+    setFaults,
+    close: async () => {
+      await server.shutdown();
+      log.info("Shopify sandbox on {url} stopped", { url, mark: "shutdown" });
+    },
+  };
+}
+
+if (import.meta.main) {
+  await setupLogging({ level: "info", format: "auto" });
+  const env = (name: string) => Deno.env.get(name);
+  const catalogPath = env("SANDBOX_CATALOG");
+  const sandbox = await startShopifySandbox({
+    port: Number(env("SANDBOX_SHOPIFY_PORT") ?? 0),
+    token: env("SANDBOX_SHOPIFY_TOKEN"),
+    catalog: catalogPath ? await loadCatalog(catalogPath) : undefined,
+    faults: env("SANDBOX_SEED") ? { seed: Number(env("SANDBOX_SEED")) } : undefined,
+  });
+  // Printed, not logged: the log redacts tokens, and this is what a person copies.
+  const locations = Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]));
+  console.log(`Shopify Admin API sandbox (${sandbox.apiVersion})`);
+  console.log(`  GraphQL: ${sandbox.graphqlUrl}`);
+  console.log(`  state:   GET ${sandbox.url}/__sandbox/state   faults: POST ${sandbox.url}/__sandbox/faults`);
+  console.log("  locations:");
+  for (const l of sandbox.locations) console.log(`    ${l.tiendaId} → ${l.id}  (${l.name})`);
+  console.log("Point the service at it with:");
+  console.log(`  SHOPIFY_URL=${sandbox.url}`);
+  console.log(`  SHOPIFY_TOKEN=${sandbox.token}`);
+  console.log(`  SHOPIFY_API_VERSION=${sandbox.apiVersion}`);
+  console.log(`  SHOPIFY_LOCATIONS='${JSON.stringify(locations)}'`);
+  const stop = async () => {
+    await sandbox.close();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+}

@@ -1,0 +1,182 @@
+/**
+ * A shared leaky-bucket rate budget.
+ *
+ * Shopify's GraphQL cost bucket belongs to the app + store, not to a process,
+ * so every replica draws from one bucket kept in Redis and updated atomically
+ * by a Lua script. The marketplace's own answer (`throttleStatus`) corrects our
+ * estimate after every call. If Redis is unreachable the budget falls back to a
+ * local bucket at a fraction of the rate: syncing slows down but never stops.
+ */
+import { logger } from "../log.ts";
+
+const log = logger("budget");
+
+/** The part of a node-redis client the bucket uses (keeps the type small). */
+export interface ScriptRunner {
+  readonly isReady: boolean;
+  eval(script: string, options: { keys: string[]; arguments: string[] }): Promise<unknown>;
+}
+
+/** Bucket parameters: capacity and refill per second. */
+export interface BucketShape {
+  max: number;
+  restoreRate: number;
+}
+
+/** Something that hands out units of a rate budget. */
+export interface RateBudget {
+  /** Waits until `cost` units are available and takes them; resolves to the ms waited. */
+  take(cost: number, signal?: AbortSignal): Promise<number>;
+  /** Corrects the bucket with what the marketplace reported. */
+  observe(available: number, shape?: BucketShape): Promise<void>;
+  /** Last known level (for metrics). */
+  readonly level: number;
+  readonly shape: BucketShape;
+}
+
+// KEYS[1] bucket; ARGV: cost, default max, default rate. Returns {wait_ms, level}.
+// Time comes from Redis so replicas with skewed clocks agree.
+const TAKE = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b = redis.call('HMGET', KEYS[1], 'level', 'max', 'rate', 'ts')
+local max = tonumber(b[2]) or tonumber(ARGV[2])
+local rate = tonumber(b[3]) or tonumber(ARGV[3])
+local level = tonumber(b[1]) or max
+local ts = tonumber(b[4]) or now
+local cost = tonumber(ARGV[1])
+level = math.min(max, level + math.max(0, now - ts) * rate / 1000)
+local wait = 0
+if level >= cost then level = level - cost else wait = math.ceil((cost - level) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 'level', tostring(level), 'max', tostring(max), 'rate', tostring(rate), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return {wait, tostring(level)}
+`;
+
+// KEYS[1] bucket; ARGV: level, max, rate.
+const OBSERVE = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'level', ARGV[1], 'max', ARGV[2], 'rate', ARGV[3], 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return 1
+`;
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
+
+/** An in-process bucket: the fallback, and the budget for tests of one replica. */
+export class LocalBucket implements RateBudget {
+  level: number;
+  #ts = performance.now();
+  constructor(public shape: BucketShape) {
+    this.level = shape.max;
+  }
+
+  #refill() {
+    const now = performance.now();
+    this.level = Math.min(this.shape.max, this.level + (now - this.#ts) * this.shape.restoreRate / 1000);
+    this.#ts = now;
+  }
+
+  async take(cost: number, signal?: AbortSignal): Promise<number> {
+    let waited = 0;
+    for (;;) {
+      this.#refill();
+      if (this.level >= cost || signal?.aborted) {
+        this.level -= cost;
+        return waited;
+      }
+      const wait = Math.ceil((cost - this.level) * 1000 / this.shape.restoreRate);
+      await sleep(wait, signal);
+      waited += wait;
+    }
+  }
+
+  observe(available: number, shape?: BucketShape): Promise<void> {
+    if (shape) this.shape = shape;
+    this.level = Math.min(this.shape.max, available);
+    this.#ts = performance.now();
+    return Promise.resolve();
+  }
+}
+
+/**
+ * The bucket shared by every replica through Redis.
+ * @param key Redis key, e.g. `marketplace-sync:budget:shopify:<shop host>`.
+ * @param fallbackFraction rate of the local fallback relative to the shared one.
+ */
+export class RedisBucket implements RateBudget {
+  level: number;
+  #fallback: LocalBucket;
+  #degraded = false;
+
+  constructor(
+    private readonly redis: ScriptRunner,
+    private readonly key: string,
+    public shape: BucketShape,
+    fallbackFraction = 0.5,
+  ) {
+    this.level = shape.max;
+    this.#fallback = new LocalBucket({
+      max: shape.max * fallbackFraction,
+      restoreRate: shape.restoreRate * fallbackFraction,
+    });
+  }
+
+  #degrade(error: unknown) {
+    if (!this.#degraded) {
+      log.warning("shared budget {key} unavailable ({error}); using a local budget at reduced rate", {
+        key: this.key,
+        error: (error as Error).message,
+      });
+    }
+    this.#degraded = true;
+  }
+
+  async take(cost: number, signal?: AbortSignal): Promise<number> {
+    let waited = 0;
+    for (;;) {
+      if (!this.redis.isReady) return waited + await this.#fallback.take(cost, signal);
+      let reply: [number, string];
+      try {
+        reply = await this.redis.eval(TAKE, {
+          keys: [this.key],
+          arguments: [String(cost), String(this.shape.max), String(this.shape.restoreRate)],
+        }) as [number, string];
+      } catch (error) {
+        this.#degrade(error);
+        return waited + await this.#fallback.take(cost, signal);
+      }
+      if (this.#degraded) log.info("shared budget {key} reachable again", { key: this.key });
+      this.#degraded = false;
+      const [wait, level] = reply;
+      this.level = Number(level);
+      if (wait <= 0 || signal?.aborted) return waited;
+      await sleep(wait, signal);
+      waited += wait;
+    }
+  }
+
+  async observe(available: number, shape?: BucketShape): Promise<void> {
+    if (shape) this.shape = shape;
+    this.level = available;
+    await this.#fallback.observe(available * 0.5);
+    if (!this.redis.isReady) return;
+    try {
+      await this.redis.eval(OBSERVE, {
+        keys: [this.key],
+        arguments: [String(available), String(this.shape.max), String(this.shape.restoreRate)],
+      });
+    } catch (error) {
+      this.#degrade(error);
+    }
+  }
+}

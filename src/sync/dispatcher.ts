@@ -1,0 +1,226 @@
+/**
+ * One dispatch loop per enabled channel, on every replica: claim (or re-claim)
+ * a batch, let the channel adapter send it, record the outcome, and copy the
+ * sale of every change that failed for good to the DLQ.
+ */
+import type { ConfirmingPublisher } from "../broker/publisher.ts";
+import { HEADER } from "../broker/envelope.ts";
+import type { Topology } from "../broker/topology.ts";
+import { logger } from "../log.ts";
+import type { ServiceMetrics } from "../metrics.ts";
+import type { BatchOutcome, ClaimedBatch, DispatchStore, FailedChange } from "../ledger/dispatch_store.ts";
+import type { ChannelAdapter } from "./channel.ts";
+
+const log = logger("sync");
+
+/** Test seams around the send; production passes none. */
+export interface DispatcherHooks {
+  /** Runs after the adapter returned and before the outcome is recorded. */
+  afterSend?(batch: ClaimedBatch, outcome: BatchOutcome): Promise<void> | void;
+}
+
+/** What a dispatcher needs, passed in by the composition root. */
+export interface DispatcherDeps {
+  adapter: ChannelAdapter;
+  store: DispatchStore;
+  publisher: ConfirmingPublisher;
+  topology: Topology;
+  metrics: ServiceMetrics;
+  /** How often an idle loop looks for work claimed by nobody (other replicas' custody). */
+  pollIntervalMs: number;
+  hooks?: DispatcherHooks;
+}
+
+/** The dispatch loop of one channel. */
+export class Dispatcher {
+  #stopping = false;
+  #abort = new AbortController();
+  #wake: (() => void) | undefined;
+  #loop: Promise<void> | undefined;
+  #lastError: string | undefined;
+
+  constructor(private readonly deps: DispatcherDeps) {}
+
+  get channel(): string {
+    return this.deps.adapter.name;
+  }
+
+  /** Starts the loop. */
+  start(): void {
+    this.#loop ??= this.#run();
+  }
+
+  /** Wakes an idle loop now (custody just stored changes). */
+  wake(): void {
+    this.#wake?.();
+  }
+
+  /** Finishes the batch in flight and stops. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    this.#wake?.();
+    await this.#loop;
+  }
+
+  /** Aborts waits (throttle sleeps) too: for shutdown deadlines. */
+  abort(): void {
+    this.#abort.abort();
+    this.#stopping = true;
+    this.#wake?.();
+  }
+
+  get lastError(): string | undefined {
+    return this.#lastError;
+  }
+
+  #idle(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.#wake = done;
+    });
+  }
+
+  async #run(): Promise<void> {
+    const { store, adapter } = this.deps;
+    let failures = 0;
+    while (!this.#stopping) {
+      try {
+        const batch = await store.reclaimBatch(adapter.name) ??
+          await store.claimBatch(adapter.name, adapter.maxListingsPerBatch);
+        if (!batch) {
+          await this.#idle(this.deps.pollIntervalMs);
+          continue;
+        }
+        await this.#dispatch(batch);
+        failures = 0;
+        this.#lastError = undefined;
+      } catch (error) {
+        // Postgres trouble: the batch (if any) keeps its lease and is re-claimed.
+        failures++;
+        this.#lastError = (error as Error).message;
+        const wait = Math.min(250 * 2 ** failures, 10_000);
+        log.error("{channel} dispatch loop error: {error}; retrying in {delay_ms} ms", {
+          mark: "error",
+          channel: adapter.name,
+          error: (error as Error).message,
+          delay_ms: wait,
+        });
+        await this.#idle(wait);
+      }
+    }
+  }
+
+  async #dispatch(batch: ClaimedBatch): Promise<void> {
+    const { store, adapter, metrics } = this.deps;
+    const channel = adapter.name;
+    metrics.dispatchBatchSize.observe({ channel }, batch.changes.length);
+    let outcome: BatchOutcome;
+    try {
+      outcome = await adapter.process(batch, {
+        persistRequest: (request) => store.markSending(batch, request),
+        signal: this.#abort.signal,
+      });
+    } catch (error) {
+      log.error("{channel} adapter failed on batch {batch_id}: {error}", {
+        mark: "error",
+        channel,
+        batch_id: batch.id,
+        error: (error as Error).message,
+      });
+      if (batch.sends === 0 && !batch.resend) {
+        await store.release(batch);
+        return;
+      }
+      outcome = {
+        kind: "resend",
+        reason: "adapter_error",
+        error: (error as Error).message,
+        waitMs: 5_000,
+        countsAsAttempt: true,
+      };
+    }
+    await this.deps.hooks?.afterSend?.(batch, outcome);
+    const failed = await store.record(batch, outcome);
+    this.#observe(batch, outcome);
+    for (const f of failed) await this.#deadLetter(f);
+  }
+
+  #observe(batch: ClaimedBatch, outcome: BatchOutcome): void {
+    const { metrics } = this.deps;
+    const channel = this.deps.adapter.name;
+    if (outcome.kind === "resend") {
+      log.warning("{channel} batch {batch_id} will be re-sent with the same key in {delay_ms} ms: {error}", {
+        mark: "retry",
+        channel,
+        batch_id: batch.id,
+        reason: outcome.reason,
+        error: outcome.error,
+        delay_ms: outcome.waitMs,
+      });
+      return;
+    }
+    const now = Date.now();
+    for (const [index, result] of outcome.results.entries()) {
+      const change = batch.changes[index];
+      metrics.changesProcessed.inc({ channel, outcome: result.kind }, change.changeIds.length);
+      if (result.kind === "applied") {
+        metrics.eventAppliedSeconds.observe({ channel }, (now - change.oldestCreatedAt.getTime()) / 1000);
+        log.info("{channel} {sku} at {tienda_id}: {delta} applied", {
+          mark: "done",
+          channel,
+          sku: change.sku,
+          tienda_id: change.tiendaId,
+          delta: change.delta,
+          quantity_after: result.quantityAfter,
+          changes: change.changeIds.length,
+        });
+      } else {
+        const level = result.kind === "failed" ? "warning" : "info";
+        log[level]("{channel} {sku} at {tienda_id}: {reason}: {error}", {
+          mark: result.kind === "failed" ? "error" : "retry",
+          channel,
+          sku: change.sku,
+          tienda_id: change.tiendaId,
+          reason: result.reason,
+          error: result.error,
+          attempt: change.attempts,
+        });
+      }
+    }
+  }
+
+  async #deadLetter(f: FailedChange): Promise<void> {
+    const now = new Date().toISOString();
+    try {
+      await this.deps.publisher.toQueue(this.deps.topology.deadLetterQueue, {
+        contentType: "application/json",
+        durable: true,
+        messageId: f.eventId,
+        headers: {
+          [HEADER.reason]: f.reason,
+          [HEADER.error]: f.error.slice(0, 1000),
+          [HEADER.attempts]: f.attempts,
+          [HEADER.channel]: f.channel,
+          [HEADER.sku]: f.sku,
+          [HEADER.eventId]: f.eventId,
+          [HEADER.firstFailure]: now,
+          [HEADER.lastFailure]: now,
+        },
+      }, JSON.stringify(f.body));
+      this.deps.metrics.eventsDeadLettered.inc({ reason: f.reason });
+    } catch (error) {
+      // The change is failed in the ledger either way (the audit trail keeps it).
+      log.error("could not copy failed sale {event_id} to the DLQ: {error}", {
+        mark: "error",
+        event_id: f.eventId,
+        channel: f.channel,
+        sku: f.sku,
+        error: (error as Error).message,
+      });
+    }
+  }
+}
