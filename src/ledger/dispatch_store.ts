@@ -49,7 +49,9 @@ export type BatchOutcome =
   /** The key is used up; every logical change (by index) has its own outcome. */
   | { kind: "done"; results: ChangeOutcome[]; response?: unknown }
   /** Send the same request with the same key again after `waitMs`. */
-  | { kind: "resend"; reason: string; error: string; waitMs: number; countsAsAttempt: boolean };
+  | { kind: "resend"; reason: string; error: string; waitMs: number; countsAsAttempt: boolean }
+  /** Nothing was sent (e.g. the marketplace refused us while resolving): put the changes back, untouched, for later. */
+  | { kind: "release"; reason: string; error: string; waitMs: number };
 
 /** A change that has just failed for good, with its sale, for a DLQ copy. */
 export interface FailedChange {
@@ -236,7 +238,10 @@ export class DispatchStore {
    * Records a batch outcome in one transaction. Returns the changes that have
    * just failed for good (for DLQ copies).
    */
-  async record(batch: ClaimedBatch, outcome: BatchOutcome): Promise<FailedChange[]> {
+  async record(
+    batch: ClaimedBatch,
+    outcome: Exclude<BatchOutcome, { kind: "release" }>,
+  ): Promise<FailedChange[]> {
     return await this.sql.begin(async (tx) => {
       const failed: { ids: string[]; reason: string; error: string }[] = [];
       if (outcome.kind === "resend") {
@@ -341,15 +346,17 @@ export class DispatchStore {
    * be resolved): its changes go back to pending; the unused key is retired.
    * Never call this for a batch that may have reached the marketplace.
    */
-  async release(batch: ClaimedBatch): Promise<void> {
+  async release(batch: ClaimedBatch, waitMs = 0, error: string | null = null): Promise<void> {
     if (batch.resend || batch.sends > 0) {
       throw new Error(`batch ${batch.id} was sent; it must be re-sent, not released`);
     }
     await this.sql.begin(async (tx) => {
-      await tx`update sync_batch set status = 'superseded', finished_at = now() where id = ${batch.id}`;
+      await tx`
+        update sync_batch set status = 'superseded', finished_at = now(), error = ${error} where id = ${batch.id}`;
       await tx`
         update stock_change set status = 'pending', batch_id = null, attempts = greatest(attempts - 1, 0),
-               updated_at = now()
+               updated_at = now(), error = coalesce(${error}, error),
+               next_attempt_at = now() + ${Math.max(0, Math.round(waitMs))} * interval '1 millisecond'
          where batch_id = ${batch.id} and status = 'sending'`;
     });
   }

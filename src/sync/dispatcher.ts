@@ -143,13 +143,27 @@ export class Dispatcher {
         countsAsAttempt: true,
       };
     }
+    if (outcome.kind === "release") {
+      log.warning("{channel} batch {batch_id} not sent ({reason}: {error}); changes wait {delay_ms} ms", {
+        mark: "retry",
+        channel,
+        batch_id: batch.id,
+        reason: outcome.reason,
+        error: outcome.error,
+        delay_ms: outcome.waitMs,
+      });
+      await store.release(batch, outcome.waitMs, `${outcome.reason}: ${outcome.error}`);
+      // Whatever stopped this batch stops the next one too: give it the same pause.
+      await this.#idle(Math.min(outcome.waitMs, 5_000));
+      return;
+    }
     await this.deps.hooks?.afterSend?.(batch, outcome);
     const failed = await store.record(batch, outcome);
     this.#observe(batch, outcome);
     for (const f of failed) await this.#deadLetter(f);
   }
 
-  #observe(batch: ClaimedBatch, outcome: BatchOutcome): void {
+  #observe(batch: ClaimedBatch, outcome: Exclude<BatchOutcome, { kind: "release" }>): void {
     const { metrics } = this.deps;
     const channel = this.deps.adapter.name;
     if (outcome.kind === "resend") {

@@ -86,8 +86,13 @@ export class ShopifyChannel implements ChannelAdapter {
   }
 
   async process(batch: ClaimedBatch, context: BatchContext): Promise<BatchOutcome> {
-    const request = (batch.request as AdjustRequest | null) ??
-      await this.#buildRequest(batch, context.signal);
+    const built = (batch.request as AdjustRequest | null) ?? await this.#buildRequest(batch, context.signal);
+    if ("transient" in built) {
+      if (built.transient.reason === "unauthorized") this.#noteUnauthorized(built.transient.error);
+      const waitMs = built.transient.waitMs ?? (built.transient.reason === "unauthorized" ? 10_000 : 2_000);
+      return { kind: "release", reason: built.transient.reason, error: built.transient.error, waitMs };
+    }
+    const request: AdjustRequest = built;
     const results: ChangeOutcome[] = batch.changes.map((_, i) =>
       request.decided[i] ?? { kind: "retry", reason: "unsent", error: "not sent" }
     );
@@ -183,7 +188,15 @@ export class ShopifyChannel implements ChannelAdapter {
     return { kind: "done", results, response: { group: payload.inventoryAdjustmentGroup.id } };
   }
 
-  async #buildRequest(batch: ClaimedBatch, signal: AbortSignal): Promise<AdjustRequest> {
+  #noteUnauthorized(error: string): void {
+    if (!this.#unauthorized) log.error("Shopify refused our credentials: {error}", { mark: "error", error });
+    this.#unauthorized = error;
+  }
+
+  async #buildRequest(
+    batch: ClaimedBatch,
+    signal: AbortSignal,
+  ): Promise<AdjustRequest | { transient: { reason: string; error: string; waitMs?: number } }> {
     const decided: Record<number, ChangeOutcome> = {};
     const merged = new Map<
       string,
@@ -201,10 +214,12 @@ export class ShopifyChannel implements ChannelAdapter {
         continue;
       }
       const resolution = await this.listings.resolve(change.sku, signal);
+      if (!resolution.ok && "transient" in resolution) return { transient: resolution.transient };
       if (!resolution.ok) {
         decided[i] = resolution.outcome;
         continue;
       }
+      this.#unauthorized = undefined;
       const key = `${resolution.listing.inventoryItemId} ${locationId}`;
       const entry = merged.get(key) ??
         { inventoryItemId: resolution.listing.inventoryItemId, locationId, delta: 0, indexes: [] };

@@ -15,8 +15,14 @@ export interface ShopifyListing {
   variantId: string;
 }
 
-/** Either a listing or the outcome to give the change. */
-export type Resolution = { ok: true; listing: ShopifyListing } | { ok: false; outcome: ChangeOutcome };
+/**
+ * A listing; or the permanent outcome to give the change; or a transient
+ * problem talking to Shopify (the batch should wait, not burn attempts).
+ */
+export type Resolution =
+  | { ok: true; listing: ShopifyListing }
+  | { ok: false; outcome: ChangeOutcome }
+  | { ok: false; transient: { reason: string; error: string; waitMs?: number } };
 
 interface VariantsBySku {
   productVariants: { nodes: { id: string; sku: string | null; inventoryItem: { id: string } }[] };
@@ -52,13 +58,16 @@ export class ShopifyListings {
       { query: skuSearchQuery(sku) },
       signal,
     );
-    if (result.kind !== "ok") {
-      const wait = result.kind === "retry" ? result.waitMs : undefined;
-      const reason = result.kind === "unauthorized" ? "unauthorized" : result.reason;
+    if (result.kind === "rejected") {
       return {
         ok: false,
-        outcome: { kind: "retry", reason, error: `resolving SKU: ${result.error}`, waitMs: wait },
+        outcome: { kind: "failed", reason: result.reason, error: `resolving SKU: ${result.error}` },
       };
+    }
+    if (result.kind !== "ok") {
+      const waitMs = result.kind === "retry" ? result.waitMs : undefined;
+      const reason = result.kind === "unauthorized" ? "unauthorized" : result.reason;
+      return { ok: false, transient: { reason, error: `resolving SKU ${sku}: ${result.error}`, waitMs } };
     }
     const exact = result.data.productVariants.nodes.filter((n) => n.sku === sku);
     if (exact.length !== 1) {

@@ -1,0 +1,453 @@
+/**
+ * Sales reach Shopify exactly once: real RabbitMQ, Postgres and Redis, the
+ * service's real dispatcher and Shopify channel, and the loopback Shopify
+ * sandbox (which validates every request against the 2026-10 schema).
+ */
+import assert from "node:assert/strict";
+import { parse, validate } from "graphql";
+import { SHOPIFY_DOCUMENTS } from "../src/channels/shopify/documents.ts";
+import { skuSearchQuery } from "../src/channels/shopify/search.ts";
+import { type RunningService, startService } from "../src/main.ts";
+import { defaultCatalog } from "../src/sandbox/catalog.ts";
+import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { shopifySchema } from "../src/sandbox/shopify_schema.ts";
+import { type Harness, harnessFor, header, integration, testConfig, waitFor } from "./helpers.ts";
+
+const catalog = defaultCatalog();
+const STORES = catalog.stores.map((s) => s.tienda_id);
+const product = (sku: string) => catalog.products.find((p) => p.sku === sku)!;
+const TRICKY = catalog.products.find((p) => p.sku.includes('"'))!.sku;
+
+interface Line {
+  sku: string;
+  qty: number;
+}
+
+function saleOf(tiendaId: string, lines: Line[], id: string = crypto.randomUUID()) {
+  return {
+    event_id: id,
+    tienda_id: tiendaId,
+    total: 100,
+    metodo_pago: "EFECTIVO",
+    items: lines.map((l) => ({
+      producto_id: catalog.products.find((p) => p.sku === l.sku)?.producto_id ?? crypto.randomUUID(),
+      producto_nombre: l.sku,
+      producto_sku: l.sku,
+      cantidad: l.qty,
+      precio_unitario: 10,
+      subtotal: 10 * l.qty,
+    })),
+    timestamp: new Date().toISOString(),
+  };
+}
+
+/** A sandbox plus a service configured against it as if it were the real API. */
+async function startSyncHarness(
+  sandboxOptions: Parameters<typeof startShopifySandbox>[0] = {},
+  env: Record<string, string> = {},
+): Promise<{ h: Harness; sandbox: ShopifySandbox; envFor: Record<string, string> }> {
+  const sandbox = await startShopifySandbox({ catalog: defaultCatalog(), ...sandboxOptions });
+  const envFor = {
+    CHANNELS: "shopify",
+    DISPATCH_ENABLED: "true",
+    SHOPIFY_URL: sandbox.url,
+    SHOPIFY_TOKEN: sandbox.token,
+    SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
+    DISPATCH_BACKOFF_BASE: "100ms",
+    DISPATCH_BACKOFF_MAX: "1s",
+    ...env,
+  };
+  const config = testConfig(envFor);
+  const service = startService(config);
+  await service.started;
+  const h = await harnessFor(service, config);
+  return { h, sandbox, envFor: { ...envFor, ...pick(config) } };
+}
+
+function pick(config: ReturnType<typeof testConfig>): Record<string, string> {
+  return { EXCHANGE: config.EXCHANGE, QUEUE: config.QUEUE, LEDGER_SCHEMA: config.LEDGER_SCHEMA };
+}
+
+async function statusCounts(h: Harness): Promise<Record<string, number>> {
+  const rows = await h.sql<{ status: string; n: number }[]>`
+    select status, count(*)::int as n from stock_change group by status`;
+  return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+}
+
+function availableOf(sandbox: ShopifySandbox, sku: string, tiendaId: string): number {
+  return sandbox.availableFor(product(sku).producto_id, tiendaId)!;
+}
+
+Deno.test("every GraphQL document the service sends validates against Shopify's 2026-10 schema", () => {
+  const schema = shopifySchema();
+  for (const [name, document] of Object.entries(SHOPIFY_DOCUMENTS)) {
+    const errors = validate(schema, parse(document));
+    assert.deepEqual(errors.map((e) => e.message), [], `${name} validates`);
+  }
+});
+
+Deno.test("SKU search values are escaped so they cannot leave the quoted phrase", () => {
+  assert.equal(skuSearchQuery("REMERA-001"), 'sku:"REMERA-001"');
+  assert.equal(skuSearchQuery('A"B'), 'sku:"A\\"B"');
+  assert.equal(skuSearchQuery("A:B (C) \\D"), 'sku:"A\\:B \\(C\\) \\\\D"');
+  assert.equal(skuSearchQuery('X" OR sku:*'), 'sku:"X\\" OR sku\\:*"');
+});
+
+integration("sales for several SKUs and stores lower Shopify stock by exactly their sum", async () => {
+  const { h, sandbox } = await startSyncHarness();
+  try {
+    const skus = catalog.products.filter((p) => !p.sku.startsWith("MATE-IMP")).slice(0, 12).map((p) => p.sku);
+    const before = new Map<string, number>();
+    for (const sku of skus) for (const t of STORES) before.set(`${sku}|${t}`, availableOf(sandbox, sku, t));
+    const expected = new Map(before);
+    let seed = 7;
+    const rnd = (n: number) => (seed = (seed * 48271) % 2147483647) % n;
+    for (let i = 0; i < 150; i++) {
+      const tienda = STORES[rnd(STORES.length)];
+      const lines = Array.from(
+        { length: 1 + rnd(3) },
+        () => ({ sku: skus[rnd(skus.length)], qty: 1 + rnd(4) }),
+      );
+      for (const l of lines) expected.set(`${l.sku}|${tienda}`, expected.get(`${l.sku}|${tienda}`)! - l.qty);
+      const e = saleOf(tienda, lines);
+      await h.publish(e, { messageId: e.event_id });
+    }
+    await waitFor(
+      async () =>
+        (await statusCounts(h)).applied > 0 && !(await statusCounts(h)).pending &&
+        !(await statusCounts(h)).sending,
+      "all applied",
+      30_000,
+    );
+    const counts = await statusCounts(h);
+    assert.deepEqual(Object.keys(counts), ["applied"]);
+    for (const [key, qty] of expected) {
+      const [sku, tienda] = key.split("|");
+      assert.equal(availableOf(sandbox, sku, tienda), qty, `${sku} at ${tienda}`);
+    }
+    const stats = sandbox.stats();
+    assert.ok(
+      stats.mutationsApplied < 150,
+      `coalesced into fewer calls than sales (${stats.mutationsApplied})`,
+    );
+    const [row] = await h.sql`select result from stock_change where status = 'applied' limit 1`;
+    assert.equal(
+      typeof row.result.quantity_after,
+      "number",
+      "the marketplace's resulting quantity is recorded",
+    );
+    const metrics = await (await fetch(`${h.service.url}/metrics`)).text();
+    assert.match(metrics, /changes_processed_total\{channel="shopify",outcome="applied"\} \d+/);
+    assert.match(metrics, /event_applied_latency_seconds_count\{channel="shopify"\} \d+/);
+    assert.match(metrics, /budget_available\{channel="shopify"\} \d+/);
+  } finally {
+    await h.close();
+    await sandbox.close();
+  }
+});
+
+integration(
+  "unknown, ambiguous and metacharacter SKUs and an unmapped store: right reasons, the rest applied",
+  async () => {
+    const { h, sandbox } = await startSyncHarness();
+    try {
+      const tienda = STORES[0];
+      const before = {
+        ok: availableOf(sandbox, "REMERA-002", tienda),
+        tricky: availableOf(sandbox, TRICKY, tienda),
+      };
+      const e = saleOf(tienda, [
+        { sku: "REMERA-002", qty: 2 },
+        { sku: TRICKY, qty: 1 },
+        { sku: "NO-SUCH-SKU", qty: 1 },
+        { sku: "MATE-IMP-01", qty: 1 },
+      ], "bad-skus");
+      const unmapped = saleOf(
+        "99999999-9999-4999-8999-999999999999",
+        [{ sku: "REMERA-002", qty: 5 }],
+        "bad-store",
+      );
+      await h.publish(e, { messageId: e.event_id });
+      await h.publish(unmapped, { messageId: unmapped.event_id });
+      await waitFor(
+        async () => {
+          const c = await statusCounts(h);
+          return (c.applied ?? 0) + (c.failed ?? 0) === 5;
+        },
+        "all settled",
+        20_000,
+      );
+      const rows = await h.sql<
+        { sku: string; status: string; error_reason: string | null; event_id: string }[]
+      >`
+      select sku, status, error_reason, event_id from stock_change order by event_id, sku`;
+      const by = (event: string, sku: string) => rows.find((r) => r.event_id === event && r.sku === sku)!;
+      assert.equal(by("bad-skus", "REMERA-002").status, "applied");
+      assert.equal(by("bad-skus", TRICKY).status, "applied", "metacharacters are escaped, the SKU resolves");
+      assert.deepEqual([by("bad-skus", "NO-SUCH-SKU").status, by("bad-skus", "NO-SUCH-SKU").error_reason], [
+        "failed",
+        "sku_not_found",
+      ]);
+      assert.deepEqual([by("bad-skus", "MATE-IMP-01").status, by("bad-skus", "MATE-IMP-01").error_reason], [
+        "failed",
+        "sku_ambiguous",
+      ]);
+      assert.deepEqual([by("bad-store", "REMERA-002").status, by("bad-store", "REMERA-002").error_reason], [
+        "failed",
+        "store_unmapped",
+      ]);
+      assert.equal(availableOf(sandbox, "REMERA-002", tienda), before.ok - 2);
+      assert.equal(availableOf(sandbox, TRICKY, tienda), before.tricky - 1);
+
+      const dead = await waitFor(async () => {
+        const got = await h.takeDeadLetters();
+        return got.length ? got : undefined;
+      }, "DLQ copies");
+      await new Promise((r) => setTimeout(r, 300));
+      dead.push(...await h.takeDeadLetters());
+      const reasons = dead.map((m) => `${header(m, "sync-sku")}:${header(m, "sync-reason")}`).sort();
+      assert.deepEqual(reasons, [
+        "MATE-IMP-01:sku_ambiguous",
+        "NO-SUCH-SKU:sku_not_found",
+        "REMERA-002:store_unmapped",
+      ]);
+      for (const m of dead) {
+        assert.equal(header(m, "sync-channel"), "shopify");
+        assert.ok(header(m, "sync-error"));
+        assert.ok(["bad-skus", "bad-store"].includes(m.messageId!));
+      }
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration("redelivered and replayed events never decrement twice", async () => {
+  const { h, sandbox } = await startSyncHarness();
+  try {
+    const tienda = STORES[1];
+    const before = availableOf(sandbox, "REMERA-003", tienda);
+    const e = saleOf(tienda, [{ sku: "REMERA-003", qty: 3 }], "once-only");
+    await h.publish(e, { messageId: e.event_id });
+    await h.publish(e, { messageId: e.event_id });
+    await waitFor(async () => (await statusCounts(h)).applied === 1, "applied");
+    await h.publishToQueue(e, { messageId: e.event_id }); // a DLQ replay after it was applied
+    await waitFor(async () => (await h.queueDepth()) === 0, "drained");
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(availableOf(sandbox, "REMERA-003", tienda), before - 3);
+    assert.deepEqual(await statusCounts(h), { applied: 1 });
+  } finally {
+    await h.close();
+    await sandbox.close();
+  }
+});
+
+integration(
+  "a crash between send and record: the batch is re-sent with the same key and applied once",
+  async () => {
+    const sandbox = await startShopifySandbox({ catalog: defaultCatalog() });
+    const env = {
+      CHANNELS: "shopify",
+      DISPATCH_ENABLED: "true",
+      DISPATCH_LEASE: "1s",
+      SHOPIFY_URL: sandbox.url,
+      SHOPIFY_TOKEN: sandbox.token,
+      SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
+    };
+    const config = testConfig(env);
+    // Instance A "dies" right after Shopify applied its batch: it never records the outcome.
+    const revive = Promise.withResolvers<void>();
+    let crashed = 0;
+    const a = startService(config, {
+      dispatcherHooks: {
+        async afterSend() {
+          crashed++;
+          await revive.promise;
+          throw new Error("simulated crash");
+        },
+      },
+    });
+    await a.started;
+    const h = await harnessFor(a, config);
+    let b: RunningService | undefined;
+    try {
+      const tienda = STORES[2];
+      const before = availableOf(sandbox, "REMERA-002", tienda);
+      const e = saleOf(tienda, [{ sku: "REMERA-002", qty: 4 }], "crash-1");
+      await h.publish(e, { messageId: e.event_id });
+      await waitFor(() => crashed === 1, "A sent the batch and died");
+      assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 4, "Shopify applied it once");
+      const [batch] = await h.sql`select status, idempotency_key from sync_batch`;
+      assert.equal(batch.status, "sending", "the outcome was never recorded");
+
+      // Instance B takes over the expired lease and re-sends the same request under the same key.
+      b = startService(config);
+      await b.started;
+      await waitFor(async () => (await statusCounts(h)).applied === 1, "applied after takeover", 15_000);
+      assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 4, "not applied a second time");
+      assert.equal(
+        sandbox.stats().idempotentReplays,
+        1,
+        "Shopify answered the re-send from its idempotency record",
+      );
+      const batches = await h.sql`select status, idempotency_key, channel_attempts from sync_batch`;
+      assert.equal(batches.length, 1);
+      assert.equal(batches[0].idempotency_key, batch.idempotency_key);
+      assert.equal(batches[0].status, "done");
+    } finally {
+      revive.resolve();
+      await b?.close();
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "20 % 5xx plus lost responses and a small bucket: exact final stock, no throttling after the first",
+  async () => {
+    const { h, sandbox } = await startSyncHarness(
+      {
+        bucket: { maximumAvailable: 60, restoreRate: 30 },
+        faults: { errorRate: 0.2, lostResponseRate: 0.05, seed: 42 },
+      },
+      { SHOPIFY_BUCKET_MAX: "2000", SHOPIFY_RESTORE_RATE: "100" }, // a wrong guess; the first answer corrects it
+    );
+    try {
+      const skus = ["REMERA-001", "REMERA-002", "REMERA-003", "BUZO-AZUL-M", TRICKY];
+      const expected = new Map<string, number>();
+      for (const sku of skus) {
+        for (const t of STORES) expected.set(`${sku}|${t}`, availableOf(sandbox, sku, t));
+      }
+      for (let i = 0; i < 120; i++) {
+        const tienda = STORES[i % STORES.length];
+        const sku = skus[(i * 7) % skus.length];
+        expected.set(`${sku}|${tienda}`, expected.get(`${sku}|${tienda}`)! - 1);
+        const e = saleOf(tienda, [{ sku, qty: 1 }]);
+        await h.publish(e, { messageId: e.event_id });
+        if (i % 10 === 9) await new Promise((r) => setTimeout(r, 50)); // several batches, not one
+      }
+      await waitFor(
+        async () => {
+          const c = await statusCounts(h);
+          return c.applied === 120;
+        },
+        "all 120 applied",
+        60_000,
+      );
+      for (const [key, qty] of expected) {
+        const [sku, tienda] = key.split("|");
+        assert.equal(availableOf(sandbox, sku, tienda), qty, `${sku} at ${tienda}`);
+      }
+      const stats = sandbox.stats();
+      assert.ok(stats.errorsInjected + stats.lostResponses > 0, "faults were injected");
+      assert.ok(stats.throttled <= 1, `at most the first request was throttled (${stats.throttled})`);
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration("two service instances on one ledger: no change sent twice, one shared bucket", async () => {
+  const { h, sandbox, envFor } = await startSyncHarness({
+    bucket: { maximumAvailable: 100, restoreRate: 50 },
+  }, {
+    SHOPIFY_BUCKET_MAX: "100",
+    SHOPIFY_RESTORE_RATE: "50",
+  });
+  const second = startService(testConfig(envFor));
+  await second.started;
+  try {
+    const tienda = STORES[3];
+    const skus = ["REMERA-001", "REMERA-002", "REMERA-003"];
+    const before = skus.map((s) => availableOf(sandbox, s, tienda));
+    for (let i = 0; i < 300; i++) {
+      const e = saleOf(tienda, [{ sku: skus[i % 3], qty: 1 }]);
+      await h.publish(e, { messageId: e.event_id });
+      if (i % 20 === 19) await new Promise((r) => setTimeout(r, 30));
+    }
+    await waitFor(async () => (await statusCounts(h)).applied === 300, "300 applied", 60_000);
+    skus.forEach((s, i) => assert.equal(availableOf(sandbox, s, tienda), before[i] - 100, s));
+    const stats = sandbox.stats();
+    assert.equal(stats.idempotentReplays, 0, "no batch was sent twice");
+    assert.equal(stats.throttled, 0, "the shared bucket kept both under Shopify's limit");
+    const perInstance = await Promise.all([h.service, second].map(async (s) => {
+      const v = await s.metrics.changesProcessed.get();
+      return v.values.reduce((sum, x) => sum + x.value, 0);
+    }));
+    assert.equal(perInstance[0] + perInstance[1], 300);
+  } finally {
+    await second.close();
+    await h.close();
+    await sandbox.close();
+  }
+});
+
+integration(
+  "refused credentials: readyz names shopify, changes wait instead of failing, a fixed instance applies them",
+  async () => {
+    const { h, sandbox, envFor } = await startSyncHarness({}, { SHOPIFY_TOKEN: "shpat_wrong_token_value" });
+    try {
+      const tienda = STORES[0];
+      const before = availableOf(sandbox, "REMERA-003", tienda);
+      const e = saleOf(tienda, [{ sku: "REMERA-003", qty: 2 }], "auth-1");
+      await h.publish(e, { messageId: e.event_id });
+      await waitFor(async () => {
+        const r = await fetch(`${h.service.url}/readyz`);
+        const body = await r.json();
+        return r.status === 503 && body.down.includes("shopify") ? body : undefined;
+      }, "readyz names shopify");
+      const counts = await statusCounts(h);
+      assert.equal(counts.failed, undefined, "nothing failed");
+      await h.service.close();
+      // The operator fixes the token and restarts.
+      const fixed = startService(
+        testConfig({ ...envFor, SHOPIFY_TOKEN: sandbox.token, DISPATCH_LEASE: "500ms" }),
+      );
+      await fixed.started;
+      try {
+        await waitFor(async () => (await statusCounts(h)).applied === 1, "applied after the fix", 20_000);
+        assert.equal(availableOf(sandbox, "REMERA-003", tienda), before - 2);
+      } finally {
+        await fixed.close();
+      }
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "a userError naming one change fails that change; the rest of the batch is re-sent and applied",
+  async () => {
+    const { h, sandbox } = await startSyncHarness();
+    try {
+      // A stale cached listing: the SKU maps to an inventory item Shopify does not know.
+      await h.sql`
+      insert into listing (channel, sku, external_id, variant_id)
+      values ('shopify', 'REMERA-001', 'gid://shopify/InventoryItem/999999999', 'gid://shopify/ProductVariant/999999999')`;
+      const tienda = STORES[0];
+      const before = availableOf(sandbox, "REMERA-002", tienda);
+      const e = saleOf(tienda, [{ sku: "REMERA-001", qty: 1 }, { sku: "REMERA-002", qty: 3 }], "user-error");
+      await h.publish(e, { messageId: e.event_id });
+      await waitFor(
+        async () => {
+          const c = await statusCounts(h);
+          return c.applied === 1 && c.failed === 1;
+        },
+        "one failed, one applied",
+        20_000,
+      );
+      const [failed] = await h.sql`select sku, error_reason, error from stock_change where status = 'failed'`;
+      assert.equal(failed.sku, "REMERA-001");
+      assert.match(failed.error_reason, /invalid_inventory_item/);
+      assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 3);
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
