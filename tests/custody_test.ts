@@ -77,8 +77,8 @@ integration("the same message delivered twice inserts nothing the second time", 
     await h.publish(other);
     await waitFor(
       async () =>
-        (await h.service.metrics.eventsConsumed.get()).values.reduce((s, v) => s + v.value, 0) === 4,
-      "4 deliveries consumed",
+        (await h.service.metrics.eventsAcked.get()).values.reduce((s, v) => s + v.value, 0) === 4,
+      "4 deliveries acked (custody committed)",
     );
     await waitFor(async () => (await h.queueDepth()) === 0, "queue drained");
     const sales = await h.sql`select event_id, identity_source from sale order by event_id`;

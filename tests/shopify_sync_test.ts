@@ -451,3 +451,22 @@ integration(
     }
   },
 );
+
+integration("Redis down: a conservative local budget keeps syncing and nothing is lost", async () => {
+  const { h, sandbox } = await startSyncHarness({}, { REDIS_URL: "redis://127.0.0.1:1" });
+  try {
+    const tienda = STORES[4];
+    const before = availableOf(sandbox, "REMERA-002", tienda);
+    for (let i = 0; i < 10; i++) {
+      const e = saleOf(tienda, [{ sku: "REMERA-002", qty: 1 }]);
+      await h.publish(e, { messageId: e.event_id });
+    }
+    await waitFor(async () => (await statusCounts(h)).applied === 10, "applied without Redis", 20_000);
+    assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 10);
+    const ready = await (await fetch(`${h.service.url}/readyz`)).json();
+    assert.deepEqual(ready.down, ["redis"]);
+  } finally {
+    await h.close();
+    await sandbox.close();
+  }
+});

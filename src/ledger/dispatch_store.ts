@@ -144,6 +144,13 @@ export class DispatchStore {
     maxListings: number,
     maxRows = maxListings * 20,
   ): Promise<ClaimedBatch | null> {
+    // Idle loops poll often: look before opening a transaction that writes.
+    const [due] = await this.sql<{ due: boolean }[]>`
+      select exists (
+        select 1 from stock_change
+         where channel = ${channel} and status = 'pending' and next_attempt_at <= now()
+      ) as due`;
+    if (!due.due) return null;
     return await this.sql.begin(async (tx) => {
       const key = crypto.randomUUID();
       const [batch] = await tx<{ id: string }[]>`
@@ -272,30 +279,23 @@ export class DispatchStore {
           update sync_batch set status = 'done', finished_at = now(),
                  response = ${outcome.response === undefined ? null : tx.json(toJson(outcome.response))}
            where id = ${batch.id}`;
+        // Set-based updates: one statement per kind, however many listings the batch holds.
+        const applied: { id: string; result: unknown }[] = [];
+        const retried: { id: string; wait_ms: number; error: string; reason: string }[] = [];
         for (const [index, result] of outcome.results.entries()) {
           const change = batch.changes[index];
           if (result.kind === "applied") {
-            await tx`
-              update stock_change
-                 set status = 'applied', applied_at = now(), updated_at = now(), error = null, error_reason = null,
-                     result = ${
-              tx.json(
-                toJson({
-                  quantity_after: result.quantityAfter ?? null,
-                  batch_id: batch.id,
-                  detail: result.detail ?? null,
-                }),
-              )
-            }
-               where id = any(${change.changeIds}::bigint[])`;
+            const stored = {
+              quantity_after: result.quantityAfter ?? null,
+              batch_id: batch.id,
+              detail: result.detail ?? null,
+            };
+            for (const id of change.changeIds) applied.push({ id, result: stored });
           } else if (result.kind === "retry" && change.attempts < this.policy.maxAttempts) {
             const wait = Math.max(result.waitMs ?? 0, backoffMs(change.attempts, this.policy));
-            await tx`
-              update stock_change
-                 set status = 'pending', batch_id = null, updated_at = now(), error = ${result.error},
-                     error_reason = ${result.reason},
-                     next_attempt_at = now() + ${wait} * interval '1 millisecond'
-               where id = any(${change.changeIds}::bigint[])`;
+            for (const id of change.changeIds) {
+              retried.push({ id, wait_ms: wait, error: result.error, reason: result.reason });
+            }
           } else {
             failed.push({
               ids: change.changeIds,
@@ -305,6 +305,23 @@ export class DispatchStore {
                 : result.error,
             });
           }
+        }
+        if (applied.length > 0) {
+          await tx`
+            update stock_change s
+               set status = 'applied', applied_at = now(), updated_at = now(), error = null, error_reason = null,
+                   result = x.result
+              from jsonb_to_recordset(${tx.json(toJson(applied))}::jsonb) as x(id bigint, result jsonb)
+             where s.id = x.id`;
+        }
+        if (retried.length > 0) {
+          await tx`
+            update stock_change s
+               set status = 'pending', batch_id = null, updated_at = now(), error = x.error,
+                   error_reason = x.reason, next_attempt_at = now() + x.wait_ms * interval '1 millisecond'
+              from jsonb_to_recordset(${tx.json(toJson(retried))}::jsonb)
+                as x(id bigint, wait_ms integer, error text, reason text)
+             where s.id = x.id`;
         }
       }
       const out: FailedChange[] = [];
