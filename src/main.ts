@@ -116,7 +116,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
 
   const metrics = createMetrics(config.METRICS_PREFIX, async () => {
     const rows = await sql<{ channel: string; status: string; count: string }[]>`
-      select channel, status, count(*) as count from stock_change group by channel, status`;
+      select channel, status, count(*) as count from stock_change where status <> 'applied' group by channel, status`;
     return rows.map((r) => ({ channel: r.channel, status: r.status, count: Number(r.count) }));
   });
 

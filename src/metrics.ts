@@ -41,7 +41,7 @@ export function createMetrics(
   const registers = [registry];
   const ledgerChanges = new Gauge({
     name: `${prefix}ledger_changes`,
-    help: "Stock changes in the ledger by channel and status.",
+    help: "Stock changes not applied yet, by channel and status (pending, sending, failed).",
     labelNames: ["channel", "status"] as const,
     registers,
     async collect() {

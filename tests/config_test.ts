@@ -13,7 +13,7 @@ Deno.test("no environment at all gives loopback defaults", () => {
   assert.deepEqual(c.RETRY_DELAYS, [1000, 4000, 9000]);
   assert.deepEqual(c.CHANNELS, ["shopify", "mercadolibre"]);
   assert.equal(c.SHOPIFY_API_VERSION, "2026-10");
-  assert.equal(c.prefetch, c.CONSUMER_CONCURRENCY);
+  assert.equal(c.prefetch, 2 * c.CONSUMER_CONCURRENCY);
 });
 
 Deno.test("empty strings count as unset", () => {

@@ -76,8 +76,7 @@ integration("the same message delivered twice inserts nothing the second time", 
     await h.publish(other);
     await h.publish(other);
     await waitFor(
-      async () =>
-        (await h.service.metrics.eventsAcked.get()).values.reduce((s, v) => s + v.value, 0) === 4,
+      async () => (await h.service.metrics.eventsAcked.get()).values.reduce((s, v) => s + v.value, 0) === 4,
       "4 deliveries acked (custody committed)",
     );
     await waitFor(async () => (await h.queueDepth()) === 0, "queue drained");

@@ -167,10 +167,22 @@ export class Custody {
             as x(event_id text, identity_source text, tienda_id text, body jsonb)
         on conflict (event_id) do nothing
         returning event_id`;
-      const touched = await tx<{ event_id: string; inserted: boolean }[]>`
+      // Changes of sales that are new here cannot exist yet: a plain insert.
+      // Only re-received sales need the conflict handling that re-arms failures.
+      const fresh = new Set(inserted.map((r) => r.event_id));
+      const newChanges = changes.filter((c) => fresh.has(c.event_id));
+      const seenChanges = changes.filter((c) => !fresh.has(c.event_id));
+      if (newChanges.length > 0) {
+        await tx`
+          insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
+          select event_id, channel, tienda_id, sku, producto_id, delta
+            from jsonb_to_recordset(${tx.json(newChanges as unknown as postgres.JSONValue)}::jsonb)
+              as x(event_id text, channel text, tienda_id text, sku text, producto_id text, delta integer)`;
+      }
+      const touched = seenChanges.length === 0 ? [] : await tx<{ event_id: string; inserted: boolean }[]>`
         insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
         select event_id, channel, tienda_id, sku, producto_id, delta
-          from jsonb_to_recordset(${tx.json(changes as unknown as postgres.JSONValue)}::jsonb)
+          from jsonb_to_recordset(${tx.json(seenChanges as unknown as postgres.JSONValue)}::jsonb)
             as x(event_id text, channel text, tienda_id text, sku text, producto_id text, delta integer)
         on conflict (event_id, channel, sku) do update
           set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
