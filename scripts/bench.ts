@@ -45,6 +45,7 @@ import { setupLogging } from "../src/log.ts";
 import { type RunningService, startService } from "../src/main.ts";
 import { type ServiceMetrics } from "../src/metrics.ts";
 import { sampleSales } from "./publish_sample.ts";
+import { naiveSection, shopifyBurstSection } from "./bench_shopify.ts";
 
 const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
 const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -79,6 +80,14 @@ export interface BenchOptions {
   seed: number;
   /** Keep the marketplace dispatcher running during the custody section (DISPATCH_ENABLED). */
   dispatch: boolean;
+  /** Sections to run, by id (default: all). */
+  sections: string[];
+  /** Shopify burst: sales, SKUs and stores. */
+  shopifySales: number;
+  shopifySkus: number;
+  shopifyStores: number;
+  /** How long the naive baseline runs before its rate is extrapolated. */
+  naiveSeconds: number;
   help: boolean;
 }
 
@@ -103,6 +112,12 @@ options:
   --pool N               DATABASE_POOL_SIZE (default ${SERVICE_DEFAULTS.DATABASE_POOL_SIZE}; 1..100)
   --log-level LEVEL      service LOG_LEVEL: ${LOG_LEVELS.join(", ")} (default warning)
   --seed N               seed for the sample events (default 7)
+  --sections LIST        comma-separated sections to run (default: all):
+                         machine,broker,custody,shopify,naive
+  --shopify-sales N      Shopify burst: sales (default 20000)
+  --shopify-skus N       Shopify burst: SKUs (default 500)
+  --shopify-stores N     Shopify burst: stores (default 5)
+  --naive-seconds N      how long the naive baseline runs (default 30)
   --dispatch             keep the marketplace dispatcher (DISPATCH_ENABLED) running
                          during the custody section; off by default so that
                          section measures custody alone
@@ -141,6 +156,11 @@ export function parseOptions(args: string[]): BenchOptions {
         "log-level": { type: "string", default: "warning" },
         seed: { type: "string", default: "7" },
         dispatch: { type: "boolean", default: false },
+        sections: { type: "string", default: "machine,broker,custody,shopify,naive" },
+        "shopify-sales": { type: "string", default: "20000" },
+        "shopify-skus": { type: "string", default: "500" },
+        "shopify-stores": { type: "string", default: "5" },
+        "naive-seconds": { type: "string", default: "30" },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -174,6 +194,19 @@ export function parseOptions(args: string[]): BenchOptions {
     logLevel,
     seed: wholeNumber("seed", values.seed, 1, 2 ** 31 - 1),
     dispatch: values.dispatch ?? false,
+    sections: (() => {
+      const known = ["machine", "broker", "custody", "shopify", "naive"];
+      const list = String(values.sections).split(",").map((x) => x.trim()).filter(Boolean);
+      const unknown = list.filter((x) => !known.includes(x));
+      if (unknown.length > 0 || list.length === 0) {
+        throw new UsageError(`--sections must list some of ${known.join(", ")} (got "${values.sections}")`);
+      }
+      return list;
+    })(),
+    shopifySales: wholeNumber("shopify-sales", values["shopify-sales"], 1, 1_000_000),
+    shopifySkus: wholeNumber("shopify-skus", values["shopify-skus"], 1, 100_000),
+    shopifyStores: wholeNumber("shopify-stores", values["shopify-stores"], 1, 1_000),
+    naiveSeconds: wholeNumber("naive-seconds", values["naive-seconds"], 5, 3_600),
     help: false,
   };
 }
@@ -635,7 +668,13 @@ export const custodySection: Section = {
 };
 
 /** Every section, in the order they run. Add new scenarios here. */
-export const SECTIONS: readonly Section[] = [machineSection, brokerSection, custodySection];
+export const SECTIONS: readonly Section[] = [
+  machineSection,
+  brokerSection,
+  custodySection,
+  shopifyBurstSection,
+  naiveSection,
+];
 
 // ---------------------------------------------------------------------------
 // Runner
@@ -689,7 +728,7 @@ export async function runBenchmark(options: BenchOptions): Promise<Record<string
       results,
       defer: (what, step) => cleanups.push({ what, step }),
     };
-    for (const section of SECTIONS) {
+    for (const section of SECTIONS.filter((s) => options.sections.includes(s.id))) {
       const depth = cleanups.length;
       try {
         results[section.id] = await section.run(ctx);
@@ -731,39 +770,37 @@ async function main(): Promise<number> {
     console.error(`bench: failed: ${(error as Error).message}`);
     return 1;
   }
-  const broker = Number(results.broker.msgs_per_s);
-  const custody = Number(results.custody.msgs_per_s);
-  const ratio = Number(results.custody.ratio_to_broker);
-  console.log(
-    `\nraw broker ${broker} msg/s, custody ${custody} msg/s, custody/raw ${ratio.toFixed(3)} ` +
-      `(target >= 0.5: ${
-        ratio >= 0.5 ? "met" : "NOT met"
-      }), batch mean ${results.custody.batch_size_mean}, ` +
-      `peak RSS ${results.custody.rss_peak_mib} MiB`,
-  );
+  const lines: string[] = [];
+  if (results.broker && results.custody) {
+    const ratio = Number(results.custody.ratio_to_broker);
+    lines.push(
+      `raw broker ${results.broker.msgs_per_s} msg/s, custody ${results.custody.msgs_per_s} msg/s, ` +
+        `custody/raw ${ratio.toFixed(3)} (target >= 0.5: ${ratio >= 0.5 ? "met" : "NOT met"}), ` +
+        `batch mean ${results.custody.batch_size_mean}, peak RSS ${results.custody.rss_peak_mib} MiB`,
+    );
+  }
+  if (results.shopify) {
+    const r = results.shopify;
+    lines.push(
+      `shopify warm burst ${r.warm_stock_changes_applied_per_s} changes/s = ${r.warm_ratio_to_ceiling} x ceiling ` +
+        `(target >= 0.9: ${
+          Number(r.warm_ratio_to_ceiling) >= 0.9 ? "met" : "NOT met"
+        }), throttled after warm-up ` +
+        `${r.throttled_after_warmup_5s}, quantity mismatches ${r.quantity_mismatches}`,
+    );
+  }
+  if (results.naive) {
+    lines.push(
+      `naive baseline ${results.naive.steady_items_per_s} items/s; it needs ${results.naive.calls_ratio_naive_to_service_cold}x (cold) / ${results.naive.calls_ratio_naive_to_service_warm}x (warm) the service's calls`,
+    );
+  }
+  console.log("\n" + lines.join("\n"));
   console.log(JSON.stringify({
     bench: "marketplace-sync",
     time: new Date().toISOString(),
     deno: Deno.version.deno,
     cpus: navigator.hardwareConcurrency,
-    options: {
-      events: options.events,
-      concurrency: options.concurrency,
-      prefetch: options.prefetch,
-      batch: options.batch,
-      batch_wait_ms: options.batchWaitMs,
-      pool: options.pool,
-      log_level: options.logLevel,
-      seed: options.seed,
-      dispatch: options.dispatch,
-    },
-    broker_msgs_per_s: broker,
-    custody_msgs_per_s: custody,
-    ratio: round(ratio, 3),
-    target_met: ratio >= 0.5,
-    custody_batch_size_mean: results.custody.batch_size_mean,
-    peak_rss_mib: results.custody.rss_peak_mib,
-    background_busy_pct: results.machine.background_busy_pct,
+    options,
     sections: results,
   }));
   return 0;
