@@ -165,12 +165,26 @@ export const shopifyBurstSection: Section = {
       ceiling_changes_per_s: CEILING,
       ...prefixed("cold_", cold),
       ...prefixed("warm_", warm),
+      ...await phaseMeans(service),
       throttled_after_warmup_5s: Number(cold.throttled_after_5s) + Number(warm.throttled_after_5s),
       quantity_mismatches: Number(cold.quantity_mismatches) + Number(warm.quantity_mismatches),
       api_calls_total: sandbox.stats().requests,
     };
   },
 };
+
+/** Mean time per dispatch step over both bursts, from the service's histogram. */
+async function phaseMeans(service: ReturnType<typeof startService>): Promise<SectionResult> {
+  const values = (await service.metrics.dispatchPhaseSeconds.get()).values;
+  const out: SectionResult = {};
+  for (const phase of ["claim", "send", "record"]) {
+    const sum = values.find((v) => v.metricName?.endsWith("_sum") && v.labels.phase === phase)?.value ?? 0;
+    const count = values.find((v) => v.metricName?.endsWith("_count") && v.labels.phase === phase)?.value ??
+      0;
+    out[`dispatch_${phase}_ms_mean`] = count ? round(sum / count * 1000, 1) : 0;
+  }
+  return out;
+}
 
 const CEILING = STANDARD_PLAN_BUCKET.restoreRate / MUTATION_COST * MAX_CHANGES_PER_CALL;
 

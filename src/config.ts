@@ -268,5 +268,5 @@ function describeIssue(variable: string, message: string, input: Record<string, 
 
 /** Replaces the password in a URL's userinfo with `***`, for logs and errors. */
 export function redactUrl(text: string): string {
-  return text.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:/@\s]*:)[^@\s]*@/gi, "$1***@");
+  return text.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:/@\s]*:)[^\s"/?#]*@/gi, "$1***@");
 }

@@ -36,7 +36,7 @@ const REDACTED = "[REDACTED]";
 /** Patterns scrubbed from every rendered line, whatever field they hid in. */
 const LINE_PATTERNS = [
   // user:password@ in any URL
-  { pattern: /(\b[a-z][a-z0-9+.-]*:\/\/[^:/@\s"]*:)[^@\s"]*@/gi, replacement: "$1***@" },
+  { pattern: /(\b[a-z][a-z0-9+.-]*:\/\/[^:/@\s"]*:)[^\s"/?#]*@/gi, replacement: "$1***@" },
   // Authorization: Bearer xxx / X-Shopify-Access-Token values
   { pattern: /(Bearer\s+)[A-Za-z0-9._~+/=-]+/g, replacement: `$1${REDACTED}` },
   { pattern: /\bshp(at|ca|pa|ss)_[A-Za-z0-9]+/g, replacement: REDACTED },

@@ -236,31 +236,56 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     });
   }
 
-  const started = (async () => {
+  // Waits during start-up end early when shutdown begins, so close() never hangs on them.
+  const stopWaiting = new AbortController();
+  const pause = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        stopWaiting.signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      stopWaiting.signal.addEventListener("abort", done, { once: true });
+    });
+
+  /** Runs `step` until it succeeds or shutdown begins; false if shutdown won. */
+  async function retrying(what: string, step: () => Promise<void>): Promise<boolean> {
     for (let attempt = 1; !stopping; attempt++) {
       try {
-        const applied = await migrate(sql, config.LEDGER_SCHEMA);
-        ledgerReady = true;
-        log.info("ledger ready in schema {schema} ({count} migrations applied now)", {
-          schema: config.LEDGER_SCHEMA,
-          count: applied.length,
-        });
-        break;
+        await step();
+        return true;
       } catch (error) {
         const delay = Math.min(500 * 2 ** attempt, 15_000);
-        log.error("ledger not ready ({error}); retrying in {delay_ms} ms", {
+        log.error("{what} failed ({error}); retrying in {delay_ms} ms", {
           mark: "error",
+          what,
           error: redactUrl((error as Error).message),
           delay_ms: delay,
         });
-        await new Promise((r) => setTimeout(r, delay));
+        await pause(delay);
       }
     }
-    if (stopping) return;
+    return false;
+  }
+
+  const started = (async () => {
+    const migrated = await retrying("ledger migration", async () => {
+      const applied = await migrate(sql, config.LEDGER_SCHEMA);
+      ledgerReady = true;
+      log.info("ledger ready in schema {schema} ({count} migrations applied now)", {
+        schema: config.LEDGER_SCHEMA,
+        count: applied.length,
+      });
+    });
+    if (!migrated) return;
     consumeConnection = connectBroker(config.RABBITMQ_URL, "consume", metrics);
     publishConnection = connectBroker(config.RABBITMQ_URL, "publish", metrics);
-    await publishConnection.onConnect(0);
-    await declareTopology(publishConnection, topology);
+    const declared = await retrying("RabbitMQ topology declaration", async () => {
+      await publishConnection!.onConnect(10_000, true);
+      await declareTopology(publishConnection!, topology);
+    });
+    if (!declared) return;
     publisher = createConfirmingPublisher(publishConnection, topology);
     const store = new DispatchStore(sql, {
       maxAttempts: config.DISPATCH_MAX_ATTEMPTS,
@@ -311,6 +336,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   async function close(): Promise<void> {
     if (stopping) return;
     stopping = true;
+    stopWaiting.abort();
     log.info("shutting down: stop consuming, finish in-flight work", { mark: "shutdown" });
     await started.catch(() => {});
     await consumer?.close();
@@ -353,11 +379,17 @@ async function main(): Promise<number> {
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     Deno.addSignalListener(signal, () => stop.resolve(signal));
   }
+  // A start-up step that cannot be retried (e.g. the sandbox port is taken) ends the process.
+  let fatal = false;
+  service.started.catch(() => {
+    fatal = true;
+    stop.resolve("start-up failure");
+  });
   const signal = await stop.promise;
   log.info("received {signal}", { signal, mark: "shutdown" });
   try {
     await withTimeout(service.close(), config.SHUTDOWN_TIMEOUT, "graceful shutdown");
-    return 0;
+    return fatal ? 1 : 0;
   } catch (error) {
     log.error("{error}; exiting anyway (unacked deliveries will be redelivered)", {
       mark: "error",

@@ -21,6 +21,7 @@ export interface ServiceMetrics {
   rssBytes: Gauge;
   heapUsedBytes: Gauge;
   dispatchBatchSize: Histogram<"channel">;
+  dispatchPhaseSeconds: Histogram<"channel" | "phase">;
   changesProcessed: Counter<"channel" | "outcome">;
   eventAppliedSeconds: Histogram<"channel">;
   marketplaceCalls: Counter<"channel" | "operation" | "outcome">;
@@ -61,6 +62,13 @@ export function createMetrics(
       help: "Listings (coalesced store × SKU changes) per marketplace batch.",
       labelNames: ["channel"] as const,
       buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500],
+      registers,
+    }),
+    dispatchPhaseSeconds: new Histogram({
+      name: `${prefix}dispatch_phase_seconds`,
+      help: "Time per dispatch step: claim (ledger), send (resolve + marketplace call), record (ledger).",
+      labelNames: ["channel", "phase"] as const,
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     }),
     changesProcessed: new Counter({

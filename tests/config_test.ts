@@ -96,3 +96,7 @@ Deno.test("redactUrl hides passwords in any URL", () => {
   assert.equal(redactUrl("see postgres://u:p%40ss@h/db now"), "see postgres://u:***@h/db now");
   assert.equal(redactUrl("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
 });
+
+Deno.test("redactUrl hides a password that itself contains @", () => {
+  assert.equal(redactUrl("amqp://svc:p@ssw0rd@rabbit:5672/"), "amqp://svc:***@rabbit:5672/");
+});

@@ -130,3 +130,19 @@ integration("an expiring message is dead-lettered without its expiration (so the
     await h.close();
   }
 });
+
+integration("a DLQ deleted by hand is declared again instead of looping the delivery", async () => {
+  const h = await startHarness();
+  try {
+    await h.rabbit.queueDelete({ queue: h.service.topology.deadLetterQueue });
+    await h.publish("not json", { messageId: "after-delete" });
+    const [msg] = await waitFor(async () => {
+      const got = await h.takeDeadLetters().catch(() => []);
+      return got.length ? got : undefined;
+    }, "dead letter in the re-declared DLQ");
+    assert.equal(msg.messageId, "after-delete");
+    assert.equal(header(msg, "sync-reason"), "invalid_json");
+  } finally {
+    await h.close();
+  }
+});

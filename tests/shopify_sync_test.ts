@@ -470,3 +470,109 @@ integration("Redis down: a conservative local budget keeps syncing and nothing i
     await sandbox.close();
   }
 });
+
+integration(
+  "Shopify slower than our timeout: same-key re-sends meet IDEMPOTENCY_CONCURRENT_REQUEST, applied once",
+  async () => {
+    const { h, sandbox } = await startSyncHarness({ faults: { latencyMs: 1_200 } }, {
+      SHOPIFY_TIMEOUT: "400ms",
+    });
+    try {
+      const tienda = STORES[1];
+      const before = availableOf(sandbox, "REMERA-001", tienda);
+      // Warm the SKU cache first so the slow call is the adjustment itself.
+      await h.sql`
+      insert into listing (channel, sku, external_id, variant_id)
+      values ('shopify', 'REMERA-001', ${
+        sandbox.variants.find((v) => v.sku === "REMERA-001")!.inventoryItemId
+      }, 'v')`;
+      const e = saleOf(tienda, [{ sku: "REMERA-001", qty: 3 }], "slow-1");
+      await h.publish(e, { messageId: e.event_id });
+      // Our client gives up on the first call while Shopify is still working on it;
+      // Shopify is quick again for the re-sends.
+      await waitFor(async () => {
+        const calls = (await h.service.metrics.marketplaceCalls.get()).values;
+        return calls.some((v) => v.labels.outcome === "timeout");
+      }, "a timed-out call");
+      sandbox.setFaults({ latencyMs: 0 });
+      await waitFor(async () => (await statusCounts(h)).applied === 1, "applied", 30_000);
+      assert.equal(availableOf(sandbox, "REMERA-001", tienda), before - 3, "applied exactly once");
+      assert.deepEqual(await statusCounts(h), { applied: 1 });
+      assert.ok(sandbox.stats().idempotentReplays >= 1, "a re-send was answered from the idempotency record");
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "internal failures spend the key: the changes go again under a new key, exact stock",
+  async () => {
+    const { h, sandbox } = await startSyncHarness({ faults: { internalErrorRate: 0.4, seed: 9 } });
+    try {
+      const tienda = STORES[2];
+      const before = availableOf(sandbox, "REMERA-002", tienda);
+      for (let i = 0; i < 30; i++) {
+        const e = saleOf(tienda, [{ sku: "REMERA-002", qty: 1 }]);
+        await h.publish(e, { messageId: e.event_id });
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await waitFor(async () => (await statusCounts(h)).applied === 30, "30 applied", 30_000);
+      assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 30);
+      assert.ok(sandbox.stats().internalErrors > 0, "internal failures were injected");
+      const keys = await h
+        .sql`select count(distinct idempotency_key)::int as n from sync_batch where request is not null`;
+      assert.ok(keys[0].n > 1);
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration("a replica that lost its lease cannot record over the new owner", async () => {
+  const sandbox = await startShopifySandbox({ catalog: defaultCatalog() });
+  const env = {
+    CHANNELS: "shopify",
+    DISPATCH_ENABLED: "true",
+    DISPATCH_LEASE: "1s",
+    SHOPIFY_URL: sandbox.url,
+    SHOPIFY_TOKEN: sandbox.token,
+    SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
+  };
+  const config = testConfig(env);
+  const resume = Promise.withResolvers<void>();
+  let paused = 0;
+  // Instance A stalls after sending (a long GC pause, a frozen VM), then wakes up and tries to record.
+  const a = startService(config, {
+    dispatcherHooks: {
+      async afterSend() {
+        if (paused++ === 0) await resume.promise;
+      },
+    },
+  });
+  await a.started;
+  const h = await harnessFor(a, config);
+  const b = startService(config);
+  try {
+    await b.started;
+    const tienda = STORES[3];
+    const before = availableOf(sandbox, "REMERA-003", tienda);
+    const e = saleOf(tienda, [{ sku: "REMERA-003", qty: 2 }], "lease-1");
+    await h.publish(e, { messageId: e.event_id });
+    await waitFor(async () => (await statusCounts(h)).applied === 1, "applied by the new owner", 15_000);
+    const [owner] = await h.sql`select owner, status from sync_batch`;
+    resume.resolve(); // A wakes up and tries to record its (identical) outcome
+    await new Promise((r) => setTimeout(r, 500));
+    const [after] = await h.sql`select owner, status from sync_batch`;
+    assert.deepEqual({ ...after }, { ...owner }, "A's late write was refused");
+    assert.equal(availableOf(sandbox, "REMERA-003", tienda), before - 2);
+    assert.deepEqual(await statusCounts(h), { applied: 1 });
+  } finally {
+    resume.resolve();
+    await b.close();
+    await h.close();
+    await sandbox.close();
+  }
+});

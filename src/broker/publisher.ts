@@ -40,32 +40,43 @@ export function createConfirmingPublisher(
     if (typeof id === "string") returned.add(id);
   });
   let counter = 0;
+
+  async function sendOnce(queue: string, envelope: Envelope, body: Uint8Array | string): Promise<boolean> {
+    const id = `${Date.now().toString(36)}-${(counter++).toString(36)}`;
+    const send = publisher.send({
+      ...envelope,
+      exchange: "",
+      routingKey: queue,
+      mandatory: true,
+      headers: { ...envelope.headers, [PUBLISH_ID]: id },
+      // The client JSON-encodes anything that is not a Buffer or a string.
+    }, typeof body === "string" ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`publish to ${queue} not confirmed within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+    });
+    try {
+      await Promise.race([send, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+    return !returned.delete(id);
+  }
+
   return {
     async toQueue(queue, envelope, body) {
-      const id = `${Date.now().toString(36)}-${(counter++).toString(36)}`;
-      const send = publisher.send({
-        ...envelope,
-        exchange: "",
-        routingKey: queue,
-        mandatory: true,
-        headers: { ...envelope.headers, [PUBLISH_ID]: id },
-        // The client JSON-encodes anything that is not a Buffer or a string.
-      }, typeof body === "string" ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength));
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`publish to ${queue} not confirmed within ${timeoutMs} ms`)),
-          timeoutMs,
-        );
-      });
-      try {
-        await Promise.race([send, timeout]);
-      } finally {
-        clearTimeout(timer);
+      if (await sendOnce(queue, envelope, body)) return;
+      // Unroutable: someone deleted the queue. Declare it again (we own it) and
+      // retry once, instead of nacking the delivery into a redelivery loop.
+      const declaration = publishQueueDeclarations(topology).find((q) => q.queue === queue);
+      if (declaration) {
+        await connection.queueDeclare(declaration);
+        if (await sendOnce(queue, envelope, body)) return;
       }
-      if (returned.delete(id)) {
-        throw new Error(`queue "${queue}" does not exist; message returned unroutable`);
-      }
+      throw new Error(`queue "${queue}" does not exist; message returned unroutable`);
     },
     close: () => publisher.close(),
   };

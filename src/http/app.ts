@@ -4,6 +4,9 @@
  */
 import { Hono } from "hono";
 import type { Registry } from "prom-client";
+import { logger } from "../log.ts";
+
+const log = logger("http");
 
 /** One dependency's state, as `/readyz` reports it. */
 export interface CheckResult {
@@ -39,6 +42,14 @@ export function createApp(deps: HttpDeps): Hono {
   app.notFound((c) =>
     c.json({ error: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404)
   );
-  app.onError((error, c) => c.json({ error: "internal_error", message: error.message }, 500));
+  app.onError((error, c) => {
+    // The details go to the log, not to whoever asked.
+    log.error("HTTP {method} {path} failed: {error}", {
+      method: c.req.method,
+      path: c.req.path,
+      error: error.message,
+    });
+    return c.json({ error: "internal_error", message: "internal error; see the service log" }, 500);
+  });
   return app;
 }

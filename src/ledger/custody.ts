@@ -187,7 +187,7 @@ export class Custody {
         on conflict (event_id, channel, sku) do update
           set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
               error = null, error_reason = null, updated_at = now()
-          where stock_change.status = 'failed'
+          where stock_change.status = 'failed' and stock_change.error_reason is distinct from 'outcome_unknown'
         returning event_id, (xmax = 0) as inserted`;
       return {
         inserted: new Set(inserted.map((r) => r.event_id)),

@@ -36,6 +36,13 @@ export interface ClaimedBatch {
   sends: number;
   /** True when this batch was sent before (crash recovery or same-key retry). */
   resend: boolean;
+  /** This claim's fencing token; writes by an older claim of the batch are refused. */
+  owner: string;
+}
+
+/** Another replica took the batch over after our lease expired: drop it, do not write. */
+export class LeaseLostError extends Error {
+  override name = "LeaseLostError";
 }
 
 /** What happened to one logical change. */
@@ -75,6 +82,12 @@ export interface DispatchPolicy {
   backoffBaseMs: number;
   backoffMaxMs: number;
 }
+
+/**
+ * Failure reason for a change whose batch was sent but never got a definite
+ * answer. Custody does not re-arm these on a replay (DESIGN.md: never apply twice).
+ */
+export const OUTCOME_UNKNOWN = "outcome_unknown";
 
 /** Exponential backoff with ±20 % jitter. */
 export function backoffMs(
@@ -153,9 +166,11 @@ export class DispatchStore {
     if (!due.due) return null;
     return await this.sql.begin(async (tx) => {
       const key = crypto.randomUUID();
+      const owner = crypto.randomUUID();
       const [batch] = await tx<{ id: string }[]>`
-        insert into sync_batch (channel, idempotency_key, payload, status, lease_until)
-        values (${channel}, ${key}, '[]', 'sending', now() + ${this.policy.leaseMs} * interval '1 millisecond')
+        insert into sync_batch (channel, idempotency_key, payload, status, lease_until, owner)
+        values (${channel}, ${key}, '[]', 'sending', now() + ${this.policy.leaseMs} * interval '1 millisecond',
+                ${owner})
         returning id`;
       const rows = await tx<ClaimedRow[]>`
         with due as (
@@ -187,6 +202,7 @@ export class DispatchStore {
         request: null,
         sends: 0,
         resend: false,
+        owner,
       };
     });
   }
@@ -212,8 +228,10 @@ export class DispatchStore {
          order by lease_until limit 1
          for update skip locked`;
       if (!row) return null;
+      const owner = crypto.randomUUID();
       await tx`
-        update sync_batch set lease_until = now() + ${this.policy.leaseMs} * interval '1 millisecond'
+        update sync_batch set lease_until = now() + ${this.policy.leaseMs} * interval '1 millisecond',
+               owner = ${owner}
          where id = ${row.id}`;
       const changes = row.payload.map((c) => ({ ...c, oldestCreatedAt: new Date(c.oldestCreatedAt) }));
       return {
@@ -224,21 +242,31 @@ export class DispatchStore {
         request: row.request ?? null,
         sends: row.channel_attempts,
         resend: row.sent_at !== null,
+        owner,
       };
     });
   }
 
-  /** Persists the exact request (before the first send) and marks the send. */
-  async markSending(batch: ClaimedBatch, request: unknown): Promise<void> {
-    await this.sql`
+  /**
+   * Marks a send (every send, first or repeated): persists the request if this
+   * is the first, renews the lease and counts the attempt. Returns the request
+   * to send, which is the one stored first: a re-send repeats it exactly.
+   * @throws LeaseLostError when another replica owns the batch now.
+   */
+  async markSending(batch: ClaimedBatch, request: unknown): Promise<unknown> {
+    const [row] = await this.sql<{ request: unknown; channel_attempts: number }[]>`
       update sync_batch
          set request = coalesce(request, ${this.sql.json(toJson(request))}),
              sent_at = coalesce(sent_at, now()),
              channel_attempts = channel_attempts + 1,
              lease_until = now() + ${this.policy.leaseMs} * interval '1 millisecond'
-       where id = ${batch.id}`;
-    batch.request ??= request;
-    batch.sends += 1;
+       where id = ${batch.id} and owner = ${batch.owner} and status = 'sending'
+      returning request, channel_attempts`;
+    if (!row) throw new LeaseLostError(`batch ${batch.id} was taken over by another replica`);
+    batch.request = row.request;
+    batch.sends = row.channel_attempts;
+    batch.resend = true;
+    return row.request;
   }
 
   /**
@@ -250,6 +278,11 @@ export class DispatchStore {
     outcome: Exclude<BatchOutcome, { kind: "release" }>,
   ): Promise<FailedChange[]> {
     return await this.sql.begin(async (tx) => {
+      // Fencing: only the current owner records; the row lock keeps a reclaim out meanwhile.
+      const [owned] = await tx`
+        select 1 from sync_batch where id = ${batch.id} and owner = ${batch.owner} and status = 'sending'
+        for update`;
+      if (!owned) throw new LeaseLostError(`batch ${batch.id} was taken over by another replica`);
       const failed: { ids: string[]; reason: string; error: string }[] = [];
       if (outcome.kind === "resend") {
         // Throttling, a concurrent request under our key or bad credentials are
@@ -269,10 +302,14 @@ export class DispatchStore {
         await tx`
           update sync_batch set status = 'failed', finished_at = now(), error = ${outcome.error}
            where id = ${batch.id}`;
+        // The request reached (or may have reached) the marketplace and no answer
+        // said whether it was applied: never re-armed automatically (a replay could
+        // apply it twice); an operator checks the listing and resyncs.
         failed.push({
           ids: batch.changes.flatMap((c) => c.changeIds),
-          reason: "exhausted",
-          error: `gave up after ${batch.sends} sends: ${outcome.error}`,
+          reason: OUTCOME_UNKNOWN,
+          error: `gave up after ${batch.sends} sends without a definite answer (last: ${outcome.error}); ` +
+            "the marketplace may or may not have applied it: check the listing and resync",
         });
       } else {
         await tx`
@@ -312,7 +349,7 @@ export class DispatchStore {
                set status = 'applied', applied_at = now(), updated_at = now(), error = null, error_reason = null,
                    result = x.result
               from jsonb_to_recordset(${tx.json(toJson(applied))}::jsonb) as x(id bigint, result jsonb)
-             where s.id = x.id`;
+             where s.id = x.id and s.batch_id = ${batch.id} and s.status = 'sending'`;
         }
         if (retried.length > 0) {
           await tx`
@@ -321,7 +358,7 @@ export class DispatchStore {
                    error_reason = x.reason, next_attempt_at = now() + x.wait_ms * interval '1 millisecond'
               from jsonb_to_recordset(${tx.json(toJson(retried))}::jsonb)
                 as x(id bigint, wait_ms integer, error text, reason text)
-             where s.id = x.id`;
+             where s.id = x.id and s.batch_id = ${batch.id} and s.status = 'sending'`;
         }
       }
       const out: FailedChange[] = [];
@@ -340,6 +377,7 @@ export class DispatchStore {
              set status = 'failed', updated_at = now(), error = ${f.error}, error_reason = ${f.reason}
             from sale
            where s.id = any(${f.ids}::bigint[]) and sale.event_id = s.event_id
+             and s.batch_id = ${batch.id} and s.status = 'sending'
           returning s.event_id, s.channel, s.sku, s.tienda_id, s.attempts, sale.body`;
         for (const r of rows) {
           out.push({
@@ -368,8 +406,11 @@ export class DispatchStore {
       throw new Error(`batch ${batch.id} was sent; it must be re-sent, not released`);
     }
     await this.sql.begin(async (tx) => {
-      await tx`
-        update sync_batch set status = 'superseded', finished_at = now(), error = ${error} where id = ${batch.id}`;
+      const released = await tx`
+        update sync_batch set status = 'superseded', finished_at = now(), error = ${error}
+         where id = ${batch.id} and owner = ${batch.owner} and status = 'sending' and sent_at is null
+        returning id`;
+      if (released.length === 0) return; // taken over, or sent meanwhile: not ours to release
       await tx`
         update stock_change set status = 'pending', batch_id = null, attempts = greatest(attempts - 1, 0),
                updated_at = now(), error = coalesce(${error}, error),

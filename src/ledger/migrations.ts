@@ -112,4 +112,14 @@ export const MIGRATIONS: readonly Migration[] = [
       create index stock_change_open on stock_change (channel, status) where status <> 'applied';
     `,
   },
+  {
+    version: 4,
+    name: "batch lease owner",
+    sql: `
+      -- A fencing token: each claim of a batch gets a new owner, and every later
+      -- write checks it, so a replica whose lease expired cannot record, release
+      -- or re-send a batch another replica has taken over.
+      alter table sync_batch add column owner uuid;
+    `,
+  },
 ];

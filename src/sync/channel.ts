@@ -8,11 +8,13 @@ import type { BatchOutcome, ClaimedBatch } from "../ledger/dispatch_store.ts";
 /** What the dispatcher lends an adapter while it processes one batch. */
 export interface BatchContext {
   /**
-   * Persists the exact request with the batch before it is sent. Must be
-   * awaited before the first byte goes out: it is what makes a re-send after a
-   * crash repeat the same request under the same idempotency key.
+   * Marks a send. Must be awaited before EVERY send (first or repeated): it
+   * persists the request the first time, renews the lease, counts the attempt,
+   * and returns the request to send — the one stored first, so a re-send after
+   * a crash repeats it exactly under the same idempotency key. Throws when
+   * another replica took the batch over.
    */
-  persistRequest(request: unknown): Promise<void>;
+  persistRequest(request: unknown): Promise<unknown>;
   signal: AbortSignal;
 }
 

@@ -8,7 +8,13 @@ import { HEADER } from "../broker/envelope.ts";
 import type { Topology } from "../broker/topology.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
-import type { BatchOutcome, ClaimedBatch, DispatchStore, FailedChange } from "../ledger/dispatch_store.ts";
+import {
+  type BatchOutcome,
+  type ClaimedBatch,
+  type DispatchStore,
+  type FailedChange,
+  LeaseLostError,
+} from "../ledger/dispatch_store.ts";
 import type { ChannelAdapter } from "./channel.ts";
 
 const log = logger("sync");
@@ -89,8 +95,10 @@ export class Dispatcher {
     let failures = 0;
     while (!this.#stopping) {
       try {
+        const claimStarted = performance.now();
         const batch = await store.reclaimBatch(adapter.name) ??
           await store.claimBatch(adapter.name, adapter.maxListingsPerBatch);
+        if (batch) this.#phase("claim", claimStarted);
         if (!batch) {
           await this.#idle(this.deps.pollIntervalMs);
           continue;
@@ -114,17 +122,33 @@ export class Dispatcher {
     }
   }
 
+  #phase(phase: string, started: number): void {
+    this.deps.metrics.dispatchPhaseSeconds.observe(
+      { channel: this.deps.adapter.name, phase },
+      (performance.now() - started) / 1000,
+    );
+  }
+
   async #dispatch(batch: ClaimedBatch): Promise<void> {
     const { store, adapter, metrics } = this.deps;
     const channel = adapter.name;
     metrics.dispatchBatchSize.observe({ channel }, batch.changes.length);
     let outcome: BatchOutcome;
+    const sendStarted = performance.now();
     try {
       outcome = await adapter.process(batch, {
         persistRequest: (request) => store.markSending(batch, request),
         signal: this.#abort.signal,
       });
     } catch (error) {
+      if (error instanceof LeaseLostError) {
+        log.warning("{channel} batch {batch_id}: {error}; leaving it to its new owner", {
+          channel,
+          batch_id: batch.id,
+          error: error.message,
+        });
+        return;
+      }
       log.error("{channel} adapter failed on batch {batch_id}: {error}", {
         mark: "error",
         channel,
@@ -157,8 +181,23 @@ export class Dispatcher {
       await this.#idle(Math.min(outcome.waitMs, 5_000));
       return;
     }
+    this.#phase("send", sendStarted);
     await this.deps.hooks?.afterSend?.(batch, outcome);
-    const failed = await store.record(batch, outcome);
+    const recordStarted = performance.now();
+    let failed: FailedChange[];
+    try {
+      failed = await store.record(batch, outcome);
+    } catch (error) {
+      if (!(error instanceof LeaseLostError)) throw error;
+      // Our lease ran out mid-send; the new owner re-sends under the same key.
+      log.warning("{channel} batch {batch_id}: {error}; its owner will record it", {
+        channel,
+        batch_id: batch.id,
+        error: error.message,
+      });
+      return;
+    }
+    this.#phase("record", recordStarted);
     this.#observe(batch, outcome);
     for (const f of failed) await this.#deadLetter(f);
   }

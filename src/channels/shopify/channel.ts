@@ -5,7 +5,12 @@
  */
 import type { Sql } from "postgres";
 import type { CheckResult } from "../../http/app.ts";
-import type { BatchOutcome, ChangeOutcome, ClaimedBatch } from "../../ledger/dispatch_store.ts";
+import {
+  type BatchOutcome,
+  type ChangeOutcome,
+  type ClaimedBatch,
+  OUTCOME_UNKNOWN,
+} from "../../ledger/dispatch_store.ts";
 import { logger } from "../../log.ts";
 import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
 import type { ShopifyClient } from "./client.ts";
@@ -92,12 +97,13 @@ export class ShopifyChannel implements ChannelAdapter {
       const waitMs = built.transient.waitMs ?? (built.transient.reason === "unauthorized" ? 10_000 : 2_000);
       return { kind: "release", reason: built.transient.reason, error: built.transient.error, waitMs };
     }
-    const request: AdjustRequest = built;
+    // Every send goes through the ledger first; it hands back the request stored
+    // with the batch, so a re-send repeats the original exactly.
+    const request = await context.persistRequest(built) as AdjustRequest;
     const results: ChangeOutcome[] = batch.changes.map((_, i) =>
       request.decided[i] ?? { kind: "retry", reason: "unsent", error: "not sent" }
     );
     if (request.variables.input.changes.length === 0) return { kind: "done", results };
-    if (!batch.request) await context.persistRequest(request);
 
     const result = await this.options.client.call<AdjustResponse>(
       "AdjustAvailable",
@@ -137,12 +143,45 @@ export class ShopifyChannel implements ChannelAdapter {
       return { kind: "done", results };
     }
     if (result.kind === "rejected") {
-      for (const i of sent) results[i] = { kind: "failed", reason: result.reason, error: result.error };
+      const reason = result.reason === "idempotency_key_parameter_mismatch" ? OUTCOME_UNKNOWN : result.reason;
+      for (const i of sent) results[i] = { kind: "failed", reason, error: result.error };
       return { kind: "done", results };
     }
 
     const payload = result.data.inventoryAdjustQuantities;
     const userErrors = payload?.userErrors ?? [];
+    // Shopify also reports idempotency and transient failures as userErrors.
+    const codes = new Set(userErrors.map((e) => e.code ?? ""));
+    const summary = userErrors.map((e) => `${e.code ?? "ERROR"}: ${e.message}`).join("; ");
+    if (codes.has("IDEMPOTENCY_CONCURRENT_REQUEST")) {
+      return {
+        kind: "resend",
+        reason: "idempotency_concurrent",
+        error: summary,
+        waitMs: 1_000,
+        countsAsAttempt: false,
+      };
+    }
+    if (codes.has("ADJUST_QUANTITIES_FAILED") || codes.has("SERVICE_UNAVAILABLE")) {
+      const waitMs = Math.min(1_000 * 2 ** Math.max(0, batch.sends - 1), 60_000);
+      return { kind: "resend", reason: "shopify_unavailable", error: summary, waitMs, countsAsAttempt: true };
+    }
+    if (codes.has("IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED")) {
+      // The key is spent on a failed attempt: nothing was applied; go again under a new key.
+      for (const i of sent) {
+        results[i] = {
+          kind: "retry",
+          reason: "idempotency_previous_attempt_failed",
+          error: summary,
+          waitMs: 500,
+        };
+      }
+      return { kind: "done", results };
+    }
+    if (codes.has("IDEMPOTENCY_KEY_PARAMETER_MISMATCH")) {
+      for (const i of sent) results[i] = { kind: "failed", reason: OUTCOME_UNKNOWN, error: summary };
+      return { kind: "done", results };
+    }
     if (userErrors.length > 0 || !payload?.inventoryAdjustmentGroup) {
       // The mutation is all-or-nothing: a userError that names one change fails
       // that change; the others were not applied and go out again under a new key.
@@ -156,8 +195,7 @@ export class ShopifyChannel implements ChannelAdapter {
           }
         }
       }
-      const summary = userErrors.map((e) => `${e.code ?? "ERROR"}: ${e.message}`).join("; ") ||
-        "no adjustment group returned";
+      const reasonText = summary || "no adjustment group returned";
       for (const i of sent) {
         const b = blamed.get(i);
         results[i] = b ? { kind: "failed", ...b } : blamed.size > 0
@@ -167,7 +205,7 @@ export class ShopifyChannel implements ChannelAdapter {
             error: `another change in the batch was refused: ${summary}`,
             waitMs: 0,
           }
-          : { kind: "failed", reason: "rejected", error: summary };
+          : { kind: "failed", reason: "rejected", error: reasonText };
       }
       return { kind: "done", results, response: payload };
     }

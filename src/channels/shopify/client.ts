@@ -170,22 +170,22 @@ export class ShopifyClient {
         countsAsAttempt: false,
       };
     }
-    if (
-      codes.includes("IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED") ||
-      codes.includes("IDEMPOTENCY_KEY_PARAMETER_MISMATCH")
-    ) {
+    if (codes.includes("IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED")) {
       count("idempotency_new_key");
-      return {
-        kind: "new_key",
-        reason: codes.find((c) => c.startsWith("IDEMPOTENCY"))!.toLowerCase(),
-        error: message,
-      };
+      return { kind: "new_key", reason: "idempotency_previous_attempt_failed", error: message };
+    }
+    if (codes.includes("IDEMPOTENCY_KEY_PARAMETER_MISMATCH")) {
+      // Our key already carried another request: what happened to this one is unknown.
+      count("idempotency_mismatch");
+      return { kind: "rejected", reason: "idempotency_key_parameter_mismatch", error: message };
     }
     if (codes.some((c) => c === "INTERNAL_SERVER_ERROR" || c === "SERVICE_UNAVAILABLE")) {
       count("graphql_internal");
       return { kind: "retry", reason: "graphql_internal", error: message, countsAsAttempt: true };
     }
-    if (errors.length > 0 || body.data == null) {
+    // Data next to errors means the operation ran (e.g. a field we asked for was
+    // denied): the caller judges the payload rather than discarding an applied change.
+    if (body.data == null) {
       count("graphql_error");
       return { kind: "rejected", reason: "graphql_error", error: message || "response without data" };
     }
