@@ -172,20 +172,28 @@ export class DispatchStore {
         values (${channel}, ${key}, '[]', 'sending', now() + ${this.policy.leaseMs} * interval '1 millisecond',
                 ${owner})
         returning id`;
+      // Pick the listings first without locking anything, then lock only their
+      // due rows (skipping rows another replica holds): locks, and their WAL,
+      // are spent only on rows this batch will carry.
       const rows = await tx<ClaimedRow[]>`
-        with due as (
-          select id, tienda_id, sku from stock_change
-           where channel = ${channel} and status = 'pending' and next_attempt_at <= now()
-           order by next_attempt_at, id
-           limit ${maxRows}
-           for update skip locked
-        ), listings as (
-          select tienda_id, sku, min(id) as first_id from due
-           group by tienda_id, sku order by first_id limit ${maxListings}
+        with listings as (
+          select tienda_id, sku, min(id) as first_id from (
+            select id, tienda_id, sku from stock_change
+             where channel = ${channel} and status = 'pending' and next_attempt_at <= now()
+             order by next_attempt_at, id
+             limit ${maxRows}
+          ) candidates
+          group by tienda_id, sku order by first_id limit ${maxListings}
+        ), due as (
+          select s.id from stock_change s join listings l using (tienda_id, sku)
+           where s.channel = ${channel} and s.status = 'pending' and s.next_attempt_at <= now()
+           order by s.id
+           limit ${maxRows * 4}
+           for update of s skip locked
         )
         update stock_change s
            set status = 'sending', batch_id = ${batch.id}, attempts = s.attempts + 1, updated_at = now()
-          from due join listings using (tienda_id, sku)
+          from due
          where s.id = due.id
         returning s.id, s.event_id, s.tienda_id, s.sku, s.producto_id, s.delta, s.attempts, s.created_at`;
       if (rows.length === 0) {
