@@ -786,7 +786,8 @@ async function main(): Promise<number> {
         `(target >= 0.9: ${
           Number(r.warm_ratio_to_ceiling) >= 0.9 ? "met" : "NOT met"
         }), throttled after warm-up ` +
-        `${r.throttled_after_warmup_5s}, quantity mismatches ${r.quantity_mismatches}`,
+        `${r.throttled_after_warmup_5s}, quantity mismatches ${r.quantity_mismatches}; at ` +
+        `${r.trickle_sales_per_s} sales/s custody→applied p50 ${r.trickle_latency_p50_s} s, p99 ${r.trickle_latency_p99_s} s`,
     );
   }
   if (results.naive) {

@@ -73,10 +73,16 @@ async function publish(
   exchange: string,
   routingKey: string,
   sales: { event_id: string }[],
+  perSecond?: number,
 ) {
   const publisher = rabbit.createPublisher({ confirm: true });
   const window: Promise<void>[] = [];
-  for (const sale of sales) {
+  const started = performance.now();
+  for (const [n, sale] of sales.entries()) {
+    if (perSecond) {
+      const wait = started + n / perSecond * 1000 - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    }
     window.push(publisher.send({
       exchange,
       routingKey,
@@ -158,6 +164,17 @@ export const shopifyBurstSection: Section = {
       catalog,
     });
     const warm = await runBurst(ctx, sql, sandbox, config, catalog, [...sales, ...again], "warm", again);
+    // Normal trading: a steady trickle well within the budget, where latency is the figure.
+    const trickle = sampleSales({
+      count: 300,
+      stores: ctx.options.shopifyStores,
+      skus: ctx.options.shopifySkus,
+      maxItems: 3,
+      seed: ctx.options.seed + 2,
+      catalog,
+    });
+    const all = [...sales, ...again, ...trickle];
+    const steady = await runBurst(ctx, sql, sandbox, config, catalog, all, "trickle", trickle, 50);
     return {
       sales: sales.length,
       skus: catalog.products.length,
@@ -165,9 +182,16 @@ export const shopifyBurstSection: Section = {
       ceiling_changes_per_s: CEILING,
       ...prefixed("cold_", cold),
       ...prefixed("warm_", warm),
+      trickle_sales_per_s: 50,
+      trickle_latency_p50_s: steady.latency_p50_s,
+      trickle_latency_p95_s: steady.latency_p95_s,
+      trickle_latency_p99_s: steady.latency_p99_s,
+      trickle_throttled: steady.throttled,
+      trickle_quantity_mismatches: steady.quantity_mismatches,
       ...await phaseMeans(service),
       throttled_after_warmup_5s: Number(cold.throttled_after_5s) + Number(warm.throttled_after_5s),
-      quantity_mismatches: Number(cold.quantity_mismatches) + Number(warm.quantity_mismatches),
+      quantity_mismatches: Number(cold.quantity_mismatches) + Number(warm.quantity_mismatches) +
+        Number(steady.quantity_mismatches),
       api_calls_total: sandbox.stats().requests,
     };
   },
@@ -205,6 +229,7 @@ async function runBurst(
   allSales: ReturnType<typeof sampleSales>,
   label: string,
   burstSales = allSales,
+  perSecond?: number,
 ): Promise<SectionResult> {
   const totalChanges = burstSales.reduce((n, s) => n + new Set(s.items.map((i) => i.producto_sku)).size, 0);
   log(
@@ -224,7 +249,7 @@ async function runBurst(
     for (let i = lastThrottled; i < t; i++) throttleTimes.push(performance.now() - t0);
     lastThrottled = t;
   }, 50);
-  await publish(ctx.rabbit, config.EXCHANGE, config.ROUTING_KEY, burstSales);
+  await publish(ctx.rabbit, config.EXCHANGE, config.ROUTING_KEY, burstSales, perSecond);
   const published = performance.now();
   let firstApplied = 0;
   for (;;) {
