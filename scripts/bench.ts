@@ -38,7 +38,7 @@ import { parseArgs } from "node:util";
 import { type AsyncMessage, Connection } from "rabbitmq-client";
 import postgres from "postgres";
 import { keepRawBodies } from "../src/broker/raw_body.ts";
-import { buildTopology, declareTopology, type Topology } from "../src/broker/topology.ts";
+import { declareTopology, type Topology, topologyFromConfig } from "../src/broker/topology.ts";
 import { type Config, ConfigError, loadConfig, parseDurationMs } from "../src/config.ts";
 import { migrate } from "../src/ledger/migrate.ts";
 import { setupLogging } from "../src/log.ts";
@@ -559,13 +559,7 @@ export const custodySection: Section = {
   title: "Custody rate (service: decode, validate, ledger transaction, ack)",
   async run({ options, messages, rabbit, defer, results }) {
     const config: Config = loadConfig(serviceEnv(options, uniqueSuffix()));
-    const topology = buildTopology({
-      exchange: config.EXCHANGE,
-      routingKey: config.ROUTING_KEY,
-      queue: config.QUEUE,
-      queueType: config.QUEUE_TYPE,
-      retryDelaysMs: config.RETRY_DELAYS,
-    });
+    const topology = topologyFromConfig(config);
     const sql = postgres(DATABASE_URL, {
       max: 2,
       onnotice: () => {},

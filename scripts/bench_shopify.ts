@@ -14,7 +14,7 @@
 import { Buffer } from "node:buffer";
 import postgres from "postgres";
 import type { Connection } from "rabbitmq-client";
-import { buildTopology, declareTopology } from "../src/broker/topology.ts";
+import { declareTopology, topologyFromConfig } from "../src/broker/topology.ts";
 import { loadConfig } from "../src/config.ts";
 import { startService } from "../src/main.ts";
 import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
@@ -120,13 +120,7 @@ export const shopifyBurstSection: Section = {
       SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
       LOG_LEVEL: ctx.options.logLevel,
     });
-    const topology = buildTopology({
-      exchange: config.EXCHANGE,
-      routingKey: config.ROUTING_KEY,
-      queue: config.QUEUE,
-      queueType: config.QUEUE_TYPE,
-      retryDelaysMs: config.RETRY_DELAYS,
-    });
+    const topology = topologyFromConfig(config);
     const sql = postgres(DATABASE_URL, {
       max: 2,
       onnotice: () => {},

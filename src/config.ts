@@ -6,6 +6,7 @@
  * every problem by variable name; secret values are never echoed back.
  */
 import { z } from "zod";
+import { INVENTORY_REASONS } from "./channels/shopify/reasons.ts";
 
 /** Channels the service knows how to sync. */
 export const KNOWN_CHANNELS = ["shopify", "mercadolibre"] as const;
@@ -155,25 +156,7 @@ const EnvSchema = z.object({
     }
     return map.data;
   }).optional(),
-  SHOPIFY_REASON: z.enum([
-    "correction",
-    "cycle_count_available",
-    "damaged",
-    "movement_created",
-    "movement_updated",
-    "movement_received",
-    "movement_canceled",
-    "other",
-    "promotion",
-    "quality_control",
-    "received",
-    "reservation_created",
-    "reservation_deleted",
-    "reservation_updated",
-    "restock",
-    "safety_stock",
-    "shrinkage",
-  ]).default("correction"),
+  SHOPIFY_REASON: z.enum(INVENTORY_REASONS).default("correction"),
   SHOPIFY_TIMEOUT: duration("SHOPIFY_TIMEOUT").default(10_000),
   SHOPIFY_BUCKET_MAX: int(1, 1_000_000).default(2000),
   SHOPIFY_RESTORE_RATE: int(1, 100_000).default(100),

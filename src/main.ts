@@ -16,7 +16,7 @@ import { RedisBucket } from "./sync/cost_bucket.ts";
 import { Dispatcher, type DispatcherHooks } from "./sync/dispatcher.ts";
 import { keepRawBodies } from "./broker/raw_body.ts";
 import { startSaleConsumer } from "./broker/sale_consumer.ts";
-import { buildTopology, declareTopology, type Topology } from "./broker/topology.ts";
+import { declareTopology, type Topology, topologyFromConfig } from "./broker/topology.ts";
 import { type Config, ConfigError, loadConfig, redactUrl } from "./config.ts";
 import { type CheckResult, createApp } from "./http/app.ts";
 import { Custody } from "./ledger/custody.ts";
@@ -94,13 +94,7 @@ export interface ServiceOptions {
 
 export function startService(config: Config, options: ServiceOptions = {}): RunningService {
   keepRawBodies();
-  const topology = buildTopology({
-    exchange: config.EXCHANGE,
-    routingKey: config.ROUTING_KEY,
-    queue: config.QUEUE,
-    queueType: config.QUEUE_TYPE,
-    retryDelaysMs: config.RETRY_DELAYS,
-  });
+  const topology = topologyFromConfig(config);
 
   const sql = postgres(config.DATABASE_URL, {
     max: config.DATABASE_POOL_SIZE,

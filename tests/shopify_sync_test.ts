@@ -41,22 +41,25 @@ function saleOf(tiendaId: string, lines: Line[], id: string = crypto.randomUUID(
   };
 }
 
+/** Service variables that point the Shopify channel at a sandbox as if it were the real API. */
+function sandboxEnv(sandbox: ShopifySandbox, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    CHANNELS: "shopify",
+    DISPATCH_ENABLED: "true",
+    SHOPIFY_URL: sandbox.url,
+    SHOPIFY_TOKEN: sandbox.token,
+    SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
+    ...extra,
+  };
+}
+
 /** A sandbox plus a service configured against it as if it were the real API. */
 async function startSyncHarness(
   sandboxOptions: Parameters<typeof startShopifySandbox>[0] = {},
   env: Record<string, string> = {},
 ): Promise<{ h: Harness; sandbox: ShopifySandbox; envFor: Record<string, string> }> {
   const sandbox = await startShopifySandbox({ catalog: defaultCatalog(), ...sandboxOptions });
-  const envFor = {
-    CHANNELS: "shopify",
-    DISPATCH_ENABLED: "true",
-    SHOPIFY_URL: sandbox.url,
-    SHOPIFY_TOKEN: sandbox.token,
-    SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
-    DISPATCH_BACKOFF_BASE: "100ms",
-    DISPATCH_BACKOFF_MAX: "1s",
-    ...env,
-  };
+  const envFor = sandboxEnv(sandbox, { DISPATCH_BACKOFF_BASE: "100ms", DISPATCH_BACKOFF_MAX: "1s", ...env });
   const config = testConfig(envFor);
   const service = startService(config);
   await service.started;
@@ -533,14 +536,7 @@ integration(
 
 integration("a replica that lost its lease cannot record over the new owner", async () => {
   const sandbox = await startShopifySandbox({ catalog: defaultCatalog() });
-  const env = {
-    CHANNELS: "shopify",
-    DISPATCH_ENABLED: "true",
-    DISPATCH_LEASE: "1s",
-    SHOPIFY_URL: sandbox.url,
-    SHOPIFY_TOKEN: sandbox.token,
-    SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
-  };
+  const env = sandboxEnv(sandbox, { DISPATCH_LEASE: "1s" });
   const config = testConfig(env);
   const resume = Promise.withResolvers<void>();
   let paused = 0;

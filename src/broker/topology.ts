@@ -39,6 +39,23 @@ export function buildTopology(options: {
   };
 }
 
+/** The topology named by a service configuration. */
+export function topologyFromConfig(config: {
+  EXCHANGE: string;
+  ROUTING_KEY: string;
+  QUEUE: string;
+  QUEUE_TYPE: "classic" | "quorum";
+  RETRY_DELAYS: number[];
+}): Topology {
+  return buildTopology({
+    exchange: config.EXCHANGE,
+    routingKey: config.ROUTING_KEY,
+    queue: config.QUEUE,
+    queueType: config.QUEUE_TYPE,
+    retryDelaysMs: config.RETRY_DELAYS,
+  });
+}
+
 /** Declaration of the POS's exchange, with the arguments the POS uses. */
 export function exchangeDeclaration(t: Topology) {
   return { exchange: t.exchange, type: "topic", durable: true } as const;

@@ -8,6 +8,7 @@
  * `available` and the other quantity names read 0. Every item is stocked at every
  * location (a store missing from the catalog stock starts at 0).
  */
+import { INVENTORY_REASONS as SHOPIFY_INVENTORY_REASONS } from "../channels/shopify/reasons.ts";
 import type { Catalog } from "./catalog.ts";
 import { enumValueDescription } from "./shopify_schema.ts";
 
@@ -17,25 +18,7 @@ import { enumValueDescription } from "./shopify_schema.ts";
  * inventory-management-apps quantities-states), as also listed by CData's Shopify
  * connector docs. There is no `sale`.
  */
-export const INVENTORY_REASONS: readonly string[] = [
-  "correction",
-  "cycle_count_available",
-  "damaged",
-  "movement_created",
-  "movement_updated",
-  "movement_received",
-  "movement_canceled",
-  "other",
-  "promotion",
-  "quality_control",
-  "received",
-  "reservation_created",
-  "reservation_deleted",
-  "reservation_updated",
-  "restock",
-  "safety_stock",
-  "shrinkage",
-];
+export const INVENTORY_REASONS: readonly string[] = SHOPIFY_INVENTORY_REASONS;
 
 /** Quantity names `inventoryAdjustQuantities` accepts (on_hand and committed are derived). */
 export const ADJUSTABLE_QUANTITY_NAMES: readonly string[] = [
