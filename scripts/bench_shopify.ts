@@ -13,7 +13,6 @@
  */
 import { Buffer } from "node:buffer";
 import postgres from "postgres";
-import type { Connection } from "rabbitmq-client";
 import { declareTopology, topologyFromConfig } from "../src/broker/topology.ts";
 import { loadConfig } from "../src/config.ts";
 import { startService } from "../src/main.ts";
@@ -22,7 +21,7 @@ import { MUTATION_COST, STANDARD_PLAN_BUCKET } from "../src/sandbox/cost.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { startNaiveConsumer } from "./naive_consumer.ts";
-import { sampleSales } from "./publish_sample.ts";
+import { publishSales, sampleSales } from "./publish_sample.ts";
 
 const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
 const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
@@ -66,34 +65,6 @@ function expectedAfter(catalog: Catalog, sales: ReturnType<typeof sampleSales>):
     }
   }
   return expected;
-}
-
-async function publish(
-  rabbit: Connection,
-  exchange: string,
-  routingKey: string,
-  sales: { event_id: string }[],
-  perSecond?: number,
-) {
-  const publisher = rabbit.createPublisher({ confirm: true });
-  const window: Promise<void>[] = [];
-  const started = performance.now();
-  for (const [n, sale] of sales.entries()) {
-    if (perSecond) {
-      const wait = started + n / perSecond * 1000 - performance.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-    }
-    window.push(publisher.send({
-      exchange,
-      routingKey,
-      contentType: "application/json",
-      durable: true,
-      messageId: sale.event_id,
-    }, Buffer.from(JSON.stringify(sale))));
-    if (window.length >= 500) await Promise.all(window.splice(0));
-  }
-  await Promise.all(window);
-  await publisher.close();
 }
 
 /** The service's batched, budgeted path on the sandbox's Standard budget. */
@@ -243,7 +214,7 @@ async function runBurst(
     for (let i = lastThrottled; i < t; i++) throttleTimes.push(performance.now() - t0);
     lastThrottled = t;
   }, 50);
-  await publish(ctx.rabbit, config.EXCHANGE, config.ROUTING_KEY, burstSales, perSecond);
+  await publishSales(ctx.rabbit, config.EXCHANGE, config.ROUTING_KEY, burstSales, { perSecond });
   const published = performance.now();
   let firstApplied = 0;
   for (;;) {

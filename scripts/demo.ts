@@ -10,14 +10,13 @@
  * never touches a running instance's data.
  */
 import { parseArgs } from "node:util";
-import { Buffer } from "node:buffer";
 import { Connection } from "rabbitmq-client";
 import postgres from "postgres";
 import { loadConfig } from "../src/config.ts";
 import { setupLogging } from "../src/log.ts";
 import { startService } from "../src/main.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
-import { sampleSales } from "./publish_sample.ts";
+import { publishSales, sampleSales } from "./publish_sample.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -81,17 +80,8 @@ const before = new Map(
 console.log(`\nService on ${service.url}, Shopify sandbox on ${sandbox.url}`);
 console.log(`Publishing ${sales.length} sales to ${config.EXCHANGE} …`);
 const rabbit = new Connection(config.RABBITMQ_URL);
-const publisher = rabbit.createPublisher({ confirm: true });
 const started = performance.now();
-for (const sale of sales) {
-  await publisher.send({
-    exchange: config.EXCHANGE,
-    routingKey: config.ROUTING_KEY,
-    contentType: "application/json",
-    durable: true,
-    messageId: sale.event_id,
-  }, Buffer.from(JSON.stringify(sale)));
-}
+await publishSales(rabbit, config.EXCHANGE, config.ROUTING_KEY, sales);
 
 const sql = postgres(config.DATABASE_URL, {
   max: 1,
@@ -149,6 +139,5 @@ await rabbit.exchangeDelete({ exchange: config.EXCHANGE }).catch(() => {});
 const admin = postgres(config.DATABASE_URL, { max: 1, onnotice: () => {} });
 await admin.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
 await admin.end();
-await publisher.close();
 await rabbit.close();
 Deno.exit(allOk ? 0 : 1);

@@ -99,6 +99,42 @@ export function sampleSales(options: SampleOptions): SampleSale[] {
   return sales;
 }
 
+/**
+ * Publishes sales as the POS does (persistent JSON, message_id = event_id),
+ * with publisher confirms, optionally paced at `perSecond`.
+ */
+export async function publishSales(
+  rabbit: Connection,
+  exchange: string,
+  routingKey: string,
+  sales: { event_id: string }[],
+  options: { perSecond?: number; withMessageId?: boolean; onProgress?: (sent: number) => unknown } = {},
+): Promise<void> {
+  const publisher = rabbit.createPublisher({ confirm: true });
+  const window: Promise<void>[] = [];
+  const started = performance.now();
+  try {
+    for (const [n, sale] of sales.entries()) {
+      if (options.perSecond) {
+        const wait = started + n / options.perSecond * 1000 - performance.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      }
+      window.push(publisher.send({
+        exchange,
+        routingKey,
+        contentType: "application/json",
+        durable: true,
+        messageId: options.withMessageId === false ? undefined : sale.event_id,
+      }, JSON.stringify(sale)));
+      if (window.length >= 500) await Promise.all(window.splice(0));
+      options.onProgress?.(n + 1);
+    }
+    await Promise.all(window);
+  } finally {
+    await publisher.close();
+  }
+}
+
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
@@ -141,33 +177,16 @@ if (import.meta.main) {
   const exchange = Deno.env.get("EXCHANGE") || "blend_events";
   const routingKey = Deno.env.get("ROUTING_KEY") || "sales.created";
   const rabbit = new Connection(Deno.env.get("RABBITMQ_URL") || "amqp://guest:guest@127.0.0.1:5672");
-  const publisher = rabbit.createPublisher({
-    confirm: true,
-    exchanges: [{ exchange, type: "topic", durable: true }],
-  });
+  await rabbit.exchangeDeclare({ exchange, type: "topic", durable: true });
   const started = performance.now();
-  let sent = 0;
-  const window: Promise<void>[] = [];
-  for (const sale of sales) {
-    if (rate) {
-      const due = started + (sent / rate) * 1000;
-      const wait = due - performance.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-    }
-    window.push(publisher.send({
-      exchange,
-      routingKey,
-      contentType: "application/json",
-      durable: true,
-      messageId: values["no-message-id"] ? undefined : sale.event_id,
-    }, JSON.stringify(sale)));
-    sent++;
-    if (window.length >= 500) await Promise.all(window.splice(0));
-    if (sent % 1000 === 0) console.error(`published ${sent}/${count}`);
-  }
-  await Promise.all(window);
+  await publishSales(rabbit, exchange, routingKey, sales, {
+    perSecond: rate,
+    withMessageId: !values["no-message-id"],
+    onProgress: (sent) => sent % 1000 === 0 && console.error(`published ${sent}/${count}`),
+  });
   const seconds = (performance.now() - started) / 1000;
-  console.log(`published ${sent} sale events to ${exchange} (${routingKey}) in ${seconds.toFixed(2)} s`);
-  await publisher.close();
+  console.log(
+    `published ${sales.length} sale events to ${exchange} (${routingKey}) in ${seconds.toFixed(2)} s`,
+  );
   await rabbit.close();
 }

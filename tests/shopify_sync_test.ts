@@ -250,14 +250,7 @@ integration(
   "a crash between send and record: the batch is re-sent with the same key and applied once",
   async () => {
     const sandbox = await startShopifySandbox({ catalog: defaultCatalog() });
-    const env = {
-      CHANNELS: "shopify",
-      DISPATCH_ENABLED: "true",
-      DISPATCH_LEASE: "1s",
-      SHOPIFY_URL: sandbox.url,
-      SHOPIFY_TOKEN: sandbox.token,
-      SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
-    };
+    const env = sandboxEnv(sandbox, { DISPATCH_LEASE: "1s" });
     const config = testConfig(env);
     // Instance A "dies" right after Shopify applied its batch: it never records the outcome.
     const revive = Promise.withResolvers<void>();
