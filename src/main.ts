@@ -166,7 +166,8 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     };
   }
 
-  const app = createApp({ readiness, registry: metrics.registry, version: VERSION });
+  // A scrape probes the dependencies too, so component_up is fresh without /readyz traffic.
+  const app = createApp({ readiness, registry: metrics.registry, version: VERSION, beforeScrape: readiness });
   const server = Deno.serve({
     hostname: config.HTTP_HOST,
     port: config.HTTP_PORT,

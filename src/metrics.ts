@@ -27,6 +27,7 @@ export interface ServiceMetrics {
   marketplaceCalls: Counter<"channel" | "operation" | "outcome">;
   throttleWaitSeconds: Counter<"channel">;
   budgetLevel: Gauge<"channel">;
+  deadLetterCopyFailures: Counter<"channel">;
 }
 
 /**
@@ -93,6 +94,13 @@ export function createMetrics(
     throttleWaitSeconds: new Counter({
       name: `${prefix}throttle_wait_seconds_total`,
       help: "Time spent waiting for the marketplace rate budget before sending.",
+      labelNames: ["channel"] as const,
+      registers,
+    }),
+    deadLetterCopyFailures: new Counter({
+      name: `${prefix}dead_letter_copy_failures_total`,
+      help:
+        "Failed changes whose sale could not be copied to the DLQ (still failed in the ledger's audit trail).",
       labelNames: ["channel"] as const,
       registers,
     }),

@@ -20,6 +20,8 @@ export interface HttpDeps {
   readiness(): Promise<Record<string, CheckResult>>;
   registry: Registry;
   version: string;
+  /** Refreshes gauges that need a probe (dependency up/down) before a scrape. */
+  beforeScrape?: () => Promise<unknown>;
 }
 
 /** Builds the Hono app. Pure: no listening, so tests can call `app.request()`. */
@@ -35,6 +37,7 @@ export function createApp(deps: HttpDeps): Hono {
   });
 
   app.get("/metrics", async (c) => {
+    await deps.beforeScrape?.().catch(() => {});
     const body = await deps.registry.metrics();
     return c.body(body, 200, { "content-type": deps.registry.contentType });
   });

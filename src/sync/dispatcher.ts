@@ -132,7 +132,7 @@ export class Dispatcher {
   async #dispatch(batch: ClaimedBatch): Promise<void> {
     const { store, adapter, metrics } = this.deps;
     const channel = adapter.name;
-    metrics.dispatchBatchSize.observe({ channel }, batch.changes.length);
+    if (!batch.resend) metrics.dispatchBatchSize.observe({ channel }, batch.changes.length);
     let outcome: BatchOutcome;
     const sendStarted = performance.now();
     try {
@@ -267,6 +267,7 @@ export class Dispatcher {
       this.deps.metrics.eventsDeadLettered.inc({ reason: f.reason });
     } catch (error) {
       // The change is failed in the ledger either way (the audit trail keeps it).
+      this.deps.metrics.deadLetterCopyFailures.inc({ channel: f.channel });
       log.error("could not copy failed sale {event_id} to the DLQ: {error}", {
         mark: "error",
         event_id: f.eventId,
