@@ -565,3 +565,48 @@ integration("a replica that lost its lease cannot record over the new owner", as
     await sandbox.close();
   }
 });
+
+integration(
+  "sends exhausted without an answer: outcome_unknown, never re-armed by a replay; decided failures keep their reason",
+  async () => {
+    const { h, sandbox } = await startSyncHarness({ faults: { errorRate: 1, seed: 3 } }, {
+      DISPATCH_MAX_ATTEMPTS: "2",
+    });
+    try {
+      // SKU lookups must work; only the adjustment keeps failing.
+      const item = sandbox.variants.find((v) => v.sku === "REMERA-002")!.inventoryItemId;
+      await h
+        .sql`insert into listing (channel, sku, external_id, variant_id) values ('shopify', 'REMERA-002', ${item}, 'v')`;
+      const e = saleOf("99999999-9999-4999-8999-999999999999", [{ sku: "REMERA-002", qty: 1 }], "exhaust-1");
+      const f = saleOf(STORES[0], [{ sku: "REMERA-002", qty: 1 }], "exhaust-2");
+      await h.publish(e, { messageId: e.event_id });
+      await h.publish(f, { messageId: f.event_id });
+      await waitFor(async () => (await statusCounts(h)).failed === 2, "both failed", 20_000);
+      const rows = await h.sql<{ event_id: string; error_reason: string; attempts: number }[]>`
+      select event_id, error_reason, attempts from stock_change order by event_id`;
+      assert.deepEqual(rows.map((r) => [r.event_id, r.error_reason]), [
+        ["exhaust-1", "store_unmapped"],
+        ["exhaust-2", "outcome_unknown"],
+      ]);
+      await h.takeDeadLetters();
+      // Shopify recovers and the operator replays both sales.
+      sandbox.setFaults({ errorRate: 0 });
+      await h.publishToQueue(e, { messageId: e.event_id });
+      await h.publishToQueue(f, { messageId: f.event_id });
+      await waitFor(async () => (await h.queueDepth()) === 0, "replays consumed");
+      await new Promise((r) => setTimeout(r, 1_000));
+      const after = await h.sql<{ event_id: string; status: string; error_reason: string }[]>`
+      select event_id, status, error_reason from stock_change order by event_id`;
+      assert.equal(after[1].status, "failed", "outcome_unknown is not re-armed");
+      assert.equal(after[1].error_reason, "outcome_unknown");
+      assert.equal(
+        after[0].error_reason,
+        "store_unmapped",
+        "re-armed, tried again, failed again for its own reason",
+      );
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);

@@ -56,7 +56,15 @@ export type BatchOutcome =
   /** The key is used up; every logical change (by index) has its own outcome. */
   | { kind: "done"; results: ChangeOutcome[]; response?: unknown }
   /** Send the same request with the same key again after `waitMs`. */
-  | { kind: "resend"; reason: string; error: string; waitMs: number; countsAsAttempt: boolean }
+  | {
+    kind: "resend";
+    reason: string;
+    error: string;
+    waitMs: number;
+    countsAsAttempt: boolean;
+    /** Outcomes the adapter decided without sending (kept if the batch is given up). */
+    decided?: Record<number, ChangeOutcome>;
+  }
   /** Nothing was sent (e.g. the marketplace refused us while resolving): put the changes back, untouched, for later. */
   | { kind: "release"; reason: string; error: string; waitMs: number };
 
@@ -88,6 +96,9 @@ export interface DispatchPolicy {
  * answer. Custody does not re-arm these on a replay (DESIGN.md: never apply twice).
  */
 export const OUTCOME_UNKNOWN = "outcome_unknown";
+
+/** Same-key re-sends stop this long after the first send, inside Shopify's ~24 h key window. */
+export const IDEMPOTENCY_SAFE_HOURS = 20;
 
 /** Exponential backoff with ±20 % jitter. */
 export function backoffMs(
@@ -287,17 +298,21 @@ export class DispatchStore {
   ): Promise<FailedChange[]> {
     return await this.sql.begin(async (tx) => {
       // Fencing: only the current owner records; the row lock keeps a reclaim out meanwhile.
-      const [owned] = await tx`
-        select 1 from sync_batch where id = ${batch.id} and owner = ${batch.owner} and status = 'sending'
+      const [owned] = await tx<{ stale: boolean }[]>`
+        select sent_at < now() - ${IDEMPOTENCY_SAFE_HOURS} * interval '1 hour' as stale
+          from sync_batch where id = ${batch.id} and owner = ${batch.owner} and status = 'sending'
         for update`;
       if (!owned) throw new LeaseLostError(`batch ${batch.id} was taken over by another replica`);
       const failed: { ids: string[]; reason: string; error: string }[] = [];
+      let givenUp = false;
       if (outcome.kind === "resend") {
         // Throttling, a concurrent request under our key or bad credentials are
         // not the request's fault: they do not use up an attempt.
         if (!outcome.countsAsAttempt) batch.sends -= 1;
         const exhausted = outcome.countsAsAttempt && batch.sends >= this.policy.maxAttempts;
-        if (!exhausted) {
+        givenUp = exhausted || owned.stale;
+        // Past Shopify's idempotency window the same key would be a fresh request.
+        if (!exhausted && !owned.stale) {
           await tx`
             update sync_batch
                set lease_until = now() + ${
@@ -307,21 +322,29 @@ export class DispatchStore {
              where id = ${batch.id}`;
           return [];
         }
-        await tx`
-          update sync_batch set status = 'failed', finished_at = now(), error = ${outcome.error}
-           where id = ${batch.id}`;
         // The request reached (or may have reached) the marketplace and no answer
         // said whether it was applied: never re-armed automatically (a replay could
-        // apply it twice); an operator checks the listing and resyncs.
-        failed.push({
-          ids: batch.changes.flatMap((c) => c.changeIds),
+        // apply it twice); an operator checks the listing and resyncs. Changes the
+        // adapter decided without sending keep their own outcome.
+        const why = owned.stale
+          ? `still unanswered after ${IDEMPOTENCY_SAFE_HOURS} h (Shopify keeps idempotency keys ~24 h)`
+          : `gave up after ${batch.sends} sends without a definite answer`;
+        const unknown: ChangeOutcome = {
+          kind: "failed",
           reason: OUTCOME_UNKNOWN,
-          error: `gave up after ${batch.sends} sends without a definite answer (last: ${outcome.error}); ` +
-            "the marketplace may or may not have applied it: check the listing and resync",
-        });
-      } else {
+          error: `${why} (last: ${outcome.error}); the marketplace may or may not have applied it: ` +
+            "check the listing and resync",
+        };
+        outcome = {
+          kind: "done",
+          results: batch.changes.map((_, i) => outcome.kind === "resend" && outcome.decided?.[i] || unknown),
+        };
+      }
+      if (outcome.kind === "done") {
+        // A batch given up without a definite answer is 'failed'; any answered one is 'done'.
+        const batchStatus = givenUp ? "failed" : "done";
         await tx`
-          update sync_batch set status = 'done', finished_at = now(),
+          update sync_batch set status = ${batchStatus}, finished_at = now(),
                  response = ${outcome.response === undefined ? null : tx.json(toJson(outcome.response))}
            where id = ${batch.id}`;
         // Set-based updates: one statement per kind, however many listings the batch holds.

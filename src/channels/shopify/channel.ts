@@ -122,6 +122,7 @@ export class ShopifyChannel implements ChannelAdapter {
         error: result.error,
         waitMs: 10_000,
         countsAsAttempt: false,
+        decided: request.decided,
       };
     }
     this.#unauthorized = undefined;
@@ -134,6 +135,7 @@ export class ShopifyChannel implements ChannelAdapter {
         error: result.error,
         waitMs,
         countsAsAttempt: result.countsAsAttempt,
+        decided: request.decided,
       };
     }
     if (result.kind === "new_key") {
@@ -143,7 +145,11 @@ export class ShopifyChannel implements ChannelAdapter {
       return { kind: "done", results };
     }
     if (result.kind === "rejected") {
-      const reason = result.reason === "idempotency_key_parameter_mismatch" ? OUTCOME_UNKNOWN : result.reason;
+      // A definite refusal now says nothing about an earlier send under this key that
+      // got no answer: after one, what happened is unknown (never re-armed).
+      const reason = result.reason === "idempotency_key_parameter_mismatch" || batch.sends > 1
+        ? OUTCOME_UNKNOWN
+        : result.reason;
       for (const i of sent) results[i] = { kind: "failed", reason, error: result.error };
       return { kind: "done", results };
     }
@@ -160,11 +166,16 @@ export class ShopifyChannel implements ChannelAdapter {
         error: summary,
         waitMs: 1_000,
         countsAsAttempt: false,
+        decided: request.decided,
       };
     }
     if (codes.has("ADJUST_QUANTITIES_FAILED") || codes.has("SERVICE_UNAVAILABLE")) {
-      const waitMs = Math.min(1_000 * 2 ** Math.max(0, batch.sends - 1), 60_000);
-      return { kind: "resend", reason: "shopify_unavailable", error: summary, waitMs, countsAsAttempt: true };
+      // A userError means this key's request was not applied, and the key now
+      // replays that error: go again under a new key.
+      for (const i of sent) {
+        results[i] = { kind: "retry", reason: "shopify_unavailable", error: summary, waitMs: 2_000 };
+      }
+      return { kind: "done", results };
     }
     if (codes.has("IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED")) {
       // The key is spent on a failed attempt: nothing was applied; go again under a new key.
@@ -205,13 +216,19 @@ export class ShopifyChannel implements ChannelAdapter {
             error: `another change in the batch was refused: ${summary}`,
             waitMs: 0,
           }
-          : { kind: "failed", reason: "rejected", error: reasonText };
+          : userErrors.length > 0
+          ? { kind: "failed", reason: "rejected", error: reasonText }
+          // No group and no userError (e.g. a field error nulled the payload):
+          // it may have been applied.
+          : { kind: "failed", reason: OUTCOME_UNKNOWN, error: reasonText };
       }
       return { kind: "done", results, response: payload };
     }
     const after = new Map<string, number | null>();
     for (const c of payload.inventoryAdjustmentGroup.changes) {
-      if (c.name === "available") after.set(`${c.item.id} ${c.location.id}`, c.quantityAfterChange);
+      if (c.name === "available" && c.item && c.location) {
+        after.set(`${c.item.id} ${c.location.id}`, c.quantityAfterChange);
+      }
     }
     for (const [j, change] of request.variables.input.changes.entries()) {
       const quantityAfter = after.get(`${change.inventoryItemId} ${change.locationId}`) ?? null;
