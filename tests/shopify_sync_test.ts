@@ -527,40 +527,60 @@ integration(
   },
 );
 
-integration("a replica that lost its lease cannot record over the new owner", async () => {
+integration("a replica that lost its lease cannot record over the new owner's batch in flight", async () => {
   const sandbox = await startShopifySandbox({ catalog: defaultCatalog() });
-  const env = sandboxEnv(sandbox, { DISPATCH_LEASE: "1s" });
-  const config = testConfig(env);
+  const config = testConfig(sandboxEnv(sandbox, { DISPATCH_LEASE: "1s" }));
   const resume = Promise.withResolvers<void>();
+  const aRecorded = Promise.withResolvers<void>();
   let paused = 0;
-  // Instance A stalls after sending (a long GC pause, a frozen VM), then wakes up and tries to record.
+  // Instance A stalls after its send was applied (a long GC pause, a frozen VM),
+  // then wakes up and tries to record "applied".
   const a = startService(config, {
     dispatcherHooks: {
       async afterSend() {
-        if (paused++ === 0) await resume.promise;
+        if (paused++ === 0) {
+          await resume.promise;
+          queueMicrotask(() => aRecorded.resolve());
+        }
       },
     },
   });
   await a.started;
   const h = await harnessFor(a, config);
-  const b = startService(config);
+  let b: RunningService | undefined;
   try {
-    await b.started;
     const tienda = STORES[3];
     const before = availableOf(sandbox, "REMERA-003", tienda);
     const e = saleOf(tienda, [{ sku: "REMERA-003", qty: 2 }], "lease-1");
     await h.publish(e, { messageId: e.event_id });
-    await waitFor(async () => (await statusCounts(h)).applied === 1, "applied by the new owner", 15_000);
-    const [owner] = await h.sql`select owner, status from sync_batch`;
-    resume.resolve(); // A wakes up and tries to record its (identical) outcome
-    await new Promise((r) => setTimeout(r, 500));
-    const [after] = await h.sql`select owner, status from sync_batch`;
-    assert.deepEqual({ ...after }, { ...owner }, "A's late write was refused");
-    assert.equal(availableOf(sandbox, "REMERA-003", tienda), before - 2);
-    assert.deepEqual(await statusCounts(h), { applied: 1 });
+    await waitFor(() => paused === 1, "A sent and stalled");
+    // Shopify now answers 5xx, so B's takeover re-send leaves the batch in flight, owned by B.
+    sandbox.setFaults({ errorRate: 1 });
+    b = startService(config);
+    await b.started;
+    const [ownedByB] = await waitFor(
+      async () => {
+        const rows = await h
+          .sql`select owner, status, channel_attempts from sync_batch where channel_attempts >= 2`;
+        return rows.length ? rows : undefined;
+      },
+      "B took the batch over and re-sent it",
+      15_000,
+    );
+    resume.resolve();
+    await aRecorded.promise;
+    await new Promise((r) => setTimeout(r, 300));
+    const [now] = await h.sql`select owner, status from sync_batch`;
+    assert.equal(now.status, "sending", "A's late 'applied' was refused: the batch is still B's, in flight");
+    assert.equal(now.owner, ownedByB.owner);
+    assert.deepEqual(await statusCounts(h), { sending: 1 });
+    // Shopify recovers; the owner's same-key re-send is answered from the idempotency record.
+    sandbox.setFaults({ errorRate: 0 });
+    await waitFor(async () => (await statusCounts(h)).applied === 1, "applied", 15_000);
+    assert.equal(availableOf(sandbox, "REMERA-003", tienda), before - 2, "applied once");
   } finally {
     resume.resolve();
-    await b.close();
+    await b?.close();
     await h.close();
     await sandbox.close();
   }
