@@ -4,6 +4,7 @@
  * defaults and permissions, and parse. Needs no services; promtool is required in CI.
  */
 import assert from "node:assert/strict";
+import { findPromtool } from "./helpers.ts";
 import { parse, parseAllDocuments, stringify } from "yaml";
 import { CONFIG_VARIABLES, loadConfig, parseDurationMs, SECRET_VARIABLES } from "../src/config.ts";
 import { createMetrics } from "../src/metrics.ts";
@@ -386,19 +387,6 @@ Deno.test("k8s: HPA, PodDisruptionBudget and Service point at the Deployment's p
 const alertsFile = path("deploy/prometheus/alerts.yml");
 const rules: Doc[] = parse(await read("deploy/prometheus/alerts.yml")).groups.flatMap((g: Doc) => g.rules);
 
-async function findPromtool(): Promise<string | undefined> {
-  try {
-    const { success } = await new Deno.Command("promtool", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    })
-      .output();
-    return success ? "promtool" : undefined;
-  } catch {
-    return undefined;
-  }
-}
 const promtool = await findPromtool();
 const skipPromtool = !promtool && !Deno.env.get("CI");
 if (skipPromtool) {

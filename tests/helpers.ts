@@ -267,3 +267,18 @@ export function header(msg: SyncMessage, name: string): string | undefined {
   const v = msg.headers?.[name];
   return v === undefined ? undefined : String(v);
 }
+
+/** "promtool" when Prometheus's promtool is installed (CI installs it), else undefined. */
+export async function findPromtool(): Promise<string | undefined> {
+  try {
+    const { success } = await new Deno.Command("promtool", {
+      args: ["--version"],
+      stdout: "null",
+      stderr: "null",
+    })
+      .output();
+    return success ? "promtool" : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,20 +1,6 @@
 /** The HTTP surface: liveness, readiness naming what is down, Prometheus metrics that promtool accepts. */
 import assert from "node:assert/strict";
-import { integration, sale, startHarness, waitFor } from "./helpers.ts";
-
-async function promtool(): Promise<string | undefined> {
-  try {
-    const { success } = await new Deno.Command("promtool", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    })
-      .output();
-    return success ? "promtool" : undefined;
-  } catch {
-    return undefined;
-  }
-}
+import { findPromtool, integration, sale, startHarness, waitFor } from "./helpers.ts";
 
 integration("healthz is always 200; readyz is 200 when everything is up", async () => {
   const h = await startHarness();
@@ -78,7 +64,7 @@ integration("metrics expose the custody counters and pass promtool check metrics
         'marketplace_sync_component_up{component="consumer"} 1',
       ]
     ) assert.ok(text.includes(needle), `metrics include ${needle}`);
-    const tool = await promtool();
+    const tool = await findPromtool();
     if (!tool && Deno.env.get("CI")) {
       throw new Error("promtool is required in CI (apt-get install prometheus)");
     }
