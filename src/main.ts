@@ -340,8 +340,12 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     // for the rate budget if that takes too long. An unrecorded batch keeps its
     // lease and is re-sent with the same key by whoever claims it next.
     const stopped = Promise.all(dispatchers.map((d) => d.stop()));
-    const grace = new Promise<void>((r) => setTimeout(r, Math.min(10_000, config.SHUTDOWN_TIMEOUT / 2)));
+    let graceTimer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise<void>((r) =>
+      graceTimer = setTimeout(r, Math.min(10_000, config.SHUTDOWN_TIMEOUT / 2))
+    );
     await Promise.race([stopped, grace]);
+    clearTimeout(graceTimer);
     for (const d of dispatchers) d.abort();
     await stopped;
     await publisher?.close();
