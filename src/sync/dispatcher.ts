@@ -107,6 +107,14 @@ export class Dispatcher {
         failures = 0;
         this.#lastError = undefined;
       } catch (error) {
+        if (error instanceof LeaseLostError) {
+          // Our lease ran out mid-batch; the new owner sends and records it under the same key.
+          log.warning("{channel}: {error}; leaving the batch to its new owner", {
+            channel: adapter.name,
+            error: error.message,
+          });
+          continue;
+        }
         // Postgres trouble: the batch (if any) keeps its lease and is re-claimed.
         failures++;
         this.#lastError = (error as Error).message;
@@ -141,14 +149,7 @@ export class Dispatcher {
         signal: this.#abort.signal,
       });
     } catch (error) {
-      if (error instanceof LeaseLostError) {
-        log.warning("{channel} batch {batch_id}: {error}; leaving it to its new owner", {
-          channel,
-          batch_id: batch.id,
-          error: error.message,
-        });
-        return;
-      }
+      if (error instanceof LeaseLostError) throw error; // not the adapter's fault: see #run
       log.error("{channel} adapter failed on batch {batch_id}: {error}", {
         mark: "error",
         channel,
@@ -184,19 +185,7 @@ export class Dispatcher {
     this.#phase("send", sendStarted);
     await this.deps.hooks?.afterSend?.(batch, outcome);
     const recordStarted = performance.now();
-    let failed: FailedChange[];
-    try {
-      failed = await store.record(batch, outcome);
-    } catch (error) {
-      if (!(error instanceof LeaseLostError)) throw error;
-      // Our lease ran out mid-send; the new owner re-sends under the same key.
-      log.warning("{channel} batch {batch_id}: {error}; its owner will record it", {
-        channel,
-        batch_id: batch.id,
-        error: error.message,
-      });
-      return;
-    }
+    const failed = await store.record(batch, outcome);
     this.#phase("record", recordStarted);
     this.#observe(batch, outcome);
     for (const f of failed) await this.#deadLetter(f);
