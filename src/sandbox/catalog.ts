@@ -18,6 +18,11 @@ const productSchema = z.object({
   // SKUs are kept verbatim: odd characters and duplicates are part of the test data.
   sku: z.string().min(1),
   title: z.string().min(1),
+  /**
+   * MercadoLibre item this product belongs to: products sharing a `meli_item` are the
+   * variations of one item; a product without it is an item of its own (no variations).
+   */
+  meli_item: z.string().min(1).optional(),
   /** tienda_id → available quantity; a store left out stocks the product at 0. */
   stock: z.record(z.string(), z.number().int()),
 });
@@ -67,7 +72,9 @@ export async function loadCatalog(path: string | URL): Promise<Catalog> {
 /**
  * The committed default catalog: 5 stores, 40 SKUs, including an ambiguous SKU
  * (`MATE-IMP-01` on two variants), one full of search-syntax characters, a prefix
- * pair and a case-only pair. A fresh copy each call, so callers may mutate it.
+ * pair and a case-only pair; three `meli_item` groups (JEAN-RECTO, ZAPA-URB,
+ * CINTURON-CUERO) make MercadoLibre items with variations. A fresh copy each call,
+ * so callers may mutate it.
  */
 export function defaultCatalog(): Catalog {
   return parseCatalog(structuredClone(defaultCatalogJson));

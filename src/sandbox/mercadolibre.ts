@@ -1,0 +1,372 @@
+/**
+ * Loopback simulator of the MercadoLibre REST API (site MLA), the service's embedded
+ * MeLi when none is configured and the fault injector of the tests.
+ *
+ * It behaves like the real API rather than agreeing with whatever is sent: OAuth
+ * refresh tokens are single-use and rotate, access tokens expire, only the
+ * `Authorization: Bearer` header is read, requests are rate limited (429 without
+ * Retry-After), item updates are validated field by field (unknown fields, types,
+ * item-level stock on an item with variations) and follow MeLi's item rules (paused
+ * at 0 stock, closed is final, under review is frozen, Full owns the stock,
+ * multi-origin sellers' stock updates are ignored), with MeLi's error bodies.
+ *
+ * Routes: `POST /oauth/token`; `GET /users/me`, `GET /users/{id}`,
+ * `GET /users/{id}/items/search?seller_sku=`; `GET /items?ids=`, `GET|PUT /items/{id}`,
+ * `GET /items/{id}/variations`, `GET|PUT /items/{id}/variations/{vid}`. Control (no
+ * auth; the sandbox only listens on 127.0.0.1): `GET /__sandbox/state`,
+ * `GET|POST /__sandbox/faults`, `POST /__sandbox/authorize|revoke|expire-tokens`.
+ *
+ * Run alone: `deno task sandbox:meli` (env: SANDBOX_MELI_PORT, SANDBOX_CATALOG,
+ * SANDBOX_SEED); it prints the MELI_* settings that point the service at it.
+ */
+import { z } from "zod";
+import { defaultCatalog, loadCatalog } from "./catalog.ts";
+import { LeakyBucket } from "./cost.ts";
+import { accessTokenFormat, MeliAuth, randomDigits, randomHex } from "./mercadolibre_auth.ts";
+import { type Answer, type ApiContext, route } from "./mercadolibre_api.ts";
+import { meliError, oauthError, serverErrorBody, TOO_MANY_REQUESTS_BODY } from "./mercadolibre_errors.ts";
+import { MeliItems } from "./mercadolibre_items.ts";
+import { seededRandom } from "./prng.ts";
+import type {
+  MeliFaults,
+  MeliRequestRecord,
+  MeliSandbox,
+  MeliSandboxOptions,
+  MeliSandboxStats,
+} from "./mercadolibre_types.ts";
+import { logger, setupLogging } from "../log.ts";
+
+export type {
+  MeliFaults,
+  MeliListing,
+  MeliRequestRecord,
+  MeliSandbox,
+  MeliSandboxOptions,
+  MeliSandboxStats,
+} from "./mercadolibre_types.ts";
+
+const log = logger("sandbox");
+
+const NO_FAULTS: MeliFaults = {
+  errorRate: 0,
+  lostResponseRate: 0,
+  conflictRate: 0,
+  ignoreWritesRate: 0,
+  latencyMs: 0,
+  rateLimitAll: false,
+  seed: 1,
+};
+
+const rate = z.number().min(0).max(1);
+const faultsSchema = z.object({
+  errorRate: rate,
+  lostResponseRate: rate,
+  conflictRate: rate,
+  ignoreWritesRate: rate,
+  latencyMs: z.number().int().min(0).max(120_000),
+  rateLimitAll: z.boolean(),
+  seed: z.number().int(),
+}).partial().strict();
+
+const LOG_CAP = 10_000;
+const OAUTH_PARAMS = ["grant_type", "client_id", "client_secret", "refresh_token", "code"];
+
+function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json;charset=UTF-8", ...headers },
+  });
+}
+
+/** The body as the API reads it: JSON if it parses, form fields for a form, text otherwise. */
+async function readBody(req: Request): Promise<unknown> {
+  const text = await req.text();
+  if (text === "") return null;
+  const type = req.headers.get("content-type") ?? "";
+  if (type.includes("application/x-www-form-urlencoded")) {
+    return Object.fromEntries(new URLSearchParams(text));
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/** Starts the simulator on 127.0.0.1 and resolves once it listens. */
+export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promise<MeliSandbox> {
+  const now = options.now ?? Date.now;
+  const catalog = options.catalog ?? defaultCatalog();
+  const tiendaId = options.tiendaId ?? catalog.stores[0].tienda_id;
+  if (!catalog.stores.some((s) => s.tienda_id === tiendaId)) throw new Error(`unknown tiendaId ${tiendaId}`);
+  const userId = options.userId ?? 123456789;
+  const userTags = [...(options.userTags ?? ["normal"])];
+  const clientId = options.clientId ?? randomDigits(16);
+  const clientSecret = options.clientSecret ?? randomHex(32);
+  const staticToken = options.staticToken ?? accessTokenFormat(clientId, userId, now());
+  const auth = new MeliAuth({
+    clientId,
+    clientSecret,
+    userId,
+    staticToken,
+    refreshToken: options.refreshToken ?? `TG-${randomHex(24)}-${userId}`,
+    accessTokenTtlSeconds: options.accessTokenTtlSeconds ?? 21_600,
+    now,
+  });
+  const items = new MeliItems(catalog, tiendaId, userId, now);
+  const perSecond = options.ratePerSecond ?? 50;
+  const bucket = new LeakyBucket({ maximumAvailable: perSecond, restoreRate: perSecond }, now);
+  let faults: MeliFaults = { ...NO_FAULTS, ...faultsSchema.parse(options.faults ?? {}) };
+  let random = seededRandom(faults.seed);
+  const stats: MeliSandboxStats = {
+    requests: 0,
+    unauthorized: 0,
+    rateLimited: 0,
+    errorsInjected: 0,
+    lostResponses: 0,
+    conflicts: 0,
+    ignoredWrites: 0,
+    invalid: 0,
+    refreshes: 0,
+    refreshFailures: 0,
+    puts: 0,
+    putsByListing: {},
+  };
+  const requestLog: MeliRequestRecord[] = [];
+  const invalidLog: MeliRequestRecord[] = [];
+
+  const setFaults = (patch: Partial<MeliFaults>): MeliFaults => {
+    const parsed = faultsSchema.parse(patch);
+    faults = { ...faults, ...parsed };
+    if (parsed.seed !== undefined) random = seededRandom(parsed.seed);
+    log.info("MercadoLibre sandbox faults now {faults}", { faults });
+    return { ...faults };
+  };
+  // Draws only when the rate is above 0, so turning one fault on leaves the others' sequence alone.
+  const draw = (rate: number) => rate > 0 && random() < rate;
+  const counted = (hit: boolean, stat: "conflicts" | "ignoredWrites" | "lostResponses") => {
+    if (hit) stats[stat]++;
+    return hit;
+  };
+
+  const ctx: ApiContext = {
+    items,
+    userId,
+    userTags,
+    conflict: () => counted(draw(faults.conflictRate), "conflicts"),
+    ignoreWrite: () => counted(draw(faults.ignoreWritesRate), "ignoredWrites"),
+    lostResponse: () => counted(draw(faults.lostResponseRate), "lostResponses"),
+    onStockApplied: (keys) => {
+      stats.puts++;
+      for (const k of keys) stats.putsByListing[k] = (stats.putsByListing[k] ?? 0) + 1;
+    },
+    onStockIgnored: (itemId) =>
+      log.warn("MercadoLibre sandbox ignored a stock update of {itemId}: multi-origin seller", { itemId }),
+  };
+
+  const oauth = (req: Request, query: URLSearchParams, body: unknown): Answer => {
+    if (req.method !== "POST") {
+      return {
+        status: 405,
+        body: meliError(405, "method_not_allowed", "Use POST /oauth/token"),
+        invalid: true,
+      };
+    }
+    // Secrets in a URL end up in access logs; the sandbox wants them in the body.
+    if (OAUTH_PARAMS.some((p) => query.has(p))) {
+      return oauthError(
+        400,
+        "invalid_request",
+        "send the parameters in the request body, not the query string",
+        true,
+      );
+    }
+    const params = typeof body === "object" && body !== null && !Array.isArray(body) ? body : {};
+    const outcome = auth.token(params as Record<string, unknown>);
+    if (outcome.ok) {
+      stats.refreshes++;
+      return { status: 200, body: outcome.body };
+    }
+    return { status: outcome.status, body: outcome.body, invalid: outcome.invalid };
+  };
+
+  const api = (req: Request, path: string, query: URLSearchParams, body: unknown): Answer => {
+    if (faults.rateLimitAll || !bucket.tryTake(1)) return { status: 429, body: TOO_MANY_REQUESTS_BODY };
+    const routed = route(req.method, path);
+    if ("invalid" in routed) return routed;
+    const denied = auth.check(req.headers.get("authorization"), query);
+    if (denied) return denied;
+    // Drawn before the route runs: a 5xx here means nothing was applied.
+    if (draw(faults.errorRate)) {
+      stats.errorsInjected++;
+      const status = ([500, 502, 503] as const)[Math.floor(random() * 3)];
+      return { status, body: serverErrorBody(status), note: "injected_error" };
+    }
+    return routed.handler(ctx, { params: routed.params, query, body });
+  };
+
+  const record = (entry: MeliRequestRecord, invalid: boolean) => {
+    requestLog.push(entry);
+    if (requestLog.length > LOG_CAP) requestLog.shift();
+    if (invalid) {
+      stats.invalid++;
+      invalidLog.push(entry);
+      if (invalidLog.length > LOG_CAP) invalidLog.shift();
+    }
+  };
+
+  const state = () => ({
+    userId,
+    userTags,
+    tiendaId,
+    listings: items.listings.map((l) => {
+      const { item } = items.ofProduct(l.productoId)!;
+      return {
+        ...l,
+        available_quantity: items.quantityOf(l.productoId) ?? null,
+        status: item.status,
+        sub_status: item.subStatus,
+        logistic_type: item.logisticType,
+      };
+    }),
+    stats: structuredClone(stats),
+    faults,
+    liveAccessTokens: auth.liveTokens(),
+  });
+
+  const admin = async (req: Request, path: string): Promise<Response> => {
+    const is = (method: string, p: string) => req.method === method && path === `/__sandbox/${p}`;
+    if (is("GET", "state")) return json(200, state());
+    if (is("GET", "faults")) return json(200, faults);
+    if (is("POST", "faults")) {
+      try {
+        return json(200, setFaults(await req.json()));
+      } catch (e) {
+        const issues = e instanceof z.ZodError
+          ? e.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`)
+          : [`body: ${e instanceof Error ? e.message : String(e)}`];
+        return json(400, meliError(400, "bad_request", `invalid faults: ${issues.join("; ")}`));
+      }
+    }
+    if (is("POST", "authorize")) return json(200, { refresh_token: auth.authorize() });
+    if (is("POST", "revoke")) {
+      auth.revoke();
+      return json(200, { revoked: true });
+    }
+    if (is("POST", "expire-tokens")) {
+      auth.expireAll();
+      return json(200, { expired: true });
+    }
+    return json(404, meliError(404, "not_found", `Route not found: ${req.method} ${path}`));
+  };
+
+  const { promise: listening, resolve: onListen } = Promise.withResolvers<void>();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: options.port ?? 0, onListen: () => onListen() },
+    async (req) => {
+      const url = new URL(req.url);
+      const path = url.pathname;
+      if (path.startsWith("/__sandbox/")) return await admin(req, path);
+      const requestId = crypto.randomUUID();
+      stats.requests++;
+      const at = now();
+      const body = await readBody(req);
+      if (faults.latencyMs > 0) await new Promise((r) => setTimeout(r, faults.latencyMs));
+      const answer = path === "/oauth/token"
+        ? oauth(req, url.searchParams, body)
+        : api(req, path, url.searchParams, body);
+      if (answer.status === 401) stats.unauthorized++;
+      if (answer.status === 429) stats.rateLimited++;
+      if (path === "/oauth/token" && answer.status !== 200) stats.refreshFailures++;
+      const errorCode = (answer.body as { error?: unknown })?.error;
+      record({
+        at,
+        method: req.method,
+        path,
+        query: url.search.replace(/^\?/, ""),
+        body,
+        status: answer.status,
+        ...(answer.note || answer.status >= 400 ? { error: answer.note ?? String(errorCode) } : {}),
+      }, answer.invalid === true);
+      log.debug("MercadoLibre sandbox {method} {path}: {status}", {
+        method: req.method,
+        path,
+        status: answer.status,
+        requestId,
+      });
+      const allow = (answer as { allow?: string }).allow;
+      return json(answer.status, answer.body, { "x-request-id": requestId, ...(allow ? { allow } : {}) });
+    },
+  );
+  await listening;
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  log.info("MercadoLibre sandbox listening on {url}", { url, mark: "start" });
+
+  return {
+    url,
+    clientId,
+    clientSecret,
+    userId,
+    staticToken,
+    tiendaId,
+    listings: items.listings,
+    currentRefreshToken: () => auth.currentRefreshToken(),
+    authorize: () => auth.authorize(),
+    revokeTokens: () => auth.revoke(),
+    expireAccessTokens: () => auth.expireAll(),
+    quantityOf: (productoId) => items.quantityOf(productoId),
+    listingFor: (productoId) => items.listings.find((l) => l.productoId === productoId),
+    listingsForSku: (sku) => items.listings.filter((l) => l.sku === sku),
+    item: (itemId) => {
+      const item = items.get(itemId);
+      return item ? items.render(item, true) : undefined;
+    },
+    setItem: (itemId, patch) => items.setItem(itemId, patch),
+    setQuantity: (productoId, quantity) => items.setQuantity(productoId, quantity),
+    stats: () => structuredClone(stats),
+    requestLog: () => [...requestLog],
+    invalidRequests: () => [...invalidLog],
+    faults: () => ({ ...faults }),
+    setFaults,
+    close: async () => {
+      await server.shutdown();
+      log.info("MercadoLibre sandbox on {url} stopped", { url, mark: "shutdown" });
+    },
+  };
+}
+
+if (import.meta.main) {
+  await setupLogging({ level: "info", format: "auto" });
+  const env = (name: string) => Deno.env.get(name);
+  const catalogPath = env("SANDBOX_CATALOG");
+  const sandbox = await startMeliSandbox({
+    port: Number(env("SANDBOX_MELI_PORT") ?? 0),
+    catalog: catalogPath ? await loadCatalog(catalogPath) : undefined,
+    faults: env("SANDBOX_SEED") ? { seed: Number(env("SANDBOX_SEED")) } : undefined,
+  });
+  // Printed, not logged: the log redacts tokens, and this is what a person copies.
+  console.log("MercadoLibre API sandbox (site MLA)");
+  console.log(`  API:     ${sandbox.url}   token: POST ${sandbox.url}/oauth/token`);
+  console.log(`  state:   GET ${sandbox.url}/__sandbox/state   faults: POST ${sandbox.url}/__sandbox/faults`);
+  console.log(`  seller:  user id ${sandbox.userId}, stock of store ${sandbox.tiendaId}`);
+  console.log(`  app:     client id ${sandbox.clientId}, client secret ${sandbox.clientSecret}`);
+  console.log(`  refresh token (single use, rotates): ${sandbox.currentRefreshToken()}`);
+  console.log(`  static access token (never expires): ${sandbox.staticToken}`);
+  console.log("Point the service at it with OAuth (refresh tokens rotate):");
+  console.log(`  MELI_URL=${sandbox.url}`);
+  console.log(`  MELI_CLIENT_ID=${sandbox.clientId}`);
+  console.log(`  MELI_CLIENT_SECRET=${sandbox.clientSecret}`);
+  console.log(`  MELI_REFRESH_TOKEN=${sandbox.currentRefreshToken()}`);
+  console.log(`  MELI_USER_ID=${sandbox.userId}`);
+  console.log("or with the static token instead of the three OAuth settings:");
+  console.log(`  MELI_TOKEN=${sandbox.staticToken}`);
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    await sandbox.close();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+}

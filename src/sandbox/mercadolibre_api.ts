@@ -1,0 +1,255 @@
+/**
+ * Routes of the MercadoLibre sandbox's API (everything but `/oauth/token` and the
+ * control endpoints), once the request got past latency, rate limit, auth and
+ * injected errors: users, the seller's item search by SKU, items and variations.
+ *
+ * Writes are planned (validated against the item) before the write faults are drawn,
+ * so an injected 409 or ignored write is only ever a write that would have applied.
+ */
+import {
+  CONFLICT_BODY,
+  FORBIDDEN_BODY,
+  itemNotFound,
+  meliError,
+  type MeliFailure,
+  methodNotAllowed,
+  routeNotFound,
+  serverErrorBody,
+} from "./mercadolibre_errors.ts";
+import type { ItemState, MeliItems } from "./mercadolibre_items.ts";
+import {
+  parseItemPatch,
+  parseVariationPatch,
+  type Plan,
+  planItemUpdate,
+  planVariationUpdate,
+} from "./mercadolibre_updates.ts";
+
+/** What an API route answered. */
+export interface Answer {
+  status: number;
+  body: unknown;
+  /** The client sent something malformed or invalid. */
+  invalid?: boolean;
+  /** What the request log records as `error` (MeLi's `error` otherwise). */
+  note?: string;
+}
+
+/** What the routes need from the sandbox. */
+export interface ApiContext {
+  items: MeliItems;
+  userId: number;
+  userTags: readonly string[];
+  /** Draws of the write faults (each consumes the PRNG only if its rate is above 0). */
+  conflict(): boolean;
+  ignoreWrite(): boolean;
+  lostResponse(): boolean;
+  /** A write that set stock was applied. */
+  onStockApplied(keys: string[]): void;
+  /** A write whose stock part a multi-origin account ignored. */
+  onStockIgnored(itemId: string): void;
+}
+
+/** A request as routes see it. */
+export interface ApiRequest {
+  params: string[];
+  query: URLSearchParams;
+  body: unknown;
+}
+
+/** A route's handler. */
+export type Handler = (ctx: ApiContext, req: ApiRequest) => Answer;
+
+function fromFailure(f: MeliFailure): Answer {
+  return { status: f.status, body: f.body, invalid: f.invalid };
+}
+
+function ok(body: unknown): Answer {
+  return { status: 200, body };
+}
+
+function badRequest(message: string): Answer {
+  return { status: 400, body: meliError(400, "bad_request", message), invalid: true };
+}
+
+function isFailure(x: unknown): x is MeliFailure {
+  return typeof x === "object" && x !== null && "invalid" in x && "body" in x && "status" in x;
+}
+
+function ownUser(ctx: ApiContext, id: string): boolean {
+  return id === "me" || id === String(ctx.userId);
+}
+
+function user(ctx: ApiContext) {
+  return {
+    id: ctx.userId,
+    nickname: "BLEND_TIENDAS",
+    site_id: "MLA",
+    country_id: "AR",
+    user_type: "normal",
+    tags: [...ctx.userTags],
+    status: { site_status: "active" },
+  };
+}
+
+function includeAttributes(query: URLSearchParams): boolean {
+  return query.get("include_attributes") === "all";
+}
+
+/** `?attributes=a,b` keeps only those top-level fields, as MeLi does. */
+function pick(body: Record<string, unknown>, query: URLSearchParams): Record<string, unknown> {
+  const wanted = query.get("attributes");
+  if (!wanted) return body;
+  const keys = wanted.split(",").map((k) => k.trim()).filter(Boolean);
+  return Object.fromEntries(keys.filter((k) => k in body).map((k) => [k, body[k]]));
+}
+
+function intParam(query: URLSearchParams, name: string, fallback: number, min: number, max: number) {
+  const raw = query.get(name);
+  if (raw === null) return fallback;
+  const n = Number(raw);
+  return /^\d+$/.test(raw) && n >= min && n <= max ? n : undefined;
+}
+
+const ORDERS = ["stop_time_asc", "stop_time_desc", "start_time_asc", "start_time_desc"].map((id) => ({
+  id,
+  name: `Order by ${id.replace(/_(asc|desc)$/, "").replace("_", " ")} ${id.endsWith("asc") ? "asc" : "desc"}`,
+}));
+
+const search: Handler = (ctx, { params: [id], query }) => {
+  if (!ownUser(ctx, id)) return { status: 403, body: FORBIDDEN_BODY };
+  const limit = intParam(query, "limit", 50, 1, 100);
+  const offset = intParam(query, "offset", 0, 0, 10_000);
+  if (limit === undefined) return badRequest("Invalid limit: it must be an integer between 1 and 100");
+  if (offset === undefined) return badRequest("Invalid offset: it must be a non-negative integer");
+  const status = query.get("status");
+  const found = ctx.items.search(query.get("seller_sku") ?? undefined)
+    .filter((itemId) => status === null || ctx.items.get(itemId)!.status === status);
+  return ok({
+    seller_id: String(ctx.userId),
+    query: null,
+    paging: { limit, offset, total: found.length },
+    results: found.slice(offset, offset + limit),
+    orders: [ORDERS[0]],
+    available_orders: ORDERS,
+  });
+};
+
+function itemOr404(ctx: ApiContext, id: string): ItemState | Answer {
+  return ctx.items.get(id) ?? fromFailure(itemNotFound(id));
+}
+
+function isItem(x: ItemState | Answer): x is ItemState {
+  return "variations" in x;
+}
+
+const getItem: Handler = (ctx, { params: [id], query }) => {
+  const item = itemOr404(ctx, id);
+  return isItem(item) ? ok(pick(ctx.items.render(item, includeAttributes(query)), query)) : item;
+};
+
+const multiGet: Handler = (ctx, { query }) => {
+  const ids = (query.get("ids") ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  if (ids.length === 0) return badRequest("Query parameter ids is required");
+  if (ids.length > 20) return badRequest("Too many ids: at most 20 per request");
+  return ok(ids.map((id) => {
+    const item = ctx.items.get(id);
+    return item
+      ? { code: 200, body: pick(ctx.items.render(item, includeAttributes(query)), query) }
+      : { code: 404, body: itemNotFound(id).body };
+  }));
+};
+
+function variationOr404(ctx: ApiContext, item: ItemState, vid: string) {
+  const variation = ctx.items.variationsOf(item).find((v) => String(v.id) === vid);
+  if (variation) return variation;
+  return {
+    status: 404,
+    body: meliError(404, "not_found", `Variation with id ${vid} not found in item ${item.id}`),
+  } satisfies Answer;
+}
+
+const listVariations: Handler = (ctx, { params: [id], query }) => {
+  const item = itemOr404(ctx, id);
+  if (!isItem(item)) return item;
+  return ok(ctx.items.variationsOf(item).map((v) => ctx.items.renderVariation(v, includeAttributes(query))));
+};
+
+const getVariation: Handler = (ctx, { params: [id, vid], query }) => {
+  const item = itemOr404(ctx, id);
+  if (!isItem(item)) return item;
+  const v = variationOr404(ctx, item, vid);
+  return "status" in v ? v : ok(ctx.items.renderVariation(v, includeAttributes(query)));
+};
+
+/** Faults and effects of an accepted write; `render` gives the answer body before or after applying. */
+function write(ctx: ApiContext, itemId: string, plan: Plan, render: () => unknown): Answer {
+  if (ctx.conflict()) return { status: 409, body: CONFLICT_BODY, note: "injected_conflict" };
+  if (ctx.ignoreWrite()) return { status: 200, body: render(), note: "injected_ignored_write" };
+  plan.apply();
+  if (plan.stockKeys.length > 0) ctx.onStockApplied(plan.stockKeys);
+  if (plan.stockIgnored) ctx.onStockIgnored(itemId);
+  if (ctx.lostResponse()) return { status: 502, body: serverErrorBody(502), note: "injected_lost_response" };
+  return ok(render());
+}
+
+function multiOrigin(ctx: ApiContext): boolean {
+  return ctx.userTags.includes("warehouse_management");
+}
+
+const putItem: Handler = (ctx, { params: [id], body }) => {
+  const item = itemOr404(ctx, id);
+  if (!isItem(item)) return item;
+  const patch = parseItemPatch(body);
+  if (isFailure(patch)) return fromFailure(patch);
+  const plan = planItemUpdate(ctx.items, item, patch, multiOrigin(ctx));
+  if (isFailure(plan)) return fromFailure(plan);
+  return write(ctx, item.id, plan, () => ctx.items.render(item, false));
+};
+
+const putVariation: Handler = (ctx, { params: [id, vid], body }) => {
+  const item = itemOr404(ctx, id);
+  if (!isItem(item)) return item;
+  const variation = variationOr404(ctx, item, vid);
+  if ("status" in variation) return variation;
+  const patch = parseVariationPatch(body);
+  if (isFailure(patch)) return fromFailure(patch);
+  const plan = planVariationUpdate(ctx.items, item, variation, patch, multiOrigin(ctx));
+  if (isFailure(plan)) return fromFailure(plan);
+  return write(ctx, item.id, plan, () => ctx.items.renderVariation(variation, false));
+};
+
+const ROUTES: [RegExp, Partial<Record<string, Handler>>][] = [
+  [/^\/users\/([^/]+)$/, {
+    GET: (ctx, { params: [id] }) => ownUser(ctx, id) ? ok(user(ctx)) : { status: 403, body: FORBIDDEN_BODY },
+  }],
+  [/^\/users\/([^/]+)\/items\/search$/, { GET: search }],
+  [/^\/items$/, { GET: multiGet }],
+  [/^\/items\/([^/]+)$/, { GET: getItem, PUT: putItem }],
+  [/^\/items\/([^/]+)\/variations$/, { GET: listVariations }],
+  [/^\/items\/([^/]+)\/variations\/([^/]+)$/, { GET: getVariation, PUT: putVariation }],
+];
+
+function safeDecode(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
+/** The handler of a path and method, or the 404/405 to answer (before auth, as MeLi's router does). */
+export function route(
+  method: string,
+  path: string,
+): { handler: Handler; params: string[] } | (MeliFailure & { allow?: string }) {
+  const clean = path.length > 1 ? path.replace(/\/+$/, "") : path;
+  for (const [pattern, methods] of ROUTES) {
+    const m = clean.match(pattern);
+    if (!m) continue;
+    const handler = methods[method];
+    if (!handler) return { ...methodNotAllowed(method, clean), allow: Object.keys(methods).join(", ") };
+    return { handler, params: m.slice(1).map(safeDecode) };
+  }
+  return routeNotFound(method, clean);
+}

@@ -1,0 +1,138 @@
+/**
+ * Public types of the MercadoLibre sandbox (re-exported by `mercadolibre.ts`, the
+ * entry point): faults, options, counters, the request log and the running sandbox.
+ */
+import type { Catalog } from "./catalog.ts";
+import type { MeliListing } from "./mercadolibre_items.ts";
+
+export type { MeliListing } from "./mercadolibre_items.ts";
+
+/** Faults the sandbox can inject; all off by default. */
+export interface MeliFaults {
+  /** Fraction of API requests answered 500/502/503 before anything is applied. */
+  errorRate: number;
+  /** Fraction of PUTs applied in full whose answer is then replaced by a 502. */
+  lostResponseRate: number;
+  /** Fraction of PUTs answered 409 (optimistic locking) without applying. */
+  conflictRate: number;
+  /** Fraction of PUTs answered 200 with the item as it was, NOT applied ("200 OK but not applied"). */
+  ignoreWritesRate: number;
+  /** Delay added to every API request, in ms, before it is handled. */
+  latencyMs: number;
+  /** Answer every API request 429. */
+  rateLimitAll: boolean;
+  /** Seed of the generator that draws the faults (setting it restarts the sequence). */
+  seed: number;
+}
+
+/** Options of {@link startMeliSandbox}. */
+export interface MeliSandboxOptions {
+  /** TCP port on 127.0.0.1; 0 (default) picks a free one. */
+  port?: number;
+  /** Catalog to seed the seller's items; the committed default otherwise. */
+  catalog?: Catalog;
+  /** Catalog store whose stock seeds available_quantity (default: the first store). */
+  tiendaId?: string;
+  /** App credentials `/oauth/token` accepts (random by default; the id is numeric). */
+  clientId?: string;
+  clientSecret?: string;
+  /** Initial valid refresh token (random `TG-…` by default). */
+  refreshToken?: string;
+  /** `expires_in` of issued access tokens (default 21600, MeLi's 6 hours). */
+  accessTokenTtlSeconds?: number;
+  /** A long-lived access token that never expires (what MELI_TOKEN holds); random `APP_USR-…` by default. */
+  staticToken?: string;
+  /** API requests per second before 429 (default 50); `/oauth/token` is not counted. */
+  ratePerSecond?: number;
+  /** Seller id (default 123456789). */
+  userId?: number;
+  /** `GET /users/me` tags (default ["normal"]); "warehouse_management" makes a multi-origin seller. */
+  userTags?: string[];
+  /** Initial faults. */
+  faults?: Partial<MeliFaults>;
+  /** Clock (ms), for tests: token expiry, rate limit, timestamps. */
+  now?: () => number;
+}
+
+/** Counters since start. */
+export interface MeliSandboxStats {
+  /** Requests to any API route, `/oauth/token` included (not `/__sandbox`). */
+  requests: number;
+  /** Answered 401. */
+  unauthorized: number;
+  /** Answered 429. */
+  rateLimited: number;
+  /** Answered 5xx by fault injection before anything was applied. */
+  errorsInjected: number;
+  /** Applied, then answered 502 by fault injection. */
+  lostResponses: number;
+  /** Answered 409 by fault injection, nothing applied. */
+  conflicts: number;
+  /** Answered 200 by fault injection without applying. */
+  ignoredWrites: number;
+  /** Refused as malformed or invalid (see `invalidRequests()`). */
+  invalid: number;
+  /** Successful `/oauth/token` refreshes. */
+  refreshes: number;
+  /** Failed `/oauth/token` requests (any error). */
+  refreshFailures: number;
+  /** Applied PUTs that set stock. */
+  puts: number;
+  /** Applied stock writes per listing: `itemId` or `itemId/variationId`. */
+  putsByListing: Record<string, number>;
+}
+
+/** One API request as the sandbox saw it. */
+export interface MeliRequestRecord {
+  /** When it arrived (ms, the sandbox clock). */
+  at: number;
+  method: string;
+  path: string;
+  /** The raw query string, without `?`. */
+  query: string;
+  /** Parsed JSON or form body (text if unparseable, null if none). */
+  body: unknown;
+  status: number;
+  /** MeLi's `error` code of the answer, or `injected_*` for a fault that answered. */
+  error?: string;
+}
+
+/** A running sandbox. */
+export interface MeliSandbox {
+  /** Base URL, e.g. `http://127.0.0.1:41234` (what MELI_URL should be). */
+  url: string;
+  clientId: string;
+  clientSecret: string;
+  userId: number;
+  staticToken: string;
+  tiendaId: string;
+  /** One per catalog product: its item and variation. */
+  listings: readonly MeliListing[];
+  /** The one refresh token valid now (after revokeTokens(): the last one, no longer valid). */
+  currentRefreshToken(): string;
+  /** The seller re-authorizes the app: a NEW valid refresh token, every older one invalid. */
+  authorize(): string;
+  /** The seller revoked the app: refresh token and issued access tokens invalid until authorize(). */
+  revokeTokens(): void;
+  /** Every issued (non-static) access token expires now. */
+  expireAccessTokens(): void;
+  /** available_quantity of a catalog product's item/variation (undefined if unknown or deleted). */
+  quantityOf(productoId: string): number | undefined;
+  listingFor(productoId: string): MeliListing | undefined;
+  listingsForSku(sku: string): MeliListing[];
+  /** The item JSON as `GET /items/{id}?include_attributes=all` returns it (undefined if unknown). */
+  item(itemId: string): unknown;
+  /** Changes what MeLi decides about an item (moderation, Full). */
+  setItem(itemId: string, patch: { status?: string; sub_status?: string[]; logistic_type?: string }): void;
+  /** A MeLi-side change (an online sale), applying MeLi's status rules. */
+  setQuantity(productoId: string, quantity: number): void;
+  stats(): MeliSandboxStats;
+  /** Every API request, newest last, the latest 10,000. */
+  requestLog(): readonly MeliRequestRecord[];
+  /** Requests refused as malformed or invalid; a correct client leaves this empty. */
+  invalidRequests(): readonly MeliRequestRecord[];
+  faults(): MeliFaults;
+  /** Changes some faults (a new `seed` restarts the fault sequence); throws a ZodError on bad input. */
+  setFaults(faults: Partial<MeliFaults>): MeliFaults;
+  close(): Promise<void>;
+}
