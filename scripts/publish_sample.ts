@@ -9,9 +9,14 @@
  * --no-message-id to exercise the body-hash identity, --catalog FILE for stores
  * and SKUs (default: the sandbox's default catalog, so sales hit its listings). Uses RABBITMQ_URL,
  * EXCHANGE and ROUTING_KEY like the service.
+ *
+ * Like the POS, it first reserves the sold stock in Redis (POS_REDIS_URL or
+ * REDIS_URL, key POS_STOCK_KEY, seeded from the catalog when missing), which is
+ * what MercadoLibre's mirror mode reads; --no-pos-stock skips that.
  */
 import { parseArgs } from "node:util";
 import { Connection } from "rabbitmq-client";
+import { createClient } from "redis";
 import { type Catalog, defaultCatalog, loadCatalog } from "../src/sandbox/catalog.ts";
 
 /** One sale as the POS publishes it (DESIGN.md §3). */
@@ -135,6 +140,39 @@ export async function publishSales(
   }
 }
 
+/** The part of a node-redis client {@link reservePosStock} uses. */
+export interface PosRedis {
+  set(key: string, value: string, options: { NX: true }): Promise<unknown>;
+  decrBy(key: string, by: number): Promise<number>;
+}
+
+/**
+ * Does what the POS does before it publishes a sale: lowers the store's stock
+ * key for every item (seeding missing keys from the catalog first).
+ */
+export async function reservePosStock(
+  redis: PosRedis,
+  keyTemplate: string,
+  catalog: Catalog,
+  sales: SampleSale[],
+): Promise<void> {
+  const keyOf = (tiendaId: string, productoId: string, sku: string) =>
+    keyTemplate.replaceAll("{tienda_id}", tiendaId).replaceAll("{producto_id}", productoId)
+      .replaceAll("{sku}", sku);
+  const seeded = new Set<string>();
+  for (const sale of sales) {
+    for (const item of sale.items) {
+      const key = keyOf(sale.tienda_id, item.producto_id, item.producto_sku);
+      if (!seeded.has(key)) {
+        const product = catalog.products.find((p) => p.producto_id === item.producto_id);
+        await redis.set(key, String(product?.stock[sale.tienda_id] ?? 0), { NX: true });
+        seeded.add(key);
+      }
+      await redis.decrBy(key, item.cantidad);
+    }
+  }
+}
+
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
@@ -146,13 +184,14 @@ if (import.meta.main) {
       rate: { type: "string" },
       seed: { type: "string", default: String(Date.now() % 100000) },
       "no-message-id": { type: "boolean", default: false },
+      "no-pos-stock": { type: "boolean", default: false },
       catalog: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
   if (values.help) {
     console.log(
-      "usage: deno task publish-sample [--count N] [--stores N] [--skus N] [--max-items N] [--rate N/s] [--seed N] [--no-message-id] [--catalog FILE]",
+      "usage: deno task publish-sample [--count N] [--stores N] [--skus N] [--max-items N] [--rate N/s] [--seed N] [--no-message-id] [--no-pos-stock] [--catalog FILE]",
     );
     Deno.exit(0);
   }
@@ -166,14 +205,28 @@ if (import.meta.main) {
   };
   const count = number("count", values.count);
   const rate = values.rate === undefined ? undefined : number("rate", values.rate);
+  const catalog = values.catalog ? await loadCatalog(values.catalog) : defaultCatalog();
   const sales = sampleSales({
     count,
     stores: number("stores", values.stores),
     skus: number("skus", values.skus),
     maxItems: number("max-items", values["max-items"]),
     seed: number("seed", values.seed),
-    catalog: values.catalog ? await loadCatalog(values.catalog) : undefined,
+    catalog,
   });
+  if (!values["no-pos-stock"]) {
+    const redis = createClient({
+      url: Deno.env.get("POS_REDIS_URL") || Deno.env.get("REDIS_URL") || "redis://127.0.0.1:6379",
+    });
+    await redis.connect();
+    await reservePosStock(
+      redis,
+      Deno.env.get("POS_STOCK_KEY") || "stock:{tienda_id}:{producto_id}",
+      catalog,
+      sales,
+    );
+    await redis.close();
+  }
   const exchange = Deno.env.get("EXCHANGE") || "blend_events";
   const routingKey = Deno.env.get("ROUTING_KEY") || "sales.created";
   const rabbit = new Connection(Deno.env.get("RABBITMQ_URL") || "amqp://guest:guest@127.0.0.1:5672");

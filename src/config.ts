@@ -68,6 +68,16 @@ const url = (protocols: string[]) =>
     }
   }, `must be a URL starting with ${protocols.map((p) => p + "//").join(" or ")}`);
 
+/** MercadoLibre's API. */
+export const DEFAULT_MELI_URL = "https://api.mercadolibre.com";
+
+/**
+ * The POS catalog query mirror mode and resync fall back to when a Redis stock
+ * key is missing: $1 tienda_id, $2 producto_id (may be null), $3 sku.
+ */
+export const DEFAULT_POS_STOCK_QUERY = "select stock_actual from producto where tienda_id::text = $1::text " +
+  "and (id::text = $2::text or ($2::text is null and sku = $3::text)) limit 1";
+
 const EnvSchema = z.object({
   RABBITMQ_URL: url(["amqp:", "amqps:"]).default("amqp://guest:guest@127.0.0.1:5672"),
   DATABASE_URL: url(["postgres:", "postgresql:"]).default(
@@ -170,12 +180,36 @@ const EnvSchema = z.object({
   DISPATCH_BACKOFF_BASE: duration("DISPATCH_BACKOFF_BASE").default(1_000),
   DISPATCH_BACKOFF_MAX: duration("DISPATCH_BACKOFF_MAX").default(300_000),
 
-  MELI_URL: url(["https:", "http:"]).default("https://api.mercadolibre.com"),
+  MELI_URL: url(["https:", "http:"]).default(DEFAULT_MELI_URL),
   MELI_TOKEN: z.string().min(1).optional(),
   MELI_CLIENT_ID: z.string().min(1).optional(),
   MELI_CLIENT_SECRET: z.string().min(1).optional(),
   MELI_REFRESH_TOKEN: z.string().min(1).optional(),
   MELI_USER_ID: z.string().regex(/^\d+$/, "must be a numeric MercadoLibre user id").optional(),
+  MELI_MODE: z.enum(["mirror", "delta"]).default("mirror"),
+  MELI_TIENDA_ID: z.string().trim().min(1).max(200).optional(),
+  MELI_REACTIVATE: z.enum(["true", "false"]).default("false").transform((v) => v === "true"),
+  MELI_RATE_PER_SEC: z.string().trim().regex(
+    /^\d+(\.\d+)?$/,
+    "must be a positive number of requests per second",
+  )
+    .transform(Number).pipe(z.number().positive().max(1000)).default(5),
+  MELI_TIMEOUT: duration("MELI_TIMEOUT").default(10_000),
+  MELI_BATCH_SIZE: int(1, 200).default(10),
+  MELI_LOCK_TTL: duration("MELI_LOCK_TTL").default(30_000),
+  SANDBOX_MELI_PORT: int(0, 65535).default(0),
+  SANDBOX_MELI_TOKEN_TTL: int(1, 31_536_000).default(21_600),
+
+  POS_REDIS_URL: url(["redis:", "rediss:"]).optional(),
+  POS_DATABASE_URL: url(["postgres:", "postgresql:"]).optional(),
+  POS_STOCK_KEY: z.string().trim().default("stock:{tienda_id}:{producto_id}").refine(
+    (t) => t.includes("{tienda_id}") && (t.includes("{producto_id}") || t.includes("{sku}")),
+    "must contain {tienda_id} and {producto_id} or {sku}",
+  ),
+  POS_STOCK_QUERY: z.string().trim().min(1).default(DEFAULT_POS_STOCK_QUERY).refine(
+    (q) => /^\s*(select|with)\b/i.test(q) && q.includes("$1"),
+    "must be a SELECT using $1 (tienda_id), and $2 (producto_id) and/or $3 (sku)",
+  ),
 
   LOG_LEVEL: z.enum(["trace", "debug", "info", "warning", "error", "fatal"]).default("info"),
   LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),
@@ -226,6 +260,34 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     problems.push({
       variable: meliOAuth.find((name) => input[name] === undefined)!,
       message: "MELI_CLIENT_ID, MELI_CLIENT_SECRET and MELI_REFRESH_TOKEN must be set together",
+    });
+  }
+  if (input.MELI_TOKEN !== undefined && meliSet.length > 0) {
+    problems.push({
+      variable: "MELI_TOKEN",
+      message:
+        "set either MELI_TOKEN (static token) or MELI_CLIENT_ID/MELI_CLIENT_SECRET/MELI_REFRESH_TOKEN, not both",
+    });
+  }
+  const meliConfigured = input.MELI_TOKEN !== undefined || meliSet.length > 0;
+  // A non-default MELI_URL without credentials would silently sync to the sandbox instead.
+  if (input.MELI_URL !== undefined && input.MELI_URL.trim() !== DEFAULT_MELI_URL && !meliConfigured) {
+    problems.push({
+      variable: "MELI_URL",
+      message:
+        "is set but no credentials are: set MELI_TOKEN or the MELI_CLIENT_ID/SECRET/REFRESH_TOKEN trio " +
+        "(leave MELI_URL unset for the sandbox)",
+    });
+  }
+  const meliEnabled = (input.CHANNELS ?? "shopify,mercadolibre").split(",").map((c) => c.trim())
+    .includes("mercadolibre");
+  if (
+    meliEnabled && meliConfigured && (input.MELI_MODE ?? "mirror") === "mirror" &&
+    input.MELI_TIENDA_ID === undefined
+  ) {
+    problems.push({
+      variable: "MELI_TIENDA_ID",
+      message: "is required in mirror mode: name the store (tienda_id) whose stock MercadoLibre shows",
     });
   }
   if ((input.SHOPIFY_URL === undefined) !== (input.SHOPIFY_TOKEN === undefined)) {

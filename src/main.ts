@@ -9,8 +9,15 @@ import { createClient } from "redis";
 import { createConfirmingPublisher } from "./broker/publisher.ts";
 import { locationMap, ShopifyChannel } from "./channels/shopify/channel.ts";
 import { ShopifyClient } from "./channels/shopify/client.ts";
+import { MeliChannel } from "./channels/mercadolibre/channel.ts";
+import { MeliClient } from "./channels/mercadolibre/client.ts";
+import { MeliListings } from "./channels/mercadolibre/listings.ts";
+import { type AccessTokens, OAuthTokens, StaticToken } from "./channels/mercadolibre/tokens.ts";
+import { PosStockReader, type StockRedis } from "./pos/stock.ts";
+import { type MeliSandbox, startMeliSandbox } from "./sandbox/mercadolibre.ts";
+import { InDoubtMarks, ListingLocks } from "./sync/listing_lock.ts";
 import { DispatchStore } from "./ledger/dispatch_store.ts";
-import { loadCatalog } from "./sandbox/catalog.ts";
+import { type Catalog, defaultCatalog, loadCatalog } from "./sandbox/catalog.ts";
 import { type ShopifySandbox, startShopifySandbox } from "./sandbox/shopify.ts";
 import { RedisBucket } from "./sync/cost_bucket.ts";
 import { Dispatcher, type DispatcherHooks } from "./sync/dispatcher.ts";
@@ -38,6 +45,8 @@ export interface RunningService {
   started: Promise<void>;
   /** The built-in Shopify sandbox, when Shopify is not configured. */
   shopifySandbox(): ShopifySandbox | undefined;
+  /** The built-in MercadoLibre sandbox, when MeLi is not configured. */
+  meliSandbox(): MeliSandbox | undefined;
   /** Graceful stop: consumer, in-flight custody, publisher, connections, HTTP. */
   close(): Promise<void>;
 }
@@ -181,6 +190,15 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   let custody: Custody | undefined;
   let publisher: ReturnType<typeof createConfirmingPublisher> | undefined;
   let sandbox: ShopifySandbox | undefined;
+  let meliSandbox: MeliSandbox | undefined;
+  let posSql: postgres.Sql | undefined;
+  let posRedis: ReturnType<typeof createClient> | undefined;
+  const meliConfigured = Boolean(config.MELI_TOKEN || config.MELI_CLIENT_ID);
+  let catalog: Promise<Catalog> | undefined;
+  const sandboxCatalog = () =>
+    catalog ??= config.SANDBOX_CATALOG
+      ? loadCatalog(config.SANDBOX_CATALOG)
+      : Promise.resolve(defaultCatalog());
   const dispatchers: Dispatcher[] = [];
   const channelHealth: Record<string, () => CheckResult> = {};
 
@@ -192,7 +210,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     if (!baseUrl || !token) {
       sandbox = await startShopifySandbox({
         port: config.SANDBOX_SHOPIFY_PORT,
-        catalog: config.SANDBOX_CATALOG ? await loadCatalog(config.SANDBOX_CATALOG) : undefined,
+        catalog: await sandboxCatalog(),
       });
       baseUrl = sandbox.url;
       token = sandbox.token;
@@ -220,6 +238,122 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     });
     const channel = new ShopifyChannel({ client, sql, locations, reason: config.SHOPIFY_REASON });
     channelHealth.shopify = () => channel.health();
+    return new Dispatcher({
+      adapter: channel,
+      store,
+      publisher: publisher!,
+      topology,
+      metrics,
+      pollIntervalMs: config.DISPATCH_POLL_INTERVAL,
+      hooks: options.dispatcherHooks,
+    });
+  }
+
+  /**
+   * The store whose stock MeLi mirrors: MELI_TIENDA_ID, or in sandbox mode the
+   * catalog's first store. Undefined in delta mode without MELI_TIENDA_ID (every store).
+   */
+  async function meliStore(): Promise<string | undefined> {
+    if (config.MELI_TIENDA_ID) return config.MELI_TIENDA_ID;
+    if (config.MELI_MODE === "delta" || meliConfigured) return undefined;
+    return (await sandboxCatalog()).stores[0].tienda_id;
+  }
+
+  /** Builds the MercadoLibre channel: the real API when configured, else the built-in sandbox. */
+  async function meliDispatcher(store: DispatchStore): Promise<Dispatcher> {
+    let baseUrl = config.MELI_URL;
+    let tokens: AccessTokens;
+    const tiendaId = await meliStore();
+    const onRefresh = (outcome: string) => metrics.tokenRefreshes.inc({ channel: "mercadolibre", outcome });
+    if (config.MELI_CLIENT_ID && config.MELI_CLIENT_SECRET && config.MELI_REFRESH_TOKEN) {
+      tokens = new OAuthTokens({
+        sql,
+        baseUrl,
+        clientId: config.MELI_CLIENT_ID,
+        clientSecret: config.MELI_CLIENT_SECRET,
+        refreshToken: config.MELI_REFRESH_TOKEN,
+        timeoutMs: config.MELI_TIMEOUT,
+        onRefresh,
+      });
+    } else if (config.MELI_TOKEN) {
+      tokens = new StaticToken(config.MELI_TOKEN);
+    } else {
+      meliSandbox = await startMeliSandbox({
+        port: config.SANDBOX_MELI_PORT,
+        catalog: await sandboxCatalog(),
+        tiendaId,
+        accessTokenTtlSeconds: config.SANDBOX_MELI_TOKEN_TTL,
+      });
+      baseUrl = meliSandbox.url;
+      // The sandbox goes through the real OAuth chain, so the refresh path runs every day.
+      tokens = new OAuthTokens({
+        sql,
+        baseUrl,
+        clientId: meliSandbox.clientId,
+        clientSecret: meliSandbox.clientSecret,
+        refreshToken: meliSandbox.currentRefreshToken(),
+        timeoutMs: config.MELI_TIMEOUT,
+        onRefresh,
+      });
+      log.warning(
+        "MELI_TOKEN / MELI_CLIENT_ID not set: syncing to the built-in MercadoLibre SANDBOX at {url} " +
+          "(no real listing is touched); it mirrors store {tienda_id}",
+        { url: meliSandbox.url, tienda_id: tiendaId, mark: "start" },
+      );
+    }
+    const host = new URL(baseUrl).host;
+    const budget = new RedisBucket(redis, `marketplace-sync:budget:mercadolibre:${host}`, {
+      max: Math.max(1, config.MELI_RATE_PER_SEC),
+      restoreRate: config.MELI_RATE_PER_SEC,
+    });
+    const client = new MeliClient({ baseUrl, tokens, budget, timeoutMs: config.MELI_TIMEOUT, metrics });
+    const listings = new MeliListings(sql, client, config.MELI_USER_ID);
+    if (!posSql) {
+      posSql = postgres(config.POS_DATABASE_URL ?? config.DATABASE_URL, {
+        max: 2,
+        connect_timeout: 5,
+        idle_timeout: 30,
+        onnotice: () => {},
+        connection: { application_name: "marketplace-sync pos-reader", statement_timeout: 5_000 },
+      });
+    }
+    let stockRedis: StockRedis = redis;
+    if (config.POS_REDIS_URL && config.POS_REDIS_URL !== config.REDIS_URL) {
+      posRedis = createClient({
+        url: config.POS_REDIS_URL,
+        socket: { connectTimeout: 2_000, reconnectStrategy: (n: number) => Math.min(100 * 2 ** n, 5_000) },
+      });
+      posRedis.on("error", () => {});
+      posRedis.connect().catch(() => {});
+      stockRedis = posRedis;
+    }
+    const stock = new PosStockReader({
+      redis: stockRedis,
+      sql: posSql,
+      keyTemplate: config.POS_STOCK_KEY,
+      query: config.POS_STOCK_QUERY,
+    });
+    const locks = new ListingLocks(
+      redis,
+      `marketplace-sync:lock:mercadolibre:${host}:`,
+      config.MELI_LOCK_TTL,
+    );
+    const doubts = new InDoubtMarks(redis, `marketplace-sync:doubt:mercadolibre:${host}:`);
+    const channel = new MeliChannel({
+      client,
+      listings,
+      tokens,
+      stock,
+      locks,
+      mode: config.MELI_MODE,
+      tiendaId,
+      reactivate: config.MELI_REACTIVATE,
+      batchSize: config.MELI_BATCH_SIZE,
+      doubts,
+      batchOpen: async (id) =>
+        (await sql`select 1 from sync_batch where id = ${id} and status = 'sending'`).length > 0,
+    });
+    channelHealth.mercadolibre = () => channel.health();
     return new Dispatcher({
       adapter: channel,
       store,
@@ -292,14 +426,14 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       log.info("DISPATCH_ENABLED=false: this instance only takes sales into custody; others dispatch them");
     } else if (config.CHANNELS.includes("shopify")) dispatchers.push(await shopifyDispatcher(store));
     if (config.DISPATCH_ENABLED && config.CHANNELS.includes("mercadolibre")) {
-      log.warning(
-        "the mercadolibre channel is not implemented yet: its changes are recorded and stay pending",
-      );
+      dispatchers.push(await meliDispatcher(store));
     }
+    const meliTienda = config.CHANNELS.includes("mercadolibre") ? await meliStore() : undefined;
     for (const d of dispatchers) d.start();
     custody = new Custody(sql, config.CHANNELS, {
       batchSize: config.CUSTODY_BATCH_SIZE,
       maxWaitMs: config.CUSTODY_BATCH_WAIT,
+      onlyStore: meliTienda ? { mercadolibre: meliTienda } : undefined,
     }, {
       batch: (size, seconds) => {
         metrics.custodyBatchSize.observe(size);
@@ -353,12 +487,24 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     await sql.end({ timeout: 5 });
     if (redis.isOpen) await redis.close().catch(() => redis.destroy());
     else redis.destroy();
+    await posSql?.end({ timeout: 5 });
+    if (posRedis?.isOpen) await posRedis.close().catch(() => posRedis?.destroy());
     await sandbox?.close();
+    await meliSandbox?.close();
     await server.shutdown();
     log.info("stopped", { mark: "shutdown" });
   }
 
-  return { config, topology, metrics, url, started, close, shopifySandbox: () => sandbox };
+  return {
+    config,
+    topology,
+    metrics,
+    url,
+    started,
+    close,
+    shopifySandbox: () => sandbox,
+    meliSandbox: () => meliSandbox,
+  };
 }
 
 async function main(): Promise<number> {

@@ -27,6 +27,7 @@ export interface ServiceMetrics {
   marketplaceCalls: Counter<"channel" | "operation" | "outcome">;
   throttleWaitSeconds: Counter<"channel">;
   budgetLevel: Gauge<"channel">;
+  tokenRefreshes: Counter<"channel" | "outcome">;
   deadLetterCopyFailures: Counter<"channel">;
 }
 
@@ -104,9 +105,15 @@ export function createMetrics(
       labelNames: ["channel"] as const,
       registers,
     }),
+    tokenRefreshes: new Counter({
+      name: `${prefix}oauth_refreshes_total`,
+      help: "OAuth token refresh calls by outcome (ok, invalid_grant, network, http_5xx, …).",
+      labelNames: ["channel", "outcome"] as const,
+      registers,
+    }),
     budgetLevel: new Gauge({
       name: `${prefix}budget_available`,
-      help: "Last known level of the marketplace rate budget (Shopify: cost points).",
+      help: "Last known level of the marketplace rate budget (Shopify: cost points; MercadoLibre: requests).",
       labelNames: ["channel"] as const,
       registers,
     }),

@@ -60,6 +60,7 @@ Deno.test("every invalid variable is reported at once, by name, without secret v
     "HTTP_PORT",
     "LOG_LEVEL",
     "MELI_CLIENT_SECRET",
+    "MELI_TIENDA_ID",
     "MELI_USER_ID",
     "SHOPIFY_LOCATION_ID",
   ]);
@@ -99,4 +100,42 @@ Deno.test("redactUrl hides passwords in any URL", () => {
 
 Deno.test("redactUrl hides a password that itself contains @", () => {
   assert.equal(redactUrl("amqp://svc:p@ssw0rd@rabbit:5672/"), "amqp://svc:***@rabbit:5672/");
+});
+
+Deno.test("MercadoLibre settings: one kind of credentials, a store in mirror mode, usable POS key and query", () => {
+  const problems = (env: Record<string, string>) => {
+    try {
+      loadConfig(env);
+      return [];
+    } catch (e) {
+      return (e as ConfigError).problems.map((p) => `${p.variable}: ${p.message}`);
+    }
+  };
+  const trio = { MELI_CLIENT_ID: "1", MELI_CLIENT_SECRET: "s", MELI_REFRESH_TOKEN: "TG-1" };
+  assert.match(
+    problems({ ...trio, MELI_TOKEN: "APP_USR-1", MELI_TIENDA_ID: "t" }).join("\n"),
+    /^MELI_TOKEN: set either/,
+  );
+  assert.deepEqual(problems({ ...trio, MELI_TIENDA_ID: "t" }), []);
+  assert.match(problems(trio).join("\n"), /MELI_TIENDA_ID: is required in mirror mode/);
+  assert.deepEqual(problems({ ...trio, MELI_MODE: "delta" }), [], "delta mode needs no store");
+  assert.deepEqual(problems({ ...trio, CHANNELS: "shopify" }), [], "not needed with MeLi disabled");
+  assert.match(
+    problems({ MELI_URL: "http://10.0.0.5:9000" }).join("\n"),
+    /MELI_URL: is set but no credentials/,
+  );
+  assert.match(
+    problems({ POS_STOCK_KEY: "stock:{sku}" }).join("\n"),
+    /POS_STOCK_KEY: must contain \{tienda_id\}/,
+  );
+  assert.match(
+    problems({ POS_STOCK_QUERY: "delete from producto" }).join("\n"),
+    /POS_STOCK_QUERY: must be a SELECT/,
+  );
+  assert.match(problems({ MELI_RATE_PER_SEC: "0" }).join("\n"), /MELI_RATE_PER_SEC/);
+  const c = loadConfig({ MELI_RATE_PER_SEC: "2.5", MELI_REACTIVATE: "true" });
+  assert.equal(c.MELI_RATE_PER_SEC, 2.5);
+  assert.equal(c.MELI_REACTIVATE, true);
+  assert.equal(c.MELI_MODE, "mirror");
+  assert.equal(c.POS_STOCK_KEY, "stock:{tienda_id}:{producto_id}");
 });

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { integration, sale, startHarness, waitFor } from "./helpers.ts";
 
 integration("N valid events become N sales with one change per channel and SKU; queue drained", async () => {
-  const h = await startHarness({ CHANNELS: "shopify,mercadolibre" });
+  const h = await startHarness({ CHANNELS: "shopify,mercadolibre", MELI_MODE: "delta" });
   try {
     const events = Array.from({ length: 300 }, (_, i) =>
       sale({
@@ -118,7 +118,7 @@ integration("a body without any id gets a stable hash identity (and a warning me
 integration(
   "DLQ replay: applied changes untouched, failed changes re-armed, nothing duplicated",
   async () => {
-    const h = await startHarness({ CHANNELS: "shopify,mercadolibre" });
+    const h = await startHarness({ CHANNELS: "shopify,mercadolibre", MELI_MODE: "delta" });
     try {
       const e = sale({
         items: [

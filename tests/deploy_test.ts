@@ -327,6 +327,8 @@ Deno.test("k8s: the example Secret is clearly an example, and ConfigMap + Secret
   const config = loadConfig(clusterEnv);
   assert.equal(config.QUEUE_TYPE, "quorum");
   assert.ok(config.SHOPIFY_URL && config.SHOPIFY_TOKEN, "the real Shopify, never the sandbox, in a cluster");
+  assert.ok(config.MELI_CLIENT_ID && config.MELI_REFRESH_TOKEN, "the real MercadoLibre, never the sandbox");
+  assert.ok(config.MELI_TIENDA_ID, "mirror mode names the store MercadoLibre shows");
 });
 
 Deno.test("k8s Deployment: replicas, probes, resources, grace period, scraping, non-root", () => {

@@ -64,7 +64,15 @@ export class Custody {
   constructor(
     private readonly sql: Sql,
     private readonly channels: readonly ChannelName[],
-    private readonly options: { batchSize: number; maxWaitMs: number },
+    private readonly options: {
+      batchSize: number;
+      maxWaitMs: number;
+      /**
+       * Channels that follow one store only (MeLi mirrors MELI_TIENDA_ID's stock):
+       * sales at other stores create no change for them.
+       */
+      onlyStore?: Partial<Record<ChannelName, string>>;
+    },
     private readonly observer?: CustodyObserver,
   ) {}
 
@@ -148,7 +156,10 @@ export class Custody {
       body: e.body,
     }));
     const changes = sorted.flatMap((e) =>
-      [...this.channels].sort().flatMap((channel) =>
+      [...this.channels].sort().filter((channel) => {
+        const only = this.options.onlyStore?.[channel];
+        return only === undefined || only === e.tiendaId;
+      }).flatMap((channel) =>
         [...e.items].sort((a, b) => a.sku < b.sku ? -1 : a.sku > b.sku ? 1 : 0).map((item) => ({
           event_id: e.eventId,
           channel,

@@ -122,4 +122,29 @@ export const MIGRATIONS: readonly Migration[] = [
       alter table sync_batch add column owner uuid;
     `,
   },
+  {
+    version: 5,
+    name: "marketplace OAuth tokens",
+    sql: `
+      -- MercadoLibre refresh tokens are single-use: the pair a refresh returns is
+      -- written here (encrypted) before it is used, so a restart or another
+      -- replica continues the chain instead of replaying a spent token.
+      create table oauth_token (
+        channel          text primary key,
+        access_token     text not null,
+        refresh_token    text not null,
+        expires_at       timestamptz not null,
+        -- Fingerprint of the configured refresh token this chain started from: a
+        -- different one in the environment means the seller authorized again.
+        seed_fingerprint text not null,
+        -- Seeds this chain already replaced: an instance still configured with one of
+        -- them keeps using the stored chain instead of replaying a spent token.
+        retired_seeds    text[] not null default '{}',
+        status           text not null default 'ok' check (status in ('ok', 'invalid_grant')),
+        error            text,
+        user_id          text,
+        refreshed_at     timestamptz not null default now()
+      );
+    `,
+  },
 ];

@@ -1,0 +1,493 @@
+/**
+ * The MercadoLibre channel. Stock on MeLi is absolute (`PUT /items/{id}` or
+ * `PUT /items/{id}/variations/{vid}` with `available_quantity`), so:
+ *
+ * - mirror (default): the value sent is the backing store's stock read from the
+ *   POS at send time, clamped at 0. Latest wins, a re-send is harmless, and the
+ *   read and the write happen under a per-listing lock so two replicas cannot
+ *   land an older reading after a newer one.
+ * - delta: read the listing, subtract, write, under the per-listing lock. The
+ *   planned `from → to` is persisted before the PUT, so a re-send after a crash
+ *   can tell whether the first one landed (listing at `to`) or not (at `from`).
+ *
+ * The PUT's answer is read back: a 200 whose `available_quantity` is not what
+ * was sent is not `applied`.
+ */
+import type { CheckResult } from "../../http/app.ts";
+import {
+  type BatchOutcome,
+  type ChangeOutcome,
+  type ClaimedBatch,
+  type LogicalChange,
+  OUTCOME_UNKNOWN,
+} from "../../ledger/dispatch_store.ts";
+import { logger } from "../../log.ts";
+import { type PosStockReader, StockSourceUnavailableError } from "../../pos/stock.ts";
+import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
+import { type InDoubtMarks, type ListingLocks, LockUnavailableError } from "../../sync/listing_lock.ts";
+import { describeMeliError, type MeliClient, type MeliResult } from "./client.ts";
+import type { MeliItem, MeliListings } from "./listings.ts";
+import { type AccessTokens, AuthUnavailableError } from "./tokens.ts";
+
+const log = logger("mercadolibre");
+
+/** How MeLi quantities are computed. */
+export type MeliMode = "mirror" | "delta";
+
+/** Options of {@link MeliChannel}. */
+export interface MeliChannelOptions {
+  client: MeliClient;
+  listings: MeliListings;
+  tokens: AccessTokens;
+  stock: PosStockReader;
+  locks: ListingLocks;
+  mode: MeliMode;
+  /** The store whose stock MeLi mirrors (mirror mode). */
+  tiendaId: string | undefined;
+  /** Reactivate a listing MeLi paused at 0 once stock is back. */
+  reactivate: boolean;
+  /** Listings per batch in mirror mode (delta mode always takes one). */
+  batchSize: number;
+  /** Delta mode: listings whose last write is unanswered. */
+  doubts: InDoubtMarks;
+  /** Whether a batch is still being sent (a doubt mark of a finished batch is stale). */
+  batchOpen(batchId: string): Promise<boolean>;
+}
+
+/** One listing's write in a batch. */
+interface PlanEntry {
+  itemId: string;
+  variationId: number | null;
+  sku: string;
+  productoId: string | null;
+  /** Batch indexes of the logical changes this write carries. */
+  indexes: number[];
+  delta: number;
+  /** Delta mode: the listing's quantity read before the first PUT, and what was sent. */
+  from?: number;
+  to?: number;
+}
+
+/** What a batch sends, persisted before the first send. */
+interface MeliPlan {
+  mode: MeliMode;
+  entries: PlanEntry[];
+  /** Outcomes decided without writing (unresolvable SKUs, Full listings, multi-origin). */
+  decided: Record<number, ChangeOutcome>;
+}
+
+/** A write MeLi did not answer: it may or may not have landed. */
+function isUnanswered(outcome: ChangeOutcome): outcome is Extract<ChangeOutcome, { kind: "retry" }> {
+  return outcome.kind === "retry" && outcome.reason === "meli_unavailable";
+}
+
+type Transient = { transient: { reason: string; error: string; waitMs?: number } };
+
+function jitter(ms: number): number {
+  return Math.round(ms * (0.75 + Math.random() * 0.5));
+}
+
+function listingKey(e: { itemId: string; variationId: number | null }): string {
+  return e.variationId === null ? e.itemId : `${e.itemId}/${e.variationId}`;
+}
+
+/** A DLQ reason for a MeLi refusal of a stock write. */
+function refusalReason(status: number, text: string): string {
+  const t = text.toLowerCase();
+  if (t.includes("under_review") || t.includes("under review")) return "listing_under_review";
+  if (t.includes("closed")) return "listing_closed";
+  if (t.includes("fulfillment") || t.includes(" full")) return "fulfillment_listing";
+  return status === 400 ? "meli_validation" : `meli_http_${status}`;
+}
+
+/** The MercadoLibre adapter for the dispatcher. */
+export class MeliChannel implements ChannelAdapter {
+  readonly name = "mercadolibre" as const;
+  readonly maxListingsPerBatch: number;
+
+  constructor(private readonly options: MeliChannelOptions) {
+    // Delta mode persists each listing's from → to before its PUT: one listing per batch.
+    this.maxListingsPerBatch = options.mode === "delta" ? 1 : options.batchSize;
+  }
+
+  health(): CheckResult {
+    return this.options.tokens.health();
+  }
+
+  async process(batch: ClaimedBatch, context: BatchContext): Promise<BatchOutcome> {
+    const { signal } = context;
+    let plan = batch.request as MeliPlan | null;
+    if (!plan) {
+      // Without a token nothing can be sent: give the changes back untouched (they wait).
+      try {
+        await this.options.tokens.get(signal);
+      } catch (error) {
+        if (!(error instanceof AuthUnavailableError)) throw error;
+        return { kind: "release", reason: "unauthorized", error: error.message, waitMs: 10_000 };
+      }
+      const built = await this.#plan(batch, signal);
+      if ("transient" in built) {
+        const waitMs = built.transient.waitMs ?? (built.transient.reason === "unauthorized" ? 10_000 : 2_000);
+        return { kind: "release", reason: built.transient.reason, error: built.transient.error, waitMs };
+      }
+      plan = built;
+    }
+    const results: (ChangeOutcome | undefined)[] = batch.changes.map((_, i) => plan!.decided[i]);
+    if (plan.entries.length === 0) {
+      await context.persistRequest(plan);
+      return {
+        kind: "done",
+        results: results.map((r) => r ?? { kind: "retry", reason: "unsent", error: "not sent" }),
+      };
+    }
+    if (plan.mode === "mirror") {
+      plan = await context.persistRequest(plan) as MeliPlan;
+      for (const entry of plan.entries) {
+        const outcome = await this.#locked(entry, () => this.#mirror(entry, signal));
+        for (const i of entry.indexes) results[i] = outcome;
+      }
+    } else {
+      for (const entry of plan.entries) {
+        let blockedBy: string | undefined;
+        const outcome = await this.#locked(entry, async () => {
+          const key = listingKey(entry);
+          const holder = await this.options.doubts.holder(key);
+          if (holder && holder !== batch.id && await this.options.batchOpen(holder)) {
+            blockedBy = holder;
+            return {
+              kind: "retry",
+              reason: "listing_in_doubt",
+              error: `batch ${holder} must settle ${key} first`,
+            };
+          }
+          const decided = await this.#deltaPrepare(batch, entry, signal);
+          if (decided) {
+            await this.options.doubts.clear(key, batch.id);
+            return decided;
+          }
+          plan = await context.persistRequest(plan) as MeliPlan;
+          const stored = plan.entries.find((e) => listingKey(e) === key)!;
+          // Until MeLi answers, nobody else may re-plan this listing from a quantity we may have set.
+          await this.options.doubts.mark(key, batch.id);
+          let written = await this.#write(stored, stored.to!, signal);
+          // No answer: look again now, still holding the lock, while nothing else can move it.
+          for (let i = 0; isUnanswered(written) && i < 3 && !signal.aborted; i++) {
+            await new Promise((r) => setTimeout(r, 250 * 2 ** i));
+            const settled = await this.#deltaSettle(stored, signal);
+            if (settled === "resend") written = await this.#write(stored, stored.to!, signal);
+            else if (settled) written = settled;
+          }
+          if (!isUnanswered(written)) await this.options.doubts.clear(key, batch.id);
+          return written;
+        });
+        if (blockedBy && batch.sends === 0 && !batch.resend) {
+          return {
+            kind: "release",
+            reason: "listing_in_doubt",
+            error: (outcome as { error: string }).error,
+            waitMs: 2_000,
+          };
+        }
+        if (isUnanswered(outcome)) {
+          // The PUT may have landed: only this batch's from → to can tell, so the
+          // same batch is re-sent (never re-planned from a quantity it may have set).
+          return {
+            kind: "resend",
+            reason: outcome.reason,
+            error: outcome.error,
+            waitMs: jitter(Math.min(1_000 * 2 ** Math.max(0, batch.sends - 1), 30_000)),
+            countsAsAttempt: true,
+            decided: plan.decided,
+          };
+        }
+        for (const i of entry.indexes) results[i] = outcome;
+      }
+    }
+    return {
+      kind: "done",
+      results: results.map((r) => r ?? { kind: "retry", reason: "unsent", error: "not sent" }),
+      response: { entries: plan.entries.length },
+    };
+  }
+
+  async #locked(entry: PlanEntry, work: () => Promise<ChangeOutcome>): Promise<ChangeOutcome> {
+    try {
+      return await this.options.locks.with(listingKey(entry), work);
+    } catch (error) {
+      if (error instanceof LockUnavailableError) {
+        return { kind: "retry", reason: "listing_locked", error: error.message, waitMs: jitter(2_000) };
+      }
+      throw error;
+    }
+  }
+
+  /** Mirror: the backing store's POS stock now, clamped at 0. */
+  async #mirror(entry: PlanEntry, signal: AbortSignal): Promise<ChangeOutcome> {
+    const tiendaId = this.options.tiendaId;
+    if (!tiendaId) {
+      return { kind: "failed", reason: "store_unmapped", error: "MELI_TIENDA_ID is not set (mirror mode)" };
+    }
+    let reading;
+    try {
+      reading = await this.options.stock.read({ tiendaId, productoId: entry.productoId, sku: entry.sku });
+    } catch (error) {
+      if (!(error instanceof StockSourceUnavailableError)) throw error;
+      return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
+    }
+    if (!reading.found) return { kind: "failed", reason: "stock_unknown", error: reading.reason };
+    const outcome = await this.#write(entry, Math.max(0, reading.quantity), signal);
+    if (outcome.kind === "applied") {
+      outcome.detail = {
+        ...(outcome.detail as object),
+        source: reading.origin,
+        pos_quantity: reading.quantity,
+      };
+    }
+    return outcome;
+  }
+
+  /** After an unanswered PUT: applied (at `to`), "resend" (still at `from`), or undefined (cannot tell yet). */
+  async #deltaSettle(entry: PlanEntry, signal: AbortSignal): Promise<ChangeOutcome | "resend" | undefined> {
+    const read = await this.#readQuantity(entry, signal);
+    if ("kind" in read) return undefined;
+    if (read.quantity === entry.to) {
+      return {
+        kind: "applied",
+        quantityAfter: entry.to,
+        detail: { from: entry.from, confirmed_by_read: true },
+      };
+    }
+    if (read.quantity === entry.from) return "resend";
+    return {
+      kind: "failed",
+      reason: OUTCOME_UNKNOWN,
+      error:
+        `listing ${listingKey(entry)} holds ${read.quantity}, neither ${entry.from} nor the ${entry.to} ` +
+        "sent without an answer: it changed meanwhile; check it and resync",
+    };
+  }
+
+  /**
+   * Delta: decides from the listing's quantity. Returns an outcome when nothing
+   * should be written, or undefined after filling `from`/`to` for the PUT.
+   */
+  async #deltaPrepare(
+    batch: ClaimedBatch,
+    entry: PlanEntry,
+    signal: AbortSignal,
+  ): Promise<ChangeOutcome | undefined> {
+    const read = await this.#readQuantity(entry, signal);
+    if ("kind" in read) return read;
+    const stored = (batch.request as MeliPlan | null)?.entries.find((e) =>
+      listingKey(e) === listingKey(entry)
+    );
+    if (stored?.from !== undefined && stored.to !== undefined) {
+      // A re-send: did the first PUT land?
+      if (read.quantity === stored.to) {
+        return {
+          kind: "applied",
+          quantityAfter: stored.to,
+          detail: { from: stored.from, confirmed_by_read: true },
+        };
+      }
+      if (read.quantity === stored.from) return undefined; // not applied: send it again
+      return {
+        kind: "failed",
+        reason: OUTCOME_UNKNOWN,
+        error:
+          `listing ${listingKey(entry)} holds ${read.quantity}, neither the ${stored.from} read before ` +
+          `the first send nor the ${stored.to} sent: it changed meanwhile; check it and resync`,
+      };
+    }
+    entry.from = read.quantity;
+    entry.to = Math.max(0, read.quantity + entry.delta);
+    return undefined;
+  }
+
+  async #readQuantity(entry: PlanEntry, signal: AbortSignal): Promise<{ quantity: number } | ChangeOutcome> {
+    const got = await this.options.client.request<MeliItem>(
+      "GET",
+      `/items/${encodeURIComponent(entry.itemId)}`,
+      {
+        operation: "get_item",
+        signal,
+      },
+    );
+    if (got.kind !== "ok") return this.#problem(got, entry);
+    if (entry.variationId === null) return { quantity: got.data.available_quantity };
+    const variation = got.data.variations?.find((v) => v.id === entry.variationId);
+    if (!variation) {
+      await this.options.listings.forget(entry.sku);
+      return {
+        kind: "retry",
+        reason: "listing_gone",
+        error: `variation ${listingKey(entry)} no longer exists`,
+      };
+    }
+    return { quantity: variation.available_quantity };
+  }
+
+  /** PUTs the quantity and checks MeLi's answer. */
+  async #write(entry: PlanEntry, quantity: number, signal: AbortSignal): Promise<ChangeOutcome> {
+    const path = entry.variationId === null
+      ? `/items/${encodeURIComponent(entry.itemId)}`
+      : `/items/${encodeURIComponent(entry.itemId)}/variations/${entry.variationId}`;
+    const put = await this.options.client.request<MeliItem>("PUT", path, {
+      operation: entry.variationId === null ? "put_item" : "put_variation",
+      body: { available_quantity: quantity },
+      signal,
+    });
+    if (put.kind !== "ok") return this.#problem(put, entry);
+    const after = entry.variationId !== null && put.data.variations
+      ? put.data.variations.find((v) => v.id === entry.variationId)?.available_quantity
+      : put.data.available_quantity;
+    if (after !== quantity) {
+      return {
+        kind: "retry",
+        reason: "not_applied",
+        error: `MercadoLibre answered ${put.status} but ${listingKey(entry)} shows available_quantity ` +
+          `${after ?? "(missing)"}, not the ${quantity} sent`,
+        waitMs: jitter(2_000),
+      };
+    }
+    const detail: Record<string, unknown> = { sent: quantity };
+    if (entry.from !== undefined) detail.from = entry.from;
+    if (this.options.reactivate && quantity > 0) {
+      const reactivated = await this.#reactivate(
+        entry,
+        entry.variationId === null ? put.data : undefined,
+        signal,
+      );
+      if (reactivated) detail.reactivation = reactivated;
+    }
+    return { kind: "applied", quantityAfter: quantity, detail };
+  }
+
+  /** Reactivates a listing MeLi paused because it ran out of stock. */
+  async #reactivate(
+    entry: PlanEntry,
+    item: MeliItem | undefined,
+    signal: AbortSignal,
+  ): Promise<string | undefined> {
+    let state = item;
+    if (!state) {
+      const got = await this.options.client.request<MeliItem>(
+        "GET",
+        `/items/${encodeURIComponent(entry.itemId)}`,
+        {
+          operation: "get_item",
+          signal,
+        },
+      );
+      if (got.kind !== "ok") return `could not read the status: ${got.error}`;
+      state = got.data;
+    }
+    if (state.status !== "paused" || !(state.sub_status ?? []).includes("out_of_stock")) return undefined;
+    const put = await this.options.client.request<MeliItem>(
+      "PUT",
+      `/items/${encodeURIComponent(entry.itemId)}`,
+      {
+        operation: "put_item_status",
+        body: { status: "active" },
+        signal,
+      },
+    );
+    if (put.kind !== "ok") {
+      log.warning("could not reactivate {item_id} ({sku}): {error}", {
+        item_id: entry.itemId,
+        sku: entry.sku,
+        error: put.error,
+      });
+      return `failed: ${put.error}`;
+    }
+    log.info("reactivated {item_id} ({sku}): stock is back", {
+      mark: "done",
+      item_id: entry.itemId,
+      sku: entry.sku,
+    });
+    return "reactivated";
+  }
+
+  async #problem(
+    result: Exclude<MeliResult<unknown>, { kind: "ok" }>,
+    entry: PlanEntry,
+  ): Promise<ChangeOutcome> {
+    switch (result.kind) {
+      case "conflict":
+        return { kind: "retry", reason: "meli_conflict", error: result.error, waitMs: jitter(1_000) };
+      case "rate_limited":
+        return { kind: "retry", reason: "rate_limited", error: result.error, waitMs: result.waitMs };
+      case "unavailable":
+        return { kind: "retry", reason: "meli_unavailable", error: result.error };
+      case "auth":
+        return { kind: "retry", reason: "unauthorized", error: result.error, waitMs: 10_000 };
+      case "rejected":
+        if (result.status === 404) {
+          await this.options.listings.forget(entry.sku);
+          return { kind: "retry", reason: "listing_gone", error: result.error };
+        }
+        return {
+          kind: "failed",
+          reason: refusalReason(result.status, `${result.meli.error} ${result.meli.message}`),
+          error: `MercadoLibre refused the stock update of ${listingKey(entry)}: ${
+            describeMeliError(result.meli)
+          }`,
+        };
+    }
+  }
+
+  /** Resolves the batch's SKUs and groups its changes per listing. */
+  async #plan(batch: ClaimedBatch, signal: AbortSignal): Promise<MeliPlan | Transient> {
+    const decided: Record<number, ChangeOutcome> = {};
+    const seller = await this.options.listings.seller(signal);
+    if ("ok" in seller) {
+      if ("transient" in seller) return { transient: seller.transient };
+      batch.changes.forEach((_, i) => decided[i] = seller.outcome);
+      return { mode: this.options.mode, entries: [], decided };
+    }
+    if (seller.tags.includes("warehouse_management")) {
+      // MeLi ignores /items stock writes for multi-origin sellers: never report a silent success.
+      const outcome: ChangeOutcome = {
+        kind: "failed",
+        reason: "multi_origin_unsupported",
+        error: "this seller uses multi-origin stock (warehouse_management): MercadoLibre ignores " +
+          "available_quantity writes on /items for it; multi-origin stock is not supported yet",
+      };
+      batch.changes.forEach((_, i) => decided[i] = outcome);
+      return { mode: this.options.mode, entries: [], decided };
+    }
+    const entries = new Map<string, PlanEntry>();
+    for (const [i, change] of batch.changes.entries()) {
+      const resolution = await this.options.listings.resolve(change.sku, signal);
+      if (!resolution.ok && "transient" in resolution) return { transient: resolution.transient };
+      if (!resolution.ok) {
+        decided[i] = resolution.outcome;
+        continue;
+      }
+      const { listing } = resolution;
+      if (listing.logisticType === "fulfillment") {
+        decided[i] = {
+          kind: "failed",
+          reason: "fulfillment_listing",
+          error: `${listingKey(listing)} is a MercadoLibre Full (fulfillment) listing: ` +
+            "MeLi's warehouse manages its stock, so the POS cannot set it",
+        };
+        continue;
+      }
+      const key = listingKey(listing);
+      const entry: PlanEntry = entries.get(key) ?? {
+        itemId: listing.itemId,
+        variationId: listing.variationId,
+        sku: change.sku,
+        productoId: change.productoId,
+        indexes: [],
+        delta: 0,
+      };
+      entry.delta += change.delta;
+      entry.indexes.push(i);
+      entry.productoId ??= (change as LogicalChange).productoId;
+      entries.set(key, entry);
+    }
+    return { mode: this.options.mode, entries: [...entries.values()], decided };
+  }
+}

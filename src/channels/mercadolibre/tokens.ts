@@ -1,0 +1,320 @@
+/**
+ * MercadoLibre access tokens: a static `MELI_TOKEN`, or the OAuth refresh chain.
+ *
+ * Refresh tokens are single-use and rotate. Each refresh runs under a Postgres
+ * advisory lock (one replica at a time; the others wait, then read the new
+ * pair) and writes the new pair, encrypted, in the same transaction, before
+ * anyone uses it. A restart continues the stored chain; a different
+ * MELI_REFRESH_TOKEN in the environment (the seller authorized again) starts a
+ * new one. `invalid_grant` makes the channel unhealthy; changes wait.
+ */
+import type { Sql } from "postgres";
+import type { CheckResult } from "../../http/app.ts";
+import { logger } from "../../log.ts";
+import { fingerprint, TokenCipher } from "./token_crypto.ts";
+
+const log = logger("mercadolibre");
+
+/** No token can be had now. `permanent` means an operator must act (re-authorize). */
+export class AuthUnavailableError extends Error {
+  override name = "AuthUnavailableError";
+  constructor(message: string, readonly permanent: boolean) {
+    super(message);
+  }
+}
+
+/** Hands out the Bearer token for MeLi requests. */
+export interface AccessTokens {
+  /** A token valid now. @throws AuthUnavailableError */
+  get(signal?: AbortSignal): Promise<string>;
+  /** `token` got a 401: a fresh one (refreshing at most once), or undefined when none can be had. */
+  rejected(token: string, signal?: AbortSignal): Promise<string | undefined>;
+  health(): CheckResult;
+  /** When the current token expires (undefined for a static token). */
+  expiresAt(): Date | undefined;
+  /** A request with the current token succeeded. */
+  accepted?(): void;
+}
+
+/** A fixed token (`MELI_TOKEN`): simple setups; nothing to refresh. */
+export class StaticToken implements AccessTokens {
+  #refused: string | undefined;
+  constructor(private readonly token: string) {}
+  get(): Promise<string> {
+    return Promise.resolve(this.token);
+  }
+  rejected(): Promise<string | undefined> {
+    this.#refused = "MercadoLibre refused MELI_TOKEN (HTTP 401): it expired or was revoked; " +
+      "set a new MELI_TOKEN, or configure MELI_CLIENT_ID/MELI_CLIENT_SECRET/MELI_REFRESH_TOKEN so it is refreshed";
+    return Promise.resolve(undefined);
+  }
+  /** A request with the token succeeded again. */
+  accepted(): void {
+    this.#refused = undefined;
+  }
+  health(): CheckResult {
+    return this.#refused ? { ok: false, detail: this.#refused } : { ok: true };
+  }
+  expiresAt(): Date | undefined {
+    return undefined;
+  }
+}
+
+/** Options of {@link OAuthTokens}. */
+export interface OAuthTokensOptions {
+  sql: Sql;
+  /** MeLi API base URL (`POST {baseUrl}/oauth/token`). */
+  baseUrl: string;
+  clientId: string;
+  clientSecret: string;
+  /** MELI_REFRESH_TOKEN: the seed of the chain. */
+  refreshToken: string;
+  timeoutMs: number;
+  /** Counts refresh calls by outcome. */
+  onRefresh?: (outcome: string) => void;
+}
+
+interface TokenRow {
+  access_token: string;
+  refresh_token: string;
+  expires_at: Date;
+  refreshed_at: Date;
+  seed_fingerprint: string;
+  retired_seeds: string[];
+  status: "ok" | "invalid_grant";
+  error: string | null;
+}
+
+interface Current {
+  access: string;
+  expiresAt: number;
+  /** Refresh this long before expiry. */
+  marginMs: number;
+}
+
+const CHANNEL = "mercadolibre";
+// pg_advisory_xact_lock key: one lock for the MeLi token chain across replicas.
+const LOCK_KEY = 0x4d454c49; // "MELI"
+const RECHECK_BROKEN_MS = 5_000;
+
+/** Refresh margin from the token's own lifetime: 10 %, at most 10 minutes. */
+export function refreshMarginMs(lifetimeMs: number): number {
+  return Math.min(Math.max(lifetimeMs * 0.1, 0), 600_000);
+}
+
+/** The OAuth refresh chain, shared by replicas through the ledger. */
+export class OAuthTokens implements AccessTokens {
+  #current: Current | undefined;
+  #inflight: Promise<Current> | undefined;
+  #broken: string | undefined;
+  #brokenCheckedAt = 0;
+  #lastError: string | undefined;
+  #cipher: Promise<TokenCipher>;
+
+  constructor(private readonly options: OAuthTokensOptions) {
+    this.#cipher = TokenCipher.fromSecret(options.clientSecret);
+  }
+
+  health(): CheckResult {
+    if (this.#broken) return { ok: false, detail: this.#broken };
+    if (this.#lastError && (!this.#current || this.#current.expiresAt <= Date.now())) {
+      return { ok: false, detail: `cannot refresh the MercadoLibre token: ${this.#lastError}` };
+    }
+    return { ok: true };
+  }
+
+  expiresAt(): Date | undefined {
+    return this.#current ? new Date(this.#current.expiresAt) : undefined;
+  }
+
+  async get(signal?: AbortSignal): Promise<string> {
+    const current = this.#current;
+    if (current && Date.now() < current.expiresAt - current.marginMs) return current.access;
+    if (this.#broken && Date.now() - this.#brokenCheckedAt < RECHECK_BROKEN_MS) {
+      throw new AuthUnavailableError(this.#broken, true);
+    }
+    return (await this.#refreshOnce(current?.access, signal)).access;
+  }
+
+  async rejected(token: string, signal?: AbortSignal): Promise<string | undefined> {
+    // Someone (this process or another replica) may have refreshed meanwhile.
+    if (this.#current && this.#current.access !== token && Date.now() < this.#current.expiresAt) {
+      return this.#current.access;
+    }
+    try {
+      return (await this.#refreshOnce(token, signal)).access;
+    } catch (error) {
+      if (error instanceof AuthUnavailableError) return undefined;
+      throw error;
+    }
+  }
+
+  /** One refresh per process at a time; concurrent callers share it. */
+  #refreshOnce(stale: string | undefined, signal?: AbortSignal): Promise<Current> {
+    this.#inflight ??= this.#refresh(stale, signal).then(
+      (current) => {
+        this.#current = current;
+        this.#broken = undefined;
+        this.#lastError = undefined;
+        return current;
+      },
+      (error) => {
+        if (error instanceof AuthUnavailableError && error.permanent) {
+          this.#broken = error.message;
+          this.#brokenCheckedAt = Date.now();
+        } else this.#lastError = (error as Error).message;
+        throw error;
+      },
+    ).finally(() => this.#inflight = undefined);
+    return this.#inflight;
+  }
+
+  async #refresh(stale: string | undefined, signal?: AbortSignal): Promise<Current> {
+    const cipher = await this.#cipher;
+    const seed = await fingerprint(this.options.refreshToken);
+    type Step = { ok: Current } | { fail: AuthUnavailableError };
+    const step: Step = await this.options.sql.begin(async (tx): Promise<Step> => {
+      await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
+      const [row] = await tx<TokenRow[]>`
+        select access_token, refresh_token, expires_at, refreshed_at, seed_fingerprint, retired_seeds,
+               status, error
+          from oauth_token where channel = ${CHANNEL} for update`;
+      let refreshFrom = this.options.refreshToken;
+      let chainSeed = seed;
+      let retired = row?.retired_seeds ?? [];
+      const rowIsOurs = row && (row.seed_fingerprint === seed || row.retired_seeds.includes(seed));
+      if (row && rowIsOurs) {
+        if (row.status === "invalid_grant") {
+          return { fail: new AuthUnavailableError(row.error ?? "invalid_grant", true) };
+        }
+        const access = await cipher.decrypt(row.access_token);
+        const refresh = await cipher.decrypt(row.refresh_token);
+        if (access === undefined || refresh === undefined) {
+          log.warning(
+            "the stored MercadoLibre token cannot be decrypted (MELI_CLIENT_SECRET changed?); refreshing from MELI_REFRESH_TOKEN",
+          );
+        } else {
+          const lifetime = row.expires_at.getTime() - row.refreshed_at.getTime();
+          const current = {
+            access,
+            expiresAt: row.expires_at.getTime(),
+            marginMs: refreshMarginMs(lifetime),
+          };
+          // Another replica (or an earlier run) refreshed already: use its token.
+          if (access !== stale && Date.now() < current.expiresAt - current.marginMs) return { ok: current };
+          refreshFrom = refresh;
+          chainSeed = row.seed_fingerprint;
+        }
+      } else if (row) {
+        // A refresh token we have not seen: the seller authorized again. Start a new chain.
+        retired = [...new Set([...row.retired_seeds, row.seed_fingerprint])].slice(-20);
+        log.info("MELI_REFRESH_TOKEN differs from the stored chain's seed: starting a new token chain");
+      }
+
+      const answer = await this.#post(refreshFrom, signal);
+      if ("transient" in answer) return { fail: new AuthUnavailableError(answer.transient, false) };
+      if ("rejected" in answer) {
+        const message = answer.rejected;
+        if (row && !rowIsOurs && row.status === "ok") {
+          // A bad new seed must not clobber a working chain: keep the chain, retire the seed.
+          await tx`update oauth_token set retired_seeds = array_append(retired_seeds, ${seed})
+                    where channel = ${CHANNEL}`;
+          log.error("MELI_REFRESH_TOKEN was refused ({error}); keeping the stored token chain", {
+            mark: "error",
+            error: message,
+          });
+          return { fail: new AuthUnavailableError(message, false) };
+        }
+        const keep = row ?? { access_token: "", refresh_token: "" };
+        await tx`
+          insert into oauth_token (channel, access_token, refresh_token, expires_at, seed_fingerprint,
+                                   retired_seeds, status, error)
+          values (${CHANNEL}, ${keep.access_token}, ${keep.refresh_token}, now(), ${chainSeed}, ${retired},
+                  'invalid_grant', ${message})
+          on conflict (channel) do update set status = 'invalid_grant', error = excluded.error,
+                 seed_fingerprint = excluded.seed_fingerprint, retired_seeds = excluded.retired_seeds`;
+        return { fail: new AuthUnavailableError(message, true) };
+      }
+      const lifetimeMs = answer.expiresIn * 1000;
+      const expiresAt = Date.now() + lifetimeMs;
+      // Persisted before anyone uses it: the old refresh token is already spent.
+      await tx`
+        insert into oauth_token (channel, access_token, refresh_token, expires_at, refreshed_at,
+                                 seed_fingerprint, retired_seeds, status, error, user_id)
+        values (${CHANNEL}, ${await cipher.encrypt(answer.access)}, ${await cipher.encrypt(answer.refresh)},
+                ${new Date(expiresAt)}, now(), ${chainSeed}, ${retired}, 'ok', null, ${answer.userId})
+        on conflict (channel) do update set access_token = excluded.access_token,
+               refresh_token = excluded.refresh_token, expires_at = excluded.expires_at,
+               refreshed_at = excluded.refreshed_at, seed_fingerprint = excluded.seed_fingerprint,
+               retired_seeds = excluded.retired_seeds, status = 'ok', error = null, user_id = excluded.user_id`;
+      log.info("MercadoLibre access token refreshed; valid for {expires_in} s", {
+        expires_in: answer.expiresIn,
+      });
+      return { ok: { access: answer.access, expiresAt, marginMs: refreshMarginMs(lifetimeMs) } };
+    });
+    if ("fail" in step) throw step.fail;
+    return step.ok;
+  }
+
+  async #post(
+    refreshToken: string,
+    signal?: AbortSignal,
+  ): Promise<
+    | { access: string; refresh: string; expiresIn: number; userId: string | null }
+    | { rejected: string }
+    | { transient: string }
+  > {
+    const count = this.options.onRefresh ?? (() => {});
+    const timeout = AbortSignal.timeout(this.options.timeoutMs);
+    let response: Response;
+    try {
+      response = await fetch(`${this.options.baseUrl.replace(/\/+$/, "")}/oauth/token`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded", accept: "application/json" },
+        body: new URLSearchParams({
+          grant_type: "refresh_token",
+          client_id: this.options.clientId,
+          client_secret: this.options.clientSecret,
+          refresh_token: refreshToken,
+        }),
+        signal: signal ? AbortSignal.any([timeout, signal]) : timeout,
+      });
+    } catch (error) {
+      count("network");
+      return { transient: `POST /oauth/token: ${(error as Error).message}` };
+    }
+    const body = await response.json().catch(() => ({})) as Record<string, unknown>;
+    if (response.ok && typeof body.access_token === "string" && typeof body.refresh_token === "string") {
+      count("ok");
+      const expiresIn = Number(body.expires_in);
+      return {
+        access: body.access_token,
+        refresh: body.refresh_token,
+        expiresIn: Number.isFinite(expiresIn) && expiresIn > 0 ? expiresIn : 21_600,
+        userId: body.user_id == null ? null : String(body.user_id),
+      };
+    }
+    const code = String(body.error ?? `http_${response.status}`);
+    const said = String(body.error_description ?? body.message ?? "").slice(0, 300);
+    if (code === "invalid_grant") {
+      count("invalid_grant");
+      return {
+        rejected: `MercadoLibre refused the refresh token (invalid_grant: ${said}). ` +
+          "The seller must authorize the app again; then set MELI_REFRESH_TOKEN to the new refresh token " +
+          "and restart. Changes wait meanwhile.",
+      };
+    }
+    if (code === "invalid_client" || code === "unauthorized_client") {
+      count(code);
+      return {
+        rejected:
+          `MercadoLibre refused the app credentials (${code}: ${said}); check MELI_CLIENT_ID and MELI_CLIENT_SECRET`,
+      };
+    }
+    count(response.status >= 500 || response.status === 429 ? `http_${response.status}` : code);
+    if (response.status >= 500 || response.status === 429) {
+      return { transient: `POST /oauth/token answered HTTP ${response.status}` };
+    }
+    return { rejected: `POST /oauth/token answered HTTP ${response.status} ${code}: ${said}` };
+  }
+}

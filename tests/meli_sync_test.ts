@@ -1,0 +1,545 @@
+/**
+ * The MercadoLibre channel end to end: real RabbitMQ, Postgres and Redis, the
+ * MeLi sandbox started here and configured as if it were the real API, and the
+ * POS's stock keys in Redis as the source of truth (mirror mode).
+ */
+import assert from "node:assert/strict";
+import { createClient } from "redis";
+import postgres from "postgres";
+import { startService } from "../src/main.ts";
+import { OAuthTokens } from "../src/channels/mercadolibre/tokens.ts";
+import { defaultCatalog } from "../src/sandbox/catalog.ts";
+import { type MeliSandbox, type MeliSandboxOptions, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import {
+  DATABASE_URL,
+  type Harness,
+  harnessFor,
+  header,
+  integration,
+  REDIS_URL,
+  testConfig,
+  uniqueName,
+  waitFor,
+} from "./helpers.ts";
+
+const catalog = defaultCatalog();
+const MELI_STORE = catalog.stores[0].tienda_id;
+const OTHER_STORE = catalog.stores[1].tienda_id;
+
+function productOf(sku: string) {
+  const p = catalog.products.find((p) => p.sku === sku);
+  if (!p) throw new Error(`no catalog product ${sku}`);
+  return p;
+}
+
+/** A sale event at a store. */
+function saleOf(tiendaId: string, lines: { sku: string; qty: number }[]): Record<string, unknown> {
+  return {
+    event_id: crypto.randomUUID(),
+    tienda_id: tiendaId,
+    total: 100,
+    metodo_pago: "EFECTIVO",
+    items: lines.map((l) => ({
+      producto_id: catalog.products.find((p) => p.sku === l.sku)?.producto_id ?? crypto.randomUUID(),
+      producto_nombre: l.sku,
+      producto_sku: l.sku,
+      cantidad: l.qty,
+      precio_unitario: 10,
+      subtotal: 10 * l.qty,
+    })),
+    timestamp: new Date().toISOString(),
+  };
+}
+
+/** The POS: stock keys in Redis under a per-test prefix, lowered before a sale is published. */
+class Pos {
+  readonly keyTemplate: string;
+  // deno-lint-ignore no-explicit-any
+  constructor(private readonly redis: any, readonly prefix: string) {
+    this.keyTemplate = `${prefix}:stock:{tienda_id}:{producto_id}`;
+  }
+  static async open(): Promise<Pos> {
+    const redis = createClient({ url: REDIS_URL });
+    await redis.connect();
+    const pos = new Pos(redis, uniqueName("pos"));
+    for (const p of catalog.products) {
+      for (const s of catalog.stores) await pos.set(s.tienda_id, p.sku, p.stock[s.tienda_id] ?? 0);
+    }
+    return pos;
+  }
+  key(tiendaId: string, sku: string): string {
+    return `${this.prefix}:stock:${tiendaId}:${productOf(sku).producto_id}`;
+  }
+  async set(tiendaId: string, sku: string, quantity: number): Promise<void> {
+    await this.redis.set(this.key(tiendaId, sku), String(quantity));
+  }
+  async get(tiendaId: string, sku: string): Promise<number> {
+    return Number(await this.redis.get(this.key(tiendaId, sku)));
+  }
+  /** What the POS does on a sale: reserve the stock, then publish the event. */
+  async sell(h: Harness, tiendaId: string, lines: { sku: string; qty: number }[]): Promise<void> {
+    for (const l of lines) {
+      if (catalog.products.some((p) => p.sku === l.sku)) {
+        await this.redis.decrBy(this.key(tiendaId, l.sku), l.qty);
+      }
+    }
+    const event = saleOf(tiendaId, lines);
+    await h.publish(event, { messageId: event.event_id as string });
+  }
+  async close(): Promise<void> {
+    const keys = await this.redis.keys(`${this.prefix}:*`);
+    if (keys.length) await this.redis.del(keys);
+    await this.redis.close();
+  }
+}
+
+/** Service variables that point the MeLi channel at a sandbox as if it were the real API. */
+function meliEnv(sandbox: MeliSandbox, pos: Pos, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    CHANNELS: "mercadolibre",
+    DISPATCH_ENABLED: "true",
+    MELI_URL: sandbox.url,
+    MELI_CLIENT_ID: sandbox.clientId,
+    MELI_CLIENT_SECRET: sandbox.clientSecret,
+    MELI_REFRESH_TOKEN: sandbox.currentRefreshToken(),
+    MELI_TIENDA_ID: MELI_STORE,
+    MELI_RATE_PER_SEC: "200",
+    POS_STOCK_KEY: pos.keyTemplate,
+    DISPATCH_POLL_INTERVAL: "50ms",
+    DISPATCH_BACKOFF_BASE: "50ms",
+    DISPATCH_BACKOFF_MAX: "500ms",
+    ...extra,
+  };
+}
+
+interface MeliHarness {
+  h: Harness;
+  sandbox: MeliSandbox;
+  pos: Pos;
+  /** Env of the first instance, with its names, to start more instances on the same ledger. */
+  env: Record<string, string>;
+  close(): Promise<void>;
+}
+
+async function startMeliHarness(
+  sandboxOptions: MeliSandboxOptions = {},
+  extra: Record<string, string> = {},
+): Promise<MeliHarness> {
+  const sandbox = await startMeliSandbox({ catalog, tiendaId: MELI_STORE, ...sandboxOptions });
+  const pos = await Pos.open();
+  const config = testConfig(meliEnv(sandbox, pos, extra));
+  const service = startService(config);
+  await service.started;
+  const h = await harnessFor(service, config);
+  const env = {
+    ...meliEnv(sandbox, pos, extra),
+    MELI_REFRESH_TOKEN: config.MELI_REFRESH_TOKEN ?? "",
+    EXCHANGE: config.EXCHANGE,
+    QUEUE: config.QUEUE,
+    LEDGER_SCHEMA: config.LEDGER_SCHEMA,
+  };
+  if (extra.MELI_TOKEN) delete (env as Record<string, string | undefined>).MELI_CLIENT_ID;
+  return {
+    h,
+    sandbox,
+    pos,
+    env,
+    async close() {
+      await h.close();
+      await sandbox.close();
+      await pos.close();
+    },
+  };
+}
+
+async function statusCounts(h: Harness): Promise<Record<string, number>> {
+  const rows = await h.sql<{ status: string; n: number }[]>`
+    select status, count(*)::int as n from stock_change group by status`;
+  return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+}
+
+async function settled(h: Harness, total: number, timeoutMs = 20_000): Promise<void> {
+  await waitFor(
+    async () => {
+      const c = await statusCounts(h);
+      return (c.applied ?? 0) + (c.failed ?? 0) === total;
+    },
+    `${total} MeLi changes settled`,
+    timeoutMs,
+  );
+}
+
+function assertNoInvalidRequests(sandbox: MeliSandbox): void {
+  assert.deepEqual(
+    sandbox.invalidRequests().map((r) => `${r.method} ${r.path} → ${r.status} ${r.error ?? ""}`),
+    [],
+    "every request the service sends is one MeLi accepts",
+  );
+}
+
+integration(
+  "sales at the MeLi store mirror its POS stock onto items and single variations; other stores do not touch MeLi",
+  async () => {
+    const m = await startMeliHarness({ ratePerSecond: 100 });
+    try {
+      const jean38Before = m.sandbox.quantityOf(productOf("JEAN-RECTO-38").producto_id);
+      const lines = [
+        { sku: "REMERA-001", qty: 1 },
+        { sku: "JEAN-RECTO-40", qty: 2 },
+        { sku: "BUZO-GRIS-L", qty: 1 },
+      ];
+      for (let burst = 1; burst <= 2; burst++) {
+        for (let i = 0; i < 3; i++) await m.pos.sell(m.h, MELI_STORE, lines);
+        // Sales elsewhere: the POS lowers that store's stock; MeLi shows only MELI_STORE's.
+        await m.pos.sell(m.h, OTHER_STORE, [{ sku: "REMERA-001", qty: 1 }]);
+        await settled(m.h, burst * 9);
+        for (const l of lines) {
+          const expected = Math.max(0, await m.pos.get(MELI_STORE, l.sku));
+          assert.equal(
+            m.sandbox.quantityOf(productOf(l.sku).producto_id),
+            expected,
+            `${l.sku} after burst ${burst}`,
+          );
+        }
+      }
+      const rows = await m.h.sql<{ tienda_id: string }[]>`select distinct tienda_id from stock_change`;
+      assert.deepEqual(rows.map((r) => r.tienda_id), [MELI_STORE], "no MeLi change for another store's sale");
+      // A variation is written on its own: its siblings keep their quantity.
+      assert.equal(m.sandbox.quantityOf(productOf("JEAN-RECTO-38").producto_id), jean38Before);
+      const jean40 = m.sandbox.listingFor(productOf("JEAN-RECTO-40").producto_id)!;
+      assert.ok(jean40.variationId !== null, "JEAN-RECTO-40 is a variation in the sandbox catalog");
+      assert.ok(
+        m.sandbox.requestLog().some((r) =>
+          r.method === "PUT" && r.path === `/items/${jean40.itemId}/variations/${jean40.variationId}`
+        ),
+        "the variation was updated through PUT /items/{id}/variations/{vid}",
+      );
+      // Coalescing: far fewer PUTs than changes (latest wins per listing).
+      assert.ok(m.sandbox.stats().puts <= 18, `PUTs: ${m.sandbox.stats().puts}`);
+      assertNoInvalidRequests(m.sandbox);
+      assert.equal((await m.h.takeDeadLetters()).length, 0);
+    } finally {
+      await m.close();
+    }
+  },
+);
+
+integration("an access token expiring mid-burst is refreshed and nothing fails", async () => {
+  const m = await startMeliHarness({ accessTokenTtlSeconds: 1, ratePerSecond: 100 });
+  try {
+    for (let i = 0; i < 12; i++) {
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: i % 2 ? "REMERA-002" : "REMERA-003", qty: 1 }]);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    await settled(m.h, 12);
+    assert.deepEqual(await statusCounts(m.h), { applied: 12 });
+    assert.ok(m.sandbox.stats().refreshes >= 2, `refreshes: ${m.sandbox.stats().refreshes}`);
+    assert.equal(m.sandbox.stats().refreshFailures, 0);
+    for (const sku of ["REMERA-002", "REMERA-003"]) {
+      assert.equal(
+        m.sandbox.quantityOf(productOf(sku).producto_id),
+        Math.max(0, await m.pos.get(MELI_STORE, sku)),
+      );
+    }
+    // The stored pair is encrypted at rest.
+    const [row] = await m.h.sql<{ access_token: string; refresh_token: string }[]>`
+      select access_token, refresh_token from oauth_token`;
+    assert.match(row.access_token, /^v1:/);
+    assert.ok(!row.refresh_token.includes(m.sandbox.currentRefreshToken()));
+    assertNoInvalidRequests(m.sandbox);
+  } finally {
+    await m.close();
+  }
+});
+
+integration(
+  "two token holders refreshing at once make exactly one refresh call and share the token",
+  async () => {
+    const sandbox = await startMeliSandbox({ catalog });
+    const schema = uniqueName("msync_tok");
+    const sql = postgres(DATABASE_URL, { max: 4, onnotice: () => {}, connection: { search_path: schema } });
+    try {
+      await sql.unsafe(`create schema ${schema}`);
+      const { migrate } = await import("../src/ledger/migrate.ts");
+      await migrate(sql, schema);
+      const make = () =>
+        new OAuthTokens({
+          sql,
+          baseUrl: sandbox.url,
+          clientId: sandbox.clientId,
+          clientSecret: sandbox.clientSecret,
+          refreshToken: sandbox.currentRefreshToken(),
+          timeoutMs: 5_000,
+        });
+      const [a, b] = [make(), make()];
+      const [ta, tb] = await Promise.all([a.get(), b.get()]);
+      assert.equal(sandbox.stats().refreshes, 1, "one refresh for both replicas");
+      assert.equal(ta, tb);
+      for (const token of [ta, tb]) {
+        const me = await fetch(`${sandbox.url}/users/me`, { headers: { authorization: `Bearer ${token}` } });
+        assert.equal(me.status, 200);
+        await me.body?.cancel();
+      }
+      // A restart with the same (now spent) MELI_REFRESH_TOKEN continues the stored chain.
+      sandbox.expireAccessTokens();
+      const c = make();
+      const tc = await c.get();
+      assert.notEqual(tc, ta);
+      assert.equal(sandbox.stats().refreshes, 2);
+      assert.equal(sandbox.stats().refreshFailures, 0, "the spent env token was never replayed");
+    } finally {
+      await sql.unsafe(`drop schema if exists ${schema} cascade`);
+      await sql.end();
+      await sandbox.close();
+    }
+  },
+);
+
+integration("two service instances on one ledger: one refresh, both sync, quantities exact", async () => {
+  const m = await startMeliHarness({ ratePerSecond: 100 });
+  const second = startService(testConfig(m.env));
+  try {
+    await second.started;
+    for (let i = 0; i < 20; i++) {
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: ["REMERA-001", "REMERA-002", "GORRO-LANA"][i % 3], qty: 1 }]);
+    }
+    await settled(m.h, 20);
+    assert.deepEqual(await statusCounts(m.h), { applied: 20 });
+    assert.equal(m.sandbox.stats().refreshes, 1);
+    for (const sku of ["REMERA-001", "REMERA-002", "GORRO-LANA"]) {
+      assert.equal(
+        m.sandbox.quantityOf(productOf(sku).producto_id),
+        Math.max(0, await m.pos.get(MELI_STORE, sku)),
+      );
+    }
+  } finally {
+    await second.close();
+    await m.close();
+  }
+});
+
+integration(
+  "invalid_grant: readyz 503 with the fix, changes wait, a new refresh token recovers them",
+  async () => {
+    const m = await startMeliHarness({ ratePerSecond: 100 });
+    let restarted: Awaited<ReturnType<typeof harnessFor>> | undefined;
+    try {
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: "REMERA-001", qty: 1 }]);
+      await settled(m.h, 1);
+      m.sandbox.revokeTokens();
+      m.sandbox.expireAccessTokens();
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: "REMERA-002", qty: 1 }]);
+      const body = await waitFor(async () => {
+        const res = await fetch(`${m.h.service.url}/readyz`);
+        const json = await res.json();
+        return res.status === 503 && json.checks?.mercadolibre?.ok === false ? json : undefined;
+      }, "readyz 503 naming mercadolibre");
+      assert.match(body.checks.mercadolibre.detail, /invalid_grant/);
+      assert.match(body.checks.mercadolibre.detail, /authorize the app again/);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.deepEqual(
+        await statusCounts(m.h),
+        { applied: 1, pending: 1 },
+        "the change waits, it does not fail",
+      );
+
+      // The seller authorizes again; the operator sets the new token and restarts.
+      await m.h.service.close();
+      const fresh = m.sandbox.authorize();
+      const config = testConfig({ ...m.env, MELI_REFRESH_TOKEN: fresh });
+      const service = startService(config);
+      await service.started;
+      restarted = await harnessFor(service, config);
+      await settled(restarted, 2);
+      assert.deepEqual(await statusCounts(restarted), { applied: 2 });
+      assert.equal(
+        m.sandbox.quantityOf(productOf("REMERA-002").producto_id),
+        Math.max(0, await m.pos.get(MELI_STORE, "REMERA-002")),
+      );
+      assert.equal((await fetch(`${service.url}/readyz`)).status, 200);
+    } finally {
+      await restarted?.service.close();
+      await m.close();
+    }
+  },
+);
+
+integration(
+  "a listing MeLi paused at 0 is reactivated when stock is back (MELI_REACTIVATE=true)",
+  async () => {
+    const m = await startMeliHarness({ ratePerSecond: 100 }, { MELI_REACTIVATE: "true" });
+    try {
+      const sku = "GORRA-O'NEILL";
+      const listing = m.sandbox.listingFor(productOf(sku).producto_id)!;
+      await m.pos.set(MELI_STORE, sku, 1);
+      await m.pos.sell(m.h, MELI_STORE, [{ sku, qty: 1 }]);
+      await settled(m.h, 1);
+      const paused = m.sandbox.item(listing.itemId) as {
+        status: string;
+        sub_status: string[];
+        available_quantity: number;
+      };
+      assert.equal(paused.available_quantity, 0);
+      assert.equal(paused.status, "paused");
+      assert.deepEqual(paused.sub_status, ["out_of_stock"]);
+      await m.pos.set(MELI_STORE, sku, 6); // restocked at the POS
+      await m.pos.sell(m.h, MELI_STORE, [{ sku, qty: 1 }]);
+      await settled(m.h, 2);
+      const active = m.sandbox.item(listing.itemId) as { status: string; available_quantity: number };
+      assert.equal(active.available_quantity, 5);
+      assert.equal(active.status, "active");
+      assertNoInvalidRequests(m.sandbox);
+    } finally {
+      await m.close();
+    }
+  },
+);
+
+integration("under_review, Full and unknown SKUs fail with MeLi's message and reach the DLQ", async () => {
+  const m = await startMeliHarness({ ratePerSecond: 100 });
+  try {
+    const review = m.sandbox.listingFor(productOf("MOCHILA-URB").producto_id)!;
+    m.sandbox.setItem(review.itemId, { status: "under_review" });
+    const full = m.sandbox.listingFor(productOf("RINONERA").producto_id)!;
+    m.sandbox.setItem(full.itemId, { logistic_type: "fulfillment" });
+    await m.pos.sell(m.h, MELI_STORE, [
+      { sku: "MOCHILA-URB", qty: 1 },
+      { sku: "RINONERA", qty: 1 },
+      { sku: "MATE-IMP-01", qty: 1 },
+      { sku: "NO-SUCH-SKU", qty: 1 },
+      { sku: "REMERA-001", qty: 1 },
+    ]);
+    await settled(m.h, 5);
+    const rows = await m.h.sql<{ sku: string; status: string; error_reason: string; error: string }[]>`
+      select sku, status, error_reason, error from stock_change order by sku`;
+    const by = Object.fromEntries(rows.map((r) => [r.sku, r]));
+    assert.equal(by["REMERA-001"].status, "applied");
+    assert.equal(by["MOCHILA-URB"].error_reason, "listing_under_review");
+    assert.match(by["MOCHILA-URB"].error, /review/i);
+    assert.equal(by["RINONERA"].error_reason, "fulfillment_listing");
+    assert.equal(by["MATE-IMP-01"].error_reason, "sku_ambiguous");
+    assert.equal(by["NO-SUCH-SKU"].error_reason, "sku_not_found");
+    const dead = await waitFor(async () => {
+      const got = await m.h.takeDeadLetters();
+      return got.length ? got : undefined;
+    }, "DLQ copies");
+    const reasons = dead.map((d) => header(d, "sync-reason")).sort();
+    assert.deepEqual(reasons, [
+      "fulfillment_listing",
+      "listing_under_review",
+      "sku_ambiguous",
+      "sku_not_found",
+    ]);
+    assertNoInvalidRequests(m.sandbox);
+  } finally {
+    await m.close();
+  }
+});
+
+integration("a multi-origin seller fails with a clear reason instead of a silent success", async () => {
+  const m = await startMeliHarness({ userTags: ["normal", "warehouse_management"] });
+  try {
+    await m.pos.sell(m.h, MELI_STORE, [{ sku: "REMERA-001", qty: 1 }]);
+    await settled(m.h, 1);
+    const [row] = await m.h.sql<
+      { error_reason: string; error: string }[]
+    >`select error_reason, error from stock_change`;
+    assert.equal(row.error_reason, "multi_origin_unsupported");
+    assert.match(row.error, /multi-origin stock is not supported yet/);
+    assert.equal(m.sandbox.stats().puts, 0);
+  } finally {
+    await m.close();
+  }
+});
+
+integration(
+  "200 OK but not applied is not 'applied': the write is repeated until MeLi shows it",
+  async () => {
+    const m = await startMeliHarness({ ratePerSecond: 100, faults: { ignoreWritesRate: 1 } });
+    try {
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: "REMERA-003", qty: 2 }]);
+      await waitFor(async () => {
+        const [r] = await m.h.sql<{ error_reason: string | null }[]>`select error_reason from stock_change`;
+        return r.error_reason === "not_applied";
+      }, "change sent back with not_applied");
+      assert.equal((await statusCounts(m.h)).applied, undefined);
+      m.sandbox.setFaults({ ignoreWritesRate: 0 });
+      await settled(m.h, 1);
+      assert.deepEqual(await statusCounts(m.h), { applied: 1 });
+      assert.equal(
+        m.sandbox.quantityOf(productOf("REMERA-003").producto_id),
+        Math.max(0, await m.pos.get(MELI_STORE, "REMERA-003")),
+      );
+    } finally {
+      await m.close();
+    }
+  },
+);
+
+integration("a 429 storm and 20 % 5xx still end at the exact POS quantities", async () => {
+  const m = await startMeliHarness(
+    { ratePerSecond: 8, faults: { errorRate: 0.2, lostResponseRate: 0.1, conflictRate: 0.05, seed: 7 } },
+    { MELI_RATE_PER_SEC: "40", DISPATCH_MAX_ATTEMPTS: "1000" },
+  );
+  try {
+    const skus = ["REMERA-001", "REMERA-002", "REMERA-003", "BUZO-GRIS-L", "JEAN-RECTO-42", "ZAPA-URB-41"];
+    for (let i = 0; i < 30; i++) await m.pos.sell(m.h, MELI_STORE, [{ sku: skus[i % skus.length], qty: 1 }]);
+    await settled(m.h, 30, 60_000);
+    assert.deepEqual(await statusCounts(m.h), { applied: 30 });
+    const stats = m.sandbox.stats();
+    assert.ok(stats.rateLimited > 0, "the storm happened");
+    assert.ok(stats.errorsInjected + stats.lostResponses > 0, "5xx happened");
+    for (const sku of skus) {
+      assert.equal(
+        m.sandbox.quantityOf(productOf(sku).producto_id),
+        Math.max(0, await m.pos.get(MELI_STORE, sku)),
+        sku,
+      );
+    }
+    assertNoInvalidRequests(m.sandbox);
+  } finally {
+    await m.close();
+  }
+});
+
+integration(
+  "delta mode with two instances and lost responses: no lost update, no double decrement",
+  async () => {
+    const m = await startMeliHarness(
+      { ratePerSecond: 200, faults: { lostResponseRate: 0.2, conflictRate: 0.3, seed: 3 } },
+      // No MELI_TIENDA_ID: in delta mode every store's sales count.
+      { MELI_MODE: "delta", MELI_TIENDA_ID: "", DISPATCH_MAX_ATTEMPTS: "1000" },
+    );
+    const env = { ...m.env, MELI_TOKEN: m.sandbox.staticToken };
+    delete (env as Record<string, string | undefined>).MELI_CLIENT_ID;
+    delete (env as Record<string, string | undefined>).MELI_CLIENT_SECRET;
+    delete (env as Record<string, string | undefined>).MELI_REFRESH_TOKEN;
+    const second = startService(testConfig(env));
+    try {
+      await second.started;
+      const sku = "CAMPERA-PUFFER-L";
+      const id = productOf(sku).producto_id;
+      m.sandbox.setQuantity(id, 500);
+      let sold = 0;
+      for (let i = 0; i < 40; i++) {
+        const qty = 1 + (i % 3);
+        sold += qty;
+        // Sales at every store count in delta mode.
+        await m.pos.sell(m.h, catalog.stores[i % catalog.stores.length].tienda_id, [{ sku, qty }]);
+        if (i % 10 === 9) await new Promise((r) => setTimeout(r, 200)); // waves: more separate writes
+      }
+      await settled(m.h, 40, 60_000);
+      const counts = await statusCounts(m.h);
+      const failures = await m.h.sql<{ error_reason: string; error: string }[]>`
+      select distinct error_reason, error from stock_change where status = 'failed'`;
+      assert.equal(counts.failed ?? 0, 0, JSON.stringify({ counts, failures }));
+      assert.equal(m.sandbox.quantityOf(id), 500 - sold);
+      assert.ok(m.sandbox.stats().lostResponses > 0, "some PUTs landed without an answer");
+      assert.ok(m.sandbox.stats().conflicts > 0, `some PUTs met 409 (PUTs: ${m.sandbox.stats().puts})`);
+      assertNoInvalidRequests(m.sandbox);
+    } finally {
+      await second.close();
+      await m.close();
+    }
+  },
+);
