@@ -1,8 +1,10 @@
 /**
  * `deno task demo`: the whole path in one command. Starts the service on the
- * built-in Shopify sandbox (RabbitMQ, Postgres and Redis on loopback), publishes
- * sample sales as the POS would, waits until Shopify reflects them, and prints
- * a before/after stock table for every SKU and store it touched.
+ * built-in Shopify and MercadoLibre sandboxes (RabbitMQ, Postgres and Redis on
+ * loopback), publishes sample sales as the POS would (lowering its Redis stock
+ * keys first), waits until both marketplaces reflect them, and prints a
+ * before/after stock table for every SKU and store it touched, and for the
+ * listings MercadoLibre mirrors.
  *
  *   deno task demo [--count 40] [--stores 3] [--skus 8] [--seed 7]
  *
@@ -11,12 +13,13 @@
  */
 import { parseArgs } from "node:util";
 import { Connection } from "rabbitmq-client";
+import { createClient } from "redis";
 import postgres from "postgres";
 import { loadConfig } from "../src/config.ts";
 import { setupLogging } from "../src/log.ts";
 import { startService } from "../src/main.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
-import { publishSales, sampleSales } from "./publish_sample.ts";
+import { publishSales, reservePosStock, sampleSales } from "./publish_sample.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -41,9 +44,18 @@ const config = loadConfig({
   EXCHANGE: "blend_events.demo",
   QUEUE: "marketplace-sync.demo",
   LEDGER_SCHEMA: "marketplace_sync_demo",
-  CHANNELS: "shopify",
+  CHANNELS: "shopify,mercadolibre",
   SHOPIFY_URL: "",
   SHOPIFY_TOKEN: "",
+  MELI_TOKEN: "",
+  MELI_CLIENT_ID: "",
+  MELI_CLIENT_SECRET: "",
+  MELI_REFRESH_TOKEN: "",
+  MELI_URL: "",
+  MELI_TIENDA_ID: "",
+  MELI_MODE: "mirror",
+  // The demo's own POS stock keys, removed at the end.
+  POS_STOCK_KEY: "marketplace-sync-demo:stock:{tienda_id}:{producto_id}",
   HTTP_HOST: "127.0.0.1",
   HTTP_PORT: Deno.env.get("HTTP_PORT") ?? "0",
   LOG_LEVEL: Deno.env.get("LOG_LEVEL") ?? "warning",
@@ -53,6 +65,7 @@ await setupLogging({ level: config.LOG_LEVEL, format: config.LOG_FORMAT });
 const service = startService(config);
 await service.started;
 const sandbox = service.shopifySandbox()!;
+const meli = service.meliSandbox()!;
 const sales = sampleSales({
   count: num("count", values.count),
   stores: num("stores", values.stores),
@@ -73,11 +86,21 @@ for (const sale of sales) {
     sold.set(key, row);
   }
 }
+const meliBefore = new Map(
+  [...sold].filter(([, r]) => r.tiendaId === meli.tiendaId).map((
+    [key, r],
+  ) => [key, meli.quantityOf(r.productoId)]),
+);
 const before = new Map(
   [...sold].map(([key, r]) => [key, sandbox.availableFor(r.productoId, r.tiendaId) ?? 0]),
 );
 
-console.log(`\nService on ${service.url}, Shopify sandbox on ${sandbox.url}`);
+console.log(
+  `\nService on ${service.url}, Shopify sandbox on ${sandbox.url}, MercadoLibre sandbox on ${meli.url}`,
+);
+const redis = createClient({ url: config.POS_REDIS_URL ?? config.REDIS_URL });
+await redis.connect();
+await reservePosStock(redis, config.POS_STOCK_KEY, catalog, sales);
 console.log(`Publishing ${sales.length} sales to ${config.EXCHANGE} …`);
 const rabbit = new Connection(config.RABBITMQ_URL);
 const started = performance.now();
@@ -88,7 +111,10 @@ const sql = postgres(config.DATABASE_URL, {
   onnotice: () => {},
   connection: { search_path: config.LEDGER_SCHEMA },
 });
-const expectedChanges = sales.reduce((n, s) => n + new Set(s.items.map((i) => i.producto_sku)).size, 0);
+const expectedChanges = sales.reduce(
+  (n, s) => n + new Set(s.items.map((i) => i.producto_sku)).size * (s.tienda_id === meli.tiendaId ? 2 : 1),
+  0,
+);
 for (let i = 0;; i++) {
   const [{ done, total }] = await sql<{ done: number; total: number }[]>`
     select count(*) filter (where status in ('applied', 'failed'))::int as done, count(*)::int as total
@@ -116,13 +142,33 @@ const table = rows.map((r) => {
   };
 });
 console.table(table);
-const allOk = table.every((r) => r.ok === "✅");
+const posKey = (r: { tiendaId: string; productoId: string }) =>
+  config.POS_STOCK_KEY.replace("{tienda_id}", r.tiendaId).replace("{producto_id}", r.productoId);
+const meliTable = [];
+for (const r of rows.filter((r) => r.tiendaId === meli.tiendaId)) {
+  const pos = Number(await redis.get(posKey(r)));
+  const after = meli.quantityOf(r.productoId);
+  meliTable.push({
+    SKU: r.sku,
+    "MeLi before": meliBefore.get(`${r.sku}|${r.tiendaId}`),
+    sold: r.qty,
+    "POS stock": pos,
+    "MeLi after": after,
+    ok: after === Math.max(0, pos) ? "✅" : "❌",
+  });
+}
+console.log(`MercadoLibre mirrors ${storeName.get(meli.tiendaId)}'s POS stock:`);
+console.table(meliTable);
+const allOk = table.every((r) => r.ok === "✅") && meliTable.every((r) => r.ok === "✅");
 console.log(
   `${sales.length} sales → ${expectedChanges} stock changes → ${calls} Shopify calls in ${
     seconds.toFixed(2)
   } s; ` +
-    (allOk ? "every quantity matches." : "MISMATCHES above."),
+    `${meli.stats().puts} MercadoLibre PUTs; ` + (allOk ? "every quantity matches." : "MISMATCHES above."),
 );
+const demoKeys = await redis.keys("marketplace-sync-demo:*");
+if (demoKeys.length) await redis.del(demoKeys);
+await redis.close();
 
 await sql.end();
 await service.close();
