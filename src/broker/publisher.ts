@@ -5,6 +5,7 @@
  * blocked connection (memory alarm) never pins a delivery forever.
  */
 import { Buffer } from "node:buffer";
+import { setImmediate } from "node:timers";
 import type { Connection, Envelope, Publisher, ReturnedMessage } from "rabbitmq-client";
 import { publishQueueDeclarations, type Topology } from "./topology.ts";
 
@@ -33,8 +34,8 @@ export function createConfirmingPublisher(
     maxAttempts: 3,
     queues: publishQueueDeclarations(topology),
   });
-  // RabbitMQ sends basic.return before the confirm, so by the time send()
-  // resolves we already know whether the message was unroutable.
+  // RabbitMQ sends basic.return before the confirm (see sendOnce for when the
+  // client reports it).
   publisher.on("basic.return", (msg: ReturnedMessage) => {
     const id = msg.headers?.[PUBLISH_ID];
     if (typeof id === "string") returned.add(id);
@@ -63,6 +64,9 @@ export function createConfirmingPublisher(
     } finally {
       clearTimeout(timer);
     }
+    // rabbitmq-client emits basic.return one macrotask after the confirm settles the
+    // send: without this turn an unroutable message would look delivered.
+    await new Promise((resolve) => setImmediate(resolve));
     return !returned.delete(id);
   }
 
