@@ -1,0 +1,883 @@
+/**
+ * DLQ inspection and replay (src/ops/dead_letters.ts) against the real
+ * RabbitMQ (and, through the service, Postgres, Redis and the Shopify
+ * sandbox): listing never loses or reorders messages, replay moves exactly the
+ * matches with their original bytes and properties and a fresh set of
+ * attempts, and a replayed failed sale is applied once. Plus the operator
+ * CLIs' argument parsing and output (scripts/dlq.ts, scripts/resync.ts).
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { Connection, type Envelope, type Publisher, type SyncMessage } from "rabbitmq-client";
+import { type ConfirmingPublisher, createConfirmingPublisher } from "../src/broker/publisher.ts";
+import { originalContentEncoding } from "../src/broker/raw_body.ts";
+import { buildTopology, declareTopology, type Topology } from "../src/broker/topology.ts";
+import { startService } from "../src/main.ts";
+import {
+  DeadLetterAdmin,
+  DeadLetterReplayError,
+  DeadLetterValidationError,
+  type DeadLetterView,
+  replayRequestSchema,
+} from "../src/ops/dead_letters.ts";
+import { defaultCatalog } from "../src/sandbox/catalog.ts";
+import { startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { formatDlqList, formatReplay, parseDlqArgs } from "../scripts/dlq.ts";
+import { CliError, formatTable, OpsClient, UsageError } from "../scripts/ops_client.ts";
+import {
+  exitCodeFor,
+  formatResyncReport,
+  main as resyncMain,
+  parseResyncArgs,
+  progressLine,
+  type ResyncStatus,
+} from "../scripts/resync.ts";
+import {
+  harnessFor,
+  integration,
+  RABBITMQ_URL,
+  sale,
+  startHarness,
+  testConfig,
+  uniqueName,
+  waitFor,
+} from "./helpers.ts";
+
+const enc = (s: string) => new TextEncoder().encode(s);
+
+/** A DeadLetterAdmin on its own connection and confirming publisher, as the service builds it. */
+async function adminFor(topology: Topology, wrap?: (p: ConfirmingPublisher) => ConfirmingPublisher) {
+  const connection = new Connection({ url: RABBITMQ_URL, retryLow: 100, retryHigh: 1000 });
+  await connection.onConnect(5000);
+  const real = createConfirmingPublisher(connection, topology);
+  const admin = new DeadLetterAdmin({ connection, publisher: wrap ? wrap(real) : real, topology });
+  return {
+    admin,
+    connection,
+    async close() {
+      await real.close();
+      await connection.close();
+    },
+  };
+}
+
+/** Drains a queue (noAck) and returns its messages, content encoding restored. */
+async function drain(connection: Connection, queue: string): Promise<SyncMessage[]> {
+  const out: SyncMessage[] = [];
+  for (;;) {
+    const msg = await connection.basicGet({ queue, noAck: true });
+    if (!msg) return out;
+    out.push({ ...msg, contentEncoding: originalContentEncoding(msg.contentEncoding) });
+  }
+}
+
+async function depth(connection: Connection, queue: string): Promise<number> {
+  return (await connection.queueDeclare({ queue, passive: true })).messageCount;
+}
+
+const bytesOf = (msg: SyncMessage) =>
+  new Uint8Array(msg.body instanceof Uint8Array ? msg.body : enc(String(msg.body)));
+
+/**
+ * A topology nobody consumes: the test sees exactly what a replay put in the
+ * work queue, and fills the DLQ itself.
+ */
+async function standalone(wrap?: (p: ConfirmingPublisher) => ConfirmingPublisher) {
+  const id = uniqueName("dlqt");
+  const topology = buildTopology({
+    exchange: `blend_events.${id}`,
+    routingKey: "sales.created",
+    queue: `marketplace-sync.${id}`,
+    queueType: "classic",
+    retryDelaysMs: [100],
+  });
+  const a = await adminFor(topology, wrap);
+  await declareTopology(a.connection, topology);
+  const pub: Publisher = a.connection.createPublisher({ confirm: true });
+  return {
+    ...a,
+    topology,
+    /** Puts a message straight into the DLQ. */
+    deadLetter: (body: Uint8Array | string, envelope: Envelope = {}) =>
+      pub.send(
+        { exchange: "", routingKey: topology.deadLetterQueue, durable: true, ...envelope },
+        Buffer.from(typeof body === "string" ? enc(body) : body),
+      ),
+    /** A DLQ message for event `e` with a reason. */
+    failed: (e: string, reason: string) =>
+      pub.send({
+        exchange: "",
+        routingKey: topology.deadLetterQueue,
+        durable: true,
+        contentType: "application/json",
+        messageId: `msg-${e}`,
+        headers: { "sync-event-id": e, "sync-reason": reason, "sync-attempts": 3 },
+      }, Buffer.from(JSON.stringify(sale({ event_id: e })))),
+    dlqIds: async () => (await a.admin.list(1000)).messages.map((m) => m.event_id),
+    /** Event ids of what a replay put in the work queue (`sync-event-id` is gone: from the message id). */
+    workIds: async () =>
+      (await drain(a.connection, topology.queue)).map((m) => {
+        assert.equal(m.headers?.["sync-event-id"], undefined);
+        return String(m.messageId).replace(/^msg-/, "");
+      }),
+    async cleanup() {
+      for (
+        const q of [
+          topology.queue,
+          ...topology.retryQueues.map((r) => r.name),
+          topology.deadLetterQueue,
+        ]
+      ) {
+        await a.connection.queueDelete({ queue: q }).catch(() => {});
+      }
+      await a.connection.exchangeDelete({ exchange: topology.exchange }).catch(() => {});
+      await pub.close();
+      await a.close();
+    },
+  };
+}
+
+/** Reads one outcome of the service's `events_acked_total`. */
+async function acked(url: string, outcome: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const m = text.match(new RegExp(`events_acked_total\\{outcome="${outcome}"\\} (\\d+)`));
+  return m ? Number(m[1]) : 0;
+}
+
+// ---------------------------------------------------------------------------
+// Listing
+
+integration("list peeks without losing or reordering: same 5 messages twice, depth unchanged", async () => {
+  const h = await startHarness({ CONSUMER_CONCURRENCY: "1" });
+  const a = await adminFor(h.service.topology);
+  try {
+    const dlq = h.service.topology.deadLetterQueue;
+    const nonUtf8 = new Uint8Array([0x7b, 0x22, 0xff, 0xfe, 0x22, 0x7d]);
+    const zero = sale({
+      event_id: "zero-1",
+      items: [{ producto_id: "p", producto_sku: "S-1", cantidad: 0 }],
+    });
+    const bodies: [Uint8Array | string | Record<string, unknown>, string][] = [
+      ["this is not json", "invalid_json"],
+      [zero, "invalid_event"],
+      [nonUtf8, "invalid_encoding"],
+      ['{"tienda_id": "t", "items": [{', "invalid_json"],
+      [
+        sale({ event_id: "zero-2", items: [{ producto_id: "p", producto_sku: "S-2", cantidad: 0 }] }),
+        "invalid_event",
+      ],
+    ];
+    for (const [i, [body]] of bodies.entries()) {
+      await h.publish(body, { messageId: `bad-${i}`, headers: { "x-origin": "pos-7" } });
+    }
+    await waitFor(async () => (await h.queueDepth(dlq)) === 5, "5 dead letters");
+
+    const first = await a.admin.list(10);
+    assert.equal(first.total, 5);
+    assert.deepEqual(first.messages.map((m) => m.position), [0, 1, 2, 3, 4]);
+    assert.deepEqual(first.messages.map((m) => m.message_id), ["bad-0", "bad-1", "bad-2", "bad-3", "bad-4"]);
+    assert.deepEqual(first.messages.map((m) => m.reason), bodies.map(([, r]) => r));
+    // The identity the consumer computed: message_id first (DESIGN.md §3).
+    assert.deepEqual(first.messages.map((m) => m.event_id), ["bad-0", "bad-1", "bad-2", "bad-3", "bad-4"]);
+    for (const m of first.messages) {
+      assert.equal(m.attempts, 1);
+      assert.ok((m.error ?? "").length > 5, "a human message");
+      assert.equal(m.headers["x-origin"], "pos-7");
+      assert.equal(m.content_type, "application/json");
+      assert.ok(m.first_failure && m.last_failure);
+      assert.equal(m.channel, null);
+    }
+    const [notJson, zeroView, binary, truncated] = first.messages;
+    assert.equal(notJson.body, "this is not json");
+    assert.equal(notJson.body_text, "this is not json");
+    assert.equal(notJson.body_base64, undefined);
+    assert.deepEqual(zeroView.body, zero, "JSON bodies are parsed");
+    assert.equal(zeroView.body_text, undefined);
+    assert.equal(binary.body_base64, btoa(String.fromCharCode(...nonUtf8)));
+    assert.equal(binary.body, '{"\uFFFD\uFFFD"}', "lossy text next to the exact bytes");
+    assert.equal(truncated.body, '{"tienda_id": "t", "items": [{');
+
+    const second = await a.admin.list(10);
+    assert.deepEqual(second, first, "a second listing sees the same messages in the same order");
+    assert.equal(await h.queueDepth(dlq), 5, "listing removed nothing");
+
+    const two = await a.admin.list(2);
+    assert.equal(two.total, 5);
+    assert.deepEqual(
+      two.messages.map((m) => m.message_id),
+      ["bad-0", "bad-1"],
+      "limit respected, from the head",
+    );
+    assert.deepEqual(await a.admin.list(0), { total: 5, messages: [] });
+    await assert.rejects(a.admin.list(-1), DeadLetterValidationError);
+
+    const all = await h.takeDeadLetters();
+    assert.deepEqual(
+      all.map((m) => m.messageId),
+      ["bad-0", "bad-1", "bad-2", "bad-3", "bad-4"],
+      "after three listings the DLQ is intact, in order",
+    );
+    assert.deepEqual(new Uint8Array(all[2].body), nonUtf8, "bytes untouched");
+  } finally {
+    await a.close();
+    await h.close();
+  }
+});
+
+integration("list returns at most 1000 messages and reports the full depth", async () => {
+  const s = await standalone();
+  try {
+    for (let i = 0; i < 1003; i++) await s.deadLetter(`m${i}`, { messageId: `m${i}` });
+    const got = await s.admin.list(5000);
+    assert.equal(got.total, 1003);
+    assert.equal(got.messages.length, 1000);
+    assert.equal(got.messages[999].position, 999);
+    assert.equal(got.messages[999].message_id, "m999");
+    assert.equal(await depth(s.connection, s.topology.deadLetterQueue), 1003);
+    const head = await s.admin.list(3);
+    assert.deepEqual(
+      head.messages.map((m) => m.message_id),
+      ["m0", "m1", "m2"],
+      "order kept after a big peek",
+    );
+  } finally {
+    await s.cleanup();
+  }
+});
+
+integration("concurrent lists and replays are serialized: each sees the whole DLQ", async () => {
+  const s = await standalone();
+  try {
+    for (const e of ["e0", "e1", "e2", "e3", "e4"]) await s.failed(e, "exhausted");
+    const [l1, l2, r, l3] = await Promise.all([
+      s.admin.list(10),
+      s.admin.list(10),
+      s.admin.replay({ reason: "no_such_reason" }),
+      s.admin.list(10),
+    ]);
+    for (const l of [l1, l2, l3]) {
+      assert.equal(l.total, 5);
+      assert.deepEqual(l.messages.map((m) => m.event_id), ["e0", "e1", "e2", "e3", "e4"]);
+    }
+    assert.deepEqual(r, { moved: 0, kept: 5, scanned: 5, moved_event_ids: [] });
+    assert.deepEqual(await s.dlqIds(), ["e0", "e1", "e2", "e3", "e4"]);
+  } finally {
+    await s.cleanup();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Replay
+
+integration(
+  "replay publishes the original bytes and properties, without sync-* and broker headers",
+  async () => {
+    const s = await standalone();
+    try {
+      const raw = new Uint8Array([0x7b, 0xff, 0x7d, 0x00, 0x0a]);
+      await s.deadLetter(raw, {
+        contentType: "application/json",
+        messageId: "m-1",
+        correlationId: "c-1",
+        appId: "pos",
+        type: "sale",
+        timestamp: 1_700_000_000,
+        priority: 3,
+        headers: {
+          "x-origin": "pos-7",
+          "x-death": [{ count: 1, reason: "rejected", queue: "q" }],
+          "x-delivery-count": 2,
+          "sync-reason": "invalid_encoding",
+          "sync-error": "not UTF-8",
+          "sync-attempts": 4,
+          "sync-event-id": "ev-1",
+          "sync-first-failure": "2024-01-15T10:30:45.000Z",
+          "sync-original-exchange": "blend_events",
+          "sync-original-expiration": "60000",
+        },
+      });
+      await s.deadLetter(enc('{"a":1}'), { contentEncoding: "gzip", messageId: "m-2" });
+
+      const [view] = (await s.admin.list(1)).messages;
+      assert.equal(view.event_id, "ev-1", "sync-event-id wins over message_id");
+      assert.equal(view.attempts, 4);
+      assert.equal(view.reason, "invalid_encoding");
+      assert.equal(view.body_base64, btoa(String.fromCharCode(...raw)));
+
+      assert.deepEqual(await s.admin.replay({ eventIds: ["ev-1", "m-2"] }), {
+        moved: 2,
+        kept: 0,
+        scanned: 2,
+        moved_event_ids: ["ev-1", "m-2"],
+      });
+      const [first, second] = await drain(s.connection, s.topology.queue);
+      assert.deepEqual(bytesOf(first), raw, "original bytes");
+      assert.equal(first.contentType, "application/json");
+      assert.equal(first.contentEncoding, undefined);
+      assert.equal(first.messageId, "m-1");
+      assert.equal(first.correlationId, "c-1");
+      assert.equal(first.appId, "pos");
+      assert.equal(first.type, "sale");
+      assert.equal(first.timestamp, 1_700_000_000);
+      assert.equal(first.priority, 3);
+      assert.equal(first.durable, true);
+      assert.equal(first.expiration, undefined);
+      // The confirming publisher tags every publish with its own id (stripped again on any republish).
+      const { "sync-publish-id": publishId, ...headers } = first.headers ?? {};
+      assert.equal(typeof publishId, "string");
+      assert.deepEqual(headers, { "x-origin": "pos-7" }, "only the application's own headers go back");
+      assert.equal(second.contentEncoding, "gzip", "content encoding restored");
+      assert.deepEqual(bytesOf(second), enc('{"a":1}'));
+      assert.equal(await depth(s.connection, s.topology.deadLetterQueue), 0);
+    } finally {
+      await s.cleanup();
+    }
+  },
+);
+
+integration(
+  "replay by event id, by reason and by both moves only the matches; the rest keep their order",
+  async () => {
+    const s = await standalone();
+    try {
+      const reasons = [
+        "invalid_json",
+        "exhausted",
+        "invalid_json",
+        "store_unmapped",
+        "exhausted",
+        "invalid_json",
+      ];
+      for (const [i, r] of reasons.entries()) await s.failed(`e${i}`, r);
+
+      for (
+        const bad of [{}, { all: false }, { eventIds: [] }, { reason: "" }, { eventIds: ["e1"], reason: "" }]
+      ) {
+        await assert.rejects(s.admin.replay(bad), DeadLetterValidationError, JSON.stringify(bad));
+      }
+      assert.equal(
+        await depth(s.connection, s.topology.deadLetterQueue),
+        6,
+        "a refused replay touches nothing",
+      );
+
+      assert.deepEqual(await s.admin.replay({ eventIds: ["e3", "e1", "nope"] }), {
+        moved: 2,
+        kept: 4,
+        scanned: 6,
+        moved_event_ids: ["e1", "e3"],
+      });
+      assert.deepEqual(await s.dlqIds(), ["e0", "e2", "e4", "e5"]);
+
+      const both = await s.admin.replay({ reason: "invalid_json", eventIds: ["e0", "e4"] });
+      assert.deepEqual(
+        both,
+        { moved: 1, kept: 3, scanned: 4, moved_event_ids: ["e0"] },
+        "event ids AND reason",
+      );
+      assert.deepEqual(await s.dlqIds(), ["e2", "e4", "e5"]);
+
+      // Criteria combine with AND; "all" restricts nothing.
+      const byReason = await s.admin.replay({ all: true, reason: "exhausted" });
+      assert.deepEqual(byReason, { moved: 1, kept: 2, scanned: 3, moved_event_ids: ["e4"] });
+      assert.deepEqual(await s.dlqIds(), ["e2", "e5"]);
+
+      assert.deepEqual(await s.admin.replay({ all: true }), {
+        moved: 2,
+        kept: 0,
+        scanned: 2,
+        moved_event_ids: ["e2", "e5"],
+      });
+      assert.deepEqual(await s.admin.replay({ all: true }), {
+        moved: 0,
+        kept: 0,
+        scanned: 0,
+        moved_event_ids: [],
+      });
+      assert.deepEqual(await s.workIds(), ["e1", "e3", "e0", "e4", "e2", "e5"], "each moved exactly once");
+    } finally {
+      await s.cleanup();
+    }
+  },
+);
+
+integration(
+  "a failed publish stops the replay, keeps the rest in order and says how many moved",
+  async () => {
+    let calls = 0;
+    const s = await standalone((real) => ({
+      toQueue: (queue, envelope, body) =>
+        ++calls === 3 ? Promise.reject(new Error("broker said no")) : real.toQueue(queue, envelope, body),
+      close: () => real.close(),
+    }));
+    try {
+      for (const e of ["e0", "e1", "e2", "e3", "e4"]) await s.failed(e, "exhausted");
+      const error = await s.admin.replay({ all: true }).then(() => undefined, (e) => e);
+      assert.ok(error instanceof DeadLetterReplayError, String(error));
+      assert.equal(error.moved, 2);
+      assert.match(error.message, /after moving 2 message/);
+      assert.match(error.message, /broker said no/);
+      assert.deepEqual(await s.dlqIds(), ["e2", "e3", "e4"], "nothing lost, order kept");
+      assert.deepEqual(await s.workIds(), ["e0", "e1"]);
+
+      // The work queue deleted by hand: refused before anything is taken from the DLQ.
+      await s.connection.queueDelete({ queue: s.topology.queue });
+      const gone = await s.admin.replay({ all: true }).then(() => undefined, (e) => e);
+      assert.ok(gone instanceof DeadLetterReplayError, String(gone));
+      assert.equal(gone.moved, 0);
+      assert.match(gone.message, /replay not started: the work queue .* is not there/);
+      assert.deepEqual(await s.dlqIds(), ["e2", "e3", "e4"]);
+    } finally {
+      await s.cleanup();
+    }
+  },
+);
+
+integration(
+  "a replayed invalid event lands in the DLQ again with its reason and fresh attempts, once",
+  async () => {
+    const h = await startHarness({ CONSUMER_CONCURRENCY: "1" });
+    const a = await adminFor(h.service.topology);
+    try {
+      const dlq = h.service.topology.deadLetterQueue;
+      await h.publish("not json at all", { messageId: "again-1" });
+      await h.publish(sale({ items: [{ producto_id: "p", producto_sku: "S", cantidad: 0 }] }), {
+        messageId: "again-2",
+      });
+      await waitFor(async () => (await h.queueDepth(dlq)) === 2, "2 dead letters");
+
+      const moved = await a.admin.replay({ reason: "invalid_event" });
+      assert.deepEqual(moved, { moved: 1, kept: 1, scanned: 2, moved_event_ids: ["again-2"] });
+      await waitFor(async () => (await h.queueDepth(dlq)) === 2, "dead-lettered again");
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(await h.queueDepth(dlq), 2, "it does not loop");
+      assert.equal(await h.queueDepth(), 0);
+      const after = (await a.admin.list(10)).messages;
+      assert.deepEqual(after.map((m) => [m.event_id, m.reason, m.attempts]), [
+        ["again-1", "invalid_json", 1],
+        ["again-2", "invalid_event", 1],
+      ], "kept in place; the replayed one is back at the tail with attempts starting over");
+      assert.match(after[1].error ?? "", /cantidad/);
+
+      const all = await a.admin.replay({ all: true });
+      assert.equal(all.moved, 2);
+      assert.equal(all.scanned, 2, "messages dead-lettered again during the replay are not rescanned");
+      await waitFor(async () => (await h.queueDepth(dlq)) === 2, "both dead-lettered again");
+      await new Promise((r) => setTimeout(r, 500));
+      const final = (await a.admin.list(10)).messages;
+      assert.deepEqual(final.map((m: DeadLetterView) => [m.event_id, m.reason, m.attempts]), [
+        ["again-1", "invalid_json", 1],
+        ["again-2", "invalid_event", 1],
+      ]);
+      assert.equal((await h.sql`select count(*)::int as n from sale`)[0].n, 0, "nothing invalid was stored");
+    } finally {
+      await a.close();
+      await h.close();
+    }
+  },
+);
+
+integration(
+  "a sale that failed for good is applied exactly once when replayed, and never again",
+  async () => {
+    const catalog = defaultCatalog();
+    // Every inventory mutation fails inside Shopify (nothing applied): the change is
+    // retried under new keys until DISPATCH_MAX_ATTEMPTS runs out → `exhausted`.
+    const sandbox = await startShopifySandbox({ catalog, faults: { internalErrorRate: 1, seed: 5 } });
+    const config = testConfig({
+      CHANNELS: "shopify",
+      DISPATCH_ENABLED: "true",
+      SHOPIFY_URL: sandbox.url,
+      SHOPIFY_TOKEN: sandbox.token,
+      SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
+      DISPATCH_BACKOFF_BASE: "100ms",
+      DISPATCH_BACKOFF_MAX: "1s",
+      DISPATCH_MAX_ATTEMPTS: "2",
+    });
+    const service = startService(config);
+    await service.started;
+    const h = await harnessFor(service, config);
+    const a = await adminFor(service.topology);
+    try {
+      const dlq = service.topology.deadLetterQueue;
+      const tienda = catalog.stores[0].tienda_id;
+      const product = catalog.products.find((p) => p.sku === "REMERA-001")!;
+      const before = sandbox.availableFor(product.producto_id, tienda)!;
+      const e = sale({
+        event_id: "replay-once-1",
+        tienda_id: tienda,
+        items: [{ producto_id: product.producto_id, producto_sku: "REMERA-001", cantidad: 3 }],
+      });
+      await h.publish(e, { messageId: "replay-once-1" });
+
+      const [failed] = await waitFor(
+        async () => {
+          const rows = await h.sql<{ status: string; error_reason: string }[]>`
+        select status, error_reason from stock_change where event_id = 'replay-once-1' and status = 'failed'`;
+          return rows.length ? rows : undefined;
+        },
+        "the change failed for good",
+        30_000,
+      );
+      assert.equal(failed.error_reason, "exhausted");
+      await waitFor(async () => (await h.queueDepth(dlq)) === 1, "its DLQ copy");
+      const [copy] = (await a.admin.list(10)).messages;
+      assert.equal(copy.event_id, "replay-once-1");
+      assert.equal(copy.reason, "exhausted");
+      assert.equal(copy.channel, "shopify");
+      assert.equal(copy.sku, "REMERA-001");
+      assert.equal(copy.attempts, 2);
+      assert.equal(sandbox.availableFor(product.producto_id, tienda), before, "nothing applied yet");
+      assert.equal(sandbox.stats().mutationsApplied, 0);
+
+      // Shopify recovers; the operator replays the sale.
+      sandbox.setFaults({ internalErrorRate: 0 });
+      assert.deepEqual(await a.admin.replay({ eventIds: ["replay-once-1"] }), {
+        moved: 1,
+        kept: 0,
+        scanned: 1,
+        moved_event_ids: ["replay-once-1"],
+      });
+      await waitFor(
+        async () => {
+          const rows = await h
+            .sql`select 1 from stock_change where event_id = 'replay-once-1' and status = 'applied'`;
+          return rows.length === 1;
+        },
+        "applied after the replay",
+        20_000,
+      );
+      assert.equal(await acked(service.url, "rearmed"), 1, "custody re-armed the failed change");
+      assert.equal(sandbox.availableFor(product.producto_id, tienda), before - 3, "applied once");
+      assert.equal(sandbox.stats().mutationsApplied, 1);
+      assert.equal(await h.queueDepth(dlq), 0);
+
+      // A second replay finds nothing to move…
+      assert.deepEqual(await a.admin.replay({ eventIds: ["replay-once-1"] }), {
+        moved: 0,
+        kept: 0,
+        scanned: 0,
+        moved_event_ids: [],
+      });
+      // …and a second copy of the same sale (e.g. one replayed twice by hand) changes nothing.
+      const pub = h.rabbit.createPublisher({ confirm: true });
+      await pub.send(
+        {
+          exchange: "",
+          routingKey: dlq,
+          durable: true,
+          contentType: "application/json",
+          headers: copy.headers,
+        },
+        Buffer.from(JSON.stringify(copy.body)),
+      );
+      await pub.close();
+      assert.equal((await a.admin.replay({ eventIds: ["replay-once-1"] })).moved, 1);
+      await waitFor(
+        async () => (await acked(service.url, "duplicate")) === 1,
+        "the copy was taken as a duplicate",
+      );
+      await new Promise((r) => setTimeout(r, 1_000));
+      assert.equal(sandbox.availableFor(product.producto_id, tienda), before - 3, "still applied once");
+      assert.equal(sandbox.stats().mutationsApplied, 1);
+      const rows = await h.sql<
+        { status: string }[]
+      >`select status from stock_change where event_id = 'replay-once-1'`;
+      assert.deepEqual(rows.map((r) => r.status), ["applied"]);
+      assert.equal(await h.queueDepth(dlq), 0);
+    } finally {
+      await a.close();
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+// ---------------------------------------------------------------------------
+// HTTP body schema and CLIs (pure)
+
+Deno.test("replayRequestSchema: explicit filters only", () => {
+  assert.deepEqual(replayRequestSchema.parse({ all: true }), { all: true });
+  assert.deepEqual(replayRequestSchema.parse({ all: true, reason: "x" }), { all: true, reason: "x" });
+  assert.deepEqual(replayRequestSchema.parse({ event_ids: ["a", "b"] }), { eventIds: ["a", "b"] });
+  assert.deepEqual(replayRequestSchema.parse({ reason: "exhausted", event_ids: ["a"] }), {
+    eventIds: ["a"],
+    reason: "exhausted",
+  });
+  for (
+    const bad of [{}, { all: false }, { event_ids: [] }, { reason: "" }, { foo: 1 }]
+  ) {
+    assert.equal(replayRequestSchema.safeParse(bad).success, false, JSON.stringify(bad));
+  }
+});
+
+Deno.test("dlq CLI: arguments", () => {
+  assert.deepEqual(parseDlqArgs(["--", "list"]), { command: "list", limit: undefined, json: false });
+  assert.deepEqual(parseDlqArgs(["list", "--limit", "5", "--json"]), {
+    command: "list",
+    limit: 5,
+    json: true,
+  });
+  assert.deepEqual(parseDlqArgs(["list", "--limit=7"]), { command: "list", limit: 7, json: false });
+  assert.deepEqual(parseDlqArgs(["replay", "--all"]), {
+    command: "replay",
+    body: { all: true },
+    json: false,
+  });
+  assert.deepEqual(
+    parseDlqArgs(["replay", "--event-id", "a", "b", "--event-id", "c", "--reason", "exhausted"]),
+    {
+      command: "replay",
+      body: { event_ids: ["a", "b", "c"], reason: "exhausted" },
+      json: false,
+    },
+  );
+  const usage = (args: string[], flag: RegExp) =>
+    assert.throws(() => parseDlqArgs(args), (e: Error) => {
+      assert.ok(e instanceof UsageError);
+      assert.equal(e.exitCode, 2);
+      assert.match(e.message, flag);
+      return true;
+    });
+  usage([], /list or replay/);
+  usage(["purge"], /"purge"/);
+  usage(["list", "--limit", "x"], /--limit/);
+  usage(["list", "--limit", "1001"], /--limit/);
+  usage(["list", "--limit"], /--limit needs a value/);
+  usage(["list", "--bogus"], /"--bogus"/);
+  usage(["replay"], /--all, --event-id/);
+  usage(["replay", "--all", "--reason", "x"], /--all cannot be combined/);
+  usage(["replay", "--event-id"], /--event-id needs a value/);
+});
+
+Deno.test("resync CLI: arguments", () => {
+  assert.deepEqual(parseResyncArgs(["--", "--sku", "A", "--sku", "B", "--channel", "shopify"]), {
+    command: "run",
+    body: { skus: ["A", "B"], channels: ["shopify"] },
+    json: false,
+  });
+  assert.deepEqual(parseResyncArgs(["--store", "t-1", "--dry-run", "--json"]), {
+    command: "run",
+    body: { tienda_id: "t-1", dry_run: true },
+    json: true,
+  });
+  assert.deepEqual(parseResyncArgs(["--all", "--channel=mercadolibre", "--channel", "shopify"]), {
+    command: "run",
+    body: { all: true, channels: ["mercadolibre", "shopify"] },
+    json: false,
+  });
+  const usage = (args: string[], flag: RegExp) =>
+    assert.throws(() => parseResyncArgs(args), (e: Error) => e instanceof UsageError && flag.test(e.message));
+  usage([], /--sku SKU, --store TIENDA_ID or --all/);
+  usage(["--sku", "A", "--all"], /--sku and --all cannot be combined/);
+  usage(["--all", "--channel", "amazon"], /--channel must be one of shopify, mercadolibre/);
+  usage(["--all", "--dryrun"], /"--dryrun"/);
+  usage(["--sku"], /--sku needs a value/);
+  usage(["--all", "--dry-run=yes"], /--dry-run takes no value/);
+});
+
+Deno.test("table output: aligned columns, numbers right-aligned, empty cells for null", () => {
+  assert.equal(
+    formatTable(["SKU", "QTY", "NOTE"], [["REMERA-001", 5, null], ["B", 120, "a  b"]]),
+    "SKU         QTY  NOTE\n" +
+      "REMERA-001    5\n" +
+      "B           120  a b",
+  );
+  const list = formatDlqList({
+    total: 7,
+    messages: [{
+      position: 0,
+      event_id: "ev-1",
+      reason: "exhausted",
+      channel: "shopify",
+      sku: "REMERA-001",
+      attempts: 20,
+      last_failure: "2024-01-15T10:30:45.000Z",
+      error: "gave up after 20 attempts: " + "x".repeat(100),
+    }],
+  });
+  assert.equal(
+    list,
+    "POSITION  EVENT_ID  REASON     CHANNEL  SKU         ATTEMPTS  LAST_FAILURE              ERROR\n" +
+      `       0  ev-1      exhausted  shopify  REMERA-001        20  2024-01-15T10:30:45.000Z  gave up after 20 attempts: ${
+        "x".repeat(32)
+      }…\n\n1 of 7 message(s) in the DLQ shown`,
+  );
+  assert.equal(formatDlqList({ total: 0, messages: [] }), "the DLQ is empty");
+  assert.equal(
+    formatReplay({ moved: 2, kept: 1, scanned: 3, moved_event_ids: ["a", "b"] }),
+    "moved 2 message(s) back to the work queue (scanned 3, kept 1)\nevents: a, b",
+  );
+});
+
+const status = (over: Partial<ResyncStatus> = {}): ResyncStatus => ({
+  id: "r-1",
+  state: "done",
+  progress: { checked: 3, total: 3, drift: 1, errors: 0 },
+  report: [
+    {
+      sku: "A",
+      tienda_id: "t1",
+      channel: "shopify",
+      source_qty: 5,
+      marketplace_qty: 7,
+      difference: -2,
+      action: "set",
+      outcome: "applied",
+    },
+    {
+      sku: "B",
+      tienda_id: "t1",
+      channel: "mercadolibre",
+      source_qty: 1,
+      marketplace_qty: 1,
+      difference: 0,
+      action: "none",
+    },
+  ],
+  unresolved: [{
+    sku: "C",
+    tienda_id: "t2",
+    channel: "shopify",
+    reason: "sku_not_found",
+    error: "no variant has SKU C",
+  }],
+  summary: { drift_found: 1, written: 1, errors: 0 },
+  ...over,
+});
+
+Deno.test("resync CLI: progress, report and exit code", () => {
+  assert.equal(progressLine(status()), "resync r-1: 3/3 checked, 1 drift, 0 errors");
+  assert.equal(
+    // The shape GET /resync/{id} answers (src/ops/resync.ts).
+    progressLine({
+      id: "r-2",
+      state: "running",
+      total: 500,
+      done: 120,
+      drift_found: 7,
+      written: 0,
+      errors: 0,
+      progress: { done: 120, total: 500 },
+    }),
+    "resync r-2: 120/500 checked, 7 drift, 0 errors",
+  );
+  assert.equal(progressLine({ id: "r-3", state: "running" }), "resync r-3: 0/? checked, 0 drift, 0 errors");
+  assert.equal(
+    formatResyncReport(status()),
+    [
+      "SKU  STORE  CHANNEL       SOURCE  MARKETPLACE  DIFF  ACTION  OUTCOME",
+      "A    t1     shopify            5            7    -2  set     applied",
+      "B    t1     mercadolibre       1            1     0  none",
+      "",
+      "unresolved (1):",
+      "SKU  STORE  CHANNEL  REASON         DETAIL",
+      "C    t2     shopify  sku_not_found  no variant has SKU C",
+      "",
+      "done: drift_found 1, written 1, errors 0",
+    ].join("\n"),
+  );
+  assert.equal(exitCodeFor(status()), 0);
+  assert.equal(exitCodeFor(status({ summary: { drift_found: 1, written: 0, errors: 1 } })), 1);
+  assert.equal(exitCodeFor(status({ state: "failed", error: "redis down" })), 1);
+  assert.match(formatResyncReport(status({ state: "failed", error: "redis down" })), /FAILED: redis down/);
+});
+
+/** A fake service answering in order, recording requests. */
+function fakeService(answers: [number, unknown][]) {
+  const requests: { method: string; url: string; auth: string | null; body: unknown }[] = [];
+  const fetchFn = ((input: string | URL | Request, init?: RequestInit) => {
+    const headers = new Headers(init?.headers);
+    requests.push({
+      method: init?.method ?? "GET",
+      url: String(input),
+      auth: headers.get("authorization"),
+      body: init?.body ? JSON.parse(String(init.body)) : undefined,
+    });
+    const [code, body] = answers.shift() ?? [500, { error: "unexpected" }];
+    return Promise.resolve(
+      new Response(JSON.stringify(body), { status: code, headers: { "content-type": "application/json" } }),
+    );
+  }) as typeof fetch;
+  return { requests, fetchFn };
+}
+
+Deno.test("resync CLI: starts, polls every 500 ms until done, prints the report", async () => {
+  const { requests, fetchFn } = fakeService([
+    [202, { id: "r-1", status_url: "/resync/r-1" }],
+    [200, { id: "r-1", state: "running", progress: { checked: 1, total: 3, drift: 0, errors: 0 } }],
+    [200, { id: "r-1", state: "running", progress: { checked: 1, total: 3, drift: 0, errors: 0 } }],
+    [200, status()],
+  ]);
+  const out: string[] = [];
+  const err: string[] = [];
+  const sleeps: number[] = [];
+  const client = new OpsClient({ baseUrl: "http://svc:9/", token: "s3cret", fetch: fetchFn });
+  const code = await resyncMain(["--sku", "A", "--dry-run"], client, {
+    sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+    out: (t) => out.push(t),
+    err: (t) => err.push(t),
+  });
+  assert.equal(code, 0);
+  assert.deepEqual(requests.map((r) => `${r.method} ${r.url}`), [
+    "POST http://svc:9/resync",
+    "GET http://svc:9/resync/r-1",
+    "GET http://svc:9/resync/r-1",
+    "GET http://svc:9/resync/r-1",
+  ]);
+  assert.deepEqual(requests[0].body, { skus: ["A"], dry_run: true });
+  assert.ok(requests.every((r) => r.auth === "Bearer s3cret"));
+  assert.deepEqual(sleeps, [500, 500]);
+  assert.deepEqual(err, [
+    "resync r-1: 1/3 checked, 0 drift, 0 errors",
+    "resync r-1: 3/3 checked, 1 drift, 0 errors",
+  ]);
+  assert.match(out[0], /^SKU {2}STORE/);
+  assert.match(out[0], /done: drift_found 1, written 1, errors 0$/);
+});
+
+Deno.test("resync CLI: a running resync of the same scope is a 409, printed, exit 1", async () => {
+  const { fetchFn } = fakeService([
+    [409, { error: "resync_running", id: "r-9", message: "a resync of these SKUs is running" }],
+  ]);
+  const err: string[] = [];
+  const code = await resyncMain(["--all"], new OpsClient({ baseUrl: "http://svc:9", fetch: fetchFn }), {
+    sleep: () => Promise.resolve(),
+    out: () => {},
+    err: (t) => err.push(t),
+  });
+  assert.equal(code, 1);
+  assert.deepEqual(err, ["error: resync_running: a resync of these SKUs is running (running resync: r-9)"]);
+});
+
+Deno.test("ops client: 401 shows the service's message; an unreachable service names the URL", async () => {
+  const { fetchFn } = fakeService([[401, {
+    error: "unauthorized",
+    message: "missing or wrong Bearer token",
+  }]]);
+  await assert.rejects(
+    new OpsClient({ baseUrl: "http://svc:9", fetch: fetchFn }).request("GET", "/dlq"),
+    (e: Error) => {
+      assert.ok(e instanceof CliError && e.exitCode === 1);
+      assert.match(e.message, /HTTP 401\): unauthorized: missing or wrong Bearer token \(set ADMIN_TOKEN/);
+      return true;
+    },
+  );
+  const { fetchFn: f500 } = fakeService([[500, { error: "internal_error", message: "see the log" }]]);
+  await assert.rejects(
+    new OpsClient({ baseUrl: "http://svc:9", fetch: f500 }).request("POST", "/dlq/replay", {
+      body: { all: true },
+    }),
+    /POST http:\/\/svc:9\/dlq\/replay failed: HTTP 500: internal_error: see the log/,
+  );
+  // A port nothing listens on.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  await assert.rejects(
+    new OpsClient({ baseUrl: `http://127.0.0.1:${port}` }).request("GET", "/dlq"),
+    new RegExp(
+      `^CliError: cannot reach marketplace-sync at http://127\\.0\\.0\\.1:${port}: .+ \\(set MARKETPLACE_SYNC_URL\\)$`,
+    ),
+  );
+});
