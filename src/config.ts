@@ -68,6 +68,10 @@ const url = (protocols: string[]) =>
     }
   }, `must be a URL starting with ${protocols.map((p) => p + "//").join(" or ")}`);
 
+/** How resync finds a SKU's producto_id at a store (for the Redis key): $1 tienda_id, $2 sku. */
+export const DEFAULT_POS_PRODUCT_QUERY =
+  "select id::text from producto where tienda_id::text = $1::text and sku = $2::text limit 1";
+
 /** MercadoLibre's API. */
 export const DEFAULT_MELI_URL = "https://api.mercadolibre.com";
 
@@ -199,6 +203,13 @@ const EnvSchema = z.object({
   MELI_LOCK_TTL: duration("MELI_LOCK_TTL").default(30_000),
   SANDBOX_MELI_PORT: int(0, 65535).default(0),
   SANDBOX_MELI_TOKEN_TTL: int(1, 31_536_000).default(21_600),
+
+  POS_PRODUCT_QUERY: z.string().trim().min(1).default(DEFAULT_POS_PRODUCT_QUERY).refine(
+    (q) => /^\s*(select|with)\b/i.test(q) && q.includes("$1") && q.includes("$2"),
+    "must be a SELECT using $1 (tienda_id) and $2 (sku)",
+  ),
+  RESYNC_INTERVAL: duration("RESYNC_INTERVAL").pipe(z.number().min(60_000, "must be at least 1m")).optional(),
+  RESYNC_MODE: z.enum(["dry_run", "write"]).default("dry_run"),
 
   POS_REDIS_URL: url(["redis:", "rediss:"]).optional(),
   POS_DATABASE_URL: url(["postgres:", "postgresql:"]).optional(),

@@ -10,6 +10,13 @@ import { createConfirmingPublisher } from "./broker/publisher.ts";
 import { locationMap, ShopifyChannel } from "./channels/shopify/channel.ts";
 import { ShopifyClient } from "./channels/shopify/client.ts";
 import { MeliChannel } from "./channels/mercadolibre/channel.ts";
+import { MeliStock } from "./channels/mercadolibre/stock.ts";
+import { ShopifyStock } from "./channels/shopify/stock.ts";
+import { listChanges } from "./ops/changes.ts";
+import { DeadLetterAdmin } from "./ops/dead_letters.ts";
+import { ReconcileScheduler } from "./ops/reconcile.ts";
+import { type ChannelStock, Resyncer, type ResyncHooks } from "./ops/resync.ts";
+import { type ChannelProbe, collectStatus } from "./ops/status.ts";
 import { MeliClient } from "./channels/mercadolibre/client.ts";
 import { MeliListings } from "./channels/mercadolibre/listings.ts";
 import { type AccessTokens, OAuthTokens, StaticToken } from "./channels/mercadolibre/tokens.ts";
@@ -26,6 +33,7 @@ import { startSaleConsumer } from "./broker/sale_consumer.ts";
 import { declareTopology, type Topology, topologyFromConfig } from "./broker/topology.ts";
 import { type Config, ConfigError, loadConfig, redactUrl } from "./config.ts";
 import { type CheckResult, createApp } from "./http/app.ts";
+import { statusPageHtml } from "./http/status_page.ts";
 import { Custody } from "./ledger/custody.ts";
 import { migrate } from "./ledger/migrate.ts";
 import { logger, setupLogging } from "./log.ts";
@@ -47,6 +55,8 @@ export interface RunningService {
   shopifySandbox(): ShopifySandbox | undefined;
   /** The built-in MercadoLibre sandbox, when MeLi is not configured. */
   meliSandbox(): MeliSandbox | undefined;
+  /** The resync runner, once started. */
+  resyncer(): Resyncer | undefined;
   /** Graceful stop: consumer, in-flight custody, publisher, connections, HTTP. */
   close(): Promise<void>;
 }
@@ -99,6 +109,7 @@ function connectBroker(url: string, name: string, metrics: ServiceMetrics): Conn
 /** Extra wiring for tests: seams around the dispatcher. */
 export interface ServiceOptions {
   dispatcherHooks?: DispatcherHooks;
+  resyncHooks?: ResyncHooks;
 }
 
 export function startService(config: Config, options: ServiceOptions = {}): RunningService {
@@ -176,7 +187,49 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   }
 
   // A scrape probes the dependencies too, so component_up is fresh without /readyz traffic.
-  const app = createApp({ readiness, registry: metrics.registry, version: VERSION, beforeScrape: readiness });
+  const meliConfigured = Boolean(config.MELI_TOKEN || config.MELI_CLIENT_ID);
+  const sandboxMode = !config.SHOPIFY_URL && !meliConfigured;
+  let resyncer: Resyncer | undefined;
+  let reconcile: ReconcileScheduler | undefined;
+  let deadLetters: DeadLetterAdmin | undefined;
+  const channelStocks: ChannelStock[] = [];
+  const probes: Record<string, ChannelProbe> = {};
+  const operator = {
+    auth: { token: config.ADMIN_TOKEN, sandboxMode },
+    status: () =>
+      collectStatus({
+        sql,
+        version: VERSION,
+        mode: sandboxMode ? "sandbox" : "live",
+        channels: config.CHANNELS,
+        probes,
+        queue: async () => {
+          const connection = publishConnection;
+          if (!connection?.ready) throw new Error("not connected");
+          const [work, dead] = await Promise.all([
+            connection.queueDeclare({ queue: topology.queue, passive: true }),
+            connection.queueDeclare({ queue: topology.deadLetterQueue, passive: true }),
+          ]);
+          return {
+            name: topology.queue,
+            depth: work.messageCount,
+            consumers: work.consumerCount,
+            dead_letters: dead.messageCount,
+          };
+        },
+      }),
+    changes: (query: Parameters<typeof listChanges>[1]) => listChanges(sql, query),
+    resyncer: () => resyncer,
+    deadLetters: () => deadLetters,
+    statusPage: () => statusPageHtml(VERSION),
+  };
+  const app = createApp({
+    readiness,
+    registry: metrics.registry,
+    version: VERSION,
+    beforeScrape: readiness,
+    operator,
+  });
   const server = Deno.serve({
     hostname: config.HTTP_HOST,
     port: config.HTTP_PORT,
@@ -193,7 +246,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   let meliSandbox: MeliSandbox | undefined;
   let posSql: postgres.Sql | undefined;
   let posRedis: ReturnType<typeof createClient> | undefined;
-  const meliConfigured = Boolean(config.MELI_TOKEN || config.MELI_CLIENT_ID);
+  let posStock: PosStockReader | undefined;
   let catalog: Promise<Catalog> | undefined;
   const sandboxCatalog = () =>
     catalog ??= config.SANDBOX_CATALOG
@@ -238,6 +291,11 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     });
     const channel = new ShopifyChannel({ client, sql, locations, reason: config.SHOPIFY_REASON });
     channelHealth.shopify = () => channel.health();
+    channelStocks.push(new ShopifyStock(client, channel.listings, locations, config.SHOPIFY_REASON));
+    probes.shopify = {
+      health: () => channel.health(),
+      budget: () => ({ level: budget.level, max: budget.shape.max }),
+    };
     return new Dispatcher({
       adapter: channel,
       store,
@@ -247,6 +305,36 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       pollIntervalMs: config.DISPATCH_POLL_INTERVAL,
       hooks: options.dispatcherHooks,
     });
+  }
+
+  /** The POS stock reader (mirror mode, resync): Redis keys, then the POS Postgres. */
+  function posStockReader(): PosStockReader {
+    if (posStock) return posStock;
+    posSql = postgres(config.POS_DATABASE_URL ?? config.DATABASE_URL, {
+      max: 2,
+      connect_timeout: 5,
+      idle_timeout: 30,
+      onnotice: () => {},
+      connection: { application_name: "marketplace-sync pos-reader", statement_timeout: 5_000 },
+    });
+    let stockRedis: StockRedis = redis;
+    if (config.POS_REDIS_URL && config.POS_REDIS_URL !== config.REDIS_URL) {
+      posRedis = createClient({
+        url: config.POS_REDIS_URL,
+        socket: { connectTimeout: 2_000, reconnectStrategy: (n: number) => Math.min(100 * 2 ** n, 5_000) },
+      });
+      posRedis.on("error", () => {});
+      posRedis.connect().catch(() => {});
+      stockRedis = posRedis;
+    }
+    posStock = new PosStockReader({
+      redis: stockRedis,
+      sql: posSql,
+      keyTemplate: config.POS_STOCK_KEY,
+      query: config.POS_STOCK_QUERY,
+      productQuery: config.POS_PRODUCT_QUERY,
+    });
+    return posStock;
   }
 
   /**
@@ -308,31 +396,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     });
     const client = new MeliClient({ baseUrl, tokens, budget, timeoutMs: config.MELI_TIMEOUT, metrics });
     const listings = new MeliListings(sql, client, config.MELI_USER_ID);
-    if (!posSql) {
-      posSql = postgres(config.POS_DATABASE_URL ?? config.DATABASE_URL, {
-        max: 2,
-        connect_timeout: 5,
-        idle_timeout: 30,
-        onnotice: () => {},
-        connection: { application_name: "marketplace-sync pos-reader", statement_timeout: 5_000 },
-      });
-    }
-    let stockRedis: StockRedis = redis;
-    if (config.POS_REDIS_URL && config.POS_REDIS_URL !== config.REDIS_URL) {
-      posRedis = createClient({
-        url: config.POS_REDIS_URL,
-        socket: { connectTimeout: 2_000, reconnectStrategy: (n: number) => Math.min(100 * 2 ** n, 5_000) },
-      });
-      posRedis.on("error", () => {});
-      posRedis.connect().catch(() => {});
-      stockRedis = posRedis;
-    }
-    const stock = new PosStockReader({
-      redis: stockRedis,
-      sql: posSql,
-      keyTemplate: config.POS_STOCK_KEY,
-      query: config.POS_STOCK_QUERY,
-    });
+    const stock = posStockReader();
     const locks = new ListingLocks(
       redis,
       `marketplace-sync:lock:mercadolibre:${host}:`,
@@ -354,6 +418,12 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
         (await sql`select 1 from sync_batch where id = ${id} and status = 'sending'`).length > 0,
     });
     channelHealth.mercadolibre = () => channel.health();
+    channelStocks.push(new MeliStock(client, listings, locks, tiendaId));
+    probes.mercadolibre = {
+      health: () => channel.health(),
+      budget: () => ({ level: budget.level, max: budget.shape.max }),
+      tokenExpiresAt: () => tokens.expiresAt(),
+    };
     return new Dispatcher({
       adapter: channel,
       store,
@@ -430,6 +500,28 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     }
     const meliTienda = config.CHANNELS.includes("mercadolibre") ? await meliStore() : undefined;
     for (const d of dispatchers) d.start();
+    deadLetters = new DeadLetterAdmin({ connection: publishConnection, publisher, topology });
+    resyncer = new Resyncer({
+      sql,
+      stock: posStockReader(),
+      channels: channelStocks,
+      metrics,
+      owner: `${Deno.hostname?.() ?? "host"}:${Deno.pid}`,
+      // Live sales first: wait (up to 5 s per listing) while the channel's dispatcher has work.
+      liveIdle: async (channel, signal) => {
+        await dispatchers.find((d) => d.channel === channel)?.idle(5_000, signal);
+      },
+      hooks: options.resyncHooks,
+    });
+    if (config.RESYNC_INTERVAL) {
+      reconcile = new ReconcileScheduler({
+        sql,
+        resyncer,
+        intervalMs: config.RESYNC_INTERVAL,
+        dryRun: config.RESYNC_MODE === "dry_run",
+      });
+      reconcile.start();
+    }
     custody = new Custody(sql, config.CHANNELS, {
       batchSize: config.CUSTODY_BATCH_SIZE,
       maxWaitMs: config.CUSTODY_BATCH_WAIT,
@@ -468,6 +560,9 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     stopWaiting.abort();
     log.info("shutting down: stop consuming, finish in-flight work", { mark: "shutdown" });
     await started.catch(() => {});
+    const reconcileStopped = reconcile?.stop();
+    await resyncer?.close(); // ends a scheduled round's job too
+    await reconcileStopped;
     await consumer?.close();
     await custody?.drain();
     // Let each dispatcher finish (and record) the batch in flight; abort waits
@@ -504,6 +599,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     close,
     shopifySandbox: () => sandbox,
     meliSandbox: () => meliSandbox,
+    resyncer: () => resyncer,
   };
 }
 

@@ -28,6 +28,8 @@ export interface ServiceMetrics {
   throttleWaitSeconds: Counter<"channel">;
   budgetLevel: Gauge<"channel">;
   tokenRefreshes: Counter<"channel" | "outcome">;
+  resyncDrift: Counter<"channel">;
+  resyncRuns: Counter<"mode" | "state">;
   deadLetterCopyFailures: Counter<"channel">;
 }
 
@@ -103,6 +105,18 @@ export function createMetrics(
       help:
         "Failed changes whose sale could not be copied to the DLQ (still failed in the ledger's audit trail).",
       labelNames: ["channel"] as const,
+      registers,
+    }),
+    resyncDrift: new Counter({
+      name: `${prefix}resync_drift_total`,
+      help: "Listings found differing from the POS by resync and scheduled reconcile (dry run or not).",
+      labelNames: ["channel"] as const,
+      registers,
+    }),
+    resyncRuns: new Counter({
+      name: `${prefix}resync_runs_total`,
+      help: "Resync jobs finished, by mode (dry_run, write) and state (done, failed).",
+      labelNames: ["mode", "state"] as const,
       registers,
     }),
     tokenRefreshes: new Counter({

@@ -4,7 +4,6 @@
  * POS's stock keys in Redis as the source of truth (mirror mode).
  */
 import assert from "node:assert/strict";
-import { createClient } from "redis";
 import postgres from "postgres";
 import { startService } from "../src/main.ts";
 import { OAuthTokens } from "../src/channels/mercadolibre/tokens.ts";
@@ -16,11 +15,11 @@ import {
   harnessFor,
   header,
   integration,
-  REDIS_URL,
   testConfig,
   uniqueName,
   waitFor,
 } from "./helpers.ts";
+import { Pos } from "./pos.ts";
 
 const catalog = defaultCatalog();
 const MELI_STORE = catalog.stores[0].tienda_id;
@@ -30,67 +29,6 @@ function productOf(sku: string) {
   const p = catalog.products.find((p) => p.sku === sku);
   if (!p) throw new Error(`no catalog product ${sku}`);
   return p;
-}
-
-/** A sale event at a store. */
-function saleOf(tiendaId: string, lines: { sku: string; qty: number }[]): Record<string, unknown> {
-  return {
-    event_id: crypto.randomUUID(),
-    tienda_id: tiendaId,
-    total: 100,
-    metodo_pago: "EFECTIVO",
-    items: lines.map((l) => ({
-      producto_id: catalog.products.find((p) => p.sku === l.sku)?.producto_id ?? crypto.randomUUID(),
-      producto_nombre: l.sku,
-      producto_sku: l.sku,
-      cantidad: l.qty,
-      precio_unitario: 10,
-      subtotal: 10 * l.qty,
-    })),
-    timestamp: new Date().toISOString(),
-  };
-}
-
-/** The POS: stock keys in Redis under a per-test prefix, lowered before a sale is published. */
-class Pos {
-  readonly keyTemplate: string;
-  // deno-lint-ignore no-explicit-any
-  constructor(private readonly redis: any, readonly prefix: string) {
-    this.keyTemplate = `${prefix}:stock:{tienda_id}:{producto_id}`;
-  }
-  static async open(): Promise<Pos> {
-    const redis = createClient({ url: REDIS_URL });
-    await redis.connect();
-    const pos = new Pos(redis, uniqueName("pos"));
-    for (const p of catalog.products) {
-      for (const s of catalog.stores) await pos.set(s.tienda_id, p.sku, p.stock[s.tienda_id] ?? 0);
-    }
-    return pos;
-  }
-  key(tiendaId: string, sku: string): string {
-    return `${this.prefix}:stock:${tiendaId}:${productOf(sku).producto_id}`;
-  }
-  async set(tiendaId: string, sku: string, quantity: number): Promise<void> {
-    await this.redis.set(this.key(tiendaId, sku), String(quantity));
-  }
-  async get(tiendaId: string, sku: string): Promise<number> {
-    return Number(await this.redis.get(this.key(tiendaId, sku)));
-  }
-  /** What the POS does on a sale: reserve the stock, then publish the event. */
-  async sell(h: Harness, tiendaId: string, lines: { sku: string; qty: number }[]): Promise<void> {
-    for (const l of lines) {
-      if (catalog.products.some((p) => p.sku === l.sku)) {
-        await this.redis.decrBy(this.key(tiendaId, l.sku), l.qty);
-      }
-    }
-    const event = saleOf(tiendaId, lines);
-    await h.publish(event, { messageId: event.event_id as string });
-  }
-  async close(): Promise<void> {
-    const keys = await this.redis.keys(`${this.prefix}:*`);
-    if (keys.length) await this.redis.del(keys);
-    await this.redis.close();
-  }
 }
 
 /** Service variables that point the MeLi channel at a sandbox as if it were the real API. */

@@ -1,10 +1,12 @@
 /**
- * The HTTP surface (DESIGN.md §7): liveness, readiness and Prometheus metrics.
- * Operator routes (resync, DLQ, audit trail, status page) join here later.
+ * The HTTP surface (DESIGN.md §7): liveness, readiness and Prometheus metrics,
+ * open to all; the operator routes (status, audit trail, resync, DLQ) behind
+ * the admin token (src/http/operator.ts).
  */
 import { Hono } from "hono";
 import type { Registry } from "prom-client";
 import { logger } from "../log.ts";
+import { mountOperatorRoutes, type OperatorDeps } from "./operator.ts";
 
 const log = logger("http");
 
@@ -22,6 +24,8 @@ export interface HttpDeps {
   version: string;
   /** Refreshes gauges that need a probe (dependency up/down) before a scrape. */
   beforeScrape?: () => Promise<unknown>;
+  /** Operator routes; omitted in tests of the open routes only. */
+  operator?: OperatorDeps;
 }
 
 /** Builds the Hono app. Pure: no listening, so tests can call `app.request()`. */
@@ -41,6 +45,8 @@ export function createApp(deps: HttpDeps): Hono {
     const body = await deps.registry.metrics();
     return c.body(body, 200, { "content-type": deps.registry.contentType });
   });
+
+  if (deps.operator) mountOperatorRoutes(app, deps.operator);
 
   app.notFound((c) =>
     c.json({ error: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404)

@@ -147,4 +147,36 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 6,
+    name: "operator surface: resync jobs, audit queries",
+    sql: `
+      -- Resync jobs, visible from every replica (GET /resync/{id} may hit another
+      -- one). One running job per scope: a second POST for it answers 409.
+      create table resync_job (
+        id          uuid primary key,
+        scope_key   text not null,
+        request     jsonb not null,
+        dry_run     boolean not null,
+        state       text not null default 'running' check (state in ('running', 'done', 'failed')),
+        total       integer not null default 0,
+        done        integer not null default 0,
+        drift_found integer not null default 0,
+        written     integer not null default 0,
+        errors      integer not null default 0,
+        report      jsonb not null default '[]',
+        unresolved  jsonb not null default '[]',
+        error       text,
+        owner       text not null,
+        started_at  timestamptz not null default now(),
+        heartbeat_at timestamptz not null default now(),
+        finished_at timestamptz
+      );
+      create unique index resync_job_running on resync_job (scope_key) where state = 'running';
+      -- Applied changes per minute (status page sparkline) without scanning history.
+      create index stock_change_applied_at on stock_change (applied_at) where status = 'applied';
+      -- The audit trail pages newest first.
+      create index stock_change_sku on stock_change (sku, id);
+    `,
+  },
 ];

@@ -35,11 +35,31 @@ export interface PosStockReaderOptions {
   keyTemplate: string;
   /** SELECT returning one row whose first column is the stock: $1 tienda_id, $2 producto_id, $3 sku. */
   query: string;
+  /** SELECT returning a SKU's producto_id at a store: $1 tienda_id, $2 sku. */
+  productQuery?: string;
 }
 
 /** Thrown when neither source could be asked (both down): the caller retries later. */
 export class StockSourceUnavailableError extends Error {
   override name = "StockSourceUnavailableError";
+}
+
+/**
+ * Renumbers a query's `$n` placeholders to the ones it uses, with their values:
+ * Postgres cannot type a parameter the query never mentions, and operators
+ * write queries that need only the SKU or only the id.
+ */
+export function bindUsed(query: string, values: unknown[]): { query: string; params: unknown[] } {
+  const used = [...new Set([...query.matchAll(/\$(\d+)\b/g)].map((m) => Number(m[1])))]
+    .filter((n) => n >= 1 && n <= values.length).sort((a, b) => a - b);
+  const renumber = new Map(used.map((n, i) => [n, i + 1]));
+  return {
+    query: query.replace(
+      /\$(\d+)\b/g,
+      (all, n) => renumber.has(Number(n)) ? `$${renumber.get(Number(n))}` : all,
+    ),
+    params: used.map((n) => values[n - 1]),
+  };
 }
 
 /** Reads POS stock: Redis first, the Postgres query as fallback. */
@@ -53,6 +73,19 @@ export class PosStockReader {
     return template.replaceAll("{tienda_id}", key.tiendaId)
       .replaceAll("{producto_id}", key.productoId ?? "")
       .replaceAll("{sku}", key.sku);
+  }
+
+  /** The POS's producto_id of a SKU at a store (resync knows SKUs, the Redis key wants ids). */
+  async productoId(tiendaId: string, sku: string): Promise<string | null> {
+    if (!this.options.productQuery) return null;
+    try {
+      const bound = bindUsed(this.options.productQuery, [tiendaId, sku]);
+      const rows = await this.options.sql.unsafe(bound.query, bound.params as string[]);
+      const value = rows[0] ? Object.values(rows[0])[0] : null;
+      return value == null ? null : String(value);
+    } catch {
+      return null; // no catalog table: the stock query's SKU fallback still applies
+    }
   }
 
   /**
@@ -78,7 +111,8 @@ export class PosStockReader {
     }
     let rows: Record<string, unknown>[];
     try {
-      rows = await this.options.sql.unsafe(this.options.query, [key.tiendaId, key.productoId, key.sku]);
+      const bound = bindUsed(this.options.query, [key.tiendaId, key.productoId, key.sku]);
+      rows = await this.options.sql.unsafe(bound.query, bound.params as string[]);
     } catch (error) {
       const message = (error as Error).message;
       // A query that does not fit the POS schema is a configuration problem, not an outage.

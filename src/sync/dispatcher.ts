@@ -44,6 +44,7 @@ export class Dispatcher {
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #lastError: string | undefined;
+  #busy = false;
 
   constructor(private readonly deps: DispatcherDeps) {}
 
@@ -75,6 +76,19 @@ export class Dispatcher {
     this.#wake?.();
   }
 
+  /** True while the loop has live work (its last claim found a batch). */
+  get busy(): boolean {
+    return this.#busy;
+  }
+
+  /** Resolves once the loop is idle, or after `maxWaitMs` (resync yields to live sales, but is not starved). */
+  async idle(maxWaitMs: number, signal?: AbortSignal): Promise<void> {
+    const deadline = Date.now() + maxWaitMs;
+    while (this.#busy && Date.now() < deadline && !signal?.aborted) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
   get lastError(): string | undefined {
     return this.#lastError;
   }
@@ -99,6 +113,7 @@ export class Dispatcher {
         const batch = await store.reclaimBatch(adapter.name) ??
           await store.claimBatch(adapter.name, adapter.maxListingsPerBatch);
         if (batch) this.#phase("claim", claimStarted);
+        this.#busy = batch !== null;
         if (!batch) {
           await this.#idle(this.deps.pollIntervalMs);
           continue;

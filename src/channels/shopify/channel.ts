@@ -26,11 +26,13 @@ export const MAX_CHANGES_PER_CALL = 250;
 export interface LocationMap {
   /** Location gid for a store, or undefined when the store is not mapped. */
   locationFor(tiendaId: string): string | undefined;
+  /** Stores mapped explicitly (empty when one location serves every store). */
+  stores(): string[];
 }
 
 /** A fixed location for every store, or a per-store map (with an optional default). */
 export function locationMap(byStore: Record<string, string>, fallback?: string): LocationMap {
-  return { locationFor: (tiendaId) => byStore[tiendaId] ?? fallback };
+  return { locationFor: (tiendaId) => byStore[tiendaId] ?? fallback, stores: () => Object.keys(byStore) };
 }
 
 /** What a batch sends, persisted before the first send. */

@@ -1,0 +1,114 @@
+/**
+ * MercadoLibre's side of a resync: read a listing's `available_quantity` and
+ * set it with an absolute PUT (MeLi has no compare-and-set), under the same
+ * per-listing lock the live channel uses, checking the answer.
+ */
+import type { ChannelStock, StockRead, StockWrite } from "../../ops/resync.ts";
+import type { ListingLocks } from "../../sync/listing_lock.ts";
+import type { MeliClient } from "./client.ts";
+import type { MeliItem, MeliListing, MeliListings } from "./listings.ts";
+
+/** Reads and sets MercadoLibre stock for resync. */
+export class MeliStock implements ChannelStock {
+  readonly name = "mercadolibre" as const;
+
+  constructor(
+    private readonly client: MeliClient,
+    private readonly listings: MeliListings,
+    private readonly locks: ListingLocks,
+    /** The store MeLi mirrors; undefined in delta mode without MELI_TIENDA_ID. */
+    private readonly tiendaId: string | undefined,
+  ) {}
+
+  mappedStores(): string[] {
+    return this.tiendaId ? [this.tiendaId] : [];
+  }
+
+  shows(tiendaId: string): boolean {
+    return tiendaId === this.tiendaId;
+  }
+
+  async read(sku: string, tiendaId: string, signal?: AbortSignal): Promise<StockRead> {
+    if (tiendaId !== this.tiendaId) {
+      return {
+        ok: false,
+        reason: "store_not_on_meli",
+        error: `MercadoLibre shows ${this.tiendaId ?? "no single store (delta mode)"}, not ${tiendaId}`,
+      };
+    }
+    const resolution = await this.listings.resolve(sku, signal);
+    if (!resolution.ok) {
+      return "transient" in resolution
+        ? {
+          ok: false,
+          reason: resolution.transient.reason,
+          error: resolution.transient.error,
+          transient: true,
+        }
+        : {
+          ok: false,
+          reason: resolution.outcome.kind === "failed" ? resolution.outcome.reason : "unresolved",
+          error: resolution.outcome.kind === "failed" ? resolution.outcome.error : "unresolved",
+        };
+    }
+    const listing = resolution.listing;
+    if (listing.logisticType === "fulfillment") {
+      return {
+        ok: false,
+        reason: "fulfillment_listing",
+        error: "MercadoLibre Full manages this listing's stock",
+      };
+    }
+    const got = await this.client.request<MeliItem>("GET", `/items/${encodeURIComponent(listing.itemId)}`, {
+      operation: "get_item",
+      signal,
+    });
+    if (got.kind !== "ok") {
+      return { ok: false, reason: "meli_read_failed", error: got.error, transient: got.kind !== "rejected" };
+    }
+    const quantity = listing.variationId === null
+      ? got.data.available_quantity
+      : got.data.variations?.find((v) => v.id === listing.variationId)?.available_quantity;
+    if (quantity === undefined) {
+      await this.listings.forget(sku);
+      return {
+        ok: false,
+        reason: "listing_gone",
+        error: `variation ${listing.variationId} no longer exists`,
+      };
+    }
+    return { ok: true, quantity, ref: listing };
+  }
+
+  async write(
+    read: Extract<StockRead, { ok: true }>,
+    to: number,
+    _reference: string,
+    signal?: AbortSignal,
+  ): Promise<StockWrite> {
+    const listing = read.ref as MeliListing;
+    const key = listing.variationId === null ? listing.itemId : `${listing.itemId}/${listing.variationId}`;
+    const path = listing.variationId === null
+      ? `/items/${encodeURIComponent(listing.itemId)}`
+      : `/items/${encodeURIComponent(listing.itemId)}/variations/${listing.variationId}`;
+    return await this.locks.with(key, async (): Promise<StockWrite> => {
+      const put = await this.client.request<MeliItem>("PUT", path, {
+        operation: listing.variationId === null ? "put_item" : "put_variation",
+        body: { available_quantity: to },
+        signal,
+      });
+      if (put.kind !== "ok") return { kind: "error", reason: `meli_${put.kind}`, error: put.error };
+      const after = listing.variationId !== null && put.data.variations
+        ? put.data.variations.find((v) => v.id === listing.variationId)?.available_quantity
+        : put.data.available_quantity;
+      if (after !== to) {
+        return {
+          kind: "error",
+          reason: "not_applied",
+          error: `MercadoLibre answered ${put.status} but shows ${after ?? "(missing)"}, not ${to}`,
+        };
+      }
+      return { kind: "written", quantityAfter: to };
+    });
+  }
+}

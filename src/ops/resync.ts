@@ -1,0 +1,447 @@
+/**
+ * Resync: compare the POS's stock (the source of truth, read like MercadoLibre's
+ * mirror mode) with each marketplace's quantity and, unless it is a dry run,
+ * write the source value — Shopify with compare-and-set, MercadoLibre with an
+ * absolute PUT — recording each write in the ledger like any other change.
+ *
+ * Jobs run in the background and live in the ledger (`resync_job`), so
+ * `GET /resync/{id}` answers on any replica and one scope runs once at a time.
+ * Live sales go first: before each listing the job waits while the channel's
+ * dispatcher has work. Both draw from the same channel budgets.
+ */
+import type { Sql } from "postgres";
+import { z } from "zod";
+import { type ChannelName, KNOWN_CHANNELS } from "../config.ts";
+import { logger } from "../log.ts";
+import type { ServiceMetrics } from "../metrics.ts";
+import { type PosStockReader, StockSourceUnavailableError } from "../pos/stock.ts";
+
+const log = logger("resync");
+
+/** A marketplace quantity read, with what the write needs to address it. */
+export type StockRead =
+  | { ok: true; quantity: number; ref: unknown }
+  | { ok: false; reason: string; error: string; transient?: boolean };
+
+/** What a resync write came to. `stale`: the compare-and-set saw another value. */
+export type StockWrite =
+  | { kind: "written"; quantityAfter: number }
+  | { kind: "stale" }
+  | { kind: "error"; reason: string; error: string };
+
+/** A channel's side of a resync. */
+export interface ChannelStock {
+  readonly name: ChannelName;
+  /** Stores the channel shows, when configured explicitly (empty: learn them from the ledger). */
+  mappedStores(): string[];
+  /** Whether the channel shows this store's stock. */
+  shows(tiendaId: string): boolean;
+  read(sku: string, tiendaId: string, signal?: AbortSignal): Promise<StockRead>;
+  /** Sets `to`, conditional on the value `read` saw where the marketplace allows it. */
+  write(
+    read: Extract<StockRead, { ok: true }>,
+    to: number,
+    reference: string,
+    signal?: AbortSignal,
+  ): Promise<StockWrite>;
+}
+
+/** `POST /resync` body. */
+export const resyncRequestSchema = z.object({
+  skus: z.array(z.string().min(1).max(500)).min(1).max(10_000).optional(),
+  tienda_id: z.string().min(1).max(200).optional(),
+  all: z.literal(true).optional(),
+  channels: z.array(z.enum(KNOWN_CHANNELS)).min(1).optional(),
+  dry_run: z.boolean().default(false),
+}).strict().refine(
+  (r) => [r.skus !== undefined, r.tienda_id !== undefined, r.all !== undefined].filter(Boolean).length === 1,
+  { message: 'give exactly one scope: "skus": [...], "tienda_id": "…" or "all": true' },
+);
+
+/** A validated resync request. */
+export type ResyncRequest = z.infer<typeof resyncRequestSchema>;
+
+/** One line of the drift report. */
+export interface DriftLine {
+  sku: string;
+  tienda_id: string;
+  channel: string;
+  source_qty: number;
+  /** Changes not applied yet that the marketplace will still receive (Shopify deltas). */
+  in_flight: number;
+  marketplace_qty: number;
+  /** What the marketplace should show minus what it shows. */
+  difference: number;
+  action: "none" | "set" | "would_set" | "skip";
+  outcome?: "written" | "already_right" | "error" | "skipped";
+  error?: string;
+}
+
+/** A SKU × store × channel the job could not compare. */
+export interface Unresolved {
+  sku: string;
+  tienda_id: string;
+  channel: string;
+  reason: string;
+  error: string;
+}
+
+/** Dependencies of {@link Resyncer}. */
+export interface ResyncDeps {
+  sql: Sql;
+  stock: PosStockReader;
+  channels: ChannelStock[];
+  metrics: ServiceMetrics;
+  /** This replica's name (who runs a job). */
+  owner: string;
+  /** Resolves once the channel's live work is done (or after a bounded wait). */
+  liveIdle(channel: ChannelName, signal: AbortSignal): Promise<void>;
+  hooks?: ResyncHooks;
+}
+
+/** Test seams; production passes none. */
+export interface ResyncHooks {
+  /** Runs after the marketplace quantity was read and before the write. */
+  beforeWrite?(line: DriftLine): Promise<void> | void;
+}
+
+const HEARTBEAT_MS = 1_000;
+const STALE_JOB_MS = 120_000;
+const CAS_TRIES = 3;
+
+/** The canonical scope of a request: the same scope runs once at a time. */
+export function scopeKey(request: ResyncRequest): string {
+  return JSON.stringify({
+    skus: request.skus ? [...new Set(request.skus)].sort() : undefined,
+    tienda_id: request.tienda_id,
+    all: request.all,
+    channels: request.channels ? [...new Set(request.channels)].sort() : undefined,
+  });
+}
+
+/** Runs resync jobs in the background and reports on them. */
+export class Resyncer {
+  #abort = new AbortController();
+  #running = new Set<Promise<void>>();
+
+  constructor(private readonly deps: ResyncDeps) {}
+
+  /** Starts a job, or reports the running job of the same scope. */
+  async start(request: ResyncRequest): Promise<{ id: string } | { conflict: string }> {
+    const { sql } = this.deps;
+    const key = scopeKey(request);
+    // A job whose replica died stops blocking its scope once its heartbeat is old.
+    await sql`
+      update resync_job set state = 'failed', finished_at = now(),
+             error = 'abandoned: the replica running it stopped'
+       where scope_key = ${key} and state = 'running'
+         and heartbeat_at < now() - ${STALE_JOB_MS} * interval '1 millisecond'`;
+    const id = crypto.randomUUID();
+    const inserted = await sql`
+      insert into resync_job (id, scope_key, request, dry_run, owner)
+      values (${id}, ${key}, ${sql.json(request as never)}, ${request.dry_run}, ${this.deps.owner})
+      on conflict (scope_key) where state = 'running' do nothing
+      returning id`;
+    if (inserted.length === 0) {
+      const [running] = await sql<{ id: string }[]>`
+        select id from resync_job where scope_key = ${key} and state = 'running'`;
+      return { conflict: running?.id ?? "unknown" };
+    }
+    const run = this.#run(id, request).catch((error) =>
+      log.error("resync {id} crashed: {error}", { id, error: (error as Error).message })
+    );
+    this.#running.add(run);
+    run.finally(() => this.#running.delete(run));
+    return { id };
+  }
+
+  /** A job's progress and report, or undefined. */
+  async get(id: string): Promise<Record<string, unknown> | undefined> {
+    if (!/^[0-9a-f-]{36}$/i.test(id)) return undefined;
+    const [row] = await this.deps.sql<Record<string, unknown>[]>`
+      select id, request, dry_run, state, total, done, drift_found, written, errors, report, unresolved,
+             error, owner, started_at, heartbeat_at, finished_at
+        from resync_job where id = ${id}`;
+    if (!row) return undefined;
+    return { ...row, progress: { done: row.done, total: row.total } };
+  }
+
+  /** Waits for a job to finish (tests, the scheduler). */
+  async wait(id: string, timeoutMs = 600_000): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const job = await this.get(id);
+      if (job && job.state !== "running") return job;
+      if (Date.now() > deadline) throw new Error(`resync ${id} still running after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Stops running jobs (they are marked failed with the reason) and waits for them. */
+  async close(): Promise<void> {
+    this.#abort.abort();
+    await Promise.all([...this.#running]);
+  }
+
+  async #targets(request: ResyncRequest, channel: ChannelStock): Promise<
+    { skus: string[]; stores: string[]; unresolved: Unresolved[] }
+  > {
+    const { sql } = this.deps;
+    const unresolved: Unresolved[] = [];
+    let stores: string[];
+    if (request.tienda_id) {
+      stores = channel.shows(request.tienda_id) ? [request.tienda_id] : [];
+      if (!stores.length) {
+        unresolved.push({
+          sku: "*",
+          tienda_id: request.tienda_id,
+          channel: channel.name,
+          reason: "store_not_on_channel",
+          error: `${channel.name} does not show store ${request.tienda_id}`,
+        });
+      }
+    } else {
+      stores = channel.mappedStores();
+      if (!stores.length) {
+        stores = (await sql<{ tienda_id: string }[]>`
+          select distinct tienda_id from stock_change where channel = ${channel.name}`).map((r) =>
+          r.tienda_id
+        )
+          .filter((t) => channel.shows(t));
+      }
+    }
+    let skus: string[];
+    if (request.skus) skus = [...new Set(request.skus)];
+    else {
+      // "All mapped listings": every SKU the channel resolved or the service saw sold.
+      skus = (await sql<{ sku: string }[]>`
+        select sku from listing where channel = ${channel.name}
+        union
+        select distinct sku from stock_change where channel = ${channel.name} and tienda_id = any(${stores})
+        order by 1`).map((r) => r.sku);
+    }
+    return { skus, stores, unresolved };
+  }
+
+  async #run(id: string, request: ResyncRequest): Promise<void> {
+    const { sql, metrics } = this.deps;
+    const signal = this.#abort.signal;
+    const wanted = request.channels ?? KNOWN_CHANNELS;
+    const channels = this.deps.channels.filter((c) => wanted.includes(c.name));
+    const report: DriftLine[] = [];
+    const unresolved: Unresolved[] = [];
+    for (const name of wanted) {
+      if (!channels.some((c) => c.name === name)) {
+        unresolved.push({
+          sku: "*",
+          tienda_id: request.tienda_id ?? "*",
+          channel: name,
+          reason: "channel_not_dispatched",
+          error: `${name} is not enabled (CHANNELS) or not dispatched by this instance`,
+        });
+      }
+    }
+    const plan: { channel: ChannelStock; sku: string; tiendaId: string }[] = [];
+    for (const channel of channels) {
+      const t = await this.#targets(request, channel);
+      unresolved.push(...t.unresolved);
+      for (const sku of t.skus) for (const tiendaId of t.stores) plan.push({ channel, sku, tiendaId });
+    }
+    const counts = { done: 0, drift: 0, written: 0, errors: 0 };
+    let lastBeat = 0;
+    const save = async (final?: { state: "done" | "failed"; error?: string }) => {
+      await sql`
+        update resync_job set total = ${plan.length}, done = ${counts.done}, drift_found = ${counts.drift},
+               written = ${counts.written}, errors = ${counts.errors}, report = ${sql.json(report as never)},
+               unresolved = ${sql.json(unresolved as never)}, heartbeat_at = now(),
+               state = ${final?.state ?? "running"}, error = ${final?.error ?? null},
+               finished_at = ${final ? sql`now()` : null}
+         where id = ${id}`;
+    };
+    log.info("resync {id} started: {total} listing checks ({mode})", {
+      id,
+      total: plan.length,
+      mode: request.dry_run ? "dry run" : "write",
+    });
+    try {
+      await save();
+      for (const step of plan) {
+        if (signal.aborted) throw new Error("the service is shutting down");
+        await this.deps.liveIdle(step.channel.name, signal);
+        const line = await this.#check(id, step.channel, step.sku, step.tiendaId, request.dry_run, signal);
+        counts.done++;
+        if ("reason" in line) unresolved.push(line);
+        else {
+          report.push(line);
+          if (line.difference !== 0) {
+            counts.drift++;
+            metrics.resyncDrift.inc({ channel: line.channel });
+            log.warning(
+              "drift on {channel} {sku} at {tienda_id}: POS {source} → should show {expected}, shows {shown}",
+              {
+                channel: line.channel,
+                sku: line.sku,
+                tienda_id: line.tienda_id,
+                source: line.source_qty,
+                expected: line.marketplace_qty + line.difference,
+                shown: line.marketplace_qty,
+                resync_id: id,
+                action: line.action,
+              },
+            );
+          }
+          if (line.outcome === "written") counts.written++;
+          if (line.outcome === "error") counts.errors++;
+        }
+        if (Date.now() - lastBeat > HEARTBEAT_MS) {
+          lastBeat = Date.now();
+          await save();
+        }
+      }
+      await save({ state: "done" });
+      metrics.resyncRuns.inc({ mode: request.dry_run ? "dry_run" : "write", state: "done" });
+      log.info("resync {id} done: {done} checked, {drift} with drift, {written} written, {errors} errors", {
+        id,
+        ...counts,
+        mark: "done",
+      });
+    } catch (error) {
+      counts.errors++;
+      await save({ state: "failed", error: (error as Error).message }).catch(() => {});
+      metrics.resyncRuns.inc({ mode: request.dry_run ? "dry_run" : "write", state: "failed" });
+      log.error("resync {id} failed: {error}", { id, error: (error as Error).message, mark: "error" });
+    }
+  }
+
+  /** Compares (and maybe sets) one SKU at one store on one channel. */
+  async #check(
+    id: string,
+    channel: ChannelStock,
+    sku: string,
+    tiendaId: string,
+    dryRun: boolean,
+    signal: AbortSignal,
+  ): Promise<DriftLine | Unresolved> {
+    const { sql } = this.deps;
+    const base = { sku, tienda_id: tiendaId, channel: channel.name };
+    // The Redis key wants the store's producto_id: the ledger's sales at this store, the
+    // POS catalog, then a sale of the SKU at another store (ids are usually shared).
+    const [known] = await sql<{ producto_id: string; same_store: boolean }[]>`
+      select producto_id, tienda_id = ${tiendaId} as same_store from stock_change
+       where sku = ${sku} and producto_id is not null
+       order by (tienda_id = ${tiendaId}) desc, id desc limit 1`;
+    const productoId = known?.same_store
+      ? known.producto_id
+      : await this.deps.stock.productoId(tiendaId, sku) ?? known?.producto_id ?? null;
+    let source;
+    try {
+      source = await this.deps.stock.read({ tiendaId, productoId, sku });
+    } catch (error) {
+      if (!(error instanceof StockSourceUnavailableError)) throw error;
+      return { ...base, reason: "stock_source_unavailable", error: error.message };
+    }
+    if (!source.found) return { ...base, reason: "stock_unknown", error: source.reason };
+
+    // Shopify receives sales as deltas: changes not applied yet will still lower it,
+    // so until they land it should show the POS value plus what they will take off.
+    const [flight] = await sql<{ pending: number; sending: number }[]>`
+      select coalesce(sum(delta) filter (where status = 'pending'), 0)::int as pending,
+             count(*) filter (where status = 'sending')::int as sending
+        from stock_change
+       where channel = ${channel.name} and tienda_id = ${tiendaId} and sku = ${sku}
+         and status in ('pending', 'sending')`;
+    const deltaChannel = channel.name === "shopify";
+    const inFlight = deltaChannel ? -flight.pending : 0;
+    const target = Math.max(0, source.quantity + inFlight);
+
+    let read = await channel.read(sku, tiendaId, signal);
+    if (!read.ok) return { ...base, reason: read.reason, error: read.error };
+    const line: DriftLine = {
+      ...base,
+      source_qty: source.quantity,
+      in_flight: inFlight,
+      marketplace_qty: read.quantity,
+      difference: target - read.quantity,
+      action: read.quantity === target ? "none" : dryRun ? "would_set" : "set",
+    };
+    if (line.action !== "set") return line;
+    await this.deps.hooks?.beforeWrite?.(line);
+    if (deltaChannel && flight.sending > 0) {
+      // A batch in flight may or may not be in Shopify's number yet: do not guess.
+      return {
+        ...line,
+        action: "skip",
+        outcome: "skipped",
+        error: "a batch for this listing is in flight; run again",
+      };
+    }
+    for (let attempt = 1; attempt <= CAS_TRIES; attempt++) {
+      const written = await channel.write(read, target, `gid://marketplace-sync/Resync/${id}`, signal);
+      if (written.kind === "written") {
+        await this.#record(
+          id,
+          channel.name,
+          tiendaId,
+          sku,
+          productoId,
+          read.quantity,
+          target,
+          null,
+        );
+        return { ...line, outcome: "written" };
+      }
+      if (written.kind === "error") {
+        await this.#record(
+          id,
+          channel.name,
+          tiendaId,
+          sku,
+          productoId,
+          read.quantity,
+          target,
+          written,
+        );
+        return { ...line, outcome: "error", error: `${written.reason}: ${written.error}` };
+      }
+      // Stale: the marketplace moved between our read and our write. Read again.
+      read = await channel.read(sku, tiendaId, signal);
+      if (!read.ok) return { ...line, outcome: "error", error: `${read.reason}: ${read.error}` };
+      if (read.quantity === target) return { ...line, outcome: "already_right" };
+    }
+    return {
+      ...line,
+      outcome: "error",
+      error: `the quantity kept changing (${CAS_TRIES} compare-and-set misses)`,
+    };
+  }
+
+  /** A resync write is a stock change like any other in the audit trail. */
+  async #record(
+    id: string,
+    channel: string,
+    tiendaId: string,
+    sku: string,
+    productoId: string | null,
+    from: number,
+    to: number,
+    failure: { reason: string; error: string } | null,
+  ): Promise<void> {
+    const eventId = `resync:${id}:${tiendaId}`;
+    await this.deps.sql.begin(async (tx) => {
+      await tx`
+        insert into sale (event_id, identity_source, tienda_id, body)
+        values (${eventId}, 'resync', ${tiendaId}, ${tx.json({ resync_id: id, tienda_id: tiendaId })})
+        on conflict (event_id) do nothing`;
+      await tx`
+        insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta, status, attempts,
+                                  result, error, error_reason, applied_at)
+        values (${eventId}, ${channel}, ${tiendaId}, ${sku}, ${productoId}, ${to - from},
+                ${failure ? "failed" : "applied"}, 1,
+                ${
+        tx.json({ quantity_after: failure ? null : to, detail: { resync_id: id, from, sent: to } })
+      },
+                ${failure?.error ?? null}, ${failure?.reason ?? null}, ${failure ? null : tx`now()`})
+        on conflict (event_id, channel, sku) do nothing`;
+    });
+  }
+}

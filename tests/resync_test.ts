@@ -1,0 +1,389 @@
+/**
+ * Resync against both marketplace sandboxes configured as the real APIs, with
+ * the POS's Redis stock keys as the source of truth: the dry-run drift report,
+ * writes (Shopify compare-and-set, MercadoLibre absolute), one job per scope,
+ * and the scheduled reconcile on one replica at a time.
+ */
+import assert from "node:assert/strict";
+import { SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
+import { startService } from "../src/main.ts";
+import { ReconcileScheduler } from "../src/ops/reconcile.ts";
+import type { DriftLine, ResyncHooks } from "../src/ops/resync.ts";
+import { defaultCatalog } from "../src/sandbox/catalog.ts";
+import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { type Harness, harnessFor, integration, testConfig, uniqueName, waitFor } from "./helpers.ts";
+import { Pos } from "./pos.ts";
+
+const TOKEN = "resync-admin-token-0123";
+const catalog = defaultCatalog();
+const STORES = catalog.stores.map((s) => s.tienda_id);
+const MELI_STORE = STORES[0];
+
+interface World {
+  h: Harness;
+  shop: ShopifySandbox;
+  meli: MeliSandbox;
+  pos: Pos;
+  env: Record<string, string>;
+  close(): Promise<void>;
+}
+
+async function startWorld(hooks?: ResyncHooks, extra: Record<string, string> = {}): Promise<World> {
+  const shop = await startShopifySandbox({ catalog });
+  const meli = await startMeliSandbox({ catalog, tiendaId: MELI_STORE, ratePerSecond: 200 });
+  const pos = await Pos.open(catalog);
+  const schema = uniqueName("msync_rs");
+  const env = {
+    LEDGER_SCHEMA: schema,
+    // The POS catalog lives next to the ledger here (dropped with it); in production it is the POS's table.
+    POS_STOCK_QUERY: `select stock_actual from ${schema}.producto where tienda_id = $1 and sku = $3 limit 1`,
+    POS_PRODUCT_QUERY: `select id from ${schema}.producto where tienda_id = $1 and sku = $2 limit 1`,
+    CHANNELS: "shopify,mercadolibre",
+    DISPATCH_ENABLED: "true",
+    ADMIN_TOKEN: TOKEN,
+    SHOPIFY_URL: shop.url,
+    SHOPIFY_TOKEN: shop.token,
+    SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(shop.locations.map((l) => [l.tiendaId, l.id]))),
+    MELI_URL: meli.url,
+    MELI_TOKEN: meli.staticToken,
+    MELI_TIENDA_ID: MELI_STORE,
+    MELI_RATE_PER_SEC: "200",
+    POS_STOCK_KEY: pos.keyTemplate,
+    ...extra,
+  };
+  const config = testConfig(env);
+  const service = startService(config, { resyncHooks: hooks });
+  await service.started;
+  const h = await harnessFor(service, config);
+  await h.sql.unsafe(
+    `create table ${schema}.producto (id text, sku text, tienda_id text, stock_actual integer)`,
+  );
+  for (const p of catalog.products) {
+    for (const store of STORES) {
+      await h.sql`insert into producto values (${p.producto_id}, ${p.sku}, ${store}, ${p.stock[store] ?? 0})`;
+    }
+  }
+  return {
+    h,
+    shop,
+    meli,
+    pos,
+    env: { ...env, EXCHANGE: config.EXCHANGE, QUEUE: config.QUEUE, LEDGER_SCHEMA: config.LEDGER_SCHEMA },
+    async close() {
+      await h.close();
+      await shop.close();
+      await meli.close();
+      await pos.close();
+    },
+  };
+}
+
+/** Sets a Shopify quantity behind the service's back (drift), through the sandbox's own API. */
+async function shopifySet(w: World, sku: string, tiendaId: string, quantity: number): Promise<void> {
+  const product = w.pos.product(sku);
+  const item = w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId;
+  const location = w.shop.locationIdOf(tiendaId)!;
+  const res = await fetch(w.shop.graphqlUrl, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-shopify-access-token": w.shop.token },
+    body: JSON.stringify({
+      query: SET_AVAILABLE,
+      variables: {
+        key: crypto.randomUUID(),
+        input: {
+          name: "available",
+          reason: "correction",
+          referenceDocumentUri: "gid://test/Drift/1",
+          quantities: [{
+            inventoryItemId: item,
+            locationId: location,
+            quantity,
+            changeFromQuantity: w.shop.availableFor(product.producto_id, tiendaId),
+          }],
+        },
+      },
+    }),
+  });
+  const body = await res.json();
+  assert.deepEqual(body.data.inventorySetQuantities.userErrors, [], JSON.stringify(body));
+}
+
+function shopifyQty(w: World, sku: string, tiendaId: string): number {
+  return w.shop.availableFor(w.pos.product(sku).producto_id, tiendaId)!;
+}
+
+async function api(w: World, method: string, path: string, body?: unknown) {
+  const r = await fetch(`${w.h.service.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: r.status, body: await r.json() };
+}
+
+async function resync(w: World, request: unknown) {
+  const started = await api(w, "POST", "/resync", request);
+  assert.equal(started.status, 202, JSON.stringify(started.body));
+  return await waitFor(
+    async () => {
+      const job = await api(w, "GET", `/resync/${started.body.id}`);
+      return job.body.state !== "running" ? job.body : undefined;
+    },
+    "resync finished",
+    30_000,
+  );
+}
+
+const SKUS = ["REMERA-002", "JEAN-RECTO-40", "GORRO-LANA"];
+
+/** Drift in all three places it can come from. */
+async function injectDrift(w: World): Promise<void> {
+  const remera = w.pos.product("REMERA-002").stock[MELI_STORE];
+  await w.pos.set(MELI_STORE, "REMERA-002", remera - 3); // POS sold 3 the marketplaces never heard of
+  await shopifySet(w, "GORRO-LANA", STORES[2], 77); // someone edited Shopify by hand
+  w.meli.setQuantity(w.pos.product("JEAN-RECTO-40").producto_id, 99); // and MercadoLibre
+}
+
+function driftOnly(report: DriftLine[]) {
+  return report.filter((l) => l.difference !== 0).map((l) => ({
+    sku: l.sku,
+    tienda_id: l.tienda_id,
+    channel: l.channel,
+    source_qty: l.source_qty,
+    marketplace_qty: l.marketplace_qty,
+    difference: l.difference,
+    action: l.action,
+  })).sort((a, b) =>
+    `${a.channel}${a.sku}${a.tienda_id}`.localeCompare(`${b.channel}${b.sku}${b.tienda_id}`)
+  );
+}
+
+integration("dry run: the exact drift report, unresolved SKUs named, and nothing written", async () => {
+  const w = await startWorld();
+  try {
+    await injectDrift(w);
+    // No Redis key for this one: the POS's Postgres catalog is read instead.
+    await w.pos.delete(STORES[4], "GORRO-LANA");
+    await w.h.sql`update producto set stock_actual = 4 where sku = 'GORRO-LANA' and tienda_id = ${STORES[4]}`;
+    const shopWrites = w.shop.stats().mutationsApplied;
+    const meliPuts = w.meli.stats().puts;
+    const job = await resync(w, { skus: [...SKUS, "NO-SUCH-SKU"], dry_run: true });
+    assert.equal(job.state, "done");
+    const remera = w.pos.product("REMERA-002").stock[MELI_STORE];
+    const gorro = w.pos.product("GORRO-LANA").stock[STORES[2]];
+    const jean = w.pos.product("JEAN-RECTO-40").stock[MELI_STORE];
+    assert.deepEqual(driftOnly(job.report), [
+      {
+        sku: "JEAN-RECTO-40",
+        tienda_id: MELI_STORE,
+        channel: "mercadolibre",
+        source_qty: jean,
+        marketplace_qty: 99,
+        difference: jean - 99,
+        action: "would_set",
+      },
+      {
+        sku: "REMERA-002",
+        tienda_id: MELI_STORE,
+        channel: "mercadolibre",
+        source_qty: remera - 3,
+        marketplace_qty: remera,
+        difference: -3,
+        action: "would_set",
+      },
+      {
+        sku: "GORRO-LANA",
+        tienda_id: STORES[4],
+        channel: "shopify",
+        source_qty: 4,
+        marketplace_qty: w.pos.product("GORRO-LANA").stock[STORES[4]],
+        difference: 4 - w.pos.product("GORRO-LANA").stock[STORES[4]],
+        action: "would_set",
+      },
+      {
+        sku: "GORRO-LANA",
+        tienda_id: STORES[2],
+        channel: "shopify",
+        source_qty: gorro,
+        marketplace_qty: 77,
+        difference: gorro - 77,
+        action: "would_set",
+      },
+      {
+        sku: "REMERA-002",
+        tienda_id: MELI_STORE,
+        channel: "shopify",
+        source_qty: remera - 3,
+        marketplace_qty: remera,
+        difference: -3,
+        action: "would_set",
+      },
+    ]);
+    // 3 SKUs × (5 Shopify stores + 1 MeLi store) compared; NO-SUCH-SKU has no POS stock anywhere.
+    assert.equal(job.report.length, 18);
+    assert.equal(job.total, 24);
+    assert.equal(job.done, 24);
+    assert.equal(job.drift_found, 5);
+    assert.equal(job.written, 0);
+    assert.deepEqual(
+      [...new Set(job.unresolved.map((u: { sku: string; reason: string }) => `${u.sku} ${u.reason}`))],
+      ["NO-SUCH-SKU stock_unknown"],
+    );
+    assert.equal(w.shop.stats().mutationsApplied, shopWrites, "a dry run writes nothing to Shopify");
+    assert.equal(w.meli.stats().puts, meliPuts, "nor to MercadoLibre");
+    const metrics = await (await fetch(`${w.h.service.url}/metrics`)).text();
+    assert.match(metrics, /marketplace_sync_resync_drift_total\{channel="shopify"\} 3/);
+  } finally {
+    await w.close();
+  }
+});
+
+integration(
+  "write resync: both marketplaces end at the POS value, each write is in the audit trail",
+  async () => {
+    const w = await startWorld();
+    try {
+      await injectDrift(w);
+      const job = await resync(w, { skus: SKUS });
+      assert.equal(job.state, "done");
+      assert.equal(job.drift_found, 4);
+      assert.equal(job.written, 4);
+      assert.equal(job.errors, 0);
+      for (const sku of SKUS) {
+        for (const store of STORES) {
+          assert.equal(
+            shopifyQty(w, sku, store),
+            Math.max(0, await w.pos.get(store, sku)),
+          );
+        }
+        assert.equal(
+          w.meli.quantityOf(w.pos.product(sku).producto_id),
+          Math.max(0, await w.pos.get(MELI_STORE, sku)),
+        );
+      }
+      const audit = await api(w, "GET", `/changes?status=applied&sku=REMERA-002`);
+      const written = audit.body.changes.filter((c: { event_id: string }) =>
+        c.event_id.startsWith("resync:")
+      );
+      assert.equal(written.length, 2, "one applied change per channel for REMERA-002");
+      for (const c of written) {
+        assert.equal(c.delta, -3);
+        assert.equal(c.quantity_after, await w.pos.get(MELI_STORE, "REMERA-002"));
+      }
+      const again = await resync(w, { skus: SKUS, dry_run: true });
+      assert.equal(again.drift_found, 0, "a second look finds nothing");
+      assert.deepEqual(w.meli.invalidRequests(), []);
+    } finally {
+      await w.close();
+    }
+  },
+);
+
+integration(
+  "a Shopify change between read and write: compare-and-set misses, re-reads, ends right",
+  async () => {
+    let interfered = 0;
+    let world: World | undefined;
+    const w = world = await startWorld({
+      async beforeWrite(line) {
+        if (line.channel === "shopify" && interfered === 0) {
+          interfered++;
+          // Someone sells online (or edits Shopify) right after our read.
+          await shopifySet(world!, line.sku, line.tienda_id, line.marketplace_qty - 1);
+        }
+      },
+    });
+    try {
+      await shopifySet(w, "GORRO-LANA", STORES[2], 77);
+      const job = await resync(w, { skus: ["GORRO-LANA"], tienda_id: undefined, channels: ["shopify"] });
+      assert.equal(interfered, 1);
+      assert.equal(job.state, "done");
+      const line = job.report.find((l: DriftLine) => l.tienda_id === STORES[2]);
+      assert.equal(line.marketplace_qty, 77);
+      assert.equal(line.outcome, "written");
+      assert.equal(shopifyQty(w, "GORRO-LANA", STORES[2]), await w.pos.get(STORES[2], "GORRO-LANA"));
+    } finally {
+      await w.close();
+    }
+  },
+);
+
+integration("one resync per scope at a time (409 naming the running one); bad bodies are 400", async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  const w = await startWorld({ beforeWrite: () => gate }, {});
+  try {
+    await shopifySet(w, "GORRO-LANA", STORES[1], 50);
+    const first = await api(w, "POST", "/resync", { skus: ["GORRO-LANA"], channels: ["shopify"] });
+    assert.equal(first.status, 202);
+    await waitFor(
+      async () => (await api(w, "GET", `/resync/${first.body.id}`)).body.done >= 1,
+      "job started",
+    );
+    const same = await api(w, "POST", "/resync", {
+      skus: ["GORRO-LANA"],
+      channels: ["shopify"],
+      dry_run: true,
+    });
+    assert.equal(same.status, 409);
+    assert.equal(same.body.id, first.body.id);
+    assert.match(same.body.message, new RegExp(first.body.id));
+    const other = await api(w, "POST", "/resync", {
+      skus: ["REMERA-002"],
+      channels: ["shopify"],
+      dry_run: true,
+    });
+    assert.equal(other.status, 202);
+    release();
+    await waitFor(
+      async () => (await api(w, "GET", `/resync/${first.body.id}`)).body.state === "done",
+      "done",
+    );
+    for (
+      const [body, pattern] of [
+        [{}, /exactly one scope/],
+        [{ skus: ["A"], all: true }, /exactly one scope/],
+        [{ all: true, channels: ["amazon"] }, /channels/],
+        [{ all: true, dryrun: true }, /dryrun/],
+      ] as const
+    ) {
+      const bad = await api(w, "POST", "/resync", body);
+      assert.equal(bad.status, 400, JSON.stringify(body));
+      assert.match(bad.body.message, pattern);
+    }
+    assert.equal((await api(w, "GET", "/resync/00000000-0000-4000-8000-000000000000")).status, 404);
+  } finally {
+    release();
+    await w.close();
+  }
+});
+
+integration("scheduled reconcile: two replicas, one round runs on exactly one of them", async () => {
+  const w = await startWorld();
+  const second = startService(testConfig(w.env));
+  try {
+    await second.started;
+    await shopifySet(w, "GORRO-LANA", STORES[3], 5);
+    // A sale, so "all" has a mapped listing to look at besides the drifted one.
+    await w.pos.sell(w.h, STORES[3], [{ sku: "GORRO-LANA", qty: 1 }]);
+    await waitFor(
+      async () => (await w.h.sql`select 1 from stock_change where status = 'applied'`).length >= 1,
+      "sold",
+    );
+    const schedulers = [w.h.service, second].map((s) =>
+      new ReconcileScheduler({ sql: w.h.sql, resyncer: s.resyncer()!, intervalMs: 3_600_000, dryRun: true })
+    );
+    const ran = await Promise.all(schedulers.map((s) => s.runOnce()));
+    assert.equal(ran.filter(Boolean).length, 1, `one replica ran the round: ${JSON.stringify(ran)}`);
+    const jobs = await w.h.sql<{ dry_run: boolean; drift_found: number; state: string }[]>`
+      select dry_run, drift_found, state from resync_job`;
+    assert.equal(jobs.length, 1);
+    assert.equal(jobs[0].dry_run, true);
+    assert.equal(jobs[0].state, "done");
+    assert.ok(jobs[0].drift_found >= 1, "the hand-edited listing is found");
+  } finally {
+    await second.close();
+    await w.close();
+  }
+});
