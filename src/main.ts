@@ -223,11 +223,31 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     deadLetters: () => deadLetters,
     statusPage: () => statusPageHtml(VERSION),
   };
+  /** Gauges read at scrape time: dependency probes, queue depths, token expiry. */
+  async function beforeScrape(): Promise<void> {
+    await readiness();
+    for (const [channel, probe] of Object.entries(probes)) {
+      const expires = probe.tokenExpiresAt?.();
+      if (expires) {
+        metrics.tokenExpirySeconds.set({ channel }, Math.round((expires.getTime() - Date.now()) / 1000));
+      }
+    }
+    const connection = publishConnection;
+    if (!connection?.ready) return;
+    for (const queue of [topology.queue, topology.deadLetterQueue]) {
+      const info = await withTimeout(connection.queueDeclare({ queue, passive: true }), 2_000, "queue probe")
+        .catch(() => undefined);
+      if (!info) continue;
+      metrics.queueMessages.set({ queue }, info.messageCount);
+      metrics.queueConsumers.set({ queue }, info.consumerCount);
+    }
+  }
+
   const app = createApp({
     readiness,
     registry: metrics.registry,
     version: VERSION,
-    beforeScrape: readiness,
+    beforeScrape,
     operator,
   });
   const server = Deno.serve({

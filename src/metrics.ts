@@ -29,6 +29,9 @@ export interface ServiceMetrics {
   budgetLevel: Gauge<"channel">;
   tokenRefreshes: Counter<"channel" | "outcome">;
   resyncDrift: Counter<"channel">;
+  queueMessages: Gauge<"queue">;
+  queueConsumers: Gauge<"queue">;
+  tokenExpirySeconds: Gauge<"channel">;
   resyncRuns: Counter<"mode" | "state">;
   deadLetterCopyFailures: Counter<"channel">;
 }
@@ -104,6 +107,24 @@ export function createMetrics(
       name: `${prefix}dead_letter_copy_failures_total`,
       help:
         "Failed changes whose sale could not be copied to the DLQ (still failed in the ledger's audit trail).",
+      labelNames: ["channel"] as const,
+      registers,
+    }),
+    queueMessages: new Gauge({
+      name: `${prefix}queue_messages`,
+      help: "Messages ready in our RabbitMQ queues (work queue and DLQ), read on every scrape.",
+      labelNames: ["queue"] as const,
+      registers,
+    }),
+    queueConsumers: new Gauge({
+      name: `${prefix}queue_consumers`,
+      help: "Consumers attached to our RabbitMQ queues (all replicas), read on every scrape.",
+      labelNames: ["queue"] as const,
+      registers,
+    }),
+    tokenExpirySeconds: new Gauge({
+      name: `${prefix}oauth_token_expiry_seconds`,
+      help: "Seconds until the channel's current OAuth access token expires (negative: expired).",
       labelNames: ["channel"] as const,
       registers,
     }),

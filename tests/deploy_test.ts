@@ -435,6 +435,10 @@ Deno.test("every alert waits (for), has a severity and tells where to look", () 
       "MarketplaceSyncBacklogStalled",
       "MarketplaceSyncThrottled",
       "MarketplaceSyncDeadLetterCopyFailed",
+      "MarketplaceSyncQueueBacklog",
+      "MarketplaceSyncDeadLetterQueueNotEmpty",
+      "MarketplaceSyncMercadoLibreReauthorize",
+      "MarketplaceSyncTokenExpiring",
     ]
   ) assert.ok(names.includes(expected), `alert ${expected}`);
   for (const rule of rules) {
@@ -545,6 +549,48 @@ const ALERT_TESTS = [
       { at: "20m", alert: "MarketplaceSyncThrottled", labels: [{ channel: "shopify" }] },
       { at: "20m", alert: "MarketplaceSyncMarketplaceUnauthorized", labels: [{ channel: "shopify" }] },
       { at: "8m", alert: "MarketplaceSyncDeadLetterCopyFailed", labels: [{ channel: "shopify" }] },
+    ],
+  },
+  {
+    name: "queue backlog and a DLQ that nobody empties",
+    series: {
+      'marketplace_sync_queue_messages{queue="marketplace-sync.sales.created", job="ms", instance="a"}':
+        "100+500x30",
+      'marketplace_sync_queue_messages{queue="marketplace-sync.sales.created.dlq", job="ms", instance="a"}':
+        "0x5 3x90",
+    },
+    alerts: [
+      { at: "5m", alert: "MarketplaceSyncQueueBacklog", labels: [] },
+      {
+        at: "25m",
+        alert: "MarketplaceSyncQueueBacklog",
+        labels: [{ queue: "marketplace-sync.sales.created" }],
+      },
+      { at: "30m", alert: "MarketplaceSyncDeadLetterQueueNotEmpty", labels: [] },
+      {
+        at: "70m",
+        alert: "MarketplaceSyncDeadLetterQueueNotEmpty",
+        labels: [{ queue: "marketplace-sync.sales.created.dlq" }],
+      },
+    ],
+  },
+  {
+    name: "MercadoLibre token: invalid_grant, and a token left to expire",
+    series: {
+      'marketplace_sync_oauth_refreshes_total{channel="mercadolibre", outcome="invalid_grant", job="ms", instance="a"}':
+        "0x5 1x20",
+      'marketplace_sync_oauth_token_expiry_seconds{channel="mercadolibre", job="ms", instance="a"}':
+        "3000-100x40",
+    },
+    alerts: [
+      { at: "3m", alert: "MarketplaceSyncMercadoLibreReauthorize", labels: [] },
+      {
+        at: "8m",
+        alert: "MarketplaceSyncMercadoLibreReauthorize",
+        labels: [{ channel: "mercadolibre" }],
+      },
+      { at: "30m", alert: "MarketplaceSyncTokenExpiring", labels: [] },
+      { at: "40m", alert: "MarketplaceSyncTokenExpiring", labels: [{ channel: "mercadolibre" }] },
     ],
   },
 ];
