@@ -24,7 +24,8 @@
  * ({@link keepRawBodies} is installed up front, as the service does), so the
  * ratio custody/broker is the cost of decoding, validating and writing the
  * ledger. Later scenarios (e.g. marketplace sync throughput) are added as
- * further {@link Section}s in {@link SECTIONS}.
+ * further {@link Section}s in {@link SECTIONS}: `shopify` and `naive`
+ * (scripts/bench_shopify.ts), `meli` (scripts/bench_meli.ts).
  *
  * Human-readable output goes to stdout, progress to stderr, and the last stdout
  * line is one JSON object with every figure. Every name is unique per run and
@@ -46,6 +47,7 @@ import { type RunningService, startService } from "../src/main.ts";
 import { type ServiceMetrics } from "../src/metrics.ts";
 import { sampleSales } from "./publish_sample.ts";
 import { naiveSection, shopifyBurstSection } from "./bench_shopify.ts";
+import { meliBurstSection } from "./bench_meli.ts";
 
 const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
 const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -55,6 +57,8 @@ const REDIS_URL = Deno.env.get("BENCH_REDIS_URL") ?? "redis://127.0.0.1:6379";
 const SERVICE_DEFAULTS = loadConfig({});
 
 const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"] as const;
+/** Section ids in run order (must match {@link SECTIONS}); the default of --sections. */
+const SECTION_IDS: readonly string[] = ["machine", "broker", "custody", "shopify", "naive", "meli"];
 type LogLevel = typeof LOG_LEVELS[number];
 
 // ---------------------------------------------------------------------------
@@ -88,6 +92,10 @@ export interface BenchOptions {
   shopifyStores: number;
   /** How long the naive baseline runs before its rate is extrapolated. */
   naiveSeconds: number;
+  /** MeLi burst: sales and SKUs (default: the Shopify burst's), and MELI_RATE_PER_SEC. */
+  meliSales: number;
+  meliSkus: number;
+  meliRate: number;
   help: boolean;
 }
 
@@ -113,11 +121,16 @@ options:
   --log-level LEVEL      service LOG_LEVEL: ${LOG_LEVELS.join(", ")} (default warning)
   --seed N               seed for the sample events (default 7)
   --sections LIST        comma-separated sections to run (default: all):
-                         machine,broker,custody,shopify,naive
+                         machine,broker,custody,shopify,naive,meli
   --shopify-sales N      Shopify burst: sales (default 20000)
   --shopify-skus N       Shopify burst: SKUs (default 500)
   --shopify-stores N     Shopify burst: stores (default 5)
   --naive-seconds N      how long the naive baseline runs (default 30)
+  --meli-sales N         MeLi burst: sales (default: --shopify-sales)
+  --meli-skus N          MeLi burst: SKUs (default: --shopify-skus; stores: --shopify-stores).
+                         ~3 requests per SKU cold, 1 warm: at 5 req/s ~7.5 min for 500 SKUs
+  --meli-rate N          MeLi burst: MELI_RATE_PER_SEC (default ${SERVICE_DEFAULTS.MELI_RATE_PER_SEC});
+                         the sandbox's own limit is twice that
   --dispatch             keep the marketplace dispatcher (DISPATCH_ENABLED) running
                          during the custody section; off by default so that
                          section measures custody alone
@@ -156,11 +169,14 @@ export function parseOptions(args: string[]): BenchOptions {
         "log-level": { type: "string", default: "warning" },
         seed: { type: "string", default: "7" },
         dispatch: { type: "boolean", default: false },
-        sections: { type: "string", default: "machine,broker,custody,shopify,naive" },
+        sections: { type: "string", default: SECTION_IDS.join(",") },
         "shopify-sales": { type: "string", default: "20000" },
         "shopify-skus": { type: "string", default: "500" },
         "shopify-stores": { type: "string", default: "5" },
         "naive-seconds": { type: "string", default: "30" },
+        "meli-sales": { type: "string" },
+        "meli-skus": { type: "string" },
+        "meli-rate": { type: "string", default: String(SERVICE_DEFAULTS.MELI_RATE_PER_SEC) },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -181,6 +197,8 @@ export function parseOptions(args: string[]): BenchOptions {
   if (!LOG_LEVELS.includes(logLevel)) {
     throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(", ")} (got "${logLevel}")`);
   }
+  const shopifySales = wholeNumber("shopify-sales", values["shopify-sales"], 1, 1_000_000);
+  const shopifySkus = wholeNumber("shopify-skus", values["shopify-skus"], 1, 100_000);
   return {
     events: wholeNumber("events", values.events, 1, 1_000_000),
     concurrency,
@@ -195,7 +213,7 @@ export function parseOptions(args: string[]): BenchOptions {
     seed: wholeNumber("seed", values.seed, 1, 2 ** 31 - 1),
     dispatch: values.dispatch ?? false,
     sections: (() => {
-      const known = ["machine", "broker", "custody", "shopify", "naive"];
+      const known = SECTION_IDS;
       const list = String(values.sections).split(",").map((x) => x.trim()).filter(Boolean);
       const unknown = list.filter((x) => !known.includes(x));
       if (unknown.length > 0 || list.length === 0) {
@@ -203,10 +221,17 @@ export function parseOptions(args: string[]): BenchOptions {
       }
       return list;
     })(),
-    shopifySales: wholeNumber("shopify-sales", values["shopify-sales"], 1, 1_000_000),
-    shopifySkus: wholeNumber("shopify-skus", values["shopify-skus"], 1, 100_000),
+    shopifySales,
+    shopifySkus,
     shopifyStores: wholeNumber("shopify-stores", values["shopify-stores"], 1, 1_000),
     naiveSeconds: wholeNumber("naive-seconds", values["naive-seconds"], 5, 3_600),
+    meliSales: values["meli-sales"] === undefined
+      ? shopifySales
+      : wholeNumber("meli-sales", values["meli-sales"], 1, 1_000_000),
+    meliSkus: values["meli-skus"] === undefined
+      ? shopifySkus
+      : wholeNumber("meli-skus", values["meli-skus"], 1, 100_000),
+    meliRate: wholeNumber("meli-rate", values["meli-rate"], 1, 500),
     help: false,
   };
 }
@@ -668,6 +693,7 @@ export const SECTIONS: readonly Section[] = [
   custodySection,
   shopifyBurstSection,
   naiveSection,
+  meliBurstSection,
 ];
 
 // ---------------------------------------------------------------------------
@@ -787,6 +813,20 @@ async function main(): Promise<number> {
   if (results.naive) {
     lines.push(
       `naive baseline ${results.naive.steady_items_per_s} items/s; it needs ${results.naive.calls_ratio_naive_to_service_cold}x (cold) / ${results.naive.calls_ratio_naive_to_service_warm}x (warm) the service's calls`,
+    );
+  }
+  if (results.meli) {
+    const r = results.meli;
+    lines.push(
+      `meli warm burst at ${r.rate_per_s} req/s: ${r.warm_puts} PUTs for ${r.warm_listings_touched} listings ` +
+        `(${r.warm_puts_per_listing}/listing, max ${r.warm_puts_per_listing_max}, ${r.warm_repeat_puts} repeats ` +
+        `on listings claimed during ingest; target PUTs <= listings per window: ${
+          r.target_puts_le_listings_per_window ? "met" : "NOT met"
+        }), 429 after warm-up ${r.rate_limited_after_warmup} (target 0: ${
+          Number(r.rate_limited_after_warmup) === 0 ? "met" : "NOT met"
+        }), ${r.warm_requests_per_s_busy} req/s; converged ${r.warm_converge_after_publish_s} s after the last ` +
+        `publish (cold ${r.cold_converge_after_publish_s} s, ${r.cold_requests} requests), quantity mismatches ` +
+        `${r.quantity_mismatches}`,
     );
   }
   console.log("\n" + lines.join("\n"));
