@@ -12,6 +12,7 @@ import type { Sql } from "postgres";
 import type { ChannelName } from "../config.ts";
 import type { SaleEvent } from "../events/sale_event.ts";
 import { logger } from "../log.ts";
+import { markError, type Span, withSpan } from "../tracing.ts";
 
 const log = logger("ledger");
 
@@ -100,7 +101,13 @@ export class Custody {
     this.#inFlight.add(run);
   }
 
-  async #write(batch: Waiter[]): Promise<void> {
+  /** One custody transaction (or its isolation into single ones), as a "custody batch" span. */
+  #write(batch: Waiter[]): Promise<void> {
+    const attributes = { "messaging.batch.message_count": batch.length };
+    return withSpan("custody batch", attributes, (span) => this.#writeBatch(batch, span));
+  }
+
+  async #writeBatch(batch: Waiter[], span: Span): Promise<void> {
     const started = performance.now();
     try {
       const outcomes = await this.#writeWithRetry(batch.map((w) => w.event));
@@ -112,6 +119,15 @@ export class Custody {
         w.resolve(seen.has(id) ? "duplicate" : outcomes.get(id)!);
         seen.add(id);
       }
+      if (span.isRecording()) {
+        const count = (kind: CustodyOutcome) => [...outcomes.values()].filter((o) => o === kind).length;
+        span.setAttributes({
+          "marketplace_sync.outcome": "committed",
+          "marketplace_sync.sales_new": count("stored"),
+          "marketplace_sync.sales_rearmed": count("rearmed"),
+          "marketplace_sync.sales_duplicate": batch.length - count("stored") - count("rearmed"),
+        });
+      }
     } catch (error) {
       if (isDataError(error) && batch.length > 1) {
         // One event Postgres refuses must not hold the others hostage: write
@@ -120,12 +136,15 @@ export class Custody {
           size: batch.length,
           error: (error as Error).message,
         });
+        span.setAttribute("marketplace_sync.outcome", "isolated");
         await Promise.all(batch.map((w) => this.#write([w])));
         return;
       }
       const wrapped = isDataError(error)
         ? new LedgerRejectedError(`Postgres refused the event: ${(error as Error).message}`)
         : new LedgerUnavailableError(`ledger unavailable: ${(error as Error).message}`);
+      span.setAttribute("marketplace_sync.outcome", isDataError(error) ? "rejected" : "unavailable");
+      markError(span, wrapped);
       for (const w of batch) w.reject(wrapped);
     }
   }

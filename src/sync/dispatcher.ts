@@ -16,6 +16,7 @@ import {
   LeaseLostError,
 } from "../ledger/dispatch_store.ts";
 import type { ChannelAdapter } from "./channel.ts";
+import { type Attributes, markError, type Span, withSpan } from "../tracing.ts";
 
 const log = logger("sync");
 
@@ -152,7 +153,19 @@ export class Dispatcher {
     );
   }
 
-  async #dispatch(batch: ClaimedBatch): Promise<void> {
+  /** One marketplace batch, as a "<channel> batch" span (the adapter's fetch spans nest under it). */
+  #dispatch(batch: ClaimedBatch): Promise<void> {
+    const channel = this.deps.adapter.name;
+    return withSpan(`${channel} batch`, {
+      "marketplace_sync.channel": channel,
+      "marketplace_sync.batch_id": batch.id,
+      "marketplace_sync.listings": batch.changes.length,
+      "marketplace_sync.changes": batch.changes.reduce((n, c) => n + c.changeIds.length, 0),
+      "marketplace_sync.resend": batch.resend,
+    }, (span) => this.#dispatchBatch(batch, span));
+  }
+
+  async #dispatchBatch(batch: ClaimedBatch, span: Span): Promise<void> {
     const { store, adapter, metrics } = this.deps;
     const channel = adapter.name;
     if (!batch.resend) metrics.dispatchBatchSize.observe({ channel }, batch.changes.length);
@@ -171,7 +184,12 @@ export class Dispatcher {
         batch_id: batch.id,
         error: (error as Error).message,
       });
+      markError(span, error);
       if (batch.sends === 0 && !batch.resend) {
+        span.setAttributes({
+          "marketplace_sync.outcome": "release",
+          "marketplace_sync.reason": "adapter_error",
+        });
         await store.release(batch);
         return;
       }
@@ -183,6 +201,7 @@ export class Dispatcher {
         countsAsAttempt: true,
       };
     }
+    span.setAttributes(outcomeAttributes(outcome));
     if (outcome.kind === "release") {
       log.warning("{channel} batch {batch_id} not sent ({reason}: {error}); changes wait {delay_ms} ms", {
         mark: "retry",
@@ -194,6 +213,7 @@ export class Dispatcher {
       });
       await store.release(batch, outcome.waitMs, `${outcome.reason}: ${outcome.error}`);
       // Whatever stopped this batch stops the next one too: give it the same pause.
+      span.addEvent("pause", { "marketplace_sync.pause_ms": Math.min(outcome.waitMs, 5_000) });
       await this.#idle(Math.min(outcome.waitMs, 5_000));
       return;
     }
@@ -201,6 +221,7 @@ export class Dispatcher {
     await this.deps.hooks?.afterSend?.(batch, outcome);
     const recordStarted = performance.now();
     const failed = await store.record(batch, outcome);
+    span.setAttribute("marketplace_sync.dead_lettered", failed.length);
     this.#phase("record", recordStarted);
     this.#observe(batch, outcome);
     for (const f of failed) await this.#deadLetter(f);
@@ -281,4 +302,18 @@ export class Dispatcher {
       });
     }
   }
+}
+
+/** Span attributes for a batch outcome: its kind, and per-listing counts or the reason. */
+function outcomeAttributes(outcome: BatchOutcome): Attributes {
+  if (outcome.kind !== "done") {
+    return { "marketplace_sync.outcome": outcome.kind, "marketplace_sync.reason": outcome.reason };
+  }
+  const count = (kind: string) => outcome.results.filter((r) => r.kind === kind).length;
+  return {
+    "marketplace_sync.outcome": "done",
+    "marketplace_sync.applied": count("applied"),
+    "marketplace_sync.failed": count("failed"),
+    "marketplace_sync.retry": count("retry"),
+  };
 }
