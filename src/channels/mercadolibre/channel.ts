@@ -457,8 +457,9 @@ export class MeliChannel implements ChannelAdapter {
       return { mode: this.options.mode, entries: [], decided };
     }
     const entries = new Map<string, PlanEntry>();
+    const resolved = await this.options.listings.resolveMany(batch.changes.map((c) => c.sku), signal);
     for (const [i, change] of batch.changes.entries()) {
-      const resolution = await this.options.listings.resolve(change.sku, signal);
+      const resolution = resolved.get(change.sku)!;
       if (!resolution.ok && "transient" in resolution) return { transient: resolution.transient };
       if (!resolution.ok) {
         decided[i] = resolution.outcome;

@@ -110,42 +110,104 @@ export class MeliListings {
 
   /** Resolves one SKU (memory, then ledger, then MeLi). */
   async resolve(sku: string, signal?: AbortSignal): Promise<MeliResolution> {
-    const cached = this.#memory.get(sku);
-    if (cached) return { ok: true, listing: cached };
-    const miss = this.#misses.get(sku);
-    if (miss && miss.until > Date.now()) return { ok: false, outcome: miss.outcome };
+    return (await this.resolveMany([sku], signal)).get(sku)!;
+  }
 
-    const [row] = await this.sql<
-      { external_id: string; variant_id: string | null; data: { logistic_type?: string } }[]
+  /**
+   * Resolves several SKUs with as few requests as MeLi allows: one search per
+   * SKU, then their items read 20 at a time (`GET /items?ids=`), each item once
+   * even when several of the SKUs are its variations.
+   */
+  async resolveMany(skus: string[], signal?: AbortSignal): Promise<Map<string, MeliResolution>> {
+    const out = new Map<string, MeliResolution>();
+    const unknown: string[] = [];
+    for (const sku of new Set(skus)) {
+      const cached = this.#memory.get(sku);
+      const miss = this.#misses.get(sku);
+      if (cached) out.set(sku, { ok: true, listing: cached });
+      else if (miss && miss.until > Date.now()) out.set(sku, { ok: false, outcome: miss.outcome });
+      else unknown.push(sku);
+    }
+    if (unknown.length === 0) return out;
+    const rows = await this.sql<
+      { sku: string; external_id: string; variant_id: string | null; data: { logistic_type?: string } }[]
     >`
-      select external_id, variant_id, data from listing where channel = 'mercadolibre' and sku = ${sku}`;
-    if (row) {
+      select sku, external_id, variant_id, data from listing
+       where channel = 'mercadolibre' and sku = any(${unknown})`;
+    for (const row of rows) {
       const listing = {
         itemId: row.external_id,
         variationId: row.variant_id === null ? null : Number(row.variant_id),
         logisticType: row.data?.logistic_type ?? null,
       };
-      this.#memory.set(sku, listing);
-      return { ok: true, listing };
+      this.#memory.set(row.sku, listing);
+      out.set(row.sku, { ok: true, listing });
     }
+    const left = unknown.filter((sku) => !out.has(sku));
+    if (left.length > 0) { for (const [sku, r] of await this.#lookup(left, signal)) out.set(sku, r); }
+    return out;
+  }
 
+  /** Asks MeLi for SKUs not cached anywhere. */
+  async #lookup(skus: string[], signal?: AbortSignal): Promise<Map<string, MeliResolution>> {
+    const out = new Map<string, MeliResolution>();
     const seller = await this.seller(signal);
-    if ("ok" in seller) return seller;
-    const search = await this.client.request<{ results: string[] }>(
-      "GET",
-      `/users/${seller.id}/items/search`,
-      { operation: "search_items", query: { seller_sku: sku }, signal },
-    );
-    if (search.kind !== "ok") return lookupProblem(search, `searching SKU ${sku}`);
-    const matches: MeliListing[] = [];
-    for (const itemId of search.data.results ?? []) {
-      const got = await this.client.request<MeliItem>("GET", `/items/${encodeURIComponent(itemId)}`, {
-        operation: "get_item",
-        query: { include_attributes: "all" },
+    if ("ok" in seller) {
+      for (const sku of skus) out.set(sku, seller);
+      return out;
+    }
+    const found = new Map<string, string[]>();
+    for (const sku of skus) {
+      const search = await this.client.request<{ results: string[] }>(
+        "GET",
+        `/users/${seller.id}/items/search`,
+        { operation: "search_items", query: { seller_sku: sku }, signal },
+      );
+      if (search.kind !== "ok") {
+        // The rest wait for the next batch; what was found so far is not lost (it is not cached either).
+        const problem = lookupProblem(search, `searching SKU ${sku}`);
+        for (const s of skus) if (!out.has(s)) out.set(s, problem);
+        return out;
+      }
+      found.set(sku, search.data.results ?? []);
+    }
+    const items = new Map<string, MeliItem>();
+    const ids = [...new Set([...found.values()].flat())];
+    for (let i = 0; i < ids.length; i += 20) {
+      const chunk = ids.slice(i, i + 20);
+      const got = await this.client.request<{ code: number; body: MeliItem }[]>("GET", "/items", {
+        operation: "get_items",
+        query: { ids: chunk.join(","), include_attributes: "all" },
         signal,
       });
-      if (got.kind !== "ok") return lookupProblem(got, `reading item ${itemId}`);
-      const item = got.data;
+      if (got.kind !== "ok") {
+        const problem = lookupProblem(got, `reading items ${chunk.join(", ")}`);
+        for (const s of skus) out.set(s, problem);
+        return out;
+      }
+      for (const entry of got.data) if (entry.code === 200) items.set(entry.body.id, entry.body);
+    }
+    for (const [sku, itemIds] of found) {
+      const missing = itemIds.filter((id) => !items.has(id));
+      if (missing.length > 0) {
+        out.set(sku, {
+          ok: false,
+          transient: {
+            reason: "listing_gone",
+            error: `items ${missing.join(", ")} vanished while resolving ${sku}`,
+          },
+        });
+        continue;
+      }
+      out.set(sku, await this.#match(sku, itemIds.map((id) => items.get(id)!)));
+    }
+    return out;
+  }
+
+  /** Picks the one item or variation carrying `sku`, and caches the answer. */
+  async #match(sku: string, candidates: MeliItem[]): Promise<MeliResolution> {
+    const matches: MeliListing[] = [];
+    for (const item of candidates) {
       const logisticType = item.shipping?.logistic_type ?? null;
       if (item.variations && item.variations.length > 0) {
         for (const v of item.variations) {
