@@ -25,9 +25,10 @@ COPY deno.json deno.lock ./
 RUN deno install --frozen
 COPY src/ src/
 COPY scripts/ scripts/
-# Type-check, then cache the entry point's module graph so `deno run --cached-only` finds everything.
-RUN deno check src/main.ts \
-  && deno install --frozen --entrypoint src/main.ts
+# Type-check, then cache the module graphs of the service and of its launcher so `deno run --cached-only`
+# finds everything.
+RUN deno check src/main.ts scripts/launch.ts \
+  && deno install --frozen --entrypoint src/main.ts scripts/launch.ts
 
 FROM debian:bookworm-slim AS runtime
 # Deno needs only glibc and libgcc, which the slim image has. TLS roots are bundled in the binary (Mozilla's).
@@ -53,5 +54,10 @@ STOPSIGNAL SIGTERM
 # image, so deno fetches. Assumes HTTP_HOST accepts loopback connections (the default 0.0.0.0 does).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["deno", "eval", "const r = await fetch('http://127.0.0.1:' + (Deno.env.get('HTTP_PORT') || '8080') + '/healthz', { signal: AbortSignal.timeout(3000) }); Deno.exit(r.ok ? 0 : 1);"]
-# The permissions of `deno task start` (deno.json), plus --cached-only / --frozen: never fetch or re-lock.
-CMD ["deno", "run", "--cached-only", "--frozen", "--allow-net", "--allow-env", "--allow-sys=hostname,osRelease", "--allow-read=.", "src/main.ts"]
+# `deno task start` (deno.json), plus --cached-only / --frozen for both processes: never fetch or re-lock.
+# The launcher (env + running `deno` only) validates the configuration — a bad value exits 2 with the
+# service's own message —, prints the granted set and runs src/main.ts with the permissions derived from
+# the container's configuration (src/permissions.ts): net only to RABBITMQ_URL, DATABASE_URL, REDIS_URL, the
+# marketplaces and the listen address, env only the variables the service and its libraries read, sys
+# hostname; no read, write, run or ffi. It forwards SIGTERM to the service and exits with its exit code.
+CMD ["deno", "run", "--cached-only", "--frozen", "--allow-env", "--allow-run=deno", "scripts/launch.ts", "--cached-only", "--frozen", "src/main.ts"]

@@ -31,7 +31,7 @@ import { Dispatcher, type DispatcherHooks } from "./sync/dispatcher.ts";
 import { keepRawBodies } from "./broker/raw_body.ts";
 import { startSaleConsumer } from "./broker/sale_consumer.ts";
 import { declareTopology, type Topology, topologyFromConfig } from "./broker/topology.ts";
-import { type Config, ConfigError, loadConfig, redactUrl } from "./config.ts";
+import { type Config, CONFIG_VARIABLES, ConfigError, loadConfig, redactUrl } from "./config.ts";
 import { type CheckResult, createApp } from "./http/app.ts";
 import { statusPageHtml } from "./http/status_page.ts";
 import { Custody } from "./ledger/custody.ts";
@@ -69,6 +69,15 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
       timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
     }),
   ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Seconds before a Postgres connection tries again after a failed connect. postgres.js's
+ * default grows as 3^n/100 s up to 20 s with n shared by the whole pool, so after a short
+ * outage queries waited up to 20 s more for Postgres that was already back (docs/RELIABILITY.md).
+ */
+export function reconnectBackoff(retries: number): number {
+  return Math.min(0.1 * 2 ** retries, 2) * (0.75 + Math.random() / 4);
 }
 
 function connectBroker(url: string, name: string, metrics: ServiceMetrics): Connection {
@@ -119,6 +128,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   const sql = postgres(config.DATABASE_URL, {
     max: config.DATABASE_POOL_SIZE,
     connect_timeout: 5,
+    backoff: reconnectBackoff,
     idle_timeout: 30,
     onnotice: () => {},
     connection: {
@@ -333,6 +343,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     posSql = postgres(config.POS_DATABASE_URL ?? config.DATABASE_URL, {
       max: 2,
       connect_timeout: 5,
+      backoff: reconnectBackoff,
       idle_timeout: 30,
       onnotice: () => {},
       connection: { application_name: "marketplace-sync pos-reader", statement_timeout: 5_000 },
@@ -626,7 +637,8 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
 async function main(): Promise<number> {
   let config: Config;
   try {
-    config = loadConfig(Deno.env.toObject());
+    // Only our own variables: toObject() would need access to the whole environment.
+    config = loadConfig(Object.fromEntries(CONFIG_VARIABLES.map((name) => [name, Deno.env.get(name)])));
   } catch (error) {
     if (error instanceof ConfigError) {
       console.error(`marketplace-sync: ${error.message}`);

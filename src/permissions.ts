@@ -1,0 +1,214 @@
+/**
+ * Least-privilege Deno permissions, derived from the validated configuration.
+ *
+ * The service never runs with `-A`: `deno task start` (scripts/launch.ts), the container, the bundle and the
+ * compiled binary grant exactly what {@link permissionsFor} returns for their configuration — one source of
+ * truth, the same zod schema that validates the environment:
+ *
+ * - net: host:port of the broker, the ledger's Postgres, Redis, the POS's Postgres/Redis when set, each
+ *   marketplace the service will call (only for channels that dispatch here), the built-in sandboxes'
+ *   loopback address when a marketplace is not configured, and the HTTP listen address;
+ * - env: the variables the configuration reads plus those its libraries read ({@link LIBRARY_ENV});
+ * - sys: `hostname` (the broker connection name and the resync owner);
+ * - read: `SANDBOX_CATALOG` when a sandbox will load it; nothing else (modules load without read);
+ * - no write, run, ffi; `--no-prompt`, so an access outside the set throws `Deno.errors.NotCapable`
+ *   instead of asking a person on a TTY; `--no-remote`, so no `import("https://…")` fetches code from a
+ *   host outside the list (Deno otherwise allows remote imports from deno.land, jsr.io, esm.sh, … by default).
+ */
+import { type Config, CONFIG_VARIABLES } from "./config.ts";
+
+/**
+ * Environment variables the service's npm dependencies read through `process.env`. Deno's Node compatibility
+ * layer checks each key when it is read, so an unlisted one throws NotCapable where the library reads it.
+ */
+export const LIBRARY_ENV: Readonly<Record<string, readonly string[]>> = {
+  // postgres@3.4.9 src/index.js parseOptions(): PGHOST/PGPORT/PGUSER… when the URL leaves them out,
+  // PGAPPNAME and PGTARGETSESSIONATTRS always, and `env['PG' + option.toUpperCase()]` for every option the
+  // caller does not pass (ssl, max_lifetime, keep_alive, …). The README promises the usual PG* variables.
+  postgres: [
+    "PGHOST",
+    "PGPORT",
+    "PGUSERNAME",
+    "PGUSER",
+    "PGDATABASE",
+    "PGPASSWORD",
+    "PGAPPNAME",
+    "PGTARGETSESSIONATTRS",
+    "PGMAX",
+    "PGSSL",
+    "PGSSLNEGOTIATION",
+    "PGIDLE_TIMEOUT",
+    "PGCONNECT_TIMEOUT",
+    "PGMAX_LIFETIME",
+    "PGMAX_PIPELINE",
+    "PGBACKOFF",
+    "PGKEEP_ALIVE",
+    "PGPREPARE",
+    "PGDEBUG",
+    "PGFETCH_TYPES",
+    "PGPUBLICATIONS",
+    "PGTARGET_SESSION_ATTRS",
+  ],
+  // @redis/client@6.3.1 dist/lib/client/enterprise-maintenance-manager.js (maintenance notifications).
+  redis: ["REDIS_DEBUG_MAINTENANCE", "REDIS_EMIT_DIAGNOSTICS"],
+  // graphql@16.14.2 jsutils/instanceOf.js, read when the Shopify client's schema module loads.
+  graphql: ["NODE_ENV"],
+};
+
+/**
+ * postgres.js falls back to the OS user name when a URL names no user and neither PGUSERNAME nor PGUSER is
+ * set: `os.userInfo()` (denied, and caught) and then these, read outside its try.
+ */
+const OS_USER_ENV = ["USERNAME", "USER", "LOGNAME"];
+
+/** System information the service reads: `Deno.hostname()` in src/main.ts. */
+const SYS = ["hostname"];
+
+/** Default ports of the URL schemes the configuration accepts. */
+const DEFAULT_PORTS: Record<string, number> = {
+  "amqp:": 5672,
+  "amqps:": 5671,
+  "postgres:": 5432,
+  "postgresql:": 5432,
+  "redis:": 6379,
+  "rediss:": 6379,
+  "http:": 80,
+  "https:": 443,
+};
+
+/** The address the built-in sandboxes listen on (src/sandbox/*.ts) and the service calls. */
+export const SANDBOX_HOST = "127.0.0.1";
+
+/** The permissions a configuration needs, and the `deno run` flags that grant exactly them. */
+export interface Permissions {
+  /** `host:port` entries, or a bare host where the port is chosen at run time (any port of that host). */
+  net: string[];
+  env: string[];
+  read: string[];
+  sys: string[];
+  /** `--allow-*` flags plus `--no-prompt` and `--no-remote`, for `deno run` / `deno compile`. */
+  flags: string[];
+  /** Why each net and read entry is there (the variables it comes from), for people. */
+  reasons: Record<string, string[]>;
+}
+
+/** `[v6]` for IPv6 literals, as `--allow-net` wants them; anything else as is. */
+function hostToken(host: string): string {
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+}
+
+/**
+ * Derives the permissions of the service for a validated configuration.
+ * @param env the environment the service will see: only the library variables that change where it connects
+ *   are looked at (PGHOST / PGPORT when a Postgres URL leaves host or port out, PGUSER / PGUSERNAME).
+ */
+export function permissionsFor(config: Config, env: Record<string, string | undefined> = {}): Permissions {
+  const net: string[] = [];
+  const read: string[] = [];
+  const reasons: Record<string, string[]> = {};
+  const grant = (list: string[], entry: string, why: string) => {
+    if (!list.includes(entry)) list.push(entry);
+    (reasons[entry] ??= []).includes(why) || reasons[entry].push(why);
+  };
+  const url = (variable: string, value: string) => {
+    const u = new URL(value);
+    const port = u.port || String(DEFAULT_PORTS[u.protocol]);
+    grant(net, `${hostToken(u.hostname || "localhost")}:${port}`, variable);
+  };
+  let userless = false;
+  const postgresUrl = (variable: string, value: string) => {
+    // postgres.js: host from the URL, else PGHOST (comma-separated, each host[:port]), else localhost;
+    // port from the URL, else PGPORT, else 5432.
+    const u = new URL(value);
+    if (!u.username && !env.PGUSERNAME && !env.PGUSER) userless = true;
+    const port = u.port || env.PGPORT || "5432";
+    const hosts = u.hostname ? [u.hostname] : (env.PGHOST || "localhost").split(",");
+    for (const h of hosts) {
+      const [host, hostPort] = h.trim().split(":"); // as postgres.js splits it
+      grant(net, `${hostToken(host)}:${hostPort || port}`, variable + (u.hostname ? "" : " (PGHOST)"));
+    }
+  };
+
+  url("RABBITMQ_URL", config.RABBITMQ_URL);
+  postgresUrl("DATABASE_URL", config.DATABASE_URL);
+  url("REDIS_URL", config.REDIS_URL);
+  if (config.POS_DATABASE_URL) postgresUrl("POS_DATABASE_URL", config.POS_DATABASE_URL);
+  if (config.POS_REDIS_URL) url("POS_REDIS_URL", config.POS_REDIS_URL);
+
+  // Mirrors src/main.ts: a channel's client (real API or built-in sandbox) exists only where it dispatches.
+  const dispatches = (channel: "shopify" | "mercadolibre") =>
+    config.DISPATCH_ENABLED && config.CHANNELS.includes(channel);
+  const sandbox = (name: string, port: number) =>
+    grant(
+      net,
+      port === 0 ? SANDBOX_HOST : `${SANDBOX_HOST}:${port}`,
+      `${name} sandbox (loopback${port === 0 ? ", OS-chosen port" : ""})`,
+    );
+  const meliConfigured = Boolean(
+    config.MELI_TOKEN || (config.MELI_CLIENT_ID && config.MELI_CLIENT_SECRET && config.MELI_REFRESH_TOKEN),
+  );
+  let catalogNeeded = false;
+  if (dispatches("shopify")) {
+    if (config.SHOPIFY_URL && config.SHOPIFY_TOKEN) url("SHOPIFY_URL", config.SHOPIFY_URL);
+    else {
+      sandbox("Shopify", config.SANDBOX_SHOPIFY_PORT);
+      catalogNeeded = true;
+    }
+  }
+  if (dispatches("mercadolibre")) {
+    if (meliConfigured) url("MELI_URL", config.MELI_URL);
+    else {
+      sandbox("MercadoLibre", config.SANDBOX_MELI_PORT);
+      catalogNeeded = true;
+    }
+  }
+  // Without credentials, mirror mode takes the store MercadoLibre shows from the catalog even when this
+  // instance does not dispatch (src/main.ts meliStore()).
+  if (
+    config.CHANNELS.includes("mercadolibre") && !meliConfigured && config.MELI_MODE === "mirror" &&
+    !config.MELI_TIENDA_ID
+  ) catalogNeeded = true;
+  if (catalogNeeded && config.SANDBOX_CATALOG) grant(read, config.SANDBOX_CATALOG, "SANDBOX_CATALOG");
+
+  grant(
+    net,
+    `${hostToken(config.HTTP_HOST)}${config.HTTP_PORT === 0 ? "" : `:${config.HTTP_PORT}`}`,
+    "listen (HTTP_HOST:HTTP_PORT)",
+  );
+
+  const envNames = [
+    ...CONFIG_VARIABLES,
+    ...Object.values(LIBRARY_ENV).flat(),
+    ...(userless ? OS_USER_ENV : []),
+  ];
+  const envList = [...new Set(envNames)];
+  const flags = [
+    `--allow-net=${net.join(",")}`,
+    `--allow-env=${envList.join(",")}`,
+    `--allow-sys=${SYS.join(",")}`,
+  ];
+  if (read.length > 0) flags.push(`--allow-read=${read.join(",")}`);
+  flags.push("--no-prompt", "--no-remote");
+  return { net, env: envList, read, sys: [...SYS], flags, reasons };
+}
+
+/** The granted set for people: one line per permission kind, each net entry with where it comes from. */
+export function describePermissions(p: Permissions): string {
+  const libraryNames = new Set(Object.values(LIBRARY_ENV).flat());
+  const own = p.env.filter((name) => CONFIG_VARIABLES.includes(name));
+  const libraries = Object.entries(LIBRARY_ENV).map(([lib, names]) =>
+    `${lib}: ${names.length > 4 ? `${names.slice(0, 3).join(", ")}, … (${names.length})` : names.join(", ")}`
+  );
+  const other = p.env.filter((name) => !CONFIG_VARIABLES.includes(name) && !libraryNames.has(name));
+  return [
+    "granted permissions (derived from the configuration; everything else is denied):",
+    ...p.net.map((entry, i) => `  ${i === 0 ? "net " : "    "}  ${entry}  ← ${p.reasons[entry].join(", ")}`),
+    `  env   ${own.length} configuration variables; libraries: ${libraries.join("; ")}` +
+    (other.length > 0 ? `; ${other.join(", ")} (postgres.js user fallback)` : ""),
+    `  sys   ${p.sys.join(", ")}`,
+    `  read  ${
+      p.read.length > 0 ? p.read.map((r) => `${r}  ← ${p.reasons[r].join(", ")}`).join(", ") : "none"
+    }`,
+    "  no write, run, ffi or remote imports",
+  ].join("\n");
+}
