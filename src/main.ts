@@ -28,6 +28,7 @@ import { type Catalog, defaultCatalog, loadCatalog } from "./sandbox/catalog.ts"
 import { type ShopifySandbox, startShopifySandbox } from "./sandbox/shopify.ts";
 import { RedisBucket } from "./sync/cost_bucket.ts";
 import { Dispatcher, type DispatcherHooks } from "./sync/dispatcher.ts";
+import type { ChannelAdapter } from "./sync/channel.ts";
 import { keepRawBodies } from "./broker/raw_body.ts";
 import { startSaleConsumer } from "./broker/sale_consumer.ts";
 import { declareTopology, type Topology, topologyFromConfig } from "./broker/topology.ts";
@@ -326,8 +327,13 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       health: () => channel.health(),
       budget: () => ({ level: budget.level, max: budget.shape.max }),
     };
+    return dispatcherFor(channel, store);
+  }
+
+  /** A dispatch loop for a channel adapter. */
+  function dispatcherFor(adapter: ChannelAdapter, store: DispatchStore): Dispatcher {
     return new Dispatcher({
-      adapter: channel,
+      adapter,
       store,
       publisher: publisher!,
       topology,
@@ -455,15 +461,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       budget: () => ({ level: budget.level, max: budget.shape.max }),
       tokenExpiresAt: () => tokens.expiresAt(),
     };
-    return new Dispatcher({
-      adapter: channel,
-      store,
-      publisher: publisher!,
-      topology,
-      metrics,
-      pollIntervalMs: config.DISPATCH_POLL_INTERVAL,
-      hooks: options.dispatcherHooks,
-    });
+    return dispatcherFor(channel, store);
   }
 
   // Waits during start-up end early when shutdown begins, so close() never hangs on them.

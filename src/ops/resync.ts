@@ -46,6 +46,27 @@ export interface ChannelStock {
   ): Promise<StockWrite>;
 }
 
+/** A SKU a channel could not resolve, as a failed read (transient problems are marked so). */
+export function unresolvedRead(
+  resolution:
+    | { outcome: { kind: string; reason?: string; error?: string } }
+    | { transient: { reason: string; error: string } },
+): StockRead {
+  if ("transient" in resolution) {
+    return {
+      ok: false,
+      reason: resolution.transient.reason,
+      error: resolution.transient.error,
+      transient: true,
+    };
+  }
+  return {
+    ok: false,
+    reason: resolution.outcome.reason ?? "unresolved",
+    error: resolution.outcome.error ?? "unresolved",
+  };
+}
+
 /** `POST /resync` body. */
 export const resyncRequestSchema = z.object({
   skus: z.array(z.string().min(1).max(500)).min(1).max(10_000).optional(),
@@ -377,31 +398,12 @@ export class Resyncer {
     }
     for (let attempt = 1; attempt <= CAS_TRIES; attempt++) {
       const written = await channel.write(read, target, `gid://marketplace-sync/Resync/${id}`, signal);
-      if (written.kind === "written") {
-        await this.#record(
-          id,
-          channel.name,
-          tiendaId,
-          sku,
-          productoId,
-          read.quantity,
-          target,
-          null,
-        );
-        return { ...line, outcome: "written" };
-      }
-      if (written.kind === "error") {
-        await this.#record(
-          id,
-          channel.name,
-          tiendaId,
-          sku,
-          productoId,
-          read.quantity,
-          target,
-          written,
-        );
-        return { ...line, outcome: "error", error: `${written.reason}: ${written.error}` };
+      if (written.kind !== "stale") {
+        const failure = written.kind === "error" ? written : null;
+        await this.#record(id, channel.name, tiendaId, sku, productoId, read.quantity, target, failure);
+        return failure
+          ? { ...line, outcome: "error", error: `${failure.reason}: ${failure.error}` }
+          : { ...line, outcome: "written" };
       }
       // Stale: the marketplace moved between our read and our write. Read again.
       read = await channel.read(sku, tiendaId, signal);

@@ -62,7 +62,8 @@ redis.call('PEXPIRE', KEYS[1], 3600000)
 return 1
 `;
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+/** Resolves after `ms`, or at once when `signal` aborts (always unhooking its listener). */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     // The signal lives as long as the dispatcher: always unhook, or listeners pile up.
     const onAbort = () => {

@@ -7,7 +7,7 @@
  * off) and is retried here with jittered backoff: nothing was applied.
  */
 import type { ServiceMetrics } from "../../metrics.ts";
-import type { RateBudget } from "../../sync/cost_bucket.ts";
+import { type RateBudget, sleep } from "../../sync/cost_bucket.ts";
 import { type AccessTokens, AuthUnavailableError } from "./tokens.ts";
 
 /** MeLi's error body. */
@@ -52,20 +52,6 @@ export interface MeliRequest {
   query?: Record<string, string>;
   body?: unknown;
   signal?: AbortSignal;
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 /** Parses MeLi's error JSON (falls back to the raw text). */

@@ -3,7 +3,7 @@
  * set it with an absolute PUT (MeLi has no compare-and-set), under the same
  * per-listing lock the live channel uses, checking the answer.
  */
-import type { ChannelStock, StockRead, StockWrite } from "../../ops/resync.ts";
+import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../ops/resync.ts";
 import type { ListingLocks } from "../../sync/listing_lock.ts";
 import type { MeliClient } from "./client.ts";
 import type { MeliItem, MeliListing, MeliListings } from "./listings.ts";
@@ -38,18 +38,7 @@ export class MeliStock implements ChannelStock {
     }
     const resolution = await this.listings.resolve(sku, signal);
     if (!resolution.ok) {
-      return "transient" in resolution
-        ? {
-          ok: false,
-          reason: resolution.transient.reason,
-          error: resolution.transient.error,
-          transient: true,
-        }
-        : {
-          ok: false,
-          reason: resolution.outcome.kind === "failed" ? resolution.outcome.reason : "unresolved",
-          error: resolution.outcome.kind === "failed" ? resolution.outcome.error : "unresolved",
-        };
+      return unresolvedRead(resolution);
     }
     const listing = resolution.listing;
     if (listing.logisticType === "fulfillment") {

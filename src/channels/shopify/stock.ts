@@ -3,7 +3,7 @@
  * location, and set it with compare-and-set (`inventorySetQuantities` with
  * `changeFromQuantity` = the value just read, under `@idempotent`).
  */
-import type { ChannelStock, StockRead, StockWrite } from "../../ops/resync.ts";
+import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../ops/resync.ts";
 import type { LocationMap } from "./channel.ts";
 import type { ShopifyClient } from "./client.ts";
 import { AVAILABLE_AT_LOCATION, SET_AVAILABLE } from "./documents.ts";
@@ -50,18 +50,7 @@ export class ShopifyStock implements ChannelStock {
     }
     const resolution = await this.listings.resolve(sku, signal);
     if (!resolution.ok) {
-      return "transient" in resolution
-        ? {
-          ok: false,
-          reason: resolution.transient.reason,
-          error: resolution.transient.error,
-          transient: true,
-        }
-        : {
-          ok: false,
-          reason: resolution.outcome.kind === "failed" ? resolution.outcome.reason : "unresolved",
-          error: resolution.outcome.kind === "failed" ? resolution.outcome.error : "unresolved",
-        };
+      return unresolvedRead(resolution);
     }
     const item = resolution.listing.inventoryItemId;
     const result = await this.client.call<AvailableAtLocation>(
