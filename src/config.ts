@@ -318,8 +318,26 @@ function describeIssue(variable: string, message: string, input: Record<string, 
   if (SECRET_VARIABLES.has(variable)) return `${message} (value hidden)`;
   const raw = input[variable];
   if (raw === undefined || message.includes("got")) return message;
-  const shown = URL_VARIABLES.has(variable) ? redactUrl(raw) : raw;
+  const shown = URL_VARIABLES.has(variable) ? urlWithoutPassword(raw) : raw;
   return `${message} (got "${shown.length > 80 ? shown.slice(0, 80) + "…" : shown}")`;
+}
+
+/**
+ * A URL variable's value for an error message. redactUrl's pattern cannot tell
+ * where a password with an un-encoded / # ? or space ends, so the password is
+ * removed through the parsed URL; a value that does not parse, or whose path,
+ * query or fragment holds an "@" (the rest of such a password), shows its
+ * scheme only.
+ */
+function urlWithoutPassword(raw: string): string {
+  const text = raw.trim();
+  const url = URL.canParse(text) ? new URL(text) : undefined;
+  if (!url || (url.pathname + url.search + url.hash).includes("@")) {
+    const scheme = /^([a-z][a-z0-9+.-]*:)/i.exec(text)?.[1] ?? "";
+    return `${scheme}… (rest hidden: not a valid URL, and it may hold a password)`;
+  }
+  if (url.password) url.password = "***";
+  return url.href;
 }
 
 /** Replaces the password in a URL's userinfo with `***`, for logs and errors. */

@@ -357,10 +357,12 @@ integration("under_review, Full and unknown SKUs fail with MeLi's message and re
     assert.equal(by["RINONERA"].error_reason, "fulfillment_listing");
     assert.equal(by["MATE-IMP-01"].error_reason, "sku_ambiguous");
     assert.equal(by["NO-SUCH-SKU"].error_reason, "sku_not_found");
-    const dead = await waitFor(async () => {
-      const got = await m.h.takeDeadLetters();
-      return got.length ? got : undefined;
-    }, "DLQ copies");
+    // The copies are published after each batch is recorded: collect until all four are there.
+    const dead: Awaited<ReturnType<typeof m.h.takeDeadLetters>> = [];
+    await waitFor(async () => {
+      dead.push(...await m.h.takeDeadLetters());
+      return dead.length >= 4;
+    }, "4 DLQ copies");
     const reasons = dead.map((d) => header(d, "sync-reason")).sort();
     assert.deepEqual(reasons, [
       "fulfillment_listing",

@@ -63,7 +63,8 @@ export function republishEnvelope(msg: AsyncMessage, failure: FailureInfo, now =
     [HEADER.originalRoutingKey]: kept[HEADER.originalRoutingKey] ?? msg.routingKey,
   };
   const optional: Record<string, string | undefined> = {
-    [HEADER.field]: failure.field,
+    // A field path can be as long as a JSON key; unbounded, it no longer fits an AMQP frame.
+    [HEADER.field]: failure.field?.slice(0, 200),
     [HEADER.eventId]: failure.eventId,
     [HEADER.channel]: failure.channel,
     [HEADER.sku]: failure.sku,

@@ -7,9 +7,41 @@
 import { Buffer } from "node:buffer";
 import { setImmediate } from "node:timers";
 import type { Connection, Envelope, Publisher, ReturnedMessage } from "rabbitmq-client";
+import * as codec from "rabbitmq-client/lib/codec.js";
 import { publishQueueDeclarations, type Topology } from "./topology.ts";
 
 const PUBLISH_ID = "sync-publish-id";
+/** rabbitmq-client's default frame_max (connectBroker keeps it): one header frame must fit in it. */
+const FRAME_MAX = 8192;
+
+/**
+ * The envelope, with the sender's own headers dropped (and named) when they and
+ * our sync-* headers do not fit one AMQP header frame together. Handed to the
+ * client, such a frame fails the publish — and the publishes queued behind it —
+ * so the delivery would be nacked and redelivered forever. Measured with the
+ * client's own encoder (an internal of the version pinned in deno.json).
+ */
+function fitToFrame(envelope: Envelope): Envelope {
+  // deno-lint-ignore no-explicit-any
+  const { encodeFrame, FrameType } = ((codec as any).encodeFrame ? codec : (codec as any).default) as any;
+  if (typeof encodeFrame !== "function") {
+    throw new Error("rabbitmq-client internals changed: encodeFrame not found");
+  }
+  const fits = (env: Envelope) => {
+    try {
+      const fields = { ...env, timestamp: env.timestamp ?? 0, deliveryMode: 2 };
+      encodeFrame({ type: FrameType.HEADER, channelId: 1, bodySize: 0, fields }, FRAME_MAX);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const dropped = Object.keys(envelope.headers ?? {}).filter((name) => !name.startsWith("sync-"));
+  if (fits(envelope) || dropped.length === 0) return envelope;
+  const kept = Object.entries(envelope.headers!).filter(([name]) => name.startsWith("sync-"));
+  const headers = { ...Object.fromEntries(kept), "sync-dropped-headers": dropped.join(", ").slice(0, 1000) };
+  return { ...envelope, headers };
+}
 
 /** Publishes to a queue through the default exchange, with confirms. */
 export interface ConfirmingPublisher {
@@ -45,11 +77,10 @@ export function createConfirmingPublisher(
   async function sendOnce(queue: string, envelope: Envelope, body: Uint8Array | string): Promise<boolean> {
     const id = `${Date.now().toString(36)}-${(counter++).toString(36)}`;
     const send = publisher.send({
-      ...envelope,
+      ...fitToFrame({ ...envelope, headers: { ...envelope.headers, [PUBLISH_ID]: id } }),
       exchange: "",
       routingKey: queue,
       mandatory: true,
-      headers: { ...envelope.headers, [PUBLISH_ID]: id },
       // The client JSON-encodes anything that is not a Buffer or a string.
     }, typeof body === "string" ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength));
     let timer: ReturnType<typeof setTimeout> | undefined;
