@@ -48,6 +48,7 @@ import { type ServiceMetrics } from "../src/metrics.ts";
 import { sampleSales } from "./publish_sample.ts";
 import { naiveSection, shopifyBurstSection } from "./bench_shopify.ts";
 import { meliBurstSection } from "./bench_meli.ts";
+import { sustainedSection } from "./bench_sustained.ts";
 
 const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
 const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -58,7 +59,15 @@ const SERVICE_DEFAULTS = loadConfig({});
 
 const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"] as const;
 /** Section ids in run order (must match {@link SECTIONS}); the default of --sections. */
-const SECTION_IDS: readonly string[] = ["machine", "broker", "custody", "shopify", "naive", "meli"];
+const SECTION_IDS: readonly string[] = [
+  "machine",
+  "broker",
+  "custody",
+  "shopify",
+  "naive",
+  "meli",
+  "sustained",
+];
 type LogLevel = typeof LOG_LEVELS[number];
 
 // ---------------------------------------------------------------------------
@@ -96,6 +105,9 @@ export interface BenchOptions {
   meliSales: number;
   meliSkus: number;
   meliRate: number;
+  /** Sustained stream: sales per second and seconds. */
+  sustainedRate: number;
+  sustainedSeconds: number;
   help: boolean;
 }
 
@@ -121,7 +133,7 @@ options:
   --log-level LEVEL      service LOG_LEVEL: ${LOG_LEVELS.join(", ")} (default warning)
   --seed N               seed for the sample events (default 7)
   --sections LIST        comma-separated sections to run (default: all):
-                         machine,broker,custody,shopify,naive,meli
+                         machine,broker,custody,shopify,naive,meli,sustained
   --shopify-sales N      Shopify burst: sales (default 20000)
   --shopify-skus N       Shopify burst: SKUs (default 500)
   --shopify-stores N     Shopify burst: stores (default 5)
@@ -131,6 +143,9 @@ options:
                          ~3 requests per SKU cold, 1 warm: at 5 req/s ~7.5 min for 500 SKUs
   --meli-rate N          MeLi burst: MELI_RATE_PER_SEC (default ${SERVICE_DEFAULTS.MELI_RATE_PER_SEC});
                          the sandbox's own limit is twice that
+  --sustained-rate N     sustained stream: sales per second (default 1000)
+  --sustained-seconds N  sustained stream: how long (default 60); the service runs as its own
+                         process with its derived permissions, its RSS sampled from /proc
   --dispatch             keep the marketplace dispatcher (DISPATCH_ENABLED) running
                          during the custody section; off by default so that
                          section measures custody alone
@@ -177,6 +192,8 @@ export function parseOptions(args: string[]): BenchOptions {
         "meli-sales": { type: "string" },
         "meli-skus": { type: "string" },
         "meli-rate": { type: "string", default: String(SERVICE_DEFAULTS.MELI_RATE_PER_SEC) },
+        "sustained-rate": { type: "string", default: "1000" },
+        "sustained-seconds": { type: "string", default: "60" },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -232,6 +249,8 @@ export function parseOptions(args: string[]): BenchOptions {
       ? shopifySkus
       : wholeNumber("meli-skus", values["meli-skus"], 1, 100_000),
     meliRate: wholeNumber("meli-rate", values["meli-rate"], 1, 500),
+    sustainedRate: wholeNumber("sustained-rate", values["sustained-rate"], 1, 100_000),
+    sustainedSeconds: wholeNumber("sustained-seconds", values["sustained-seconds"], 1, 3_600),
     help: false,
   };
 }
@@ -694,6 +713,7 @@ export const SECTIONS: readonly Section[] = [
   shopifyBurstSection,
   naiveSection,
   meliBurstSection,
+  sustainedSection,
 ];
 
 // ---------------------------------------------------------------------------
@@ -813,6 +833,14 @@ async function main(): Promise<number> {
   if (results.naive) {
     lines.push(
       `naive baseline ${results.naive.steady_items_per_s} items/s; it needs ${results.naive.calls_ratio_naive_to_service_cold}x (cold) / ${results.naive.calls_ratio_naive_to_service_warm}x (warm) the service's calls`,
+    );
+  }
+  if (results.sustained) {
+    const r = results.sustained;
+    lines.push(
+      `sustained ${r.achieved_publish_rate_per_s} sales/s for ${r.seconds} s: service RSS idle ${r.rss_idle_mib} MiB, ` +
+        `peak ${r.rss_high_water_mib} MiB (target <= 128: ${r.target_rss_le_128_mib ? "met" : "NOT met"}); ` +
+        `custody done ${r.custody_done_after_s} s after the start, peak queue depth ${r.peak_queue_depth}`,
     );
   }
   if (results.meli) {

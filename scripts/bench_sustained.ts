@@ -1,0 +1,207 @@
+/**
+ * Benchmark section `sustained`: the service as its own process, with its
+ * least-privilege flags, both channels dispatching to sandboxes started here
+ * (so the service's RSS is the service's alone), fed a steady stream of sales
+ * (default 1 000/s for 60 s). Reports the service process's RSS over time
+ * (sampled from /proc, idle before, peak during), whether custody kept up (the
+ * queue's depth), and what the channels applied meanwhile.
+ *
+ * Target (issue #7): RSS ≤ 128 MiB at 1 000 sales/s sustained for 60 s.
+ */
+import postgres from "postgres";
+import { createClient } from "redis";
+import { type Config, loadConfig } from "../src/config.ts";
+import { permissionsFor } from "../src/permissions.ts";
+import { buildCatalog } from "../src/sandbox/catalog.ts";
+import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import { startShopifySandbox } from "../src/sandbox/shopify.ts";
+import type { BenchContext, Section, SectionResult } from "./bench.ts";
+import { publishSales, reservePosStock, sampleSales } from "./publish_sample.ts";
+
+const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
+const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
+const REDIS_URL = Deno.env.get("BENCH_REDIS_URL") ?? "redis://127.0.0.1:6379";
+const log = (text: string) => console.error(`[bench] ${text}`);
+const round = (n: number, digits = 1) => Number(n.toFixed(digits));
+
+/** Resident set size of a process in MiB, from /proc (undefined once it is gone). */
+async function rssMib(pid: number): Promise<{ rss: number; hwm: number } | undefined> {
+  try {
+    const status = await Deno.readTextFile(`/proc/${pid}/status`);
+    const kib = (field: string) =>
+      Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
+    return { rss: kib("VmRSS") / 1024, hwm: kib("VmHWM") / 1024 };
+  } catch {
+    return undefined;
+  }
+}
+
+async function freePort(): Promise<number> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+export const sustainedSection: Section = {
+  id: "sustained",
+  title: "Sustained sales stream: the service process's memory (RSS) and whether custody keeps up",
+  async run(ctx: BenchContext): Promise<SectionResult> {
+    const o = ctx.options;
+    const rate = o.sustainedRate;
+    const seconds = o.sustainedSeconds;
+    const id = crypto.randomUUID().replaceAll("-", "").slice(0, 8);
+    const catalog = buildCatalog({
+      skus: o.shopifySkus,
+      stores: o.shopifyStores,
+      seed: o.seed,
+      maxQuantity: 1e6,
+    });
+    const shop = await startShopifySandbox({ catalog });
+    ctx.defer("Shopify sandbox", () => shop.close());
+    const meliStore = catalog.stores[0].tienda_id;
+    const meli = await startMeliSandbox({ catalog, tiendaId: meliStore, ratePerSecond: o.meliRate * 2 });
+    ctx.defer("MeLi sandbox", () => meli.close());
+    const port = await freePort();
+    const env: Record<string, string> = {
+      RABBITMQ_URL,
+      DATABASE_URL,
+      REDIS_URL,
+      HTTP_HOST: "127.0.0.1",
+      HTTP_PORT: String(port),
+      EXCHANGE: `blend_events.bench_${id}`,
+      QUEUE: `marketplace-sync.bench_${id}`,
+      LEDGER_SCHEMA: `bench_sustained_${id}`,
+      LOG_LEVEL: "warning",
+      LOG_FORMAT: "json",
+      SHOPIFY_URL: shop.url,
+      SHOPIFY_TOKEN: shop.token,
+      SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(shop.locations.map((l) => [l.tiendaId, l.id]))),
+      MELI_URL: meli.url,
+      MELI_TOKEN: meli.staticToken,
+      MELI_TIENDA_ID: meliStore,
+      MELI_RATE_PER_SEC: String(o.meliRate),
+      POS_STOCK_KEY: `bench_${id}:stock:{tienda_id}:{producto_id}`,
+    };
+    const config: Config = loadConfig(env);
+    const flags = permissionsFor(config).flags;
+    log(`sustained: service process with ${flags.join(" ")}`);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", ...flags, "src/main.ts"],
+      cwd: new URL("../", import.meta.url).pathname,
+      env,
+      clearEnv: true,
+      stdout: "null",
+      stderr: "inherit",
+    }).spawn();
+    let exited = false;
+    child.status.then(() => exited = true);
+    ctx.defer("service process", async () => {
+      if (!exited) child.kill("SIGTERM");
+      await child.status;
+    });
+    const url = `http://127.0.0.1:${port}`;
+    for (let i = 0;; i++) {
+      const ok = await fetch(`${url}/readyz`).then((r) => r.body?.cancel().then(() => r.ok), () => false);
+      if (ok) break;
+      if (i > 300 || exited) throw new Error("the service did not become ready within 30 s");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const sql = postgres(DATABASE_URL, {
+      max: 1,
+      onnotice: () => {},
+      connection: { search_path: config.LEDGER_SCHEMA },
+    });
+    ctx.defer("ledger schema", async () => {
+      await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
+      await sql.end();
+    });
+    ctx.defer("queues", async () => {
+      for (
+        const q of [
+          config.QUEUE,
+          `${config.QUEUE}.dlq`,
+          ...config.RETRY_DELAYS.map((d) => `${config.QUEUE}.retry.${d}ms`),
+        ]
+      ) {
+        await ctx.rabbit.queueDelete({ queue: q }).catch(() => {});
+      }
+      await ctx.rabbit.exchangeDelete({ exchange: config.EXCHANGE }).catch(() => {});
+    });
+    await new Promise((r) => setTimeout(r, 3_000)); // let start-up allocations settle
+    const idle = (await rssMib(child.pid))!;
+    log(`sustained: idle RSS ${round(idle.rss)} MiB; publishing ${rate} sales/s for ${seconds} s`);
+
+    const sales = sampleSales({
+      count: rate * seconds,
+      stores: o.shopifyStores,
+      skus: o.shopifySkus,
+      maxItems: 3,
+      seed: o.seed,
+      catalog,
+    });
+    const redis = createClient({ url: REDIS_URL });
+    await redis.connect();
+    ctx.defer("POS keys", async () => {
+      const keys = await redis.keys(`bench_${id}:*`);
+      for (let i = 0; i < keys.length; i += 1000) await redis.del(keys.slice(i, i + 1000));
+      await redis.close();
+    });
+    await reservePosStock(redis, env.POS_STOCK_KEY, catalog, sales);
+
+    const samples: { t: number; rss: number; depth: number }[] = [];
+    let sampling = true;
+    const started = performance.now();
+    const sampler = (async () => {
+      while (sampling && !exited) {
+        const m = await rssMib(child.pid);
+        const depth = (await ctx.rabbit.queueDeclare({ queue: config.QUEUE, passive: true })).messageCount;
+        if (m) samples.push({ t: (performance.now() - started) / 1000, rss: m.rss, depth });
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    })();
+    await publishSales(ctx.rabbit, config.EXCHANGE, config.ROUTING_KEY, sales, { perSecond: rate });
+    const publishSeconds = (performance.now() - started) / 1000;
+    // Custody drains what is left; the channels keep dispatching (MeLi is budget-bound and far behind).
+    for (let i = 0; i < 600; i++) {
+      const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from sale`;
+      if (n >= sales.length) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const custodySeconds = (performance.now() - started) / 1000;
+    await new Promise((r) => setTimeout(r, 2_000));
+    sampling = false;
+    await sampler;
+    const end = (await rssMib(child.pid))!;
+    const counts = await sql<{ channel: string; status: string; n: number }[]>`
+      select channel, status, count(*)::int as n from stock_change group by 1, 2 order by 1, 2`;
+    const during = samples.filter((s) => s.t <= publishSeconds);
+    const peakDuring = Math.max(...during.map((s) => s.rss));
+    const peakDepth = Math.max(...samples.map((s) => s.depth));
+    const result = {
+      sales: sales.length,
+      target_rate_per_s: rate,
+      achieved_publish_rate_per_s: round(sales.length / publishSeconds, 0),
+      seconds: round(publishSeconds),
+      custody_done_after_s: round(custodySeconds),
+      peak_queue_depth: peakDepth,
+      rss_idle_mib: round(idle.rss),
+      rss_peak_during_mib: round(peakDuring),
+      rss_high_water_mib: round(end.hwm),
+      rss_end_mib: round(end.rss),
+      // "t s: MiB" every 5 s, as one string (results are flat).
+      rss_timeline_mib: samples.filter((_, i) => i % 10 === 0).map((s) =>
+        `${round(s.t, 0)}s:${round(s.rss, 0)}`
+      )
+        .join(" "),
+      ...Object.fromEntries(counts.map((c) => [`changes_${c.channel}_${c.status}`, c.n])),
+      target_rss_le_128_mib: end.hwm <= 128,
+    };
+    log(
+      `sustained: ${result.achieved_publish_rate_per_s} sales/s for ${result.seconds} s; custody done after ` +
+        `${result.custody_done_after_s} s (peak queue ${peakDepth}); RSS idle ${result.rss_idle_mib} MiB, ` +
+        `peak ${result.rss_high_water_mib} MiB`,
+    );
+    return result;
+  },
+};
