@@ -95,6 +95,8 @@ export class PosStockReader {
   async read(key: StockKey): Promise<StockReading> {
     const redisKey = this.keyFor(key);
     let redisError: string | undefined;
+    // Redis could not be asked at all (as opposed to answering with a missing or bad key).
+    let redisDown = false;
     if (redisKey && this.options.redis.isReady) {
       try {
         const raw = await this.options.redis.get(redisKey);
@@ -105,9 +107,11 @@ export class PosStockReader {
         }
       } catch (error) {
         redisError = `Redis: ${(error as Error).message}`;
+        redisDown = true;
       }
     } else if (redisKey) {
       redisError = "Redis not connected";
+      redisDown = true;
     }
     let rows: Record<string, unknown>[];
     try {
@@ -115,8 +119,9 @@ export class PosStockReader {
       rows = await this.options.sql.unsafe(bound.query, bound.params as string[]);
     } catch (error) {
       const message = (error as Error).message;
-      // A query that does not fit the POS schema is a configuration problem, not an outage.
-      if (/does not exist|syntax error|could not determine/i.test(message) || !redisError) {
+      // A query that does not fit the POS schema is a configuration problem, not an outage,
+      // unless Redis (the source of truth) is down: then the stock is not unknown, only unreadable now.
+      if (!redisDown && (/does not exist|syntax error|could not determine/i.test(message) || !redisError)) {
         return { found: false, reason: `POS_STOCK_QUERY failed: ${message}` };
       }
       throw new StockSourceUnavailableError(`${redisError}; Postgres: ${message}`);
