@@ -278,6 +278,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   let posSql: postgres.Sql | undefined;
   let posRedis: ReturnType<typeof createClient> | undefined;
   let posStock: PosStockReader | undefined;
+  let closeTokens: (() => void) | undefined;
   let catalog: Promise<Catalog> | undefined;
   const sandboxCatalog = () =>
     catalog ??= config.SANDBOX_CATALOG
@@ -461,6 +462,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       budget: () => ({ level: budget.level, max: budget.shape.max }),
       tokenExpiresAt: () => tokens.expiresAt(),
     };
+    closeTokens = () => tokens.close?.();
     return dispatcherFor(channel, store);
   }
 
@@ -606,6 +608,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     clearTimeout(graceTimer);
     for (const d of dispatchers) d.abort();
     await stopped;
+    closeTokens?.();
     await publisher?.close();
     await Promise.all([consumeConnection?.close(), publishConnection?.close()]);
     await sql.end({ timeout: 5 });

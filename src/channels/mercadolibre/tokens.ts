@@ -32,6 +32,8 @@ export interface AccessTokens {
   health(): CheckResult;
   /** When the current token expires (undefined for a static token). */
   expiresAt(): Date | undefined;
+  /** Stops background work (shutdown). */
+  close?(): void;
   /** A request with the current token succeeded. */
   accepted?(): void;
 }
@@ -85,6 +87,17 @@ interface TokenRow {
   error: string | null;
 }
 
+/** A refresh answer, with what the ledger row needs. */
+interface MintedPair {
+  access: string;
+  refresh: string;
+  expiresIn: number;
+  expiresAt: number;
+  userId: string | null;
+  chainSeed: string;
+  retired: string[];
+}
+
 interface Current {
   access: string;
   expiresAt: number;
@@ -110,6 +123,8 @@ export class OAuthTokens implements AccessTokens {
   #brokenCheckedAt = 0;
   #lastError: string | undefined;
   #cipher: Promise<TokenCipher>;
+  #unsaved: MintedPair | undefined;
+  #retryTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(private readonly options: OAuthTokensOptions) {
     this.#cipher = TokenCipher.fromSecret(options.clientSecret);
@@ -173,12 +188,19 @@ export class OAuthTokens implements AccessTokens {
     const cipher = await this.#cipher;
     const seed = await fingerprint(this.options.refreshToken);
     type Step = { ok: Current } | { fail: AuthUnavailableError };
-    const step: Step = await this.options.sql.begin(async (tx): Promise<Step> => {
-      await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
+    // A pair MeLi minted for us: if the ledger cannot store it, it must not be dropped (the old one is spent).
+    let minted: MintedPair | undefined;
+    const unsaved = this.#unsaved;
+    // One refresher at a time across replicas: a session advisory lock on a reserved connection, not a
+    // transaction, because postgres.js 3.4.9 can throw an unhandled error when a connection dies inside
+    // one (docs/RELIABILITY.md); a dropped connection releases a session lock all the same.
+    const refreshing = this.#locked(async (tx): Promise<Step> => {
+      // A pair we hold but could not store yet is the chain's newest: store it before reading the row.
+      if (unsaved) await this.#store(tx, unsaved);
       const [row] = await tx<TokenRow[]>`
         select access_token, refresh_token, expires_at, refreshed_at, seed_fingerprint, retired_seeds,
                status, error
-          from oauth_token where channel = ${CHANNEL} for update`;
+          from oauth_token where channel = ${CHANNEL}`;
       let refreshFrom = this.options.refreshToken;
       let chainSeed = seed;
       let retired = row?.retired_seeds ?? [];
@@ -236,24 +258,102 @@ export class OAuthTokens implements AccessTokens {
         return { fail: new AuthUnavailableError(message, true) };
       }
       const lifetimeMs = answer.expiresIn * 1000;
-      const expiresAt = Date.now() + lifetimeMs;
+      minted = { ...answer, expiresAt: Date.now() + lifetimeMs, chainSeed, retired };
       // Persisted before anyone uses it: the old refresh token is already spent.
-      await tx`
-        insert into oauth_token (channel, access_token, refresh_token, expires_at, refreshed_at,
-                                 seed_fingerprint, retired_seeds, status, error, user_id)
-        values (${CHANNEL}, ${await cipher.encrypt(answer.access)}, ${await cipher.encrypt(answer.refresh)},
-                ${new Date(expiresAt)}, now(), ${chainSeed}, ${retired}, 'ok', null, ${answer.userId})
-        on conflict (channel) do update set access_token = excluded.access_token,
-               refresh_token = excluded.refresh_token, expires_at = excluded.expires_at,
-               refreshed_at = excluded.refreshed_at, seed_fingerprint = excluded.seed_fingerprint,
-               retired_seeds = excluded.retired_seeds, status = 'ok', error = null, user_id = excluded.user_id`;
+      await this.#store(tx, minted);
       log.info("MercadoLibre access token refreshed; valid for {expires_in} s", {
         expires_in: answer.expiresIn,
       });
-      return { ok: { access: answer.access, expiresAt, marginMs: refreshMarginMs(lifetimeMs) } };
+      return {
+        ok: { access: answer.access, expiresAt: minted.expiresAt, marginMs: refreshMarginMs(lifetimeMs) },
+      };
     });
+    let step: Step;
+    try {
+      step = await refreshing;
+      if (unsaved && this.#unsaved === unsaved) this.#unsaved = undefined;
+    } catch (error) {
+      if (!minted) throw error;
+      // MeLi answered but the ledger did not take the pair (Postgres went away mid-refresh). Keep it
+      // in memory and store it as soon as Postgres is back, or the chain would be lost for good.
+      this.#keepStoring(minted, error as Error);
+      step = {
+        ok: {
+          access: minted.access,
+          expiresAt: minted.expiresAt,
+          marginMs: refreshMarginMs(minted.expiresIn * 1000),
+        },
+      };
+    }
     if ("fail" in step) throw step.fail;
     return step.ok;
+  }
+
+  /** Runs `work` on a reserved connection holding the chain's advisory lock. */
+  async #locked<T>(work: (sql: Sql) => Promise<T>): Promise<T> {
+    const connection = await this.options.sql.reserve();
+    try {
+      await connection`select pg_advisory_lock(${LOCK_KEY})`;
+      try {
+        return await work(connection);
+      } finally {
+        await connection`select pg_advisory_unlock(${LOCK_KEY})`.catch(() => {});
+      }
+    } finally {
+      connection.release();
+    }
+  }
+
+  /** Writes a minted pair (encrypted) as the chain's current one. */
+  async #store(sql: Sql, pair: MintedPair): Promise<void> {
+    const cipher = await this.#cipher;
+    await sql`
+      insert into oauth_token (channel, access_token, refresh_token, expires_at, refreshed_at,
+                               seed_fingerprint, retired_seeds, status, error, user_id)
+      values (${CHANNEL}, ${await cipher.encrypt(pair.access)}, ${await cipher.encrypt(pair.refresh)},
+              ${new Date(
+      pair.expiresAt,
+    )}, now(), ${pair.chainSeed}, ${pair.retired}, 'ok', null, ${pair.userId})
+      on conflict (channel) do update set access_token = excluded.access_token,
+             refresh_token = excluded.refresh_token, expires_at = excluded.expires_at,
+             refreshed_at = excluded.refreshed_at, seed_fingerprint = excluded.seed_fingerprint,
+             retired_seeds = excluded.retired_seeds, status = 'ok', error = null, user_id = excluded.user_id`;
+  }
+
+  /** Retries storing an unsaved pair every 2 s until it is in the ledger (or a newer refresh replaced it). */
+  #keepStoring(pair: MintedPair, first: Error): void {
+    this.#unsaved = pair;
+    log.error(
+      "the new MercadoLibre token pair could not be stored ({error}); keeping it in memory and retrying",
+      {
+        mark: "error",
+        error: first.message,
+      },
+    );
+    const attempt = async () => {
+      if (this.#unsaved !== pair) return;
+      try {
+        await this.#locked((sql) => this.#store(sql, pair));
+        this.#unsaved = undefined;
+        log.info("the MercadoLibre token pair kept in memory is stored now");
+      } catch {
+        this.#retryTimer = setTimeout(attempt, 2_000);
+      }
+    };
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(attempt, 2_000);
+  }
+
+  /** Stops background retries (shutdown). An unsaved pair is logged as lost. */
+  close(): void {
+    clearTimeout(this.#retryTimer);
+    if (this.#unsaved) {
+      log.error(
+        "stopping with a MercadoLibre token pair that could not be stored: the seller may need to " +
+          "authorize the app again",
+        { mark: "error" },
+      );
+    }
   }
 
   async #post(
