@@ -36,7 +36,7 @@ async function rssMib(pid: number): Promise<{ rss: number; hwm: number } | undef
   }
 }
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
@@ -62,7 +62,7 @@ export const sustainedSection: Section = {
     const meliStore = catalog.stores[0].tienda_id;
     const meli = await startMeliSandbox({ catalog, tiendaId: meliStore, ratePerSecond: o.meliRate * 2 });
     ctx.defer("MeLi sandbox", () => meli.close());
-    const port = await freePort();
+    const port = freePort();
     const env: Record<string, string> = {
       RABBITMQ_URL,
       DATABASE_URL,
