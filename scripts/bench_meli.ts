@@ -22,17 +22,13 @@
  */
 import postgres from "postgres";
 import { createClient } from "redis";
-import { declareTopology, topologyFromConfig } from "../src/broker/topology.ts";
 import { type Config, loadConfig } from "../src/config.ts";
 import { startService } from "../src/main.ts";
 import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
 import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import { DATABASE_URL, RABBITMQ_URL, REDIS_URL, runResources } from "./bench_support.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { publishSales, reservePosStock, type SampleSale, sampleSales } from "./publish_sample.ts";
-
-const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
-const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
-const REDIS_URL = Deno.env.get("BENCH_REDIS_URL") ?? "redis://127.0.0.1:6379";
 
 /** A phase that makes no progress for this long fails the section. */
 const STALL_MS = 120_000;
@@ -398,29 +394,7 @@ export const meliBurstSection: Section = {
       POS_STOCK_KEY: `bench_${id}:stock:{tienda_id}:{producto_id}`,
       LOG_LEVEL: o.logLevel,
     });
-    const topology = topologyFromConfig(config);
-    const sql = postgres(DATABASE_URL, {
-      max: 2,
-      onnotice: () => {},
-      connection: { search_path: config.LEDGER_SCHEMA },
-    });
-    ctx.defer("drop the bench ledger", async () => {
-      await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
-      await sql.end();
-    });
-    ctx.defer("delete the bench queues", async () => {
-      for (
-        const q of [
-          topology.queue,
-          topology.deadLetterQueue,
-          ...topology.retryQueues.map((r) => r.name),
-        ]
-      ) {
-        await ctx.rabbit.queueDelete({ queue: q }).catch(() => {});
-      }
-      await ctx.rabbit.exchangeDelete({ exchange: topology.exchange }).catch(() => {});
-    });
-    await declareTopology(ctx.rabbit, topology);
+    const { sql } = await runResources(ctx, config);
 
     log(
       `meli: starting the service (mirror of store ${store.slice(0, 8)}…, MELI_RATE_PER_SEC ${rate}, ` +

@@ -13,19 +13,16 @@
  */
 import { Buffer } from "node:buffer";
 import postgres from "postgres";
-import { declareTopology, topologyFromConfig } from "../src/broker/topology.ts";
 import { loadConfig } from "../src/config.ts";
 import { startService } from "../src/main.ts";
 import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
 import { MUTATION_COST, STANDARD_PLAN_BUCKET } from "../src/sandbox/cost.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { DATABASE_URL, RABBITMQ_URL, REDIS_URL, runResources } from "./bench_support.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { startNaiveConsumer } from "./naive_consumer.ts";
 import { publishSales, sampleSales } from "./publish_sample.ts";
 
-const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
-const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
-const REDIS_URL = Deno.env.get("BENCH_REDIS_URL") ?? "redis://127.0.0.1:6379";
 const MAX_CHANGES_PER_CALL = 250;
 
 const round = (n: number, digits = 0) => Number(n.toFixed(digits));
@@ -91,29 +88,7 @@ export const shopifyBurstSection: Section = {
       SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
       LOG_LEVEL: ctx.options.logLevel,
     });
-    const topology = topologyFromConfig(config);
-    const sql = postgres(DATABASE_URL, {
-      max: 2,
-      onnotice: () => {},
-      connection: { search_path: config.LEDGER_SCHEMA },
-    });
-    ctx.defer("drop the bench ledger", async () => {
-      await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
-      await sql.end();
-    });
-    ctx.defer("delete the bench queues", async () => {
-      for (
-        const q of [
-          topology.queue,
-          topology.deadLetterQueue,
-          ...topology.retryQueues.map((r) => r.name),
-        ]
-      ) {
-        await ctx.rabbit.queueDelete({ queue: q }).catch(() => {});
-      }
-      await ctx.rabbit.exchangeDelete({ exchange: topology.exchange }).catch(() => {});
-    });
-    await declareTopology(ctx.rabbit, topology);
+    const { sql } = await runResources(ctx, config);
 
     const service = startService(config);
     ctx.defer("stop the service", () => service.close());

@@ -8,19 +8,16 @@
  *
  * Target (issue #7): RSS ≤ 128 MiB at 1 000 sales/s sustained for 60 s.
  */
-import postgres from "postgres";
 import { createClient } from "redis";
 import { type Config, loadConfig } from "../src/config.ts";
 import { permissionsFor } from "../src/permissions.ts";
 import { buildCatalog } from "../src/sandbox/catalog.ts";
 import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { DATABASE_URL, RABBITMQ_URL, REDIS_URL, runResources } from "./bench_support.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { publishSales, reservePosStock, sampleSales } from "./publish_sample.ts";
 
-const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
-const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
-const REDIS_URL = Deno.env.get("BENCH_REDIS_URL") ?? "redis://127.0.0.1:6379";
 const log = (text: string) => console.error(`[bench] ${text}`);
 const round = (n: number, digits = 1) => Number(n.toFixed(digits));
 
@@ -107,27 +104,7 @@ export const sustainedSection: Section = {
       if (i > 300 || exited) throw new Error("the service did not become ready within 30 s");
       await new Promise((r) => setTimeout(r, 100));
     }
-    const sql = postgres(DATABASE_URL, {
-      max: 1,
-      onnotice: () => {},
-      connection: { search_path: config.LEDGER_SCHEMA },
-    });
-    ctx.defer("ledger schema", async () => {
-      await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
-      await sql.end();
-    });
-    ctx.defer("queues", async () => {
-      for (
-        const q of [
-          config.QUEUE,
-          `${config.QUEUE}.dlq`,
-          ...config.RETRY_DELAYS.map((d) => `${config.QUEUE}.retry.${d}ms`),
-        ]
-      ) {
-        await ctx.rabbit.queueDelete({ queue: q }).catch(() => {});
-      }
-      await ctx.rabbit.exchangeDelete({ exchange: config.EXCHANGE }).catch(() => {});
-    });
+    const { sql } = await runResources(ctx, config);
     await new Promise((r) => setTimeout(r, 3_000)); // let start-up allocations settle
     const idle = (await rssMib(child.pid))!;
     log(`sustained: idle RSS ${round(idle.rss)} MiB; publishing ${rate} sales/s for ${seconds} s`);

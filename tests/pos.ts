@@ -9,6 +9,47 @@ import { type Harness, REDIS_URL, uniqueName } from "./helpers.ts";
 
 type Redis = ReturnType<typeof createClient>;
 
+/** A sale event as the POS publishes it. */
+export interface CatalogSale {
+  event_id: string;
+  tienda_id: string;
+  total: number;
+  metodo_pago: string;
+  items: {
+    producto_id: string;
+    producto_nombre: string;
+    producto_sku: string;
+    cantidad: number;
+    precio_unitario: number;
+    subtotal: number;
+  }[];
+  timestamp: string;
+}
+
+/** A sale event at a store, over catalog products (an unknown SKU gets a random producto_id). */
+export function catalogSale(
+  catalog: Catalog,
+  tiendaId: string,
+  lines: { sku: string; qty: number }[],
+  id: string = crypto.randomUUID(),
+): CatalogSale {
+  return {
+    event_id: id,
+    tienda_id: tiendaId,
+    total: 100,
+    metodo_pago: "EFECTIVO",
+    items: lines.map((l) => ({
+      producto_id: catalog.products.find((p) => p.sku === l.sku)?.producto_id ?? crypto.randomUUID(),
+      producto_nombre: l.sku,
+      producto_sku: l.sku,
+      cantidad: l.qty,
+      precio_unitario: 10,
+      subtotal: 10 * l.qty,
+    })),
+    timestamp: new Date().toISOString(),
+  };
+}
+
 /** The POS's stock keys and its sales. */
 export class Pos {
   readonly keyTemplate: string;
@@ -53,22 +94,8 @@ export class Pos {
   }
 
   /** A sale event at a store. */
-  saleOf(tiendaId: string, lines: { sku: string; qty: number }[]): Record<string, unknown> {
-    return {
-      event_id: crypto.randomUUID(),
-      tienda_id: tiendaId,
-      total: 100,
-      metodo_pago: "EFECTIVO",
-      items: lines.map((l) => ({
-        producto_id: this.catalog.products.find((p) => p.sku === l.sku)?.producto_id ?? crypto.randomUUID(),
-        producto_nombre: l.sku,
-        producto_sku: l.sku,
-        cantidad: l.qty,
-        precio_unitario: 10,
-        subtotal: 10 * l.qty,
-      })),
-      timestamp: new Date().toISOString(),
-    };
+  saleOf(tiendaId: string, lines: { sku: string; qty: number }[]): CatalogSale {
+    return catalogSale(this.catalog, tiendaId, lines);
   }
 
   /** What the POS does on a sale: reserve the stock, then publish the event. */

@@ -12,6 +12,7 @@ import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
 import { shopifySchema } from "../src/sandbox/shopify_schema.ts";
 import { type Harness, harnessFor, header, integration, testConfig, waitFor } from "./helpers.ts";
+import { catalogSale } from "./pos.ts";
 
 const catalog = defaultCatalog();
 const STORES = catalog.stores.map((s) => s.tienda_id);
@@ -23,22 +24,8 @@ interface Line {
   qty: number;
 }
 
-function saleOf(tiendaId: string, lines: Line[], id: string = crypto.randomUUID()) {
-  return {
-    event_id: id,
-    tienda_id: tiendaId,
-    total: 100,
-    metodo_pago: "EFECTIVO",
-    items: lines.map((l) => ({
-      producto_id: catalog.products.find((p) => p.sku === l.sku)?.producto_id ?? crypto.randomUUID(),
-      producto_nombre: l.sku,
-      producto_sku: l.sku,
-      cantidad: l.qty,
-      precio_unitario: 10,
-      subtotal: 10 * l.qty,
-    })),
-    timestamp: new Date().toISOString(),
-  };
+function saleOf(tiendaId: string, lines: Line[], id?: string) {
+  return catalogSale(catalog, tiendaId, lines, id);
 }
 
 /** Service variables that point the Shopify channel at a sandbox as if it were the real API. */

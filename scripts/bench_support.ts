@@ -1,0 +1,40 @@
+/**
+ * What the benchmark sections that start a service share: the loopback URLs
+ * and a fresh ledger schema and queues per run, removed at the end.
+ */
+import postgres from "postgres";
+import { declareTopology, type Topology, topologyFromConfig } from "../src/broker/topology.ts";
+import type { Config } from "../src/config.ts";
+import type { BenchContext } from "./bench.ts";
+
+export const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
+export const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
+export const REDIS_URL = Deno.env.get("BENCH_REDIS_URL") ?? "redis://127.0.0.1:6379";
+
+/**
+ * Declares the run's topology and opens a connection on its ledger schema;
+ * both are removed (schema dropped, queues and exchange deleted) at the end.
+ */
+export async function runResources(
+  ctx: BenchContext,
+  config: Config,
+): Promise<{ sql: postgres.Sql; topology: Topology }> {
+  const topology = topologyFromConfig(config);
+  const sql = postgres(DATABASE_URL, {
+    max: 2,
+    onnotice: () => {},
+    connection: { search_path: config.LEDGER_SCHEMA },
+  });
+  ctx.defer("drop the bench ledger", async () => {
+    await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
+    await sql.end();
+  });
+  ctx.defer("delete the bench queues", async () => {
+    for (const q of [topology.queue, topology.deadLetterQueue, ...topology.retryQueues.map((r) => r.name)]) {
+      await ctx.rabbit.queueDelete({ queue: q }).catch(() => {});
+    }
+    await ctx.rabbit.exchangeDelete({ exchange: topology.exchange }).catch(() => {});
+  });
+  await declareTopology(ctx.rabbit, topology);
+  return { sql, topology };
+}
