@@ -5,26 +5,13 @@
  */
 import { createClient } from "redis";
 import { type Catalog, defaultCatalog } from "../src/sandbox/catalog.ts";
+import type { SampleSale } from "../scripts/publish_sample.ts";
 import { type Harness, REDIS_URL, uniqueName } from "./helpers.ts";
 
 type Redis = ReturnType<typeof createClient>;
 
 /** A sale event as the POS publishes it. */
-export interface CatalogSale {
-  event_id: string;
-  tienda_id: string;
-  total: number;
-  metodo_pago: string;
-  items: {
-    producto_id: string;
-    producto_nombre: string;
-    producto_sku: string;
-    cantidad: number;
-    precio_unitario: number;
-    subtotal: number;
-  }[];
-  timestamp: string;
-}
+export type CatalogSale = SampleSale;
 
 /** A sale event at a store, over catalog products (an unknown SKU gets a random producto_id). */
 export function catalogSale(
