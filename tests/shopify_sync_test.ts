@@ -136,6 +136,51 @@ integration("sales for several SKUs and stores lower Shopify stock by exactly th
   }
 });
 
+integration("a batch's new SKUs are looked up 25 per call, not one call each", async () => {
+  const { h, sandbox } = await startSyncHarness();
+  try {
+    const tienda = STORES[1];
+    // Every catalog SKU but the tricky ones, in one sale: one batch with ~35 SKUs to resolve.
+    const skus = [...new Set(catalog.products.map((p) => p.sku))];
+    const before = new Map(skus.map((sku) => [sku, availableOf(sandbox, sku, tienda)]));
+    const e = saleOf(tienda, skus.map((sku) => ({ sku, qty: 1 })));
+    await h.publish(e, { messageId: e.event_id });
+    await waitFor(
+      async () => {
+        const c = await statusCounts(h);
+        return !c.pending && !c.sending && (c.applied ?? 0) > 0;
+      },
+      "settled",
+      20_000,
+    );
+    const metrics = await (await fetch(`${h.service.url}/metrics`)).text();
+    const calls = (operation: string) =>
+      [...metrics.matchAll(
+        new RegExp(
+          `marketplace_calls_total\\{channel="shopify",operation="${operation}",outcome="ok"\\} (\\d+)`,
+          "g",
+        ),
+      )]
+        .reduce((n, m) => n + Number(m[1]), 0);
+    assert.equal(
+      calls("VariantsBySkus"),
+      Math.ceil(skus.length / 25),
+      `batched lookups for ${skus.length} SKUs`,
+    );
+    assert.equal(calls("VariantsBySku"), 0, "no SKU needed a call of its own");
+    for (const sku of skus) {
+      if (sku === "MATE-IMP-01") continue; // ambiguous on purpose
+      assert.equal(availableOf(sandbox, sku, tienda), before.get(sku)! - 1, sku);
+    }
+    const [ambiguous] = await h.sql<{ error_reason: string }[]>`
+      select error_reason from stock_change where sku = 'MATE-IMP-01'`;
+    assert.equal(ambiguous.error_reason, "sku_ambiguous");
+  } finally {
+    await h.close();
+    await sandbox.close();
+  }
+});
+
 integration(
   "unknown, ambiguous and metacharacter SKUs and an unmapped store: right reasons, the rest applied",
   async () => {

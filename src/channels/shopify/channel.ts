@@ -259,6 +259,7 @@ export class ShopifyChannel implements ChannelAdapter {
       string,
       { inventoryItemId: string; locationId: string; delta: number; indexes: number[] }
     >();
+    const resolved = await this.listings.resolveMany(batch.changes.map((c) => c.sku), signal);
     for (const [i, change] of batch.changes.entries()) {
       const locationId = this.options.locations.locationFor(change.tiendaId);
       if (!locationId) {
@@ -270,7 +271,7 @@ export class ShopifyChannel implements ChannelAdapter {
         };
         continue;
       }
-      const resolution = await this.listings.resolve(change.sku, signal);
+      const resolution = resolved.get(change.sku)!;
       if (!resolution.ok && "transient" in resolution) return { transient: resolution.transient };
       if (!resolution.ok) {
         decided[i] = resolution.outcome;

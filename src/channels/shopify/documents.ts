@@ -10,6 +10,17 @@ export const VARIANTS_BY_SKU = `query VariantsBySku($query: String!) {
   }
 }`;
 
+/**
+ * Many SKUs → variants in one call: the SKUs' terms OR'ed in `$query`. `hasNextPage` says the page was too
+ * small to see every match (then each SKU is asked alone, where `first: 2` settles ambiguity).
+ */
+export const VARIANTS_BY_SKUS = `query VariantsBySkus($query: String!, $first: Int!) {
+  productVariants(first: $first, query: $query) {
+    nodes { id sku inventoryItem { id } }
+    pageInfo { hasNextPage }
+  }
+}`;
+
 /** Sales are deltas on `available`, applied once per idempotency key. */
 export const ADJUST_AVAILABLE =
   `mutation AdjustAvailable($input: InventoryAdjustQuantitiesInput!, $key: String!) {
@@ -42,6 +53,7 @@ export const AVAILABLE_AT_LOCATION = `query AvailableAtLocation($item: ID!, $loc
 /** Every document above, by operation name. */
 export const SHOPIFY_DOCUMENTS: Record<string, string> = {
   VariantsBySku: VARIANTS_BY_SKU,
+  VariantsBySkus: VARIANTS_BY_SKUS,
   AdjustAvailable: ADJUST_AVAILABLE,
   SetAvailable: SET_AVAILABLE,
   AvailableAtLocation: AVAILABLE_AT_LOCATION,

@@ -6,7 +6,7 @@
 import type { Sql } from "postgres";
 import type { ChangeOutcome } from "../../ledger/dispatch_store.ts";
 import type { ShopifyClient } from "./client.ts";
-import { VARIANTS_BY_SKU } from "./documents.ts";
+import { VARIANTS_BY_SKU, VARIANTS_BY_SKUS } from "./documents.ts";
 import { skuSearchQuery } from "./search.ts";
 
 /** A resolved listing: the inventory item the SKU's stock lives on. */
@@ -29,6 +29,9 @@ interface VariantsBySku {
 }
 
 const NEGATIVE_TTL_MS = 60_000;
+/** SKUs per batched lookup, and the page that should hold all their variants (ambiguous ones have two). */
+const SKUS_PER_LOOKUP = 25;
+const VARIANTS_PER_LOOKUP = 60;
 
 /** Resolves and caches SKU → InventoryItem for one shop. */
 export class ShopifyListings {
@@ -69,7 +72,11 @@ export class ShopifyListings {
       const reason = result.kind === "unauthorized" ? "unauthorized" : result.reason;
       return { ok: false, transient: { reason, error: `resolving SKU ${sku}: ${result.error}`, waitMs } };
     }
-    const exact = result.data.productVariants.nodes.filter((n) => n.sku === sku);
+    return await this.#settle(sku, result.data.productVariants.nodes.filter((n) => n.sku === sku));
+  }
+
+  /** Exactly one variant with exactly this SKU, cached; else the permanent outcome (cached a minute). */
+  async #settle(sku: string, exact: VariantsBySku["productVariants"]["nodes"]): Promise<Resolution> {
     if (exact.length !== 1) {
       const outcome: ChangeOutcome = exact.length === 0
         ? { kind: "failed", reason: "sku_not_found", error: `no Shopify variant has SKU "${sku}"` }
@@ -91,6 +98,61 @@ export class ShopifyListings {
         set external_id = excluded.external_id, variant_id = excluded.variant_id, resolved_at = now()`;
     this.#memory.set(sku, listing);
     return { ok: true, listing };
+  }
+
+  /**
+   * Resolves a batch's SKUs with as few calls as Shopify allows: the ones not cached are looked up
+   * 25 per call (their search terms OR'ed); a SKU is then settled only by its exact matches, and a
+   * page too full to be sure falls back to one call per SKU.
+   */
+  async resolveMany(skus: string[], signal?: AbortSignal): Promise<Map<string, Resolution>> {
+    const out = new Map<string, Resolution>();
+    const unknown: string[] = [];
+    for (const sku of new Set(skus)) {
+      const cached = this.#memory.get(sku);
+      const miss = this.#misses.get(sku);
+      if (cached) out.set(sku, { ok: true, listing: cached });
+      else if (miss && miss.until > Date.now()) out.set(sku, { ok: false, outcome: miss.outcome });
+      else unknown.push(sku);
+    }
+    if (unknown.length === 0) return out;
+    const rows = await this.sql<{ sku: string; external_id: string; variant_id: string }[]>`
+      select sku, external_id, variant_id from listing where channel = 'shopify' and sku = any(${unknown})`;
+    for (const row of rows) {
+      const listing = { inventoryItemId: row.external_id, variantId: row.variant_id };
+      this.#memory.set(row.sku, listing);
+      out.set(row.sku, { ok: true, listing });
+    }
+    const left = unknown.filter((sku) => !out.has(sku));
+    for (let i = 0; i < left.length && left.length > 1; i += SKUS_PER_LOOKUP) {
+      const chunk = left.slice(i, i + SKUS_PER_LOOKUP);
+      const result = await this.client.call<
+        VariantsBySku & { productVariants: { pageInfo: { hasNextPage: boolean } } }
+      >(
+        "VariantsBySkus",
+        VARIANTS_BY_SKUS,
+        { query: chunk.map(skuSearchQuery).join(" OR "), first: VARIANTS_PER_LOOKUP },
+        signal,
+      );
+      if (result.kind === "retry" || result.kind === "unauthorized") {
+        // Shopify cannot answer now: the whole batch waits rather than asking SKU by SKU.
+        const waitMs = result.kind === "retry" ? result.waitMs : undefined;
+        const reason = result.kind === "unauthorized" ? "unauthorized" : result.reason;
+        const transient: Resolution = {
+          ok: false,
+          transient: { reason, error: `resolving SKUs: ${result.error}`, waitMs },
+        };
+        for (const sku of left) if (!out.has(sku)) out.set(sku, transient);
+        return out;
+      }
+      // A refused query or a page too full to be sure: these SKUs go one per call below.
+      if (result.kind !== "ok" || result.data.productVariants.pageInfo.hasNextPage) continue;
+      for (const sku of chunk) {
+        out.set(sku, await this.#settle(sku, result.data.productVariants.nodes.filter((n) => n.sku === sku)));
+      }
+    }
+    for (const sku of left) if (!out.has(sku)) out.set(sku, await this.resolve(sku, signal));
+    return out;
   }
 
   /** Forgets negative results (after an operator fixed the catalog). */
