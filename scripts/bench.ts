@@ -46,7 +46,7 @@ import { setupLogging } from "../src/log.ts";
 import { type RunningService, startService } from "../src/main.ts";
 import { type ServiceMetrics } from "../src/metrics.ts";
 import { sampleSales } from "./publish_sample.ts";
-import { naiveSection, shopifyBurstSection } from "./bench_shopify.ts";
+import { naiveSection, PLAN_BUCKETS, shopifyBurstSection } from "./bench_shopify.ts";
 import { meliBurstSection } from "./bench_meli.ts";
 import { sustainedSection } from "./bench_sustained.ts";
 
@@ -108,6 +108,10 @@ export interface BenchOptions {
   /** Sustained stream: sales per second and seconds. */
   sustainedRate: number;
   sustainedSeconds: number;
+  /** Shopify plan whose rate limit the sandbox enforces (standard, advanced, plus, enterprise). */
+  plan: string;
+  /** Latency the marketplace sandboxes add to every request, in ms. */
+  latencyMs: number;
   help: boolean;
 }
 
@@ -138,6 +142,9 @@ options:
   --shopify-skus N       Shopify burst: SKUs (default 500)
   --shopify-stores N     Shopify burst: stores (default 5)
   --naive-seconds N      how long the naive baseline runs (default 30)
+  --plan NAME            Shopify plan's rate limit for the shopify and naive sections: standard
+                         (100 points/s), advanced (200), plus (1000), enterprise (2000); default standard
+  --latency MS           latency the marketplace sandboxes add to every request (default 0)
   --meli-sales N         MeLi burst: sales (default: --shopify-sales)
   --meli-skus N          MeLi burst: SKUs (default: --shopify-skus; stores: --shopify-stores).
                          ~3 requests per SKU cold, 1 warm: at 5 req/s ~7.5 min for 500 SKUs
@@ -194,6 +201,8 @@ export function parseOptions(args: string[]): BenchOptions {
         "meli-rate": { type: "string", default: String(SERVICE_DEFAULTS.MELI_RATE_PER_SEC) },
         "sustained-rate": { type: "string", default: "1000" },
         "sustained-seconds": { type: "string", default: "60" },
+        plan: { type: "string", default: "standard" },
+        latency: { type: "string", default: "0" },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -251,6 +260,14 @@ export function parseOptions(args: string[]): BenchOptions {
     meliRate: wholeNumber("meli-rate", values["meli-rate"], 1, 500),
     sustainedRate: wholeNumber("sustained-rate", values["sustained-rate"], 1, 100_000),
     sustainedSeconds: wholeNumber("sustained-seconds", values["sustained-seconds"], 1, 3_600),
+    plan: (() => {
+      const plan = String(values.plan);
+      if (!Object.keys(PLAN_BUCKETS).includes(plan)) {
+        throw new UsageError(`--plan must be one of ${Object.keys(PLAN_BUCKETS).join(", ")} (got "${plan}")`);
+      }
+      return plan;
+    })(),
+    latencyMs: wholeNumber("latency", values.latency, 0, 60_000),
     help: false,
   };
 }

@@ -359,7 +359,12 @@ export const meliBurstSection: Section = {
     const store = catalog.stores[0].tienda_id;
     // A real limit above ours: a 429 means our budget failed, not that MeLi is stingy.
     const sandboxLimit = rate * 2;
-    const sandbox = await startMeliSandbox({ catalog, tiendaId: store, ratePerSecond: sandboxLimit });
+    const sandbox = await startMeliSandbox({
+      catalog,
+      tiendaId: store,
+      ratePerSecond: sandboxLimit,
+      faults: { latencyMs: o.latencyMs },
+    });
     ctx.defer("stop the MeLi sandbox", () => sandbox.close());
     const host = new URL(sandbox.url).host;
 

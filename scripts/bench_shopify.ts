@@ -16,7 +16,7 @@ import postgres from "postgres";
 import { loadConfig } from "../src/config.ts";
 import { startService } from "../src/main.ts";
 import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
-import { MUTATION_COST, STANDARD_PLAN_BUCKET } from "../src/sandbox/cost.ts";
+import { type BucketSettings, MUTATION_COST } from "../src/sandbox/cost.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify.ts";
 import { DATABASE_URL, RABBITMQ_URL, REDIS_URL, runResources } from "./bench_support.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
@@ -70,7 +70,7 @@ export const shopifyBurstSection: Section = {
   title: "Shopify burst (service → sandbox, Standard budget)",
   async run(ctx: BenchContext): Promise<SectionResult> {
     const { catalog, sales } = burst(ctx);
-    const sandbox = await startShopifySandbox({ catalog });
+    const sandbox = await shopifySandbox(ctx, catalog);
     ctx.defer("stop the Shopify sandbox", () => sandbox.close());
     const id = crypto.randomUUID().replaceAll("-", "").slice(0, 10);
     const config = loadConfig({
@@ -87,6 +87,8 @@ export const shopifyBurstSection: Section = {
       SHOPIFY_TOKEN: sandbox.token,
       SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id]))),
       LOG_LEVEL: ctx.options.logLevel,
+      SHOPIFY_BUCKET_MAX: String(PLAN_BUCKETS[ctx.options.plan].maximumAvailable),
+      SHOPIFY_RESTORE_RATE: String(PLAN_BUCKETS[ctx.options.plan].restoreRate),
     });
     const { sql } = await runResources(ctx, config);
 
@@ -119,7 +121,9 @@ export const shopifyBurstSection: Section = {
       sales: sales.length,
       skus: catalog.products.length,
       stores: catalog.stores.length,
-      ceiling_changes_per_s: CEILING,
+      ceiling_changes_per_s: ceiling(ctx),
+      plan: ctx.options.plan,
+      latency_ms: ctx.options.latencyMs,
       ...prefixed("cold_", cold),
       ...prefixed("warm_", warm),
       trickle_sales_per_s: 50,
@@ -150,7 +154,27 @@ async function phaseMeans(service: ReturnType<typeof startService>): Promise<Sec
   return out;
 }
 
-const CEILING = STANDARD_PLAN_BUCKET.restoreRate / MUTATION_COST * MAX_CHANGES_PER_CALL;
+/** Shopify's GraphQL Admin rate limits by plan: points restored per second, bucket of 20 s of them. */
+export const PLAN_BUCKETS: Record<string, BucketSettings> = {
+  standard: { maximumAvailable: 2000, restoreRate: 100 },
+  advanced: { maximumAvailable: 4000, restoreRate: 200 },
+  plus: { maximumAvailable: 20000, restoreRate: 1000 },
+  enterprise: { maximumAvailable: 40000, restoreRate: 2000 },
+};
+
+/** Stock changes per second the plan's budget allows: restore rate ÷ mutation cost × changes per call. */
+function ceiling(ctx: BenchContext): number {
+  return PLAN_BUCKETS[ctx.options.plan].restoreRate / MUTATION_COST * MAX_CHANGES_PER_CALL;
+}
+
+/** The Shopify sandbox of a run: the chosen plan's bucket and the chosen latency. */
+function shopifySandbox(ctx: BenchContext, catalog: Catalog) {
+  return startShopifySandbox({
+    catalog,
+    bucket: PLAN_BUCKETS[ctx.options.plan],
+    faults: { latencyMs: ctx.options.latencyMs },
+  });
+}
 
 function prefixed(prefix: string, result: SectionResult): SectionResult {
   return Object.fromEntries(Object.entries(result).map(([k, v]) => [prefix + k, v]));
@@ -230,7 +254,7 @@ async function runBurst(
     first_applied_s: round((firstApplied - t0) / 1000, 2),
     total_s: round(seconds, 2),
     stock_changes_applied_per_s: round(totalChanges / seconds),
-    ratio_to_ceiling: round(totalChanges / seconds / CEILING, 2),
+    ratio_to_ceiling: round(totalChanges / seconds / ceiling(ctx), 2),
     listing_adjustments_sent: calls.listing_changes,
     adjust_calls: calls.batches,
     api_calls: after.requests - before.requests,
@@ -250,7 +274,7 @@ export const naiveSection: Section = {
   title: "Naive baseline (one call per item, sleep on throttle) on the same budget",
   async run(ctx: BenchContext): Promise<SectionResult> {
     const { catalog, sales } = burst(ctx);
-    const sandbox = await startShopifySandbox({ catalog });
+    const sandbox = await shopifySandbox(ctx, catalog);
     ctx.defer("stop the naive sandbox", () => sandbox.close());
     const queue = `marketplace-sync.naive_${crypto.randomUUID().slice(0, 8)}`;
     await ctx.rabbit.queueDeclare({ queue, durable: false, autoDelete: false });

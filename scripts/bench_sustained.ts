@@ -15,6 +15,7 @@ import { buildCatalog } from "../src/sandbox/catalog.ts";
 import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify.ts";
 import { DATABASE_URL, RABBITMQ_URL, REDIS_URL, runResources } from "./bench_support.ts";
+import { PLAN_BUCKETS } from "./bench_shopify.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { publishSales, reservePosStock, sampleSales } from "./publish_sample.ts";
 
@@ -54,10 +55,19 @@ export const sustainedSection: Section = {
       seed: o.seed,
       maxQuantity: 1e6,
     });
-    const shop = await startShopifySandbox({ catalog });
+    const shop = await startShopifySandbox({
+      catalog,
+      bucket: PLAN_BUCKETS[o.plan],
+      faults: { latencyMs: o.latencyMs },
+    });
     ctx.defer("Shopify sandbox", () => shop.close());
     const meliStore = catalog.stores[0].tienda_id;
-    const meli = await startMeliSandbox({ catalog, tiendaId: meliStore, ratePerSecond: o.meliRate * 2 });
+    const meli = await startMeliSandbox({
+      catalog,
+      tiendaId: meliStore,
+      ratePerSecond: o.meliRate * 2,
+      faults: { latencyMs: o.latencyMs },
+    });
     ctx.defer("MeLi sandbox", () => meli.close());
     const port = freePort();
     const env: Record<string, string> = {
