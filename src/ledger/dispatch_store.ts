@@ -313,11 +313,14 @@ export class DispatchStore {
         givenUp = exhausted || owned.stale;
         // Past Shopify's idempotency window the same key would be a fresh request.
         if (!exhausted && !owned.stale) {
+          // An adapter's own backoff for a failed send is capped like any retry (DISPATCH_BACKOFF_MAX);
+          // waits the marketplace asked for (throttling, Retry-After) are kept as they are.
+          const waitMs = outcome.countsAsAttempt
+            ? Math.min(outcome.waitMs, this.policy.backoffMaxMs)
+            : outcome.waitMs;
           await tx`
             update sync_batch
-               set lease_until = now() + ${
-            Math.max(0, Math.round(outcome.waitMs))
-          } * interval '1 millisecond',
+               set lease_until = now() + ${Math.max(0, Math.round(waitMs))} * interval '1 millisecond',
                    error = ${outcome.error}, channel_attempts = ${batch.sends}
              where id = ${batch.id}`;
           return [];

@@ -131,7 +131,11 @@ export class ShopifyListings {
       >(
         "VariantsBySkus",
         VARIANTS_BY_SKUS,
-        { query: chunk.map(skuSearchQuery).join(" OR "), first: VARIANTS_PER_LOOKUP },
+        // Room for two variants a SKU (an ambiguous one has two) and a few more: the page's size is its cost.
+        {
+          query: chunk.map(skuSearchQuery).join(" OR "),
+          first: Math.min(VARIANTS_PER_LOOKUP, chunk.length * 2 + 4),
+        },
         signal,
       );
       if (result.kind === "retry" || result.kind === "unauthorized") {
