@@ -7,6 +7,7 @@
  */
 import type { Sql } from "postgres";
 import type { ChangeOutcome } from "../../ledger/dispatch_store.ts";
+import { ListingCache } from "../../sync/listing_cache.ts";
 import type { MeliClient, MeliResult } from "./client.ts";
 
 /** A resolved listing. */
@@ -52,7 +53,6 @@ export interface MeliItem {
   }[];
 }
 
-const NEGATIVE_TTL_MS = 60_000;
 const SELLER_TTL_MS = 600_000;
 
 function sellerSku(attributes: Attribute[] | undefined, customField: string | null | undefined) {
@@ -84,8 +84,7 @@ export function lookupProblem(
 
 /** Resolves and caches SKU → listing for one seller. */
 export class MeliListings {
-  #memory = new Map<string, MeliListing>();
-  #misses = new Map<string, { outcome: ChangeOutcome; until: number }>();
+  #cache = new ListingCache<MeliListing>();
   #seller: { value: MeliSeller; until: number } | undefined;
 
   constructor(
@@ -119,15 +118,8 @@ export class MeliListings {
    * even when several of the SKUs are its variations.
    */
   async resolveMany(skus: string[], signal?: AbortSignal): Promise<Map<string, MeliResolution>> {
-    const out = new Map<string, MeliResolution>();
-    const unknown: string[] = [];
-    for (const sku of new Set(skus)) {
-      const cached = this.#memory.get(sku);
-      const miss = this.#misses.get(sku);
-      if (cached) out.set(sku, { ok: true, listing: cached });
-      else if (miss && miss.until > Date.now()) out.set(sku, { ok: false, outcome: miss.outcome });
-      else unknown.push(sku);
-    }
+    const { known, unknown } = this.#cache.split(skus);
+    const out = new Map<string, MeliResolution>(known);
     if (unknown.length === 0) return out;
     const rows = await this.sql<
       { sku: string; external_id: string; variant_id: string | null; data: { logistic_type?: string } }[]
@@ -140,7 +132,7 @@ export class MeliListings {
         variationId: row.variant_id === null ? null : Number(row.variant_id),
         logisticType: row.data?.logistic_type ?? null,
       };
-      this.#memory.set(row.sku, listing);
+      this.#cache.remember(row.sku, listing);
       out.set(row.sku, { ok: true, listing });
     }
     const left = unknown.filter((sku) => !out.has(sku));
@@ -233,7 +225,7 @@ export class MeliListings {
             matches.map((m) => m.variationId === null ? m.itemId : `${m.itemId}/${m.variationId}`).join(", ")
           }); make it unique`,
         };
-      this.#misses.set(sku, { outcome, until: Date.now() + NEGATIVE_TTL_MS });
+      this.#cache.miss(sku, outcome);
       return { ok: false, outcome };
     }
     const listing = matches[0];
@@ -245,13 +237,13 @@ export class MeliListings {
       on conflict (channel, sku) do update
         set external_id = excluded.external_id, variant_id = excluded.variant_id, data = excluded.data,
             resolved_at = now()`;
-    this.#memory.set(sku, listing);
+    this.#cache.remember(sku, listing);
     return { ok: true, listing };
   }
 
   /** Drops a cached listing (MeLi said it no longer exists). */
   async forget(sku: string): Promise<void> {
-    this.#memory.delete(sku);
+    this.#cache.forget(sku);
     await this.sql`delete from listing where channel = 'mercadolibre' and sku = ${sku}`;
   }
 }

@@ -8,6 +8,7 @@ import type { ChangeOutcome } from "../../ledger/dispatch_store.ts";
 import type { ShopifyClient } from "./client.ts";
 import { VARIANTS_BY_SKU, VARIANTS_BY_SKUS } from "./documents.ts";
 import { skuSearchQuery } from "./search.ts";
+import { ListingCache } from "../../sync/listing_cache.ts";
 
 /** A resolved listing: the inventory item the SKU's stock lives on. */
 export interface ShopifyListing {
@@ -28,30 +29,26 @@ interface VariantsBySku {
   productVariants: { nodes: { id: string; sku: string | null; inventoryItem: { id: string } }[] };
 }
 
-const NEGATIVE_TTL_MS = 60_000;
 /** SKUs per batched lookup, and the page that should hold all their variants (ambiguous ones have two). */
 const SKUS_PER_LOOKUP = 25;
 const VARIANTS_PER_LOOKUP = 60;
 
 /** Resolves and caches SKU → InventoryItem for one shop. */
 export class ShopifyListings {
-  #memory = new Map<string, ShopifyListing>();
-  #misses = new Map<string, { outcome: ChangeOutcome; until: number }>();
+  #cache = new ListingCache<ShopifyListing>();
 
   constructor(private readonly sql: Sql, private readonly client: ShopifyClient) {}
 
   /** Resolves one SKU (memory, then ledger, then Shopify). */
   async resolve(sku: string, signal?: AbortSignal): Promise<Resolution> {
-    const cached = this.#memory.get(sku);
-    if (cached) return { ok: true, listing: cached };
-    const miss = this.#misses.get(sku);
-    if (miss && miss.until > Date.now()) return { ok: false, outcome: miss.outcome };
+    const cached = this.#cache.get(sku);
+    if (cached) return cached;
 
     const [row] = await this.sql<{ external_id: string; variant_id: string }[]>`
       select external_id, variant_id from listing where channel = 'shopify' and sku = ${sku}`;
     if (row) {
       const listing = { inventoryItemId: row.external_id, variantId: row.variant_id };
-      this.#memory.set(sku, listing);
+      this.#cache.remember(sku, listing);
       return { ok: true, listing };
     }
 
@@ -87,7 +84,7 @@ export class ShopifyListings {
             exact.map((n) => n.id).join(", ")
           }); make it unique`,
         };
-      this.#misses.set(sku, { outcome, until: Date.now() + NEGATIVE_TTL_MS });
+      this.#cache.miss(sku, outcome);
       return { ok: false, outcome };
     }
     const listing = { inventoryItemId: exact[0].inventoryItem.id, variantId: exact[0].id };
@@ -96,7 +93,7 @@ export class ShopifyListings {
       values ('shopify', ${sku}, ${listing.inventoryItemId}, ${listing.variantId})
       on conflict (channel, sku) do update
         set external_id = excluded.external_id, variant_id = excluded.variant_id, resolved_at = now()`;
-    this.#memory.set(sku, listing);
+    this.#cache.remember(sku, listing);
     return { ok: true, listing };
   }
 
@@ -106,21 +103,14 @@ export class ShopifyListings {
    * page too full to be sure falls back to one call per SKU.
    */
   async resolveMany(skus: string[], signal?: AbortSignal): Promise<Map<string, Resolution>> {
-    const out = new Map<string, Resolution>();
-    const unknown: string[] = [];
-    for (const sku of new Set(skus)) {
-      const cached = this.#memory.get(sku);
-      const miss = this.#misses.get(sku);
-      if (cached) out.set(sku, { ok: true, listing: cached });
-      else if (miss && miss.until > Date.now()) out.set(sku, { ok: false, outcome: miss.outcome });
-      else unknown.push(sku);
-    }
+    const { known, unknown } = this.#cache.split(skus);
+    const out = new Map<string, Resolution>(known);
     if (unknown.length === 0) return out;
     const rows = await this.sql<{ sku: string; external_id: string; variant_id: string }[]>`
       select sku, external_id, variant_id from listing where channel = 'shopify' and sku = any(${unknown})`;
     for (const row of rows) {
       const listing = { inventoryItemId: row.external_id, variantId: row.variant_id };
-      this.#memory.set(row.sku, listing);
+      this.#cache.remember(row.sku, listing);
       out.set(row.sku, { ok: true, listing });
     }
     const left = unknown.filter((sku) => !out.has(sku));
@@ -161,6 +151,6 @@ export class ShopifyListings {
 
   /** Forgets negative results (after an operator fixed the catalog). */
   forgetMisses(): void {
-    this.#misses.clear();
+    this.#cache.forgetMisses();
   }
 }
