@@ -26,7 +26,7 @@ import { type Config, loadConfig } from "../src/config.ts";
 import { startService } from "../src/main.ts";
 import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
 import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
-import { DATABASE_URL, RABBITMQ_URL, REDIS_URL, runResources } from "./bench_support.ts";
+import { benchServiceEnv, deleteKeys, REDIS_URL, runResources } from "./bench_support.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { publishSales, reservePosStock, type SampleSale, sampleSales } from "./publish_sample.ts";
 
@@ -322,15 +322,6 @@ async function phaseMeans(service: ReturnType<typeof startService>): Promise<Sec
   return out;
 }
 
-/** Deletes every key matching `pattern` (SCAN, never KEYS). */
-async function deleteKeys(redis: Redis, pattern: string): Promise<number> {
-  let n = 0;
-  for await (const keys of redis.scanIterator({ MATCH: pattern, COUNT: 1000 })) {
-    if (keys.length > 0) n += await redis.del(keys);
-  }
-  return n;
-}
-
 /** The MeLi channel's batched, budgeted mirror path on the sandbox. */
 export const meliBurstSection: Section = {
   id: "meli",
@@ -380,14 +371,7 @@ export const meliBurstSection: Section = {
     });
 
     const config = loadConfig({
-      RABBITMQ_URL,
-      DATABASE_URL,
-      REDIS_URL,
-      HTTP_HOST: "127.0.0.1",
-      HTTP_PORT: "0",
-      EXCHANGE: `blend_events.bench_${id}`,
-      QUEUE: `marketplace-sync.bench_${id}`,
-      LEDGER_SCHEMA: `msync_bench_${id}`,
+      ...benchServiceEnv(id),
       CHANNELS: "mercadolibre",
       DISPATCH_ENABLED: "true",
       MELI_URL: sandbox.url,

@@ -18,7 +18,7 @@ import { startService } from "../src/main.ts";
 import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
 import { type BucketSettings, MUTATION_COST } from "../src/sandbox/cost.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify.ts";
-import { DATABASE_URL, RABBITMQ_URL, REDIS_URL, runResources } from "./bench_support.ts";
+import { benchServiceEnv, runResources } from "./bench_support.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { startNaiveConsumer } from "./naive_consumer.ts";
 import { publishSales, sampleSales } from "./publish_sample.ts";
@@ -74,14 +74,7 @@ export const shopifyBurstSection: Section = {
     ctx.defer("stop the Shopify sandbox", () => sandbox.close());
     const id = crypto.randomUUID().replaceAll("-", "").slice(0, 10);
     const config = loadConfig({
-      RABBITMQ_URL,
-      DATABASE_URL,
-      REDIS_URL,
-      HTTP_HOST: "127.0.0.1",
-      HTTP_PORT: "0",
-      EXCHANGE: `blend_events.bench_${id}`,
-      QUEUE: `marketplace-sync.bench_${id}`,
-      LEDGER_SCHEMA: `msync_bench_${id}`,
+      ...benchServiceEnv(id),
       CHANNELS: "shopify",
       SHOPIFY_URL: sandbox.url,
       SHOPIFY_TOKEN: sandbox.token,

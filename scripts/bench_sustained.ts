@@ -14,7 +14,7 @@ import { permissionsFor } from "../src/permissions.ts";
 import { buildCatalog } from "../src/sandbox/catalog.ts";
 import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify.ts";
-import { DATABASE_URL, RABBITMQ_URL, REDIS_URL, runResources } from "./bench_support.ts";
+import { benchServiceEnv, deleteKeys, REDIS_URL, runResources } from "./bench_support.ts";
 import { PLAN_BUCKETS } from "./bench_shopify.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { publishSales, reservePosStock, sampleSales } from "./publish_sample.ts";
@@ -71,14 +71,8 @@ export const sustainedSection: Section = {
     ctx.defer("MeLi sandbox", () => meli.close());
     const port = freePort();
     const env: Record<string, string> = {
-      RABBITMQ_URL,
-      DATABASE_URL,
-      REDIS_URL,
-      HTTP_HOST: "127.0.0.1",
+      ...benchServiceEnv(id),
       HTTP_PORT: String(port),
-      EXCHANGE: `blend_events.bench_${id}`,
-      QUEUE: `marketplace-sync.bench_${id}`,
-      LEDGER_SCHEMA: `bench_sustained_${id}`,
       LOG_LEVEL: "warning",
       LOG_FORMAT: "json",
       SHOPIFY_URL: shop.url,
@@ -130,8 +124,7 @@ export const sustainedSection: Section = {
     const redis = createClient({ url: REDIS_URL });
     await redis.connect();
     ctx.defer("POS keys", async () => {
-      const keys = await redis.keys(`bench_${id}:*`);
-      for (let i = 0; i < keys.length; i += 1000) await redis.del(keys.slice(i, i + 1000));
+      await deleteKeys(redis, `bench_${id}:*`);
       await redis.close();
     });
     await reservePosStock(redis, env.POS_STOCK_KEY, catalog, sales);

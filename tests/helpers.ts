@@ -7,6 +7,7 @@ import { Connection, type Envelope, type SyncMessage } from "rabbitmq-client";
 import postgres from "postgres";
 import { originalContentEncoding } from "../src/broker/raw_body.ts";
 import { type Config, loadConfig } from "../src/config.ts";
+import type { Topology } from "../src/broker/topology.ts";
 import { type RunningService, startService } from "../src/main.ts";
 
 export const RABBITMQ_URL = Deno.env.get("TEST_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
@@ -124,22 +125,26 @@ export async function harnessFor(service: RunningService, config: Config): Promi
     },
     async close() {
       await service.close();
-      for (
-        const q of [
-          topology.queue,
-          ...topology.retryQueues.map((r) => r.name),
-          topology.deadLetterQueue,
-        ]
-      ) {
-        await rabbit.queueDelete({ queue: q }).catch(() => {});
-      }
-      await rabbit.exchangeDelete({ exchange: topology.exchange }).catch(() => {});
-      await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`).catch(() => {});
+      await dropTestNames(rabbit, sql, topology, config.LEDGER_SCHEMA);
       await sql.end({ timeout: 2 });
       await publisher.close();
       await rabbit.close();
     },
   };
+}
+
+/** Removes a test's queues, exchange and ledger schema. */
+export async function dropTestNames(
+  rabbit: Connection,
+  sql: postgres.Sql,
+  topology: Topology,
+  schema: string,
+): Promise<void> {
+  for (const q of [topology.queue, ...topology.retryQueues.map((r) => r.name), topology.deadLetterQueue]) {
+    await rabbit.queueDelete({ queue: q }).catch(() => {});
+  }
+  await rabbit.exchangeDelete({ exchange: topology.exchange }).catch(() => {});
+  await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
 }
 
 /** Polls `check` until it returns a truthy value or the time runs out. */

@@ -27,7 +27,15 @@ import { loadConfig } from "../src/config.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
-import { DATABASE_URL, integration, RABBITMQ_URL, REDIS_URL, uniqueName, waitFor } from "./helpers.ts";
+import {
+  DATABASE_URL,
+  dropTestNames,
+  integration,
+  RABBITMQ_URL,
+  REDIS_URL,
+  uniqueName,
+  waitFor,
+} from "./helpers.ts";
 import { Pos } from "./pos.ts";
 import { describeHits, maskSecret, scanForSecrets, secretsFromEnv } from "./secrets.ts";
 
@@ -174,17 +182,7 @@ async function brokerFor(env: Record<string, string>) {
       );
     },
     async close() {
-      for (
-        const q of [
-          topology.queue,
-          ...topology.retryQueues.map((r) => r.name),
-          topology.deadLetterQueue,
-        ]
-      ) {
-        await rabbit.queueDelete({ queue: q }).catch(() => {});
-      }
-      await rabbit.exchangeDelete({ exchange: topology.exchange }).catch(() => {});
-      await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`).catch(() => {});
+      await dropTestNames(rabbit, sql, topology, config.LEDGER_SCHEMA);
       await sql.end({ timeout: 2 });
       await publisher.close();
       await rabbit.close();
