@@ -49,10 +49,7 @@ import { sampleSales } from "./publish_sample.ts";
 import { naiveSection, PLAN_BUCKETS, shopifyBurstSection } from "./bench_shopify.ts";
 import { meliBurstSection } from "./bench_meli.ts";
 import { sustainedSection } from "./bench_sustained.ts";
-
-const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
-const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
-const REDIS_URL = Deno.env.get("BENCH_REDIS_URL") ?? "redis://127.0.0.1:6379";
+import { benchServiceEnv, DATABASE_URL, RABBITMQ_URL } from "./bench_support.ts";
 
 /** The service's own defaults, so the benchmark follows them when they change. */
 const SERVICE_DEFAULTS = loadConfig({});
@@ -561,14 +558,7 @@ export const brokerSection: Section = {
 /** Environment for a service instance that only touches this run's names. */
 function serviceEnv(options: BenchOptions, id: string): Record<string, string> {
   return {
-    RABBITMQ_URL,
-    DATABASE_URL,
-    REDIS_URL,
-    HTTP_HOST: "127.0.0.1",
-    HTTP_PORT: "0",
-    EXCHANGE: `bench_events.${id}`,
-    QUEUE: `marketplace-sync.bench.${id}`,
-    LEDGER_SCHEMA: `msync_bench_${id}`,
+    ...benchServiceEnv(id),
     LOG_LEVEL: options.logLevel,
     LOG_FORMAT: "json",
     CONSUMER_CONCURRENCY: String(options.concurrency),

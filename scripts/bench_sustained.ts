@@ -87,6 +87,8 @@ export const sustainedSection: Section = {
     const config: Config = loadConfig(env);
     const flags = permissionsFor(config).flags;
     log(`sustained: service process with ${flags.join(" ")}`);
+    // Declared first, so cleanup (last in, first out) stops the service before it drops its schema.
+    const { sql } = await runResources(ctx, config);
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", ...flags, "src/main.ts"],
       cwd: new URL("../", import.meta.url).pathname,
@@ -108,7 +110,6 @@ export const sustainedSection: Section = {
       if (i > 300 || exited) throw new Error("the service did not become ready within 30 s");
       await new Promise((r) => setTimeout(r, 100));
     }
-    const { sql } = await runResources(ctx, config);
     await new Promise((r) => setTimeout(r, 3_000)); // let start-up allocations settle
     const idle = (await rssMib(child.pid))!;
     log(`sustained: idle RSS ${round(idle.rss)} MiB; publishing ${rate} sales/s for ${seconds} s`);
