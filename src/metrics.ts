@@ -10,6 +10,7 @@ export interface ServiceMetrics {
   registry: Registry;
   eventsConsumed: Counter<"queue">;
   eventsAcked: Counter<"outcome">;
+  ackFrames: Counter;
   eventsRetried: Counter<"reason">;
   eventsDeadLettered: Counter<"reason">;
   eventIdentity: Counter<"source">;
@@ -156,6 +157,12 @@ export function createMetrics(
       name: `${prefix}events_consumed_total`,
       help: "Sale events delivered to this instance by RabbitMQ.",
       labelNames: ["queue"] as const,
+      registers,
+    }),
+    ackFrames: new Counter({
+      name: `${prefix}broker_ack_frames_total`,
+      help:
+        "AMQP ack/nack frames sent for deliveries of our queue; one frame settles every delivery of a custody batch, so this grows far slower than events_acked_total.",
       registers,
     }),
     eventsAcked: new Counter({

@@ -18,7 +18,8 @@ integration("N valid events become N sales with one change per channel and SKU; 
           { producto_id: "p-x", producto_sku: "SKU-X", cantidad: 3 }, // duplicate SKU: summed
         ],
       }));
-    for (const e of events) await h.publish(e, { messageId: e.event_id as string });
+    // Published at once, so deliveries arrive together and share custody batches.
+    await Promise.all(events.map((e) => h.publish(e, { messageId: e.event_id as string })));
     await waitFor(async () => (await h.sql`select count(*)::int as n from sale`)[0].n === 300, "300 sales");
     const changes = await h.sql<
       { channel: string; sku: string; delta: number; status: string; event_id: string }[]
@@ -39,6 +40,9 @@ integration("N valid events become N sales with one change per channel and SKU; 
     assert.equal((await h.takeDeadLetters()).length, 0);
     const metrics = await (await fetch(`${h.service.url}/metrics`)).text();
     assert.match(metrics, /marketplace_sync_events_acked_total\{outcome="stored"\} 300/);
+    // Deliveries committed together are acked together (one frame per run, not per event).
+    const frames = Number(/marketplace_sync_broker_ack_frames_total (\d+)/.exec(metrics)?.[1]);
+    assert.ok(frames >= 1 && frames <= 100, `300 deliveries took ${frames} ack frames`);
   } finally {
     await h.close();
   }

@@ -4,14 +4,15 @@
  * A delivery is acked only when its fate is settled in a durable place: the
  * ledger (custody committed), a retry wait queue, or the DLQ (both confirmed by
  * the broker). Anything else (e.g. the broker refused the republish) throws, so
- * the library nacks with requeue and nothing is lost. The handler never sleeps
+ * the delivery is nacked with requeue and nothing is lost. The handler never sleeps
  * while holding a delivery; delays live in the wait queues' TTLs.
  */
-import { type AsyncMessage, type Connection, type Consumer, ConsumerStatus } from "rabbitmq-client";
+import type { AsyncMessage, Connection } from "rabbitmq-client";
 import { decodeSaleEvent, type EventLimits } from "../events/sale_event.ts";
 import { Custody, LedgerRejectedError } from "../ledger/custody.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
+import { startAckingConsumer } from "./acking_consumer.ts";
 import { attemptsSoFar, bodyBytes, type FailureInfo, republishEnvelope } from "./envelope.ts";
 import type { ConfirmingPublisher } from "./publisher.ts";
 import { originalContentEncoding } from "./raw_body.ts";
@@ -42,7 +43,6 @@ export interface SaleConsumer {
 /** Starts consuming OUR queue; declares exchange, queue and binding on every (re)connect. */
 export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
   const { topology, metrics, publisher } = deps;
-  let ready = false;
 
   async function deadLetter(msg: AsyncMessage, raw: Uint8Array, failure: FailureInfo) {
     await publisher.toQueue(topology.deadLetterQueue, republishEnvelope(msg, failure), raw);
@@ -58,7 +58,7 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
     });
   }
 
-  async function handle(msg: AsyncMessage): Promise<ConsumerStatus> {
+  async function handle(msg: AsyncMessage): Promise<void> {
     metrics.eventsConsumed.inc({ queue: topology.queue });
     const raw = bodyBytes(msg.body);
     const decoded = decodeSaleEvent(raw, {
@@ -68,7 +68,7 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
     if (!decoded.ok) {
       const { reason, message, field } = decoded.rejection;
       await deadLetter(msg, raw, { reason, error: message, field, attempts: attemptsSoFar(msg) + 1 });
-      return ConsumerStatus.ACK;
+      return;
     }
     const event = decoded.event;
     metrics.eventIdentity.inc({ source: event.identitySource });
@@ -95,7 +95,7 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
         outcome,
         items: event.items.length,
       });
-      return ConsumerStatus.ACK;
+      return;
     } catch (error) {
       const message = (error as Error).message;
       const attempts = attemptsSoFar(msg) + 1;
@@ -106,7 +106,7 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
           attempts,
           eventId: event.eventId,
         });
-        return ConsumerStatus.ACK;
+        return;
       }
       const tier = topology.retryQueues[attempts - 1];
       if (!tier) {
@@ -116,7 +116,7 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
           attempts,
           eventId: event.eventId,
         });
-        return ConsumerStatus.ACK;
+        return;
       }
       await publisher.toQueue(
         tier.name,
@@ -137,44 +137,34 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
         attempt: attempts,
         delay_ms: tier.delayMs,
       });
-      return ConsumerStatus.ACK;
+      return;
     }
   }
 
-  const consumer: Consumer = deps.connection.createConsumer({
+  const consumer = startAckingConsumer(deps.connection, {
     queue: topology.queue,
     queueOptions: workQueueDeclaration(topology),
     exchanges: [exchangeDeclaration(topology)],
     queueBindings: [{ queue: topology.queue, exchange: topology.exchange, routingKey: topology.routingKey }],
-    qos: { prefetchCount: deps.prefetch },
+    prefetch: deps.prefetch,
     concurrency: deps.concurrency,
-    requeue: true,
+    onReady: () => {
+      metrics.componentUp.set({ component: "consumer" }, 1);
+      log.info("consuming {queue} (concurrency {concurrency}, prefetch {prefetch})", {
+        queue: topology.queue,
+        concurrency: deps.concurrency,
+        prefetch: deps.prefetch,
+      });
+    },
+    onAckFrame: () => metrics.ackFrames.inc(),
+    onError: (error) => log.error("consumer error: {error}", { mark: "error", error: error.message }),
   }, handle);
-
-  consumer.on("ready", () => {
-    ready = true;
-    metrics.componentUp.set({ component: "consumer" }, 1);
-    log.info("consuming {queue} (concurrency {concurrency}, prefetch {prefetch})", {
-      queue: topology.queue,
-      concurrency: deps.concurrency,
-      prefetch: deps.prefetch,
-    });
-  });
-  consumer.on("error", (error: Error) => {
-    log.error("consumer error: {error}", { mark: "error", error: error.message });
-  });
-  deps.connection.on("error", () => {
-    ready = false;
-    metrics.componentUp.set({ component: "consumer" }, 0);
-  });
+  deps.connection.on("error", () => metrics.componentUp.set({ component: "consumer" }, 0));
 
   return {
     get attached() {
-      return ready && deps.connection.ready;
+      return consumer.ready && deps.connection.ready;
     },
-    async close() {
-      ready = false;
-      await consumer.close();
-    },
+    close: () => consumer.close(),
   };
 }

@@ -1,0 +1,172 @@
+/**
+ * A queue consumer that survives reconnects and acks in batches.
+ *
+ * rabbitmq-client's `Consumer` acks every delivery with its own frame; at
+ * custody rates that doubled RabbitMQ's CPU per event (docs/BENCHMARKS.md). This
+ * keeps its contract (declare on every (re)connect, bounded concurrency, nack
+ * with requeue when the handler throws, drain on close) and acks through
+ * {@link DeliveryAcks}. Deliveries of a channel that died are never acked on
+ * another one: the broker redelivers them.
+ */
+import type { AsyncMessage, Channel, Connection, ConsumerProps } from "rabbitmq-client";
+import { DeliveryAcks } from "./delivery_acks.ts";
+
+/** Where to consume from and what to declare first. */
+export interface AckingConsumerOptions {
+  queue: string;
+  queueOptions: ConsumerProps["queueOptions"];
+  exchanges?: ConsumerProps["exchanges"];
+  queueBindings?: ConsumerProps["queueBindings"];
+  /** Deliveries the broker may have outstanding on our channel. */
+  prefetch: number;
+  /** Handlers running at once; further deliveries wait in arrival order. */
+  concurrency: number;
+  /** Re-subscribe backoff bounds (ms). */
+  retryLowMs?: number;
+  retryHighMs?: number;
+  onReady?: () => void;
+  /** Called for every ack or nack frame sent. */
+  onAckFrame?: () => void;
+  onError?: (error: Error) => void;
+}
+
+/**
+ * Handles one delivery. Resolving acks it; throwing nacks it with requeue (the
+ * handler settles every fate it can itself: ledger, retry tier or DLQ).
+ */
+export type DeliveryHandler = (msg: AsyncMessage) => Promise<void>;
+
+/** A running consumer. */
+export interface AckingConsumer {
+  /** True while subscribed on a live channel. */
+  readonly ready: boolean;
+  /** Stops taking deliveries, waits for the ones in flight and sends their acks. */
+  close(): Promise<void>;
+}
+
+interface Subscription {
+  channel: Channel;
+  acks: DeliveryAcks;
+  consumerTag?: string;
+}
+
+/** Starts consuming `options.queue` with `handler`. */
+export function startAckingConsumer(
+  connection: Connection,
+  options: AckingConsumerOptions,
+  handler: DeliveryHandler,
+): AckingConsumer {
+  const retryLow = options.retryLowMs ?? 250;
+  const retryHigh = options.retryHighMs ?? 10_000;
+  let current: Subscription | undefined;
+  let ready = false;
+  let closing = false;
+  let retries = 0;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  let pendingSetup: Promise<void> | undefined;
+  const processing = new Set<Promise<void>>();
+  let waiting: { msg: AsyncMessage; sub: Subscription }[] = [];
+
+  const report = (error: unknown) =>
+    options.onError?.(error instanceof Error ? error : new Error(String(error)));
+
+  function run(msg: AsyncMessage, sub: Subscription): void {
+    const job = handler(msg).then(
+      () => sub.acks.settle(msg.deliveryTag, "ack"),
+      (error) => {
+        sub.acks.settle(msg.deliveryTag, "requeue");
+        report(error);
+      },
+    ).finally(() => {
+      processing.delete(job);
+      const next = waiting.shift();
+      if (next) run(next.msg, next.sub);
+    });
+    processing.add(job);
+  }
+
+  function resubscribeLater(): void {
+    ready = false;
+    if (closing || retryTimer || pendingSetup) return;
+    const delay = Math.min(retryHigh, retryLow * 2 ** Math.min(retries++, 16));
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      subscribe();
+    }, delay * (0.5 + Math.random() / 2));
+  }
+
+  function subscribe(): void {
+    pendingSetup = setup().catch((error) => {
+      report(new Error(`consumer setup failed; ${(error as Error).message}`));
+      current?.channel.close().catch(() => {});
+      pendingSetup = undefined;
+      resubscribeLater();
+    }).finally(() => pendingSetup = undefined);
+  }
+
+  async function setup(): Promise<void> {
+    // Handlers of the previous channel finish first (their acks are dropped).
+    await Promise.allSettled(processing);
+    if (closing) return;
+    const channel = await connection.acquire({ emitErrorsFromChannel: true });
+    const sub: Subscription = {
+      channel,
+      acks: new DeliveryAcks(channel, Math.ceil(options.prefetch / 2), options.onAckFrame),
+    };
+    current = sub;
+    channel.on("error", report);
+    channel.once("close", () => {
+      // Deliveries still waiting can never be acked now; the broker redelivers them.
+      waiting = waiting.filter((w) => w.sub !== sub);
+      if (current === sub) resubscribeLater();
+    });
+    await channel.queueDeclare({ ...options.queueOptions, queue: options.queue });
+    for (const exchange of options.exchanges ?? []) await channel.exchangeDeclare(exchange);
+    for (const binding of options.queueBindings ?? []) await channel.queueBind(binding);
+    await channel.basicQos({ prefetchCount: options.prefetch });
+    const { consumerTag } = await channel.basicConsume({ queue: options.queue }, (msg) => {
+      sub.acks.track(msg.deliveryTag);
+      if (waiting.length > 0 || processing.size >= options.concurrency) waiting.push({ msg, sub });
+      else run(msg, sub);
+    });
+    sub.consumerTag = consumerTag;
+    channel.once("basic.cancel", () => {
+      // The queue was deleted or the broker cancelled us: subscribe again.
+      if (closing) return;
+      report(new Error(`the broker cancelled our subscription to ${options.queue}`));
+      channel.close().catch(() => {});
+    });
+    retries = 0;
+    if (closing) return;
+    ready = true;
+    queueMicrotask(() => options.onReady?.());
+  }
+
+  subscribe();
+
+  return {
+    get ready() {
+      return ready && current !== undefined && current.channel.active;
+    },
+    async close() {
+      if (closing) return;
+      closing = true;
+      ready = false;
+      clearTimeout(retryTimer);
+      await pendingSetup;
+      const sub = current;
+      if (sub?.channel.active && sub.consumerTag) {
+        await sub.channel.basicCancel({ consumerTag: sub.consumerTag }).catch(() => {});
+      }
+      // Deliveries not started are returned to the queue by closing the channel.
+      waiting = [];
+      await Promise.allSettled(processing);
+      while (processing.size > 0) await Promise.allSettled(processing);
+      if (sub) {
+        sub.acks.flush(true);
+        current = undefined;
+        await sub.channel.close().catch(() => {});
+      }
+    },
+  };
+}
