@@ -108,9 +108,10 @@ const EnvSchema = z.object({
     }
     return delays as number[];
   }),
-  CONSUMER_CONCURRENCY: int(1, 5000).default(400),
+  CONSUMER_CONCURRENCY: int(1, 5000).default(1000),
   PREFETCH: int(1, 65535).optional(),
-  CUSTODY_BATCH_SIZE: int(1, 5000).default(100),
+  CUSTODY_BATCH_SIZE: int(1, 5000).default(500),
+  CUSTODY_WRITERS: int(1, 64).default(2),
   CUSTODY_BATCH_WAIT: duration("CUSTODY_BATCH_WAIT").default(5),
   MAX_EVENT_BYTES: int(256, 16 * 1024 * 1024).default(256 * 1024),
   MAX_ITEMS_PER_EVENT: int(1, 10_000).default(1000),

@@ -31,6 +31,7 @@ import { Dispatcher, type DispatcherHooks } from "./sync/dispatcher.ts";
 import type { ChannelAdapter } from "./sync/channel.ts";
 import { keepRawBodies } from "./broker/raw_body.ts";
 import { startSaleConsumer } from "./broker/sale_consumer.ts";
+import { ledgerBacklog } from "./ledger/backlog.ts";
 import { declareTopology, type Topology, topologyFromConfig } from "./broker/topology.ts";
 import { type Config, CONFIG_VARIABLES, ConfigError, loadConfig, redactUrl } from "./config.ts";
 import { type CheckResult, createApp } from "./http/app.ts";
@@ -139,11 +140,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     },
   });
 
-  const metrics = createMetrics(config.METRICS_PREFIX, async () => {
-    const rows = await sql<{ channel: string; status: string; count: string }[]>`
-      select channel, status, count(*) as count from stock_change where status <> 'applied' group by channel, status`;
-    return rows.map((r) => ({ channel: r.channel, status: r.status, count: Number(r.count) }));
-  });
+  const metrics = createMetrics(config.METRICS_PREFIX, () => ledgerBacklog(sql));
 
   const redis = createClient({
     url: config.REDIS_URL,
@@ -556,6 +553,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     custody = new Custody(sql, config.CHANNELS, {
       batchSize: config.CUSTODY_BATCH_SIZE,
       maxWaitMs: config.CUSTODY_BATCH_WAIT,
+      maxWriters: config.CUSTODY_WRITERS,
       onlyStore: meliTienda ? { mercadolibre: meliTienda } : undefined,
     }, {
       batch: (size, seconds) => {

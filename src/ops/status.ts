@@ -5,6 +5,7 @@
  * last hour, and the last failures with their reasons.
  */
 import type { Sql } from "postgres";
+import { ledgerBacklog } from "../ledger/backlog.ts";
 import type { CheckResult } from "../http/app.ts";
 
 /** Queue numbers, from a passive declare. */
@@ -47,8 +48,7 @@ interface FailureRow {
 export async function collectStatus(deps: StatusDeps) {
   const { sql } = deps;
   const [backlog, oldest, perMinute, failures, queue] = await Promise.all([
-    sql<{ channel: string; status: string; n: number }[]>`
-      select channel, status, count(*)::int as n from stock_change where status <> 'applied' group by 1, 2`,
+    ledgerBacklog(sql),
     sql<{ channel: string; seconds: number }[]>`
       select channel, extract(epoch from now() - min(created_at))::float8 as seconds
         from stock_change where status = 'pending' group by 1`,
@@ -71,7 +71,7 @@ export async function collectStatus(deps: StatusDeps) {
     const counts = Object.fromEntries(
       ["pending", "sending", "failed"].map((s) => [
         s,
-        backlog.find((b) => b.channel === name && b.status === s)?.n ?? 0,
+        backlog.find((b) => b.channel === name && b.status === s)?.count ?? 0,
       ]),
     );
     const byMinute = new Map(
@@ -98,7 +98,7 @@ export async function collectStatus(deps: StatusDeps) {
     time: new Date(now).toISOString(),
     mode: deps.mode,
     queue,
-    failed_total: backlog.filter((b) => b.status === "failed").reduce((n, b) => n + b.n, 0),
+    failed_total: backlog.filter((b) => b.status === "failed").reduce((n, b) => n + b.count, 0),
     channels,
     last_errors: failures.slice(0, 10).map(failureJson),
   };
