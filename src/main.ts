@@ -21,11 +21,13 @@ import { MeliClient } from "./channels/mercadolibre/client.ts";
 import { MeliListings } from "./channels/mercadolibre/listings.ts";
 import { type AccessTokens, OAuthTokens, StaticToken } from "./channels/mercadolibre/tokens.ts";
 import { PosStockReader, type StockRedis } from "./pos/stock.ts";
-import { type MeliSandbox, startMeliSandbox } from "./sandbox/mercadolibre.ts";
+// The built-in sandboxes (graphql-js, the Shopify schema, the simulators) are loaded with import() only when a
+// marketplace is not configured: a live instance never loads them (docs/DECISIONS.md, "Memory").
+import type { MeliSandbox } from "./sandbox/mercadolibre.ts";
 import { InDoubtMarks, ListingLocks } from "./sync/listing_lock.ts";
 import { DispatchStore } from "./ledger/dispatch_store.ts";
-import { type Catalog, defaultCatalog, loadCatalog } from "./sandbox/catalog.ts";
-import { type ShopifySandbox, startShopifySandbox } from "./sandbox/shopify.ts";
+import type { Catalog } from "./sandbox/catalog.ts";
+import type { ShopifySandbox } from "./sandbox/shopify.ts";
 import { RedisBucket } from "./sync/cost_bucket.ts";
 import { Dispatcher, type DispatcherHooks } from "./sync/dispatcher.ts";
 import type { ChannelAdapter } from "./sync/channel.ts";
@@ -278,9 +280,9 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   let closeTokens: (() => void) | undefined;
   let catalog: Promise<Catalog> | undefined;
   const sandboxCatalog = () =>
-    catalog ??= config.SANDBOX_CATALOG
-      ? loadCatalog(config.SANDBOX_CATALOG)
-      : Promise.resolve(defaultCatalog());
+    catalog ??= import("./sandbox/catalog.ts").then(({ defaultCatalog, loadCatalog }) =>
+      config.SANDBOX_CATALOG ? loadCatalog(config.SANDBOX_CATALOG) : defaultCatalog()
+    );
   const dispatchers: Dispatcher[] = [];
   const channelHealth: Record<string, () => CheckResult> = {};
 
@@ -290,6 +292,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     let token = config.SHOPIFY_TOKEN;
     let locations = locationMap(config.SHOPIFY_LOCATIONS ?? {}, config.SHOPIFY_LOCATION_ID);
     if (!baseUrl || !token) {
+      const { startShopifySandbox } = await import("./sandbox/shopify.ts");
       sandbox = await startShopifySandbox({
         port: config.SANDBOX_SHOPIFY_PORT,
         catalog: await sandboxCatalog(),
@@ -401,6 +404,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     } else if (config.MELI_TOKEN) {
       tokens = new StaticToken(config.MELI_TOKEN);
     } else {
+      const { startMeliSandbox } = await import("./sandbox/mercadolibre.ts");
       meliSandbox = await startMeliSandbox({
         port: config.SANDBOX_MELI_PORT,
         catalog: await sandboxCatalog(),
