@@ -2,15 +2,17 @@
  * Benchmark section `sustained`: the service as its own process, with its
  * least-privilege flags, both channels dispatching to sandboxes started here
  * (so the service's RSS is the service's alone), fed a steady stream of sales
- * (default 1 000/s for 60 s). Reports the service process's RSS over time
- * (sampled from /proc, idle before, peak during), whether custody kept up (the
- * queue's depth), and what the channels applied meanwhile.
+ * (default 1 000/s for 60 s). The service gets the flags and allocator
+ * environment scripts/launch.ts gives it (src/permissions.ts: permissions, V8
+ * heap settings, SERVICE_ENV). Reports the service process's RSS over time
+ * (sampled from /proc, idle before, peak during), the CPU time it used, whether
+ * custody kept up (the queue's depth), and what the channels applied meanwhile.
  *
  * Target (issue #7): RSS ≤ 128 MiB at 1 000 sales/s sustained for 60 s.
  */
 import { createClient } from "redis";
 import { type Config, loadConfig } from "../src/config.ts";
-import { permissionsFor } from "../src/permissions.ts";
+import { permissionsFor, SERVICE_ENV } from "../src/permissions.ts";
 import { buildCatalog } from "../src/sandbox/catalog.ts";
 import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify.ts";
@@ -33,6 +35,20 @@ async function rssMib(pid: number): Promise<{ rss: number; hwm: number } | undef
     return undefined;
   }
 }
+
+/** CPU time (user + system) a process has used so far, in seconds, from /proc (undefined once it is gone). */
+async function cpuSeconds(pid: number): Promise<number | undefined> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    // pid (comm) state … utime stime are fields 14 and 15; comm may hold spaces, so split after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on every Linux the service targets). */
+const CLOCK_TICKS = 100;
 
 function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -85,14 +101,31 @@ export const sustainedSection: Section = {
       POS_STOCK_KEY: `bench_${id}:stock:{tienda_id}:{producto_id}`,
     };
     const config: Config = loadConfig(env);
-    const flags = permissionsFor(config).flags;
-    log(`sustained: service process with ${flags.join(" ")}`);
+    // To measure what the service's runtime settings change (docs/BENCHMARKS.md, "Sustained stream"):
+    // BENCH_SUSTAINED_RUNTIME=defaults runs it with V8's and glibc's own defaults instead;
+    // BENCH_SUSTAINED_V8_FLAGS=--a,--b replaces the V8 flags only (as `launch.ts --v8-flags=…` would).
+    const runtimeDefaults = Deno.env.get("BENCH_SUSTAINED_RUNTIME") === "defaults";
+    const v8Override = Deno.env.get("BENCH_SUSTAINED_V8_FLAGS");
+    const flags = permissionsFor(config).flags
+      .filter((f) => !((runtimeDefaults || v8Override !== undefined) && f.startsWith("--v8-flags=")))
+      .concat(v8Override && !runtimeDefaults ? [`--v8-flags=${v8Override}`] : []);
+    const serviceEnv = runtimeDefaults ? {} : SERVICE_ENV;
+    const runtime = runtimeDefaults
+      ? "v8_glibc_defaults"
+      : v8Override !== undefined
+      ? `v8_flags:${v8Override}`
+      : "service_settings";
+    log(
+      `sustained: service process with ${flags.join(" ")}` +
+        Object.entries(serviceEnv).map(([name, value]) => ` ${name}=${value}`).join("") + ` (${runtime})`,
+    );
     // Declared first, so cleanup (last in, first out) stops the service before it drops its schema.
     const { sql } = await runResources(ctx, config);
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", ...flags, "src/main.ts"],
       cwd: new URL("../", import.meta.url).pathname,
-      env,
+      // As scripts/launch.ts starts it: the allocator defaults of SERVICE_ENV next to the configuration.
+      env: { ...serviceEnv, ...env },
       clearEnv: true,
       stdout: "null",
       stderr: "inherit",
@@ -133,6 +166,7 @@ export const sustainedSection: Section = {
     const samples: { t: number; rss: number; depth: number }[] = [];
     let sampling = true;
     const started = performance.now();
+    const cpuBefore = await cpuSeconds(child.pid);
     const sampler = (async () => {
       while (sampling && !exited) {
         const m = await rssMib(child.pid);
@@ -150,6 +184,7 @@ export const sustainedSection: Section = {
       await new Promise((r) => setTimeout(r, 100));
     }
     const custodySeconds = (performance.now() - started) / 1000;
+    const cpuUsed = (await cpuSeconds(child.pid) ?? NaN) - (cpuBefore ?? NaN);
     await new Promise((r) => setTimeout(r, 2_000));
     sampling = false;
     await sampler;
@@ -170,12 +205,16 @@ export const sustainedSection: Section = {
       rss_peak_during_mib: round(peakDuring),
       rss_high_water_mib: round(end.hwm),
       rss_end_mib: round(end.rss),
+      // CPU the service process used from the first publish until custody was done (1.0 s/s = one core).
+      service_cpu_s: round(cpuUsed),
+      service_cpu_cores: round(cpuUsed / custodySeconds, 2),
       // "t s: MiB" every 5 s, as one string (results are flat).
       rss_timeline_mib: samples.filter((_, i) => i % 10 === 0).map((s) =>
         `${round(s.t, 0)}s:${round(s.rss, 0)}`
       )
         .join(" "),
       ...Object.fromEntries(counts.map((c) => [`changes_${c.channel}_${c.status}`, c.n])),
+      runtime,
       target_rss_le_128_mib: end.hwm <= 128,
     };
     log(

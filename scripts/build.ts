@@ -18,7 +18,7 @@
  * the task says so in one line and exits 1; `deno task bundle` is the offline path.
  */
 import { ConfigError, loadConfig } from "../src/config.ts";
-import { describePermissions, type Permissions, permissionsFor } from "../src/permissions.ts";
+import { describePermissions, type Permissions, permissionsFor, SERVICE_ENV } from "../src/permissions.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const ENTRY = "src/main.ts";
@@ -155,6 +155,8 @@ function parseArgs(args: string[]) {
 }
 
 const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+/** SERVICE_ENV as `NAME=value …` (what scripts/launch.ts sets for the service process). */
+const serviceEnvText = Object.entries(SERVICE_ENV).map(([name, value]) => `${name}=${value}`).join(" ");
 
 async function main(args: string[]): Promise<number> {
   try {
@@ -165,7 +167,7 @@ async function main(args: string[]): Promise<number> {
       console.log(`bundled ${ENTRY} → ${built.file} (${mb(built.bytes)}, ${built.ms} ms)`);
       console.log(describePermissions(permissions));
       console.log(
-        `run it (flags derived from this environment's configuration):\n  deno run ${
+        `run it (flags derived from this environment's configuration):\n  ${serviceEnvText} deno run ${
           permissions.flags.join(" ")
         } ${built.file}\nor derive them where it runs:\n  deno run --allow-env --allow-run=deno scripts/launch.ts ${built.file}`,
       );
@@ -180,7 +182,10 @@ async function main(args: string[]): Promise<number> {
         `compiled ${ENTRY} for ${TARGETS[b.target].triple} → ${b.file} (${mb(b.bytes)}, ${b.ms} ms)`,
       );
     }
-    console.log(`embedded permissions (fixed at build time): ${permissions.flags.join(" ")}`);
+    console.log(
+      `embedded permissions and V8 heap settings (fixed at build time): ${permissions.flags.join(" ")}`,
+    );
+    console.log(`set in the binary's environment where it runs (the allocator settings): ${serviceEnvText}`);
     return 0;
   } catch (error) {
     if (error instanceof ConfigError) {

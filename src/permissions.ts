@@ -14,6 +14,9 @@
  * - no write, run, ffi; `--no-prompt`, so an access outside the set throws `Deno.errors.NotCapable`
  *   instead of asking a person on a TTY; `--no-remote`, so no `import("https://…")` fetches code from a
  *   host outside the list (Deno otherwise allows remote imports from deno.land, jsr.io, esm.sh, … by default).
+ *
+ * The same flags carry the service's V8 heap settings ({@link V8_FLAGS}), and {@link SERVICE_ENV} holds the
+ * allocator settings the launcher gives the service process: how the service runs is decided here too, once.
  */
 import { type Config, CONFIG_VARIABLES } from "./config.ts";
 
@@ -76,6 +79,33 @@ const DEFAULT_PORTS: Record<string, number> = {
   "https:": 443,
 };
 
+/**
+ * V8 heap settings of the service process (docs/DECISIONS.md, "Memory"; measured in docs/BENCHMARKS.md,
+ * "Sustained stream"). V8 sizes its heap for the machine, not for this service: on a host with a few GiB it
+ * lets the young generation grow to 2 × 16 MiB semi-spaces (never given back) and, with a 4 GiB old-space
+ * limit, lets the old generation grow to about 4 × its live data before collecting. The service's live heap
+ * is ~20 MiB idle and ~25–45 MiB at 1 000 sales/s, so those defaults alone took it from ~127 to ~240 MiB RSS.
+ *
+ * - `--max-semi-space-size=2`: a young generation of 2 × 2 MiB. Short-lived garbage (decoded events, SQL
+ *   rows, JSON payloads) is still collected by scavenges, just more often.
+ * - `--max-old-space-size=256`: the old generation may hold up to 256 MiB of live data (5× what was measured
+ *   under load) before V8 gives up with "heap out of memory". The smaller limit also makes V8 use its small
+ *   heap growing factor (≈1.3 instead of up to 4), which is what keeps the old generation near its live size.
+ */
+export const V8_FLAGS: readonly string[] = ["--max-semi-space-size=2", "--max-old-space-size=256"];
+
+/**
+ * Environment defaults for the service process, set by the launcher (scripts/launch.ts) unless the
+ * environment already has the variable. glibc's allocator otherwise keeps up to 8 arenas per core, and
+ * raises its mmap/trim thresholds after large frees, so freed native memory (Deno's I/O and HTTP buffers)
+ * stays resident: these settings took ~8 MiB off the service's steady RSS at 1 000 sales/s. Other C
+ * libraries ignore the variable.
+ */
+export const SERVICE_ENV: Readonly<Record<string, string>> = {
+  GLIBC_TUNABLES:
+    "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072",
+};
+
 /** The address the built-in sandboxes listen on (src/sandbox/*.ts) and the service calls. */
 export const SANDBOX_HOST = "127.0.0.1";
 
@@ -86,7 +116,10 @@ export interface Permissions {
   env: string[];
   read: string[];
   sys: string[];
-  /** `--allow-*` flags plus `--no-prompt` and `--no-remote`, for `deno run` / `deno compile`. */
+  /**
+   * For `deno run` / `deno compile`: the `--allow-*` flags, `--no-prompt`, `--no-remote` and, last, the V8
+   * heap settings (`--v8-flags=`, {@link V8_FLAGS}).
+   */
   flags: string[];
   /** Why each net and read entry is there (the variables it comes from), for people. */
   reasons: Record<string, string[]>;
@@ -188,7 +221,7 @@ export function permissionsFor(config: Config, env: Record<string, string | unde
     `--allow-sys=${SYS.join(",")}`,
   ];
   if (read.length > 0) flags.push(`--allow-read=${read.join(",")}`);
-  flags.push("--no-prompt", "--no-remote");
+  flags.push("--no-prompt", "--no-remote", `--v8-flags=${V8_FLAGS.join(",")}`);
   return { net, env: envList, read, sys: [...SYS], flags, reasons };
 }
 

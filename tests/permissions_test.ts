@@ -9,7 +9,13 @@ import { Connection } from "rabbitmq-client";
 import postgres from "postgres";
 import { topologyFromConfig } from "../src/broker/topology.ts";
 import { type Config, CONFIG_VARIABLES, loadConfig } from "../src/config.ts";
-import { describePermissions, LIBRARY_ENV, permissionsFor } from "../src/permissions.ts";
+import {
+  describePermissions,
+  LIBRARY_ENV,
+  permissionsFor,
+  SERVICE_ENV,
+  V8_FLAGS,
+} from "../src/permissions.ts";
 import { TARGETS } from "../scripts/build.ts";
 import { DATABASE_URL, integration, RABBITMQ_URL, testEnv } from "./helpers.ts";
 
@@ -38,6 +44,7 @@ Deno.test("permissionsFor: the quickstart configuration (loopback services, both
     "--allow-sys=hostname",
     "--no-prompt",
     "--no-remote",
+    "--v8-flags=--max-semi-space-size=2,--max-old-space-size=256",
   ]);
   assert.ok(
     !p.flags.some((f) => /^--allow-(write|run|ffi|read|all)\b|^-A$/.test(f)),
@@ -377,6 +384,13 @@ integration(
       assert.ok(service, "the launcher has a child process");
       const argv = (await Deno.readTextFile(`/proc/${service}/cmdline`)).split("\0").filter(Boolean);
       assert.deepEqual(argv.slice(1), ["run", ...expected.flags, "src/main.ts"]);
+      // With the allocator defaults next to the environment it was given (which has none of them).
+      assert.deepEqual(granted.service_env, SERVICE_ENV);
+      // (Only the name: glibc cuts GLIBC_TUNABLES short in place as it parses it, after applying every entry.)
+      const environ = (await Deno.readTextFile(`/proc/${service}/environ`)).split("\0");
+      for (const name of Object.keys(SERVICE_ENV)) {
+        assert.ok(environ.some((e) => e.startsWith(`${name}=`)), name);
+      }
       assert.deepEqual(
         argv.filter((a) => a.startsWith("--allow-") || a === "-A"),
         expected.flags.slice(0, 3),
@@ -420,6 +434,51 @@ Deno.test("launcher: a bad configuration prints the error naming each variable, 
   }).output();
   assert.equal(passed.code, 64);
   assert.match(new TextDecoder().decode(passed.stderr), /permissions are derived from the configuration/);
+});
+
+Deno.test("launcher: --v8-flags=… replaces the default heap settings; the environment's GLIBC_TUNABLES wins", async () => {
+  const PATH = await pathWithThisDeno();
+  const run = (args: string[], env: Record<string, string> = {}) =>
+    new Deno.Command(DENO, {
+      args: ["run", "--allow-env", "--allow-run=deno", "scripts/launch.ts", ...args],
+      cwd: ROOT,
+      clearEnv: true,
+      env: { ...cliEnv(), PATH, LOG_FORMAT: "json", ...env },
+    }).output();
+  const derived = await run(["--print-flags"]);
+  assert.equal(derived.code, 0, new TextDecoder().decode(derived.stderr));
+  const flags = new TextDecoder().decode(derived.stdout).trim().split(" ");
+  assert.equal(flags.at(-1), `--v8-flags=${V8_FLAGS.join(",")}`);
+  const replaced = await run(["--v8-flags=--max-old-space-size=512", "--print-flags", "src/main.ts"]);
+  assert.equal(replaced.code, 0, new TextDecoder().decode(replaced.stderr));
+  assert.deepEqual(new TextDecoder().decode(replaced.stdout).trim().split(" "), [
+    ...flags.slice(0, -1),
+    "--v8-flags=--max-old-space-size=512",
+  ]);
+  // An entry that does not exist: the launcher announces what it runs, then the service fails to load.
+  const granted = async (env: Record<string, string>) => {
+    const out = await run(["no-such-entry.ts"], env);
+    assert.notEqual(out.code, 0);
+    return JSON.parse(new TextDecoder().decode(out.stdout).split("\n")[0]).service_env;
+  };
+  assert.deepEqual(await granted({}), SERVICE_ENV);
+  assert.deepEqual(await granted({ GLIBC_TUNABLES: "glibc.malloc.arena_max=4" }), {});
+});
+
+Deno.test("V8_FLAGS are flags this V8 knows, and they bound the heap", async () => {
+  const { code, stdout, stderr } = await new Deno.Command(DENO, {
+    args: [
+      "eval",
+      `--v8-flags=${V8_FLAGS.join(",")}`,
+      'import v8 from "node:v8"; console.log(v8.getHeapStatistics().heap_size_limit)',
+    ],
+    clearEnv: true,
+    env: cliEnv(),
+  }).output();
+  assert.equal(code, 0, new TextDecoder().decode(stderr));
+  const limitMib = Number(new TextDecoder().decode(stdout)) / 1024 / 1024;
+  // 256 MiB old generation plus the young generation (2 semi-spaces of 2 MiB and V8's bookkeeping).
+  assert.ok(limitMib > 256 && limitMib < 300, `heap limit ${limitMib} MiB`);
 });
 
 const PROBE = `
