@@ -111,7 +111,8 @@ export function startAckingConsumer(
     const channel = await connection.acquire({ emitErrorsFromChannel: true });
     const sub: Subscription = {
       channel,
-      acks: new DeliveryAcks(channel, Math.ceil(options.prefetch / 2), options.onAckFrame),
+      // Half the window may wait behind a slow delivery before being acked one by one.
+      acks: new DeliveryAcks(channel, Math.max(1, Math.floor(options.prefetch / 2)), options.onAckFrame),
     };
     current = sub;
     channel.on("error", report);
@@ -126,16 +127,26 @@ export function startAckingConsumer(
     await channel.basicQos({ prefetchCount: options.prefetch });
     const { consumerTag } = await channel.basicConsume({ queue: options.queue }, (msg) => {
       sub.acks.track(msg.deliveryTag);
+      // Closing: start nothing new; the broker gets it back when the channel closes.
+      if (closing) return;
       if (waiting.length > 0 || processing.size >= options.concurrency) waiting.push({ msg, sub });
       else run(msg, sub);
     });
     sub.consumerTag = consumerTag;
     channel.once("basic.cancel", () => {
-      // The queue was deleted or the broker cancelled us: subscribe again.
+      // The queue was deleted or the broker cancelled us. The channel still works:
+      // let the deliveries in hand settle and be acked on it, then subscribe anew.
       if (closing) return;
       report(new Error(`the broker cancelled our subscription to ${options.queue}`));
-      channel.close().catch(() => {});
+      ready = false;
+      waiting = waiting.filter((w) => w.sub !== sub);
+      void Promise.allSettled(processing).then(() => {
+        sub.acks.flush(true);
+        return channel.close();
+      }).catch(() => {});
     });
+    // A channel that closed while we set it up would never be resubscribed.
+    if (!channel.active) throw new Error("the channel closed during setup");
     retries = 0;
     if (closing) return;
     ready = true;
@@ -144,29 +155,33 @@ export function startAckingConsumer(
 
   subscribe();
 
+  let closed: Promise<void> | undefined;
+  async function close(): Promise<void> {
+    closing = true;
+    ready = false;
+    clearTimeout(retryTimer);
+    await pendingSetup;
+    const sub = current;
+    if (sub?.channel.active && sub.consumerTag) {
+      await sub.channel.basicCancel({ consumerTag: sub.consumerTag }).catch(() => {});
+    }
+    // Deliveries not started are returned to the queue by closing the channel.
+    waiting = [];
+    while (processing.size > 0) await Promise.allSettled(processing);
+    if (sub) {
+      sub.acks.flush(true);
+      current = undefined;
+      await sub.channel.close().catch(() => {});
+    }
+  }
+
   return {
     get ready() {
       return ready && current !== undefined && current.channel.active;
     },
-    async close() {
-      if (closing) return;
-      closing = true;
-      ready = false;
-      clearTimeout(retryTimer);
-      await pendingSetup;
-      const sub = current;
-      if (sub?.channel.active && sub.consumerTag) {
-        await sub.channel.basicCancel({ consumerTag: sub.consumerTag }).catch(() => {});
-      }
-      // Deliveries not started are returned to the queue by closing the channel.
-      waiting = [];
-      await Promise.allSettled(processing);
-      while (processing.size > 0) await Promise.allSettled(processing);
-      if (sub) {
-        sub.acks.flush(true);
-        current = undefined;
-        await sub.channel.close().catch(() => {});
-      }
+    close() {
+      // A second call waits for the same drain.
+      return closed ??= close();
     },
   };
 }

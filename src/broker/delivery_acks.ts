@@ -1,7 +1,7 @@
 /**
  * Acknowledgements for one AMQP channel, sent in as few frames as possible.
  *
- * Custody settles deliveries in batches of ~100 that arrived together. Acking
+ * Custody settles deliveries in batches (hundreds under load) that arrived together. Acking
  * each on its own costs RabbitMQ one frame and one queue-process round per
  * message (about half of its CPU at custody rates, docs/BENCHMARKS.md), so
  * settled deliveries are acked with `multiple` up to the first one that is not
@@ -33,8 +33,8 @@ export class DeliveryAcks {
 
   /**
    * @param sink the channel the deliveries came from
-   * @param maxHeld settled deliveries allowed to wait behind an unsettled one
-   *   before they are acked individually (keeps the prefetch window moving)
+   * @param maxHeld once this many settled deliveries wait behind an unsettled
+   *   one, they are acked individually (keeps the prefetch window moving)
    * @param onFrame called for every frame sent (how well acks were batched)
    */
   constructor(
@@ -98,7 +98,7 @@ export class DeliveryAcks {
       }
     }
     this.#sendRun(runEnd);
-    if (force || this.#settled.size > this.maxHeld) {
+    if (force || this.#settled.size >= this.maxHeld) {
       for (const [tag, settlement] of this.#settled) {
         this.#send(() =>
           settlement === "ack"

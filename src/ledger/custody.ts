@@ -188,13 +188,17 @@ export class Custody {
     }));
     const channels = [...this.channels].sort();
     const onlyStore = channels.map((c) => this.options.onlyStore?.[c] ?? null);
-    // One statement (atomic on its own): the sales, and for each NEW one its
-    // changes, expanded in Postgres from the items rather than sent row by row
-    // (half the JSON to build and parse, no BEGIN/COMMIT round trips).
-    const inserted = await this.sql<{ event_id: string }[]>`
+    // One statement, atomic on its own: the sales; for each NEW one its changes,
+    // expanded in Postgres from the items rather than sent row by row (half the
+    // JSON to build and parse, no BEGIN/COMMIT round trips); for each one already
+    // in custody (a redelivery or a DLQ replay) its failed changes re-armed and
+    // applied ones never touched.
+    const rows = await this.sql<{ event_id: string; stored: boolean }[]>`
       with input as (
         select * from jsonb_to_recordset(${this.sql.json(sales as unknown as postgres.JSONValue)}::jsonb)
           as x(event_id text, identity_source text, tienda_id text, body jsonb, items jsonb)
+      ), channel_scope as (
+        select * from unnest(${channels}::text[], ${onlyStore}::text[]) as c(channel, only_store)
       ), new_sale as (
         insert into sale (event_id, identity_source, tienda_id, body)
         select event_id, identity_source, tienda_id, body from input
@@ -205,17 +209,30 @@ export class Custody {
         select i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
           from input i
           join new_sale using (event_id)
-          cross join unnest(${channels}::text[], ${onlyStore}::text[]) as c(channel, only_store)
+          cross join channel_scope c
           cross join jsonb_to_recordset(i.items) as item(sku text, producto_id text, delta integer)
          where c.only_store is null or c.only_store = i.tienda_id
          order by i.event_id, c.channel, item.sku
+      ), rearmed as (
+        insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
+        select i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
+          from input i
+          cross join channel_scope c
+          cross join jsonb_to_recordset(i.items) as item(sku text, producto_id text, delta integer)
+         where (c.only_store is null or c.only_store = i.tienda_id)
+           and not exists (select 1 from new_sale n where n.event_id = i.event_id)
+         order by i.event_id, c.channel, item.sku
+        on conflict (event_id, channel, sku) do update
+          set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
+              error = null, error_reason = null, updated_at = now()
+          where stock_change.status = 'failed' and stock_change.error_reason is distinct from 'outcome_unknown'
+        returning event_id, (xmax = 0) as inserted
       )
-      select event_id from new_sale`;
-    const fresh = new Set(inserted.map((r) => r.event_id));
-    // Sales already in custody (a redelivery or a DLQ replay): their failed
-    // changes are re-armed, applied ones never touched. Rare, so its own statement.
-    const seen = sales.filter((s) => !fresh.has(s.event_id));
-    const rearmed = seen.length === 0 ? new Set<string>() : await this.#rearm(seen, channels, onlyStore);
+      select event_id, true as stored from new_sale
+      union all
+      select distinct event_id, false as stored from rearmed where not inserted`;
+    const fresh = new Set(rows.filter((r) => r.stored).map((r) => r.event_id));
+    const rearmed = new Set(rows.filter((r) => !r.stored).map((r) => r.event_id));
     const outcomes = new Map<string, CustodyOutcome>();
     for (const e of events) {
       outcomes.set(
@@ -224,28 +241,5 @@ export class Custody {
       );
     }
     return outcomes;
-  }
-
-  /** Re-arms the failed changes of sales received again; returns the sales that had any. */
-  async #rearm(
-    sales: { event_id: string }[],
-    channels: string[],
-    onlyStore: (string | null)[],
-  ): Promise<Set<string>> {
-    const touched = await this.sql<{ event_id: string; inserted: boolean }[]>`
-      insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
-      select i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
-        from jsonb_to_recordset(${this.sql.json(sales as unknown as postgres.JSONValue)}::jsonb)
-          as i(event_id text, tienda_id text, items jsonb)
-        cross join unnest(${channels}::text[], ${onlyStore}::text[]) as c(channel, only_store)
-        cross join jsonb_to_recordset(i.items) as item(sku text, producto_id text, delta integer)
-       where c.only_store is null or c.only_store = i.tienda_id
-       order by i.event_id, c.channel, item.sku
-      on conflict (event_id, channel, sku) do update
-        set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
-            error = null, error_reason = null, updated_at = now()
-        where stock_change.status = 'failed' and stock_change.error_reason is distinct from 'outcome_unknown'
-      returning event_id, (xmax = 0) as inserted`;
-    return new Set(touched.filter((r) => !r.inserted).map((r) => r.event_id));
   }
 }
