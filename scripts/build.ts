@@ -105,8 +105,17 @@ export async function compile(
     useDenort = found === machine;
   }
   const started = performance.now();
+  // `deno compile` applies the embedded --v8-flags to itself too, and a type check of the
+  // whole graph needs more than the service's 256 MiB old space: check first without
+  // them, then compile unchecked.
+  const checked = await deno(["check", ENTRY]);
+  if (!checked.success) {
+    throw new BuildError(
+      `type check of ${ENTRY} failed:\n${new TextDecoder().decode(checked.stderr).trim()}`,
+    );
+  }
   const result = await deno(
-    ["compile", ...permissions.flags, "--target", triple, "--output", file, ENTRY],
+    ["compile", "--no-check", ...permissions.flags, "--target", triple, "--output", file, ENTRY],
     Boolean(denort) && !useDenort,
   );
   if (!result.success) {
