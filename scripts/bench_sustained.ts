@@ -12,7 +12,7 @@
  */
 import { createClient } from "redis";
 import { type Config, loadConfig } from "../src/config.ts";
-import { permissionsFor, SERVICE_ENV } from "../src/permissions.ts";
+import { envText, permissionsFor, SERVICE_ENV, withV8Flags } from "../src/permissions.ts";
 import { buildCatalog } from "../src/sandbox/catalog.ts";
 import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify.ts";
@@ -36,6 +36,9 @@ async function rssMib(pid: number): Promise<{ rss: number; hwm: number } | undef
   }
 }
 
+/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on every Linux the service targets). */
+const CLOCK_TICKS = 100;
+
 /** CPU time (user + system) a process has used so far, in seconds, from /proc (undefined once it is gone). */
 async function cpuSeconds(pid: number): Promise<number | undefined> {
   try {
@@ -47,9 +50,6 @@ async function cpuSeconds(pid: number): Promise<number | undefined> {
     return undefined;
   }
 }
-/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on every Linux the service targets). */
-const CLOCK_TICKS = 100;
-
 function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
@@ -106,9 +106,12 @@ export const sustainedSection: Section = {
     // BENCH_SUSTAINED_V8_FLAGS=--a,--b replaces the V8 flags only (as `launch.ts --v8-flags=…` would).
     const runtimeDefaults = Deno.env.get("BENCH_SUSTAINED_RUNTIME") === "defaults";
     const v8Override = Deno.env.get("BENCH_SUSTAINED_V8_FLAGS");
-    const flags = permissionsFor(config).flags
-      .filter((f) => !((runtimeDefaults || v8Override !== undefined) && f.startsWith("--v8-flags=")))
-      .concat(v8Override && !runtimeDefaults ? [`--v8-flags=${v8Override}`] : []);
+    const derived = permissionsFor(config).flags;
+    const flags = runtimeDefaults
+      ? withV8Flags(derived, null)
+      : v8Override !== undefined
+      ? withV8Flags(derived, `--v8-flags=${v8Override}`)
+      : derived;
     const serviceEnv = runtimeDefaults ? {} : SERVICE_ENV;
     const runtime = runtimeDefaults
       ? "v8_glibc_defaults"
@@ -117,7 +120,7 @@ export const sustainedSection: Section = {
       : "service_settings";
     log(
       `sustained: service process with ${flags.join(" ")}` +
-        Object.entries(serviceEnv).map(([name, value]) => ` ${name}=${value}`).join("") + ` (${runtime})`,
+        (runtimeDefaults ? "" : ` ${envText(serviceEnv)}`) + ` (${runtime})`,
     );
     // Declared first, so cleanup (last in, first out) stops the service before it drops its schema.
     const { sql } = await runResources(ctx, config);

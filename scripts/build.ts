@@ -18,7 +18,13 @@
  * the task says so in one line and exits 1; `deno task bundle` is the offline path.
  */
 import { ConfigError, loadConfig } from "../src/config.ts";
-import { describePermissions, type Permissions, permissionsFor, SERVICE_ENV } from "../src/permissions.ts";
+import {
+  describePermissions,
+  envText,
+  type Permissions,
+  permissionsFor,
+  SERVICE_ENV,
+} from "../src/permissions.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const ENTRY = "src/main.ts";
@@ -165,7 +171,7 @@ function parseArgs(args: string[]) {
 
 const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 /** SERVICE_ENV as `NAME=value …` (what scripts/launch.ts sets for the service process). */
-const serviceEnvText = Object.entries(SERVICE_ENV).map(([name, value]) => `${name}=${value}`).join(" ");
+const serviceEnvText = envText(SERVICE_ENV);
 
 async function main(args: string[]): Promise<number> {
   try {

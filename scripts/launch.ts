@@ -17,7 +17,14 @@
  * The service process it starts gets net, env, sys and read scoped to its configuration and nothing else.
  */
 import { ConfigError, loadConfig } from "../src/config.ts";
-import { describePermissions, type Permissions, permissionsFor, SERVICE_ENV } from "../src/permissions.ts";
+import {
+  describePermissions,
+  envText,
+  type Permissions,
+  permissionsFor,
+  SERVICE_ENV,
+  withV8Flags,
+} from "../src/permissions.ts";
 
 /** `deno run` options the launcher passes on; permission flags are never accepted, they are derived. */
 const RUNTIME_OPTIONS = new Set(["--cached-only", "--frozen", "--watch", "--no-check", "--quiet"]);
@@ -39,9 +46,9 @@ function announce(
   serviceEnv: Record<string, string>,
 ): void {
   const pretty = format === "pretty" || (format === "auto" && Deno.stdout.isTerminal());
-  const envText = Object.entries(serviceEnv).map(([name, value]) => `${name}=${value}`).join(" ");
+  const shown = envText(serviceEnv);
   if (pretty) {
-    console.log(`${describePermissions(p)}\n  run   ${envText ? `${envText} ` : ""}${command.join(" ")}`);
+    console.log(`${describePermissions(p)}\n  run   ${shown ? `${shown} ` : ""}${command.join(" ")}`);
     return;
   }
   const { net, env, sys, read, flags } = p;
@@ -91,10 +98,9 @@ async function main(args: string[]): Promise<number> {
   }
   const derived = permissionsFor(config, env);
   // The operator's --v8-flags=… replaces the default heap settings (the last entry of the derived flags).
-  const permissions: Permissions = v8Flags === undefined ? derived : {
-    ...derived,
-    flags: [...derived.flags.filter((f) => !f.startsWith("--v8-flags=")), v8Flags],
-  };
+  const permissions: Permissions = v8Flags === undefined
+    ? derived
+    : { ...derived, flags: withV8Flags(derived.flags, v8Flags) };
   if (printFlags) {
     console.log(permissions.flags.join(" "));
     return 0;

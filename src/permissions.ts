@@ -106,6 +106,20 @@ export const SERVICE_ENV: Readonly<Record<string, string>> = {
     "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072",
 };
 
+/**
+ * `flags` with their V8 heap settings replaced by `v8Flags` (a whole `--v8-flags=…` argument), or
+ * dropped when it is null (V8's own defaults).
+ */
+export function withV8Flags(flags: readonly string[], v8Flags: string | null): string[] {
+  const rest = flags.filter((f) => !f.startsWith("--v8-flags="));
+  return v8Flags === null ? rest : [...rest, v8Flags];
+}
+
+/** Environment variables as `NAME=value …`, the way a shell command line shows them. */
+export function envText(env: Readonly<Record<string, string>>): string {
+  return Object.entries(env).map(([name, value]) => `${name}=${value}`).join(" ");
+}
+
 /** The address the built-in sandboxes listen on (src/sandbox/*.ts) and the service calls. */
 export const SANDBOX_HOST = "127.0.0.1";
 

@@ -21,9 +21,6 @@ export interface AckingConsumerOptions {
   prefetch: number;
   /** Handlers running at once; further deliveries wait in arrival order. */
   concurrency: number;
-  /** Re-subscribe backoff bounds (ms). */
-  retryLowMs?: number;
-  retryHighMs?: number;
   onReady?: () => void;
   /** Called for every ack or nack frame sent. */
   onAckFrame?: () => void;
@@ -44,6 +41,10 @@ export interface AckingConsumer {
   close(): Promise<void>;
 }
 
+/** Re-subscribe backoff bounds, the same as the service's connections' (src/main.ts). */
+const RETRY_LOW_MS = 250;
+const RETRY_HIGH_MS = 10_000;
+
 interface Subscription {
   channel: Channel;
   acks: DeliveryAcks;
@@ -56,8 +57,6 @@ export function startAckingConsumer(
   options: AckingConsumerOptions,
   handler: DeliveryHandler,
 ): AckingConsumer {
-  const retryLow = options.retryLowMs ?? 250;
-  const retryHigh = options.retryHighMs ?? 10_000;
   let current: Subscription | undefined;
   let ready = false;
   let closing = false;
@@ -88,7 +87,7 @@ export function startAckingConsumer(
   function resubscribeLater(): void {
     ready = false;
     if (closing || retryTimer || pendingSetup) return;
-    const delay = Math.min(retryHigh, retryLow * 2 ** Math.min(retries++, 16));
+    const delay = Math.min(RETRY_HIGH_MS, RETRY_LOW_MS * 2 ** Math.min(retries++, 16));
     retryTimer = setTimeout(() => {
       retryTimer = undefined;
       subscribe();
