@@ -197,8 +197,14 @@ export class Custody {
       with input as (
         select * from jsonb_to_recordset(${this.sql.json(sales as unknown as postgres.JSONValue)}::jsonb)
           as x(event_id text, identity_source text, tienda_id text, body jsonb, items jsonb)
-      ), channel_scope as (
-        select * from unnest(${channels}::text[], ${onlyStore}::text[]) as c(channel, only_store)
+      ), change as (
+        -- One row per (sale, enabled channel, item); a channel that follows one store only
+        -- gets the sales of that store.
+        select i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
+          from input i
+          cross join unnest(${channels}::text[], ${onlyStore}::text[]) as c(channel, only_store)
+          cross join jsonb_to_recordset(i.items) as item(sku text, producto_id text, delta integer)
+         where c.only_store is null or c.only_store = i.tienda_id
       ), new_sale as (
         insert into sale (event_id, identity_source, tienda_id, body)
         select event_id, identity_source, tienda_id, body from input
@@ -206,22 +212,13 @@ export class Custody {
         returning event_id
       ), new_change as (
         insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
-        select i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
-          from input i
-          join new_sale using (event_id)
-          cross join channel_scope c
-          cross join jsonb_to_recordset(i.items) as item(sku text, producto_id text, delta integer)
-         where c.only_store is null or c.only_store = i.tienda_id
-         order by i.event_id, c.channel, item.sku
+        select c.* from change c join new_sale using (event_id)
+         order by c.event_id, c.channel, c.sku
       ), rearmed as (
         insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
-        select i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
-          from input i
-          cross join channel_scope c
-          cross join jsonb_to_recordset(i.items) as item(sku text, producto_id text, delta integer)
-         where (c.only_store is null or c.only_store = i.tienda_id)
-           and not exists (select 1 from new_sale n where n.event_id = i.event_id)
-         order by i.event_id, c.channel, item.sku
+        select c.* from change c
+         where not exists (select 1 from new_sale n where n.event_id = c.event_id)
+         order by c.event_id, c.channel, c.sku
         on conflict (event_id, channel, sku) do update
           set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
               error = null, error_reason = null, updated_at = now()
