@@ -82,13 +82,16 @@ const bytesOf = (msg: SyncMessage) =>
  * A topology nobody consumes: the test sees exactly what a replay put in the
  * work queue, and fills the DLQ itself.
  */
-async function standalone(wrap?: (p: ConfirmingPublisher) => ConfirmingPublisher) {
+async function standalone(
+  wrap?: (p: ConfirmingPublisher) => ConfirmingPublisher,
+  queueType: "classic" | "quorum" = "classic",
+) {
   const id = uniqueName("dlqt");
   const topology = buildTopology({
     exchange: `blend_events.${id}`,
     routingKey: "sales.created",
     queue: `marketplace-sync.${id}`,
-    queueType: "classic",
+    queueType,
     retryDelaysMs: [100],
   });
   const a = await adminFor(topology, wrap);
@@ -265,6 +268,73 @@ integration("concurrent lists and replays are serialized: each sees the whole DL
     await s.cleanup();
   }
 });
+
+/** Runs `rabbitmqctl` with these arguments; throws with its output when it fails. */
+async function rabbitmqctl(...args: string[]): Promise<void> {
+  const out = await new Deno.Command("rabbitmqctl", {
+    args: ["-q", ...args],
+    stdout: "piped",
+    stderr: "piped",
+  })
+    .output();
+  if (!out.success) {
+    throw new Error(`rabbitmqctl ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+}
+
+/**
+ * An operator's policy on exactly this test's queues (the pattern names them),
+ * as `rabbitmqctl set_policy` sets it; cleared by the returned function.
+ */
+async function policyOn(queuePrefix: string, definition: Record<string, unknown>) {
+  const name = `test-${queuePrefix}`;
+  const pattern = `^${queuePrefix.replaceAll(".", "\\.")}(\\.|$)`;
+  await rabbitmqctl("set_policy", "--apply-to", "queues", name, pattern, JSON.stringify(definition));
+  return () => rabbitmqctl("clear_policy", name);
+}
+
+integration(
+  "quorum DLQ under a delivery-limit policy of 2: 30 listings and a replay lose nothing",
+  async () => {
+    const s = await standalone(undefined, "quorum");
+    const clear = await policyOn(s.topology.queue, { "delivery-limit": 2 });
+    try {
+      const bad = ["bad-0", "bad-1", "bad-2", "bad-3", "bad-4"];
+      for (const e of ["bad-0", "sale-1", "bad-1", "bad-2", "sale-2", "bad-3", "bad-4"]) {
+        await s.failed(e, e.startsWith("sale") ? "ledger_unavailable" : "invalid_event");
+      }
+      const everything = ["bad-0", "sale-1", "bad-1", "bad-2", "sale-2", "bad-3", "bad-4"];
+      for (let i = 0; i < 30; i++) {
+        const listed = await s.admin.list(50);
+        assert.equal(listed.total, 7, `listing ${i + 1} sees all 7 dead letters`);
+        assert.deepEqual(listed.messages.map((m) => m.event_id), everything, `listing ${i + 1}: same order`);
+      }
+      assert.deepEqual(await s.admin.replay({ eventIds: ["sale-1", "sale-2"] }), {
+        moved: 2,
+        kept: 5,
+        scanned: 7,
+        moved_event_ids: ["sale-1", "sale-2"],
+      });
+      for (let i = 0; i < 30; i++) {
+        assert.deepEqual(await s.dlqIds(), bad, `after the replay, listing ${i + 1}: the 5 bad events stay`);
+      }
+      assert.deepEqual(await s.workIds(), ["sale-1", "sale-2"], "both sales went back to the work queue");
+      const left = await drain(s.connection, s.topology.deadLetterQueue);
+      assert.deepEqual(left.map((m) => m.headers?.["sync-event-id"]), bad);
+      for (const m of left) {
+        // RabbitMQ 3.10 sends 0 on a first delivery when a limit applies; any return would make it ≥ 1.
+        assert.equal(
+          Number(m.headers?.["x-delivery-count"] ?? 0),
+          0,
+          "inspection never counted as a delivery",
+        );
+      }
+    } finally {
+      await clear();
+      await s.cleanup();
+    }
+  },
+);
 
 // ---------------------------------------------------------------------------
 // Replay

@@ -1,10 +1,16 @@
 /**
  * DLQ inspection and replay (`GET /dlq`, `POST /dlq/replay`; DESIGN.md §4, §7).
  *
- * Listing peeks without losing or reordering anything: messages are taken with
- * `basic.get` (manual ack) on a dedicated channel and all put back with one
- * requeueing nack; RabbitMQ returns requeued messages to their original
- * position. Replay publishes each matching message's ORIGINAL body bytes and
+ * Listing peeks without losing or reordering anything. On a classic DLQ the
+ * messages are taken with `basic.get` (manual ack) on a dedicated channel and
+ * all put back with one requeueing nack; RabbitMQ returns requeued messages to
+ * their original position. On a quorum DLQ a requeue counts as a delivery, and
+ * a delivery limit (RabbitMQ 4.x's default of 20, or an operator's policy)
+ * deletes the message once it is reached: so there every message is rotated
+ * instead, one at a time: its copy is published to the tail of the DLQ
+ * (confirmed) and only then is the original acked. A listing rotates the whole
+ * DLQ, so the order is kept and no delivery count ever moves.
+ * Replay publishes each matching message's ORIGINAL body bytes and
  * properties to the work queue (publisher confirms + mandatory), without our
  * `sync-*` headers and the broker's `x-death`-style headers so the event starts
  * with a fresh set of attempts, and acks the DLQ copy only after the confirm.
@@ -121,6 +127,8 @@ export const replayRequestSchema = z.object({
 const BROKER_HEADER = /^(x-death|x-first-death-.*|x-last-death-.*|x-delivery-count|x-received-from)$/;
 /** Our own failure bookkeeping (attempts, reason, original exchange, publish id, …). */
 const SYNC_HEADER = /^sync-/;
+/** Headers a quorum queue sets on each delivery; a rotated copy starts without them. */
+const DELIVERY_HEADER = /^(x-delivery-count|x-acquired-count|sync-publish-id)$/;
 
 /** Serializes list/replay per DLQ in this process so two operators never interleave. */
 const locks = new Map<string, Promise<unknown>>();
@@ -162,6 +170,25 @@ export function deadLetterEventId(msg: Pick<SyncMessage, "headers" | "messageId"
   return str(msg.headers?.[HEADER.eventId]) ?? msg.messageId ?? null;
 }
 
+/**
+ * Why a message is in the DLQ: our `sync-reason`, else the reason RabbitMQ
+ * gave when it dead-lettered the message itself (e.g. `delivery_limit` for a
+ * delivery of the work queue returned more often than its delivery limit).
+ */
+export function deadLetterReason(msg: Pick<SyncMessage, "headers">): string | null {
+  return str(msg.headers?.[HEADER.reason]) ?? str(msg.headers?.["x-first-death-reason"]);
+}
+
+/** A sentence for a message RabbitMQ dead-lettered itself (no `sync-error`). */
+function brokerDeathError(headers: Record<string, unknown>): string | null {
+  const reason = str(headers["x-first-death-reason"]);
+  if (reason === null) return null;
+  const queue = str(headers["x-first-death-queue"]) ?? "a queue";
+  return reason === "delivery_limit"
+    ? `RabbitMQ dead-lettered it from ${queue}: returned more times than the queue's delivery limit (consumer crashes or requeues); replay it`
+    : `RabbitMQ dead-lettered it from ${queue} (${reason})`;
+}
+
 /** How a DLQ message is shown to operators. */
 export function viewDeadLetter(msg: SyncMessage, position: number): DeadLetterView {
   const headers: Record<string, unknown> = { ...(msg.headers ?? {}) };
@@ -186,8 +213,8 @@ export function viewDeadLetter(msg: SyncMessage, position: number): DeadLetterVi
     position,
     event_id: deadLetterEventId(msg),
     message_id: msg.messageId ?? null,
-    reason: h(HEADER.reason),
-    error: h(HEADER.error),
+    reason: deadLetterReason(msg),
+    error: h(HEADER.error) ?? brokerDeathError(headers),
     attempts: num(headers[HEADER.attempts]),
     channel: h(HEADER.channel),
     sku: h(HEADER.sku),
@@ -248,9 +275,47 @@ function validateFilter(filter: ReplayFilter): (msg: SyncMessage) => boolean {
   const ids = eventIds ? new Set(eventIds) : undefined;
   return (msg) => {
     if (ids && !ids.has(deadLetterEventId(msg) ?? "")) return false;
-    if (reason !== undefined && str(msg.headers?.[HEADER.reason]) !== reason) return false;
+    if (reason !== undefined && deadLetterReason(msg) !== reason) return false;
     return true;
   };
+}
+
+/**
+ * The copy of a quorum DLQ message that takes its place at the tail: the same
+ * bytes, properties and headers, minus what the queue sets per delivery. A
+ * reason RabbitMQ gave (`x-first-death-reason`) is kept as `sync-reason` and
+ * `sync-error`: RabbitMQ ≥ 3.13 does not keep `x-death` headers a client
+ * publishes. `expiration` and `user_id` move into headers, as on the way in.
+ */
+export function rotationEnvelope(msg: SyncMessage): Envelope {
+  const headers: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(msg.headers ?? {})) {
+    if (!DELIVERY_HEADER.test(key)) headers[key] = value;
+  }
+  if (headers[HEADER.reason] === undefined) {
+    const reason = deadLetterReason(msg);
+    const error = brokerDeathError(headers);
+    if (reason !== null) headers[HEADER.reason] = reason;
+    if (error !== null && headers[HEADER.error] === undefined) headers[HEADER.error] = error;
+  }
+  if (msg.expiration !== undefined) headers[HEADER.originalExpiration] ??= msg.expiration;
+  if (msg.userId !== undefined) headers[HEADER.originalUserId] ??= msg.userId;
+  const envelope: Envelope = { durable: true, headers };
+  const props = {
+    contentType: msg.contentType,
+    contentEncoding: originalContentEncoding(msg.contentEncoding),
+    messageId: msg.messageId,
+    correlationId: msg.correlationId,
+    replyTo: msg.replyTo,
+    timestamp: msg.timestamp,
+    type: msg.type,
+    appId: msg.appId,
+    priority: msg.priority,
+  };
+  for (const [key, value] of Object.entries(props)) {
+    if (value !== undefined) (envelope as Record<string, unknown>)[key] = value;
+  }
+  return envelope;
 }
 
 /**
@@ -310,11 +375,38 @@ export class DeadLetterAdmin {
     }
   }
 
+  /** True when peeking must rotate (quorum: a requeue counts towards the delivery limit). */
+  get #rotates(): boolean {
+    return this.deps.topology.queueType === "quorum";
+  }
+
+  /**
+   * Replaces a quorum DLQ message by its copy at the tail: the copy is
+   * confirmed before the original is acked, so a crash in between leaves a
+   * duplicate (harmless: replay is idempotent by event id), never a loss. If
+   * the copy cannot be published, the original is requeued and this throws.
+   */
+  async #rotate(ch: Channel, msg: SyncMessage): Promise<void> {
+    const queue = this.deps.topology.deadLetterQueue;
+    try {
+      await this.deps.publisher.toQueue(queue, rotationEnvelope(msg), bodyBytes(msg.body));
+    } catch (error) {
+      requeueUpTo(ch, msg.deliveryTag);
+      throw new Error(
+        `keeping ${deadLetterEventId(msg) ?? "a message"} in ${queue} failed: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+    ch.basicAck({ deliveryTag: msg.deliveryTag });
+  }
+
   /**
    * Peeks at up to `limit` messages from the head of the DLQ; they stay in the
    * DLQ, in order. `total` is the DLQ depth before listing, as the first
    * `basic.get` reports it (a passive declare may be answered ahead of requeues
-   * still in flight; a `basic.get` never is).
+   * still in flight; a `basic.get` never is). A quorum DLQ is rotated whole
+   * (see the module comment), so listing it costs one confirmed publish per
+   * message in it, whatever the limit.
    */
   async list(limit: number): Promise<{ total: number; messages: DeadLetterView[] }> {
     if (!Number.isFinite(limit) || limit < 0) {
@@ -322,19 +414,33 @@ export class DeadLetterAdmin {
     }
     const wanted = Math.min(Math.floor(limit), MAX_LIST_LIMIT);
     const queue = this.deps.topology.deadLetterQueue;
+    const rotates = this.#rotates;
     return await exclusive(queue, async () => {
       const messages: DeadLetterView[] = [];
       let total = 0;
+      if (rotates && wanted === 0) {
+        // Nothing to show: count without touching (no requeues are ever in flight here).
+        const ok = await this.deps.connection.queueDeclare({ queue, passive: true });
+        return { total: ok.messageCount, messages };
+      }
       await this.#onChannel(async (ch) => {
         let lastTag: number | undefined;
+        let scanned = 0;
         try {
           for (;;) {
             const msg = await ch.basicGet({ queue, noAck: false });
             if (!msg) break;
-            lastTag = msg.deliveryTag;
-            if (messages.length === 0 && total === 0) total = msg.messageCount + 1;
+            if (scanned === 0) total = msg.messageCount + 1;
+            scanned++;
             if (messages.length < wanted) messages.push(viewDeadLetter(msg, messages.length));
-            if (messages.length >= Math.min(wanted, total) || wanted === 0) break;
+            if (rotates) {
+              await this.#rotate(ch, msg);
+              // Every message that was there goes round once: the order is kept.
+              if (scanned >= total) break;
+            } else {
+              lastTag = msg.deliveryTag;
+              if (messages.length >= Math.min(wanted, total) || wanted === 0) break;
+            }
           }
         } finally {
           // One requeueing nack for all: RabbitMQ puts them back where they were.
@@ -379,8 +485,20 @@ export class DeadLetterAdmin {
               if (result.scanned === 0) depth = msg.messageCount + 1;
               result.scanned++;
               if (!matches(msg)) {
+                if (this.#rotates) {
+                  // To the tail: after `depth` messages the kept ones are back in their order.
+                  await this.#rotate(ch, msg).catch((error: Error) => {
+                    throw new DeadLetterReplayError(
+                      `replay stopped after moving ${result.moved} message(s): ${error.message}; the rest stays in the DLQ`,
+                      result.moved,
+                      result.moved_event_ids,
+                      { cause: error },
+                    );
+                  });
+                } else {
+                  lastKeptTag = msg.deliveryTag;
+                }
                 result.kept++;
-                lastKeptTag = msg.deliveryTag;
               } else {
                 const eventId = deadLetterEventId(msg);
                 try {
