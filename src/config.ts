@@ -96,6 +96,9 @@ const EnvSchema = z.object({
   ROUTING_KEY: z.string().trim().min(1).max(255).default("sales.created"),
   QUEUE: z.string().trim().min(1).max(200).default("marketplace-sync.sales.created"),
   QUEUE_TYPE: z.enum(["classic", "quorum"]).default("classic"),
+  // Quorum only: returns of one delivery (crashes, requeues) before the work queue
+  // dead-letters it into our DLQ. Explicit so it never depends on the broker's default.
+  QUEUE_DELIVERY_LIMIT: int(1, 1_000_000).default(20),
   RETRY_DELAYS: z.string().default("1s,4s,9s").transform((text, ctx) => {
     const parts = text.split(",").map((p) => p.trim()).filter(Boolean);
     const delays = parts.map(parseDurationMs);

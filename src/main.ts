@@ -514,7 +514,15 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     publishConnection = connectBroker(config.RABBITMQ_URL, "publish", metrics);
     const declared = await retrying("RabbitMQ topology declaration", async () => {
       await publishConnection!.onConnect(10_000, true);
-      await declareTopology(publishConnection!, topology);
+      const { legacyWorkQueue } = await declareTopology(publishConnection!, topology);
+      if (legacyWorkQueue) {
+        log.warning(
+          "work queue {queue} was declared by an older version without a delivery limit and dead-letter target: " +
+            "deliveries returned more often than the broker's limit are DELETED unless a policy sets " +
+            "dead-letter-exchange/dead-letter-routing-key (README: quorum queues, existing deployments)",
+          { queue: topology.queue, dead_letter_queue: topology.deadLetterQueue },
+        );
+      }
     });
     if (!declared) return;
     publisher = createConfirmingPublisher(publishConnection, topology);

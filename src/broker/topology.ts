@@ -11,10 +11,24 @@ export interface Topology {
   routingKey: string;
   queue: string;
   queueType: "classic" | "quorum";
+  /**
+   * Quorum only: returns of one delivery before the work queue dead-letters it
+   * into the DLQ (reason `delivery_limit`).
+   */
+  deliveryLimit: number;
+  /**
+   * Set by {@link declareTopology} when the broker holds a work queue declared
+   * by an older version (no delivery limit, no dead-letter target): we keep
+   * using that declaration, and the operator's policy decides (README).
+   */
+  legacyWorkQueue?: boolean;
   /** One wait queue per retry tier, in order. */
   retryQueues: { name: string; delayMs: number }[];
   deadLetterQueue: string;
 }
+
+/** RabbitMQ 4.x's own default for quorum queues; we declare it explicitly. */
+export const DEFAULT_DELIVERY_LIMIT = 20;
 
 /** Derives the topology from configuration values. */
 export function buildTopology(options: {
@@ -23,12 +37,14 @@ export function buildTopology(options: {
   queue: string;
   queueType: "classic" | "quorum";
   retryDelaysMs: number[];
+  deliveryLimit?: number;
 }): Topology {
   return {
     exchange: options.exchange,
     routingKey: options.routingKey,
     queue: options.queue,
     queueType: options.queueType,
+    deliveryLimit: options.deliveryLimit ?? DEFAULT_DELIVERY_LIMIT,
     // The delay is part of the name: changing RETRY_DELAYS declares new queues
     // instead of failing with PRECONDITION_FAILED on a changed TTL.
     retryQueues: options.retryDelaysMs.map((delayMs) => ({
@@ -45,6 +61,7 @@ export function topologyFromConfig(config: {
   ROUTING_KEY: string;
   QUEUE: string;
   QUEUE_TYPE: "classic" | "quorum";
+  QUEUE_DELIVERY_LIMIT?: number;
   RETRY_DELAYS: number[];
 }): Topology {
   return buildTopology({
@@ -53,6 +70,7 @@ export function topologyFromConfig(config: {
     queue: config.QUEUE,
     queueType: config.QUEUE_TYPE,
     retryDelaysMs: config.RETRY_DELAYS,
+    deliveryLimit: config.QUEUE_DELIVERY_LIMIT,
   });
 }
 
@@ -61,8 +79,33 @@ export function exchangeDeclaration(t: Topology) {
   return { exchange: t.exchange, type: "topic", durable: true } as const;
 }
 
-/** Declaration of our durable work queue. */
+/**
+ * Declaration of our durable work queue. A quorum work queue has an explicit
+ * delivery limit and dead-letters what goes over it into our DLQ, at least
+ * once (the DLQ copy is confirmed before the original is dropped): a crash loop
+ * that keeps handing back the same deliveries parks them where an operator sees
+ * and replays them, instead of RabbitMQ deleting them (the default with no
+ * dead-letter target).
+ */
 export function workQueueDeclaration(t: Topology) {
+  if (t.queueType !== "quorum" || t.legacyWorkQueue) return legacyWorkQueueDeclaration(t);
+  return {
+    queue: t.queue,
+    durable: true,
+    arguments: {
+      "x-queue-type": t.queueType,
+      "x-delivery-limit": t.deliveryLimit,
+      "x-dead-letter-exchange": "",
+      "x-dead-letter-routing-key": t.deadLetterQueue,
+      "x-dead-letter-strategy": "at-least-once",
+      // at-least-once dead-lettering requires it; with no length limit it never rejects.
+      "x-overflow": "reject-publish" as const,
+    },
+  };
+}
+
+/** The work queue as versions before the delivery limit declared it. */
+export function legacyWorkQueueDeclaration(t: Topology) {
   return { queue: t.queue, durable: true, arguments: { "x-queue-type": t.queueType } };
 }
 
@@ -90,10 +133,32 @@ export function publishQueueDeclarations(t: Topology) {
   ];
 }
 
-/** Declares every exchange, queue and binding. Safe to call repeatedly. */
-export async function declareTopology(connection: Connection, t: Topology): Promise<void> {
+/** True for the channel error RabbitMQ answers a redeclare with changed arguments with. */
+function isPreconditionFailed(error: unknown): boolean {
+  return (error as { code?: string })?.code === "PRECONDITION_FAILED";
+}
+
+/**
+ * Declares every exchange, queue and binding. Safe to call repeatedly. A work
+ * queue declared by an older version (without the delivery limit and the
+ * dead-letter target) cannot be redeclared with them (PRECONDITION_FAILED):
+ * it keeps its declaration, `t.legacyWorkQueue` is set so every later
+ * redeclare matches it, and the caller is told so it can warn the operator.
+ * Returns whether the work queue is on the legacy declaration.
+ */
+export async function declareTopology(
+  connection: Connection,
+  t: Topology,
+): Promise<{ legacyWorkQueue: boolean }> {
   await connection.exchangeDeclare(exchangeDeclaration(t));
-  await connection.queueDeclare(workQueueDeclaration(t));
+  try {
+    await connection.queueDeclare(workQueueDeclaration(t));
+  } catch (error) {
+    if (t.queueType !== "quorum" || t.legacyWorkQueue || !isPreconditionFailed(error)) throw error;
+    await connection.queueDeclare(legacyWorkQueueDeclaration(t));
+    t.legacyWorkQueue = true;
+  }
   for (const q of publishQueueDeclarations(t)) await connection.queueDeclare(q);
   await connection.queueBind({ queue: t.queue, exchange: t.exchange, routingKey: t.routingKey });
+  return { legacyWorkQueue: t.legacyWorkQueue === true };
 }
