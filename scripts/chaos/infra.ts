@@ -143,3 +143,32 @@ export async function ensureServicesUp(): Promise<string[]> {
   await run("rabbitmqctl", ["await_startup"], 120_000);
   return done;
 }
+
+/**
+ * An operator's policy (`rabbitmqctl set_policy`, applied to queues) on the queues `pattern` matches; the
+ * pattern must name only the caller's own queues. Returns its clearing, or undefined when rabbitmqctl is
+ * not available here (a broker in a container): the caller says so in its notes.
+ */
+export async function queuePolicy(
+  name: string,
+  pattern: string,
+  definition: Record<string, unknown>,
+): Promise<(() => Promise<void>) | undefined> {
+  try {
+    const set = await run("rabbitmqctl", [
+      "-q",
+      "set_policy",
+      "--apply-to",
+      "queues",
+      name,
+      pattern,
+      JSON.stringify(definition),
+    ]);
+    if (!set.ok) return undefined;
+  } catch {
+    return undefined; // no rabbitmqctl
+  }
+  return async () => {
+    await run("rabbitmqctl", ["-q", "clear_policy", name]).catch(() => {});
+  };
+}

@@ -7,7 +7,7 @@
  * next to other tests: the shared server keeps running); "real" restarts the
  * shared server itself (full run only).
  */
-import { restartPostgres, restartRabbit, restartRedis } from "./infra.ts";
+import { queuePolicy, restartPostgres, restartRabbit, restartRedis } from "./infra.ts";
 import { sleep, until, type World, type WorldOptions } from "./world.ts";
 
 /** Size and timing knobs of a run. */
@@ -375,6 +375,71 @@ const threeInstances: Scenario = {
   },
 };
 
+const quorumDeliveryLimit: Scenario = {
+  name: "quorum_delivery_limit",
+  summary: "quorum queues, QUEUE_DELIVERY_LIMIT=1 and a delivery-limit 2 policy on the DLQ: 30 GET /dlq " +
+    "during the burst and a start/SIGKILL crash loop holding prefetched deliveries; over-limit sales replayed",
+  variants: () => [""],
+  // Custody holds deliveries up to 2 s before its batch commits: a kill in that window hands them all back.
+  world: () => ({ env: { QUEUE_TYPE: "quorum", QUEUE_DELIVERY_LIMIT: "1", CUSTODY_BATCH_WAIT: "2s" } }),
+  async run(world, _variant, opts) {
+    // The operator's policy of the issue, on this world's DLQ only: every requeue of a dead letter counts.
+    const dlq = world.topology.deadLetterQueue;
+    const clear = await queuePolicy(`chaos-${dlq}`, `^${dlq.replaceAll(".", "\\.")}$`, {
+      "delivery-limit": 2,
+    });
+    world.notes.push(
+      clear ? "DLQ under a delivery-limit policy of 2" : "no rabbitmqctl: DLQ under the broker's own limit",
+    );
+    try {
+      const svc = world.addService();
+      await world.startAll();
+      const sales = world.makeSales(opts.sales, opts.seed);
+      const burst = background(world.burst(sales, { perSecond: pace(opts) }));
+      // Peeks while bad events arrive (each one a requeue, before the fix).
+      let peeks = 0, largest = 0;
+      const peek = async () => {
+        const listed = await admin(world, "GET", "/dlq?limit=50") as { total: number };
+        peeks++;
+        largest = Math.max(largest, listed.total);
+      };
+      for (let i = 0; i < 20; i++) {
+        await peek();
+        await sleep(100);
+      }
+      // Crash loop: the service dies while it holds a backlog of prefetched deliveries, and again.
+      await published(world, Math.floor(sales.length * 0.5));
+      let kills = 0;
+      for (let cycle = 0; cycle < 3; cycle++) {
+        await svc.stop("SIGKILL");
+        kills++;
+        await sleep(300); // a backlog builds up while nobody consumes
+        await svc.start();
+        await svc.ready();
+        await sleep(300); // prefetched and held by an open custody batch
+      }
+      await burst;
+      for (let i = 0; i < 10; i++) await peek();
+      // Whatever went over the limit is in the DLQ, not deleted: the operator replays it.
+      await until(
+        async () => (await world.queueDepth(world.topology.queue)) === 0,
+        "work queue drained",
+        30_000,
+      );
+      const replayed = await admin(world, "POST", "/dlq/replay", { reason: "delivery_limit" }) as {
+        moved: number;
+      };
+      world.notes.push(
+        `${peeks} GET /dlq (largest ${largest}); ${kills} SIGKILLs; ${replayed.moved} over-limit deliveries ` +
+          `dead-lettered (delivery_limit) and replayed`,
+      );
+    } finally {
+      await clear?.();
+    }
+  },
+  settleMs: (opts) => opts.bounded ? 45_000 : 120_000,
+};
+
 export const SCENARIOS: readonly Scenario[] = [
   rabbitRestart,
   sigkill,
@@ -383,4 +448,5 @@ export const SCENARIOS: readonly Scenario[] = [
   sandboxFaults,
   outageThenReplay,
   threeInstances,
+  quorumDeliveryLimit,
 ];
