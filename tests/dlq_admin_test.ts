@@ -504,6 +504,44 @@ integration(
 );
 
 integration(
+  "quorum DLQ: a publish failing mid-listing or mid-replay loses nothing and duplicates nothing",
+  async () => {
+    let failOn = -1, calls = 0;
+    const s = await standalone((real) => ({
+      toQueue: (queue, envelope, body) =>
+        ++calls === failOn
+          ? Promise.reject(new Error("broker said no"))
+          : real.toQueue(queue, envelope, body),
+      close: () => real.close(),
+    }), "quorum");
+    try {
+      const ids = ["k0", "m1", "k2", "k3", "m4", "k5"];
+      for (const e of ids) await s.failed(e, e.startsWith("m") ? "exhausted" : "invalid_event");
+      // Listing: the 4th copy fails.
+      calls = 0, failOn = 4;
+      await assert.rejects(s.admin.list(10), /keeping k3 .* failed: broker said no/);
+      failOn = -1;
+      assert.deepEqual((await s.dlqIds()).toSorted(), ids.toSorted(), "all 6 still there, once each");
+      // Replay of the two m*: the 3rd publish (whatever it is) fails.
+      calls = 0, failOn = 3;
+      const error = await s.admin.replay({ reason: "exhausted" }).then(() => undefined, (e) => e);
+      assert.ok(error instanceof DeadLetterReplayError, String(error));
+      assert.match(error.message, /broker said no/);
+      failOn = -1;
+      const moved = await s.workIds();
+      assert.equal(moved.length, error.moved);
+      assert.deepEqual(
+        [...moved, ...await s.dlqIds()].toSorted(),
+        ids.toSorted(),
+        "every message is either back in the work queue or still in the DLQ, once",
+      );
+    } finally {
+      await s.cleanup();
+    }
+  },
+);
+
+integration(
   "a replayed invalid event lands in the DLQ again with its reason and fresh attempts, once",
   async () => {
     const h = await startHarness({ CONSUMER_CONCURRENCY: "1" });
