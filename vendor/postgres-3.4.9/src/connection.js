@@ -159,6 +159,13 @@ function Connection(options, queues = {}, { onopen = noop, onend = noop, onclose
     if (terminated)
       return queryError(q, Errors.connection('CONNECTION_DESTROYED', options))
 
+    // patched: a transaction or reserved handle still holds this connection after its socket closed
+    // (e.g. the driver's own ROLLBACK after the in-flight query failed). Writing would throw from a
+    // setImmediate, outside any promise, and end the process; reject the query instead. `true` keeps the
+    // caller from moving a closed connection to the `full` queue, where it would never reconnect.
+    if (!socket)
+      return queryError(q, Errors.connection('CONNECTION_CLOSED', options)), true
+
     if (stream)
       return queryError(q, Errors.generic('COPY_IN_PROGRESS', 'You cannot execute queries during copy'))
 
@@ -254,6 +261,13 @@ function Connection(options, queues = {}, { onopen = noop, onend = noop, onclose
   }
 
   function nextWrite(fn) {
+    // patched: never write to a socket that is gone (see execute); settle what was waiting for it.
+    if (!socket) {
+      nextWriteTimer !== null && clearImmediate(nextWriteTimer)
+      chunk = nextWriteTimer = null
+      error(Errors.connection('CONNECTION_CLOSED', options))
+      return false
+    }
     const x = socket.write(chunk, fn)
     nextWriteTimer !== null && clearImmediate(nextWriteTimer)
     chunk = nextWriteTimer = null
@@ -427,6 +441,7 @@ function Connection(options, queues = {}, { onopen = noop, onend = noop, onclose
       error(Errors.connection('CONNECTION_DESTROYED', options))
 
     clearImmediate(nextWriteTimer)
+    nextWriteTimer = chunk = null // patched: see closed()
     if (socket) {
       socket.removeListener('data', data)
       socket.removeListener('connect', connected)
@@ -440,6 +455,10 @@ function Connection(options, queues = {}, { onopen = noop, onend = noop, onclose
     remaining = 0
     incomings = null
     clearImmediate(nextWriteTimer)
+    // patched: forget the cancelled flush and its bytes. A non-null timer kept every later write of this
+    // connection from being flushed (a reconnect hung until CONNECT_TIMEOUT), and the stale bytes would
+    // have been sent ahead of the next connection's startup message.
+    nextWriteTimer = chunk = null
     socket.removeListener('data', data)
     socket.removeListener('connect', connected)
     idleTimer.cancel()
@@ -452,7 +471,12 @@ function Connection(options, queues = {}, { onopen = noop, onend = noop, onclose
     if (initial)
       return reconnect()
 
-    !hadError && (query || sent.length) && error(Errors.connection('CONNECTION_CLOSED', options, socket))
+    // patched: also after an 'error' event (ECONNRESET): a query written between that event and this
+    // close (the transaction's ROLLBACK) was never rejected and would wait forever. Then forget the dead
+    // backend's state, or its last error (57P01) would fail the first query of the next connection.
+    if (query || sent.length)
+      error(Errors.connection('CONNECTION_CLOSED', options, socket))
+    query = results = errorResponse = null
     closedTime = performance.now()
     hadError && options.shared.retries++
     delay = (typeof backoff === 'function' ? backoff(options.shared.retries) : backoff) * 1000
@@ -769,7 +793,12 @@ function Connection(options, queues = {}, { onopen = noop, onend = noop, onclose
 
   async function fetchArrayTypes() {
     needsTypes = false
-    const types = await new Query([`
+    // patched: nobody awaits this function, so a connection dropped during the type query was an unhandled
+    // rejection, which ends a Deno process. The pending first query (`initial`) is retried on the next
+    // connection by closed(), and that connection fetches the types again (connected() resets needsTypes).
+    let types
+    try {
+      types = await new Query([`
       select b.oid, b.typarray
       from pg_catalog.pg_type a
       left join pg_catalog.pg_type b on b.oid = a.typelem
@@ -777,6 +806,9 @@ function Connection(options, queues = {}, { onopen = noop, onend = noop, onclose
       group by b.oid, b.typarray
       order by b.oid
     `], [], execute)
+    } catch (e) {
+      return
+    }
     types.forEach(({ oid, typarray }) => addArrayType(oid, typarray))
   }
 

@@ -217,16 +217,30 @@ function Postgres(a, b) {
       ? c.execute(queue.shift())
       : move(c, reserved)
     c.reserved.release = true
+    // patched: once the reserved connection closes, this handle's session (and what it held, e.g. an
+    // advisory lock) is gone: reject its queued and later queries instead of running them on whatever
+    // session the pool opens next on this connection object.
+    let closedError = null
+    c.onclose = e => {
+      closedError = e
+      while (queue.length)
+        queue.shift().reject(e)
+    }
 
     const sql = Sql(handler)
     sql.release = () => {
+      if (closedError) // patched: already back in the pool's `closed` queue; onopen would misfile it
+        return
       c.reserved = null
+      c.onclose = null
       onopen(c)
     }
 
     return sql
 
     function handler(q) {
+      if (closedError) // patched: see above
+        return q.reject(closedError)
       c.queue === full
         ? queue.push(q)
         : c.execute(q) || move(c, full)
@@ -239,12 +253,20 @@ function Postgres(a, b) {
     let savepoints = 0
       , connection
       , prepare = null
+      , closedError = null // patched: set when the transaction's connection closes
 
     try {
       await sql.unsafe('begin ' + options.replace(/[^a-z ]/ig, ''), [], { onexecute }).execute()
       return await Promise.race([
         scope(connection, fn),
-        new Promise((_, reject) => connection.onclose = reject)
+        new Promise((_, reject) => connection.onclose = e => {
+          // patched: the server ended the transaction with its session. Reject what is queued for it and
+          // everything the callback still sends, so nothing runs on a later session outside a transaction.
+          closedError = e
+          while (queries.length)
+            queries.shift().reject(e)
+          reject(e)
+        })
       ])
     } catch (error) {
       throw error
@@ -267,6 +289,8 @@ function Postgres(a, b) {
         if (uncaughtError)
           throw uncaughtError
       } catch (e) {
+        if (closedError) // patched: nothing to roll back on a closed connection (the server did it)
+          throw e
         await (name
           ? sql`rollback to ${ sql(name) }`
           : sql`rollback`
@@ -292,6 +316,8 @@ function Postgres(a, b) {
 
       function handler(q) {
         q.catch(e => uncaughtError || (uncaughtError = e))
+        if (closedError) // patched: see begin()
+          return q.reject(closedError)
         c.queue === full
           ? queries.push(q)
           : c.execute(q) || move(c, full)
