@@ -23,6 +23,8 @@ WORKDIR /app
 # Dependencies first, so source edits reuse this layer. --frozen: fail if deno.lock does not match deno.json.
 COPY deno.json deno.lock ./
 RUN deno install --frozen
+# The patched Postgres driver deno.json maps "postgres" to (vendor/postgres-3.4.9/README.md).
+COPY vendor/ vendor/
 COPY src/ src/
 COPY scripts/ scripts/
 # Type-check, then cache the module graphs of the service and of its launcher so `deno run --cached-only`
@@ -41,6 +43,7 @@ ENV DENO_DIR=/deno-dir \
   DENO_NO_UPDATE_CHECK=1
 WORKDIR /app
 COPY --from=build /app/deno.json /app/deno.lock ./
+COPY --from=build /app/vendor/ vendor/
 COPY --from=build /app/src/ src/
 # scripts/ makes `docker compose exec worker deno task publish-sample` work against the compose broker.
 COPY --from=build /app/scripts/ scripts/

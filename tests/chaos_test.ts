@@ -34,9 +34,9 @@ Deno.test("POS stock: Redis down and an unusable fallback query means 'wait', no
 });
 
 Deno.test("POS stock: Redis up without the key and a query that does not fit is still 'stock unknown'", async () => {
-  const sql = {
-    unsafe: () => Promise.reject(new Error('relation "producto" does not exist')),
-  } as unknown as Sql;
+  // As postgres.js rejects it: the message and the SQLSTATE (42P01 undefined_table).
+  const misfit = Object.assign(new Error('relation "producto" does not exist'), { code: "42P01" });
+  const sql = { unsafe: () => Promise.reject(misfit) } as unknown as Sql;
   const reader = new PosStockReader({
     redis: { isReady: true, get: () => Promise.resolve(null) },
     sql,

@@ -196,7 +196,7 @@ Deno.test("Dockerfile installs the pinned Deno from npm, locks, type-checks, in 
   assert.match(runs, /deno install --frozen/);
   assert.match(runs, /deno check src\/main\.ts/);
   const copies = args(build, "COPY").join("\n");
-  for (const source of ["deno.json deno.lock", "src/", "scripts/"]) {
+  for (const source of ["deno.json deno.lock", "vendor/", "src/", "scripts/"]) {
     assert.ok(copies.includes(source), source);
   }
 });

@@ -197,6 +197,70 @@ const postgresRestart: Scenario = {
   },
 };
 
+/**
+ * Local TCP ports of a process's open connections to `remotePort` (Linux: the socket inodes of
+ * /proc/<pid>/fd matched against /proc/net/tcp{,6}). Postgres shows them as `client_port`, which is how
+ * the scenario finds the service's own backends and no one else's.
+ */
+async function clientPorts(pid: number, remotePort: number): Promise<number[]> {
+  const inodes = new Set<string>();
+  for await (const fd of Deno.readDir(`/proc/${pid}/fd`)) {
+    const target = await Deno.readLink(`/proc/${pid}/fd/${fd.name}`).catch(() => "");
+    const m = /^socket:\[(\d+)\]$/.exec(target);
+    if (m) inodes.add(m[1]);
+  }
+  const ports: number[] = [];
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    const text = await Deno.readTextFile(table).catch(() => "");
+    for (const line of text.split("\n").slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols.length < 10 || !inodes.has(cols[9])) continue;
+      const [, local] = cols[1].split(":");
+      const [, remote] = cols[2].split(":");
+      if (parseInt(remote, 16) === remotePort) ports.push(parseInt(local, 16));
+    }
+  }
+  return ports;
+}
+
+const postgresBackendKills: Scenario = {
+  name: "postgres_backend_kills",
+  summary:
+    "the service's own Postgres backends terminated every 2 s during the burst; the process must survive",
+  variants: () => [""],
+  // A crash is a failure here, not a note: the point is that the process outlives every dropped connection.
+  world: () => ({ crashIsFailure: true }),
+  async run(world, _variant, opts) {
+    const svc = world.addService();
+    await world.startAll();
+    const pid = svc.pid!;
+    const sales = world.makeSales(opts.sales, opts.seed);
+    let done = false;
+    const burst = background(world.burst(sales, { perSecond: pace(opts) })).finally(() => done = true);
+    const port = Number(new URL(world.env.DATABASE_URL).port || 5432);
+    let rounds = 0, killed = 0;
+    // Through the burst, and at least 4 rounds so a short bounded burst still sees several.
+    while (!done || rounds < 4) {
+      await sleep(2_000);
+      if (!svc.pid) continue; // died: the supervisor restarts it, check() reports the crash
+      const ports = await clientPorts(svc.pid, port);
+      const rows = await world.sql<{ done: boolean }[]>`
+        select pg_terminate_backend(pid) as done from pg_stat_activity
+        where client_port = any(${ports}::int[]) and client_addr in ('127.0.0.1', '::1')
+          and pid <> pg_backend_pid()`;
+      killed += rows.filter((r) => r.done).length;
+      rounds++;
+    }
+    await burst;
+    world.notes.push(
+      `${killed} service backends terminated in ${rounds} rounds, every 2 s; process id ${pid} → ${
+        svc.pid ?? "none"
+      } (starts: ${svc.pids.join(", ")})`,
+    );
+  },
+  settleMs: (opts) => opts.bounded ? 45_000 : 120_000,
+};
+
 const redisRestart: Scenario = {
   name: "redis_restart",
   summary: "Redis stopped and started mid-burst (budget, MeLi locks and POS stock reads)",
@@ -444,6 +508,7 @@ export const SCENARIOS: readonly Scenario[] = [
   rabbitRestart,
   sigkill,
   postgresRestart,
+  postgresBackendKills,
   redisRestart,
   sandboxFaults,
   outageThenReplay,

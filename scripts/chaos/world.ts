@@ -91,6 +91,8 @@ export class ServiceProcess {
   #expectedExit = false;
   starts = 0;
   readonly crashes: string[] = [];
+  /** The OS process id of every start, in order. */
+  readonly pids: number[] = [];
   readonly logFiles: string[] = [];
 
   constructor(
@@ -102,6 +104,11 @@ export class ServiceProcess {
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** The running process's id, if any. */
+  get pid(): number | undefined {
+    return this.#child?.pid;
   }
 
   get running(): boolean {
@@ -127,6 +134,7 @@ export class ServiceProcess {
       stderr: "piped",
     }).spawn();
     this.#child = child;
+    this.pids.push(child.pid);
     const pumps: Promise<void>[] = [];
     let stderrPath = "";
     for (const [stream, kind] of [[child.stdout, "stdout"], [child.stderr, "stderr"]] as const) {
@@ -234,6 +242,8 @@ export interface WorldOptions {
   shopifyFaults?: Parameters<ShopifySandbox["setFaults"]>[0];
   meliFaults?: Parameters<MeliSandbox["setFaults"]>[0];
   meliRatePerSecond?: number;
+  /** A service process that exits on its own fails the scenario (the supervisor still restarts it). */
+  crashIsFailure?: boolean;
 }
 
 interface LedgerRow {
@@ -648,6 +658,13 @@ export class World {
   async check(settleProblem?: string): Promise<InvariantReport> {
     const problems: string[] = [];
     if (settleProblem) problems.push(settleProblem);
+    if (this.options.crashIsFailure) {
+      for (const svc of this.services) {
+        if (svc.crashes.length > 0) {
+          problems.push(`${svc.name}: process ids ${svc.pids.join(" → ")} (${svc.crashes.length} crash(es))`);
+        }
+      }
+    }
     // Shopify: initial − sold, per SKU and store.
     const sold = new Map<string, number>();
     for (const sale of this.sales) {

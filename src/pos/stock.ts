@@ -62,6 +62,15 @@ export function bindUsed(query: string, values: unknown[]): { query: string; par
   };
 }
 
+/**
+ * Whether a query error says the query does not fit the database (SQLSTATE class 42, "syntax error or
+ * access rule violation"), as opposed to a passing failure (connection, timeout, shutdown).
+ */
+export function isSchemaMisfit(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && /^42[0-9A-Z]{3}$/.test(code);
+}
+
 /** Reads POS stock: Redis first, the Postgres query as fallback. */
 export class PosStockReader {
   constructor(private readonly options: PosStockReaderOptions) {}
@@ -119,12 +128,17 @@ export class PosStockReader {
       rows = await this.options.sql.unsafe(bound.query, bound.params as string[]);
     } catch (error) {
       const message = (error as Error).message;
-      // A query that does not fit the POS schema is a configuration problem, not an outage,
-      // unless Redis (the source of truth) is down: then the stock is not unknown, only unreadable now.
-      if (!redisDown && (/does not exist|syntax error|could not determine/i.test(message) || !redisError)) {
+      // Only a query that does not fit the POS schema (SQLSTATE class 42: no such table or column,
+      // a syntax error, an untyped parameter) makes the stock unknown — a configuration problem a
+      // person must fix. Anything else (a dropped connection, a timeout, Postgres restarting) passes:
+      // the stock is unreadable now and the change waits. With Redis (the source of truth) down
+      // even a misfit query only means "unreadable now".
+      if (!redisDown && isSchemaMisfit(error)) {
         return { found: false, reason: `POS_STOCK_QUERY failed: ${message}` };
       }
-      throw new StockSourceUnavailableError(`${redisError}; Postgres: ${message}`);
+      throw new StockSourceUnavailableError(
+        `${redisError ?? "Redis has no stock key"}; Postgres: ${message}`,
+      );
     }
     const value = rows[0] ? Object.values(rows[0])[0] : undefined;
     if (value === undefined || value === null) {
