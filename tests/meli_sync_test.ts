@@ -521,3 +521,29 @@ integration(
     }
   },
 );
+
+integration(
+  "delta mode: a 200 that does not show the quantity yet is settled by reading, not re-planned into a second decrement",
+  async () => {
+    // MeLi applies every PUT but answers with the item as it was (a copy behind the write).
+    const m = await startMeliHarness(
+      { ratePerSecond: 200, faults: { staleAnswerRate: 1 } },
+      { MELI_MODE: "delta", MELI_TIENDA_ID: "", DISPATCH_MAX_ATTEMPTS: "1000" },
+    );
+    try {
+      const sku = "CAMPERA-PUFFER-L";
+      const id = productOf(sku).producto_id;
+      m.sandbox.setQuantity(id, 100);
+      await m.pos.sell(m.h, MELI_STORE, [{ sku, qty: 1 }]);
+      await waitFor(
+        async () => (await statusCounts(m.h)).applied === 1 || m.sandbox.stats().puts >= 3,
+        "the sale applied (or decremented again)",
+      );
+      assert.equal(m.sandbox.quantityOf(id), 99, "the sale subtracted once");
+      assert.equal(m.sandbox.stats().puts, 1, "one PUT");
+      assert.deepEqual(await statusCounts(m.h), { applied: 1 });
+    } finally {
+      await m.close();
+    }
+  },
+);
