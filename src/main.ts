@@ -277,7 +277,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   let posSql: postgres.Sql | undefined;
   let posRedis: ReturnType<typeof createClient> | undefined;
   let posStock: PosStockReader | undefined;
-  let closeTokens: (() => void) | undefined;
+  let closeTokens: (() => void | Promise<void>) | undefined;
   let catalog: Promise<Catalog> | undefined;
   const sandboxCatalog = () =>
     catalog ??= import("./sandbox/catalog.ts").then(({ defaultCatalog, loadCatalog }) =>
@@ -618,7 +618,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     clearTimeout(graceTimer);
     for (const d of dispatchers) d.abort();
     await stopped;
-    closeTokens?.();
+    await closeTokens?.(); // a refresh in flight is stored before the ledger closes
     await publisher?.close();
     await Promise.all([consumeConnection?.close(), publishConnection?.close()]);
     await sql.end({ timeout: 5 });

@@ -483,3 +483,67 @@ integration(
     }
   },
 );
+
+integration(
+  "delta mode: MeLi slower than MELI_LOCK_TTL with two instances still ends at the exact quantity",
+  async () => {
+    // Every MeLi call takes 400 ms, the listing lock lives 150 ms: a read → PUT outlasts the TTL
+    // several times over, so the lock must be renewed while the work runs or the other instance
+    // reads the same quantity and one sale is lost.
+    const m = await startMeliHarness(
+      { ratePerSecond: 200, faults: { latencyMs: 400 } },
+      { MELI_MODE: "delta", MELI_TIENDA_ID: "", MELI_LOCK_TTL: "150ms", DISPATCH_MAX_ATTEMPTS: "1000" },
+    );
+    const env = { ...m.env, MELI_TOKEN: m.sandbox.staticToken };
+    delete (env as Record<string, string | undefined>).MELI_CLIENT_ID;
+    delete (env as Record<string, string | undefined>).MELI_CLIENT_SECRET;
+    delete (env as Record<string, string | undefined>).MELI_REFRESH_TOKEN;
+    const second = startService(testConfig(env));
+    try {
+      await second.started;
+      const sku = "CAMPERA-PUFFER-L";
+      const id = productOf(sku).producto_id;
+      m.sandbox.setQuantity(id, 100);
+      const sales = 8;
+      for (let i = 0; i < sales; i++) {
+        await m.pos.sell(m.h, catalog.stores[i % catalog.stores.length].tienda_id, [{ sku, qty: 1 }]);
+        await new Promise((r) => setTimeout(r, 150)); // separate batches, picked up by both instances
+      }
+      await settled(m.h, sales, 90_000);
+      const failures = await m.h.sql<{ error_reason: string; error: string }[]>`
+        select distinct error_reason, error from stock_change where status = 'failed'`;
+      assert.deepEqual([...failures], []);
+      assert.equal(m.sandbox.quantityOf(id), 100 - sales, "every sale subtracted exactly once");
+      assertNoInvalidRequests(m.sandbox);
+    } finally {
+      await second.close();
+      await m.close();
+    }
+  },
+);
+
+integration(
+  "delta mode: a 200 that does not show the quantity yet is settled by reading, not re-planned into a second decrement",
+  async () => {
+    // MeLi applies every PUT but answers with the item as it was (a copy behind the write).
+    const m = await startMeliHarness(
+      { ratePerSecond: 200, faults: { staleAnswerRate: 1 } },
+      { MELI_MODE: "delta", MELI_TIENDA_ID: "", DISPATCH_MAX_ATTEMPTS: "1000" },
+    );
+    try {
+      const sku = "CAMPERA-PUFFER-L";
+      const id = productOf(sku).producto_id;
+      m.sandbox.setQuantity(id, 100);
+      await m.pos.sell(m.h, MELI_STORE, [{ sku, qty: 1 }]);
+      await waitFor(
+        async () => (await statusCounts(m.h)).applied === 1 || m.sandbox.stats().puts >= 3,
+        "the sale applied (or decremented again)",
+      );
+      assert.equal(m.sandbox.quantityOf(id), 99, "the sale subtracted once");
+      assert.equal(m.sandbox.stats().puts, 1, "one PUT");
+      assert.deepEqual(await statusCounts(m.h), { applied: 1 });
+    } finally {
+      await m.close();
+    }
+  },
+);

@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { OAuthTokens } from "../src/channels/mercadolibre/tokens.ts";
+import { AuthUnavailableError, OAuthTokens } from "../src/channels/mercadolibre/tokens.ts";
 import { migrate } from "../src/ledger/migrate.ts";
 import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { DATABASE_URL, integration, uniqueName, waitFor } from "./helpers.ts";
@@ -58,3 +58,123 @@ integration("the ledger refuses a refreshed pair: kept in memory, used, stored o
     await sandbox.close();
   }
 });
+
+/** A schema with the ledger, an OAuthTokens factory on the sandbox, and cleanup. */
+async function tokenLedger(sandbox: Awaited<ReturnType<typeof startMeliSandbox>>, timeoutMs: number) {
+  const schema = uniqueName("msync_tok");
+  const sql = postgres(DATABASE_URL, { max: 3, onnotice: () => {}, connection: { search_path: schema } });
+  await sql.unsafe(`create schema ${schema}`);
+  await migrate(sql, schema);
+  const seed = sandbox.currentRefreshToken();
+  const make = () =>
+    new OAuthTokens({
+      sql,
+      baseUrl: sandbox.url,
+      clientId: sandbox.clientId,
+      clientSecret: sandbox.clientSecret,
+      refreshToken: seed,
+      timeoutMs,
+    });
+  const chain = async () => (await sql<{ status: string }[]>`select status from oauth_token`)[0]?.status;
+  return {
+    sql,
+    make,
+    chain,
+    async drop() {
+      await sql.unsafe(`drop schema if exists ${schema} cascade`);
+      await sql.end();
+    },
+  };
+}
+
+integration(
+  "a refresh answered after MELI_TIMEOUT is kept: the rotated pair is stored, the chain is not invalid_grant",
+  async () => {
+    // MeLi takes 1.2 s to answer the refresh; the service waits 300 ms (MELI_TIMEOUT).
+    const sandbox = await startMeliSandbox({ faults: { latencyMs: 1_200 } });
+    const ledger = await tokenLedger(sandbox, 300);
+    const tokens = ledger.make();
+    try {
+      await assert.rejects(tokens.get(), AuthUnavailableError, "the caller stops waiting at MELI_TIMEOUT");
+      await waitFor(() => sandbox.stats().refreshes === 1, "MeLi rotated the refresh token");
+      sandbox.setFaults({ latencyMs: 0 });
+      await waitFor(async () => await ledger.chain() === "ok", "the late answer's pair stored", 5_000);
+      const token = await tokens.get();
+      const me = await fetch(`${sandbox.url}/users/me`, { headers: { authorization: `Bearer ${token}` } });
+      assert.equal(me.status, 200, "the late answer's access token is used");
+      await me.body?.cancel();
+      // A restart continues the chain from the stored (rotated) refresh token.
+      sandbox.expireAccessTokens();
+      await ledger.make().get();
+      assert.equal(sandbox.stats().refreshFailures, 0, "the spent refresh token was never replayed");
+      assert.equal(await ledger.chain(), "ok");
+    } finally {
+      await tokens.close();
+      await ledger.drop();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "shutdown in the middle of a refresh waits for MeLi's answer and stores the rotated pair",
+  async () => {
+    const sandbox = await startMeliSandbox({ faults: { latencyMs: 800 } });
+    const ledger = await tokenLedger(sandbox, 5_000);
+    const tokens = ledger.make();
+    try {
+      const shutdown = new AbortController();
+      const waiting = tokens.get(shutdown.signal);
+      await new Promise((r) => setTimeout(r, 200)); // the refresh is on its way to MeLi
+      shutdown.abort();
+      await assert.rejects(waiting, AuthUnavailableError);
+      await tokens.close(); // what the service does before closing the ledger
+      assert.equal(sandbox.stats().refreshes, 1, "MeLi rotated the refresh token");
+      assert.equal(await ledger.chain(), "ok", "the rotated pair is stored before shutdown ends");
+      sandbox.setFaults({ latencyMs: 0 });
+      sandbox.expireAccessTokens();
+      await ledger.make().get(); // the next start
+      assert.equal(sandbox.stats().refreshFailures, 0, "the spent refresh token was never replayed");
+      assert.equal(await ledger.chain(), "ok");
+    } finally {
+      await tokens.close();
+      await ledger.drop();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "a refresh that never gets an answer does not turn the stored chain into invalid_grant",
+  async () => {
+    // MeLi rotates the token but its answer never arrives (cut after 400 ms); the next refresh
+    // with the old token is refused with invalid_grant.
+    const sandbox = await startMeliSandbox({ faults: { latencyMs: 900 } });
+    const ledger = await tokenLedger(sandbox, 400);
+    const options = {
+      sql: ledger.sql,
+      baseUrl: sandbox.url,
+      clientId: sandbox.clientId,
+      clientSecret: sandbox.clientSecret,
+      refreshToken: sandbox.currentRefreshToken(),
+      timeoutMs: 400,
+      answerCapMs: 400,
+    };
+    const tokens = new OAuthTokens(options);
+    try {
+      await assert.rejects(tokens.get(), AuthUnavailableError);
+      await waitFor(() => sandbox.stats().refreshes === 1, "MeLi rotated the refresh token");
+      sandbox.setFaults({ latencyMs: 0 });
+      const refused = await tokens.get().then(() => undefined, (e) => e as AuthUnavailableError);
+      assert.ok(refused instanceof AuthUnavailableError, "no token can be had");
+      assert.equal(sandbox.stats().refreshFailures, 1, "MeLi refused the spent token");
+      assert.notEqual(await ledger.chain(), "invalid_grant", "the stored chain is not marked invalid_grant");
+      assert.equal(tokens.health().ok, false);
+      assert.match(tokens.health().detail ?? "", /got no answer/);
+    } finally {
+      await tokens.close();
+      await ledger.drop();
+      await sandbox.close();
+    }
+  },
+);

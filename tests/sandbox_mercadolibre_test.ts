@@ -675,6 +675,16 @@ Deno.test("faults: ignoreWritesRate 1 answers 200 with the unchanged item and ap
   }, { faults: { ignoreWritesRate: 1 } });
 });
 
+Deno.test("faults: staleAnswerRate 1 applies the write but answers 200 with the item as it was", async () => {
+  await withSandbox(async (sb) => {
+    const l = listing(sb, "RINONERA");
+    const res = await call(sb, "PUT", `/items/${l.itemId}`, { json: { available_quantity: 2 } });
+    assert.deepEqual([res.status, res.body.available_quantity], [200, 7]);
+    assert.equal(sb.quantityOf(l.productoId), 2);
+    assert.deepEqual([sb.stats().staleAnswers, sb.stats().puts], [1, 1]);
+  }, { faults: { staleAnswerRate: 1 } });
+});
+
 Deno.test("faults: latency delays every request; the same seed replays the same sequence", async () => {
   const statuses = async (sb: MeliSandbox) => {
     const out: number[] = [];

@@ -504,6 +504,45 @@ const quorumDeliveryLimit: Scenario = {
   settleMs: (opts) => opts.bounded ? 45_000 : 120_000,
 };
 
+const meliSlowerThanLock: Scenario = {
+  name: "meli_slower_than_lock",
+  summary: "three instances; MeLi answers slower than MELI_LOCK_TTL=1s, then a 429 storm longer than it",
+  variants: () => [""],
+  world: () => ({ meliRatePerSecond: 60, env: { MELI_LOCK_TTL: "1s", MELI_RATE_PER_SEC: "50" } }),
+  async run(world, _variant, opts) {
+    for (let i = 0; i < 3; i++) world.addService();
+    await world.startAll();
+    const sales = world.makeSales(opts.sales, opts.seed);
+    // Half the usual pace: the burst is still flowing when the slow windows come.
+    const burst = background(world.burst(sales, { perSecond: Math.max(5, Math.round(pace(opts) / 2)) }));
+    await until(() => world.meli.stats().puts >= 3, "MeLi stock writes flowing", 30_000, 50);
+    const before = world.meli.stats();
+    let windows = 0;
+    // Each window outlasts the lock's TTL: every listing's read → write spans several TTLs, so the
+    // lock must be renewed while the work runs (and every write fenced) or replicas interleave.
+    for (let cycle = 0; cycle < (opts.bounded ? 1 : 3); cycle++) {
+      world.meli.setFaults({ latencyMs: 1_500 });
+      await sleep(3_000);
+      world.meli.setFaults({ latencyMs: 0, rateLimitAll: true });
+      await sleep(2_500);
+      world.meli.setFaults({ rateLimitAll: false, latencyMs: 1_200 });
+      await sleep(2_000);
+      world.meli.setFaults({ latencyMs: 0 });
+      windows++;
+      await sleep(500);
+    }
+    const m = world.meli.stats();
+    await burst;
+    world.notes.push(
+      `${windows} slow + 429 windows longer than the 1 s lock: MeLi ${
+        m.rateLimited - before.rateLimited
+      } 429, ` +
+        `${m.puts - before.puts} stock PUTs during them`,
+    );
+  },
+  settleMs: (opts) => opts.bounded ? 90_000 : 180_000,
+};
+
 export const SCENARIOS: readonly Scenario[] = [
   rabbitRestart,
   sigkill,
@@ -514,4 +553,5 @@ export const SCENARIOS: readonly Scenario[] = [
   outageThenReplay,
   threeInstances,
   quorumDeliveryLimit,
+  meliSlowerThanLock,
 ];

@@ -52,6 +52,7 @@ const NO_FAULTS: MeliFaults = {
   lostResponseRate: 0,
   conflictRate: 0,
   ignoreWritesRate: 0,
+  staleAnswerRate: 0,
   latencyMs: 0,
   rateLimitAll: false,
   seed: 1,
@@ -63,6 +64,7 @@ const faultsSchema = z.object({
   lostResponseRate: rate,
   conflictRate: rate,
   ignoreWritesRate: rate,
+  staleAnswerRate: rate,
   latencyMs: z.number().int().min(0).max(120_000),
   rateLimitAll: z.boolean(),
   seed: z.number().int(),
@@ -126,6 +128,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     lostResponses: 0,
     conflicts: 0,
     ignoredWrites: 0,
+    staleAnswers: 0,
     invalid: 0,
     refreshes: 0,
     refreshFailures: 0,
@@ -144,7 +147,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
   };
   // Draws only when the rate is above 0, so turning one fault on leaves the others' sequence alone.
   const draw = (rate: number) => rate > 0 && random() < rate;
-  const counted = (hit: boolean, stat: "conflicts" | "ignoredWrites" | "lostResponses") => {
+  const counted = (hit: boolean, stat: "conflicts" | "ignoredWrites" | "lostResponses" | "staleAnswers") => {
     if (hit) stats[stat]++;
     return hit;
   };
@@ -156,6 +159,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     conflict: () => counted(draw(faults.conflictRate), "conflicts"),
     ignoreWrite: () => counted(draw(faults.ignoreWritesRate), "ignoredWrites"),
     lostResponse: () => counted(draw(faults.lostResponseRate), "lostResponses"),
+    staleAnswer: () => counted(draw(faults.staleAnswerRate), "staleAnswers"),
     onStockApplied: (keys) => {
       stats.puts++;
       for (const k of keys) stats.putsByListing[k] = (stats.putsByListing[k] ?? 0) + 1;

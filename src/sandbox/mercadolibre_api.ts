@@ -44,6 +44,7 @@ export interface ApiContext {
   conflict(): boolean;
   ignoreWrite(): boolean;
   lostResponse(): boolean;
+  staleAnswer(): boolean;
   /** A write that set stock was applied. */
   onStockApplied(keys: string[]): void;
   /** A write whose stock part a multi-origin account ignored. */
@@ -186,10 +187,12 @@ const getVariation: Handler = (ctx, { params: [id, vid], query }) => {
 function write(ctx: ApiContext, itemId: string, plan: Plan, render: () => unknown): Answer {
   if (ctx.conflict()) return { status: 409, body: CONFLICT_BODY, note: "injected_conflict" };
   if (ctx.ignoreWrite()) return { status: 200, body: render(), note: "injected_ignored_write" };
+  const stale = ctx.staleAnswer() ? render() : undefined;
   plan.apply();
   if (plan.stockKeys.length > 0) ctx.onStockApplied(plan.stockKeys);
   if (plan.stockIgnored) ctx.onStockIgnored(itemId);
   if (ctx.lostResponse()) return { status: 502, body: serverErrorBody(502), note: "injected_lost_response" };
+  if (stale !== undefined) return { status: 200, body: stale, note: "injected_stale_answer" };
   return ok(render());
 }
 

@@ -17,6 +17,11 @@ export interface MeliFaults {
   conflictRate: number;
   /** Fraction of PUTs answered 200 with the item as it was, NOT applied ("200 OK but not applied"). */
   ignoreWritesRate: number;
+  /**
+   * Fraction of PUTs applied in full whose 200 answer still shows the item as
+   * it was before (MeLi answering from a copy behind the write).
+   */
+  staleAnswerRate: number;
   /** Delay added to every API request, in ms, before it is handled. */
   latencyMs: number;
   /** Answer every API request 429. */
@@ -70,6 +75,8 @@ export interface MeliSandboxStats {
   conflicts: number;
   /** Answered 200 by fault injection without applying. */
   ignoredWrites: number;
+  /** Applied, but answered 200 with the item as it was before, by fault injection. */
+  staleAnswers: number;
   /** Refused as malformed or invalid (see `invalidRequests()`). */
   invalid: number;
   /** Successful `/oauth/token` refreshes. */

@@ -24,7 +24,12 @@ import {
 import { logger } from "../../log.ts";
 import { type PosStockReader, StockSourceUnavailableError } from "../../pos/stock.ts";
 import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
-import { type InDoubtMarks, type ListingLocks, LockUnavailableError } from "../../sync/listing_lock.ts";
+import {
+  type InDoubtMarks,
+  type ListingLocks,
+  LockLostError,
+  LockUnavailableError,
+} from "../../sync/listing_lock.ts";
 import { describeMeliError, type MeliClient, type MeliResult } from "./client.ts";
 import type { MeliItem, MeliListings } from "./listings.ts";
 import { type AccessTokens, AuthUnavailableError } from "./tokens.ts";
@@ -76,9 +81,16 @@ interface MeliPlan {
   decided: Record<number, ChangeOutcome>;
 }
 
-/** A write MeLi did not answer: it may or may not have landed. */
+/**
+ * Delta mode: a write whose effect is not known. MeLi did not answer, answered
+ * 200 without showing the quantity sent (it may still apply it), or the lock
+ * was lost before a re-send. Only this batch's from → to check can tell, so it
+ * is never re-planned (a re-plan would subtract again from a quantity it set).
+ */
 function isUnanswered(outcome: ChangeOutcome): outcome is Extract<ChangeOutcome, { kind: "retry" }> {
-  return outcome.kind === "retry" && outcome.reason === "meli_unavailable";
+  return outcome.kind === "retry" &&
+    (outcome.reason === "meli_unavailable" || outcome.reason === "not_applied" ||
+      outcome.reason === "listing_lock_lost");
 }
 
 type Transient = { transient: { reason: string; error: string; waitMs?: number } };
@@ -151,8 +163,10 @@ export class MeliChannel implements ChannelAdapter {
         let blockedBy: string | undefined;
         const outcome = await this.#locked(entry, async () => {
           const key = listingKey(entry);
-          const holder = await this.options.doubts.holder(key);
-          if (holder && holder !== batch.id && await this.options.batchOpen(holder)) {
+          // Claimed before the read (NX): while this batch holds it, no other batch reads the listing
+          // and plans from it, even if this lock expires meanwhile.
+          const holder = await this.options.doubts.claim(key, batch.id, this.options.batchOpen);
+          if (holder) {
             blockedBy = holder;
             return {
               kind: "retry",
@@ -167,16 +181,22 @@ export class MeliChannel implements ChannelAdapter {
           }
           plan = await context.persistRequest(plan) as MeliPlan;
           const stored = plan.entries.find((e) => listingKey(e) === key)!;
-          // Until MeLi answers, nobody else may re-plan this listing from a quantity we may have set.
-          await this.options.doubts.mark(key, batch.id);
-          let written = await this.#write(stored, stored.to!, signal);
-          // No answer: look again now, still holding the lock, while nothing else can move it.
-          for (let i = 0; isUnanswered(written) && i < 3 && !signal.aborted; i++) {
-            await new Promise((r) => setTimeout(r, 250 * 2 ** i));
-            const settled = await this.#deltaSettle(stored, signal);
-            if (settled === "resend") written = await this.#write(stored, stored.to!, signal);
-            else if (settled) written = settled;
+          let written: ChangeOutcome;
+          try {
+            written = await this.#write(stored, stored.to!, signal);
+            // No answer: look again now, still holding the lock, while nothing else can move it.
+            for (let i = 0; isUnanswered(written) && i < 3 && !signal.aborted; i++) {
+              await new Promise((r) => setTimeout(r, 250 * 2 ** i));
+              const settled = await this.#deltaSettle(stored, signal);
+              if (settled === "resend") written = await this.#write(stored, stored.to!, signal);
+              else if (settled) written = settled;
+            }
+          } catch (error) {
+            if (!(error instanceof LockLostError)) throw error;
+            // Not sent; an earlier send of this batch may have landed: settle it by a re-send.
+            written = { kind: "retry", reason: "listing_lock_lost", error: error.message };
           }
+          // Until it is settled, nobody else may re-plan this listing from a quantity we may have set.
           if (!isUnanswered(written)) await this.options.doubts.clear(key, batch.id);
           return written;
         });
@@ -383,15 +403,22 @@ export class MeliChannel implements ChannelAdapter {
       state = got.data;
     }
     if (state.status !== "paused" || !(state.sub_status ?? []).includes("out_of_stock")) return undefined;
-    const put = await this.options.client.request<MeliItem>(
-      "PUT",
-      `/items/${encodeURIComponent(entry.itemId)}`,
-      {
-        operation: "put_item_status",
-        body: { status: "active" },
-        signal,
-      },
-    );
+    let put;
+    try {
+      put = await this.options.client.request<MeliItem>(
+        "PUT",
+        `/items/${encodeURIComponent(entry.itemId)}`,
+        {
+          operation: "put_item_status",
+          body: { status: "active" },
+          signal,
+        },
+      );
+    } catch (error) {
+      // The stock write landed already; the next write under the lock reactivates it.
+      if (error instanceof LockLostError) return `not sent: ${error.message}`;
+      throw error;
+    }
     if (put.kind !== "ok") {
       log.warning("could not reactivate {item_id} ({sku}): {error}", {
         item_id: entry.itemId,

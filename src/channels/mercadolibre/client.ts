@@ -4,10 +4,12 @@
  * request budget drawn before every call, a timeout well below the broker's
  * consumer timeout, MeLi's error JSON parsed, and every outcome mapped to
  * what the caller should do. A 429 drains the shared budget (all replicas back
- * off) and is retried here with jittered backoff: nothing was applied.
+ * off) and is retried here with jittered backoff: nothing was applied. A write
+ * under a listing lock is fenced right before each send (see listing_lock.ts).
  */
 import type { ServiceMetrics } from "../../metrics.ts";
 import { type RateBudget, sleep } from "../../sync/cost_bucket.ts";
+import { fenceHeldLock } from "../../sync/listing_lock.ts";
 import { type AccessTokens, AuthUnavailableError } from "./tokens.ts";
 
 /** MeLi's error body. */
@@ -85,7 +87,10 @@ export class MeliClient {
     this.#base = options.baseUrl.replace(/\/+$/, "");
   }
 
-  /** Sends one request. Never throws for marketplace or network errors. */
+  /**
+   * Sends one request. Never throws for marketplace or network errors.
+   * @throws LockLostError when a write's listing lock was lost (nothing was sent).
+   */
   async request<T>(method: "GET" | "PUT", path: string, request: MeliRequest): Promise<MeliResult<T>> {
     const { budget, metrics, tokens } = this.options;
     const channel = "mercadolibre";
@@ -109,6 +114,9 @@ export class MeliClient {
         }
         throw error;
       }
+      // Last thing before a write goes out (after any budget wait, refresh or 429 back-off): the
+      // listing lock it runs under must still be ours, or it is not sent (throws LockLostError).
+      if (method !== "GET") await fenceHeldLock();
       let response: Response;
       try {
         const timeout = AbortSignal.timeout(this.options.timeoutMs);

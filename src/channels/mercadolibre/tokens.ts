@@ -7,6 +7,13 @@
  * anyone uses it. A restart continues the stored chain; a different
  * MELI_REFRESH_TOKEN in the environment (the seller authorized again) starts a
  * new one. `invalid_grant` makes the channel unhealthy; changes wait.
+ *
+ * A refresh request, once sent, is never aborted: MeLi spends the old refresh
+ * token when it receives it, so only its answer carries the chain on. Callers
+ * stop waiting at MELI_TIMEOUT (or their abort), the refresh goes on in the
+ * background and stores the pair; shutdown waits for it. A refresh that gets
+ * no answer at all is recorded on the chain, and a later `invalid_grant` for
+ * that same refresh token is not written over the chain.
  */
 import type { Sql } from "postgres";
 import type { CheckResult } from "../../http/app.ts";
@@ -32,8 +39,8 @@ export interface AccessTokens {
   health(): CheckResult;
   /** When the current token expires (undefined for a static token). */
   expiresAt(): Date | undefined;
-  /** Stops background work (shutdown). */
-  close?(): void;
+  /** Stops background work (shutdown); waits for a refresh in flight. */
+  close?(): void | Promise<void>;
   /** A request with the current token succeeded. */
   accepted?(): void;
 }
@@ -74,6 +81,8 @@ export interface OAuthTokensOptions {
   timeoutMs: number;
   /** Counts refresh calls by outcome. */
   onRefresh?: (outcome: string) => void;
+  /** How long a sent refresh waits for its answer before it counts as unanswered (default 2 min). */
+  answerCapMs?: number;
 }
 
 interface TokenRow {
@@ -109,6 +118,8 @@ const CHANNEL = "mercadolibre";
 // pg_advisory_xact_lock key: one lock for the MeLi token chain across replicas.
 const LOCK_KEY = 0x4d454c49; // "MELI"
 const RECHECK_BROKEN_MS = 5_000;
+// `error` of a chain whose refresh got no answer: MeLi may have rotated the refresh token it names.
+const UNANSWERED = "unanswered refresh:";
 
 /** Refresh margin from the token's own lifetime: 10 %, at most 10 minutes. */
 export function refreshMarginMs(lifetimeMs: number): number {
@@ -148,7 +159,7 @@ export class OAuthTokens implements AccessTokens {
     if (this.#broken && Date.now() - this.#brokenCheckedAt < RECHECK_BROKEN_MS) {
       throw new AuthUnavailableError(this.#broken, true);
     }
-    return (await this.#refreshOnce(current?.access, signal)).access;
+    return (await this.#waitFor(this.#refreshOnce(current?.access), signal)).access;
   }
 
   async rejected(token: string, signal?: AbortSignal): Promise<string | undefined> {
@@ -157,16 +168,40 @@ export class OAuthTokens implements AccessTokens {
       return this.#current.access;
     }
     try {
-      return (await this.#refreshOnce(token, signal)).access;
+      return (await this.#waitFor(this.#refreshOnce(token), signal)).access;
     } catch (error) {
       if (error instanceof AuthUnavailableError) return undefined;
       throw error;
     }
   }
 
-  /** One refresh per process at a time; concurrent callers share it. */
-  #refreshOnce(stale: string | undefined, signal?: AbortSignal): Promise<Current> {
-    this.#inflight ??= this.#refresh(stale, signal).then(
+  /**
+   * Waits for a refresh up to MELI_TIMEOUT or the caller's abort. Giving up
+   * does not stop the refresh: it goes on and stores MeLi's answer.
+   */
+  #waitFor(refresh: Promise<Current>, signal?: AbortSignal): Promise<Current> {
+    const timeout = AbortSignal.timeout(this.options.timeoutMs);
+    const stop = signal ? AbortSignal.any([timeout, signal]) : timeout;
+    return new Promise<Current>((resolve, reject) => {
+      const giveUp = () =>
+        reject(
+          new AuthUnavailableError(
+            timeout.aborted
+              ? `MercadoLibre has not answered the token refresh within ${this.options.timeoutMs} ms ` +
+                "(MELI_TIMEOUT); it goes on in the background"
+              : "stopped waiting for the token refresh; it goes on in the background",
+            false,
+          ),
+        );
+      if (stop.aborted) return giveUp();
+      stop.addEventListener("abort", giveUp, { once: true });
+      refresh.then(resolve, reject).finally(() => stop.removeEventListener("abort", giveUp));
+    });
+  }
+
+  /** One refresh per process at a time; concurrent callers share it. It has no abort: see {@link #post}. */
+  #refreshOnce(stale: string | undefined): Promise<Current> {
+    this.#inflight ??= this.#refresh(stale).then(
       (current) => {
         this.#current = current;
         this.#broken = undefined;
@@ -181,10 +216,12 @@ export class OAuthTokens implements AccessTokens {
         throw error;
       },
     ).finally(() => this.#inflight = undefined);
+    // Callers may have stopped waiting: the outcome is kept above, not left unhandled.
+    this.#inflight.catch(() => {});
     return this.#inflight;
   }
 
-  async #refresh(stale: string | undefined, signal?: AbortSignal): Promise<Current> {
+  async #refresh(stale: string | undefined): Promise<Current> {
     const cipher = await this.#cipher;
     const seed = await fingerprint(this.options.refreshToken);
     type Step = { ok: Current } | { fail: AuthUnavailableError };
@@ -233,10 +270,33 @@ export class OAuthTokens implements AccessTokens {
         log.info("MELI_REFRESH_TOKEN differs from the stored chain's seed: starting a new token chain");
       }
 
-      const answer = await this.#post(refreshFrom, signal);
+      const answer = await this.#post(refreshFrom);
+      if ("unanswered" in answer) {
+        // MeLi may have spent refreshFrom and minted a pair we never saw: say so on the chain, so that
+        // an invalid_grant for refreshFrom later is not taken for a revoked grant.
+        const mark = `${UNANSWERED}${await fingerprint(refreshFrom)}`;
+        if (row) await tx`update oauth_token set error = ${mark} where channel = ${CHANNEL}`;
+        else {
+          await tx`
+            insert into oauth_token (channel, access_token, refresh_token, expires_at, seed_fingerprint,
+                                     retired_seeds, status, error)
+            values (${CHANNEL}, '', '', now(), ${chainSeed}, ${retired}, 'ok', ${mark})`;
+        }
+        return { fail: new AuthUnavailableError(answer.unanswered, false) };
+      }
       if ("transient" in answer) return { fail: new AuthUnavailableError(answer.transient, false) };
       if ("rejected" in answer) {
         const message = answer.rejected;
+        if (answer.invalidGrant && row?.error === `${UNANSWERED}${await fingerprint(refreshFrom)}`) {
+          // Not a revoked grant: our last refresh with this token got no answer and MeLi spent it.
+          // The chain is kept as it is (an operator decides); changes wait.
+          const lost = "the last MercadoLibre token refresh got no answer and MeLi has since refused its " +
+            "refresh token (invalid_grant): the new pair it minted was never received. If this persists, " +
+            "the seller must authorize the app again; then set MELI_REFRESH_TOKEN and restart. " +
+            "Changes wait meanwhile.";
+          log.error("{error}", { mark: "error", error: lost });
+          return { fail: new AuthUnavailableError(lost, false) };
+        }
         if (row && !rowIsOurs && row.status === "ok") {
           // A bad new seed must not clobber a working chain: keep the chain, retire the seed.
           await tx`update oauth_token set retired_seeds = array_append(retired_seeds, ${seed})
@@ -344,8 +404,13 @@ export class OAuthTokens implements AccessTokens {
     this.#retryTimer = setTimeout(attempt, 2_000);
   }
 
-  /** Stops background retries (shutdown). An unsaved pair is logged as lost. */
-  close(): void {
+  /**
+   * Shutdown: waits for a refresh in flight (MeLi has spent the old refresh
+   * token; its answer must be stored), then stops background retries. An
+   * unsaved pair is logged as lost.
+   */
+  async close(): Promise<void> {
+    await this.#inflight?.catch(() => {});
     clearTimeout(this.#retryTimer);
     if (this.#unsaved) {
       log.error(
@@ -356,17 +421,23 @@ export class OAuthTokens implements AccessTokens {
     }
   }
 
+  /**
+   * POSTs the refresh. Neither MELI_TIMEOUT nor a caller's abort nor shutdown
+   * cuts it: once sent, MeLi has spent `refreshToken`. Only a far longer cap
+   * ends a request that never gets an answer (it is then `unanswered`).
+   */
   async #post(
     refreshToken: string,
-    signal?: AbortSignal,
   ): Promise<
     | { access: string; refresh: string; expiresIn: number; userId: string | null }
-    | { rejected: string }
+    | { rejected: string; invalidGrant?: true }
     | { transient: string }
+    | { unanswered: string }
   > {
     const count = this.options.onRefresh ?? (() => {});
-    const timeout = AbortSignal.timeout(this.options.timeoutMs);
+    const answerCapMs = this.options.answerCapMs ?? 120_000;
     let response: Response;
+    let body: Record<string, unknown>;
     try {
       response = await fetch(`${this.options.baseUrl.replace(/\/+$/, "")}/oauth/token`, {
         method: "POST",
@@ -377,13 +448,21 @@ export class OAuthTokens implements AccessTokens {
           client_secret: this.options.clientSecret,
           refresh_token: refreshToken,
         }),
-        signal: signal ? AbortSignal.any([timeout, signal]) : timeout,
+        signal: AbortSignal.timeout(answerCapMs),
       });
+      body = await response.json().catch((error) => {
+        if ((error as Error).name === "TimeoutError") throw error;
+        return {};
+      }) as Record<string, unknown>;
     } catch (error) {
-      count("network");
-      return { transient: `POST /oauth/token: ${(error as Error).message}` };
+      const timedOut = (error as Error).name === "TimeoutError";
+      count(timedOut ? "timeout" : "network");
+      return {
+        unanswered: `POST /oauth/token got no answer (${
+          timedOut ? `none within ${answerCapMs} ms` : (error as Error).message
+        }): MercadoLibre may have rotated the refresh token`,
+      };
     }
-    const body = await response.json().catch(() => ({})) as Record<string, unknown>;
     if (response.ok && typeof body.access_token === "string" && typeof body.refresh_token === "string") {
       count("ok");
       const expiresIn = Number(body.expires_in);
@@ -399,6 +478,7 @@ export class OAuthTokens implements AccessTokens {
     if (code === "invalid_grant") {
       count("invalid_grant");
       return {
+        invalidGrant: true,
         rejected: `MercadoLibre refused the refresh token (invalid_grant: ${said}). ` +
           "The seller must authorize the app again; then set MELI_REFRESH_TOKEN to the new refresh token " +
           "and restart. Changes wait meanwhile.",
