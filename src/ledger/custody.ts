@@ -5,7 +5,8 @@
  * Postgres transaction that writes the sale and one `stock_change` row per
  * (enabled channel, SKU). Only after it commits does the broker ack them. A
  * redelivered event inserts nothing; a re-received event whose changes had
- * failed re-arms them (DLQ replay), and applied changes are never touched.
+ * failed re-arms them (DLQ replay) without creating any it did not have, and
+ * applied changes are never touched.
  */
 import type postgres from "postgres";
 import type { Sql } from "postgres";
@@ -215,19 +216,21 @@ export class Custody {
         select c.* from change c join new_sale using (event_id)
          order by c.event_id, c.channel, c.sku
       ), rearmed as (
-        insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
-        select c.* from change c
-         where not exists (select 1 from new_sale n where n.event_id = c.event_id)
-         order by c.event_id, c.channel, c.sku
-        on conflict (event_id, channel, sku) do update
-          set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
-              error = null, error_reason = null, updated_at = now()
-          where stock_change.status = 'failed' and stock_change.error_reason is distinct from 'outcome_unknown'
-        returning event_id, (xmax = 0) as inserted
+        -- Only changes the sale already has: a channel enabled since (or MeLi now
+        -- following this store) started from a quantity that included this sale,
+        -- so a new change for it would take the sale off twice.
+        update stock_change s
+           set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
+               error = null, error_reason = null, updated_at = now()
+          from change c
+         where s.event_id = c.event_id and s.channel = c.channel and s.sku = c.sku
+           and not exists (select 1 from new_sale n where n.event_id = c.event_id)
+           and s.status = 'failed' and s.error_reason is distinct from 'outcome_unknown'
+        returning s.event_id
       )
       select event_id, true as stored from new_sale
       union all
-      select distinct event_id, false as stored from rearmed where not inserted`;
+      select distinct event_id, false as stored from rearmed`;
     const fresh = new Set(rows.filter((r) => r.stored).map((r) => r.event_id));
     const rearmed = new Set(rows.filter((r) => !r.stored).map((r) => r.event_id));
     const outcomes = new Map<string, CustodyOutcome>();
