@@ -4,7 +4,8 @@
  * changes are re-armed by a replay and applied ones are never touched.
  */
 import assert from "node:assert/strict";
-import { integration, sale, startHarness, waitFor } from "./helpers.ts";
+import { type RunningService, startService } from "../src/main.ts";
+import { integration, sale, startHarness, testConfig, waitFor } from "./helpers.ts";
 
 integration("N valid events become N sales with one change per channel and SKU; queue drained", async () => {
   const h = await startHarness({ CHANNELS: "shopify,mercadolibre", MELI_MODE: "delta" });
@@ -169,6 +170,57 @@ integration(
     }
   },
 );
+
+// A replay of an old sale must not create changes the sale never had: a channel
+// enabled since (or MeLi now following another store) had the sale's effect in
+// its starting quantity already, so a new change would decrement it twice.
+for (
+  const [what, before, after] of [
+    ["a channel enabled since", { CHANNELS: "shopify" }, { CHANNELS: "shopify,mercadolibre" }],
+    ["MELI_TIENDA_ID moved to the sale's store", {
+      CHANNELS: "shopify,mercadolibre",
+      MELI_TIENDA_ID: "another-store",
+    }, { CHANNELS: "shopify,mercadolibre", MELI_TIENDA_ID: "11111111-1111-4111-8111-111111111111" }],
+  ] as const
+) {
+  integration(`DLQ replay after ${what}: the failed change is re-armed, no change is created`, async () => {
+    const h = await startHarness({ MELI_MODE: "delta", ...before });
+    let later: RunningService | undefined;
+    try {
+      const e = sale({ tienda_id: "11111111-1111-4111-8111-111111111111" });
+      await h.publish(e, { messageId: "late-channel-1" });
+      await waitFor(
+        async () => (await h.sql`select count(*)::int as n from stock_change`)[0].n === 1,
+        "one change (Shopify only)",
+      );
+      await h
+        .sql`update stock_change set status = 'failed', attempts = 5, error = 'boom', error_reason = 'sku_not_found'`;
+      await h.service.close();
+      // The operator changes the configuration, restarts, and replays the old sale's DLQ copy.
+      later = startService(testConfig({
+        MELI_MODE: "delta",
+        ...after,
+        EXCHANGE: h.config.EXCHANGE,
+        QUEUE: h.config.QUEUE,
+        LEDGER_SCHEMA: h.config.LEDGER_SCHEMA,
+      }));
+      await later.started;
+      await h.publishToQueue(e, { messageId: "late-channel-1" });
+      await waitFor(
+        async () =>
+          ((await later!.metrics.eventsAcked.get()).values.find((v) => v.labels.outcome === "rearmed")
+            ?.value ?? 0) === 1,
+        "the replay re-armed the sale",
+      );
+      const rows = await h.sql<{ channel: string; status: string }[]>`
+        select channel, status from stock_change order by channel`;
+      assert.deepEqual(rows.map((r) => ({ ...r })), [{ channel: "shopify", status: "pending" }]);
+    } finally {
+      await later?.close();
+      await h.close();
+    }
+  });
+}
 
 integration("two replicas on one queue share the work and store each event once", async () => {
   const a = await startHarness();

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { parse, validate } from "graphql";
+import type { SyncMessage } from "rabbitmq-client";
 import { SHOPIFY_DOCUMENTS } from "../src/channels/shopify/documents.ts";
 import { skuSearchQuery } from "../src/channels/shopify/search.ts";
 import { type RunningService, startService } from "../src/main.ts";
@@ -506,6 +507,7 @@ integration(
       SHOPIFY_TIMEOUT: "400ms",
     });
     try {
+      await knownListing(h, sandbox, "REMERA-002");
       const tienda = STORES[1];
       const before = availableOf(sandbox, "REMERA-001", tienda);
       // Warm the SKU cache first so the slow call is the adjustment itself.
@@ -618,19 +620,32 @@ integration("a replica that lost its lease cannot record over the new owner's ba
   }
 });
 
+/** Resolves a SKU's listing up front, so only the adjustment meets the faults. */
+async function knownListing(h: Harness, sandbox: ShopifySandbox, sku: string): Promise<void> {
+  const item = sandbox.variants.find((v) => v.sku === sku)!.inventoryItemId;
+  await h
+    .sql`insert into listing (channel, sku, external_id, variant_id) values ('shopify', ${sku}, ${item}, 'v')`;
+}
+
+/** Backdates the first send of every batch: as if it went out `hours` ago. */
+async function ageBatches(h: Harness, hours: number): Promise<void> {
+  await h
+    .sql`update sync_batch set sent_at = sent_at - ${hours} * interval '1 hour' where sent_at is not null`;
+}
+
 integration(
-  "sends exhausted without an answer: outcome_unknown, never re-armed by a replay; decided failures keep their reason",
+  "sends exhausted without an answer: outcome_unknown; a replay within the key window re-opens it under its key, applied once",
   async () => {
-    const { h, sandbox } = await startSyncHarness({ faults: { errorRate: 1, seed: 3 } }, {
+    // Shopify applies every adjustment but every answer is lost on the way back.
+    const { h, sandbox } = await startSyncHarness({ faults: { lostResponseRate: 1, seed: 3 } }, {
       DISPATCH_MAX_ATTEMPTS: "2",
     });
     try {
-      // SKU lookups must work; only the adjustment keeps failing.
-      const item = sandbox.variants.find((v) => v.sku === "REMERA-002")!.inventoryItemId;
-      await h
-        .sql`insert into listing (channel, sku, external_id, variant_id) values ('shopify', 'REMERA-002', ${item}, 'v')`;
+      await knownListing(h, sandbox, "REMERA-002");
+      const tienda = STORES[0];
+      const before = availableOf(sandbox, "REMERA-002", tienda);
       const e = saleOf("99999999-9999-4999-8999-999999999999", [{ sku: "REMERA-002", qty: 1 }], "exhaust-1");
-      const f = saleOf(STORES[0], [{ sku: "REMERA-002", qty: 1 }], "exhaust-2");
+      const f = saleOf(tienda, [{ sku: "REMERA-002", qty: 1 }], "exhaust-2");
       await h.publish(e, { messageId: e.event_id });
       await h.publish(f, { messageId: f.event_id });
       await waitFor(async () => (await statusCounts(h)).failed === 2, "both failed", 20_000);
@@ -640,23 +655,147 @@ integration(
         ["exhaust-1", "store_unmapped"],
         ["exhaust-2", "outcome_unknown"],
       ]);
-      await h.takeDeadLetters();
-      // Shopify recovers and the operator replays both sales.
-      sandbox.setFaults({ errorRate: 0 });
+      assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 1, "applied, but nobody heard");
+      const copies: SyncMessage[] = [];
+      await waitFor(async () => copies.push(...await h.takeDeadLetters()) === 2, "two DLQ copies");
+      assert.deepEqual(copies.map((m) => header(m, "sync-reason")).sort(), [
+        "outcome_unknown",
+        "store_unmapped",
+      ]);
+      const [batch] = await h.sql<{ id: string; idempotency_key: string }[]>`
+        select b.id, b.idempotency_key from sync_batch b join stock_change s on s.batch_id = b.id
+         where s.event_id = 'exhaust-2'`;
+      // Shopify recovers and the operator replays both sales (no resync).
+      sandbox.setFaults({ lostResponseRate: 0 });
+      const replaysBefore = sandbox.stats().idempotentReplays;
       await h.publishToQueue(e, { messageId: e.event_id });
       await h.publishToQueue(f, { messageId: f.event_id });
-      await waitFor(async () => (await h.queueDepth()) === 0, "replays consumed");
-      await new Promise((r) => setTimeout(r, 1_000));
-      const after = await h.sql<{ event_id: string; status: string; error_reason: string }[]>`
-      select event_id, status, error_reason from stock_change order by event_id`;
-      assert.equal(after[1].status, "failed", "outcome_unknown is not re-armed");
-      assert.equal(after[1].error_reason, "outcome_unknown");
+      await waitFor(async () => (await statusCounts(h)).applied === 1, "the unknown change applied", 15_000);
+      const after = await h.sql<
+        { event_id: string; status: string; error_reason: string; batch_id: string }[]
+      >`
+      select event_id, status, error_reason, batch_id from stock_change order by event_id`;
+      assert.equal(after[1].status, "applied");
+      assert.equal(after[1].batch_id, batch.id, "re-opened, not re-armed under a new batch");
+      assert.equal(
+        (await h
+          .sql`select count(*)::int as n from sync_batch where idempotency_key = ${batch.idempotency_key}`)[0]
+          .n,
+        1,
+      );
+      assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 1, "Shopify applied it once");
+      assert.ok(sandbox.stats().idempotentReplays > replaysBefore, "answered from the key's record");
+      await waitFor(async () => (await statusCounts(h)).failed === 1, "the unmapped store failed again");
       assert.equal(
         after[0].error_reason,
         "store_unmapped",
         "re-armed, tried again, failed again for its own reason",
       );
     } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "outcome_unknown past the key window: a replay leaves it failed and Shopify untouched",
+  async () => {
+    let skewMs = 0;
+    const { h, sandbox } = await startSyncHarness({
+      faults: { lostResponseRate: 1, seed: 3 },
+      now: () => Date.now() + skewMs,
+    }, { DISPATCH_MAX_ATTEMPTS: "2" });
+    try {
+      await knownListing(h, sandbox, "REMERA-002");
+      const tienda = STORES[1];
+      const before = availableOf(sandbox, "REMERA-002", tienda);
+      const f = saleOf(tienda, [{ sku: "REMERA-002", qty: 2 }], "late-replay-1");
+      await h.publish(f, { messageId: f.event_id });
+      await waitFor(async () => (await statusCounts(h)).failed === 1, "outcome_unknown", 20_000);
+      assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 2);
+      // A day later Shopify has forgotten the key; the operator replays the copy.
+      await ageBatches(h, 21);
+      skewMs = 25 * 3600_000;
+      sandbox.setFaults({ lostResponseRate: 0 });
+      const requests = sandbox.stats().requests;
+      await h.publishToQueue(f, { messageId: f.event_id });
+      await waitFor(async () => (await h.queueDepth()) === 0, "replay consumed");
+      await new Promise((r) => setTimeout(r, 1_000));
+      const [row] = await h.sql`select status, error_reason from stock_change`;
+      assert.deepEqual({ ...row }, { status: "failed", error_reason: "outcome_unknown" });
+      assert.equal(sandbox.stats().requests, requests, "nothing sent under a forgotten key");
+      assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 2, "not applied twice");
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "a batch reclaimed after the key window is not re-sent: outcome_unknown, a DLQ copy, a metric",
+  async () => {
+    let skewMs = 0;
+    const sandbox = await startShopifySandbox({ catalog: defaultCatalog(), now: () => Date.now() + skewMs });
+    const config = testConfig(sandboxEnv(sandbox, { DISPATCH_LEASE: "1s" }));
+    // Instance A sends the batch (Shopify applies it) and stops before recording: the
+    // dispatchers stay down for a day.
+    const revive = Promise.withResolvers<void>();
+    let sent = 0;
+    const a = startService(config, {
+      dispatcherHooks: {
+        async afterSend() {
+          sent++;
+          await revive.promise;
+          throw new Error("simulated crash");
+        },
+      },
+    });
+    await a.started;
+    const h = await harnessFor(a, config);
+    let b: RunningService | undefined;
+    try {
+      const tienda = STORES[2];
+      const before = availableOf(sandbox, "REMERA-003", tienda);
+      const e = saleOf(tienda, [{ sku: "REMERA-003", qty: 3 }], "day-late-1");
+      await h.publish(e, { messageId: e.event_id });
+      await waitFor(() => sent === 1, "A sent the batch and stopped");
+      assert.equal(availableOf(sandbox, "REMERA-003", tienda), before - 3);
+      await ageBatches(h, 21);
+      skewMs = 25 * 3600_000; // Shopify has forgotten the key
+      const requests = sandbox.stats().requests;
+      b = startService(config);
+      await b.started;
+      await waitFor(
+        async () => (await statusCounts(h)).sending === undefined,
+        "B finished the batch",
+        15_000,
+      );
+      assert.equal(availableOf(sandbox, "REMERA-003", tienda), before - 3, "not applied twice");
+      assert.equal(sandbox.stats().requests, requests, "not re-sent under a forgotten key");
+      const [row] = await h.sql`select status, error_reason from stock_change`;
+      assert.deepEqual({ ...row }, { status: "failed", error_reason: "outcome_unknown" });
+      // The operator is told: a DLQ copy with the reason, and the dead-letter metric.
+      const later = b;
+      await waitFor(
+        async () =>
+          (await later.metrics.eventsDeadLettered.get()).values.find((v) =>
+            v.labels.reason === "outcome_unknown"
+          )
+            ?.value === 1,
+        "dead-lettered as outcome_unknown",
+      );
+      const copies = await h.takeDeadLetters();
+      assert.deepEqual(copies.map((m) => [header(m, "sync-reason"), m.messageId]), [[
+        "outcome_unknown",
+        "day-late-1",
+      ]]);
+      const [batch] = await h.sql`select status from sync_batch`;
+      assert.equal(batch.status, "failed");
+    } finally {
+      revive.resolve();
+      await b?.close();
       await h.close();
       await sandbox.close();
     }

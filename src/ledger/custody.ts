@@ -5,13 +5,17 @@
  * Postgres transaction that writes the sale and one `stock_change` row per
  * (enabled channel, SKU). Only after it commits does the broker ack them. A
  * redelivered event inserts nothing; a re-received event whose changes had
- * failed re-arms them (DLQ replay), and applied changes are never touched.
+ * failed re-arms them (DLQ replay) without creating any it did not have, one
+ * whose outcome is unknown re-opens its batch under the original idempotency
+ * key while the marketplace still remembers it, and applied changes are never
+ * touched.
  */
 import type postgres from "postgres";
 import type { Sql } from "postgres";
 import type { ChannelName } from "../config.ts";
 import type { SaleEvent } from "../events/sale_event.ts";
 import { logger } from "../log.ts";
+import { IDEMPOTENCY_SAFE_HOURS, OUTCOME_UNKNOWN, SAME_KEY_CHANNELS } from "./dispatch_store.ts";
 import { markError, type Span, withSpan } from "../tracing.ts";
 
 const log = logger("ledger");
@@ -191,9 +195,12 @@ export class Custody {
     // One statement, atomic on its own: the sales; for each NEW one its changes,
     // expanded in Postgres from the items rather than sent row by row (half the
     // JSON to build and parse, no BEGIN/COMMIT round trips); for each one already
-    // in custody (a redelivery or a DLQ replay) its failed changes re-armed and
-    // applied ones never touched.
-    const rows = await this.sql<{ event_id: string; stored: boolean }[]>`
+    // in custody (a redelivery or a DLQ replay) its failed changes re-armed, its
+    // outcome_unknown ones re-opened under their batch's key within the key
+    // window, and applied ones never touched.
+    const rows = await this.sql<
+      { event_id: string; kind: "stored" | "rearmed" | "kept"; detail: string | null }[]
+    >`
       with input as (
         select * from jsonb_to_recordset(${this.sql.json(sales as unknown as postgres.JSONValue)}::jsonb)
           as x(event_id text, identity_source text, tienda_id text, body jsonb, items jsonb)
@@ -215,21 +222,60 @@ export class Custody {
         select c.* from change c join new_sale using (event_id)
          order by c.event_id, c.channel, c.sku
       ), rearmed as (
-        insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
-        select c.* from change c
-         where not exists (select 1 from new_sale n where n.event_id = c.event_id)
-         order by c.event_id, c.channel, c.sku
-        on conflict (event_id, channel, sku) do update
-          set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
-              error = null, error_reason = null, updated_at = now()
-          where stock_change.status = 'failed' and stock_change.error_reason is distinct from 'outcome_unknown'
-        returning event_id, (xmax = 0) as inserted
+        -- Only changes the sale already has: a channel enabled since (or MeLi now
+        -- following this store) started from a quantity that included this sale,
+        -- so a new change for it would take the sale off twice.
+        update stock_change s
+           set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
+               error = null, error_reason = null, updated_at = now()
+          from change c
+         where s.event_id = c.event_id and s.channel = c.channel and s.sku = c.sku
+           and not exists (select 1 from new_sale n where n.event_id = c.event_id)
+           and s.status = 'failed' and s.error_reason is distinct from 'outcome_unknown'
+        returning s.event_id
+      ), unknown as (
+        -- Changes whose batch reached the marketplace without a definite answer.
+        select s.event_id, s.channel, s.sku, s.batch_id from stock_change s
+          join change c on s.event_id = c.event_id and s.channel = c.channel and s.sku = c.sku
+         where s.status = 'failed' and s.error_reason = ${OUTCOME_UNKNOWN}
+           and not exists (select 1 from new_sale n where n.event_id = c.event_id)
+      ), reopened_batch as (
+        -- Within the key window, their batch goes out again under its ORIGINAL key and
+        -- stored request: the marketplace answers an applied key from its record, so
+        -- it cannot apply twice. A new key could; past the window the old one could too.
+        update sync_batch b
+           set status = 'sending', lease_until = now(), owner = gen_random_uuid(), channel_attempts = 0,
+               finished_at = null, error = 'reopened by a replay'
+         where b.id in (select batch_id from unknown)
+           and b.status in ('failed', 'done') and b.channel = any(${SAME_KEY_CHANNELS}::text[])
+           and b.request is not null
+           and b.sent_at >= now() - ${IDEMPOTENCY_SAFE_HOURS} * interval '1 hour'
+        returning b.id
+      ), reopened as (
+        update stock_change s
+           set status = 'sending', error = null, error_reason = null, updated_at = now()
+          from reopened_batch r
+         where s.batch_id = r.id and s.status = 'failed' and s.error_reason = ${OUTCOME_UNKNOWN}
+        returning s.event_id
       )
-      select event_id, true as stored from new_sale
+      select event_id, 'stored' as kind, null as detail from new_sale
       union all
-      select distinct event_id, false as stored from rearmed where not inserted`;
-    const fresh = new Set(rows.filter((r) => r.stored).map((r) => r.event_id));
-    const rearmed = new Set(rows.filter((r) => !r.stored).map((r) => r.event_id));
+      select distinct event_id, 'rearmed', null from rearmed
+      union all
+      select distinct event_id, 'rearmed', null from reopened
+      union all
+      select event_id, 'kept', channel || ' ' || sku from unknown u
+       where not exists (select 1 from reopened_batch r where r.id = u.batch_id)`;
+    const fresh = new Set(rows.filter((r) => r.kind === "stored").map((r) => r.event_id));
+    const rearmed = new Set(rows.filter((r) => r.kind === "rearmed").map((r) => r.event_id));
+    for (const kept of rows.filter((r) => r.kind === "kept")) {
+      // A replay that cannot heal an unknown outcome must not vanish silently.
+      log.warning(
+        "sale {event_id} re-received: {change} stays outcome_unknown (past the {hours} h key window, " +
+          "or no key to re-send under): check the listing and resync",
+        { mark: "error", event_id: kept.event_id, change: kept.detail, hours: IDEMPOTENCY_SAFE_HOURS },
+      );
+    }
     const outcomes = new Map<string, CustodyOutcome>();
     for (const e of events) {
       outcomes.set(

@@ -93,12 +93,29 @@ export interface DispatchPolicy {
 
 /**
  * Failure reason for a change whose batch was sent but never got a definite
- * answer. Custody does not re-arm these on a replay (DESIGN.md: never apply twice).
+ * answer. Never re-sent under a new key (DESIGN.md: never apply twice); a replay
+ * within the key window re-opens the batch under its original key.
  */
 export const OUTCOME_UNKNOWN = "outcome_unknown";
 
 /** Same-key re-sends stop this long after the first send, inside Shopify's ~24 h key window. */
 export const IDEMPOTENCY_SAFE_HOURS = 20;
+
+/**
+ * Channels whose marketplace answers a re-sent idempotency key from its record
+ * (within {@link IDEMPOTENCY_SAFE_HOURS}): a re-send there can never apply twice,
+ * and past the window it could. MercadoLibre has no keys (it reads before writing).
+ */
+export const SAME_KEY_CHANNELS: readonly string[] = ["shopify"];
+
+/**
+ * The batch's first send is older than {@link IDEMPOTENCY_SAFE_HOURS}: the
+ * marketplace may have forgotten its key, so the same key would be a fresh
+ * request. It must not be sent; it is given up as `outcome_unknown`.
+ */
+export class KeyWindowPassedError extends Error {
+  override name = "KeyWindowPassedError";
+}
 
 /** Exponential backoff with ±20 % jitter. */
 export function backoffMs(
@@ -271,8 +288,12 @@ export class DispatchStore {
    * is the first, renews the lease and counts the attempt. Returns the request
    * to send, which is the one stored first: a re-send repeats it exactly.
    * @throws LeaseLostError when another replica owns the batch now.
+   * @throws KeyWindowPassedError when a same-key channel's batch was first sent
+   *   longer than {@link IDEMPOTENCY_SAFE_HOURS} ago (checked on every send, so a
+   *   batch reclaimed after a long stop is never re-sent under a forgotten key).
    */
   async markSending(batch: ClaimedBatch, request: unknown): Promise<unknown> {
+    const keyed = SAME_KEY_CHANNELS.includes(batch.channel);
     const [row] = await this.sql<{ request: unknown; channel_attempts: number }[]>`
       update sync_batch
          set request = coalesce(request, ${this.sql.json(toJson(request))}),
@@ -280,8 +301,20 @@ export class DispatchStore {
              channel_attempts = channel_attempts + 1,
              lease_until = now() + ${this.policy.leaseMs} * interval '1 millisecond'
        where id = ${batch.id} and owner = ${batch.owner} and status = 'sending'
+         and (not ${keyed} or sent_at is null
+              or sent_at >= now() - ${IDEMPOTENCY_SAFE_HOURS} * interval '1 hour')
       returning request, channel_attempts`;
-    if (!row) throw new LeaseLostError(`batch ${batch.id} was taken over by another replica`);
+    if (!row) {
+      const [ours] = await this.sql`
+        select 1 from sync_batch where id = ${batch.id} and owner = ${batch.owner} and status = 'sending'`;
+      if (ours) {
+        throw new KeyWindowPassedError(
+          `batch ${batch.id} was first sent more than ${IDEMPOTENCY_SAFE_HOURS} h ago: ` +
+            "its idempotency key may have expired, so it is not sent again",
+        );
+      }
+      throw new LeaseLostError(`batch ${batch.id} was taken over by another replica`);
+    }
     batch.request = row.request;
     batch.sends = row.channel_attempts;
     batch.resend = true;
@@ -326,9 +359,10 @@ export class DispatchStore {
           return [];
         }
         // The request reached (or may have reached) the marketplace and no answer
-        // said whether it was applied: never re-armed automatically (a replay could
-        // apply it twice); an operator checks the listing and resyncs. Changes the
-        // adapter decided without sending keep their own outcome.
+        // said whether it was applied: never re-sent under a new key (that could
+        // apply it twice). A DLQ replay within the key window re-opens the batch
+        // under this same key (custody); after it, an operator checks the listing
+        // and resyncs. Changes the adapter decided without sending keep their own outcome.
         const why = owned.stale
           ? `still unanswered after ${IDEMPOTENCY_SAFE_HOURS} h (Shopify keeps idempotency keys ~24 h)`
           : `gave up after ${batch.sends} sends without a definite answer`;

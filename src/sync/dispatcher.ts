@@ -13,6 +13,7 @@ import {
   type ClaimedBatch,
   type DispatchStore,
   type FailedChange,
+  KeyWindowPassedError,
   LeaseLostError,
 } from "../ledger/dispatch_store.ts";
 import type { ChannelAdapter } from "./channel.ts";
@@ -178,6 +179,29 @@ export class Dispatcher {
       });
     } catch (error) {
       if (error instanceof LeaseLostError) throw error; // not the adapter's fault: see #run
+      if (error instanceof KeyWindowPassedError) {
+        // Not sent: the key may be forgotten. Recording a give-up past the window
+        // makes the changes outcome_unknown and copies their sales to the DLQ.
+        log.error("{channel} batch {batch_id} not re-sent: {error}; its changes are outcome_unknown", {
+          mark: "error",
+          channel,
+          batch_id: batch.id,
+          error: error.message,
+        });
+        outcome = {
+          kind: "resend",
+          reason: "key_window_passed",
+          error: error.message,
+          waitMs: 0,
+          countsAsAttempt: false,
+        };
+        span.setAttributes(outcomeAttributes(outcome));
+        const failed = await store.record(batch, outcome);
+        span.setAttribute("marketplace_sync.dead_lettered", failed.length);
+        metrics.changesProcessed.inc({ channel, outcome: "failed" }, failed.length);
+        for (const f of failed) await this.#deadLetter(f);
+        return;
+      }
       log.error("{channel} adapter failed on batch {batch_id}: {error}", {
         mark: "error",
         channel,
