@@ -9,6 +9,7 @@ import { SHOPIFY_DOCUMENTS } from "../src/channels/shopify/documents.ts";
 import { skuSearchQuery } from "../src/channels/shopify/search.ts";
 import { type RunningService, startService } from "../src/main.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
+import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
 import { shopifySchema } from "../src/sandbox/shopify_schema.ts";
 import { type Harness, harnessFor, header, integration, testConfig, waitFor } from "./helpers.ts";
@@ -254,6 +255,43 @@ integration(
     } finally {
       await h.close();
       await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "a SKU repeated under two producto_ids lowers both channels by the sum, with a metric and no DLQ",
+  async () => {
+    const tienda = STORES[0];
+    const meli = await startMeliSandbox({ catalog, tiendaId: tienda });
+    const { h, sandbox } = await startSyncHarness({}, {
+      CHANNELS: "shopify,mercadolibre",
+      MELI_MODE: "delta",
+      MELI_URL: meli.url,
+      MELI_CLIENT_ID: meli.clientId,
+      MELI_CLIENT_SECRET: meli.clientSecret,
+      MELI_REFRESH_TOKEN: meli.currentRefreshToken(),
+      MELI_TIENDA_ID: tienda,
+      DISPATCH_POLL_INTERVAL: "50ms",
+    });
+    try {
+      const sku = "REMERA-002";
+      const { producto_id } = product(sku);
+      const shopifyBefore = availableOf(sandbox, sku, tienda);
+      const meliBefore = meli.quantityOf(producto_id)!;
+      const e = saleOf(tienda, [{ sku, qty: 2 }, { sku, qty: 3 }], "two-products-one-sku");
+      (e.items[1] as { producto_id: string }).producto_id = crypto.randomUUID(); // the POS's catalog bug
+      await h.publish(e, { messageId: e.event_id });
+      await waitFor(async () => (await statusCounts(h)).applied === 2, "applied on both channels", 20_000);
+      assert.equal(availableOf(sandbox, sku, tienda), shopifyBefore - 5);
+      assert.equal(meli.quantityOf(producto_id), meliBefore - 5);
+      assert.deepEqual(await h.takeDeadLetters(), [], "nothing parked in the DLQ");
+      const conflicts = await h.service.metrics.productConflicts.get();
+      assert.equal(conflicts.values[0]?.value, 1);
+    } finally {
+      await h.close();
+      await sandbox.close();
+      await meli.close();
     }
   },
 );

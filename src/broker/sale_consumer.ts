@@ -78,6 +78,19 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
         { event_id: event.eventId, tienda_id: event.tiendaId },
       );
     }
+    for (const conflict of event.productConflicts) {
+      // Applied by SKU all the same: the POS sold it, and no replay could make the body consistent.
+      metrics.productConflicts.inc();
+      log.warning(
+        "sale {event_id} lists SKU {sku} under several producto_ids ({producto_ids}); applied by SKU, summed — fix the POS catalog",
+        {
+          event_id: event.eventId,
+          tienda_id: event.tiendaId,
+          sku: conflict.sku,
+          producto_ids: conflict.productoIds.join(", "),
+        },
+      );
+    }
     log.debug("received sale {event_id}", {
       mark: "received",
       event_id: event.eventId,
