@@ -48,11 +48,6 @@ const MALFORMED: [string, Uint8Array, string, Record<string, unknown>?][] = [
     enc(ev({ items: Array.from({ length: 1001 }, (_, i) => item({ producto_sku: `S${i}` })) })),
     "invalid_event",
   ],
-  [
-    "duplicate SKU with conflicting producto_id",
-    enc(ev({ items: [item(), item({ producto_id: "p2" })] })),
-    "invalid_event",
-  ],
 ];
 
 integration(
