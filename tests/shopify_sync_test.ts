@@ -382,6 +382,7 @@ integration(
       await waitFor(async () => (dead = await h.takeDeadLetters()).length > 0, "the sale copied to the DLQ");
       assert.equal(header(dead[0], "sync-reason"), "sku_not_found");
       assert.equal(header(dead[0], "sync-sku"), sku);
+      assert.match(header(dead[0], "sync-remedy")!, /exactly one .*listing.* then replay/);
     } finally {
       await h.close();
       await sandbox.close();

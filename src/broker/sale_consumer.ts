@@ -14,6 +14,7 @@ import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import { startAckingConsumer } from "./acking_consumer.ts";
 import { attemptsSoFar, bodyBytes, type FailureInfo, republishEnvelope } from "./envelope.ts";
+import { remedyFor } from "./remedies.ts";
 import type { ConfirmingPublisher } from "./publisher.ts";
 import { originalContentEncoding } from "./raw_body.ts";
 import { exchangeDeclaration, type Topology, workQueueDeclaration } from "./topology.ts";
@@ -45,7 +46,8 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
   const { topology, metrics, publisher } = deps;
 
   async function deadLetter(msg: AsyncMessage, raw: Uint8Array, failure: FailureInfo) {
-    await publisher.toQueue(topology.deadLetterQueue, republishEnvelope(msg, failure), raw);
+    const envelope = republishEnvelope(msg, { ...failure, remedy: remedyFor(failure.reason) });
+    await publisher.toQueue(topology.deadLetterQueue, envelope, raw);
     metrics.eventsDeadLettered.inc({ reason: failure.reason });
     metrics.eventsAcked.inc({ outcome: "dead_lettered" });
     log.warning("dead-lettered message: {reason}: {error}", {

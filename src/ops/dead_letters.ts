@@ -34,6 +34,8 @@ export interface DeadLetterView {
   message_id: string | null;
   reason: string | null;
   error: string | null;
+  /** What to fix before a replay can succeed (`sync-remedy`). */
+  remedy: string | null;
   attempts: number | null;
   channel: string | null;
   sku: string | null;
@@ -188,6 +190,7 @@ export function viewDeadLetter(msg: SyncMessage, position: number): DeadLetterVi
     message_id: msg.messageId ?? null,
     reason: h(HEADER.reason),
     error: h(HEADER.error),
+    remedy: h(HEADER.remedy),
     attempts: num(headers[HEADER.attempts]),
     channel: h(HEADER.channel),
     sku: h(HEADER.sku),
