@@ -359,6 +359,38 @@ integration(
 );
 
 integration(
+  "an inventory item that vanishes right after its SKU was looked up fails once, without a lookup loop",
+  async () => {
+    // Each request waits 1 s in the sandbox (a mutation before it applies): room to delete the
+    // variant after Shopify answered the SKU lookup and before it applies the adjustment.
+    const { h, sandbox } = await startSyncHarness({ faults: { latencyMs: 1_000 } });
+    try {
+      const tienda = STORES[0];
+      const sku = "REMERA-002";
+      const e = saleOf(tienda, [{ sku, qty: 1 }], "vanishes-in-flight");
+      await h.publish(e, { messageId: e.event_id });
+      await waitFor(() => sandbox.stats().requests === 2, "lookup answered, adjustment in flight", 10_000, 5);
+      sandbox.deleteVariant(sku);
+      assert.deepEqual(await settledChange(h, e.event_id), {
+        status: "failed",
+        error_reason: "invalid_inventory_item",
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(
+        sandbox.stats().requests,
+        2,
+        "a listing looked up for this very request is not looked up again",
+      );
+      const listings = await h.sql`select 1 from listing where channel = 'shopify' and sku = ${sku}`;
+      assert.equal(listings.length, 0, "the vanished item is not kept for the next sale");
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
   "a variant deleted with no replacement fails sku_not_found and writes to no other item",
   async () => {
     const { h, sandbox } = await startSyncHarness();

@@ -264,7 +264,8 @@ export class ShopifyChannel implements ChannelAdapter {
    * listing came from the cache, the variant was deleted (and maybe re-created) since:
    * the cached listing is dropped and the change retried, so it is resolved again —
    * applied to the new item, or failed `sku_not_found`, never written to the old one.
-   * A listing looked up for this very request is not retried: that bounds it to once.
+   * A listing looked up for this very request is not retried (the change fails
+   * `invalid_inventory_item`; a replay resolves the SKU again): that bounds it to once.
    */
   async #staleListing(
     batch: ClaimedBatch,
@@ -272,9 +273,9 @@ export class ShopifyChannel implements ChannelAdapter {
     j: number,
   ): Promise<ChangeOutcome | undefined> {
     const { inventoryItemId } = request.variables.input.changes[j];
-    if (request.fresh?.includes(inventoryItemId)) return undefined;
     const sku = batch.changes[request.index[j][0]].sku;
-    await this.listings.invalidate(sku, inventoryItemId);
+    await this.listings.invalidate(sku, inventoryItemId); // no later sale should try it either
+    if (request.fresh?.includes(inventoryItemId)) return undefined;
     log.warning("Shopify no longer has inventory item {item} of SKU {sku}; resolving the SKU again", {
       item: inventoryItemId,
       sku,
