@@ -104,9 +104,11 @@ export interface DlqMessage {
   attempts: number | null;
   last_failure: string | null;
   error: string | null;
+  /** `sync-remedy`: what to fix before a replay can succeed (absent on messages dead-lettered before it existed). */
+  remedy?: string | null;
 }
 
-/** The listing as a table plus a total line. */
+/** The listing as a table, what to fix per reason shown, and a total line. */
 export function formatDlqList(body: { total: number; messages: DlqMessage[] }): string {
   const rows = body.messages.map((m) => [
     m.position,
@@ -125,7 +127,11 @@ export function formatDlqList(body: { total: number; messages: DlqMessage[] }): 
   const total = body.total === 0
     ? "the DLQ is empty"
     : `${body.messages.length} of ${body.total} message(s) in the DLQ shown`;
-  return body.messages.length > 0 ? `${table}\n\n${total}` : total;
+  const remedies = new Map<string, string>();
+  for (const m of body.messages) if (m.reason && m.remedy) remedies.set(m.reason, m.remedy);
+  const fixes = [...remedies].map(([reason, remedy]) => `  ${reason}: ${remedy}`).join("\n");
+  const before = fixes ? `\n\nbefore replaying:\n${fixes}` : "";
+  return body.messages.length > 0 ? `${table}${before}\n\n${total}` : total;
 }
 
 /** What `POST /dlq/replay` returns. */

@@ -14,6 +14,7 @@ export interface ServiceMetrics {
   eventsRetried: Counter<"reason">;
   eventsDeadLettered: Counter<"reason">;
   eventIdentity: Counter<"source">;
+  productConflicts: Counter;
   custodyBatchSize: Histogram;
   custodyBatchSeconds: Histogram;
   ledgerChanges: Gauge<"channel" | "status">;
@@ -188,6 +189,12 @@ export function createMetrics(
       name: `${prefix}event_identity_total`,
       help: "Where accepted events got their identity; body_hash means identical sales may collapse.",
       labelNames: ["source"] as const,
+      registers,
+    }),
+    productConflicts: new Counter({
+      name: `${prefix}event_product_conflicts_total`,
+      help:
+        "SKUs that one accepted sale listed under more than one producto_id; applied by SKU (summed). A POS catalog bug to fix.",
       registers,
     }),
     custodyBatchSize: new Histogram({

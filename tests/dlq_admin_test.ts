@@ -812,6 +812,26 @@ Deno.test("table output: aligned columns, numbers right-aligned, empty cells for
       }…\n\n1 of 7 message(s) in the DLQ shown`,
   );
   assert.equal(formatDlqList({ total: 0, messages: [] }), "the DLQ is empty");
+  const withRemedy = formatDlqList({
+    total: 2,
+    messages: ["a", "b"].map((id, position) => ({
+      position,
+      event_id: id,
+      reason: "sku_not_found",
+      channel: "shopify",
+      sku: "X-1",
+      attempts: 1,
+      last_failure: null,
+      error: "no Shopify variant has SKU",
+      remedy: "give exactly one listing the SKU, then replay",
+    })),
+  });
+  assert.ok(
+    withRemedy.endsWith(
+      "\n\nbefore replaying:\n  sku_not_found: give exactly one listing the SKU, then replay\n\n2 of 2 message(s) in the DLQ shown",
+    ),
+    `each reason's fix once, under the table:\n${withRemedy}`,
+  );
   assert.equal(
     formatReplay({ moved: 2, kept: 1, scanned: 3, moved_event_ids: ["a", "b"] }),
     "moved 2 message(s) back to the work queue (scanned 3, kept 1)\nevents: a, b",

@@ -47,6 +47,24 @@ Deno.test("duplicate SKUs are summed; unknown fields are kept", () => {
   assert.equal((result.event.body.items as { color?: string }[])[0].color, "rojo");
 });
 
+Deno.test("a SKU repeated under two producto_ids is still applied by SKU (summed) and reported", () => {
+  const result = decode(sale({
+    items: [
+      { producto_id: "p1", producto_sku: "A", cantidad: 2 },
+      { producto_id: "p2", producto_sku: "A", cantidad: 3 },
+      { producto_sku: "A", cantidad: 1 },
+      { producto_id: "p3", producto_sku: "B", cantidad: 1 },
+      { producto_id: "p3", producto_sku: "B", cantidad: 1 },
+    ],
+  }));
+  assert.ok(result.ok, JSON.stringify(result));
+  assert.deepEqual(result.event.items, [
+    { sku: "A", productoId: "p1", quantity: 6 },
+    { sku: "B", productoId: "p3", quantity: 2 },
+  ]);
+  assert.deepEqual(result.event.productConflicts, [{ sku: "A", productoIds: ["p1", "p2"] }]);
+});
+
 Deno.test("optional descriptive fields may be null or absent", () => {
   const result = decode({
     tienda_id: "t",

@@ -376,6 +376,30 @@ integration("under_review, Full and unknown SKUs fail with MeLi's message and re
   }
 });
 
+integration(
+  "a variation deleted after its SKU was resolved fails sku_not_found and writes to no other variation",
+  async () => {
+    const m = await startMeliHarness();
+    try {
+      const sku = "CINTURON-CUERO-90";
+      const sibling = productOf("CINTURON-CUERO-100").producto_id;
+      await m.pos.sell(m.h, MELI_STORE, [{ sku, qty: 1 }]);
+      await settled(m.h, 1); // resolved and cached
+      m.sandbox.deleteVariation(productOf(sku).producto_id);
+      const siblingBefore = m.sandbox.quantityOf(sibling);
+      await m.pos.sell(m.h, MELI_STORE, [{ sku, qty: 1 }]);
+      await settled(m.h, 2);
+      const [last] = await m.h.sql<{ status: string; error_reason: string }[]>`
+        select status, error_reason from stock_change order by id desc limit 1`;
+      assert.deepEqual({ ...last }, { status: "failed", error_reason: "sku_not_found" });
+      assert.equal(m.sandbox.quantityOf(sibling), siblingBefore, "the item's other variation is untouched");
+      assertNoInvalidRequests(m.sandbox);
+    } finally {
+      await m.close();
+    }
+  },
+);
+
 integration("a multi-origin seller fails with a clear reason instead of a silent success", async () => {
   const m = await startMeliHarness({ userTags: ["normal", "warehouse_management"] });
   try {

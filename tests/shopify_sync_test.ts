@@ -10,6 +10,7 @@ import { SHOPIFY_DOCUMENTS } from "../src/channels/shopify/documents.ts";
 import { skuSearchQuery } from "../src/channels/shopify/search.ts";
 import { type RunningService, startService } from "../src/main.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
+import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
 import { shopifySchema } from "../src/sandbox/shopify_schema.ts";
 import { type Harness, harnessFor, header, integration, testConfig, waitFor } from "./helpers.ts";
@@ -259,6 +260,169 @@ integration(
   },
 );
 
+integration(
+  "a SKU repeated under two producto_ids lowers both channels by the sum, with a metric and no DLQ",
+  async () => {
+    const tienda = STORES[0];
+    const meli = await startMeliSandbox({ catalog, tiendaId: tienda });
+    const { h, sandbox } = await startSyncHarness({}, {
+      CHANNELS: "shopify,mercadolibre",
+      MELI_MODE: "delta",
+      MELI_URL: meli.url,
+      MELI_CLIENT_ID: meli.clientId,
+      MELI_CLIENT_SECRET: meli.clientSecret,
+      MELI_REFRESH_TOKEN: meli.currentRefreshToken(),
+      MELI_TIENDA_ID: tienda,
+      DISPATCH_POLL_INTERVAL: "50ms",
+    });
+    try {
+      const sku = "REMERA-002";
+      const { producto_id } = product(sku);
+      const shopifyBefore = availableOf(sandbox, sku, tienda);
+      const meliBefore = meli.quantityOf(producto_id)!;
+      const e = saleOf(tienda, [{ sku, qty: 2 }, { sku, qty: 3 }], "two-products-one-sku");
+      (e.items[1] as { producto_id: string }).producto_id = crypto.randomUUID(); // the POS's catalog bug
+      await h.publish(e, { messageId: e.event_id });
+      await waitFor(async () => (await statusCounts(h)).applied === 2, "applied on both channels", 20_000);
+      assert.equal(availableOf(sandbox, sku, tienda), shopifyBefore - 5);
+      assert.equal(meli.quantityOf(producto_id), meliBefore - 5);
+      assert.deepEqual(await h.takeDeadLetters(), [], "nothing parked in the DLQ");
+      const conflicts = await h.service.metrics.productConflicts.get();
+      assert.equal(conflicts.values[0]?.value, 1);
+    } finally {
+      await h.close();
+      await sandbox.close();
+      await meli.close();
+    }
+  },
+);
+
+/** A change's final status and reason, once it settled (applied or failed). */
+async function settledChange(
+  h: Harness,
+  eventId: string,
+): Promise<{ status: string; error_reason: string | null }> {
+  let row: { status: string; error_reason: string | null } | undefined;
+  await waitFor(
+    async () => {
+      [row] = await h.sql<{ status: string; error_reason: string | null }[]>`
+      select status, error_reason from stock_change where event_id = ${eventId}`;
+      return row?.status === "applied" || row?.status === "failed";
+    },
+    `${eventId} settled`,
+    15_000,
+  );
+  return row!;
+}
+
+integration(
+  "a variant deleted and re-created in Shopify gets the next sale on its new inventory item, once",
+  async () => {
+    const { h, sandbox } = await startSyncHarness();
+    try {
+      const tienda = STORES[0];
+      const sku = "REMERA-001";
+      const first = saleOf(tienda, [{ sku, qty: 1 }], "before-delete");
+      await h.publish(first, { messageId: first.event_id });
+      assert.equal((await settledChange(h, first.event_id)).status, "applied"); // the listing is cached now
+
+      // The merchant deletes the variant and creates it again: same SKU, new variant and inventory item.
+      const old = sandbox.deleteVariant(sku)!;
+      const fresh = sandbox.createVariant({
+        sku,
+        productoId: product(sku).producto_id,
+        available: { [tienda]: 50 },
+      });
+      assert.notEqual(fresh.inventoryItemId, old.inventoryItemId);
+
+      const second = saleOf(tienda, [{ sku, qty: 2 }], "after-recreate");
+      await h.publish(second, { messageId: second.event_id });
+      assert.deepEqual(await settledChange(h, second.event_id), { status: "applied", error_reason: null });
+      assert.equal(
+        sandbox.available(fresh.inventoryItemId, sandbox.locationIdOf(tienda)!),
+        48,
+        "applied once",
+      );
+      const [listing] = await h
+        .sql`select external_id from listing where channel = 'shopify' and sku = ${sku}`;
+      assert.equal(listing.external_id, fresh.inventoryItemId, "the ledger's listing follows the new item");
+
+      const third = saleOf(tienda, [{ sku, qty: 3 }], "next-sale");
+      await h.publish(third, { messageId: third.event_id });
+      assert.equal((await settledChange(h, third.event_id)).status, "applied");
+      assert.equal(sandbox.available(fresh.inventoryItemId, sandbox.locationIdOf(tienda)!), 45);
+      assert.deepEqual(await h.takeDeadLetters(), []);
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "an inventory item that vanishes right after its SKU was looked up fails once, without a lookup loop",
+  async () => {
+    // Each request waits 1 s in the sandbox (a mutation before it applies): room to delete the
+    // variant after Shopify answered the SKU lookup and before it applies the adjustment.
+    const { h, sandbox } = await startSyncHarness({ faults: { latencyMs: 1_000 } });
+    try {
+      const tienda = STORES[0];
+      const sku = "REMERA-002";
+      const e = saleOf(tienda, [{ sku, qty: 1 }], "vanishes-in-flight");
+      await h.publish(e, { messageId: e.event_id });
+      await waitFor(() => sandbox.stats().requests === 2, "lookup answered, adjustment in flight", 10_000, 5);
+      sandbox.deleteVariant(sku);
+      assert.deepEqual(await settledChange(h, e.event_id), {
+        status: "failed",
+        error_reason: "invalid_inventory_item",
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(
+        sandbox.stats().requests,
+        2,
+        "a listing looked up for this very request is not looked up again",
+      );
+      const listings = await h.sql`select 1 from listing where channel = 'shopify' and sku = ${sku}`;
+      assert.equal(listings.length, 0, "the vanished item is not kept for the next sale");
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "a variant deleted with no replacement fails sku_not_found and writes to no other item",
+  async () => {
+    const { h, sandbox } = await startSyncHarness();
+    try {
+      const tienda = STORES[1];
+      const sku = "REMERA-003";
+      const first = saleOf(tienda, [{ sku, qty: 1 }], "before-delete");
+      await h.publish(first, { messageId: first.event_id });
+      assert.equal((await settledChange(h, first.event_id)).status, "applied");
+
+      sandbox.deleteVariant(sku);
+      const before = JSON.stringify(sandbox.state());
+      const second = saleOf(tienda, [{ sku, qty: 2 }], "after-delete");
+      await h.publish(second, { messageId: second.event_id });
+      assert.deepEqual(await settledChange(h, second.event_id), {
+        status: "failed",
+        error_reason: "sku_not_found",
+      });
+      assert.equal(JSON.stringify(sandbox.state()), before, "no item's stock moved");
+      let dead: Awaited<ReturnType<Harness["takeDeadLetters"]>> = [];
+      await waitFor(async () => (dead = await h.takeDeadLetters()).length > 0, "the sale copied to the DLQ");
+      assert.equal(header(dead[0], "sync-reason"), "sku_not_found");
+      assert.equal(header(dead[0], "sync-sku"), sku);
+      assert.match(header(dead[0], "sync-remedy")!, /exactly one .*listing.* then replay/);
+    } finally {
+      await h.close();
+      await sandbox.close();
+    }
+  },
+);
+
 integration("redelivered and replayed events never decrement twice", async () => {
   const { h, sandbox } = await startSyncHarness();
   try {
@@ -450,17 +614,18 @@ integration(
 );
 
 integration(
-  "a userError naming one change fails that change; the rest of the batch is re-sent and applied",
+  "a userError naming one change settles that change; the rest of the batch is re-sent and applied",
   async () => {
     const { h, sandbox } = await startSyncHarness();
     try {
-      // A stale cached listing: the SKU maps to an inventory item Shopify does not know.
+      // A stale cached listing: the SKU maps to an inventory item Shopify does not know, and no
+      // variant has that SKU any more. The listing is dropped, the SKU resolved again: not found.
       await h.sql`
       insert into listing (channel, sku, external_id, variant_id)
-      values ('shopify', 'REMERA-001', 'gid://shopify/InventoryItem/999999999', 'gid://shopify/ProductVariant/999999999')`;
+      values ('shopify', 'GONE-001', 'gid://shopify/InventoryItem/999999999', 'gid://shopify/ProductVariant/999999999')`;
       const tienda = STORES[0];
       const before = availableOf(sandbox, "REMERA-002", tienda);
-      const e = saleOf(tienda, [{ sku: "REMERA-001", qty: 1 }, { sku: "REMERA-002", qty: 3 }], "user-error");
+      const e = saleOf(tienda, [{ sku: "GONE-001", qty: 1 }, { sku: "REMERA-002", qty: 3 }], "user-error");
       await h.publish(e, { messageId: e.event_id });
       await waitFor(
         async () => {
@@ -471,8 +636,8 @@ integration(
         20_000,
       );
       const [failed] = await h.sql`select sku, error_reason, error from stock_change where status = 'failed'`;
-      assert.equal(failed.sku, "REMERA-001");
-      assert.match(failed.error_reason, /invalid_inventory_item/);
+      assert.equal(failed.sku, "GONE-001");
+      assert.equal(failed.error_reason, "sku_not_found");
       assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 3);
     } finally {
       await h.close();

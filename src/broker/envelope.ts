@@ -10,6 +10,8 @@ export const HEADER = {
   attempts: "sync-attempts",
   reason: "sync-reason",
   error: "sync-error",
+  /** What to fix before a replay can succeed (or that the POS must republish): src/broker/remedies.ts. */
+  remedy: "sync-remedy",
   field: "sync-field",
   firstFailure: "sync-first-failure",
   lastFailure: "sync-last-failure",
@@ -30,6 +32,8 @@ export interface FailureInfo {
   error: string;
   attempts: number;
   field?: string;
+  /** Set on the way to the DLQ (not to a wait queue): see {@link HEADER}.remedy. */
+  remedy?: string;
   eventId?: string;
   channel?: string;
   sku?: string;
@@ -65,6 +69,7 @@ export function republishEnvelope(msg: AsyncMessage, failure: FailureInfo, now =
   const optional: Record<string, string | undefined> = {
     // A field path can be as long as a JSON key; unbounded, it no longer fits an AMQP frame.
     [HEADER.field]: failure.field?.slice(0, 200),
+    [HEADER.remedy]: failure.remedy,
     [HEADER.eventId]: failure.eventId,
     [HEADER.channel]: failure.channel,
     [HEADER.sku]: failure.sku,

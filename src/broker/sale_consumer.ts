@@ -14,6 +14,7 @@ import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import { startAckingConsumer } from "./acking_consumer.ts";
 import { attemptsSoFar, bodyBytes, type FailureInfo, republishEnvelope } from "./envelope.ts";
+import { remedyFor } from "./remedies.ts";
 import type { ConfirmingPublisher } from "./publisher.ts";
 import { originalContentEncoding } from "./raw_body.ts";
 import { exchangeDeclaration, type Topology, workQueueDeclaration } from "./topology.ts";
@@ -45,7 +46,8 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
   const { topology, metrics, publisher } = deps;
 
   async function deadLetter(msg: AsyncMessage, raw: Uint8Array, failure: FailureInfo) {
-    await publisher.toQueue(topology.deadLetterQueue, republishEnvelope(msg, failure), raw);
+    const envelope = republishEnvelope(msg, { ...failure, remedy: remedyFor(failure.reason) });
+    await publisher.toQueue(topology.deadLetterQueue, envelope, raw);
     metrics.eventsDeadLettered.inc({ reason: failure.reason });
     metrics.eventsAcked.inc({ outcome: "dead_lettered" });
     log.warning("dead-lettered message: {reason}: {error}", {
@@ -76,6 +78,19 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
       log.warning(
         "event has no message_id, event_id or venta_id; using a body hash as identity (two identical sales would collapse)",
         { event_id: event.eventId, tienda_id: event.tiendaId },
+      );
+    }
+    for (const conflict of event.productConflicts) {
+      // Applied by SKU all the same: the POS sold it, and no replay could make the body consistent.
+      metrics.productConflicts.inc();
+      log.warning(
+        "sale {event_id} lists SKU {sku} under several producto_ids ({producto_ids}); applied by SKU, summed — fix the POS catalog",
+        {
+          event_id: event.eventId,
+          tienda_id: event.tiendaId,
+          sku: conflict.sku,
+          producto_ids: conflict.productoIds.join(", "),
+        },
       );
     }
     log.debug("received sale {event_id}", {

@@ -32,12 +32,26 @@ export interface StockItem {
   quantity: number;
 }
 
+/**
+ * A SKU whose lines name more than one `producto_id`. The POS made the sale, so
+ * it is applied by SKU (the marketplaces resolve listings by SKU) with the first
+ * `producto_id` kept; the consumer counts and warns about it so the POS catalog
+ * gets fixed, instead of parking a sale that no replay could ever repair.
+ */
+export interface ProductConflict {
+  sku: string;
+  /** Every distinct producto_id the SKU's lines named, in order of appearance. */
+  productoIds: string[];
+}
+
 /** A validated sale, ready to be taken into custody. */
 export interface SaleEvent {
   eventId: string;
   identitySource: IdentitySource;
   tiendaId: string;
   items: StockItem[];
+  /** SKUs repeated under different producto_ids (empty when the sale is consistent). */
+  productConflicts: ProductConflict[];
   /** The parsed body as received (unknown fields kept). */
   body: Record<string, unknown>;
 }
@@ -166,6 +180,7 @@ export function decodeSaleEvent(
   }
   const data = result.data;
   const items = new Map<string, StockItem>();
+  const conflicts = new Map<string, ProductConflict>();
   for (const [index, item] of data.items.entries()) {
     const productoId = item.producto_id ?? null;
     const existing = items.get(item.producto_sku);
@@ -174,11 +189,10 @@ export function decodeSaleEvent(
       continue;
     }
     if (productoId !== null && existing.productoId !== null && existing.productoId !== productoId) {
-      return reject(
-        "invalid_event",
-        `items[${index}] repeats SKU "${item.producto_sku}" with a different producto_id`,
-        `items[${index}].producto_id`,
-      );
+      const conflict = conflicts.get(item.producto_sku) ??
+        { sku: item.producto_sku, productoIds: [existing.productoId] };
+      if (!conflict.productoIds.includes(productoId)) conflict.productoIds.push(productoId);
+      conflicts.set(item.producto_sku, conflict);
     }
     existing.productoId ??= productoId;
     existing.quantity += item.cantidad;
@@ -198,6 +212,7 @@ export function decodeSaleEvent(
       identitySource: identity.source,
       tiendaId: data.tienda_id,
       items: [...items.values()],
+      productConflicts: [...conflicts.values()],
       body: parsed as Record<string, unknown>,
     },
   };

@@ -23,6 +23,7 @@ import { z } from "zod";
 import { bodyBytes, HEADER } from "../broker/envelope.ts";
 import type { ConfirmingPublisher } from "../broker/publisher.ts";
 import { keepRawBodies, originalContentEncoding } from "../broker/raw_body.ts";
+import { remedyFor } from "../broker/remedies.ts";
 import type { Topology } from "../broker/topology.ts";
 import { logger } from "../log.ts";
 
@@ -40,6 +41,8 @@ export interface DeadLetterView {
   message_id: string | null;
   reason: string | null;
   error: string | null;
+  /** What to fix before a replay can succeed (`sync-remedy`). */
+  remedy: string | null;
   attempts: number | null;
   channel: string | null;
   sku: string | null;
@@ -215,6 +218,7 @@ export function viewDeadLetter(msg: SyncMessage, position: number): DeadLetterVi
     message_id: msg.messageId ?? null,
     reason: deadLetterReason(msg),
     error: h(HEADER.error) ?? brokerDeathError(headers),
+    remedy: h(HEADER.remedy) ?? remedyFor(deadLetterReason(msg) ?? ""),
     attempts: num(headers[HEADER.attempts]),
     channel: h(HEADER.channel),
     sku: h(HEADER.sku),

@@ -326,6 +326,11 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       return item ? items.render(item, true) : undefined;
     },
     setItem: (itemId, patch) => items.setItem(itemId, patch),
+    deleteVariation: (productoId) => {
+      const found = items.ofProduct(productoId);
+      if (!found?.variation) throw new Error(`producto_id ${productoId} is not a variation`);
+      found.variation.deleted = true;
+    },
     setQuantity: (productoId, quantity) => items.setQuantity(productoId, quantity),
     stats: () => structuredClone(stats),
     requestLog: () => [...requestLog],

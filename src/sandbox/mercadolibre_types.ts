@@ -131,6 +131,8 @@ export interface MeliSandbox {
   item(itemId: string): unknown;
   /** Changes what MeLi decides about an item (moderation, Full). */
   setItem(itemId: string, patch: { status?: string; sub_status?: string[]; logistic_type?: string }): void;
+  /** The seller deletes a catalog product's variation (as a `PUT /items/{id}` leaving it out does). */
+  deleteVariation(productoId: string): void;
   /** A MeLi-side change (an online sale), applying MeLi's status rules. */
   setQuantity(productoId: string, quantity: number): void;
   stats(): MeliSandboxStats;

@@ -10,7 +10,9 @@
  * syntax, calculated query cost and the leaky bucket (THROTTLED) are enforced.
  *
  * Routes: `POST /admin/api/{version}/graphql.json` (the API), `GET /__sandbox/state`,
- * `GET|POST /__sandbox/faults` (JSON, partial updates). The admin routes take no
+ * `GET|POST /__sandbox/faults` (JSON, partial updates), `POST /__sandbox/variants/delete`
+ * (`{"sku"}`: the merchant deletes a variant) and `POST /__sandbox/variants` (`{"sku",
+ * "producto_id"?, "title"?, "available"?: {tienda_id: n}}`: creates one with new gids). The admin routes take no
  * token: the sandbox only listens on 127.0.0.1.
  *
  * Run alone: `deno task sandbox` (env: SANDBOX_SHOPIFY_PORT, SANDBOX_SHOPIFY_TOKEN,
@@ -125,8 +127,12 @@ export interface ShopifySandbox {
   apiVersion: string;
   /** One location per catalog store. */
   locations: readonly SandboxLocation[];
-  /** One variant (and inventory item) per catalog product. */
-  variants: readonly SandboxVariant[];
+  /** The shop's variants now: one (and its inventory item) per catalog product, less deleted, plus created. */
+  readonly variants: readonly SandboxVariant[];
+  /** A merchant deletes the variant with this SKU (and its inventory item); undefined if none. */
+  deleteVariant(sku: string): SandboxVariant | undefined;
+  /** A merchant creates a variant with this SKU: new gids, `available` per tienda_id (else 0). */
+  createVariant(input: Parameters<ShopifyInventory["createVariant"]>[0]): SandboxVariant;
   /** Available quantity of an inventory item at a location (gids). */
   available(inventoryItemId: string, locationId: string): number | undefined;
   /** Available quantity of a catalog product at a catalog store. */
@@ -164,6 +170,14 @@ function serverError(status: 500 | 502 | 503): Response {
   }
   return json(status, { errors: status === 500 ? "Internal Server Error" : "Service Unavailable" });
 }
+
+/** `POST /__sandbox/variants`: a variant the merchant creates (e.g. re-created after a delete). */
+const NEW_VARIANT = z.object({
+  sku: z.string().min(1),
+  producto_id: z.string().optional(),
+  title: z.string().optional(),
+  available: z.record(z.string(), z.number().int()).optional(),
+});
 
 /** Starts the simulator on 127.0.0.1 and resolves once it listens. */
 export async function startShopifySandbox(options: ShopifySandboxOptions = {}): Promise<ShopifySandbox> {
@@ -272,6 +286,21 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
         return json(400, { errors: issues });
       }
     }
+    if (path === "/__sandbox/variants/delete" && req.method === "POST") {
+      const body = await req.json().catch(() => null);
+      const sku = typeof body?.sku === "string" ? body.sku : undefined;
+      if (!sku) return json(400, { errors: 'expected {"sku": "..."}' });
+      const deleted = inventory.deleteVariant(sku);
+      return deleted ? json(200, { deleted }) : json(404, { errors: `no variant has SKU "${sku}"` });
+    }
+    if (path === "/__sandbox/variants" && req.method === "POST") {
+      const parsed = NEW_VARIANT.safeParse(await req.json().catch(() => null));
+      if (!parsed.success) return json(400, { errors: parsed.error.issues });
+      const { sku, producto_id, title, available } = parsed.data;
+      return json(200, {
+        created: inventory.createVariant({ sku, productoId: producto_id, title, available }),
+      });
+    }
     return json(404, NOT_FOUND_BODY);
   };
 
@@ -307,7 +336,11 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     token,
     apiVersion,
     locations: inventory.locations,
-    variants: inventory.variants,
+    get variants() {
+      return inventory.variants;
+    },
+    deleteVariant: (sku) => inventory.deleteVariant(sku),
+    createVariant: (input) => inventory.createVariant(input),
     available: (itemId, locationId) => inventory.available(itemId, locationId),
     availableFor: (productoId, tiendaId) => {
       const v = inventory.variants.find((x) => x.productoId === productoId);

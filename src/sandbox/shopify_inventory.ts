@@ -167,7 +167,9 @@ function validDocumentUri(uri: string): boolean {
 /** The shop's inventory state. */
 export class ShopifyInventory {
   readonly locations: readonly SandboxLocation[];
-  readonly variants: readonly SandboxVariant[];
+  #variants: SandboxVariant[];
+  /** Variants created so far (catalog and later), so a re-created variant gets new gids as in Shopify. */
+  #created: number;
   #locationById = new Map<string, SandboxLocation>();
   #variantById = new Map<string, SandboxVariant>();
   #variantByItem = new Map<string, SandboxVariant>();
@@ -184,7 +186,7 @@ export class ShopifyInventory {
       tiendaId: s.tienda_id,
       isActive: true,
     }));
-    this.variants = catalog.products.map((p, i) => ({
+    this.#variants = catalog.products.map((p, i) => ({
       id: `gid://shopify/ProductVariant/${VARIANT_BASE + i + 1}`,
       legacyId: VARIANT_BASE + i + 1,
       sku: p.sku,
@@ -193,9 +195,10 @@ export class ShopifyInventory {
       inventoryItemId: `gid://shopify/InventoryItem/${ITEM_BASE + i + 1}`,
       inventoryItemLegacyId: ITEM_BASE + i + 1,
     }));
+    this.#created = this.#variants.length;
     for (const l of this.locations) this.#locationById.set(l.id, l);
     catalog.products.forEach((p, i) => {
-      const v = this.variants[i];
+      const v = this.#variants[i];
       this.#variantById.set(v.id, v);
       this.#variantByItem.set(v.inventoryItemId, v);
       this.#available.set(
@@ -203,6 +206,59 @@ export class ShopifyInventory {
         new Map(this.locations.map((l) => [l.id, { quantity: p.stock[l.tiendaId] ?? 0, updatedAt: seeded }])),
       );
     });
+  }
+
+  /** The shop's variants now (one per catalog product, less deleted ones, plus created ones). */
+  get variants(): readonly SandboxVariant[] {
+    return this.#variants;
+  }
+
+  /**
+   * A merchant deletes the variant with this SKU (the first, if several) in the admin:
+   * its inventory item goes with it, so later writes to that item get
+   * INVALID_INVENTORY_ITEM and searches no longer find the SKU. Undefined if none.
+   */
+  deleteVariant(sku: string): SandboxVariant | undefined {
+    const index = this.#variants.findIndex((v) => v.sku === sku);
+    if (index < 0) return undefined;
+    const [v] = this.#variants.splice(index, 1);
+    this.#variantById.delete(v.id);
+    this.#variantByItem.delete(v.inventoryItemId);
+    this.#available.delete(v.inventoryItemId);
+    return v;
+  }
+
+  /**
+   * A merchant creates a variant with this SKU: new variant and inventory item gids
+   * (Shopify never reuses one), stocked at every location (`available` per tienda_id, else 0).
+   */
+  createVariant(input: {
+    sku: string;
+    productoId?: string;
+    title?: string;
+    available?: Record<string, number>;
+  }): SandboxVariant {
+    const n = ++this.#created;
+    const v: SandboxVariant = {
+      id: `gid://shopify/ProductVariant/${VARIANT_BASE + n}`,
+      legacyId: VARIANT_BASE + n,
+      sku: input.sku,
+      productTitle: input.title ?? input.sku,
+      productoId: input.productoId ?? crypto.randomUUID(),
+      inventoryItemId: `gid://shopify/InventoryItem/${ITEM_BASE + n}`,
+      inventoryItemLegacyId: ITEM_BASE + n,
+    };
+    const at = new Date(this.now()).toISOString();
+    this.#variants.push(v);
+    this.#variantById.set(v.id, v);
+    this.#variantByItem.set(v.inventoryItemId, v);
+    this.#available.set(
+      v.inventoryItemId,
+      new Map(
+        this.locations.map((l) => [l.id, { quantity: input.available?.[l.tiendaId] ?? 0, updatedAt: at }]),
+      ),
+    );
+    return v;
   }
 
   /** The location with this gid, if any. */

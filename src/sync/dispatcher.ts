@@ -5,6 +5,7 @@
  */
 import type { ConfirmingPublisher } from "../broker/publisher.ts";
 import { HEADER } from "../broker/envelope.ts";
+import { remedyFor } from "../broker/remedies.ts";
 import type { Topology } from "../broker/topology.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
@@ -305,6 +306,7 @@ export class Dispatcher {
         headers: {
           [HEADER.reason]: f.reason,
           [HEADER.error]: f.error.slice(0, 1000),
+          [HEADER.remedy]: remedyFor(f.reason),
           [HEADER.attempts]: f.attempts,
           [HEADER.channel]: f.channel,
           [HEADER.sku]: f.sku,

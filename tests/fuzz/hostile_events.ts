@@ -566,11 +566,12 @@ export function hostileKinds(limits: EventLimits = DEFAULT_LIMITS): HostileKind[
     }),
   );
   add(
-    "repeated SKU with conflicting producto_id",
-    plainSku.map((sku) =>
-      dlq(
-        JSON.stringify(sale([item(sku, 1, { producto_id: "p-1" }), item(sku, 1, { producto_id: "p-2" })])),
-        "invalid_event",
+    // The POS made the sale: applied by SKU, summed (and counted as a catalog inconsistency).
+    "repeated SKU with conflicting producto_id (summed, accepted)",
+    fc.tuple(plainSku, qty, qty).map(([sku, a, b]) =>
+      stored(
+        JSON.stringify(sale([item(sku, a, { producto_id: "p-1" }), item(sku, b, { producto_id: "p-2" })])),
+        [{ sku, quantity: a }, { sku, quantity: b }],
       )
     ),
   );

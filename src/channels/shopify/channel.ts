@@ -50,7 +50,15 @@ interface AdjustRequest {
   index: number[][];
   /** Outcomes decided without asking Shopify (unresolvable SKUs, unmapped stores, net-zero). */
   decided: Record<number, ChangeOutcome>;
+  /**
+   * Inventory items this request's SKUs were resolved to by a lookup in Shopify while
+   * building it (the others came from the cache). Absent in requests stored before.
+   */
+  fresh?: string[];
 }
+
+/** Shopify's userError code for an inventory item that does not exist (any more). */
+const INVALID_INVENTORY_ITEM = "INVALID_INVENTORY_ITEM";
 
 interface AdjustResponse {
   inventoryAdjustQuantities: {
@@ -198,20 +206,26 @@ export class ShopifyChannel implements ChannelAdapter {
     if (userErrors.length > 0 || !payload?.inventoryAdjustmentGroup) {
       // The mutation is all-or-nothing: a userError that names one change fails
       // that change; the others were not applied and go out again under a new key.
-      const blamed = new Map<number, { reason: string; error: string }>();
+      const blamed = new Map<number, ChangeOutcome>();
       for (const e of userErrors) {
         const at = (e.field ?? []).indexOf("changes");
         const j = at >= 0 ? Number((e.field ?? [])[at + 1]) : NaN;
         if (Number.isInteger(j) && request.index[j]) {
+          const stale = e.code === INVALID_INVENTORY_ITEM
+            ? await this.#staleListing(batch, request, j)
+            : undefined;
           for (const i of request.index[j]) {
-            blamed.set(i, { reason: (e.code ?? "user_error").toLowerCase(), error: e.message });
+            blamed.set(
+              i,
+              stale ?? { kind: "failed", reason: (e.code ?? "user_error").toLowerCase(), error: e.message },
+            );
           }
         }
       }
       const reasonText = summary || "no adjustment group returned";
       for (const i of sent) {
         const b = blamed.get(i);
-        results[i] = b ? { kind: "failed", ...b } : blamed.size > 0
+        results[i] = b ? b : blamed.size > 0
           ? {
             kind: "retry",
             reason: "batch_rejected",
@@ -245,6 +259,36 @@ export class ShopifyChannel implements ChannelAdapter {
     return { kind: "done", results, response: { group: payload.inventoryAdjustmentGroup.id } };
   }
 
+  /**
+   * Shopify no longer has the inventory item request change `j` names. If the SKU's
+   * listing came from the cache, the variant was deleted (and maybe re-created) since:
+   * the cached listing is dropped and the change retried, so it is resolved again —
+   * applied to the new item, or failed `sku_not_found`, never written to the old one.
+   * A listing looked up for this very request is not retried (the change fails
+   * `invalid_inventory_item`; a replay resolves the SKU again): that bounds it to once.
+   */
+  async #staleListing(
+    batch: ClaimedBatch,
+    request: AdjustRequest,
+    j: number,
+  ): Promise<ChangeOutcome | undefined> {
+    const { inventoryItemId } = request.variables.input.changes[j];
+    const sku = batch.changes[request.index[j][0]].sku;
+    await this.listings.invalidate(sku, inventoryItemId); // no later sale should try it either
+    if (request.fresh?.includes(inventoryItemId)) return undefined;
+    log.warning("Shopify no longer has inventory item {item} of SKU {sku}; resolving the SKU again", {
+      item: inventoryItemId,
+      sku,
+    });
+    return {
+      kind: "retry",
+      reason: "listing_stale",
+      error:
+        `Shopify no longer has inventory item ${inventoryItemId} (variant deleted?); SKU "${sku}" is resolved again`,
+      waitMs: 0,
+    };
+  }
+
   #noteUnauthorized(error: string): void {
     if (!this.#unauthorized) log.error("Shopify refused our credentials: {error}", { mark: "error", error });
     this.#unauthorized = error;
@@ -260,6 +304,7 @@ export class ShopifyChannel implements ChannelAdapter {
       { inventoryItemId: string; locationId: string; delta: number; indexes: number[] }
     >();
     const resolved = await this.listings.resolveMany(batch.changes.map((c) => c.sku), signal);
+    const fresh = new Set<string>();
     for (const [i, change] of batch.changes.entries()) {
       const locationId = this.options.locations.locationFor(change.tiendaId);
       if (!locationId) {
@@ -278,6 +323,7 @@ export class ShopifyChannel implements ChannelAdapter {
         continue;
       }
       this.#unauthorized = undefined;
+      if (resolution.fresh) fresh.add(resolution.listing.inventoryItemId);
       const key = `${resolution.listing.inventoryItemId} ${locationId}`;
       const entry = merged.get(key) ??
         { inventoryItemId: resolution.listing.inventoryItemId, locationId, delta: 0, indexes: [] };
@@ -314,6 +360,7 @@ export class ShopifyChannel implements ChannelAdapter {
       },
       index,
       decided,
+      fresh: [...fresh],
     };
   }
 }

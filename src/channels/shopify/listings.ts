@@ -21,7 +21,8 @@ export interface ShopifyListing {
  * problem talking to Shopify (the batch should wait, not burn attempts).
  */
 export type Resolution =
-  | { ok: true; listing: ShopifyListing }
+  /** `fresh`: just looked up in Shopify (not from the memory or ledger cache). */
+  | { ok: true; listing: ShopifyListing; fresh?: boolean }
   | { ok: false; outcome: ChangeOutcome }
   | { ok: false; transient: { reason: string; error: string; waitMs?: number } };
 
@@ -94,7 +95,19 @@ export class ShopifyListings {
       on conflict (channel, sku) do update
         set external_id = excluded.external_id, variant_id = excluded.variant_id, resolved_at = now()`;
     this.#cache.remember(sku, listing);
-    return { ok: true, listing };
+    return { ok: true, listing, fresh: true };
+  }
+
+  /**
+   * Drops a cached resolution Shopify says is gone (its inventory item no longer
+   * exists: the variant was deleted, maybe re-created under new gids), so the next
+   * resolution asks Shopify again. The ledger row goes only while it still names
+   * that item: another replica may already have resolved the SKU anew.
+   */
+  async invalidate(sku: string, inventoryItemId: string): Promise<void> {
+    this.#cache.forget(sku);
+    await this.sql`
+      delete from listing where channel = 'shopify' and sku = ${sku} and external_id = ${inventoryItemId}`;
   }
 
   /**
