@@ -457,7 +457,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
         (await sql`select 1 from sync_batch where id = ${id} and status = 'sending'`).length > 0,
     });
     channelHealth.mercadolibre = () => channel.health();
-    channelStocks.push(new MeliStock(client, listings, locks, tiendaId));
+    channelStocks.push(new MeliStock(client, listings, locks, tiendaId, config.MELI_MODE === "delta"));
     probes.mercadolibre = {
       health: () => channel.health(),
       budget: () => ({ level: budget.level, max: budget.shape.max }),

@@ -36,13 +36,20 @@ export interface ChannelStock {
   mappedStores(): string[];
   /** Whether the channel shows this store's stock. */
   shows(tiendaId: string): boolean;
+  /** Whether live sales reach this channel as deltas (then changes not applied yet count). */
+  readonly deltas: boolean;
   read(sku: string, tiendaId: string, signal?: AbortSignal): Promise<StockRead>;
-  /** Sets `to`, conditional on the value `read` saw where the marketplace allows it. */
+  /**
+   * Sets `to`, conditional on the value `read` saw where the marketplace allows it.
+   * A channel without compare-and-set calls `unchanged` under its listing lock and
+   * answers `stale` when it says the source moved.
+   */
   write(
     read: Extract<StockRead, { ok: true }>,
     to: number,
     reference: string,
     signal?: AbortSignal,
+    unchanged?: () => Promise<boolean>,
   ): Promise<StockWrite>;
 }
 
@@ -122,13 +129,31 @@ export interface ResyncDeps {
 
 /** Test seams; production passes none. */
 export interface ResyncHooks {
+  /** Runs after the POS stock and the ledger were read and before the marketplace read. */
+  afterSource?(line: { sku: string; tienda_id: string; channel: string }): Promise<void> | void;
   /** Runs after the marketplace quantity was read and before the write. */
   beforeWrite?(line: DriftLine): Promise<void> | void;
 }
 
 const HEARTBEAT_MS = 1_000;
 const STALE_JOB_MS = 120_000;
-const CAS_TRIES = 3;
+const CAS_TRIES = 5;
+/** How long a busy listing's check waits for a sale published but not in custody yet. */
+const SETTLE_MS = 100;
+
+/** A listing's changes in the ledger: not applied yet, and counts that move when a sale lands. */
+interface Flight {
+  pending: number;
+  pending_n: number;
+  sending: number;
+  applied: number;
+  recent: boolean;
+}
+
+function sameFlight(a: Flight, b: Flight): boolean {
+  return a.pending === b.pending && a.pending_n === b.pending_n && a.sending === b.sending &&
+    a.applied === b.applied;
+}
 
 /** The canonical scope of a request: the same scope runs once at a time. */
 export function scopeKey(request: ResyncRequest): string {
@@ -354,67 +379,104 @@ export class Resyncer {
     const productoId = known?.same_store
       ? known.producto_id
       : await this.deps.stock.productoId(tiendaId, sku) ?? known?.producto_id ?? null;
-    let source;
+    const deltaChannel = channel.deltas;
+    let line: DriftLine | undefined;
+    for (let attempt = 1; attempt <= CAS_TRIES; attempt++) {
+      // The ledger first, then the POS: a sale is in the POS before it is in the ledger, so a
+      // change the ledger shows is always in the POS value read after it.
+      const before = await this.#flight(channel.name, tiendaId, sku);
+      const source = await this.#source(tiendaId, productoId, sku);
+      if ("reason" in source) return { ...base, ...source };
+      await this.deps.hooks?.afterSource?.(base);
+      const read = await channel.read(sku, tiendaId, signal);
+      if (!read.ok) return { ...base, reason: read.reason, error: read.error };
+      // A busy listing may have a sale between the POS and the ledger (published, not in
+      // custody yet): give it a moment to arrive before comparing.
+      if (before.recent) await new Promise((r) => setTimeout(r, SETTLE_MS));
+      // Did a sale land, or a batch get claimed or applied, while we were reading? Then the
+      // three values do not describe one moment: look again.
+      const after = await this.#flight(channel.name, tiendaId, sku);
+      const again = await this.#source(tiendaId, productoId, sku);
+      if ("reason" in again) return { ...base, ...again };
+      if (!sameFlight(before, after) || again.quantity !== source.quantity) continue;
+
+      // Delta channels (Shopify, MeLi delta mode) still receive changes not applied yet, so
+      // until they land the marketplace should show the POS value plus what they will take off.
+      const inFlight = deltaChannel ? -before.pending : 0;
+      const target = Math.max(0, source.quantity + inFlight);
+      line = {
+        ...base,
+        source_qty: source.quantity,
+        in_flight: inFlight,
+        marketplace_qty: read.quantity,
+        difference: target - read.quantity,
+        action: read.quantity === target ? "none" : dryRun ? "would_set" : "set",
+      };
+      if (line.action !== "set") return line;
+      await this.deps.hooks?.beforeWrite?.(line);
+      if (deltaChannel && before.sending > 0) {
+        // A batch in flight may or may not be in the marketplace's number yet: do not guess.
+        return {
+          ...line,
+          action: "skip",
+          outcome: "skipped",
+          error: "a batch for this listing is in flight; run again",
+        };
+      }
+      // Where the marketplace has no compare-and-set, the channel asks again under its
+      // listing lock: the write goes out only if no sale moved the source meanwhile.
+      const unchanged = async () => {
+        const now = await this.#source(tiendaId, productoId, sku);
+        return !("reason" in now) && now.quantity === source.quantity &&
+          sameFlight(before, await this.#flight(channel.name, tiendaId, sku));
+      };
+      const written = await channel.write(
+        read,
+        target,
+        `gid://marketplace-sync/Resync/${id}`,
+        signal,
+        unchanged,
+      );
+      // The marketplace (or the source) moved between our reads and our write: the whole
+      // line is recomputed, never the old target written again.
+      if (written.kind === "stale") continue;
+      const failure = written.kind === "error" ? written : null;
+      await this.#record(id, channel.name, tiendaId, sku, productoId, read.quantity, target, failure);
+      return failure
+        ? { ...line, outcome: "error", error: `${failure.reason}: ${failure.error}` }
+        : { ...line, outcome: "written" };
+    }
+    const error = `the stock kept changing (${CAS_TRIES} tries); run again`;
+    return line ? { ...line, outcome: "error", error } : { ...base, reason: "stock_kept_changing", error };
+  }
+
+  /** The POS value, or why there is none. */
+  async #source(
+    tiendaId: string,
+    productoId: string | null,
+    sku: string,
+  ): Promise<{ quantity: number } | { reason: string; error: string }> {
     try {
-      source = await this.deps.stock.read({ tiendaId, productoId, sku });
+      const source = await this.deps.stock.read({ tiendaId, productoId, sku });
+      if (!source.found) return { reason: "stock_unknown", error: source.reason };
+      return { quantity: source.quantity };
     } catch (error) {
       if (!(error instanceof StockSourceUnavailableError)) throw error;
-      return { ...base, reason: "stock_source_unavailable", error: error.message };
+      return { reason: "stock_source_unavailable", error: error.message };
     }
-    if (!source.found) return { ...base, reason: "stock_unknown", error: source.reason };
+  }
 
-    // Shopify receives sales as deltas: changes not applied yet will still lower it,
-    // so until they land it should show the POS value plus what they will take off.
-    const [flight] = await sql<{ pending: number; sending: number }[]>`
+  /** The listing's changes not applied yet, and a fingerprint of the ledger's state for it. */
+  async #flight(channel: string, tiendaId: string, sku: string): Promise<Flight> {
+    const [flight] = await this.deps.sql<Flight[]>`
       select coalesce(sum(delta) filter (where status = 'pending'), 0)::int as pending,
-             count(*) filter (where status = 'sending')::int as sending
+             count(*) filter (where status = 'pending')::int as pending_n,
+             count(*) filter (where status = 'sending')::int as sending,
+             count(*) filter (where status = 'applied')::int as applied,
+             coalesce(bool_or(created_at > now() - interval '1 minute'), false) as recent
         from stock_change
-       where channel = ${channel.name} and tienda_id = ${tiendaId} and sku = ${sku}
-         and status in ('pending', 'sending')`;
-    const deltaChannel = channel.name === "shopify";
-    const inFlight = deltaChannel ? -flight.pending : 0;
-    const target = Math.max(0, source.quantity + inFlight);
-
-    let read = await channel.read(sku, tiendaId, signal);
-    if (!read.ok) return { ...base, reason: read.reason, error: read.error };
-    const line: DriftLine = {
-      ...base,
-      source_qty: source.quantity,
-      in_flight: inFlight,
-      marketplace_qty: read.quantity,
-      difference: target - read.quantity,
-      action: read.quantity === target ? "none" : dryRun ? "would_set" : "set",
-    };
-    if (line.action !== "set") return line;
-    await this.deps.hooks?.beforeWrite?.(line);
-    if (deltaChannel && flight.sending > 0) {
-      // A batch in flight may or may not be in Shopify's number yet: do not guess.
-      return {
-        ...line,
-        action: "skip",
-        outcome: "skipped",
-        error: "a batch for this listing is in flight; run again",
-      };
-    }
-    for (let attempt = 1; attempt <= CAS_TRIES; attempt++) {
-      const written = await channel.write(read, target, `gid://marketplace-sync/Resync/${id}`, signal);
-      if (written.kind !== "stale") {
-        const failure = written.kind === "error" ? written : null;
-        await this.#record(id, channel.name, tiendaId, sku, productoId, read.quantity, target, failure);
-        return failure
-          ? { ...line, outcome: "error", error: `${failure.reason}: ${failure.error}` }
-          : { ...line, outcome: "written" };
-      }
-      // Stale: the marketplace moved between our read and our write. Read again.
-      read = await channel.read(sku, tiendaId, signal);
-      if (!read.ok) return { ...line, outcome: "error", error: `${read.reason}: ${read.error}` };
-      if (read.quantity === target) return { ...line, outcome: "already_right" };
-    }
-    return {
-      ...line,
-      outcome: "error",
-      error: `the quantity kept changing (${CAS_TRIES} compare-and-set misses)`,
-    };
+       where channel = ${channel} and tienda_id = ${tiendaId} and sku = ${sku}`;
+    return flight;
   }
 
   /** A resync write is a stock change like any other in the audit trail. */

@@ -4,7 +4,7 @@
  * per-listing lock the live channel uses, checking the answer.
  */
 import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../ops/resync.ts";
-import type { ListingLocks } from "../../sync/listing_lock.ts";
+import { type ListingLocks, LockUnavailableError } from "../../sync/listing_lock.ts";
 import type { MeliClient } from "./client.ts";
 import type { MeliItem, MeliListing, MeliListings } from "./listings.ts";
 
@@ -18,6 +18,8 @@ export class MeliStock implements ChannelStock {
     private readonly locks: ListingLocks,
     /** The store MeLi mirrors; undefined in delta mode without MELI_TIENDA_ID. */
     private readonly tiendaId: string | undefined,
+    /** Delta mode: live sales are read-subtract-write, so changes not applied yet count. */
+    readonly deltas = false,
   ) {}
 
   mappedStores(): string[] {
@@ -74,13 +76,34 @@ export class MeliStock implements ChannelStock {
     to: number,
     _reference: string,
     signal?: AbortSignal,
+    unchanged?: () => Promise<boolean>,
   ): Promise<StockWrite> {
     const listing = read.ref as MeliListing;
     const key = listing.variationId === null ? listing.itemId : `${listing.itemId}/${listing.variationId}`;
     const path = listing.variationId === null
       ? `/items/${encodeURIComponent(listing.itemId)}`
       : `/items/${encodeURIComponent(listing.itemId)}/variations/${listing.variationId}`;
-    return await this.locks.with(key, async (): Promise<StockWrite> => {
+    try {
+      return await this.#locked(key, path, listing, to, signal, unchanged);
+    } catch (error) {
+      // A live batch holds the listing: look again later rather than fail the job.
+      if (error instanceof LockUnavailableError) return { kind: "stale" };
+      throw error;
+    }
+  }
+
+  #locked(
+    key: string,
+    path: string,
+    listing: MeliListing,
+    to: number,
+    signal: AbortSignal | undefined,
+    unchanged: (() => Promise<boolean>) | undefined,
+  ): Promise<StockWrite> {
+    return this.locks.with(key, async (): Promise<StockWrite> => {
+      // The live channel reads the POS under this lock too: checked here, a sale that moved
+      // the POS after the resync's read cannot be overwritten by the older value.
+      if (unchanged && !(await unchanged())) return { kind: "stale" };
       const put = await this.client.request<MeliItem>("PUT", path, {
         operation: listing.variationId === null ? "put_item" : "put_variation",
         body: { available_quantity: to },

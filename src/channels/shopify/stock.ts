@@ -27,6 +27,7 @@ interface SetAvailable {
 /** Reads and sets Shopify stock for resync. */
 export class ShopifyStock implements ChannelStock {
   readonly name = "shopify" as const;
+  readonly deltas = true;
 
   constructor(
     private readonly client: ShopifyClient,
