@@ -41,15 +41,15 @@ export interface ChannelStock {
   read(sku: string, tiendaId: string, signal?: AbortSignal): Promise<StockRead>;
   /**
    * Sets `to`, conditional on the value `read` saw where the marketplace allows it.
-   * A channel without compare-and-set calls `unchanged` under its listing lock and
-   * answers `stale` when it says the source moved.
+   * A channel without compare-and-set calls `retarget` under its listing lock and sets
+   * what it returns instead, or answers `stale` when it returns undefined.
    */
   write(
     read: Extract<StockRead, { ok: true }>,
     to: number,
     reference: string,
     signal?: AbortSignal,
-    unchanged?: () => Promise<boolean>,
+    retarget?: () => Promise<number | undefined>,
   ): Promise<StockWrite>;
 }
 
@@ -384,25 +384,25 @@ export class Resyncer {
     for (let attempt = 1; attempt <= CAS_TRIES; attempt++) {
       // The ledger first, then the POS: a sale is in the POS before it is in the ledger, so a
       // change the ledger shows is always in the POS value read after it.
-      const before = await this.#flight(channel.name, tiendaId, sku);
       const source = await this.#source(tiendaId, productoId, sku);
       if ("reason" in source) return { ...base, ...source };
       await this.deps.hooks?.afterSource?.(base);
       const read = await channel.read(sku, tiendaId, signal);
       if (!read.ok) return { ...base, reason: read.reason, error: read.error };
-      // A busy listing may have a sale between the POS and the ledger (published, not in
-      // custody yet): give it a moment to arrive before comparing.
-      if (before.recent) await new Promise((r) => setTimeout(r, SETTLE_MS));
-      // Did a sale land, or a batch get claimed or applied, while we were reading? Then the
-      // three values do not describe one moment: look again.
-      const after = await this.#flight(channel.name, tiendaId, sku);
+      // The ledger after the marketplace: a batch applied before our read is applied here too,
+      // and one applied after it fails the compare-and-set. A sale already in the POS may not
+      // be in custody yet (published a moment ago): on a busy listing, give it time to arrive.
+      const before = deltaChannel ? await this.#flight(channel.name, tiendaId, sku) : undefined;
+      if (before?.recent) await new Promise((r) => setTimeout(r, SETTLE_MS));
+      const flight = deltaChannel ? await this.#flight(channel.name, tiendaId, sku) : undefined;
+      // The POS again: a sale reserved while we read would be in the ledger but not in our POS value.
       const again = await this.#source(tiendaId, productoId, sku);
       if ("reason" in again) return { ...base, ...again };
-      if (!sameFlight(before, after) || again.quantity !== source.quantity) continue;
+      if (again.quantity !== source.quantity) continue;
 
       // Delta channels (Shopify, MeLi delta mode) still receive changes not applied yet, so
       // until they land the marketplace should show the POS value plus what they will take off.
-      const inFlight = deltaChannel ? -before.pending : 0;
+      const inFlight = flight ? -flight.pending : 0;
       const target = Math.max(0, source.quantity + inFlight);
       line = {
         ...base,
@@ -414,7 +414,7 @@ export class Resyncer {
       };
       if (line.action !== "set") return line;
       await this.deps.hooks?.beforeWrite?.(line);
-      if (deltaChannel && before.sending > 0) {
+      if (flight && flight.sending > 0) {
         // A batch in flight may or may not be in the marketplace's number yet: do not guess.
         return {
           ...line,
@@ -423,25 +423,29 @@ export class Resyncer {
           error: "a batch for this listing is in flight; run again",
         };
       }
-      // Where the marketplace has no compare-and-set, the channel asks again under its
-      // listing lock: the write goes out only if no sale moved the source meanwhile.
-      const unchanged = async () => {
+      // A channel without compare-and-set asks for the value again under its listing lock, where
+      // the live channel reads the POS too: mirror mode sets the POS value of that moment; delta
+      // mode writes only if no sale moved the POS or the ledger since (undefined: look again).
+      const retarget = async (): Promise<number | undefined> => {
         const now = await this.#source(tiendaId, productoId, sku);
-        return !("reason" in now) && now.quantity === source.quantity &&
-          sameFlight(before, await this.#flight(channel.name, tiendaId, sku));
+        if ("reason" in now) return undefined;
+        if (!flight) return Math.max(0, now.quantity);
+        const f = await this.#flight(channel.name, tiendaId, sku);
+        return now.quantity === source.quantity && sameFlight(f, flight) ? target : undefined;
       };
       const written = await channel.write(
         read,
         target,
         `gid://marketplace-sync/Resync/${id}`,
         signal,
-        unchanged,
+        retarget,
       );
       // The marketplace (or the source) moved between our reads and our write: the whole
       // line is recomputed, never the old target written again.
       if (written.kind === "stale") continue;
       const failure = written.kind === "error" ? written : null;
-      await this.#record(id, channel.name, tiendaId, sku, productoId, read.quantity, target, failure);
+      const sent = written.kind === "written" ? written.quantityAfter : target;
+      await this.#record(id, channel.name, tiendaId, sku, productoId, read.quantity, sent, failure);
       return failure
         ? { ...line, outcome: "error", error: `${failure.reason}: ${failure.error}` }
         : { ...line, outcome: "written" };

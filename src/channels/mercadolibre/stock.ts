@@ -76,7 +76,7 @@ export class MeliStock implements ChannelStock {
     to: number,
     _reference: string,
     signal?: AbortSignal,
-    unchanged?: () => Promise<boolean>,
+    retarget?: () => Promise<number | undefined>,
   ): Promise<StockWrite> {
     const listing = read.ref as MeliListing;
     const key = listing.variationId === null ? listing.itemId : `${listing.itemId}/${listing.variationId}`;
@@ -84,7 +84,7 @@ export class MeliStock implements ChannelStock {
       ? `/items/${encodeURIComponent(listing.itemId)}`
       : `/items/${encodeURIComponent(listing.itemId)}/variations/${listing.variationId}`;
     try {
-      return await this.#locked(key, path, listing, to, signal, unchanged);
+      return await this.#locked(key, path, listing, to, signal, retarget);
     } catch (error) {
       // A live batch holds the listing: look again later rather than fail the job.
       if (error instanceof LockUnavailableError) return { kind: "stale" };
@@ -98,29 +98,30 @@ export class MeliStock implements ChannelStock {
     listing: MeliListing,
     to: number,
     signal: AbortSignal | undefined,
-    unchanged: (() => Promise<boolean>) | undefined,
+    retarget: (() => Promise<number | undefined>) | undefined,
   ): Promise<StockWrite> {
     return this.locks.with(key, async (): Promise<StockWrite> => {
-      // The live channel reads the POS under this lock too: checked here, a sale that moved
+      // The live channel reads the POS under this lock too: asked here, a sale that moved
       // the POS after the resync's read cannot be overwritten by the older value.
-      if (unchanged && !(await unchanged())) return { kind: "stale" };
+      const value = retarget ? await retarget() : to;
+      if (value === undefined) return { kind: "stale" };
       const put = await this.client.request<MeliItem>("PUT", path, {
         operation: listing.variationId === null ? "put_item" : "put_variation",
-        body: { available_quantity: to },
+        body: { available_quantity: value },
         signal,
       });
       if (put.kind !== "ok") return { kind: "error", reason: `meli_${put.kind}`, error: put.error };
       const after = listing.variationId !== null && put.data.variations
         ? put.data.variations.find((v) => v.id === listing.variationId)?.available_quantity
         : put.data.available_quantity;
-      if (after !== to) {
+      if (after !== value) {
         return {
           kind: "error",
           reason: "not_applied",
-          error: `MercadoLibre answered ${put.status} but shows ${after ?? "(missing)"}, not ${to}`,
+          error: `MercadoLibre answered ${put.status} but shows ${after ?? "(missing)"}, not ${value}`,
         };
       }
-      return { kind: "written", quantityAfter: to };
+      return { kind: "written", quantityAfter: value };
     });
   }
 }
