@@ -274,6 +274,7 @@ export class Resyncer {
     const signal = this.#abort.signal;
     const wanted = request.channels ?? KNOWN_CHANNELS;
     const channels = this.deps.channels.filter((c) => wanted.includes(c.name));
+    /** Lines not stored yet (see `save`). */
     const report: DriftLine[] = [];
     const unresolved: Unresolved[] = [];
     for (const name of wanted) {
@@ -295,14 +296,25 @@ export class Resyncer {
     }
     const counts = { done: 0, drift: 0, written: 0, errors: 0 };
     let lastBeat = 0;
+    // Lines are appended to the stored report at each heartbeat and then dropped here: a
+    // long job neither rewrites its whole report every second nor keeps it in memory.
     const save = async (final?: { state: "done" | "failed"; error?: string }) => {
-      await sql`
+      const lines = report.splice(0), missing = unresolved.splice(0);
+      try {
+        await sql`
         update resync_job set total = ${plan.length}, done = ${counts.done}, drift_found = ${counts.drift},
-               written = ${counts.written}, errors = ${counts.errors}, report = ${sql.json(report as never)},
-               unresolved = ${sql.json(unresolved as never)}, heartbeat_at = now(),
+               written = ${counts.written}, errors = ${counts.errors},
+               report = report || ${sql.json(lines as never)}::jsonb,
+               unresolved = unresolved || ${sql.json(missing as never)}::jsonb, heartbeat_at = now(),
                state = ${final?.state ?? "running"}, error = ${final?.error ?? null},
                finished_at = ${final ? sql`now()` : null}
          where id = ${id}`;
+      } catch (error) {
+        // Not stored: kept for the next save (the failure path saves once more).
+        report.unshift(...lines);
+        unresolved.unshift(...missing);
+        throw error;
+      }
     };
     log.info("resync {id} started: {total} listing checks ({mode})", {
       id,
