@@ -489,3 +489,72 @@ integration(
     }
   },
 );
+
+integration(
+  "two stores on one Shopify location: the resync sets the sum of both stores' POS stock, once",
+  async () => {
+    const sku = "REMERA-002";
+    const shared = await startShopifySandbox({ catalog }).then(async (probe) => {
+      const id = probe.locationIdOf(STORES[0])!;
+      await probe.close();
+      return id;
+    });
+    // Stores 0 and 1 both stock Shopify's location of store 0 (the others keep their own).
+    const w = await startWorld(undefined, {
+      SHOPIFY_LOCATIONS: JSON.stringify({ [STORES[0]]: shared, [STORES[1]]: shared }),
+    });
+    try {
+      const item = w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId;
+      assert.equal(w.shop.locationIdOf(STORES[0]), shared);
+      const job = await resync(w, { skus: [sku], channels: ["shopify"] });
+      assert.equal(job.state, "done");
+      const sum = await w.pos.get(STORES[0], sku) + await w.pos.get(STORES[1], sku);
+      assert.equal(w.shop.available(item, shared), sum, "the location shows both stores' stock");
+      const writes = job.report.filter((l: DriftLine) => l.outcome === "written");
+      assert.equal(writes.length, 1, `one write for the location: ${JSON.stringify(job.report)}`);
+      const again = await resync(w, { tienda_id: STORES[1], dry_run: true });
+      const lines = again.report.filter((l: DriftLine) => l.sku === sku);
+      assert.deepEqual(
+        lines.map((l: DriftLine) => [l.tienda_id, l.source_qty, l.difference]),
+        [[`${STORES[0]},${STORES[1]}`, sum, 0]],
+        "a resync of one of the stores compares the location with both",
+      );
+    } finally {
+      await w.close();
+    }
+  },
+);
+
+integration(
+  "SHOPIFY_LOCATION_ID alone: every store the ledger knows is summed into the one location",
+  async () => {
+    const sku = "REMERA-002";
+    const shared = await startShopifySandbox({ catalog }).then(async (probe) => {
+      const id = probe.locationIdOf(STORES[0])!;
+      await probe.close();
+      return id;
+    });
+    const w = await startWorld(undefined, { SHOPIFY_LOCATIONS: "{}", SHOPIFY_LOCATION_ID: shared });
+    try {
+      const item = w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId;
+      const start = w.shop.available(item, shared)!;
+      // Sales at three stores: all three stock the one location.
+      for (const store of STORES.slice(0, 3)) await w.pos.sell(w.h, store, [{ sku, qty: 1 }]);
+      await waitFor(
+        async () =>
+          (await w.h.sql`select 1 from stock_change where channel = 'shopify' and status = 'applied'`)
+            .length === 3,
+        "sales applied",
+      );
+      assert.equal(w.shop.available(item, shared), start - 3);
+      const job = await resync(w, { skus: [sku], channels: ["shopify"] });
+      assert.equal(job.state, "done");
+      let sum = 0;
+      for (const store of STORES.slice(0, 3)) sum += await w.pos.get(store, sku);
+      assert.equal(w.shop.available(item, shared), sum);
+      assert.equal(job.report.length, 1, JSON.stringify(job.report));
+    } finally {
+      await w.close();
+    }
+  },
+);

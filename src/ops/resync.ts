@@ -36,6 +36,11 @@ export interface ChannelStock {
   mappedStores(): string[];
   /** Whether the channel shows this store's stock. */
   shows(tiendaId: string): boolean;
+  /**
+   * Where the marketplace keeps this store's stock (a Shopify location). Stores with the same
+   * place share one quantity: the sum of theirs. Undefined: every store has its own.
+   */
+  place?(tiendaId: string): string | undefined;
   /** Whether live sales reach this channel as deltas (then changes not applied yet count). */
   readonly deltas: boolean;
   read(sku: string, tiendaId: string, signal?: AbortSignal): Promise<StockRead>;
@@ -256,6 +261,14 @@ export class Resyncer {
           .filter((t) => channel.shows(t));
       }
     }
+    if (request.tienda_id && stores.length && channel.place) {
+      // A store that shares its place (location) with others is compared with all of them.
+      const place = channel.place(request.tienda_id);
+      const known = channel.mappedStores().length ? channel.mappedStores() : (await sql<
+        { tienda_id: string }[]
+      >`select distinct tienda_id from stock_change where channel = ${channel.name}`).map((r) => r.tienda_id);
+      stores = [...new Set([request.tienda_id, ...known.filter((t) => channel.place!(t) === place)])];
+    }
     let skus: string[];
     if (request.skus) skus = [...new Set(request.skus)];
     else {
@@ -288,11 +301,19 @@ export class Resyncer {
         });
       }
     }
-    const plan: { channel: ChannelStock; sku: string; tiendaId: string }[] = [];
+    const plan: { channel: ChannelStock; sku: string; stores: string[] }[] = [];
     for (const channel of channels) {
       const t = await this.#targets(request, channel);
       unresolved.push(...t.unresolved);
-      for (const sku of t.skus) for (const tiendaId of t.stores) plan.push({ channel, sku, tiendaId });
+      // Stores that share a place are one marketplace quantity: one check (and write) for them all.
+      const places = new Map<string, string[]>();
+      for (const tiendaId of t.stores) {
+        const place = channel.place?.(tiendaId) ?? `store:${tiendaId}`;
+        places.set(place, [...places.get(place) ?? [], tiendaId]);
+      }
+      for (const sku of t.skus) {
+        for (const stores of places.values()) plan.push({ channel, sku, stores: stores.toSorted() });
+      }
     }
     const counts = { done: 0, drift: 0, written: 0, errors: 0 };
     let lastBeat = 0;
@@ -326,7 +347,7 @@ export class Resyncer {
       for (const step of plan) {
         if (signal.aborted) throw new Error("the service is shutting down");
         await this.deps.liveIdle(step.channel.name, signal);
-        const line = await this.#check(id, step.channel, step.sku, step.tiendaId, request.dry_run, signal);
+        const line = await this.#check(id, step.channel, step.sku, step.stores, request.dry_run, signal);
         counts.done++;
         if ("reason" in line) unresolved.push(line);
         else {
@@ -376,27 +397,21 @@ export class Resyncer {
     id: string,
     channel: ChannelStock,
     sku: string,
-    tiendaId: string,
+    stores: string[],
     dryRun: boolean,
     signal: AbortSignal,
   ): Promise<DriftLine | Unresolved> {
-    const { sql } = this.deps;
-    const base = { sku, tienda_id: tiendaId, channel: channel.name };
-    // The Redis key wants the store's producto_id: the ledger's sales at this store, the
-    // POS catalog, then a sale of the SKU at another store (ids are usually shared).
-    const [known] = await sql<{ producto_id: string; same_store: boolean }[]>`
-      select producto_id, tienda_id = ${tiendaId} as same_store from stock_change
-       where sku = ${sku} and producto_id is not null
-       order by (tienda_id = ${tiendaId}) desc, id desc limit 1`;
-    const productoId = known?.same_store
-      ? known.producto_id
-      : await this.deps.stock.productoId(tiendaId, sku) ?? known?.producto_id ?? null;
+    const tiendaId = stores[0]; // the place (location) all of `stores` share
+    const label = stores.join(",");
+    const base = { sku, tienda_id: label, channel: channel.name };
+    const productoIds = new Map<string, string | null>();
+    for (const store of stores) productoIds.set(store, await this.#productoId(store, sku));
+    const productoId = productoIds.get(tiendaId) ?? null;
     const deltaChannel = channel.deltas;
     let line: DriftLine | undefined;
     for (let attempt = 1; attempt <= CAS_TRIES; attempt++) {
-      // The ledger first, then the POS: a sale is in the POS before it is in the ledger, so a
-      // change the ledger shows is always in the POS value read after it.
-      const source = await this.#source(tiendaId, productoId, sku);
+      // The POS, then the marketplace, then the ledger, then the POS again.
+      const source = await this.#source(stores, productoIds, sku);
       if ("reason" in source) return { ...base, ...source };
       await this.deps.hooks?.afterSource?.(base);
       const read = await channel.read(sku, tiendaId, signal);
@@ -404,11 +419,11 @@ export class Resyncer {
       // The ledger after the marketplace: a batch applied before our read is applied here too,
       // and one applied after it fails the compare-and-set. A sale already in the POS may not
       // be in custody yet (published a moment ago): on a busy listing, give it time to arrive.
-      const before = deltaChannel ? await this.#flight(channel.name, tiendaId, sku) : undefined;
+      const before = deltaChannel ? await this.#flight(channel.name, stores, sku) : undefined;
       if (before?.recent) await new Promise((r) => setTimeout(r, SETTLE_MS));
-      const flight = deltaChannel ? await this.#flight(channel.name, tiendaId, sku) : undefined;
+      const flight = deltaChannel ? await this.#flight(channel.name, stores, sku) : undefined;
       // The POS again: a sale reserved while we read would be in the ledger but not in our POS value.
-      const again = await this.#source(tiendaId, productoId, sku);
+      const again = await this.#source(stores, productoIds, sku);
       if ("reason" in again) return { ...base, ...again };
       if (again.quantity !== source.quantity) continue;
 
@@ -439,10 +454,10 @@ export class Resyncer {
       // the live channel reads the POS too: mirror mode sets the POS value of that moment; delta
       // mode writes only if no sale moved the POS or the ledger since (undefined: look again).
       const retarget = async (): Promise<number | undefined> => {
-        const now = await this.#source(tiendaId, productoId, sku);
+        const now = await this.#source(stores, productoIds, sku);
         if ("reason" in now) return undefined;
         if (!flight) return Math.max(0, now.quantity);
-        const f = await this.#flight(channel.name, tiendaId, sku);
+        const f = await this.#flight(channel.name, stores, sku);
         return now.quantity === source.quantity && sameFlight(f, flight) ? target : undefined;
       };
       const written = await channel.write(
@@ -457,7 +472,7 @@ export class Resyncer {
       if (written.kind === "stale") continue;
       const failure = written.kind === "error" ? written : null;
       const sent = written.kind === "written" ? written.quantityAfter : target;
-      await this.#record(id, channel.name, tiendaId, sku, productoId, read.quantity, sent, failure);
+      await this.#record(id, channel.name, label, sku, productoId, read.quantity, sent, failure);
       return failure
         ? { ...line, outcome: "error", error: `${failure.reason}: ${failure.error}` }
         : { ...line, outcome: "written" };
@@ -466,24 +481,45 @@ export class Resyncer {
     return line ? { ...line, outcome: "error", error } : { ...base, reason: "stock_kept_changing", error };
   }
 
-  /** The POS value, or why there is none. */
-  async #source(
-    tiendaId: string,
-    productoId: string | null,
-    sku: string,
-  ): Promise<{ quantity: number } | { reason: string; error: string }> {
-    try {
-      const source = await this.deps.stock.read({ tiendaId, productoId, sku });
-      if (!source.found) return { reason: "stock_unknown", error: source.reason };
-      return { quantity: source.quantity };
-    } catch (error) {
-      if (!(error instanceof StockSourceUnavailableError)) throw error;
-      return { reason: "stock_source_unavailable", error: error.message };
-    }
+  /** The store's producto_id, which the POS's Redis key wants. */
+  async #productoId(tiendaId: string, sku: string): Promise<string | null> {
+    // The ledger's sales at this store, the POS catalog, then a sale of the SKU at another
+    // store (ids are usually shared).
+    const [known] = await this.deps.sql<{ producto_id: string; same_store: boolean }[]>`
+      select producto_id, tienda_id = ${tiendaId} as same_store from stock_change
+       where sku = ${sku} and producto_id is not null
+       order by (tienda_id = ${tiendaId}) desc, id desc limit 1`;
+    return known?.same_store
+      ? known.producto_id
+      : await this.deps.stock.productoId(tiendaId, sku) ?? known?.producto_id ?? null;
   }
 
-  /** The listing's changes not applied yet, and a fingerprint of the ledger's state for it. */
-  async #flight(channel: string, tiendaId: string, sku: string): Promise<Flight> {
+  /** The POS value of the stores (summed: they share one marketplace quantity), or why there is none. */
+  async #source(
+    stores: string[],
+    productoIds: Map<string, string | null>,
+    sku: string,
+  ): Promise<{ quantity: number } | { reason: string; error: string }> {
+    let quantity = 0;
+    for (const tiendaId of stores) {
+      try {
+        const source = await this.deps.stock.read({
+          tiendaId,
+          productoId: productoIds.get(tiendaId) ?? null,
+          sku,
+        });
+        if (!source.found) return { reason: "stock_unknown", error: source.reason };
+        quantity += source.quantity;
+      } catch (error) {
+        if (!(error instanceof StockSourceUnavailableError)) throw error;
+        return { reason: "stock_source_unavailable", error: error.message };
+      }
+    }
+    return { quantity };
+  }
+
+  /** The listing's changes not applied yet (at any of the stores), and counts that move when a sale lands. */
+  async #flight(channel: string, stores: string[], sku: string): Promise<Flight> {
     const [flight] = await this.deps.sql<Flight[]>`
       select coalesce(sum(delta) filter (where status = 'pending'), 0)::int as pending,
              count(*) filter (where status = 'pending')::int as pending_n,
@@ -491,7 +527,7 @@ export class Resyncer {
              count(*) filter (where status = 'applied')::int as applied,
              coalesce(bool_or(created_at > now() - interval '1 minute'), false) as recent
         from stock_change
-       where channel = ${channel} and tienda_id = ${tiendaId} and sku = ${sku}`;
+       where channel = ${channel} and tienda_id = any(${stores}) and sku = ${sku}`;
     return flight;
   }
 

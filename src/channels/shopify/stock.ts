@@ -40,6 +40,10 @@ export class ShopifyStock implements ChannelStock {
     return this.locations.stores();
   }
 
+  place(tiendaId: string): string | undefined {
+    return this.locations.locationFor(tiendaId);
+  }
+
   shows(tiendaId: string): boolean {
     return this.locations.locationFor(tiendaId) !== undefined;
   }
