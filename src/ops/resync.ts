@@ -134,7 +134,7 @@ export interface ResyncDeps {
 
 /** Test seams; production passes none. */
 export interface ResyncHooks {
-  /** Runs after the POS stock and the ledger were read and before the marketplace read. */
+  /** Runs after the POS stock was read and before the marketplace read. */
   afterSource?(line: { sku: string; tienda_id: string; channel: string }): Promise<void> | void;
   /** Runs after the marketplace quantity was read and before the write. */
   beforeWrite?(line: DriftLine): Promise<void> | void;
