@@ -214,6 +214,8 @@ const EnvSchema = z.object({
   ),
   RESYNC_INTERVAL: duration("RESYNC_INTERVAL").pipe(z.number().min(60_000, "must be at least 1m")).optional(),
   RESYNC_MODE: z.enum(["dry_run", "write"]).default("dry_run"),
+  /** How long a resync waits, per listing, for the channel's live work to finish first. */
+  RESYNC_LIVE_WAIT: duration("RESYNC_LIVE_WAIT").default(5_000),
 
   POS_REDIS_URL: url(["redis:", "rediss:"]).optional(),
   POS_DATABASE_URL: url(["postgres:", "postgresql:"]).optional(),

@@ -457,7 +457,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
         (await sql`select 1 from sync_batch where id = ${id} and status = 'sending'`).length > 0,
     });
     channelHealth.mercadolibre = () => channel.health();
-    channelStocks.push(new MeliStock(client, listings, locks, tiendaId));
+    channelStocks.push(new MeliStock(client, listings, locks, tiendaId, config.MELI_MODE === "delta"));
     probes.mercadolibre = {
       health: () => channel.health(),
       budget: () => ({ level: budget.level, max: budget.shape.max }),
@@ -547,9 +547,9 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       channels: channelStocks,
       metrics,
       owner: `${Deno.hostname?.() ?? "host"}:${Deno.pid}`,
-      // Live sales first: wait (up to 5 s per listing) while the channel's dispatcher has work.
+      // Live sales first: wait (up to RESYNC_LIVE_WAIT per listing) while the channel's dispatcher has work.
       liveIdle: async (channel, signal) => {
-        await dispatchers.find((d) => d.channel === channel)?.idle(5_000, signal);
+        await dispatchers.find((d) => d.channel === channel)?.idle(config.RESYNC_LIVE_WAIT, signal);
       },
       hooks: options.resyncHooks,
     });

@@ -8,6 +8,8 @@
  * shared server itself (full run only).
  */
 import { queuePolicy, restartPostgres, restartRabbit, restartRedis } from "./infra.ts";
+import { SET_AVAILABLE } from "../../src/channels/shopify/documents.ts";
+import type { SampleSale } from "../publish_sample.ts";
 import { sleep, until, type World, type WorldOptions } from "./world.ts";
 
 /** Size and timing knobs of a run. */
@@ -534,6 +536,170 @@ const meliSlowerThanLock: Scenario = {
   settleMs: (opts) => opts.bounded ? 90_000 : 180_000,
 };
 
+/**
+ * Sales that never take a SKU × store below `margin` units: the invariant stays exact next to a
+ * resync (which clamps Shopify at 0 where sales as deltas would go below; RELIABILITY.md finding 6).
+ */
+function withinStock(world: World, sales: ReturnType<World["makeSales"]>, margin: number) {
+  const left = new Map<string, number>();
+  for (const p of world.catalog.products) {
+    for (const s of world.catalog.stores) left.set(`${p.sku}|${s.tienda_id}`, p.stock[s.tienda_id] ?? 0);
+  }
+  return sales.filter((sale) => {
+    const after = sale.items.map((i) => {
+      const key = `${i.producto_sku}|${sale.tienda_id}`;
+      return [key, (left.get(key) ?? 0) - i.cantidad] as const;
+    });
+    if (after.some(([, n]) => n < margin)) return false;
+    for (const [key, n] of after) left.set(key, n);
+    return true;
+  });
+}
+
+/** Sales of one unit of `hot` SKUs (in turn) at the MeLi store: both channels see every one. */
+function hotSales(world: World, hot: ReturnType<World["products"]>, count: number): SampleSale[] {
+  return Array.from({ length: count }, (_, n) => {
+    const p = hot[n % hot.length];
+    return {
+      event_id: crypto.randomUUID(),
+      tienda_id: world.meliStore,
+      total: 10,
+      metodo_pago: "EFECTIVO",
+      items: [{
+        producto_id: p.producto_id,
+        producto_nombre: p.title,
+        producto_sku: p.sku,
+        cantidad: 1,
+        precio_unitario: 10,
+        subtotal: 10,
+      }],
+      timestamp: new Date().toISOString(),
+    };
+  });
+}
+
+/** Moves a Shopify quantity behind the service's back, through the sandbox's own API. */
+async function shopifyDrift(world: World, productoId: string, tiendaId: string, by: number): Promise<void> {
+  const item = world.shopify.variants.find((v) => v.productoId === productoId)!.inventoryItemId;
+  const from = world.shopify.availableFor(productoId, tiendaId)!;
+  const res = await fetch(world.shopify.graphqlUrl, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-shopify-access-token": world.shopify.token },
+    body: JSON.stringify({
+      query: SET_AVAILABLE,
+      variables: {
+        key: crypto.randomUUID(),
+        input: {
+          name: "available",
+          reason: "correction",
+          referenceDocumentUri: "gid://chaos/Drift/1",
+          quantities: [{
+            inventoryItemId: item,
+            locationId: world.shopify.locationIdOf(tiendaId)!,
+            quantity: from + by,
+            changeFromQuantity: from,
+          }],
+        },
+      },
+    }),
+  });
+  const body = await res.json();
+  if (body.data?.inventorySetQuantities?.userErrors?.length !== 0) {
+    throw new Error(`could not set the Shopify drift: ${JSON.stringify(body)}`);
+  }
+}
+
+const resyncUnderLoad: Scenario = {
+  name: "resync_under_load",
+  summary: "write-mode resyncs of every SKU on both channels, back to back, while the burst flows",
+  variants: () => [""],
+  // Slow marketplace calls, and resyncs that do not wait for live work: a sale's batch often
+  // lands while a resync is mid-check.
+  world: () => ({
+    shopifyFaults: { latencyMs: 40 },
+    meliFaults: { latencyMs: 40 },
+    env: { RESYNC_LIVE_WAIT: "0s" },
+  }),
+  async run(world, _variant, opts) {
+    world.addService();
+    await world.startAll();
+    // The usual burst, plus a stream of sales of three well-stocked SKUs at the MeLi store (both
+    // channels), so resync checks and sales of the same listing meet. No SKU × store runs out:
+    // the invariant stays exact (a resync clamps Shopify at 0; RELIABILITY.md finding 6).
+    const stock = (p: ReturnType<World["products"]>[number]) => p.stock[world.meliStore] ?? 0;
+    const hot = [...world.products()].sort((a, b) => stock(b) - stock(a)).slice(0, 3);
+    const hotCount = Math.min(opts.sales * 2, (stock(hot[2]) - 10) * 3);
+    // Three quieter SKUs drift (off by 7 on both channels) and sell nothing more: the resyncs must
+    // repair them while the others sell.
+    const drifted = world.products().filter((p) => !hot.includes(p) && stock(p) > 20).slice(0, 3);
+    const mixed = withinStock(world, world.makeSales(opts.sales * 2, opts.seed), 5)
+      .filter((s) => !s.items.some((i) => [...hot, ...drifted].some((h) => h.sku === i.producto_sku)))
+      .slice(0, opts.sales);
+    const busy = hotSales(world, hot, hotCount);
+    const sales = mixed.flatMap((s, i) => [s, ...busy.slice(i * 2, i * 2 + 2)]);
+    const skus = world.products().map((p) => p.sku);
+    for (const sku of skus) world.resyncedSkus.add(sku);
+    // Every SKU sold once first, so the ledger knows each one's producto_id (the POS key needs it).
+    await world.burst(world.coverAllSkus(), { bad: 0 });
+    await quiet(world, 30_000);
+    for (const p of drifted) {
+      world.meli.setQuantity(p.producto_id, world.meli.quantityOf(p.producto_id)! + 7);
+      await shopifyDrift(world, p.producto_id, world.meliStore, 7);
+    }
+    // Resyncs stop before the last sales: what a resync got wrong is not repaired by the next one.
+    let publishing = true;
+    const burst = background(
+      world.burst(sales, {
+        perSecond: pace(opts) * 2,
+        bad: 0,
+        onProgress: (n) => {
+          if (n >= sales.length * 0.8) publishing = false;
+        },
+      }),
+    );
+    const totals = { jobs: 0, checked: 0, drift: 0, written: 0, skipped: 0, errors: 0 };
+    // Back-to-back write resyncs: one loop over every SKU, one over the three busy ones.
+    const loop = async (scope: string[]) => {
+      while (publishing) {
+        const job = await admin(world, "POST", "/resync", { skus: scope }) as { id: string };
+        const result = await until(
+          async () => {
+            const j = await admin(world, "GET", `/resync/${job.id}`) as {
+              state: string;
+              done: number;
+              drift_found: number;
+              written: number;
+              errors: number;
+              report: { outcome?: string }[];
+            };
+            return j.state !== "running" ? j : undefined;
+          },
+          "resync job",
+          120_000,
+          50,
+        );
+        totals.jobs++;
+        totals.checked += result.done;
+        totals.drift += result.drift_found;
+        totals.written += result.written;
+        totals.errors += result.errors;
+        totals.skipped += result.report.filter((l) => l.outcome === "skipped").length;
+        if (result.state !== "done") world.notes.push(`resync ${job.id} ended ${result.state}`);
+      }
+    };
+    await Promise.all([loop(skus), loop(hot.map((p) => p.sku))]);
+    await burst;
+    world.notes.push(
+      `${sales.length} sales (${Math.min(busy.length, mixed.length * 2)} of ${
+        hot.map((p) => p.sku).join(", ")
+      } at the MeLi store); ` +
+        `${totals.jobs} write resyncs during the burst: ${totals.checked} listing checks, ${totals.drift} with ` +
+        `drift, ${totals.written} written, ${totals.skipped} skipped, ${totals.errors} errors`,
+    );
+  },
+  settleMs: (opts) => opts.bounded ? 60_000 : 120_000,
+};
+
 export const SCENARIOS: readonly Scenario[] = [
   rabbitRestart,
   sigkill,
@@ -545,4 +711,5 @@ export const SCENARIOS: readonly Scenario[] = [
   threeInstances,
   quorumDeliveryLimit,
   meliSlowerThanLock,
+  resyncUnderLoad,
 ];

@@ -36,13 +36,25 @@ export interface ChannelStock {
   mappedStores(): string[];
   /** Whether the channel shows this store's stock. */
   shows(tiendaId: string): boolean;
+  /**
+   * Where the marketplace keeps this store's stock (a Shopify location). Stores with the same
+   * place share one quantity: the sum of theirs. Undefined: every store has its own.
+   */
+  place?(tiendaId: string): string | undefined;
+  /** Whether live sales reach this channel as deltas (then changes not applied yet count). */
+  readonly deltas: boolean;
   read(sku: string, tiendaId: string, signal?: AbortSignal): Promise<StockRead>;
-  /** Sets `to`, conditional on the value `read` saw where the marketplace allows it. */
+  /**
+   * Sets `to`, conditional on the value `read` saw where the marketplace allows it.
+   * A channel without compare-and-set calls `retarget` under its listing lock and sets
+   * what it returns instead, or answers `stale` when it returns undefined.
+   */
   write(
     read: Extract<StockRead, { ok: true }>,
     to: number,
     reference: string,
     signal?: AbortSignal,
+    retarget?: () => Promise<number | undefined>,
   ): Promise<StockWrite>;
 }
 
@@ -122,13 +134,31 @@ export interface ResyncDeps {
 
 /** Test seams; production passes none. */
 export interface ResyncHooks {
+  /** Runs after the POS stock was read and before the marketplace read. */
+  afterSource?(line: { sku: string; tienda_id: string; channel: string }): Promise<void> | void;
   /** Runs after the marketplace quantity was read and before the write. */
   beforeWrite?(line: DriftLine): Promise<void> | void;
 }
 
 const HEARTBEAT_MS = 1_000;
 const STALE_JOB_MS = 120_000;
-const CAS_TRIES = 3;
+const CAS_TRIES = 5;
+/** How long a busy listing's check waits for a sale published but not in custody yet. */
+const SETTLE_MS = 100;
+
+/** A listing's changes in the ledger: not applied yet, and counts that move when a sale lands. */
+interface Flight {
+  pending: number;
+  pending_n: number;
+  sending: number;
+  applied: number;
+  recent: boolean;
+}
+
+function sameFlight(a: Flight, b: Flight): boolean {
+  return a.pending === b.pending && a.pending_n === b.pending_n && a.sending === b.sending &&
+    a.applied === b.applied;
+}
 
 /** The canonical scope of a request: the same scope runs once at a time. */
 export function scopeKey(request: ResyncRequest): string {
@@ -231,6 +261,14 @@ export class Resyncer {
           .filter((t) => channel.shows(t));
       }
     }
+    if (request.tienda_id && stores.length && channel.place) {
+      // A store that shares its place (location) with others is compared with all of them.
+      const place = channel.place(request.tienda_id);
+      const known = channel.mappedStores().length ? channel.mappedStores() : (await sql<
+        { tienda_id: string }[]
+      >`select distinct tienda_id from stock_change where channel = ${channel.name}`).map((r) => r.tienda_id);
+      stores = [...new Set([request.tienda_id, ...known.filter((t) => channel.place!(t) === place)])];
+    }
     let skus: string[];
     if (request.skus) skus = [...new Set(request.skus)];
     else {
@@ -249,6 +287,7 @@ export class Resyncer {
     const signal = this.#abort.signal;
     const wanted = request.channels ?? KNOWN_CHANNELS;
     const channels = this.deps.channels.filter((c) => wanted.includes(c.name));
+    /** Lines not stored yet (see `save`). */
     const report: DriftLine[] = [];
     const unresolved: Unresolved[] = [];
     for (const name of wanted) {
@@ -262,22 +301,41 @@ export class Resyncer {
         });
       }
     }
-    const plan: { channel: ChannelStock; sku: string; tiendaId: string }[] = [];
+    const plan: { channel: ChannelStock; sku: string; stores: string[] }[] = [];
     for (const channel of channels) {
       const t = await this.#targets(request, channel);
       unresolved.push(...t.unresolved);
-      for (const sku of t.skus) for (const tiendaId of t.stores) plan.push({ channel, sku, tiendaId });
+      // Stores that share a place are one marketplace quantity: one check (and write) for them all.
+      const places = new Map<string, string[]>();
+      for (const tiendaId of t.stores) {
+        const place = channel.place?.(tiendaId) ?? `store:${tiendaId}`;
+        places.set(place, [...places.get(place) ?? [], tiendaId]);
+      }
+      for (const sku of t.skus) {
+        for (const stores of places.values()) plan.push({ channel, sku, stores: stores.toSorted() });
+      }
     }
     const counts = { done: 0, drift: 0, written: 0, errors: 0 };
     let lastBeat = 0;
+    // Lines are appended to the stored report at each heartbeat and then dropped here: a
+    // long job neither rewrites its whole report every second nor keeps it in memory.
     const save = async (final?: { state: "done" | "failed"; error?: string }) => {
-      await sql`
+      const lines = report.splice(0), missing = unresolved.splice(0);
+      try {
+        await sql`
         update resync_job set total = ${plan.length}, done = ${counts.done}, drift_found = ${counts.drift},
-               written = ${counts.written}, errors = ${counts.errors}, report = ${sql.json(report as never)},
-               unresolved = ${sql.json(unresolved as never)}, heartbeat_at = now(),
+               written = ${counts.written}, errors = ${counts.errors},
+               report = report || ${sql.json(lines as never)}::jsonb,
+               unresolved = unresolved || ${sql.json(missing as never)}::jsonb, heartbeat_at = now(),
                state = ${final?.state ?? "running"}, error = ${final?.error ?? null},
                finished_at = ${final ? sql`now()` : null}
          where id = ${id}`;
+      } catch (error) {
+        // Not stored: kept for the next save (the failure path saves once more).
+        report.unshift(...lines);
+        unresolved.unshift(...missing);
+        throw error;
+      }
     };
     log.info("resync {id} started: {total} listing checks ({mode})", {
       id,
@@ -289,7 +347,7 @@ export class Resyncer {
       for (const step of plan) {
         if (signal.aborted) throw new Error("the service is shutting down");
         await this.deps.liveIdle(step.channel.name, signal);
-        const line = await this.#check(id, step.channel, step.sku, step.tiendaId, request.dry_run, signal);
+        const line = await this.#check(id, step.channel, step.sku, step.stores, request.dry_run, signal);
         counts.done++;
         if ("reason" in line) unresolved.push(line);
         else {
@@ -339,82 +397,138 @@ export class Resyncer {
     id: string,
     channel: ChannelStock,
     sku: string,
-    tiendaId: string,
+    stores: string[],
     dryRun: boolean,
     signal: AbortSignal,
   ): Promise<DriftLine | Unresolved> {
-    const { sql } = this.deps;
-    const base = { sku, tienda_id: tiendaId, channel: channel.name };
-    // The Redis key wants the store's producto_id: the ledger's sales at this store, the
-    // POS catalog, then a sale of the SKU at another store (ids are usually shared).
-    const [known] = await sql<{ producto_id: string; same_store: boolean }[]>`
+    const tiendaId = stores[0]; // the place (location) all of `stores` share
+    const label = stores.join(",");
+    const base = { sku, tienda_id: label, channel: channel.name };
+    const productoIds = new Map<string, string | null>();
+    for (const store of stores) productoIds.set(store, await this.#productoId(store, sku));
+    const productoId = productoIds.get(tiendaId) ?? null;
+    const deltaChannel = channel.deltas;
+    let line: DriftLine | undefined;
+    for (let attempt = 1; attempt <= CAS_TRIES; attempt++) {
+      // The POS, then the marketplace, then the ledger, then the POS again.
+      const source = await this.#source(stores, productoIds, sku);
+      if ("reason" in source) return { ...base, ...source };
+      await this.deps.hooks?.afterSource?.(base);
+      const read = await channel.read(sku, tiendaId, signal);
+      if (!read.ok) return { ...base, reason: read.reason, error: read.error };
+      // The ledger after the marketplace: a batch applied before our read is applied here too,
+      // and one applied after it fails the compare-and-set. A sale already in the POS may not
+      // be in custody yet (published a moment ago): on a busy listing, give it time to arrive.
+      const before = deltaChannel ? await this.#flight(channel.name, stores, sku) : undefined;
+      if (before?.recent) await new Promise((r) => setTimeout(r, SETTLE_MS));
+      const flight = deltaChannel ? await this.#flight(channel.name, stores, sku) : undefined;
+      // The POS again: a sale reserved while we read would be in the ledger but not in our POS value.
+      const again = await this.#source(stores, productoIds, sku);
+      if ("reason" in again) return { ...base, ...again };
+      if (again.quantity !== source.quantity) continue;
+
+      // Delta channels (Shopify, MeLi delta mode) still receive changes not applied yet, so
+      // until they land the marketplace should show the POS value plus what they will take off.
+      const inFlight = flight ? -flight.pending : 0;
+      const target = Math.max(0, source.quantity + inFlight);
+      line = {
+        ...base,
+        source_qty: source.quantity,
+        in_flight: inFlight,
+        marketplace_qty: read.quantity,
+        difference: target - read.quantity,
+        action: read.quantity === target ? "none" : dryRun ? "would_set" : "set",
+      };
+      if (line.action !== "set") return line;
+      await this.deps.hooks?.beforeWrite?.(line);
+      if (flight && flight.sending > 0) {
+        // A batch in flight may or may not be in the marketplace's number yet: do not guess.
+        return {
+          ...line,
+          action: "skip",
+          outcome: "skipped",
+          error: "a batch for this listing is in flight; run again",
+        };
+      }
+      // A channel without compare-and-set asks for the value again under its listing lock, where
+      // the live channel reads the POS too: mirror mode sets the POS value of that moment; delta
+      // mode writes only if no sale moved the POS or the ledger since (undefined: look again).
+      const retarget = async (): Promise<number | undefined> => {
+        const now = await this.#source(stores, productoIds, sku);
+        if ("reason" in now) return undefined;
+        if (!flight) return Math.max(0, now.quantity);
+        const f = await this.#flight(channel.name, stores, sku);
+        return now.quantity === source.quantity && sameFlight(f, flight) ? target : undefined;
+      };
+      const written = await channel.write(
+        read,
+        target,
+        `gid://marketplace-sync/Resync/${id}`,
+        signal,
+        retarget,
+      );
+      // The marketplace (or the source) moved between our reads and our write: the whole
+      // line is recomputed, never the old target written again.
+      if (written.kind === "stale") continue;
+      const failure = written.kind === "error" ? written : null;
+      const sent = written.kind === "written" ? written.quantityAfter : target;
+      await this.#record(id, channel.name, label, sku, productoId, read.quantity, sent, failure);
+      return failure
+        ? { ...line, outcome: "error", error: `${failure.reason}: ${failure.error}` }
+        : { ...line, outcome: "written" };
+    }
+    const error = `the stock kept changing (${CAS_TRIES} tries); run again`;
+    return line ? { ...line, outcome: "error", error } : { ...base, reason: "stock_kept_changing", error };
+  }
+
+  /** The store's producto_id, which the POS's Redis key wants. */
+  async #productoId(tiendaId: string, sku: string): Promise<string | null> {
+    // The ledger's sales at this store, the POS catalog, then a sale of the SKU at another
+    // store (ids are usually shared).
+    const [known] = await this.deps.sql<{ producto_id: string; same_store: boolean }[]>`
       select producto_id, tienda_id = ${tiendaId} as same_store from stock_change
        where sku = ${sku} and producto_id is not null
        order by (tienda_id = ${tiendaId}) desc, id desc limit 1`;
-    const productoId = known?.same_store
+    return known?.same_store
       ? known.producto_id
       : await this.deps.stock.productoId(tiendaId, sku) ?? known?.producto_id ?? null;
-    let source;
-    try {
-      source = await this.deps.stock.read({ tiendaId, productoId, sku });
-    } catch (error) {
-      if (!(error instanceof StockSourceUnavailableError)) throw error;
-      return { ...base, reason: "stock_source_unavailable", error: error.message };
-    }
-    if (!source.found) return { ...base, reason: "stock_unknown", error: source.reason };
+  }
 
-    // Shopify receives sales as deltas: changes not applied yet will still lower it,
-    // so until they land it should show the POS value plus what they will take off.
-    const [flight] = await sql<{ pending: number; sending: number }[]>`
-      select coalesce(sum(delta) filter (where status = 'pending'), 0)::int as pending,
-             count(*) filter (where status = 'sending')::int as sending
-        from stock_change
-       where channel = ${channel.name} and tienda_id = ${tiendaId} and sku = ${sku}
-         and status in ('pending', 'sending')`;
-    const deltaChannel = channel.name === "shopify";
-    const inFlight = deltaChannel ? -flight.pending : 0;
-    const target = Math.max(0, source.quantity + inFlight);
-
-    let read = await channel.read(sku, tiendaId, signal);
-    if (!read.ok) return { ...base, reason: read.reason, error: read.error };
-    const line: DriftLine = {
-      ...base,
-      source_qty: source.quantity,
-      in_flight: inFlight,
-      marketplace_qty: read.quantity,
-      difference: target - read.quantity,
-      action: read.quantity === target ? "none" : dryRun ? "would_set" : "set",
-    };
-    if (line.action !== "set") return line;
-    await this.deps.hooks?.beforeWrite?.(line);
-    if (deltaChannel && flight.sending > 0) {
-      // A batch in flight may or may not be in Shopify's number yet: do not guess.
-      return {
-        ...line,
-        action: "skip",
-        outcome: "skipped",
-        error: "a batch for this listing is in flight; run again",
-      };
-    }
-    for (let attempt = 1; attempt <= CAS_TRIES; attempt++) {
-      const written = await channel.write(read, target, `gid://marketplace-sync/Resync/${id}`, signal);
-      if (written.kind !== "stale") {
-        const failure = written.kind === "error" ? written : null;
-        await this.#record(id, channel.name, tiendaId, sku, productoId, read.quantity, target, failure);
-        return failure
-          ? { ...line, outcome: "error", error: `${failure.reason}: ${failure.error}` }
-          : { ...line, outcome: "written" };
+  /** The POS value of the stores (summed: they share one marketplace quantity), or why there is none. */
+  async #source(
+    stores: string[],
+    productoIds: Map<string, string | null>,
+    sku: string,
+  ): Promise<{ quantity: number } | { reason: string; error: string }> {
+    let quantity = 0;
+    for (const tiendaId of stores) {
+      try {
+        const source = await this.deps.stock.read({
+          tiendaId,
+          productoId: productoIds.get(tiendaId) ?? null,
+          sku,
+        });
+        if (!source.found) return { reason: "stock_unknown", error: source.reason };
+        quantity += source.quantity;
+      } catch (error) {
+        if (!(error instanceof StockSourceUnavailableError)) throw error;
+        return { reason: "stock_source_unavailable", error: error.message };
       }
-      // Stale: the marketplace moved between our read and our write. Read again.
-      read = await channel.read(sku, tiendaId, signal);
-      if (!read.ok) return { ...line, outcome: "error", error: `${read.reason}: ${read.error}` };
-      if (read.quantity === target) return { ...line, outcome: "already_right" };
     }
-    return {
-      ...line,
-      outcome: "error",
-      error: `the quantity kept changing (${CAS_TRIES} compare-and-set misses)`,
-    };
+    return { quantity };
+  }
+
+  /** The listing's changes not applied yet (at any of the stores), and counts that move when a sale lands. */
+  async #flight(channel: string, stores: string[], sku: string): Promise<Flight> {
+    const [flight] = await this.deps.sql<Flight[]>`
+      select coalesce(sum(delta) filter (where status = 'pending'), 0)::int as pending,
+             count(*) filter (where status = 'pending')::int as pending_n,
+             count(*) filter (where status = 'sending')::int as sending,
+             count(*) filter (where status = 'applied')::int as applied,
+             coalesce(bool_or(created_at > now() - interval '1 minute'), false) as recent
+        from stock_change
+       where channel = ${channel} and tienda_id = any(${stores}) and sku = ${sku}`;
+    return flight;
   }
 
   /** A resync write is a stock change like any other in the audit trail. */

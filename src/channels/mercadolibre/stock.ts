@@ -4,7 +4,7 @@
  * per-listing lock the live channel uses, checking the answer.
  */
 import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../ops/resync.ts";
-import type { ListingLocks } from "../../sync/listing_lock.ts";
+import { type ListingLocks, LockUnavailableError } from "../../sync/listing_lock.ts";
 import type { MeliClient } from "./client.ts";
 import type { MeliItem, MeliListing, MeliListings } from "./listings.ts";
 
@@ -18,6 +18,8 @@ export class MeliStock implements ChannelStock {
     private readonly locks: ListingLocks,
     /** The store MeLi mirrors; undefined in delta mode without MELI_TIENDA_ID. */
     private readonly tiendaId: string | undefined,
+    /** Delta mode: live sales are read-subtract-write, so changes not applied yet count. */
+    readonly deltas = false,
   ) {}
 
   mappedStores(): string[] {
@@ -74,30 +76,52 @@ export class MeliStock implements ChannelStock {
     to: number,
     _reference: string,
     signal?: AbortSignal,
+    retarget?: () => Promise<number | undefined>,
   ): Promise<StockWrite> {
     const listing = read.ref as MeliListing;
     const key = listing.variationId === null ? listing.itemId : `${listing.itemId}/${listing.variationId}`;
     const path = listing.variationId === null
       ? `/items/${encodeURIComponent(listing.itemId)}`
       : `/items/${encodeURIComponent(listing.itemId)}/variations/${listing.variationId}`;
-    return await this.locks.with(key, async (): Promise<StockWrite> => {
+    try {
+      return await this.#locked(key, path, listing, to, signal, retarget);
+    } catch (error) {
+      // A live batch holds the listing: look again later rather than fail the job.
+      if (error instanceof LockUnavailableError) return { kind: "stale" };
+      throw error;
+    }
+  }
+
+  #locked(
+    key: string,
+    path: string,
+    listing: MeliListing,
+    to: number,
+    signal: AbortSignal | undefined,
+    retarget: (() => Promise<number | undefined>) | undefined,
+  ): Promise<StockWrite> {
+    return this.locks.with(key, async (): Promise<StockWrite> => {
+      // The live channel reads the POS under this lock too: asked here, a sale that moved
+      // the POS after the resync's read cannot be overwritten by the older value.
+      const value = retarget ? await retarget() : to;
+      if (value === undefined) return { kind: "stale" };
       const put = await this.client.request<MeliItem>("PUT", path, {
         operation: listing.variationId === null ? "put_item" : "put_variation",
-        body: { available_quantity: to },
+        body: { available_quantity: value },
         signal,
       });
       if (put.kind !== "ok") return { kind: "error", reason: `meli_${put.kind}`, error: put.error };
       const after = listing.variationId !== null && put.data.variations
         ? put.data.variations.find((v) => v.id === listing.variationId)?.available_quantity
         : put.data.available_quantity;
-      if (after !== to) {
+      if (after !== value) {
         return {
           kind: "error",
           reason: "not_applied",
-          error: `MercadoLibre answered ${put.status} but shows ${after ?? "(missing)"}, not ${to}`,
+          error: `MercadoLibre answered ${put.status} but shows ${after ?? "(missing)"}, not ${value}`,
         };
       }
-      return { kind: "written", quantityAfter: to };
+      return { kind: "written", quantityAfter: value };
     });
   }
 }

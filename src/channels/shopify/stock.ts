@@ -27,6 +27,7 @@ interface SetAvailable {
 /** Reads and sets Shopify stock for resync. */
 export class ShopifyStock implements ChannelStock {
   readonly name = "shopify" as const;
+  readonly deltas = true;
 
   constructor(
     private readonly client: ShopifyClient,
@@ -37,6 +38,10 @@ export class ShopifyStock implements ChannelStock {
 
   mappedStores(): string[] {
     return this.locations.stores();
+  }
+
+  place(tiendaId: string): string | undefined {
+    return this.locations.locationFor(tiendaId);
   }
 
   shows(tiendaId: string): boolean {
