@@ -231,17 +231,10 @@ export function viewDeadLetter(msg: SyncMessage, position: number): DeadLetterVi
 }
 
 /**
- * The envelope a replay publishes: the original properties (content encoding
- * restored from the raw-body marker) and headers minus `sync-*` and broker
- * `x-death`-style headers. `expiration` and `user_id` (kept by the DLQ in
- * `sync-original-*` headers) are not restored: an expiration may have passed
- * already and a foreign user_id makes RabbitMQ refuse the publish.
+ * A durable envelope with `headers` and the message's own properties (content
+ * encoding restored from the raw-body marker); absent properties stay absent.
  */
-export function replayEnvelope(msg: SyncMessage): Envelope {
-  const headers: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(msg.headers ?? {})) {
-    if (!SYNC_HEADER.test(key) && !BROKER_HEADER.test(key)) headers[key] = value;
-  }
+function envelopeWith(msg: SyncMessage, headers: Record<string, unknown>): Envelope {
   const envelope: Envelope = { durable: true, headers };
   const props = {
     contentType: msg.contentType,
@@ -258,6 +251,21 @@ export function replayEnvelope(msg: SyncMessage): Envelope {
     if (value !== undefined) (envelope as Record<string, unknown>)[key] = value;
   }
   return envelope;
+}
+
+/**
+ * The envelope a replay publishes: the original properties (content encoding
+ * restored from the raw-body marker) and headers minus `sync-*` and broker
+ * `x-death`-style headers. `expiration` and `user_id` (kept by the DLQ in
+ * `sync-original-*` headers) are not restored: an expiration may have passed
+ * already and a foreign user_id makes RabbitMQ refuse the publish.
+ */
+export function replayEnvelope(msg: SyncMessage): Envelope {
+  const headers: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(msg.headers ?? {})) {
+    if (!SYNC_HEADER.test(key) && !BROKER_HEADER.test(key)) headers[key] = value;
+  }
+  return envelopeWith(msg, headers);
 }
 
 function validateFilter(filter: ReplayFilter): (msg: SyncMessage) => boolean {
@@ -304,22 +312,7 @@ export function rotationEnvelope(msg: SyncMessage): Envelope {
   }
   if (msg.expiration !== undefined) headers[HEADER.originalExpiration] ??= msg.expiration;
   if (msg.userId !== undefined) headers[HEADER.originalUserId] ??= msg.userId;
-  const envelope: Envelope = { durable: true, headers };
-  const props = {
-    contentType: msg.contentType,
-    contentEncoding: originalContentEncoding(msg.contentEncoding),
-    messageId: msg.messageId,
-    correlationId: msg.correlationId,
-    replyTo: msg.replyTo,
-    timestamp: msg.timestamp,
-    type: msg.type,
-    appId: msg.appId,
-    priority: msg.priority,
-  };
-  for (const [key, value] of Object.entries(props)) {
-    if (value !== undefined) (envelope as Record<string, unknown>)[key] = value;
-  }
-  return envelope;
+  return envelopeWith(msg, headers);
 }
 
 /**
