@@ -35,6 +35,7 @@ import {
 import {
   harnessFor,
   integration,
+  policyOn,
   RABBITMQ_URL,
   sale,
   startHarness,
@@ -268,30 +269,6 @@ integration("concurrent lists and replays are serialized: each sees the whole DL
     await s.cleanup();
   }
 });
-
-/** Runs `rabbitmqctl` with these arguments; throws with its output when it fails. */
-async function rabbitmqctl(...args: string[]): Promise<void> {
-  const out = await new Deno.Command("rabbitmqctl", {
-    args: ["-q", ...args],
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .output();
-  if (!out.success) {
-    throw new Error(`rabbitmqctl ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
-  }
-}
-
-/**
- * An operator's policy on exactly this test's queues (the pattern names them),
- * as `rabbitmqctl set_policy` sets it; cleared by the returned function.
- */
-async function policyOn(queuePrefix: string, definition: Record<string, unknown>) {
-  const name = `test-${queuePrefix}`;
-  const pattern = `^${queuePrefix.replaceAll(".", "\\.")}(\\.|$)`;
-  await rabbitmqctl("set_policy", "--apply-to", "queues", name, pattern, JSON.stringify(definition));
-  return () => rabbitmqctl("clear_policy", name);
-}
 
 integration(
   "quorum DLQ under a delivery-limit policy of 2: 30 listings and a replay lose nothing",

@@ -287,3 +287,27 @@ export async function findPromtool(): Promise<string | undefined> {
     return undefined;
   }
 }
+
+/** Runs `rabbitmqctl` with these arguments; throws with its output when it fails. */
+export async function rabbitmqctl(...args: string[]): Promise<void> {
+  const out = await new Deno.Command("rabbitmqctl", {
+    args: ["-q", ...args],
+    stdout: "piped",
+    stderr: "piped",
+  })
+    .output();
+  if (!out.success) {
+    throw new Error(`rabbitmqctl ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+}
+
+/**
+ * An operator's policy on exactly the queues named `prefix` or `prefix.*`, as
+ * `rabbitmqctl set_policy` sets it; cleared by the returned function.
+ */
+export async function policyOn(prefix: string, definition: Record<string, unknown>) {
+  const name = `test-${prefix}`;
+  const pattern = `^${prefix.replaceAll(".", "\\.")}(\\.|$)`;
+  await rabbitmqctl("set_policy", "--apply-to", "queues", name, pattern, JSON.stringify(definition));
+  return () => rabbitmqctl("clear_policy", name);
+}

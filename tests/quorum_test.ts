@@ -15,28 +15,7 @@ import {
   topologyFromConfig,
 } from "../src/broker/topology.ts";
 import { startService } from "../src/main.ts";
-import { harnessFor, integration, RABBITMQ_URL, sale, testConfig, waitFor } from "./helpers.ts";
-
-/** Runs `rabbitmqctl` with these arguments; throws with its output when it fails. */
-async function rabbitmqctl(...args: string[]): Promise<void> {
-  const out = await new Deno.Command("rabbitmqctl", {
-    args: ["-q", ...args],
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .output();
-  if (!out.success) {
-    throw new Error(`rabbitmqctl ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
-  }
-}
-
-/** An operator's policy on exactly the queues named `prefix` or `prefix.*`; returns its clearing. */
-async function policyOn(prefix: string, definition: Record<string, unknown>) {
-  const name = `test-${prefix}`;
-  const pattern = `^${prefix.replaceAll(".", "\\.")}(\\.|$)`;
-  await rabbitmqctl("set_policy", "--apply-to", "queues", name, pattern, JSON.stringify(definition));
-  return () => rabbitmqctl("clear_policy", name);
-}
+import { harnessFor, integration, policyOn, RABBITMQ_URL, sale, testConfig, waitFor } from "./helpers.ts";
 
 /**
  * A consumer process that crashes while holding the delivery, `times` times:
