@@ -10,6 +10,7 @@ import { SHOPIFY_DOCUMENTS } from "../src/channels/shopify/documents.ts";
 import { skuSearchQuery } from "../src/channels/shopify/search.ts";
 import { type RunningService, startService } from "../src/main.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
+import type { Config } from "../src/config.ts";
 import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
 import { shopifySchema } from "../src/sandbox/shopify_schema.ts";
@@ -68,6 +69,27 @@ async function statusCounts(h: Harness): Promise<Record<string, number>> {
 
 function availableOf(sandbox: ShopifySandbox, sku: string, tiendaId: string): number {
   return sandbox.availableFor(product(sku).producto_id, tiendaId)!;
+}
+
+/**
+ * Instance A, whose dispatchers die right after each send Shopify applied: the send is
+ * counted (`sends`), held until `revive`, then fails before its outcome is recorded.
+ */
+async function startCrashingAfterSend(config: Config) {
+  const revive = Promise.withResolvers<void>();
+  let sends = 0;
+  const a = startService(config, {
+    dispatcherHooks: {
+      async afterSend() {
+        sends++;
+        await revive.promise;
+        throw new Error("simulated crash");
+      },
+    },
+  });
+  await a.started;
+  const h = await harnessFor(a, config);
+  return { h, sends: () => sends, revive: () => revive.resolve() };
 }
 
 Deno.test("every GraphQL document the service sends validates against Shopify's 2026-10 schema", () => {
@@ -450,26 +472,14 @@ integration(
     const env = sandboxEnv(sandbox, { DISPATCH_LEASE: "1s" });
     const config = testConfig(env);
     // Instance A "dies" right after Shopify applied its batch: it never records the outcome.
-    const revive = Promise.withResolvers<void>();
-    let crashed = 0;
-    const a = startService(config, {
-      dispatcherHooks: {
-        async afterSend() {
-          crashed++;
-          await revive.promise;
-          throw new Error("simulated crash");
-        },
-      },
-    });
-    await a.started;
-    const h = await harnessFor(a, config);
+    const { h, sends, revive } = await startCrashingAfterSend(config);
     let b: RunningService | undefined;
     try {
       const tienda = STORES[2];
       const before = availableOf(sandbox, "REMERA-002", tienda);
       const e = saleOf(tienda, [{ sku: "REMERA-002", qty: 4 }], "crash-1");
       await h.publish(e, { messageId: e.event_id });
-      await waitFor(() => crashed === 1, "A sent the batch and died");
+      await waitFor(() => sends() === 1, "A sent the batch and died");
       assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 4, "Shopify applied it once");
       const [batch] = await h.sql`select status, idempotency_key from sync_batch`;
       assert.equal(batch.status, "sending", "the outcome was never recorded");
@@ -489,7 +499,7 @@ integration(
       assert.equal(batches[0].idempotency_key, batch.idempotency_key);
       assert.equal(batches[0].status, "done");
     } finally {
-      revive.resolve();
+      revive();
       await b?.close();
       await h.close();
       await sandbox.close();
@@ -906,26 +916,14 @@ integration(
     const config = testConfig(sandboxEnv(sandbox, { DISPATCH_LEASE: "1s" }));
     // Instance A sends the batch (Shopify applies it) and stops before recording: the
     // dispatchers stay down for a day.
-    const revive = Promise.withResolvers<void>();
-    let sent = 0;
-    const a = startService(config, {
-      dispatcherHooks: {
-        async afterSend() {
-          sent++;
-          await revive.promise;
-          throw new Error("simulated crash");
-        },
-      },
-    });
-    await a.started;
-    const h = await harnessFor(a, config);
+    const { h, sends, revive } = await startCrashingAfterSend(config);
     let b: RunningService | undefined;
     try {
       const tienda = STORES[2];
       const before = availableOf(sandbox, "REMERA-003", tienda);
       const e = saleOf(tienda, [{ sku: "REMERA-003", qty: 3 }], "day-late-1");
       await h.publish(e, { messageId: e.event_id });
-      await waitFor(() => sent === 1, "A sent the batch and stopped");
+      await waitFor(() => sends() === 1, "A sent the batch and stopped");
       assert.equal(availableOf(sandbox, "REMERA-003", tienda), before - 3);
       await ageBatches(h, 21);
       skewMs = 25 * 3600_000; // Shopify has forgotten the key
@@ -959,7 +957,7 @@ integration(
       const [batch] = await h.sql`select status from sync_batch`;
       assert.equal(batch.status, "failed");
     } finally {
-      revive.resolve();
+      revive();
       await b?.close();
       await h.close();
       await sandbox.close();
