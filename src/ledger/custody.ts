@@ -175,6 +175,27 @@ export class Custody {
     }
   }
 
+  /**
+   * Of the changes a replay left `outcome_unknown`, those still so now. A replay of
+   * another sale of the same batch, committed meanwhile, may have re-opened it (this
+   * statement then skipped the batch under its row lock): no warning for those.
+   */
+  async #stillUnknown(
+    kept: { event_id: string; detail: string | null }[],
+  ): Promise<{ event_id: string; detail: string | null }[]> {
+    if (kept.length === 0) return kept;
+    try {
+      const open = await this.sql<{ change: string }[]>`
+        select event_id || ' ' || channel || ' ' || sku as change from stock_change
+         where event_id = any(${[...new Set(kept.map((k) => k.event_id))]}::text[])
+           and status = 'failed' and error_reason = ${OUTCOME_UNKNOWN}`;
+      const still = new Set(open.map((r) => r.change));
+      return kept.filter((k) => still.has(`${k.event_id} ${k.detail}`));
+    } catch {
+      return kept; // the sale is stored either way; better a warning too many than none
+    }
+  }
+
   async #writeOnce(events: SaleEvent[]): Promise<Map<string, CustodyOutcome>> {
     // Same event twice in one batch (a duplicate publish): write it once. Rows
     // are sorted so concurrent batches lock keys in the same order (no deadlock).
@@ -243,13 +264,23 @@ export class Custody {
         -- Within the key window, their batch goes out again under its ORIGINAL key and
         -- stored request: the marketplace answers an applied key from its record, so
         -- it cannot apply twice. A new key could; past the window the old one could too.
+        -- channel_attempts starts at 1, not 0: the key was sent before without an
+        -- answer, so a refusal of the re-send still says nothing about that first
+        -- send (outcome_unknown, never a definite failure a later replay would re-arm).
         update sync_batch b
-           set status = 'sending', lease_until = now(), owner = gen_random_uuid(), channel_attempts = 0,
+           set status = 'sending', lease_until = now(), owner = gen_random_uuid(), channel_attempts = 1,
                finished_at = null, error = 'reopened by a replay'
          where b.id in (select batch_id from unknown)
            and b.status in ('failed', 'done') and b.channel = any(${SAME_KEY_CHANNELS}::text[])
            and b.request is not null
            and b.sent_at >= now() - ${IDEMPOTENCY_SAFE_HOURS} * interval '1 hour'
+           -- A resync since the first send wrote an absolute quantity that already
+           -- counts the sale: re-sending the delta then could take it off twice.
+           and not exists (
+             select 1 from stock_change bc
+               join stock_change w on w.sku = bc.sku and w.channel = bc.channel
+              where bc.batch_id = b.id and bc.status = 'failed'
+                and w.event_id like 'resync:%' and w.created_at >= b.sent_at)
         returning b.id
       ), reopened as (
         update stock_change s
@@ -268,11 +299,11 @@ export class Custody {
        where not exists (select 1 from reopened_batch r where r.id = u.batch_id)`;
     const fresh = new Set(rows.filter((r) => r.kind === "stored").map((r) => r.event_id));
     const rearmed = new Set(rows.filter((r) => r.kind === "rearmed").map((r) => r.event_id));
-    for (const kept of rows.filter((r) => r.kind === "kept")) {
+    for (const kept of await this.#stillUnknown(rows.filter((r) => r.kind === "kept"))) {
       // A replay that cannot heal an unknown outcome must not vanish silently.
       log.warning(
         "sale {event_id} re-received: {change} stays outcome_unknown (past the {hours} h key window, " +
-          "or no key to re-send under): check the listing and resync",
+          "no key to re-send under, or the listing was resynced since): check the listing and resync",
         { mark: "error", event_id: kept.event_id, change: kept.detail, hours: IDEMPOTENCY_SAFE_HOURS },
       );
     }

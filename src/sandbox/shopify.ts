@@ -50,6 +50,8 @@ export interface ShopifyFaults {
   latencyMs: number;
   /** Answer every API request THROTTLED. */
   throttleAll: boolean;
+  /** The shop is frozen (an unpaid bill): every API request is answered 402, nothing applied. */
+  frozen: boolean;
   /** Seed of the generator that draws the faults (set it again to replay a sequence). */
   seed: number;
 }
@@ -60,6 +62,7 @@ const NO_FAULTS: ShopifyFaults = {
   internalErrorRate: 0,
   latencyMs: 0,
   throttleAll: false,
+  frozen: false,
   seed: 1,
 };
 
@@ -70,6 +73,7 @@ const faultsSchema = z.object({
   internalErrorRate: rate,
   latencyMs: z.number().int().min(0).max(120_000),
   throttleAll: z.boolean(),
+  frozen: z.boolean(),
   seed: z.number().int(),
 }).partial().strict();
 
@@ -220,6 +224,10 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     if (req.headers.get("x-shopify-access-token") !== token) {
       stats.unauthorized++;
       return json(401, UNAUTHORIZED_BODY);
+    }
+    if (faults.frozen) {
+      stats.errorsInjected++;
+      return json(402, { errors: "Unavailable Shop" });
     }
     // Drawn before reading the body: a 5xx here means nothing was applied.
     if (faults.errorRate > 0 && random() < faults.errorRate) {
