@@ -57,13 +57,26 @@ const REMEDIES: Record<string, string> = {
   exhausted:
     "the marketplace kept failing (sync-error has its last answer): once it answers again (/readyz, marketplace_calls_total), replay",
   outcome_unknown:
-    "within 20 h of the batch's first send a replay re-sends it under its original idempotency key (applied at most once): replay once the marketplace answers; later than that (the log says it stays outcome_unknown) check the listing's stock, then deno task resync -- --sku <sync-sku> --dry-run and without --dry-run",
+    "Shopify: within 20 h of the batch's first send, and unless the listing was resynced since, a replay re-sends it under its original idempotency key (applied at most once): replay once the marketplace answers; later than that (the log says it stays outcome_unknown) check the listing's stock, then deno task resync -- --sku <sync-sku> --dry-run and without --dry-run",
   // RabbitMQ's own dead-lettering (x-first-death-reason), no sync-remedy header of ours.
   delivery_limit:
     "the quorum work queue handed it back more than QUEUE_DELIVERY_LIMIT times (consumers crashing while holding it): once the service runs steadily (/readyz, no restarts), replay",
 };
 
-/** The `sync-remedy` text for a `sync-reason`. */
-export function remedyFor(reason: string): string {
+/**
+ * Per channel where a reason's remedy differs: MercadoLibre has no idempotency key,
+ * so its `outcome_unknown` changes are never re-sent by a replay.
+ */
+const CHANNEL_REMEDIES: Record<string, Record<string, string>> = {
+  mercadolibre: {
+    outcome_unknown:
+      "MercadoLibre has no idempotency key, so a replay never re-sends this change (it may have been applied): check the listing's stock, then deno task resync -- --sku <sync-sku> --channel mercadolibre --dry-run and without --dry-run",
+  },
+};
+
+/** The `sync-remedy` text for a `sync-reason` (and the `sync-channel` it failed on, if any). */
+export function remedyFor(reason: string, channel?: string | null): string {
+  const own = channel ? CHANNEL_REMEDIES[channel] : undefined;
+  if (own && Object.hasOwn(own, reason)) return own[reason];
   return Object.hasOwn(REMEDIES, reason) ? REMEDIES[reason] : GENERIC_REMEDY;
 }

@@ -218,7 +218,7 @@ export function viewDeadLetter(msg: SyncMessage, position: number): DeadLetterVi
     message_id: msg.messageId ?? null,
     reason: deadLetterReason(msg),
     error: h(HEADER.error) ?? brokerDeathError(headers),
-    remedy: h(HEADER.remedy) ?? remedyFor(deadLetterReason(msg) ?? ""),
+    remedy: h(HEADER.remedy) ?? remedyFor(deadLetterReason(msg) ?? "", h(HEADER.channel)),
     attempts: num(headers[HEADER.attempts]),
     channel: h(HEADER.channel),
     sku: h(HEADER.sku),

@@ -306,7 +306,7 @@ export class Dispatcher {
         headers: {
           [HEADER.reason]: f.reason,
           [HEADER.error]: f.error.slice(0, 1000),
-          [HEADER.remedy]: remedyFor(f.reason),
+          [HEADER.remedy]: remedyFor(f.reason, f.channel),
           [HEADER.attempts]: f.attempts,
           [HEADER.channel]: f.channel,
           [HEADER.sku]: f.sku,
