@@ -109,6 +109,24 @@ async function shopifySet(w: World, sku: string, tiendaId: string, quantity: num
   assert.deepEqual(body.data.inventorySetQuantities.userErrors, [], JSON.stringify(body));
 }
 
+/** Sells one `sku` at the MeLi store and waits until the live channel mirrored the sale to MeLi. */
+async function meliSaleMirrored(w: World, sku: string): Promise<void> {
+  const pos = await w.pos.get(MELI_STORE, sku);
+  await w.pos.sell(w.h, MELI_STORE, [{ sku, qty: 1 }]);
+  await waitFor(
+    () => w.meli.quantityOf(w.pos.product(sku).producto_id) === pos - 1,
+    "MeLi shows the sale",
+  );
+}
+
+/** The Shopify location id a sandbox of this catalog gives `tiendaId` (every such sandbox agrees). */
+async function sandboxLocationOf(tiendaId: string): Promise<string> {
+  const probe = await startShopifySandbox({ catalog });
+  const id = probe.locationIdOf(tiendaId)!;
+  await probe.close();
+  return id;
+}
+
 function shopifyQty(w: World, sku: string, tiendaId: string): number {
   return w.shop.availableFor(w.pos.product(sku).producto_id, tiendaId)!;
 }
@@ -440,12 +458,7 @@ integration(
       async afterSource(line) {
         if (line.channel !== "mercadolibre" || fired++ > 0) return;
         // A sale lands (POS lowered, published) and the live channel mirrors it to MeLi.
-        const pos = await world!.pos.get(MELI_STORE, sku);
-        await world!.pos.sell(world!.h, MELI_STORE, [{ sku, qty: 1 }]);
-        await waitFor(
-          () => world!.meli.quantityOf(world!.pos.product(sku).producto_id) === pos - 1,
-          "MeLi shows the sale",
-        );
+        await meliSaleMirrored(world!, sku);
       },
     });
     try {
@@ -469,12 +482,7 @@ integration(
     const w = world = await startWorld({
       async beforeWrite(line) {
         if (line.channel !== "mercadolibre" || fired++ > 0) return;
-        const pos = await world!.pos.get(MELI_STORE, sku);
-        await world!.pos.sell(world!.h, MELI_STORE, [{ sku, qty: 1 }]);
-        await waitFor(
-          () => world!.meli.quantityOf(world!.pos.product(sku).producto_id) === pos - 1,
-          "MeLi shows the sale",
-        );
+        await meliSaleMirrored(world!, sku);
       },
     });
     try {
@@ -494,11 +502,7 @@ integration(
   "two stores on one Shopify location: the resync sets the sum of both stores' POS stock, once",
   async () => {
     const sku = "REMERA-002";
-    const shared = await startShopifySandbox({ catalog }).then(async (probe) => {
-      const id = probe.locationIdOf(STORES[0])!;
-      await probe.close();
-      return id;
-    });
+    const shared = await sandboxLocationOf(STORES[0]);
     // Stores 0 and 1 both stock Shopify's location of store 0 (the others keep their own).
     const w = await startWorld(undefined, {
       SHOPIFY_LOCATIONS: JSON.stringify({ [STORES[0]]: shared, [STORES[1]]: shared }),
@@ -529,11 +533,7 @@ integration(
   "SHOPIFY_LOCATION_ID alone: every store the ledger knows is summed into the one location",
   async () => {
     const sku = "REMERA-002";
-    const shared = await startShopifySandbox({ catalog }).then(async (probe) => {
-      const id = probe.locationIdOf(STORES[0])!;
-      await probe.close();
-      return id;
-    });
+    const shared = await sandboxLocationOf(STORES[0]);
     const w = await startWorld(undefined, { SHOPIFY_LOCATIONS: "{}", SHOPIFY_LOCATION_ID: shared });
     try {
       const item = w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId;
