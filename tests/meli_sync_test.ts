@@ -107,6 +107,18 @@ async function settled(h: Harness, total: number, timeoutMs = 20_000): Promise<v
   );
 }
 
+/**
+ * A second service instance on the harness's ledger and sandbox that uses MeLi's static token
+ * (no OAuth chain of its own to refresh); the caller awaits its `started`.
+ */
+function startStaticTokenInstance(m: MeliHarness) {
+  const env = { ...m.env, MELI_TOKEN: m.sandbox.staticToken };
+  delete (env as Record<string, string | undefined>).MELI_CLIENT_ID;
+  delete (env as Record<string, string | undefined>).MELI_CLIENT_SECRET;
+  delete (env as Record<string, string | undefined>).MELI_REFRESH_TOKEN;
+  return startService(testConfig(env));
+}
+
 function assertNoInvalidRequests(sandbox: MeliSandbox): void {
   assert.deepEqual(
     sandbox.invalidRequests().map((r) => `${r.method} ${r.path} → ${r.status} ${r.error ?? ""}`),
@@ -474,11 +486,7 @@ integration(
       // No MELI_TIENDA_ID: in delta mode every store's sales count.
       { MELI_MODE: "delta", MELI_TIENDA_ID: "", DISPATCH_MAX_ATTEMPTS: "1000" },
     );
-    const env = { ...m.env, MELI_TOKEN: m.sandbox.staticToken };
-    delete (env as Record<string, string | undefined>).MELI_CLIENT_ID;
-    delete (env as Record<string, string | undefined>).MELI_CLIENT_SECRET;
-    delete (env as Record<string, string | undefined>).MELI_REFRESH_TOKEN;
-    const second = startService(testConfig(env));
+    const second = startStaticTokenInstance(m);
     try {
       await second.started;
       const sku = "CAMPERA-PUFFER-L";
@@ -518,11 +526,7 @@ integration(
       { ratePerSecond: 200, faults: { latencyMs: 400 } },
       { MELI_MODE: "delta", MELI_TIENDA_ID: "", MELI_LOCK_TTL: "150ms", DISPATCH_MAX_ATTEMPTS: "1000" },
     );
-    const env = { ...m.env, MELI_TOKEN: m.sandbox.staticToken };
-    delete (env as Record<string, string | undefined>).MELI_CLIENT_ID;
-    delete (env as Record<string, string | undefined>).MELI_CLIENT_SECRET;
-    delete (env as Record<string, string | undefined>).MELI_REFRESH_TOKEN;
-    const second = startService(testConfig(env));
+    const second = startStaticTokenInstance(m);
     try {
       await second.started;
       const sku = "CAMPERA-PUFFER-L";
