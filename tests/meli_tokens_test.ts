@@ -87,6 +87,20 @@ async function tokenLedger(sandbox: Awaited<ReturnType<typeof startMeliSandbox>>
   };
 }
 
+/**
+ * The next start: with every access token expired, a new token holder refreshes from the stored
+ * pair, never replaying a spent refresh token, and the stored chain stays ok.
+ */
+async function assertRestartContinuesChain(
+  sandbox: Awaited<ReturnType<typeof startMeliSandbox>>,
+  ledger: Awaited<ReturnType<typeof tokenLedger>>,
+): Promise<void> {
+  sandbox.expireAccessTokens();
+  await ledger.make().get();
+  assert.equal(sandbox.stats().refreshFailures, 0, "the spent refresh token was never replayed");
+  assert.equal(await ledger.chain(), "ok");
+}
+
 integration(
   "a refresh answered after MELI_TIMEOUT is kept: the rotated pair is stored, the chain is not invalid_grant",
   async () => {
@@ -104,10 +118,7 @@ integration(
       assert.equal(me.status, 200, "the late answer's access token is used");
       await me.body?.cancel();
       // A restart continues the chain from the stored (rotated) refresh token.
-      sandbox.expireAccessTokens();
-      await ledger.make().get();
-      assert.equal(sandbox.stats().refreshFailures, 0, "the spent refresh token was never replayed");
-      assert.equal(await ledger.chain(), "ok");
+      await assertRestartContinuesChain(sandbox, ledger);
     } finally {
       await tokens.close();
       await ledger.drop();
@@ -132,10 +143,7 @@ integration(
       assert.equal(sandbox.stats().refreshes, 1, "MeLi rotated the refresh token");
       assert.equal(await ledger.chain(), "ok", "the rotated pair is stored before shutdown ends");
       sandbox.setFaults({ latencyMs: 0 });
-      sandbox.expireAccessTokens();
-      await ledger.make().get(); // the next start
-      assert.equal(sandbox.stats().refreshFailures, 0, "the spent refresh token was never replayed");
-      assert.equal(await ledger.chain(), "ok");
+      await assertRestartContinuesChain(sandbox, ledger); // the next start
     } finally {
       await tokens.close();
       await ledger.drop();
