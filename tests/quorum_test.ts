@@ -61,18 +61,10 @@ integration(
     // The service's topology, as a replica declared it before the others crashed.
     await declareTopology(rabbit, topology);
     const clear = await policyOn(topology.queue, { "delivery-limit": 2 });
-    const pub = rabbit.createPublisher({ confirm: true });
     let service: ReturnType<typeof startService> | undefined;
     let h: Awaited<ReturnType<typeof harnessFor>> | undefined;
     try {
-      const e = sale({ event_id: "crash-loop-1" });
-      await pub.send({
-        exchange: topology.exchange,
-        routingKey: topology.routingKey,
-        contentType: "application/json",
-        messageId: "crash-loop-1",
-        durable: true,
-      }, Buffer.from(JSON.stringify(e)));
+      await publishSale(rabbit, topology, "crash-loop-1");
       // Returned 3 times: over the limit of 2.
       assert.equal(
         await crashLoop(topology.queue, 5),
@@ -107,7 +99,6 @@ integration(
       assert.equal(await h.queueDepth(topology.deadLetterQueue), 0);
     } finally {
       await clear();
-      await pub.close();
       await rabbit.close();
       if (h) await h.close();
       else await service?.close();
