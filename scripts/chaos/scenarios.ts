@@ -558,24 +558,7 @@ function withinStock(world: World, sales: ReturnType<World["makeSales"]>, margin
 
 /** Sales of one unit of `hot` SKUs (in turn) at the MeLi store: both channels see every one. */
 function hotSales(world: World, hot: ReturnType<World["products"]>, count: number): SampleSale[] {
-  return Array.from({ length: count }, (_, n) => {
-    const p = hot[n % hot.length];
-    return {
-      event_id: crypto.randomUUID(),
-      tienda_id: world.meliStore,
-      total: 10,
-      metodo_pago: "EFECTIVO",
-      items: [{
-        producto_id: p.producto_id,
-        producto_nombre: p.title,
-        producto_sku: p.sku,
-        cantidad: 1,
-        precio_unitario: 10,
-        subtotal: 10,
-      }],
-      timestamp: new Date().toISOString(),
-    };
-  });
+  return Array.from({ length: count }, (_, n) => world.meliSale([hot[n % hot.length]]));
 }
 
 /** Moves a Shopify quantity behind the service's back, through the sandbox's own API. */

@@ -434,25 +434,28 @@ export class World {
   coverAllSkus(): SampleSale[] {
     const products = this.products();
     const out: SampleSale[] = [];
-    for (let i = 0; i < products.length; i += 3) {
-      const items = products.slice(i, i + 3).map((p) => ({
-        producto_id: p.producto_id,
-        producto_nombre: p.title,
-        producto_sku: p.sku,
-        cantidad: 1,
-        precio_unitario: 10,
-        subtotal: 10,
-      }));
-      out.push({
-        event_id: crypto.randomUUID(),
-        tienda_id: this.meliStore,
-        total: 10 * items.length,
-        metodo_pago: "EFECTIVO",
-        items,
-        timestamp: new Date().toISOString(),
-      });
-    }
+    for (let i = 0; i < products.length; i += 3) out.push(this.meliSale(products.slice(i, i + 3)));
     return out;
+  }
+
+  /** A sale at the MeLi store of one unit of each of these products, at 10 each. */
+  meliSale(products: ReturnType<World["products"]>): SampleSale {
+    const items = products.map((p) => ({
+      producto_id: p.producto_id,
+      producto_nombre: p.title,
+      producto_sku: p.sku,
+      cantidad: 1,
+      precio_unitario: 10,
+      subtotal: 10,
+    }));
+    return {
+      event_id: crypto.randomUUID(),
+      tienda_id: this.meliStore,
+      total: 10 * items.length,
+      metodo_pago: "EFECTIVO",
+      items,
+      timestamp: new Date().toISOString(),
+    };
   }
 
   /**
