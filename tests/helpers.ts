@@ -311,3 +311,37 @@ export async function policyOn(prefix: string, definition: Record<string, unknow
   await rabbitmqctl("set_policy", "--apply-to", "queues", name, pattern, JSON.stringify(definition));
   return () => rabbitmqctl("clear_policy", name);
 }
+
+/** An operator call to a test service with its admin token: the status and the JSON body. */
+export async function adminApi(
+  h: Harness,
+  token: string,
+  method: string,
+  path: string,
+  body?: unknown,
+  // deno-lint-ignore no-explicit-any
+): Promise<{ status: number; body: any }> {
+  const r = await fetch(`${h.service.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: r.status, body: await r.json() };
+}
+
+/** Starts a resync through `POST /resync` and returns the job once it is no longer running. */
+// deno-lint-ignore no-explicit-any
+export async function runResync(h: Harness, token: string, request: unknown): Promise<any> {
+  const started = await adminApi(h, token, "POST", "/resync", request);
+  if (started.status !== 202) {
+    throw new Error(`POST /resync answered ${started.status}: ${JSON.stringify(started.body)}`);
+  }
+  return await waitFor(
+    async () => {
+      const job = await adminApi(h, token, "GET", `/resync/${started.body.id}`);
+      return job.body.state !== "running" ? job.body : undefined;
+    },
+    "resync finished",
+    30_000,
+  );
+}

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { startService } from "../src/main.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { type ShopifyFaults, type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
-import { type Harness, harnessFor, header, integration, testConfig, waitFor } from "./helpers.ts";
+import { type Harness, harnessFor, header, integration, runResync, testConfig, waitFor } from "./helpers.ts";
 import { catalogSale, Pos } from "./pos.ts";
 
 const TOKEN = "reopen-admin-token-0123";
@@ -67,15 +67,6 @@ async function changeOf(w: World, eventId: string) {
   return row ? { status: row.status, error_reason: row.error_reason } : undefined;
 }
 
-async function api(w: World, method: string, path: string, body?: unknown) {
-  const r = await fetch(`${w.h.service.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: r.status, body: await r.json() };
-}
-
 /** A sale of one unit the POS made: its stock is reserved in Redis, then the event is published. */
 async function sellOne(w: World, eventId: string) {
   await w.pos.set(TIENDA, SKU, (await w.pos.get(TIENDA, SKU)) - 1);
@@ -100,12 +91,7 @@ integration(
       assert.equal(shopifyQty(w), before, "nothing was applied");
       // Shopify recovers; the operator follows the runbook: a write resync of the SKU.
       w.shop.setFaults({ errorRate: 0 });
-      const started = await api(w, "POST", "/resync", { skus: [SKU], channels: ["shopify"] });
-      assert.equal(started.status, 202, JSON.stringify(started.body));
-      const job = await waitFor(async () => {
-        const j = await api(w, "GET", `/resync/${started.body.id}`);
-        return j.body.state !== "running" ? j.body : undefined;
-      }, "resync finished");
+      const job = await runResync(w.h, TOKEN, { skus: [SKU], channels: ["shopify"] });
       assert.equal(job.state, "done", JSON.stringify(job));
       assert.equal(shopifyQty(w), before - 1, "the resync wrote the POS value, which counts the sale");
       // Later the same day the DLQ copy is replayed too (a bulk replay of outcome_unknown).

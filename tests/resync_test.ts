@@ -12,7 +12,16 @@ import type { DriftLine, ResyncHooks } from "../src/ops/resync.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
-import { type Harness, harnessFor, integration, testConfig, uniqueName, waitFor } from "./helpers.ts";
+import {
+  adminApi,
+  type Harness,
+  harnessFor,
+  integration,
+  runResync,
+  testConfig,
+  uniqueName,
+  waitFor,
+} from "./helpers.ts";
 import { Pos } from "./pos.ts";
 
 const TOKEN = "resync-admin-token-0123";
@@ -131,26 +140,12 @@ function shopifyQty(w: World, sku: string, tiendaId: string): number {
   return w.shop.availableFor(w.pos.product(sku).producto_id, tiendaId)!;
 }
 
-async function api(w: World, method: string, path: string, body?: unknown) {
-  const r = await fetch(`${w.h.service.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: r.status, body: await r.json() };
+function api(w: World, method: string, path: string, body?: unknown) {
+  return adminApi(w.h, TOKEN, method, path, body);
 }
 
-async function resync(w: World, request: unknown) {
-  const started = await api(w, "POST", "/resync", request);
-  assert.equal(started.status, 202, JSON.stringify(started.body));
-  return await waitFor(
-    async () => {
-      const job = await api(w, "GET", `/resync/${started.body.id}`);
-      return job.body.state !== "running" ? job.body : undefined;
-    },
-    "resync finished",
-    30_000,
-  );
+function resync(w: World, request: unknown) {
+  return runResync(w.h, TOKEN, request);
 }
 
 const SKUS = ["REMERA-002", "JEAN-RECTO-40", "GORRO-LANA"];
