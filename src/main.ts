@@ -514,8 +514,15 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     publishConnection = connectBroker(config.RABBITMQ_URL, "publish", metrics);
     const declared = await retrying("RabbitMQ topology declaration", async () => {
       await publishConnection!.onConnect(10_000, true);
-      const { legacyWorkQueue } = await declareTopology(publishConnection!, topology);
-      if (legacyWorkQueue) {
+      const { legacyWorkQueue, workQueueAsDeclared } = await declareTopology(publishConnection!, topology);
+      if (workQueueAsDeclared) {
+        log.warning(
+          "QUEUE_DELIVERY_LIMIT={limit} (QUEUE_TYPE={queue_type}) differs from the arguments work queue {queue} " +
+            "was declared with; the queue keeps its declaration (RabbitMQ cannot change a queue's arguments): " +
+            "change the limit by policy (README: quorum queues, existing deployments)",
+          { limit: topology.deliveryLimit, queue_type: topology.queueType, queue: topology.queue },
+        );
+      } else if (legacyWorkQueue) {
         log.warning(
           "work queue {queue} was declared by an older version without a delivery limit and dead-letter target: " +
             "deliveries returned more often than the broker's limit are DELETED unless a policy sets " +
