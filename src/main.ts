@@ -277,7 +277,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   let posSql: postgres.Sql | undefined;
   let posRedis: ReturnType<typeof createClient> | undefined;
   let posStock: PosStockReader | undefined;
-  let closeTokens: (() => void | Promise<void>) | undefined;
+  let closeTokens: ((deadline: number) => void | Promise<void>) | undefined;
   let catalog: Promise<Catalog> | undefined;
   const sandboxCatalog = () =>
     catalog ??= import("./sandbox/catalog.ts").then(({ defaultCatalog, loadCatalog }) =>
@@ -463,7 +463,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       budget: () => ({ level: budget.level, max: budget.shape.max }),
       tokenExpiresAt: () => tokens.expiresAt(),
     };
-    closeTokens = () => tokens.close?.();
+    closeTokens = (deadline) => tokens.close?.(deadline);
     return dispatcherFor(channel, store);
   }
 
@@ -605,6 +605,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   async function close(): Promise<void> {
     if (stopping) return;
     stopping = true;
+    const shutdownBegan = Date.now();
     stopWaiting.abort();
     log.info("shutting down: stop consuming, finish in-flight work", { mark: "shutdown" });
     await started.catch(() => {});
@@ -625,7 +626,10 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     clearTimeout(graceTimer);
     for (const d of dispatchers) d.abort();
     await stopped;
-    await closeTokens?.(); // a refresh in flight is stored before the ledger closes
+    // A refresh in flight is stored before the ledger closes, if it ends within the budget: the closes
+    // below (publisher, AMQP, ledger) keep a reserve of it, or main() would exit 1 without them.
+    const reserve = Math.min(5_000, config.SHUTDOWN_TIMEOUT / 4);
+    await closeTokens?.(shutdownBegan + config.SHUTDOWN_TIMEOUT - reserve);
     await publisher?.close();
     await Promise.all([consumeConnection?.close(), publishConnection?.close()]);
     await sql.end({ timeout: 5 });
