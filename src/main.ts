@@ -632,7 +632,10 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     await closeTokens?.(shutdownBegan + config.SHUTDOWN_TIMEOUT - reserve);
     await publisher?.close();
     await Promise.all([consumeConnection?.close(), publishConnection?.close()]);
-    await sql.end({ timeout: 5 });
+    // A refresh given up above still holds its reserved connection: end waits for it only as long as the
+    // budget allows (then closes it, which releases the advisory lock).
+    const left = (shutdownBegan + config.SHUTDOWN_TIMEOUT - Date.now()) / 1000;
+    await sql.end({ timeout: Math.max(0.5, Math.min(5, left - 0.5)) });
     if (redis.isOpen) await redis.close().catch(() => redis.destroy());
     else redis.destroy();
     await posSql?.end({ timeout: 5 });
