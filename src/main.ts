@@ -277,7 +277,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   let posSql: postgres.Sql | undefined;
   let posRedis: ReturnType<typeof createClient> | undefined;
   let posStock: PosStockReader | undefined;
-  let closeTokens: (() => void | Promise<void>) | undefined;
+  let closeTokens: ((deadline: number) => void | Promise<void>) | undefined;
   let catalog: Promise<Catalog> | undefined;
   const sandboxCatalog = () =>
     catalog ??= import("./sandbox/catalog.ts").then(({ defaultCatalog, loadCatalog }) =>
@@ -463,7 +463,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       budget: () => ({ level: budget.level, max: budget.shape.max }),
       tokenExpiresAt: () => tokens.expiresAt(),
     };
-    closeTokens = () => tokens.close?.();
+    closeTokens = (deadline) => tokens.close?.(deadline);
     return dispatcherFor(channel, store);
   }
 
@@ -514,8 +514,15 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     publishConnection = connectBroker(config.RABBITMQ_URL, "publish", metrics);
     const declared = await retrying("RabbitMQ topology declaration", async () => {
       await publishConnection!.onConnect(10_000, true);
-      const { legacyWorkQueue } = await declareTopology(publishConnection!, topology);
-      if (legacyWorkQueue) {
+      const { legacyWorkQueue, workQueueAsDeclared } = await declareTopology(publishConnection!, topology);
+      if (workQueueAsDeclared) {
+        log.warning(
+          "QUEUE_DELIVERY_LIMIT={limit} (QUEUE_TYPE={queue_type}) differs from the arguments work queue {queue} " +
+            "was declared with; the queue keeps its declaration (RabbitMQ cannot change a queue's arguments): " +
+            "change the limit by policy (README: quorum queues, existing deployments)",
+          { limit: topology.deliveryLimit, queue_type: topology.queueType, queue: topology.queue },
+        );
+      } else if (legacyWorkQueue) {
         log.warning(
           "work queue {queue} was declared by an older version without a delivery limit and dead-letter target: " +
             "deliveries returned more often than the broker's limit are DELETED unless a policy sets " +
@@ -598,6 +605,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   async function close(): Promise<void> {
     if (stopping) return;
     stopping = true;
+    const shutdownBegan = Date.now();
     stopWaiting.abort();
     log.info("shutting down: stop consuming, finish in-flight work", { mark: "shutdown" });
     await started.catch(() => {});
@@ -618,10 +626,16 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     clearTimeout(graceTimer);
     for (const d of dispatchers) d.abort();
     await stopped;
-    await closeTokens?.(); // a refresh in flight is stored before the ledger closes
+    // A refresh in flight is stored before the ledger closes, if it ends within the budget: the closes
+    // below (publisher, AMQP, ledger) keep a reserve of it, or main() would exit 1 without them.
+    const reserve = Math.min(5_000, config.SHUTDOWN_TIMEOUT / 4);
+    await closeTokens?.(shutdownBegan + config.SHUTDOWN_TIMEOUT - reserve);
     await publisher?.close();
     await Promise.all([consumeConnection?.close(), publishConnection?.close()]);
-    await sql.end({ timeout: 5 });
+    // A refresh given up above still holds its reserved connection: end waits for it only as long as the
+    // budget allows (then closes it, which releases the advisory lock).
+    const left = (shutdownBegan + config.SHUTDOWN_TIMEOUT - Date.now()) / 1000;
+    await sql.end({ timeout: Math.max(0.5, Math.min(5, left - 0.5)) });
     if (redis.isOpen) await redis.close().catch(() => redis.destroy());
     else redis.destroy();
     await posSql?.end({ timeout: 5 });

@@ -5,7 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { startService } from "../src/main.ts";
+import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { harnessFor, integration, sale, testConfig, testEnv, waitFor } from "./helpers.ts";
+import { Pos } from "./pos.ts";
 
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 const PERMISSIONS = ["--allow-net", "--allow-env", "--allow-sys=hostname,osRelease", "--allow-read"];
@@ -193,6 +196,51 @@ integration(
         child.kill("SIGKILL");
       } catch { /* exited */ }
       await child.stderr.cancel().catch(() => {});
+    }
+  },
+);
+
+integration(
+  "shutdown during a slow MeLi token refresh ends within SHUTDOWN_TIMEOUT, closing the broker and the ledger",
+  async () => {
+    const catalog = defaultCatalog();
+    const store = catalog.stores[0].tienda_id;
+    // MeLi takes 8 s to answer the refresh; the shutdown budget is 3 s.
+    const sandbox = await startMeliSandbox({ catalog, tiendaId: store, faults: { latencyMs: 8_000 } });
+    const pos = await Pos.open();
+    const config = testConfig({
+      CHANNELS: "mercadolibre",
+      DISPATCH_ENABLED: "true",
+      MELI_URL: sandbox.url,
+      MELI_CLIENT_ID: sandbox.clientId,
+      MELI_CLIENT_SECRET: sandbox.clientSecret,
+      MELI_REFRESH_TOKEN: sandbox.currentRefreshToken(),
+      MELI_TIENDA_ID: store,
+      MELI_TIMEOUT: "300ms",
+      POS_STOCK_KEY: pos.keyTemplate,
+      DISPATCH_POLL_INTERVAL: "50ms",
+      SHUTDOWN_TIMEOUT: "3s",
+    });
+    const service = startService(config);
+    await service.started;
+    const h = await harnessFor(service, config);
+    try {
+      // A sale for the MeLi store: its dispatch asks for a token, which starts the refresh.
+      await pos.sell(h, store, [{ sku: catalog.products[0].sku, qty: 1 }]);
+      await waitFor(
+        async () => (await h.sql`select 1 from stock_change`).length > 0,
+        "a MeLi change to dispatch",
+      );
+      await new Promise((r) => setTimeout(r, 1_000)); // the dispatcher has claimed it and is refreshing
+      const began = Date.now();
+      await service.close();
+      const took = Date.now() - began;
+      assert.ok(took <= 3_000 + 500, `shutdown kept to SHUTDOWN_TIMEOUT=3s (took ${took} ms)`);
+      await waitFor(() => sandbox.stats().refreshes === 1, "the refresh was in flight at shutdown", 10_000);
+    } finally {
+      await h.close();
+      await sandbox.close();
+      await pos.close();
     }
   },
 );

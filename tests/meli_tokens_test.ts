@@ -13,6 +13,7 @@ import postgres from "postgres";
 import { AuthUnavailableError, OAuthTokens } from "../src/channels/mercadolibre/tokens.ts";
 import { migrate } from "../src/ledger/migrate.ts";
 import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import { resetLogging, setupLogging } from "../src/log.ts";
 import { DATABASE_URL, integration, uniqueName, waitFor } from "./helpers.ts";
 
 integration("the ledger refuses a refreshed pair: kept in memory, used, stored once it can be", async () => {
@@ -180,6 +181,126 @@ integration(
       assert.equal(tokens.health().ok, false);
       assert.match(tokens.health().detail ?? "", /got no answer/);
     } finally {
+      await tokens.close();
+      await ledger.drop();
+      await sandbox.close();
+    }
+  },
+);
+
+/** Captures the service's log lines (JSON) until the returned stop is awaited. */
+async function captureLogs(): Promise<{ lines: string[]; stop: () => Promise<void> }> {
+  const lines: string[] = [];
+  await setupLogging({ level: "debug", format: "json", write: (line) => lines.push(line) });
+  return { lines, stop: resetLogging };
+}
+
+integration(
+  "shutdown stops waiting for a slow refresh at its deadline and warns that it was still in flight",
+  async () => {
+    // MeLi takes 3 s to answer; the shutdown budget left for the tokens is 500 ms.
+    const sandbox = await startMeliSandbox({ faults: { latencyMs: 3_000 } });
+    const ledger = await tokenLedger(sandbox, 200);
+    const tokens = ledger.make();
+    const logs = await captureLogs();
+    try {
+      await assert.rejects(tokens.get(), AuthUnavailableError, "the caller stops waiting at MELI_TIMEOUT");
+      const began = Date.now();
+      await tokens.close(began + 500);
+      const took = Date.now() - began;
+      assert.ok(took < 1_500, `close() kept to its deadline (took ${took} ms)`);
+      const warned = logs.lines.filter((l) => /still in flight/.test(l));
+      assert.equal(
+        warned.length,
+        1,
+        `one warning says the refresh was still in flight:\n${logs.lines.join("")}`,
+      );
+      assert.equal(JSON.parse(warned[0]).level, "warning");
+      const [row] = await ledger.sql<{ error: string | null }[]>`select error from oauth_token`;
+      assert.match(row?.error ?? "", /^unanswered refresh:/, "the chain says its last refresh got no answer");
+    } finally {
+      await logs.stop();
+      // Let the refresh finish before the ledger goes away.
+      await waitFor(
+        async () => (await ledger.sql`select 1 from oauth_token where error is null`).length === 1,
+        "the late pair stored",
+        6_000,
+      ).catch(() => {});
+      await tokens.close();
+      await ledger.drop();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "a refresh that could not connect leaves the chain untouched: a later invalid_grant is permanent and paused",
+  async () => {
+    const sandbox = await startMeliSandbox({});
+    const ledger = await tokenLedger(sandbox, 2_000);
+    // A loopback port nobody listens on: the connection is refused, nothing reaches MeLi.
+    const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (closed.addr as Deno.NetAddr).port;
+    closed.close();
+    const options = {
+      sql: ledger.sql,
+      clientId: sandbox.clientId,
+      clientSecret: sandbox.clientSecret,
+      refreshToken: "TG-never-issued-by-meli",
+      timeoutMs: 2_000,
+    };
+    const refused = new OAuthTokens({ ...options, baseUrl: `http://127.0.0.1:${port}` });
+    const tokens = new OAuthTokens({ ...options, baseUrl: sandbox.url });
+    try {
+      const down = await refused.get().then(() => undefined, (e) => e as AuthUnavailableError);
+      assert.ok(down instanceof AuthUnavailableError && !down.permanent, "MeLi unreachable: transient");
+      const rows = await ledger.sql<{ error: string | null }[]>`select error from oauth_token`;
+      assert.equal(rows.length, 0, `nothing was sent, so the chain is not marked: ${JSON.stringify(rows)}`);
+
+      const grant = await tokens.get().then(() => undefined, (e) => e as AuthUnavailableError);
+      assert.ok(grant instanceof AuthUnavailableError, "no token can be had");
+      assert.equal(grant.permanent, true, `a genuine invalid_grant is permanent: ${grant.message}`);
+      assert.equal(await ledger.chain(), "invalid_grant");
+      for (let i = 0; i < 5; i++) await assert.rejects(tokens.get(), AuthUnavailableError);
+      assert.equal(sandbox.stats().refreshFailures, 1, "one POST /oauth/token, then the pause");
+    } finally {
+      await refused.close();
+      await tokens.close();
+      await ledger.drop();
+      await sandbox.close();
+    }
+  },
+);
+
+integration(
+  "an unanswered first refresh then invalid_grant: reported as a lost answer, paused like a broken chain, no decryption warning",
+  async () => {
+    const sandbox = await startMeliSandbox({ faults: { latencyMs: 900 } });
+    const ledger = await tokenLedger(sandbox, 400);
+    const tokens = new OAuthTokens({
+      sql: ledger.sql,
+      baseUrl: sandbox.url,
+      clientId: sandbox.clientId,
+      clientSecret: sandbox.clientSecret,
+      refreshToken: sandbox.currentRefreshToken(),
+      timeoutMs: 400,
+      answerCapMs: 400,
+    });
+    const logs = await captureLogs();
+    try {
+      // No token row yet: the unanswered refresh is the chain's first.
+      await assert.rejects(tokens.get(), AuthUnavailableError);
+      await waitFor(() => sandbox.stats().refreshes === 1, "MeLi rotated the refresh token");
+      sandbox.setFaults({ latencyMs: 0 });
+      await assert.rejects(tokens.get(), /got no answer/);
+      assert.equal(sandbox.stats().refreshFailures, 1);
+      const misleading = logs.lines.filter((l) => /cannot be decrypted/.test(l));
+      assert.deepEqual(misleading, [], "no pair was ever stored: nothing to decrypt");
+      for (let i = 0; i < 5; i++) await assert.rejects(tokens.get(), /got no answer/);
+      assert.equal(sandbox.stats().refreshFailures, 1, "no POST /oauth/token per get(): paused");
+      assert.notEqual(await ledger.chain(), "invalid_grant");
+    } finally {
+      await logs.stop();
       await tokens.close();
       await ledger.drop();
       await sandbox.close();

@@ -15,6 +15,7 @@ import {
   topologyFromConfig,
 } from "../src/broker/topology.ts";
 import { startService } from "../src/main.ts";
+import { resetLogging, setupLogging } from "../src/log.ts";
 import { harnessFor, integration, policyOn, RABBITMQ_URL, sale, testConfig, waitFor } from "./helpers.ts";
 
 /**
@@ -174,6 +175,54 @@ integration(
       await clear();
       await rabbit.close();
       await h?.close();
+    }
+  },
+);
+
+integration(
+  "QUEUE_DELIVERY_LIMIT changed on an existing quorum work queue: the service starts on the queue as declared and warns once",
+  async () => {
+    const declared = testConfig({ QUEUE_TYPE: "quorum", QUEUE_DELIVERY_LIMIT: "20" });
+    const rabbit = new Connection({ url: RABBITMQ_URL, retryLow: 100, retryHigh: 1000 });
+    await rabbit.onConnect(5000);
+    // The previous release's topology: limit 20 with the dead-letter target.
+    await declareTopology(rabbit, topologyFromConfig(declared));
+    const config = { ...declared, QUEUE_DELIVERY_LIMIT: 10 };
+    const logs: string[] = [];
+    await setupLogging({ level: "info", format: "json", write: (line) => logs.push(line) });
+    const service = startService(config);
+    let h: Awaited<ReturnType<typeof harnessFor>> | undefined;
+    try {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const gaveUp = new Promise<"stuck">((resolve) => timer = setTimeout(() => resolve("stuck"), 8000));
+      const outcome = await Promise.race([service.started.then(() => "started" as const), gaveUp]);
+      clearTimeout(timer);
+      const failures = logs.filter((l) => /topology declaration/.test(l)).slice(0, 1);
+      assert.equal(outcome, "started", `the service started (declaration failures: ${failures.join("")})`);
+      h = await harnessFor(service, config);
+      await publishSale(rabbit, service.topology, "limit-changed");
+      await waitFor(
+        async () => (await h!.sql`select 1 from sale where event_id = 'limit-changed'`).length === 1,
+        "the sale stored from the queue as it exists",
+      );
+      const warnings = logs.filter((l) => l.includes("QUEUE_DELIVERY_LIMIT=10"));
+      assert.equal(warnings.length, 1, `one warning names the variable and its value:\n${logs.join("")}`);
+      assert.equal(JSON.parse(warnings[0]).level, "warning");
+      assert.match(warnings[0], /policy/);
+
+      // The queue kept its declaration: the old limit of 20 (not 10) still applies.
+      await service.close();
+      await publishSale(rabbit, service.topology, "limit-still-20");
+      assert.equal(
+        await crashLoop(service.topology.queue, 12),
+        12,
+        "handed out 12 times: the limit is not 10",
+      );
+    } finally {
+      await resetLogging();
+      await rabbit.close();
+      if (h) await h.close();
+      else await service.close();
     }
   },
 );

@@ -22,6 +22,14 @@ export interface Topology {
    * using that declaration, and the operator's policy decides (README).
    */
   legacyWorkQueue?: boolean;
+  /**
+   * Set by {@link declareTopology} when the broker holds a work queue whose
+   * arguments match neither this configuration nor the legacy declaration
+   * (e.g. QUEUE_DELIVERY_LIMIT changed since the queue was declared): RabbitMQ
+   * cannot change a queue's arguments, so the queue is only checked to exist
+   * (a passive declare) and keeps its declaration; a policy changes the limit.
+   */
+  workQueueAsDeclared?: boolean;
   /** One wait queue per retry tier, in order. */
   retryQueues: { name: string; delayMs: number }[];
   deadLetterQueue: string;
@@ -88,6 +96,7 @@ export function exchangeDeclaration(t: Topology) {
  * dead-letter target).
  */
 export function workQueueDeclaration(t: Topology) {
+  if (t.workQueueAsDeclared) return { queue: t.queue, passive: true };
   if (t.queueType !== "quorum" || t.legacyWorkQueue) return legacyWorkQueueDeclaration(t);
   return {
     queue: t.queue,
@@ -139,26 +148,47 @@ function isPreconditionFailed(error: unknown): boolean {
 }
 
 /**
- * Declares every exchange, queue and binding. Safe to call repeatedly. A work
- * queue declared by an older version (without the delivery limit and the
- * dead-letter target) cannot be redeclared with them (PRECONDITION_FAILED):
- * it keeps its declaration, `t.legacyWorkQueue` is set so every later
- * redeclare matches it, and the caller is told so it can warn the operator.
- * Returns whether the work queue is on the legacy declaration.
+ * Declares every exchange, queue and binding. Safe to call repeatedly.
+ * RabbitMQ refuses to redeclare a queue with other arguments
+ * (PRECONDITION_FAILED, which also closes the channel; the connection's next
+ * call opens a new one). A quorum work queue that refuses keeps its
+ * declaration, and every later redeclare (reconnects, the consumer) matches it:
+ * - declared by an older version (without the delivery limit and dead-letter
+ *   target): `t.legacyWorkQueue` is set;
+ * - declared with other arguments (e.g. QUEUE_DELIVERY_LIMIT changed since):
+ *   `t.workQueueAsDeclared` is set and the queue is only checked to exist
+ *   (a passive declare, which accepts any arguments).
+ * Returns which of the two applies, so the caller can warn the operator.
  */
 export async function declareTopology(
   connection: Connection,
   t: Topology,
-): Promise<{ legacyWorkQueue: boolean }> {
+): Promise<{ legacyWorkQueue: boolean; workQueueAsDeclared: boolean }> {
   await connection.exchangeDeclare(exchangeDeclaration(t));
   try {
     await connection.queueDeclare(workQueueDeclaration(t));
   } catch (error) {
-    if (t.queueType !== "quorum" || t.legacyWorkQueue || !isPreconditionFailed(error)) throw error;
-    await connection.queueDeclare(legacyWorkQueueDeclaration(t));
-    t.legacyWorkQueue = true;
+    if (t.queueType !== "quorum" || t.workQueueAsDeclared || !isPreconditionFailed(error)) throw error;
+    await declareAsExisting(connection, t);
   }
   for (const q of publishQueueDeclarations(t)) await connection.queueDeclare(q);
   await connection.queueBind({ queue: t.queue, exchange: t.exchange, routingKey: t.routingKey });
-  return { legacyWorkQueue: t.legacyWorkQueue === true };
+  return { legacyWorkQueue: t.legacyWorkQueue === true, workQueueAsDeclared: t.workQueueAsDeclared === true };
+}
+
+/** After PRECONDITION_FAILED on the quorum work queue: adopts the declaration the broker holds. */
+async function declareAsExisting(connection: Connection, t: Topology): Promise<void> {
+  if (!t.legacyWorkQueue) {
+    try {
+      await connection.queueDeclare(legacyWorkQueueDeclaration(t));
+      t.legacyWorkQueue = true;
+      return;
+    } catch (error) {
+      if (!isPreconditionFailed(error)) throw error;
+    }
+  }
+  // Neither ours nor the legacy one: keep whatever it is (a missing queue still fails here).
+  await connection.queueDeclare({ queue: t.queue, passive: true });
+  t.legacyWorkQueue = false;
+  t.workQueueAsDeclared = true;
 }

@@ -11,9 +11,11 @@
  * A refresh request, once sent, is never aborted: MeLi spends the old refresh
  * token when it receives it, so only its answer carries the chain on. Callers
  * stop waiting at MELI_TIMEOUT (or their abort), the refresh goes on in the
- * background and stores the pair; shutdown waits for it. A refresh that gets
- * no answer at all is recorded on the chain, and a later `invalid_grant` for
- * that same refresh token is not written over the chain.
+ * background and stores the pair; shutdown waits for it until its own deadline.
+ * A refresh that may have reached MeLi and got no answer is recorded on the
+ * chain, and a later `invalid_grant` for that same refresh token is not written
+ * over the chain (it pauses the chain like a broken one instead). A refresh
+ * that never connected sent nothing and leaves the chain as it is.
  */
 import type { Sql } from "postgres";
 import type { CheckResult } from "../../http/app.ts";
@@ -39,8 +41,11 @@ export interface AccessTokens {
   health(): CheckResult;
   /** When the current token expires (undefined for a static token). */
   expiresAt(): Date | undefined;
-  /** Stops background work (shutdown); waits for a refresh in flight. */
-  close?(): void | Promise<void>;
+  /**
+   * Stops background work (shutdown); waits for a refresh in flight until
+   * `deadline` (epoch ms) at the latest.
+   */
+  close?(deadline?: number): void | Promise<void>;
   /** A request with the current token succeeded. */
   accepted?(): void;
 }
@@ -121,6 +126,17 @@ const RECHECK_BROKEN_MS = 5_000;
 // `error` of a chain whose refresh got no answer: MeLi may have rotated the refresh token it names.
 const UNANSWERED = "unanswered refresh:";
 
+/**
+ * The refresh token was refused after a refresh with it got no answer: MeLi
+ * may have minted a pair we never saw. Not written over the chain, not
+ * permanent (an operator decides), but paused like a broken chain.
+ */
+class LostAnswerError extends AuthUnavailableError {
+  constructor(message: string) {
+    super(message, false);
+  }
+}
+
 /** Refresh margin from the token's own lifetime: 10 %, at most 10 minutes. */
 export function refreshMarginMs(lifetimeMs: number): number {
   return Math.min(Math.max(lifetimeMs * 0.1, 0), 600_000);
@@ -131,11 +147,15 @@ export class OAuthTokens implements AccessTokens {
   #current: Current | undefined;
   #inflight: Promise<Current> | undefined;
   #broken: string | undefined;
+  /** A {@link LostAnswerError}'s message: refreshes pause like a broken chain's. */
+  #lostAnswer: string | undefined;
   #brokenCheckedAt = 0;
   #lastError: string | undefined;
   #cipher: Promise<TokenCipher>;
   #unsaved: MintedPair | undefined;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The refresh token of the POST in flight (shutdown marks the chain if it cannot wait for it). */
+  #sending: string | undefined;
 
   constructor(private readonly options: OAuthTokensOptions) {
     this.#cipher = TokenCipher.fromSecret(options.clientSecret);
@@ -156,8 +176,12 @@ export class OAuthTokens implements AccessTokens {
   async get(signal?: AbortSignal): Promise<string> {
     const current = this.#current;
     if (current && Date.now() < current.expiresAt - current.marginMs) return current.access;
+    // A refused chain is asked again at most every RECHECK_BROKEN_MS, not on every call.
     if (this.#broken && Date.now() - this.#brokenCheckedAt < RECHECK_BROKEN_MS) {
       throw new AuthUnavailableError(this.#broken, true);
+    }
+    if (this.#lostAnswer && Date.now() - this.#brokenCheckedAt < RECHECK_BROKEN_MS) {
+      throw new LostAnswerError(this.#lostAnswer);
     }
     return (await this.#waitFor(this.#refreshOnce(current?.access), signal)).access;
   }
@@ -205,6 +229,7 @@ export class OAuthTokens implements AccessTokens {
       (current) => {
         this.#current = current;
         this.#broken = undefined;
+        this.#lostAnswer = undefined;
         this.#lastError = undefined;
         return current;
       },
@@ -212,7 +237,13 @@ export class OAuthTokens implements AccessTokens {
         if (error instanceof AuthUnavailableError && error.permanent) {
           this.#broken = error.message;
           this.#brokenCheckedAt = Date.now();
-        } else this.#lastError = (error as Error).message;
+        } else {
+          if (error instanceof LostAnswerError) {
+            this.#lostAnswer = error.message;
+            this.#brokenCheckedAt = Date.now();
+          }
+          this.#lastError = (error as Error).message;
+        }
         throw error;
       },
     ).finally(() => this.#inflight = undefined);
@@ -246,9 +277,13 @@ export class OAuthTokens implements AccessTokens {
         if (row.status === "invalid_grant") {
           return { fail: new AuthUnavailableError(row.error ?? "invalid_grant", true) };
         }
-        const access = await cipher.decrypt(row.access_token);
-        const refresh = await cipher.decrypt(row.refresh_token);
-        if (access === undefined || refresh === undefined) {
+        // No pair stored yet: the row only records the first refresh's lost answer (or refusal).
+        const noPair = row.access_token === "" || row.refresh_token === "";
+        const access = noPair ? undefined : await cipher.decrypt(row.access_token);
+        const refresh = noPair ? undefined : await cipher.decrypt(row.refresh_token);
+        if (noPair) {
+          // Nothing to decrypt: the chain goes on from MELI_REFRESH_TOKEN.
+        } else if (access === undefined || refresh === undefined) {
           log.warning(
             "the stored MercadoLibre token cannot be decrypted (MELI_CLIENT_SECRET changed?); refreshing from MELI_REFRESH_TOKEN",
           );
@@ -270,7 +305,8 @@ export class OAuthTokens implements AccessTokens {
         log.info("MELI_REFRESH_TOKEN differs from the stored chain's seed: starting a new token chain");
       }
 
-      const answer = await this.#post(refreshFrom);
+      this.#sending = refreshFrom;
+      const answer = await this.#post(refreshFrom).finally(() => this.#sending = undefined);
       if ("unanswered" in answer) {
         // MeLi may have spent refreshFrom and minted a pair we never saw: say so on the chain, so that
         // an invalid_grant for refreshFrom later is not taken for a revoked grant.
@@ -295,7 +331,7 @@ export class OAuthTokens implements AccessTokens {
             "the seller must authorize the app again; then set MELI_REFRESH_TOKEN and restart. " +
             "Changes wait meanwhile.";
           log.error("{error}", { mark: "error", error: lost });
-          return { fail: new AuthUnavailableError(lost, false) };
+          return { fail: new LostAnswerError(lost) };
         }
         if (row && !rowIsOurs && row.status === "ok") {
           // A bad new seed must not clobber a working chain: keep the chain, retire the seed.
@@ -406,11 +442,22 @@ export class OAuthTokens implements AccessTokens {
 
   /**
    * Shutdown: waits for a refresh in flight (MeLi has spent the old refresh
-   * token; its answer must be stored), then stops background retries. An
-   * unsaved pair is logged as lost.
+   * token; its answer must be stored) until `deadline` (epoch ms; the rest of
+   * the shutdown budget). A refresh still in flight then is given up: the
+   * chain is marked unanswered (as if the answer never came) and a warning
+   * says so. Then background retries stop; an unsaved pair is logged as lost.
    */
-  async close(): Promise<void> {
-    await this.#inflight?.catch(() => {});
+  async close(deadline?: number): Promise<void> {
+    const inflight = this.#inflight?.then(() => true, () => true);
+    if (inflight) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const out = deadline === undefined
+        ? new Promise<boolean>(() => {})
+        : new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), deadline - Date.now()));
+      const settled = await Promise.race([inflight, out]);
+      clearTimeout(timer);
+      if (!settled) await this.#abandon();
+    }
     clearTimeout(this.#retryTimer);
     if (this.#unsaved) {
       log.error(
@@ -419,6 +466,40 @@ export class OAuthTokens implements AccessTokens {
         { mark: "error" },
       );
     }
+  }
+
+  /** Shutdown gives up on the refresh in flight: its answer will not be stored. */
+  async #abandon(): Promise<void> {
+    const sending = this.#sending;
+    let marked = false;
+    if (sending !== undefined) {
+      // Best effort, bounded: the process is about to end.
+      const mark = `${UNANSWERED}${await fingerprint(sending)}`;
+      const seed = await fingerprint(this.options.refreshToken);
+      // No row yet: the same placeholder an unanswered first refresh writes (no pair stored).
+      marked = await Promise.race([
+        this.options.sql`
+          insert into oauth_token (channel, access_token, refresh_token, expires_at, seed_fingerprint,
+                                   retired_seeds, status, error)
+          values (${CHANNEL}, '', '', now(), ${seed}, '{}', 'ok', ${mark})
+          on conflict (channel) do update set error = excluded.error where oauth_token.status = 'ok'`
+          .then((r) => r.count > 0, () => false),
+        new Promise<boolean>((r) => setTimeout(() => r(false), 1_000)),
+      ]);
+    }
+    log.warning(
+      "shutdown deadline reached with a MercadoLibre token refresh still in flight: its answer will not be " +
+        "stored. MeLi may have rotated the refresh token; if the next start reports that the last refresh " +
+        "got no answer and invalid_grant, check the stored pair (oauth_token) and authorize again if needed " +
+        "({marked})",
+      {
+        marked: marked
+          ? "the chain is marked unanswered"
+          : sending === undefined
+          ? "the request was not sent yet"
+          : "the chain could not be marked",
+      },
+    );
   }
 
   /**
@@ -457,9 +538,13 @@ export class OAuthTokens implements AccessTokens {
     } catch (error) {
       const timedOut = (error as Error).name === "TimeoutError";
       count(timedOut ? "timeout" : "network");
+      if (!timedOut && neverConnected(error)) {
+        // Connection refused, DNS or TLS failure: nothing reached MeLi, the refresh token is unspent.
+        return { transient: `POST /oauth/token could not connect (${describe(error)})` };
+      }
       return {
         unanswered: `POST /oauth/token got no answer (${
-          timedOut ? `none within ${answerCapMs} ms` : (error as Error).message
+          timedOut ? `none within ${answerCapMs} ms` : describe(error)
         }): MercadoLibre may have rotated the refresh token`,
       };
     }
@@ -497,4 +582,19 @@ export class OAuthTokens implements AccessTokens {
     }
     return { rejected: `POST /oauth/token answered HTTP ${response.status} ${code}: ${said}` };
   }
+}
+
+/** The error and its cause (Deno's fetch says "fetch failed" and puts the reason in `cause`). */
+function describe(error: unknown): string {
+  const cause = (error as { cause?: unknown }).cause;
+  return cause instanceof Error ? `${(error as Error).message}: ${cause.message}` : (error as Error).message;
+}
+
+/**
+ * True when fetch failed before a connection was made (refused, DNS, TLS):
+ * no byte of the request reached the server. Deno reports these as
+ * "client error (Connect)"; a reset after connecting is "(SendRequest)".
+ */
+function neverConnected(error: unknown): boolean {
+  return /client error \(Connect\)|Connection refused|dns error/i.test(describe(error));
 }
