@@ -10,7 +10,11 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { AuthUnavailableError, OAuthTokens } from "../src/channels/mercadolibre/tokens.ts";
+import {
+  AuthUnavailableError,
+  OAuthTokens,
+  type OAuthTokensOptions,
+} from "../src/channels/mercadolibre/tokens.ts";
 import { migrate } from "../src/ledger/migrate.ts";
 import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
 import { resetLogging, setupLogging } from "../src/log.ts";
@@ -67,7 +71,7 @@ async function tokenLedger(sandbox: Awaited<ReturnType<typeof startMeliSandbox>>
   await sql.unsafe(`create schema ${schema}`);
   await migrate(sql, schema);
   const seed = sandbox.currentRefreshToken();
-  const make = () =>
+  const make = (extra: Partial<OAuthTokensOptions> = {}) =>
     new OAuthTokens({
       sql,
       baseUrl: sandbox.url,
@@ -75,6 +79,7 @@ async function tokenLedger(sandbox: Awaited<ReturnType<typeof startMeliSandbox>>
       clientSecret: sandbox.clientSecret,
       refreshToken: seed,
       timeoutMs,
+      ...extra,
     });
   const chain = async () => (await sql<{ status: string }[]>`select status from oauth_token`)[0]?.status;
   return {
@@ -160,16 +165,7 @@ integration(
     // with the old token is refused with invalid_grant.
     const sandbox = await startMeliSandbox({ faults: { latencyMs: 900 } });
     const ledger = await tokenLedger(sandbox, 400);
-    const options = {
-      sql: ledger.sql,
-      baseUrl: sandbox.url,
-      clientId: sandbox.clientId,
-      clientSecret: sandbox.clientSecret,
-      refreshToken: sandbox.currentRefreshToken(),
-      timeoutMs: 400,
-      answerCapMs: 400,
-    };
-    const tokens = new OAuthTokens(options);
+    const tokens = ledger.make({ answerCapMs: 400 });
     try {
       await assert.rejects(tokens.get(), AuthUnavailableError);
       await waitFor(() => sandbox.stats().refreshes === 1, "MeLi rotated the refresh token");
@@ -242,15 +238,9 @@ integration(
     const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const port = (closed.addr as Deno.NetAddr).port;
     closed.close();
-    const options = {
-      sql: ledger.sql,
-      clientId: sandbox.clientId,
-      clientSecret: sandbox.clientSecret,
-      refreshToken: "TG-never-issued-by-meli",
-      timeoutMs: 2_000,
-    };
-    const refused = new OAuthTokens({ ...options, baseUrl: `http://127.0.0.1:${port}` });
-    const tokens = new OAuthTokens({ ...options, baseUrl: sandbox.url });
+    const refreshToken = "TG-never-issued-by-meli";
+    const refused = ledger.make({ refreshToken, baseUrl: `http://127.0.0.1:${port}` });
+    const tokens = ledger.make({ refreshToken });
     try {
       const down = await refused.get().then(() => undefined, (e) => e as AuthUnavailableError);
       assert.ok(down instanceof AuthUnavailableError && !down.permanent, "MeLi unreachable: transient");
@@ -277,15 +267,7 @@ integration(
   async () => {
     const sandbox = await startMeliSandbox({ faults: { latencyMs: 900 } });
     const ledger = await tokenLedger(sandbox, 400);
-    const tokens = new OAuthTokens({
-      sql: ledger.sql,
-      baseUrl: sandbox.url,
-      clientId: sandbox.clientId,
-      clientSecret: sandbox.clientSecret,
-      refreshToken: sandbox.currentRefreshToken(),
-      timeoutMs: 400,
-      answerCapMs: 400,
-    });
+    const tokens = ledger.make({ answerCapMs: 400 });
     const logs = await captureLogs();
     try {
       // No token row yet: the unanswered refresh is the chain's first.
