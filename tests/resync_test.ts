@@ -548,6 +548,42 @@ integration(
       for (const store of STORES.slice(0, 3)) sum += await w.pos.get(store, sku);
       assert.equal(w.shop.available(item, shared), sum);
       assert.equal(job.report.length, 1, JSON.stringify(job.report));
+      // The resync's own audit row names the group, not a store: the next resync still finds the
+      // three stores (and only them), and repairs a drift on the location.
+      await shopifySet(w, sku, STORES[0], sum + 5); // the location, edited by hand
+      const again = await resync(w, { skus: [sku], channels: ["shopify"] });
+      assert.equal(again.state, "done");
+      assert.deepEqual(again.unresolved, [], JSON.stringify(again.unresolved));
+      assert.equal(w.shop.available(item, shared), sum, "the second resync repaired the location");
+    } finally {
+      await w.close();
+    }
+  },
+);
+
+integration(
+  "a store map plus SHOPIFY_LOCATION_ID: stores on the default location are summed with the mapped one",
+  async () => {
+    const sku = "REMERA-002";
+    const shared = await sandboxLocationOf(STORES[0]);
+    const w = await startWorld(undefined, {
+      SHOPIFY_LOCATIONS: JSON.stringify({ [STORES[0]]: shared }),
+      SHOPIFY_LOCATION_ID: shared,
+    });
+    try {
+      const item = w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId;
+      for (const store of STORES.slice(0, 3)) await w.pos.sell(w.h, store, [{ sku, qty: 1 }]);
+      await waitFor(
+        async () =>
+          (await w.h.sql`select 1 from stock_change where channel = 'shopify' and status = 'applied'`)
+            .length === 3,
+        "sales applied",
+      );
+      const job = await resync(w, { skus: [sku], channels: ["shopify"] });
+      assert.equal(job.state, "done");
+      let sum = 0;
+      for (const store of STORES.slice(0, 3)) sum += await w.pos.get(store, sku);
+      assert.equal(w.shop.available(item, shared), sum, "the mapped store and the two on the default");
     } finally {
       await w.close();
     }

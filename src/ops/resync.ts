@@ -34,6 +34,8 @@ export interface ChannelStock {
   readonly name: ChannelName;
   /** Stores the channel shows, when configured explicitly (empty: learn them from the ledger). */
   mappedStores(): string[];
+  /** Whether the channel also shows stores `mappedStores` does not name (a default Shopify location). */
+  readonly showsUnmapped?: boolean;
   /** Whether the channel shows this store's stock. */
   shows(tiendaId: string): boolean;
   /**
@@ -234,6 +236,20 @@ export class Resyncer {
     await Promise.all([...this.#running]);
   }
 
+  /**
+   * The stores a channel shows: the mapped ones, plus — when nothing is mapped, or a default place
+   * serves unmapped stores — every store the ledger has seen sold on it. A resync's own audit rows
+   * are left out: they name a group of stores sharing a place, not a store.
+   */
+  async #knownStores(channel: ChannelStock): Promise<string[]> {
+    const mapped = channel.mappedStores();
+    if (mapped.length && !channel.showsUnmapped) return mapped;
+    const seen = await this.deps.sql<{ tienda_id: string }[]>`
+      select distinct tienda_id from stock_change
+       where channel = ${channel.name} and event_id not like 'resync:%'`;
+    return [...new Set([...mapped, ...seen.map((r) => r.tienda_id).filter((t) => channel.shows(t))])];
+  }
+
   async #targets(request: ResyncRequest, channel: ChannelStock): Promise<
     { skus: string[]; stores: string[]; unresolved: Unresolved[] }
   > {
@@ -252,21 +268,12 @@ export class Resyncer {
         });
       }
     } else {
-      stores = channel.mappedStores();
-      if (!stores.length) {
-        stores = (await sql<{ tienda_id: string }[]>`
-          select distinct tienda_id from stock_change where channel = ${channel.name}`).map((r) =>
-          r.tienda_id
-        )
-          .filter((t) => channel.shows(t));
-      }
+      stores = await this.#knownStores(channel);
     }
     if (request.tienda_id && stores.length && channel.place) {
       // A store that shares its place (location) with others is compared with all of them.
       const place = channel.place(request.tienda_id);
-      const known = channel.mappedStores().length ? channel.mappedStores() : (await sql<
-        { tienda_id: string }[]
-      >`select distinct tienda_id from stock_change where channel = ${channel.name}`).map((r) => r.tienda_id);
+      const known = await this.#knownStores(channel);
       stores = [...new Set([request.tienda_id, ...known.filter((t) => channel.place!(t) === place)])];
     }
     let skus: string[];

@@ -28,11 +28,17 @@ export interface LocationMap {
   locationFor(tiendaId: string): string | undefined;
   /** Stores mapped explicitly (empty when one location serves every store). */
   stores(): string[];
+  /** Whether a default location serves stores the map does not name (SHOPIFY_LOCATION_ID). */
+  hasDefault?: boolean;
 }
 
 /** A fixed location for every store, or a per-store map (with an optional default). */
 export function locationMap(byStore: Record<string, string>, fallback?: string): LocationMap {
-  return { locationFor: (tiendaId) => byStore[tiendaId] ?? fallback, stores: () => Object.keys(byStore) };
+  return {
+    locationFor: (tiendaId) => byStore[tiendaId] ?? fallback,
+    stores: () => Object.keys(byStore),
+    hasDefault: fallback !== undefined,
+  };
 }
 
 /** What a batch sends, persisted before the first send. */

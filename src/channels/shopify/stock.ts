@@ -40,6 +40,10 @@ export class ShopifyStock implements ChannelStock {
     return this.locations.stores();
   }
 
+  get showsUnmapped(): boolean {
+    return this.locations.hasDefault === true;
+  }
+
   place(tiendaId: string): string | undefined {
     return this.locations.locationFor(tiendaId);
   }
