@@ -148,6 +148,20 @@ function resync(w: World, request: unknown) {
   return runResync(w.h, TOKEN, request);
 }
 
+/** The POS sells one `sku` at each of the first three stores; waits until Shopify applied all three. */
+async function sellOneAtThreeStores(w: World, sku: string): Promise<number> {
+  for (const store of STORES.slice(0, 3)) await w.pos.sell(w.h, store, [{ sku, qty: 1 }]);
+  await waitFor(
+    async () =>
+      (await w.h.sql`select 1 from stock_change where channel = 'shopify' and status = 'applied'`)
+        .length === 3,
+    "sales applied",
+  );
+  let sum = 0;
+  for (const store of STORES.slice(0, 3)) sum += await w.pos.get(store, sku);
+  return sum; // the three stores' POS stock now
+}
+
 const SKUS = ["REMERA-002", "JEAN-RECTO-40", "GORRO-LANA"];
 
 /** Drift in all three places it can come from. */
@@ -534,18 +548,10 @@ integration(
       const item = w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId;
       const start = w.shop.available(item, shared)!;
       // Sales at three stores: all three stock the one location.
-      for (const store of STORES.slice(0, 3)) await w.pos.sell(w.h, store, [{ sku, qty: 1 }]);
-      await waitFor(
-        async () =>
-          (await w.h.sql`select 1 from stock_change where channel = 'shopify' and status = 'applied'`)
-            .length === 3,
-        "sales applied",
-      );
+      const sum = await sellOneAtThreeStores(w, sku);
       assert.equal(w.shop.available(item, shared), start - 3);
       const job = await resync(w, { skus: [sku], channels: ["shopify"] });
       assert.equal(job.state, "done");
-      let sum = 0;
-      for (const store of STORES.slice(0, 3)) sum += await w.pos.get(store, sku);
       assert.equal(w.shop.available(item, shared), sum);
       assert.equal(job.report.length, 1, JSON.stringify(job.report));
       // The resync's own audit row names the group, not a store: the next resync still finds the
@@ -572,17 +578,9 @@ integration(
     });
     try {
       const item = w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId;
-      for (const store of STORES.slice(0, 3)) await w.pos.sell(w.h, store, [{ sku, qty: 1 }]);
-      await waitFor(
-        async () =>
-          (await w.h.sql`select 1 from stock_change where channel = 'shopify' and status = 'applied'`)
-            .length === 3,
-        "sales applied",
-      );
+      const sum = await sellOneAtThreeStores(w, sku);
       const job = await resync(w, { skus: [sku], channels: ["shopify"] });
       assert.equal(job.state, "done");
-      let sum = 0;
-      for (const store of STORES.slice(0, 3)) sum += await w.pos.get(store, sku);
       assert.equal(w.shop.available(item, shared), sum, "the mapped store and the two on the default");
     } finally {
       await w.close();
