@@ -172,6 +172,7 @@ export class Dispatcher {
     const channel = adapter.name;
     if (!batch.resend) metrics.dispatchBatchSize.observe({ channel }, batch.changes.length);
     let outcome: BatchOutcome;
+    let sent = true;
     const sendStarted = performance.now();
     try {
       outcome = await adapter.process(batch, {
@@ -181,14 +182,9 @@ export class Dispatcher {
     } catch (error) {
       if (error instanceof LeaseLostError) throw error; // not the adapter's fault: see #run
       if (error instanceof KeyWindowPassedError) {
-        // Not sent: the key may be forgotten. Recording a give-up past the window
-        // makes the changes outcome_unknown and copies their sales to the DLQ.
-        log.error("{channel} batch {batch_id} not re-sent: {error}; its changes are outcome_unknown", {
-          mark: "error",
-          channel,
-          batch_id: batch.id,
-          error: error.message,
-        });
+        // Not sent: the key may be forgotten. Recorded like an unanswered send, which
+        // past the window the store gives up as outcome_unknown (DLQ copies below).
+        sent = false;
         outcome = {
           kind: "resend",
           reason: "key_window_passed",
@@ -196,35 +192,30 @@ export class Dispatcher {
           waitMs: 0,
           countsAsAttempt: false,
         };
-        span.setAttributes(outcomeAttributes(outcome));
-        const failed = await store.record(batch, outcome);
-        span.setAttribute("marketplace_sync.dead_lettered", failed.length);
-        metrics.changesProcessed.inc({ channel, outcome: "failed" }, failed.length);
-        for (const f of failed) await this.#deadLetter(f);
-        return;
-      }
-      log.error("{channel} adapter failed on batch {batch_id}: {error}", {
-        mark: "error",
-        channel,
-        batch_id: batch.id,
-        error: (error as Error).message,
-      });
-      markError(span, error);
-      if (batch.sends === 0 && !batch.resend) {
-        span.setAttributes({
-          "marketplace_sync.outcome": "release",
-          "marketplace_sync.reason": "adapter_error",
+      } else {
+        log.error("{channel} adapter failed on batch {batch_id}: {error}", {
+          mark: "error",
+          channel,
+          batch_id: batch.id,
+          error: (error as Error).message,
         });
-        await store.release(batch);
-        return;
+        markError(span, error);
+        if (batch.sends === 0 && !batch.resend) {
+          span.setAttributes({
+            "marketplace_sync.outcome": "release",
+            "marketplace_sync.reason": "adapter_error",
+          });
+          await store.release(batch);
+          return;
+        }
+        outcome = {
+          kind: "resend",
+          reason: "adapter_error",
+          error: (error as Error).message,
+          waitMs: 5_000,
+          countsAsAttempt: true,
+        };
       }
-      outcome = {
-        kind: "resend",
-        reason: "adapter_error",
-        error: (error as Error).message,
-        waitMs: 5_000,
-        countsAsAttempt: true,
-      };
     }
     span.setAttributes(outcomeAttributes(outcome));
     if (outcome.kind === "release") {
@@ -243,18 +234,34 @@ export class Dispatcher {
       return;
     }
     this.#phase("send", sendStarted);
-    await this.deps.hooks?.afterSend?.(batch, outcome);
+    if (sent) await this.deps.hooks?.afterSend?.(batch, outcome);
     const recordStarted = performance.now();
     const failed = await store.record(batch, outcome);
     span.setAttribute("marketplace_sync.dead_lettered", failed.length);
     this.#phase("record", recordStarted);
-    this.#observe(batch, outcome);
+    this.#observe(batch, outcome, failed.length);
     for (const f of failed) await this.#deadLetter(f);
   }
 
-  #observe(batch: ClaimedBatch, outcome: Exclude<BatchOutcome, { kind: "release" }>): void {
+  #observe(
+    batch: ClaimedBatch,
+    outcome: Exclude<BatchOutcome, { kind: "release" }>,
+    failedForGood: number,
+  ): void {
     const { metrics } = this.deps;
     const channel = this.deps.adapter.name;
+    if (outcome.kind === "resend" && failedForGood > 0) {
+      // The store gave the re-send up (attempts spent, or past the key window): outcome_unknown.
+      metrics.changesProcessed.inc({ channel, outcome: "failed" }, failedForGood);
+      log.error("{channel} batch {batch_id} given up, its changes outcome_unknown: {reason}: {error}", {
+        mark: "error",
+        channel,
+        batch_id: batch.id,
+        reason: outcome.reason,
+        error: outcome.error,
+      });
+      return;
+    }
     if (outcome.kind === "resend") {
       log.warning("{channel} batch {batch_id} will be re-sent with the same key in {delay_ms} ms: {error}", {
         mark: "retry",
