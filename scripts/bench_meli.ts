@@ -25,7 +25,7 @@ import { createClient } from "redis";
 import { type Config, loadConfig } from "../src/config.ts";
 import { startService } from "../src/main.ts";
 import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
-import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
 import { benchServiceEnv, deleteKeys, REDIS_URL, runResources } from "./bench_support.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { publishSales, reservePosStock, type SampleSale, sampleSales } from "./publish_sample.ts";

@@ -17,7 +17,7 @@ import { loadConfig } from "../src/config.ts";
 import { startService } from "../src/main.ts";
 import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
 import { type BucketSettings, MUTATION_COST } from "../src/sandbox/cost.ts";
-import { startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 import { benchServiceEnv, runResources } from "./bench_support.ts";
 import type { BenchContext, Section, SectionResult } from "./bench.ts";
 import { startNaiveConsumer } from "./naive_consumer.ts";

@@ -1,6 +1,6 @@
 /**
  * Extracts the part of Shopify's published Admin GraphQL schema (2026-10) that the
- * Shopify sandbox serves, into `src/sandbox/shopify_schema_2026-10.json`.
+ * Shopify sandbox serves, into `src/sandbox/shopify/schema_2026-10.json`.
  *
  * Source: npm package `@shopify/dev-mcp` (pinned version), file
  * `dist/data/admin_2026-10.json.gz`, Shopify's own introspection result. The full
@@ -29,7 +29,7 @@ export const SCHEMA_PATH_IN_PACKAGE = "dist/data/admin_2026-10.json.gz";
 /** SHA-256 of that file in the pinned version, so a swapped file is noticed. */
 export const PUBLISHED_SCHEMA_SHA256 = "f3b522f264556925eada700e795e4a002a9cba83444ebcc6c0d724254a0c6593";
 /** Where the subset is committed. */
-export const SUBSET_PATH = new URL("../src/sandbox/shopify_schema_2026-10.json", import.meta.url);
+export const SUBSET_PATH = new URL("../src/sandbox/shopify/schema_2026-10.json", import.meta.url);
 
 /** Root fields the service (and so the sandbox) uses. */
 export const ROOT_FIELDS: Record<string, readonly string[]> = {
@@ -325,7 +325,7 @@ if (import.meta.main) {
     // Compared as data: `deno fmt` owns the committed file's layout.
     const committed = JSON.parse(await Deno.readTextFile(SUBSET_PATH));
     if (JSON.stringify(committed) !== JSON.stringify(JSON.parse(text))) {
-      console.error("src/sandbox/shopify_schema_2026-10.json is stale: run deno task schema:extract");
+      console.error("src/sandbox/shopify/schema_2026-10.json is stale: run deno task schema:extract");
       Deno.exit(1);
     }
     console.log("subset is up to date");

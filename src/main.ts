@@ -23,11 +23,11 @@ import { type AccessTokens, OAuthTokens, StaticToken } from "./channels/mercadol
 import { PosStockReader, type StockRedis } from "./pos/stock.ts";
 // The built-in sandboxes (graphql-js, the Shopify schema, the simulators) are loaded with import() only when a
 // marketplace is not configured: a live instance never loads them (docs/DECISIONS.md, "Memory").
-import type { MeliSandbox } from "./sandbox/mercadolibre.ts";
+import type { MeliSandbox } from "./sandbox/mercadolibre/sandbox.ts";
 import { InDoubtMarks, ListingLocks } from "./sync/listing_lock.ts";
 import { DispatchStore } from "./ledger/dispatch_store.ts";
 import type { Catalog } from "./sandbox/catalog.ts";
-import type { ShopifySandbox } from "./sandbox/shopify.ts";
+import type { ShopifySandbox } from "./sandbox/shopify/sandbox.ts";
 import { RedisBucket } from "./sync/cost_bucket.ts";
 import { Dispatcher, type DispatcherHooks } from "./sync/dispatcher.ts";
 import type { ChannelAdapter } from "./sync/channel.ts";
@@ -292,7 +292,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     let token = config.SHOPIFY_TOKEN;
     let locations = locationMap(config.SHOPIFY_LOCATIONS ?? {}, config.SHOPIFY_LOCATION_ID);
     if (!baseUrl || !token) {
-      const { startShopifySandbox } = await import("./sandbox/shopify.ts");
+      const { startShopifySandbox } = await import("./sandbox/shopify/sandbox.ts");
       sandbox = await startShopifySandbox({
         port: config.SANDBOX_SHOPIFY_PORT,
         catalog: await sandboxCatalog(),
@@ -404,7 +404,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     } else if (config.MELI_TOKEN) {
       tokens = new StaticToken(config.MELI_TOKEN);
     } else {
-      const { startMeliSandbox } = await import("./sandbox/mercadolibre.ts");
+      const { startMeliSandbox } = await import("./sandbox/mercadolibre/sandbox.ts");
       meliSandbox = await startMeliSandbox({
         port: config.SANDBOX_MELI_PORT,
         catalog: await sandboxCatalog(),

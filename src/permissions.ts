@@ -120,7 +120,7 @@ export function envText(env: Readonly<Record<string, string>>): string {
   return Object.entries(env).map(([name, value]) => `${name}=${value}`).join(" ");
 }
 
-/** The address the built-in sandboxes listen on (src/sandbox/*.ts) and the service calls. */
+/** The address the built-in sandboxes listen on (src/sandbox/) and the service calls. */
 export const SANDBOX_HOST = "127.0.0.1";
 
 /** The permissions a configuration needs, and the `deno run` flags that grant exactly them. */

@@ -21,7 +21,7 @@ import {
   replayRequestSchema,
 } from "../src/ops/dead_letters.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
-import { startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 import { formatDlqList, formatReplay, parseDlqArgs } from "../scripts/dlq.ts";
 import { CliError, formatTable, OpsClient, UsageError } from "../scripts/ops_client.ts";
 import {

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { startService } from "../src/main.ts";
-import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import { startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { harnessFor, integration, sale, testConfig, testEnv, waitFor } from "./helpers.ts";
 import { Pos } from "./pos.ts";

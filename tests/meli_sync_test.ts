@@ -8,7 +8,11 @@ import postgres from "postgres";
 import { startService } from "../src/main.ts";
 import { OAuthTokens } from "../src/channels/mercadolibre/tokens.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
-import { type MeliSandbox, type MeliSandboxOptions, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import {
+  type MeliSandbox,
+  type MeliSandboxOptions,
+  startMeliSandbox,
+} from "../src/sandbox/mercadolibre/sandbox.ts";
 import {
   DATABASE_URL,
   type Harness,

@@ -16,7 +16,7 @@ import {
   type OAuthTokensOptions,
 } from "../src/channels/mercadolibre/tokens.ts";
 import { migrate } from "../src/ledger/migrate.ts";
-import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import { startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
 import { resetLogging, setupLogging } from "../src/log.ts";
 import { DATABASE_URL, integration, uniqueName, waitFor } from "./helpers.ts";
 

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { isLoopback, tokensMatch } from "../src/http/admin_auth.ts";
-import { startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 import { integration, sale, startHarness, waitFor } from "./helpers.ts";
 
 const TOKEN = "operator-token-0123456789";

@@ -7,7 +7,11 @@
 import assert from "node:assert/strict";
 import { startService } from "../src/main.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
-import { type ShopifyFaults, type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
+import {
+  type ShopifyFaults,
+  type ShopifySandbox,
+  startShopifySandbox,
+} from "../src/sandbox/shopify/sandbox.ts";
 import { type Harness, harnessFor, header, integration, runResync, testConfig, waitFor } from "./helpers.ts";
 import { catalogSale, Pos } from "./pos.ts";
 

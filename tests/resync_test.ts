@@ -10,8 +10,8 @@ import { startService } from "../src/main.ts";
 import { ReconcileScheduler } from "../src/ops/reconcile.ts";
 import type { DriftLine, ResyncHooks } from "../src/ops/resync.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
-import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
-import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
+import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 import {
   adminApi,
   type Harness,

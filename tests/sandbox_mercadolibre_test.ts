@@ -5,7 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { buildCatalog, defaultCatalog, parseCatalog } from "../src/sandbox/catalog.ts";
-import { type MeliSandbox, type MeliSandboxOptions, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
+import {
+  type MeliSandbox,
+  type MeliSandboxOptions,
+  startMeliSandbox,
+} from "../src/sandbox/mercadolibre/sandbox.ts";
 
 // deno-lint-ignore no-explicit-any
 type Json = any;

@@ -13,13 +13,13 @@ import {
   SUBSET_PATH,
 } from "../scripts/extract_shopify_schema.ts";
 import { buildCatalog, defaultCatalog } from "../src/sandbox/catalog.ts";
-import { parseSearchQuery, quoteSearchValue } from "../src/sandbox/search_query.ts";
+import { parseSearchQuery, quoteSearchValue } from "../src/sandbox/shopify/search_query.ts";
 import {
   type ShopifySandbox,
   type ShopifySandboxOptions,
   startShopifySandbox,
-} from "../src/sandbox/shopify.ts";
-import { INVENTORY_REASONS } from "../src/sandbox/shopify_inventory.ts";
+} from "../src/sandbox/shopify/sandbox.ts";
+import { INVENTORY_REASONS } from "../src/sandbox/shopify/inventory.ts";
 
 // The documents the Shopify adapter sends (DESIGN.md §6).
 const FIND_VARIANT = `

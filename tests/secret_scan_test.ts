@@ -25,8 +25,8 @@ import postgres from "postgres";
 import { topologyFromConfig } from "../src/broker/topology.ts";
 import { loadConfig } from "../src/config.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
-import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
-import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
+import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
+import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 import {
   DATABASE_URL,
   dropTestNames,

@@ -11,9 +11,9 @@ import { skuSearchQuery } from "../src/channels/shopify/search.ts";
 import { type RunningService, startService } from "../src/main.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import type { Config } from "../src/config.ts";
-import { startMeliSandbox } from "../src/sandbox/mercadolibre.ts";
-import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify.ts";
-import { shopifySchema } from "../src/sandbox/shopify_schema.ts";
+import { startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
+import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
+import { shopifySchema } from "../src/sandbox/shopify/schema.ts";
 import { type Harness, harnessFor, header, integration, testConfig, waitFor } from "./helpers.ts";
 import { catalogSale } from "./pos.ts";
 

@@ -13,8 +13,8 @@ import { createClient } from "redis";
 import { declareTopology, type Topology, topologyFromConfig } from "../../src/broker/topology.ts";
 import { CONFIG_VARIABLES, loadConfig } from "../../src/config.ts";
 import { type Catalog, defaultCatalog } from "../../src/sandbox/catalog.ts";
-import { type MeliSandbox, startMeliSandbox } from "../../src/sandbox/mercadolibre.ts";
-import { type ShopifySandbox, startShopifySandbox } from "../../src/sandbox/shopify.ts";
+import { type MeliSandbox, startMeliSandbox } from "../../src/sandbox/mercadolibre/sandbox.ts";
+import { type ShopifySandbox, startShopifySandbox } from "../../src/sandbox/shopify/sandbox.ts";
 import { TcpProxy } from "../../tests/helpers.ts";
 import { reservePosStock, type SampleSale, sampleSales } from "../publish_sample.ts";
 

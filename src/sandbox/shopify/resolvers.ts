@@ -13,7 +13,7 @@ import {
   type SearchTerm,
   textMatches,
 } from "./search_query.ts";
-import { internalError, sandboxUnsupported } from "./shopify_errors.ts";
+import { internalError, sandboxUnsupported } from "./errors.ts";
 import {
   type AdjustInput,
   type AdjustmentGroupRecord,
@@ -25,8 +25,8 @@ import {
   type SandboxVariant,
   type SetInput,
   type ShopifyInventory,
-} from "./shopify_inventory.ts";
-import { enumValueDescription, shopifySchema } from "./shopify_schema.ts";
+} from "./inventory.ts";
+import { enumValueDescription, shopifySchema } from "./schema.ts";
 
 /** Shopify's `extensions.search` entry for a query with ignored terms. */
 export interface SearchWarningExtension {

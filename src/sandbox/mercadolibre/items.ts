@@ -11,7 +11,7 @@
  * paused with sub_status out_of_stock; more stock does not reactivate it, a
  * `status: active` update does (only with stock); closed is final.
  */
-import type { Catalog } from "./catalog.ts";
+import type { Catalog } from "../catalog.ts";
 
 /** Item statuses MeLi reports. */
 export const ITEM_STATUSES = ["active", "paused", "closed", "under_review", "inactive"] as const;

@@ -20,21 +20,21 @@
  * service at it.
  */
 import { z } from "zod";
-import { type Catalog, defaultCatalog, loadCatalog } from "./catalog.ts";
-import { type BucketSettings, LeakyBucket, STANDARD_PLAN_BUCKET, type ThrottleStatus } from "./cost.ts";
+import { type Catalog, defaultCatalog, loadCatalog } from "../catalog.ts";
+import { type BucketSettings, LeakyBucket, STANDARD_PLAN_BUCKET, type ThrottleStatus } from "../cost.ts";
 import { IDEMPOTENCY_TTL_MS, IdempotencyStore } from "./idempotency.ts";
-import { seededRandom } from "./prng.ts";
-import { NOT_FOUND_BODY, UNAUTHORIZED_BODY } from "./shopify_errors.ts";
-import { runShopifyGraphQL } from "./shopify_graphql.ts";
+import { seededRandom } from "../prng.ts";
+import { NOT_FOUND_BODY, UNAUTHORIZED_BODY } from "./errors.ts";
+import { runShopifyGraphQL } from "./graphql.ts";
 import {
   type MutationRecord,
   type SandboxLocation,
   type SandboxVariant,
   ShopifyInventory,
-} from "./shopify_inventory.ts";
-import type { ShopifyContext } from "./shopify_resolvers.ts";
-import { SHOPIFY_SCHEMA_VERSION } from "./shopify_schema.ts";
-import { logger, setupLogging } from "../log.ts";
+} from "./inventory.ts";
+import type { ShopifyContext } from "./resolvers.ts";
+import { SHOPIFY_SCHEMA_VERSION } from "./schema.ts";
+import { logger, setupLogging } from "../../log.ts";
 
 const log = logger("sandbox");
 

@@ -20,21 +20,21 @@
  * SANDBOX_SEED); it prints the MELI_* settings that point the service at it.
  */
 import { z } from "zod";
-import { defaultCatalog, loadCatalog } from "./catalog.ts";
-import { LeakyBucket } from "./cost.ts";
-import { accessTokenFormat, MeliAuth, randomDigits, randomHex } from "./mercadolibre_auth.ts";
-import { type Answer, type ApiContext, route } from "./mercadolibre_api.ts";
-import { meliError, oauthError, serverErrorBody, TOO_MANY_REQUESTS_BODY } from "./mercadolibre_errors.ts";
-import { MeliItems } from "./mercadolibre_items.ts";
-import { seededRandom } from "./prng.ts";
+import { defaultCatalog, loadCatalog } from "../catalog.ts";
+import { LeakyBucket } from "../cost.ts";
+import { accessTokenFormat, MeliAuth, randomDigits, randomHex } from "./auth.ts";
+import { type Answer, type ApiContext, route } from "./api.ts";
+import { meliError, oauthError, serverErrorBody, TOO_MANY_REQUESTS_BODY } from "./errors.ts";
+import { MeliItems } from "./items.ts";
+import { seededRandom } from "../prng.ts";
 import type {
   MeliFaults,
   MeliRequestRecord,
   MeliSandbox,
   MeliSandboxOptions,
   MeliSandboxStats,
-} from "./mercadolibre_types.ts";
-import { logger, setupLogging } from "../log.ts";
+} from "./types.ts";
+import { logger, setupLogging } from "../../log.ts";
 
 export type {
   MeliFaults,
@@ -43,7 +43,7 @@ export type {
   MeliSandbox,
   MeliSandboxOptions,
   MeliSandboxStats,
-} from "./mercadolibre_types.ts";
+} from "./types.ts";
 
 const log = logger("sandbox");
 

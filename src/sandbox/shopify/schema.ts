@@ -4,7 +4,7 @@
  * once with graphql-js so every request is validated against Shopify's real types.
  */
 import { buildClientSchema, type GraphQLSchema, type IntrospectionQuery } from "graphql";
-import subset from "./shopify_schema_2026-10.json" with { type: "json" };
+import subset from "./schema_2026-10.json" with { type: "json" };
 
 /** API version whose schema this is. */
 export const SHOPIFY_SCHEMA_VERSION = "2026-10";

@@ -17,8 +17,8 @@ import {
   type MeliFailure,
   sandboxUnsupported,
   validationError,
-} from "./mercadolibre_errors.ts";
-import { type ItemState, type MeliAttribute, MeliItems, type VariationState } from "./mercadolibre_items.ts";
+} from "./errors.ts";
+import { type ItemState, type MeliAttribute, MeliItems, type VariationState } from "./items.ts";
 
 const ITEM_FIELDS = ["available_quantity", "status", "price", "title", "variations"];
 const VARIATION_FIELDS = [

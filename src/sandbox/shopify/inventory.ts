@@ -8,9 +8,9 @@
  * `available` and the other quantity names read 0. Every item is stocked at every
  * location (a store missing from the catalog stock starts at 0).
  */
-import { INVENTORY_REASONS as SHOPIFY_INVENTORY_REASONS } from "../channels/shopify/reasons.ts";
-import type { Catalog } from "./catalog.ts";
-import { enumValueDescription } from "./shopify_schema.ts";
+import { INVENTORY_REASONS as SHOPIFY_INVENTORY_REASONS } from "../../channels/shopify/reasons.ts";
+import type { Catalog } from "../catalog.ts";
+import { enumValueDescription } from "./schema.ts";
 
 /**
  * Reasons Shopify accepts for inventory changes. The schema types `reason` as a bare

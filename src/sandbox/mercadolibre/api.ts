@@ -15,15 +15,15 @@ import {
   methodNotAllowed,
   routeNotFound,
   serverErrorBody,
-} from "./mercadolibre_errors.ts";
-import type { ItemState, MeliItems } from "./mercadolibre_items.ts";
+} from "./errors.ts";
+import type { ItemState, MeliItems } from "./items.ts";
 import {
   parseItemPatch,
   parseVariationPatch,
   type Plan,
   planItemUpdate,
   planVariationUpdate,
-} from "./mercadolibre_updates.ts";
+} from "./updates.ts";
 
 /** What an API route answered. */
 export interface Answer {

@@ -2,10 +2,10 @@
  * Public types of the MercadoLibre sandbox (re-exported by `mercadolibre.ts`, the
  * entry point): faults, options, counters, the request log and the running sandbox.
  */
-import type { Catalog } from "./catalog.ts";
-import type { MeliListing } from "./mercadolibre_items.ts";
+import type { Catalog } from "../catalog.ts";
+import type { MeliListing } from "./items.ts";
 
-export type { MeliListing } from "./mercadolibre_items.ts";
+export type { MeliListing } from "./items.ts";
 
 /** Faults the sandbox can inject; all off by default. */
 export interface MeliFaults {

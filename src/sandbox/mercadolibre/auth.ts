@@ -15,7 +15,7 @@ import {
   type MeliFailure,
   oauthError,
   QUERY_TOKEN_BODY,
-} from "./mercadolibre_errors.ts";
+} from "./errors.ts";
 
 /** `n` random hex digits. */
 export function randomHex(n: number): string {

@@ -27,16 +27,16 @@ import {
   type LeakyBucket,
   MAX_SINGLE_QUERY_COST,
   requestedQueryCost,
-} from "./cost.ts";
+} from "../cost.ts";
 import {
   maxCostExceededError,
   MISSING_QUERY_BODY,
   requestError,
   shopifyValidationError,
   throttledError,
-} from "./shopify_errors.ts";
-import { IDEMPOTENT_MUTATIONS, type ShopifyContext, shopifyRoot } from "./shopify_resolvers.ts";
-import { shopifySchema } from "./shopify_schema.ts";
+} from "./errors.ts";
+import { IDEMPOTENT_MUTATIONS, type ShopifyContext, shopifyRoot } from "./resolvers.ts";
+import { shopifySchema } from "./schema.ts";
 
 /** Shopify's maximum size of any input array. */
 export const MAX_INPUT_ARRAY = 250;
