@@ -6,12 +6,8 @@
  * every problem by variable name; secret values are never echoed back.
  */
 import { z } from "zod";
-import { INVENTORY_REASONS } from "./channels/shopify/reasons.ts";
-
-/** Channels the service knows how to sync. */
-export const KNOWN_CHANNELS = ["shopify", "mercadolibre"] as const;
-/** A marketplace channel name. */
-export type ChannelName = typeof KNOWN_CHANNELS[number];
+import { type ChannelName, KNOWN_CHANNELS } from "./model/channel_name.ts";
+import { INVENTORY_REASONS } from "./model/shopify_reasons.ts";
 
 /** Variables whose values must never appear in logs or error messages. */
 export const SECRET_VARIABLES: ReadonlySet<string> = new Set([

@@ -1,6 +1,6 @@
 /** The event contract (DESIGN.md §3): identity rule, summing, rejection reasons. */
 import assert from "node:assert/strict";
-import { canonicalJson, decodeSaleEvent, eventIdentity } from "../src/events/sale_event.ts";
+import { canonicalJson, decodeSaleEvent, eventIdentity } from "../src/model/sale_event.ts";
 import { sale } from "./helpers.ts";
 
 const LIMITS = { maxBytes: 4096, maxItems: 5, maxQuantity: 1000 };

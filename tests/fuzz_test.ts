@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import type { SyncMessage } from "rabbitmq-client";
-import { decodeSaleEvent, type EventLimits } from "../src/events/sale_event.ts";
+import { decodeSaleEvent, type EventLimits } from "../src/model/sale_event.ts";
 import { resetLogging, setupLogging } from "../src/log.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import {

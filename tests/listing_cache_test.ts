@@ -1,7 +1,7 @@
 /** The in-memory SKU → listing cache: expired permanent failures are forgotten, not kept forever. */
 import assert from "node:assert/strict";
 import { ListingCache } from "../src/sync/listing_cache.ts";
-import type { ChangeOutcome } from "../src/ledger/dispatch_store.ts";
+import type { ChangeOutcome } from "../src/model/batch.ts";
 
 const NOT_FOUND: ChangeOutcome = { kind: "failed", reason: "sku_not_found", error: "no variant" };
 

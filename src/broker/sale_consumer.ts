@@ -8,7 +8,7 @@
  * while holding a delivery; delays live in the wait queues' TTLs.
  */
 import type { AsyncMessage, Connection } from "rabbitmq-client";
-import { decodeSaleEvent, type EventLimits } from "../events/sale_event.ts";
+import { decodeSaleEvent, type EventLimits } from "../model/sale_event.ts";
 import { Custody, LedgerRejectedError } from "../ledger/custody.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";

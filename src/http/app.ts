@@ -6,15 +6,10 @@
 import { Hono } from "hono";
 import type { Registry } from "prom-client";
 import { logger } from "../log.ts";
+import type { CheckResult } from "../model/health.ts";
 import { mountOperatorRoutes, type OperatorDeps } from "./operator.ts";
 
 const log = logger("http");
-
-/** One dependency's state, as `/readyz` reports it. */
-export interface CheckResult {
-  ok: boolean;
-  detail?: string;
-}
 
 /** What the HTTP layer needs from the service. */
 export interface HttpDeps {

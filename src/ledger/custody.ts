@@ -12,10 +12,10 @@
  */
 import type postgres from "postgres";
 import type { Sql } from "postgres";
-import type { ChannelName } from "../config.ts";
-import type { SaleEvent } from "../events/sale_event.ts";
+import type { ChannelName } from "../model/channel_name.ts";
+import type { SaleEvent } from "../model/sale_event.ts";
 import { logger } from "../log.ts";
-import { IDEMPOTENCY_SAFE_HOURS, OUTCOME_UNKNOWN, SAME_KEY_CHANNELS } from "./dispatch_store.ts";
+import { IDEMPOTENCY_SAFE_HOURS, OUTCOME_UNKNOWN, SAME_KEY_CHANNELS } from "../model/batch.ts";
 import { markError, type Span, withSpan } from "../tracing.ts";
 
 const log = logger("ledger");

@@ -11,7 +11,7 @@
  */
 import type { Sql } from "postgres";
 import { z } from "zod";
-import { type ChannelName, KNOWN_CHANNELS } from "../config.ts";
+import { type ChannelName, KNOWN_CHANNELS } from "../model/channel_name.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import { type PosStockReader, StockSourceUnavailableError } from "../pos/stock.ts";

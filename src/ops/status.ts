@@ -6,7 +6,7 @@
  */
 import type { Sql } from "postgres";
 import { ledgerBacklog } from "../ledger/backlog.ts";
-import type { CheckResult } from "../http/app.ts";
+import type { CheckResult } from "../model/health.ts";
 
 /** Queue numbers, from a passive declare. */
 export interface QueueInfo {

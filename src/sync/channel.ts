@@ -1,9 +1,9 @@
 /**
  * The contract between the dispatcher and a marketplace channel adapter.
  */
-import type { ChannelName } from "../config.ts";
-import type { CheckResult } from "../http/app.ts";
-import type { BatchOutcome, ClaimedBatch } from "../ledger/dispatch_store.ts";
+import type { ChannelName } from "../model/channel_name.ts";
+import type { CheckResult } from "../model/health.ts";
+import type { BatchOutcome, ClaimedBatch } from "../model/batch.ts";
 
 /** What the dispatcher lends an adapter while it processes one batch. */
 export interface BatchContext {

@@ -9,14 +9,14 @@ import { remedyFor } from "../broker/remedies.ts";
 import type { Topology } from "../broker/topology.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
+import { type DispatchStore } from "../ledger/dispatch_store.ts";
 import {
   type BatchOutcome,
   type ClaimedBatch,
-  type DispatchStore,
   type FailedChange,
   KeyWindowPassedError,
   LeaseLostError,
-} from "../ledger/dispatch_store.ts";
+} from "../model/batch.ts";
 import type { ChannelAdapter } from "./channel.ts";
 import { type Attributes, markError, type Span, withSpan } from "../tracing.ts";
 

@@ -5,7 +5,7 @@
  * marketplace call per sale. Expired failures are swept, not merely hidden: a POS
  * sending a stream of distinct unknown SKUs must not grow the process without bound.
  */
-import type { ChangeOutcome } from "../ledger/dispatch_store.ts";
+import type { ChangeOutcome } from "../model/batch.ts";
 
 const NEGATIVE_TTL_MS = 60_000;
 

@@ -11,7 +11,7 @@
 import fc from "fast-check";
 import { gzipSync } from "node:zlib";
 import { loadConfig } from "../../src/config.ts";
-import type { EventLimits, RejectReason } from "../../src/events/sale_event.ts";
+import type { EventLimits, RejectReason } from "../../src/model/sale_event.ts";
 import { defaultCatalog } from "../../src/sandbox/catalog.ts";
 
 /** AMQP properties a sample is published with (besides a unique message_id the test adds). */

@@ -13,14 +13,14 @@
  * The PUT's answer is read back: a 200 whose `available_quantity` is not what
  * was sent is not `applied`.
  */
-import type { CheckResult } from "../../http/app.ts";
+import type { CheckResult } from "../../model/health.ts";
 import {
   type BatchOutcome,
   type ChangeOutcome,
   type ClaimedBatch,
   type LogicalChange,
   OUTCOME_UNKNOWN,
-} from "../../ledger/dispatch_store.ts";
+} from "../../model/batch.ts";
 import { logger } from "../../log.ts";
 import { type PosStockReader, StockSourceUnavailableError } from "../../pos/stock.ts";
 import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";

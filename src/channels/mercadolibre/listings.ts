@@ -6,7 +6,7 @@
  * must carry the SKU, or the change fails `sku_not_found` / `sku_ambiguous`.
  */
 import type { Sql } from "postgres";
-import type { ChangeOutcome } from "../../ledger/dispatch_store.ts";
+import type { ChangeOutcome } from "../../model/batch.ts";
 import { ListingCache } from "../../sync/listing_cache.ts";
 import type { MeliClient, MeliResult } from "./client.ts";
 

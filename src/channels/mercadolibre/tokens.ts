@@ -18,7 +18,7 @@
  * that never connected sent nothing and leaves the chain as it is.
  */
 import type { Sql } from "postgres";
-import type { CheckResult } from "../../http/app.ts";
+import type { CheckResult } from "../../model/health.ts";
 import { logger } from "../../log.ts";
 import { fingerprint, TokenCipher } from "./token_crypto.ts";
 

@@ -4,13 +4,13 @@
  * sent with `@idempotent(key:)` and the batch's persisted key.
  */
 import type { Sql } from "postgres";
-import type { CheckResult } from "../../http/app.ts";
+import type { CheckResult } from "../../model/health.ts";
 import {
   type BatchOutcome,
   type ChangeOutcome,
   type ClaimedBatch,
   OUTCOME_UNKNOWN,
-} from "../../ledger/dispatch_store.ts";
+} from "../../model/batch.ts";
 import { logger } from "../../log.ts";
 import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
 import type { ShopifyClient } from "./client.ts";

@@ -4,7 +4,7 @@
  * is not exact) or the change fails `sku_not_found` / `sku_ambiguous`.
  */
 import type { Sql } from "postgres";
-import type { ChangeOutcome } from "../../ledger/dispatch_store.ts";
+import type { ChangeOutcome } from "../../model/batch.ts";
 import type { ShopifyClient } from "./client.ts";
 import { VARIANTS_BY_SKU, VARIANTS_BY_SKUS } from "./documents.ts";
 import { skuSearchQuery } from "./search.ts";

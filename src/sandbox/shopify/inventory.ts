@@ -8,7 +8,7 @@
  * `available` and the other quantity names read 0. Every item is stocked at every
  * location (a store missing from the catalog stock starts at 0).
  */
-import { INVENTORY_REASONS as SHOPIFY_INVENTORY_REASONS } from "../../channels/shopify/reasons.ts";
+import { INVENTORY_REASONS as SHOPIFY_INVENTORY_REASONS } from "../../model/shopify_reasons.ts";
 import type { Catalog } from "../catalog.ts";
 import { enumValueDescription } from "./schema.ts";
 
