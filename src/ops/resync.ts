@@ -15,71 +15,9 @@ import { type ChannelName, KNOWN_CHANNELS } from "../model/channel_name.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import { type PosStockReader, StockSourceUnavailableError } from "../pos/stock.ts";
+import type { ChannelStock } from "../sync/channel.ts";
 
 const log = logger("resync");
-
-/** A marketplace quantity read, with what the write needs to address it. */
-export type StockRead =
-  | { ok: true; quantity: number; ref: unknown }
-  | { ok: false; reason: string; error: string; transient?: boolean };
-
-/** What a resync write came to. `stale`: the compare-and-set saw another value. */
-export type StockWrite =
-  | { kind: "written"; quantityAfter: number }
-  | { kind: "stale" }
-  | { kind: "error"; reason: string; error: string };
-
-/** A channel's side of a resync. */
-export interface ChannelStock {
-  readonly name: ChannelName;
-  /** Stores the channel shows, when configured explicitly (empty: learn them from the ledger). */
-  mappedStores(): string[];
-  /** Whether the channel also shows stores `mappedStores` does not name (a default Shopify location). */
-  readonly showsUnmapped?: boolean;
-  /** Whether the channel shows this store's stock. */
-  shows(tiendaId: string): boolean;
-  /**
-   * Where the marketplace keeps this store's stock (a Shopify location). Stores with the same
-   * place share one quantity: the sum of theirs. Undefined: every store has its own.
-   */
-  place?(tiendaId: string): string | undefined;
-  /** Whether live sales reach this channel as deltas (then changes not applied yet count). */
-  readonly deltas: boolean;
-  read(sku: string, tiendaId: string, signal?: AbortSignal): Promise<StockRead>;
-  /**
-   * Sets `to`, conditional on the value `read` saw where the marketplace allows it.
-   * A channel without compare-and-set calls `retarget` under its listing lock and sets
-   * what it returns instead, or answers `stale` when it returns undefined.
-   */
-  write(
-    read: Extract<StockRead, { ok: true }>,
-    to: number,
-    reference: string,
-    signal?: AbortSignal,
-    retarget?: () => Promise<number | undefined>,
-  ): Promise<StockWrite>;
-}
-
-/** A SKU a channel could not resolve, as a failed read (transient problems are marked so). */
-export function unresolvedRead(
-  resolution:
-    | { outcome: { kind: string; reason?: string; error?: string } }
-    | { transient: { reason: string; error: string } },
-): StockRead {
-  if ("transient" in resolution) {
-    return {
-      ok: false,
-      reason: resolution.transient.reason,
-      error: resolution.transient.error,
-      transient: true,
-    };
-  }
-  return {
-    ok: false,
-    reason: resolution.outcome.reason ?? "unresolved",
-    error: resolution.outcome.error ?? "unresolved",
-  };
-}
 
 /** `POST /resync` body. */
 export const resyncRequestSchema = z.object({

@@ -6,7 +6,7 @@
  */
 import type { Sql } from "postgres";
 import { ledgerBacklog } from "../ledger/backlog.ts";
-import type { CheckResult } from "../model/health.ts";
+import type { ChannelProbe } from "../sync/channel.ts";
 
 /** Queue numbers, from a passive declare. */
 export interface QueueInfo {
@@ -14,14 +14,6 @@ export interface QueueInfo {
   depth: number | null;
   consumers: number | null;
   dead_letters: number | null;
-}
-
-/** What a channel contributes to the status besides the ledger's numbers. */
-export interface ChannelProbe {
-  health(): CheckResult;
-  /** Current budget level and capacity. */
-  budget?(): { level: number; max: number };
-  tokenExpiresAt?(): Date | undefined;
 }
 
 /** Dependencies of {@link collectStatus}. */

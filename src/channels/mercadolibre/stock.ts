@@ -3,7 +3,7 @@
  * set it with an absolute PUT (MeLi has no compare-and-set), under the same
  * per-listing lock the live channel uses, checking the answer.
  */
-import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../ops/resync.ts";
+import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../sync/channel.ts";
 import { type ListingLocks, LockUnavailableError } from "../../sync/listing_lock.ts";
 import type { MeliClient } from "./client.ts";
 import type { MeliItem, MeliListing, MeliListings } from "./listings.ts";

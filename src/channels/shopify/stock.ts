@@ -3,7 +3,7 @@
  * location, and set it with compare-and-set (`inventorySetQuantities` with
  * `changeFromQuantity` = the value just read, under `@idempotent`).
  */
-import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../ops/resync.ts";
+import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../sync/channel.ts";
 import type { LocationMap } from "./channel.ts";
 import type { ShopifyClient } from "./client.ts";
 import { AVAILABLE_AT_LOCATION, SET_AVAILABLE } from "./documents.ts";
