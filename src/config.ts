@@ -235,6 +235,19 @@ export const CONFIG_VARIABLES: readonly string[] = Object.keys(EnvSchema.shape);
 /** Validated service configuration. */
 export type Config = z.infer<typeof EnvSchema> & { prefetch: number };
 
+/** Whether MercadoLibre credentials are configured (else the built-in sandbox stands in). */
+export function meliConfigured(config: Config): boolean {
+  return Boolean(config.MELI_TOKEN || config.MELI_CLIENT_ID);
+}
+
+/**
+ * Sandbox mode: no marketplace is configured, so both channels talk to the built-in
+ * sandboxes and no real store can be touched (the operator routes need no token then).
+ */
+export function sandboxMode(config: Config): boolean {
+  return !config.SHOPIFY_URL && !meliConfigured(config);
+}
+
 /** Thrown when the environment holds invalid values; lists them all. */
 export class ConfigError extends Error {
   constructor(readonly problems: { variable: string; message: string }[]) {

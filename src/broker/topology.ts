@@ -4,6 +4,9 @@
  * queues that dead-letter straight back to our work queue, and the DLQ.
  */
 import type { Connection } from "rabbitmq-client";
+import { logger } from "../log.ts";
+
+const log = logger("main");
 
 /** Names and shapes of everything the service declares. */
 export interface Topology {
@@ -191,4 +194,26 @@ async function declareAsExisting(connection: Connection, t: Topology): Promise<v
   await connection.queueDeclare({ queue: t.queue, passive: true });
   t.legacyWorkQueue = false;
   t.workQueueAsDeclared = true;
+}
+
+/** Tells the operator when the work queue kept an older or different declaration than the one configured. */
+export function reportDeclaration(
+  t: Topology,
+  declared: { legacyWorkQueue: boolean; workQueueAsDeclared: boolean },
+): void {
+  if (declared.workQueueAsDeclared) {
+    log.warning(
+      "QUEUE_DELIVERY_LIMIT={limit} (QUEUE_TYPE={queue_type}) differs from the arguments work queue {queue} " +
+        "was declared with; the queue keeps its declaration (RabbitMQ cannot change a queue's arguments): " +
+        "change the limit by policy (README: quorum queues, existing deployments)",
+      { limit: t.deliveryLimit, queue_type: t.queueType, queue: t.queue },
+    );
+  } else if (declared.legacyWorkQueue) {
+    log.warning(
+      "work queue {queue} was declared by an older version without a delivery limit and dead-letter target: " +
+        "deliveries returned more often than the broker's limit are DELETED unless a policy sets " +
+        "dead-letter-exchange/dead-letter-routing-key (README: quorum queues, existing deployments)",
+      { queue: t.queue, dead_letter_queue: t.deadLetterQueue },
+    );
+  }
 }

@@ -7,6 +7,7 @@ import { Hono } from "hono";
 import type { Registry } from "prom-client";
 import { logger } from "../log.ts";
 import type { CheckResult } from "../model/health.ts";
+import type { InboundRoute } from "../sync/channel.ts";
 import { mountOperatorRoutes, type OperatorDeps } from "./operator.ts";
 
 const log = logger("http");
@@ -21,6 +22,8 @@ export interface HttpDeps {
   beforeScrape?: () => Promise<unknown>;
   /** Operator routes; omitted in tests of the open routes only. */
   operator?: OperatorDeps;
+  /** A channel's inbound routes (order webhooks), looked up per request: channels plug in after HTTP starts. */
+  inbound?(channel: string): readonly InboundRoute[] | undefined;
 }
 
 /** Builds the Hono app. Pure: no listening, so tests can call `app.request()`. */
@@ -42,6 +45,15 @@ export function createApp(deps: HttpDeps): Hono {
   });
 
   if (deps.operator) mountOperatorRoutes(app, deps.operator);
+
+  // A channel's own routes, e.g. POST /channels/mercadolibre/orders; the handler authenticates the caller.
+  app.all("/channels/:channel/:path{.+}", async (c, next) => {
+    const route = deps.inbound?.(c.req.param("channel"))?.find((r) =>
+      r.method === c.req.method && r.path === c.req.param("path")
+    );
+    if (!route) return await next();
+    return await route.handle(c.req.raw);
+  });
 
   app.notFound((c) =>
     c.json({ error: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404)

@@ -385,6 +385,11 @@ export class DispatchStore {
    * be resolved): its changes go back to pending; the unused key is retired.
    * Never call this for a batch that may have reached the marketplace.
    */
+  /** Whether the batch is still being sent: claimed, its outcome not recorded yet. */
+  async isSending(batchId: string): Promise<boolean> {
+    return (await this.sql`select 1 from sync_batch where id = ${batchId} and status = 'sending'`).length > 0;
+  }
+
   async release(batch: ClaimedBatch, waitMs = 0, error: string | null = null): Promise<void> {
     if (batch.resend || batch.sends > 0) {
       throw new Error(`batch ${batch.id} was sent; it must be re-sent, not released`);

@@ -4,7 +4,14 @@
  * {@link ChannelAdapter} the dispatcher drives, the {@link ChannelStock} resync
  * reads and writes, and the {@link ChannelProbe} status and metrics ask.
  */
+import type { Sql } from "postgres";
+import type { Config } from "../config.ts";
+import type { ServiceMetrics } from "../metrics.ts";
 import type { ChannelName } from "../model/channel_name.ts";
+import type { PosStockReader } from "../pos/stock.ts";
+import type { Catalog } from "../sandbox/catalog.ts";
+import type { ScriptRunner } from "./cost_bucket.ts";
+import type { MarkRedis } from "./listing_lock.ts";
 import type { CheckResult } from "../model/health.ts";
 import type { BatchOutcome, ClaimedBatch } from "../model/batch.ts";
 
@@ -109,4 +116,75 @@ export interface ChannelProbe {
   /** Current budget level and capacity. */
   budget?(): { level: number; max: number };
   tokenExpiresAt?(): Date | undefined;
+}
+
+// ---- The plug: what a channel's folder hands the service ----
+
+/**
+ * An inbound HTTP route a channel serves (marketplace order webhooks): a plain fetch
+ * handler, mounted by src/http/ under `/channels/<name>/<path>`, outside the admin token
+ * (a marketplace signs its own calls; the handler checks that).
+ */
+export interface InboundRoute {
+  method: "GET" | "POST" | "PUT" | "DELETE";
+  /** Path below `/channels/<name>/`, e.g. `orders`. */
+  path: string;
+  handle(request: Request): Response | Promise<Response>;
+}
+
+/**
+ * Everything one marketplace contributes to the service, built by its plug
+ * (src/channels/<name>/plug.ts): the root plugs it in with one line and never
+ * learns what is inside.
+ */
+export interface ChannelPlug {
+  readonly name: ChannelName;
+  /** Turns claimed batches into marketplace calls; the dispatcher drives it. */
+  readonly adapter: ChannelAdapter;
+  /** The marketplace's stock as resync reads and sets it. */
+  readonly stock: ChannelStock;
+  /** Health, budget and token expiry for /readyz, /status and /metrics. */
+  readonly probe: ChannelProbe;
+  /** Inbound routes (order webhooks); none yet. */
+  readonly routes?: readonly InboundRoute[];
+  /**
+   * Lets the plug's own work with the marketplace end while the ledger is still open
+   * (a token refresh in flight is stored). Called once the dispatcher has stopped.
+   * @param deadline epoch ms by which it must have returned.
+   */
+  finish?(deadline: number): Promise<void>;
+  /** Releases what is left (the built-in sandbox), after the ledger has closed. */
+  close(): Promise<void>;
+}
+
+/** The shared Redis, as the channels use it: rate budgets, listing locks and in-doubt marks. */
+export type ChannelRedis = ScriptRunner & MarkRedis;
+
+/** What the service lends a plug to build its channel. */
+export interface PlugContext {
+  config: Config;
+  /** The ledger. */
+  sql: Sql;
+  redis: ChannelRedis;
+  metrics: ServiceMetrics;
+  /** The built-in sandboxes' catalog, loaded on first use (only when a marketplace is not configured). */
+  sandboxCatalog(): Promise<Catalog>;
+  /** The POS stock reader (MercadoLibre's mirror mode), opened on first use. */
+  posStock(): PosStockReader;
+  /** Whether a batch is still being sent (not yet recorded), from the ledger. */
+  batchSending(batchId: string): Promise<boolean>;
+}
+
+/**
+ * A channel as the root knows it before plugging: its name, the one store whose
+ * sales reach it (when it shows one store only), and how to build it.
+ */
+export interface ChannelPlugin<P extends ChannelPlug = ChannelPlug> {
+  readonly name: ChannelName;
+  /**
+   * The only store whose sales reach this channel (MercadoLibre mirroring one store);
+   * undefined: every store. Custody records changes for the others as not applicable.
+   */
+  onlyStore?(context: PlugContext): Promise<string | undefined>;
+  plug(context: PlugContext): Promise<P>;
 }

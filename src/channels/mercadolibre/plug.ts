@@ -1,0 +1,129 @@
+/**
+ * The MercadoLibre plug: builds everything the MercadoLibre channel needs from the
+ * configuration — the access-token chain (OAuth refresh, a static token, or the
+ * built-in sandbox's own OAuth chain), the rate budget and listing locks shared
+ * through Redis, the client, the dispatcher adapter, resync's stock reader/writer
+ * and the status probe.
+ */
+import { meliConfigured } from "../../config.ts";
+import { logger } from "../../log.ts";
+import type { MeliSandbox } from "../../sandbox/mercadolibre/sandbox.ts";
+import type { ChannelPlug, ChannelPlugin, PlugContext } from "../../sync/channel.ts";
+import { RedisBucket } from "../../sync/cost_bucket.ts";
+import { InDoubtMarks, ListingLocks } from "../../sync/listing_lock.ts";
+import { MeliChannel } from "./channel.ts";
+import { MeliClient } from "./client.ts";
+import { MeliListings } from "./listings.ts";
+import { MeliStock } from "./stock.ts";
+import { type AccessTokens, OAuthTokens, StaticToken } from "./tokens.ts";
+
+const log = logger("mercadolibre");
+
+/** The MercadoLibre channel, plugged; `sandbox` is set when it talks to the built-in sandbox. */
+export interface MeliPlug extends ChannelPlug {
+  readonly sandbox?: MeliSandbox;
+}
+
+/**
+ * The store whose stock MeLi mirrors: MELI_TIENDA_ID, or in sandbox mode the
+ * catalog's first store. Undefined in delta mode without MELI_TIENDA_ID (every store).
+ */
+export async function mirroredStore(context: Pick<PlugContext, "config" | "sandboxCatalog">) {
+  const { config } = context;
+  if (config.MELI_TIENDA_ID) return config.MELI_TIENDA_ID;
+  if (config.MELI_MODE === "delta" || meliConfigured(config)) return undefined;
+  return (await context.sandboxCatalog()).stores[0].tienda_id;
+}
+
+/** Builds the MercadoLibre channel: the real API when configured, else the built-in sandbox. */
+export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> {
+  const { config, sql, redis, metrics } = context;
+  let baseUrl = config.MELI_URL;
+  let tokens: AccessTokens;
+  let sandbox: MeliSandbox | undefined;
+  const tiendaId = await mirroredStore(context);
+  const onRefresh = (outcome: string) => metrics.tokenRefreshes.inc({ channel: "mercadolibre", outcome });
+  if (config.MELI_CLIENT_ID && config.MELI_CLIENT_SECRET && config.MELI_REFRESH_TOKEN) {
+    tokens = new OAuthTokens({
+      sql,
+      baseUrl,
+      clientId: config.MELI_CLIENT_ID,
+      clientSecret: config.MELI_CLIENT_SECRET,
+      refreshToken: config.MELI_REFRESH_TOKEN,
+      timeoutMs: config.MELI_TIMEOUT,
+      onRefresh,
+    });
+  } else if (config.MELI_TOKEN) {
+    tokens = new StaticToken(config.MELI_TOKEN);
+  } else {
+    // Loaded only here: a live instance never loads the simulator (docs/DECISIONS.md, "Memory").
+    const { startMeliSandbox } = await import("../../sandbox/mercadolibre/sandbox.ts");
+    sandbox = await startMeliSandbox({
+      port: config.SANDBOX_MELI_PORT,
+      catalog: await context.sandboxCatalog(),
+      tiendaId,
+      accessTokenTtlSeconds: config.SANDBOX_MELI_TOKEN_TTL,
+    });
+    baseUrl = sandbox.url;
+    // The sandbox goes through the real OAuth chain, so the refresh path runs every day.
+    tokens = new OAuthTokens({
+      sql,
+      baseUrl,
+      clientId: sandbox.clientId,
+      clientSecret: sandbox.clientSecret,
+      refreshToken: sandbox.currentRefreshToken(),
+      timeoutMs: config.MELI_TIMEOUT,
+      onRefresh,
+    });
+    log.warning(
+      "MELI_TOKEN / MELI_CLIENT_ID not set: syncing to the built-in MercadoLibre SANDBOX at {url} " +
+        "(no real listing is touched); it mirrors store {tienda_id}",
+      { url: sandbox.url, tienda_id: tiendaId, mark: "start" },
+    );
+  }
+  const host = new URL(baseUrl).host;
+  const budget = new RedisBucket(redis, `marketplace-sync:budget:mercadolibre:${host}`, {
+    max: Math.max(1, config.MELI_RATE_PER_SEC),
+    restoreRate: config.MELI_RATE_PER_SEC,
+  });
+  const client = new MeliClient({ baseUrl, tokens, budget, timeoutMs: config.MELI_TIMEOUT, metrics });
+  const listings = new MeliListings(sql, client, config.MELI_USER_ID);
+  const locks = new ListingLocks(redis, `marketplace-sync:lock:mercadolibre:${host}:`, config.MELI_LOCK_TTL);
+  const channel = new MeliChannel({
+    client,
+    listings,
+    tokens,
+    stock: context.posStock(),
+    locks,
+    mode: config.MELI_MODE,
+    tiendaId,
+    reactivate: config.MELI_REACTIVATE,
+    batchSize: config.MELI_BATCH_SIZE,
+    doubts: new InDoubtMarks(redis, `marketplace-sync:doubt:mercadolibre:${host}:`),
+    batchOpen: context.batchSending,
+  });
+  return {
+    name: "mercadolibre",
+    adapter: channel,
+    stock: new MeliStock(client, listings, locks, tiendaId, config.MELI_MODE === "delta"),
+    probe: {
+      health: () => channel.health(),
+      budget: () => ({ level: budget.level, max: budget.shape.max }),
+      tokenExpiresAt: () => tokens.expiresAt(),
+    },
+    sandbox,
+    finish: async (deadline) => {
+      await tokens.close?.(deadline);
+    },
+    close: async () => {
+      await sandbox?.close();
+    },
+  };
+}
+
+/** MercadoLibre as the root plugs it in. */
+export const mercadolibre: ChannelPlugin<MeliPlug> = {
+  name: "mercadolibre",
+  onlyStore: mirroredStore,
+  plug: plugMercadoLibre,
+};

@@ -1,0 +1,128 @@
+/**
+ * The service's connections to its own infrastructure — the ledger's Postgres, Redis and
+ * RabbitMQ — built in one place, each with one reconnect backoff and one line per outage
+ * in the log (not one per reconnect attempt).
+ */
+import { Connection } from "rabbitmq-client";
+import postgres from "postgres";
+import { createClient } from "redis";
+import type { Config } from "../config.ts";
+import { logger } from "../log.ts";
+import type { ServiceMetrics } from "../metrics.ts";
+
+const log = logger("main");
+
+/** A node-redis client, as the service creates it. */
+export type RedisClient = ReturnType<typeof newRedisClient>;
+
+/**
+ * Seconds before a Postgres connection tries again after a failed connect. postgres.js's
+ * default grows as 3^n/100 s up to 20 s with n shared by the whole pool, so after a short
+ * outage queries waited up to 20 s more for Postgres that was already back (docs/RELIABILITY.md).
+ */
+export function reconnectBackoff(retries: number): number {
+  return Math.min(0.1 * 2 ** retries, 2) * (0.75 + Math.random() / 4);
+}
+
+/** Milliseconds before node-redis tries to reconnect. */
+function redisReconnectDelay(retries: number): number {
+  return Math.min(100 * 2 ** retries, 5_000);
+}
+
+/** What differs between the service's Postgres pools. */
+export interface PostgresOptions {
+  /** Pool size. */
+  max: number;
+  /** `application_name`, as `pg_stat_activity` shows it. */
+  name: string;
+  statementTimeoutMs: number;
+  /** `search_path` (the ledger's schema); the server's default when omitted. */
+  schema?: string;
+}
+
+/** A Postgres pool with the service's connect timeout, reconnect backoff and idle timeout. */
+export function openPostgres(url: string, options: PostgresOptions): postgres.Sql {
+  return postgres(url, {
+    max: options.max,
+    connect_timeout: 5,
+    backoff: reconnectBackoff,
+    idle_timeout: 30,
+    onnotice: () => {},
+    connection: {
+      application_name: options.name,
+      ...(options.schema ? { search_path: options.schema } : {}),
+      statement_timeout: options.statementTimeoutMs,
+    },
+  });
+}
+
+/** The ledger's pool. */
+export function openLedger(config: Config): postgres.Sql {
+  return openPostgres(config.DATABASE_URL, {
+    max: config.DATABASE_POOL_SIZE,
+    name: "marketplace-sync",
+    schema: config.LEDGER_SCHEMA,
+    statementTimeoutMs: 15_000,
+  });
+}
+
+/**
+ * A Redis client that connects in the background and reconnects by itself.
+ * @param what how log lines name it; undefined: silent (a secondary client whose
+ *   absence its user reports).
+ */
+export function openRedis(url: string, what?: string): RedisClient {
+  const redis = newRedisClient(url);
+  let down = false;
+  redis.on("error", (error: Error) => {
+    if (what && !down) log.warning("{what} unreachable: {error}", { what, error: error.message });
+    down = true;
+  });
+  redis.on("ready", () => {
+    if (what && down) log.info("{what} reachable again", { what });
+    down = false;
+  });
+  redis.connect().catch(() => {});
+  return redis;
+}
+
+function newRedisClient(url: string) {
+  return createClient({ url, socket: { connectTimeout: 2_000, reconnectStrategy: redisReconnectDelay } });
+}
+
+/** Closes a Redis client: gracefully when it is open, at once when it is still (re)connecting. */
+export async function closeRedis(redis: RedisClient | undefined): Promise<void> {
+  if (!redis) return;
+  if (redis.isOpen) await redis.close().catch(() => redis.destroy());
+  else redis.destroy();
+}
+
+/** A RabbitMQ connection that reconnects by itself and reports its state in `component_up`. */
+export function connectBroker(url: string, name: string, metrics: ServiceMetrics): Connection {
+  const connection = new Connection({
+    url,
+    connectionName: `marketplace-sync ${name} (${Deno.hostname?.() ?? "host"})`,
+    retryLow: 250,
+    retryHigh: 10_000,
+    heartbeat: 30,
+  });
+  let down = false;
+  connection.on("connection", () => {
+    metrics.brokerReconnects.inc({ connection: name });
+    metrics.componentUp.set({ component: `broker_${name}` }, 1);
+    if (down) log.info("RabbitMQ {connection} connection restored", { connection: name, mark: "start" });
+    down = false;
+  });
+  connection.on("error", (error: Error) => {
+    metrics.componentUp.set({ component: `broker_${name}` }, 0);
+    if (!down) {
+      log.warning("RabbitMQ {connection} connection lost: {error}; reconnecting", {
+        connection: name,
+        error: error.message,
+        mark: "retry",
+      });
+    }
+    down = true;
+  });
+  return connection;
+}
