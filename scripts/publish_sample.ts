@@ -19,7 +19,7 @@ import { Connection } from "rabbitmq-client";
 import { createClient } from "redis";
 import { type Catalog, defaultCatalog, loadCatalog } from "../src/sandbox/catalog.ts";
 
-/** One sale as the POS publishes it (DESIGN.md §3). */
+/** One sale as the POS publishes it (docs/DESIGN.md §3). */
 export interface SampleSale {
   event_id: string;
   tienda_id: string;

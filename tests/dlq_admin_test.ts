@@ -181,7 +181,7 @@ integration("list peeks without losing or reordering: same 5 messages twice, dep
     assert.deepEqual(first.messages.map((m) => m.position), [0, 1, 2, 3, 4]);
     assert.deepEqual(first.messages.map((m) => m.message_id), ["bad-0", "bad-1", "bad-2", "bad-3", "bad-4"]);
     assert.deepEqual(first.messages.map((m) => m.reason), bodies.map(([, r]) => r));
-    // The identity the consumer computed: message_id first (DESIGN.md §3).
+    // The identity the consumer computed: message_id first (docs/DESIGN.md §3).
     assert.deepEqual(first.messages.map((m) => m.event_id), ["bad-0", "bad-1", "bad-2", "bad-3", "bad-4"]);
     for (const m of first.messages) {
       assert.equal(m.attempts, 1);

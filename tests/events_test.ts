@@ -1,4 +1,4 @@
-/** The event contract (DESIGN.md §3): identity rule, summing, rejection reasons. */
+/** The event contract (docs/DESIGN.md §3): identity rule, summing, rejection reasons. */
 import assert from "node:assert/strict";
 import { canonicalJson, decodeSaleEvent, eventIdentity } from "../src/model/sale_event.ts";
 import { sale } from "./helpers.ts";

@@ -21,7 +21,7 @@ import {
 } from "../src/sandbox/shopify/sandbox.ts";
 import { INVENTORY_REASONS } from "../src/sandbox/shopify/inventory.ts";
 
-// The documents the Shopify adapter sends (DESIGN.md §6).
+// The documents the Shopify adapter sends (docs/DESIGN.md §6).
 const FIND_VARIANT = `
   query FindVariantBySku($query: String!) {
     productVariants(first: 2, query: $query) {

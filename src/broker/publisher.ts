@@ -51,7 +51,7 @@ export interface ConfirmingPublisher {
 }
 
 /**
- * Creates the publisher on its own connection (DESIGN.md §4: memory alarms
+ * Creates the publisher on its own connection (docs/DESIGN.md §4: memory alarms
  * block publishers, not consumers). Re-declares the wait queues and the DLQ on
  * every reconnect.
  */

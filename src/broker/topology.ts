@@ -1,5 +1,5 @@
 /**
- * RabbitMQ topology (DESIGN.md §4), declared idempotently at start and on every
+ * RabbitMQ topology (docs/DESIGN.md §4), declared idempotently at start and on every
  * reconnect: the POS's topic exchange, OUR work queue bound to it, retry wait
  * queues that dead-letter straight back to our work queue, and the DLQ.
  */

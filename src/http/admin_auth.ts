@@ -1,5 +1,5 @@
 /**
- * Bearer authentication for the operator routes (DESIGN.md §7): constant-time
+ * Bearer authentication for the operator routes (docs/DESIGN.md §7): constant-time
  * comparison with ADMIN_TOKEN; 401 without a token, 403 with a wrong one. With
  * no ADMIN_TOKEN the routes are disabled (403 saying how to enable them),
  * except in sandbox mode for requests from loopback.

@@ -1,5 +1,5 @@
 /**
- * The HTTP surface (DESIGN.md §7): liveness, readiness and Prometheus metrics,
+ * The HTTP surface (docs/DESIGN.md §7): liveness, readiness and Prometheus metrics,
  * open to all; the operator routes (status, audit trail, resync, DLQ) behind
  * the admin token (src/http/operator.ts).
  */

@@ -1,5 +1,5 @@
 /**
- * Operator routes (DESIGN.md §7), behind {@link adminAuth}: status, audit
+ * Operator routes (docs/DESIGN.md §7), behind {@link adminAuth}: status, audit
  * trail, resync, dead letters. The status page at `/` is open: it holds no
  * data and reads `/status` with the operator's token.
  */

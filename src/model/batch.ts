@@ -75,7 +75,7 @@ export interface FailedChange {
 
 /**
  * Failure reason for a change whose batch was sent but never got a definite
- * answer. Never re-sent under a new key (DESIGN.md: never apply twice); a replay
+ * answer. Never re-sent under a new key (docs/DESIGN.md §2: never apply twice); a replay
  * within the key window re-opens the batch under its original key.
  */
 export const OUTCOME_UNKNOWN = "outcome_unknown";

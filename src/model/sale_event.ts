@@ -1,5 +1,5 @@
 /**
- * The `sales.created` event contract (DESIGN.md §3): decoding, validation,
+ * The `sales.created` event contract (docs/DESIGN.md §3): decoding, validation,
  * identity and the per-SKU stock items the ledger stores.
  *
  * Every way an event can be unusable maps to one machine-readable reason that
@@ -22,7 +22,7 @@ export interface Rejection {
   field?: string;
 }
 
-/** Where an event's identity came from (DESIGN.md §3, in order of preference). */
+/** Where an event's identity came from (docs/DESIGN.md §3, in order of preference). */
 export type IdentitySource = "message_id" | "event_id" | "venta_id" | "body_hash";
 
 /** One SKU's share of a sale: duplicate SKUs in the event are already summed. */

@@ -1,5 +1,5 @@
 /**
- * DLQ inspection and replay (`GET /dlq`, `POST /dlq/replay`; DESIGN.md §4, §7).
+ * DLQ inspection and replay (`GET /dlq`, `POST /dlq/replay`; docs/DESIGN.md §4, §7).
  *
  * Listing peeks without losing or reordering anything. On a classic DLQ the
  * messages are taken with `basic.get` (manual ack) on a dedicated channel and

@@ -1,6 +1,6 @@
 /**
  * Reads a store's current stock from the POS, the source of truth for
- * MercadoLibre's mirror mode and for resync (DESIGN.md §3): the Redis key the
+ * MercadoLibre's mirror mode and for resync (docs/DESIGN.md §3): the Redis key the
  * POS reserves against (freshest), then its Postgres catalog (may lag a moment).
  * Read only: the service never writes POS data.
  */
