@@ -84,3 +84,20 @@ export class PluggedChannels {
     for (const plug of this.#plugs) await plug.close();
   }
 }
+
+/**
+ * Per channel, the one store whose sales reach it (MercadoLibre mirroring one store),
+ * whether or not it is plugged on this instance: custody gives the others no change.
+ */
+export async function shownStores(
+  plugins: Record<ChannelName, ChannelPlugin>,
+  names: readonly ChannelName[],
+  context: PlugContext,
+): Promise<Partial<Record<ChannelName, string>>> {
+  const shown: Partial<Record<ChannelName, string>> = {};
+  for (const name of names) {
+    const store = await plugins[name].onlyStore?.(context);
+    if (store) shown[name] = store;
+  }
+  return shown;
+}

@@ -126,3 +126,25 @@ export function connectBroker(url: string, name: string, metrics: ServiceMetrics
   });
   return connection;
 }
+
+/** The instance's two RabbitMQ connections: one to consume, one to publish (DLQ copies, confirms). */
+export class BrokerLink {
+  consume: Connection | undefined;
+  publish: Connection | undefined;
+
+  /** Opens both; they reconnect by themselves from then on. */
+  open(url: string, metrics: ServiceMetrics): { consume: Connection; publish: Connection } {
+    this.consume = connectBroker(url, "consume", metrics);
+    this.publish = connectBroker(url, "publish", metrics);
+    return { consume: this.consume, publish: this.publish };
+  }
+
+  /** Both connections are up. */
+  get ready(): boolean {
+    return Boolean(this.consume?.ready && this.publish?.ready);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.consume?.close(), this.publish?.close()]);
+  }
+}

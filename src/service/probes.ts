@@ -9,7 +9,8 @@ import { redactUrl } from "../config.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import type { CheckResult } from "../model/health.ts";
 import { withTimeout } from "./lifecycle.ts";
-import type { RedisClient } from "./connections.ts";
+import type { PluggedChannels } from "./channels.ts";
+import type { BrokerLink, RedisClient } from "./connections.ts";
 
 /** A named dependency's check; a throw counts as not ok, with the (redacted) message. */
 export type Check = () => CheckResult | Promise<CheckResult>;
@@ -82,4 +83,37 @@ export async function probeQueue(connection: Connection | undefined, queue: stri
     "queue probe",
   );
   return { messageCount: info.messageCount, consumerCount: info.consumerCount };
+}
+
+/** What `/readyz` looks at. */
+export interface ReadinessSources {
+  broker: BrokerLink;
+  /** Whether the sale consumer is attached to the work queue. */
+  consuming(): boolean;
+  stopping(): boolean;
+  queue: string;
+  sql: postgres.Sql;
+  ledgerReady(): boolean;
+  redis: RedisClient;
+  metrics: ServiceMetrics;
+  channels: PluggedChannels;
+}
+
+/** The service's readiness: its own dependencies, then each plugged channel's health. */
+export function serviceReadiness(s: ReadinessSources): () => Promise<Record<string, CheckResult>> {
+  const health = new HealthRegistry()
+    .add("broker", () => s.broker.ready ? { ok: true } : { ok: false, detail: "not connected to RabbitMQ" })
+    .add(
+      "consumer",
+      () =>
+        s.consuming()
+          ? { ok: true }
+          : { ok: false, detail: s.stopping() ? "shutting down" : `not consuming ${s.queue}` },
+    )
+    .add("postgres", postgresCheck(s.sql, s.ledgerReady, s.metrics))
+    .add("redis", redisCheck(s.redis, s.metrics));
+  return async () => ({
+    ...await health.run(),
+    ...Object.fromEntries(Object.entries(s.channels.probes).map(([name, probe]) => [name, probe.health()])),
+  });
 }
