@@ -7,7 +7,7 @@
  * (docs/RELIABILITY.md).
  */
 import assert from "node:assert/strict";
-import { plan, resultDetails, resultLine, runScenario, type ScenarioResult } from "../scripts/chaos.ts";
+import { plan, resultDetails, resultLine, runScenario, type ScenarioResult } from "../scripts/chaos/main.ts";
 import { PosStockReader, StockSourceUnavailableError } from "../src/pos/stock.ts";
 import type { Sql } from "postgres";
 

@@ -26,7 +26,7 @@ import {
   STORE,
 } from "./fuzz/hostile_events.ts";
 import { DATABASE_URL, header, integration, REDIS_URL, startHarness, waitFor } from "./helpers.ts";
-import { describeHits, scanForSecrets } from "./secrets.ts";
+import { describeHits, scanForSecrets } from "../scripts/support/secrets.ts";
 
 const SEED = 0x7_0003;
 const PER_KIND = Number(Deno.env.get("FUZZ_PER_KIND") ?? 5);

@@ -5,7 +5,8 @@
  * reaches the shared servers through its own loopback proxy and cuts that.
  */
 import assert from "node:assert/strict";
-import { header, integration, sale, startHarness, TcpProxy, waitFor } from "./helpers.ts";
+import { header, integration, sale, startHarness, waitFor } from "./helpers.ts";
+import { TcpProxy } from "../scripts/support/tcp_proxy.ts";
 
 integration(
   "Postgres unreachable: retried through every tier, then DLQ ledger_unavailable; recovers",

@@ -37,7 +37,7 @@ import {
   waitFor,
 } from "./helpers.ts";
 import { Pos } from "./pos.ts";
-import { describeHits, maskSecret, scanForSecrets, secretsFromEnv } from "./secrets.ts";
+import { describeHits, maskSecret, scanForSecrets, secretsFromEnv } from "../scripts/support/secrets.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const catalog = defaultCatalog();

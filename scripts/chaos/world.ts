@@ -15,7 +15,7 @@ import { CONFIG_VARIABLES, loadConfig } from "../../src/config.ts";
 import { type Catalog, defaultCatalog } from "../../src/sandbox/catalog.ts";
 import { type MeliSandbox, startMeliSandbox } from "../../src/sandbox/mercadolibre/sandbox.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../../src/sandbox/shopify/sandbox.ts";
-import { TcpProxy } from "../../tests/helpers.ts";
+import { TcpProxy } from "../support/tcp_proxy.ts";
 import { reservePosStock, type SampleSale, sampleSales } from "../publish_sample.ts";
 
 export const RABBITMQ_URL = Deno.env.get("TEST_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";

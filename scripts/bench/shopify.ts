@@ -13,15 +13,21 @@
  */
 import { Buffer } from "node:buffer";
 import postgres from "postgres";
-import { loadConfig } from "../src/config.ts";
-import { startService } from "../src/main.ts";
-import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
-import { type BucketSettings, MUTATION_COST } from "../src/sandbox/cost.ts";
-import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
-import { benchServiceEnv, runResources } from "./bench_support.ts";
-import type { BenchContext, Section, SectionResult } from "./bench.ts";
-import { startNaiveConsumer } from "./naive_consumer.ts";
-import { publishSales, sampleSales } from "./publish_sample.ts";
+import { loadConfig } from "../../src/config.ts";
+import { startService } from "../../src/main.ts";
+import { buildCatalog, type Catalog } from "../../src/sandbox/catalog.ts";
+import { MUTATION_COST } from "../../src/sandbox/cost.ts";
+import { startShopifySandbox } from "../../src/sandbox/shopify/sandbox.ts";
+import {
+  type BenchContext,
+  benchServiceEnv,
+  PLAN_BUCKETS,
+  runResources,
+  type Section,
+  type SectionResult,
+} from "./harness.ts";
+import { startNaiveConsumer } from "../naive_consumer.ts";
+import { publishSales, sampleSales } from "../publish_sample.ts";
 
 const MAX_CHANGES_PER_CALL = 250;
 
@@ -146,14 +152,6 @@ async function phaseMeans(service: ReturnType<typeof startService>): Promise<Sec
   }
   return out;
 }
-
-/** Shopify's GraphQL Admin rate limits by plan: points restored per second, bucket of 20 s of them. */
-export const PLAN_BUCKETS: Record<string, BucketSettings> = {
-  standard: { maximumAvailable: 2000, restoreRate: 100 },
-  advanced: { maximumAvailable: 4000, restoreRate: 200 },
-  plus: { maximumAvailable: 20000, restoreRate: 1000 },
-  enterprise: { maximumAvailable: 40000, restoreRate: 2000 },
-};
 
 /** Stock changes per second the plan's budget allows: restore rate ÷ mutation cost × changes per call. */
 function ceiling(ctx: BenchContext): number {

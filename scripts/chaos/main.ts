@@ -18,10 +18,10 @@
  * when any invariant fails.
  */
 import { parseArgs } from "node:util";
-import { ensureServicesUp } from "./chaos/infra.ts";
-import { type RunOptions, type Scenario, SCENARIOS, type Variant } from "./chaos/scenarios.ts";
-import { type InvariantReport, World } from "./chaos/world.ts";
-import { describeHits, scanForSecrets, secretsFromEnv } from "../tests/secrets.ts";
+import { ensureServicesUp } from "./infra.ts";
+import { type RunOptions, type Scenario, SCENARIOS, type Variant } from "./scenarios.ts";
+import { type InvariantReport, World } from "./world.ts";
+import { describeHits, scanForSecrets, secretsFromEnv } from "../support/secrets.ts";
 
 /** One scenario run's result. */
 export interface ScenarioResult {
@@ -88,7 +88,7 @@ export async function runScenario(
       // The configured secrets and the ones the sandboxes minted (the rotated MeLi refresh token).
       const { secrets, tooShort } = secretsFromEnv(world.env);
       secrets.push(...world.secrets().filter((s) => s.length >= 8));
-      result.secretScan = `tests/secrets.ts, ${new Set(secrets).size} secrets` +
+      result.secretScan = `scripts/support/secrets.ts, ${new Set(secrets).size} secrets` +
         (tooShort.length ? `; too short to scan: ${tooShort.join(", ")}` : "");
       for (const s of world.services) {
         for (const file of s.logFiles) {

@@ -11,15 +11,22 @@
  * Target (issue #7): RSS ≤ 128 MiB at 1 000 sales/s sustained for 60 s.
  */
 import { createClient } from "redis";
-import { type Config, loadConfig } from "../src/config.ts";
-import { envText, permissionsFor, SERVICE_ENV, withV8Flags } from "../src/permissions.ts";
-import { buildCatalog } from "../src/sandbox/catalog.ts";
-import { startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
-import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
-import { benchServiceEnv, deleteKeys, REDIS_URL, runResources } from "./bench_support.ts";
-import { PLAN_BUCKETS } from "./bench_shopify.ts";
-import type { BenchContext, Section, SectionResult } from "./bench.ts";
-import { publishSales, reservePosStock, sampleSales } from "./publish_sample.ts";
+import { type Config, loadConfig } from "../../src/config.ts";
+import { envText, permissionsFor, SERVICE_ENV, withV8Flags } from "../../src/permissions.ts";
+import { buildCatalog } from "../../src/sandbox/catalog.ts";
+import { startMeliSandbox } from "../../src/sandbox/mercadolibre/sandbox.ts";
+import { startShopifySandbox } from "../../src/sandbox/shopify/sandbox.ts";
+import {
+  type BenchContext,
+  benchServiceEnv,
+  deleteKeys,
+  PLAN_BUCKETS,
+  REDIS_URL,
+  runResources,
+  type Section,
+  type SectionResult,
+} from "./harness.ts";
+import { publishSales, reservePosStock, sampleSales } from "../publish_sample.ts";
 
 const log = (text: string) => console.error(`[bench] ${text}`);
 const round = (n: number, digits = 1) => Number(n.toFixed(digits));
@@ -126,7 +133,7 @@ export const sustainedSection: Section = {
     const { sql } = await runResources(ctx, config);
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", ...flags, "src/main.ts"],
-      cwd: new URL("../", import.meta.url).pathname,
+      cwd: new URL("../../", import.meta.url).pathname,
       // As scripts/launch.ts starts it: the allocator defaults of SERVICE_ENV next to the configuration.
       env: { ...serviceEnv, ...env },
       clearEnv: true,

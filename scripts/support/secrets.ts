@@ -4,7 +4,7 @@
  * run was configured with (or that a sandbox minted), it says on which lines any
  * of them appears — as is, URL-encoded or JSON-escaped.
  */
-import { SECRET_VARIABLES } from "../src/config.ts";
+import { SECRET_VARIABLES } from "../../src/config.ts";
 
 /** One place a secret was found. `line` is 1-based. */
 export interface SecretHit {

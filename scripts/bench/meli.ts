@@ -22,13 +22,20 @@
  */
 import postgres from "postgres";
 import { createClient } from "redis";
-import { type Config, loadConfig } from "../src/config.ts";
-import { startService } from "../src/main.ts";
-import { buildCatalog, type Catalog } from "../src/sandbox/catalog.ts";
-import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
-import { benchServiceEnv, deleteKeys, REDIS_URL, runResources } from "./bench_support.ts";
-import type { BenchContext, Section, SectionResult } from "./bench.ts";
-import { publishSales, reservePosStock, type SampleSale, sampleSales } from "./publish_sample.ts";
+import { type Config, loadConfig } from "../../src/config.ts";
+import { startService } from "../../src/main.ts";
+import { buildCatalog, type Catalog } from "../../src/sandbox/catalog.ts";
+import { type MeliSandbox, startMeliSandbox } from "../../src/sandbox/mercadolibre/sandbox.ts";
+import {
+  type BenchContext,
+  benchServiceEnv,
+  deleteKeys,
+  REDIS_URL,
+  runResources,
+  type Section,
+  type SectionResult,
+} from "./harness.ts";
+import { publishSales, reservePosStock, type SampleSale, sampleSales } from "../publish_sample.ts";
 
 /** A phase that makes no progress for this long fails the section. */
 const STALL_MS = 120_000;

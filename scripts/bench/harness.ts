@@ -1,0 +1,313 @@
+/**
+ * The benchmark harness every section shares (run by `deno task bench`, see
+ * scripts/bench/main.ts): the options and context a section gets, what it
+ * returns, the loopback URLs, a fresh ledger schema and queues per run
+ * (removed at the end), and the measuring helpers — publishing with confirms,
+ * queue depth, waiting on progress, RSS and CPU sampling. Sections import this
+ * file only; the runner imports the sections.
+ */
+import { Buffer } from "node:buffer";
+import process from "node:process";
+import type { Connection } from "rabbitmq-client";
+import postgres from "postgres";
+import { declareTopology, type Topology, topologyFromConfig } from "../../src/broker/topology.ts";
+import type { Config } from "../../src/config.ts";
+import type { BucketSettings } from "../../src/sandbox/cost.ts";
+import { sampleSales } from "../publish_sample.ts";
+
+// ---------------------------------------------------------------------------
+// What a section gets and returns
+
+/** Service log levels --log-level accepts. */
+export const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"] as const;
+/** One of {@link LOG_LEVELS}. */
+export type LogLevel = typeof LOG_LEVELS[number];
+
+/** Shopify's GraphQL Admin rate limits by plan: points restored per second, bucket of 20 s of them. */
+export const PLAN_BUCKETS: Record<string, BucketSettings> = {
+  standard: { maximumAvailable: 2000, restoreRate: 100 },
+  advanced: { maximumAvailable: 4000, restoreRate: 200 },
+  plus: { maximumAvailable: 20000, restoreRate: 1000 },
+  enterprise: { maximumAvailable: 40000, restoreRate: 2000 },
+};
+
+/** Validated command-line options. */
+export interface BenchOptions {
+  /** Events per section. */
+  events: number;
+  /** CONSUMER_CONCURRENCY of the service, and the bare consumer's concurrency. */
+  concurrency: number;
+  /** Prefetch of both consumers (the service's rule: defaults to concurrency). */
+  prefetch: number;
+  /** CUSTODY_BATCH_SIZE. */
+  batch: number;
+  /** CUSTODY_BATCH_WAIT in milliseconds. */
+  batchWaitMs: number;
+  /** CUSTODY_WRITERS. */
+  writers: number;
+  /** DATABASE_POOL_SIZE. */
+  pool: number;
+  /** LOG_LEVEL of the service under test (log lines go to stderr). */
+  logLevel: LogLevel;
+  /** Seed for {@link sampleSales}. */
+  seed: number;
+  /** Keep the marketplace dispatcher running during the custody section (DISPATCH_ENABLED). */
+  dispatch: boolean;
+  /** Sections to run, by id (default: all). */
+  sections: string[];
+  /** Shopify burst: sales, SKUs and stores. */
+  shopifySales: number;
+  shopifySkus: number;
+  shopifyStores: number;
+  /** How long the naive baseline runs before its rate is extrapolated. */
+  naiveSeconds: number;
+  /** MeLi burst: sales and SKUs (default: the Shopify burst's), and MELI_RATE_PER_SEC. */
+  meliSales: number;
+  meliSkus: number;
+  meliRate: number;
+  /** Sustained stream: sales per second and seconds. */
+  sustainedRate: number;
+  sustainedSeconds: number;
+  /** Shopify plan whose rate limit the sandbox enforces (standard, advanced, plus, enterprise). */
+  plan: string;
+  /** Latency the marketplace sandboxes add to every request, in ms. */
+  latencyMs: number;
+  help: boolean;
+}
+
+/** One message as both sections publish it. */
+export interface BenchMessage {
+  messageId: string;
+  body: Buffer;
+}
+
+/** What every section gets. */
+export interface BenchContext {
+  options: BenchOptions;
+  /** The same realistic events for every section (messageId = event_id). */
+  messages: readonly BenchMessage[];
+  /** A connection for publishing, declaring and deleting. */
+  rabbit: Connection;
+  /** Registers a cleanup step; they run last-in first-out at the end or on Ctrl-C. */
+  defer(what: string, step: () => Promise<unknown>): void;
+  /** Results of the sections that ran before, by section id. */
+  results: Record<string, SectionResult>;
+}
+
+/** Figures a section reports: printed as a table and put in the JSON line. */
+export type SectionResult = Record<string, number | string | boolean>;
+
+/** One benchmark scenario. */
+export interface Section {
+  id: string;
+  title: string;
+  run(ctx: BenchContext): Promise<SectionResult>;
+}
+
+// ---------------------------------------------------------------------------
+// A service of the run's own: loopback servers, fresh names, removed at the end
+
+/** Postgres of the run (BENCH_DATABASE_URL; the loopback `test` database by default). */
+export const DATABASE_URL = Deno.env.get("BENCH_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
+/** RabbitMQ of the run (BENCH_RABBITMQ_URL; loopback by default). */
+export const RABBITMQ_URL = Deno.env.get("BENCH_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
+/** Redis of the run (BENCH_REDIS_URL; loopback by default). */
+export const REDIS_URL = Deno.env.get("BENCH_REDIS_URL") ?? "redis://127.0.0.1:6379";
+
+/** The service variables every bench run shares: loopback services and names of its own. */
+export function benchServiceEnv(id: string): Record<string, string> {
+  return {
+    RABBITMQ_URL,
+    DATABASE_URL,
+    REDIS_URL,
+    HTTP_HOST: "127.0.0.1",
+    HTTP_PORT: "0",
+    EXCHANGE: `blend_events.bench_${id}`,
+    QUEUE: `marketplace-sync.bench_${id}`,
+    LEDGER_SCHEMA: `msync_bench_${id}`,
+  };
+}
+
+/** The part of a node-redis client {@link deleteKeys} uses. */
+export interface KeyScanner {
+  scanIterator(options: { MATCH: string; COUNT: number }): AsyncIterable<string[]>;
+  del(keys: string[]): Promise<number>;
+}
+
+/** Deletes every key matching `pattern` (SCAN, never KEYS). */
+export async function deleteKeys(redis: KeyScanner, pattern: string): Promise<number> {
+  let n = 0;
+  for await (const keys of redis.scanIterator({ MATCH: pattern, COUNT: 1000 })) {
+    if (keys.length > 0) n += await redis.del(keys);
+  }
+  return n;
+}
+
+/**
+ * Declares the run's topology and opens a connection on its ledger schema;
+ * both are removed (schema dropped, queues and exchange deleted) at the end.
+ */
+export async function runResources(
+  ctx: BenchContext,
+  config: Config,
+): Promise<{ sql: postgres.Sql; topology: Topology }> {
+  const topology = topologyFromConfig(config);
+  const sql = postgres(DATABASE_URL, {
+    max: 2,
+    onnotice: () => {},
+    connection: { search_path: config.LEDGER_SCHEMA },
+  });
+  ctx.defer("drop the bench ledger", async () => {
+    await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
+    await sql.end();
+  });
+  ctx.defer("delete the bench queues", async () => {
+    for (const q of [topology.queue, topology.deadLetterQueue, ...topology.retryQueues.map((r) => r.name)]) {
+      await ctx.rabbit.queueDelete({ queue: q }).catch(() => {});
+    }
+    await ctx.rabbit.exchangeDelete({ exchange: topology.exchange }).catch(() => {});
+  });
+  await declareTopology(ctx.rabbit, topology);
+  return { sql, topology };
+}
+
+// ---------------------------------------------------------------------------
+// Measuring
+
+/** A progress line on stderr, so stdout stays the report. */
+export function progress(text: string): void {
+  console.error(`[bench] ${text}`);
+}
+
+/** A short random suffix for the run's queue, exchange and schema names. */
+export function uniqueSuffix(): string {
+  return crypto.randomUUID().replaceAll("-", "").slice(0, 10);
+}
+
+/** `n` rounded to `digits` decimals, as a number. */
+export const round = (n: number, digits = 0) => Number(n.toFixed(digits));
+
+/** Builds the realistic events once, as encoded Buffers with their message ids. */
+export function buildMessages(count: number, seed: number): BenchMessage[] {
+  return sampleSales({ count, stores: 3, skus: 20, maxItems: 3, seed }).map((sale) => ({
+    messageId: sale.event_id,
+    // A Buffer: rabbitmq-client JSON-encodes anything that is not a Buffer or a string.
+    body: Buffer.from(JSON.stringify(sale)),
+  }));
+}
+
+/**
+ * Publishes every message with publisher confirms (a window of 1000 unconfirmed).
+ * @returns publish rate in messages per second.
+ */
+export async function publishAll(
+  rabbit: Connection,
+  target: { exchange: string; routingKey: string },
+  messages: readonly BenchMessage[],
+): Promise<number> {
+  const publisher = rabbit.createPublisher({ confirm: true, maxAttempts: 3 });
+  const started = performance.now();
+  try {
+    const window: Promise<void>[] = [];
+    for (const [i, m] of messages.entries()) {
+      window.push(publisher.send({
+        exchange: target.exchange,
+        routingKey: target.routingKey,
+        contentType: "application/json",
+        durable: true,
+        messageId: m.messageId,
+      }, m.body));
+      if (window.length >= 1000) await Promise.all(window.splice(0));
+      if ((i + 1) % 10_000 === 0) progress(`published ${i + 1}/${messages.length}`);
+    }
+    await Promise.all(window);
+  } finally {
+    await publisher.close();
+  }
+  return messages.length / ((performance.now() - started) / 1000);
+}
+
+/** Messages ready in a queue (passive declare). */
+export async function queueDepth(rabbit: Connection, queue: string): Promise<number> {
+  return (await rabbit.queueDeclare({ queue, passive: true })).messageCount;
+}
+
+/** Waits until `done()` is true; fails if `progressOf()` stalls for `stallMs`. */
+export async function waitUntil(
+  what: string,
+  done: () => Promise<boolean> | boolean,
+  progressOf: () => Promise<number> | number,
+  options: { intervalMs: number; stallMs: number },
+): Promise<void> {
+  let last = -1;
+  let lastChange = performance.now();
+  let lastReport = performance.now();
+  while (!(await done())) {
+    const now = performance.now();
+    const current = await progressOf();
+    if (current !== last) {
+      last = current;
+      lastChange = now;
+    } else if (now - lastChange > options.stallMs) {
+      throw new Error(`${what}: no progress for ${options.stallMs} ms (stuck at ${current})`);
+    }
+    if (now - lastReport > 2000) {
+      progress(`${what}: ${current}`);
+      lastReport = now;
+    }
+    await new Promise((r) => setTimeout(r, options.intervalMs));
+  }
+}
+
+/** Samples `Deno.memoryUsage().rss` every `intervalMs` until stopped. */
+export function sampleRss(intervalMs = 100): { stop(): { peak: number; start: number } } {
+  const start = Deno.memoryUsage().rss;
+  let peak = start;
+  const timer = setInterval(() => {
+    peak = Math.max(peak, Deno.memoryUsage().rss);
+  }, intervalMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      peak = Math.max(peak, Deno.memoryUsage().rss);
+      return { peak, start };
+    },
+  };
+}
+
+/** Busy share of all CPUs (0..100) from /proc/stat; undefined where there is none. */
+function readCpuTimes(): { busy: number; total: number } | undefined {
+  try {
+    const fields = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1).map(
+      Number,
+    );
+    const idle = fields[3] + (fields[4] ?? 0);
+    const total = fields.slice(0, 8).reduce((a, b) => a + b, 0);
+    return { busy: total - idle, total };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Measures CPU use over a phase: the whole machine's busy share (100 = every
+ * core busy) and this process's CPU as a share of one core.
+ */
+export function cpuMeter(): { stop(): { machineBusyPct: number; processPct: number } } {
+  const machine = readCpuTimes();
+  const self = process.cpuUsage();
+  const started = performance.now();
+  return {
+    stop() {
+      const now = readCpuTimes();
+      const used = process.cpuUsage(self);
+      const wallUs = (performance.now() - started) * 1000;
+      return {
+        machineBusyPct: machine && now
+          ? round(100 * (now.busy - machine.busy) / (now.total - machine.total), 0)
+          : NaN,
+        processPct: round(100 * (used.user + used.system) / wallUs, 0),
+      };
+    },
+  };
+}

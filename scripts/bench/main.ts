@@ -1,0 +1,405 @@
+/**
+ * Throughput benchmark against the real RabbitMQ and Postgres on loopback.
+ *
+ *   deno task bench [--events N] [--concurrency N] [--prefetch N] [--batch N]
+ *                   [--batch-wait DURATION] [--pool N] [--log-level LEVEL] [--seed N]
+ *                   [--dispatch]
+ *
+ * Sections, run in order in ONE process:
+ *
+ * 0. `machine`: CPUs, Postgres version, and how busy the machine already is
+ *    (other work on the same cores lowers every rate; a warning is printed).
+ * 1. `broker`: the raw broker rate. N events are published to a scratch durable
+ *    queue, then a bare rabbitmq-client consumer with the service's concurrency
+ *    and prefetch acks each one and does nothing else; msgs/s from consumer
+ *    start to the N-th ack.
+ * 2. `custody`: the same N events published to a fresh exchange/queue of a
+ *    service instance that is not consuming yet; then `startService` is called
+ *    and timed until `events_acked_total` reaches N (the ledger count is checked
+ *    afterwards). Also reports the mean custody batch size and the peak RSS of
+ *    this process, sampled every 100 ms, and the WAL written per event. The
+ *    marketplace dispatcher is off (DISPATCH_ENABLED=false) unless --dispatch.
+ *
+ * Both sections see the same bytes, envelope and client-library behaviour
+ * ({@link keepRawBodies} is installed up front, as the service does), so the
+ * ratio custody/broker is the cost of decoding, validating and writing the
+ * ledger. Later scenarios (e.g. marketplace sync throughput) are added as
+ * further {@link Section}s in {@link SECTIONS}: `shopify` and `naive`
+ * (scripts/bench/shopify.ts), `meli` (scripts/bench/meli.ts), `sustained`
+ * (scripts/bench/sustained.ts); `machine` is scripts/bench/machine.ts, `broker`
+ * and `custody` scripts/bench/custody.ts. This file is the command line and the
+ * runner; what the sections share is scripts/bench/harness.ts, and the sections
+ * import only that.
+ *
+ * Human-readable output goes to stdout, progress to stderr, and the last stdout
+ * line is one JSON object with every figure. Every name is unique per run and
+ * removed at the end (also on Ctrl-C). Uses BENCH_RABBITMQ_URL,
+ * BENCH_DATABASE_URL and BENCH_REDIS_URL, defaulting to the loopback servers
+ * and the `test` database.
+ */
+import { parseArgs } from "node:util";
+import { Connection } from "rabbitmq-client";
+import { keepRawBodies } from "../../src/broker/raw_body.ts";
+import { ConfigError, loadConfig, parseDurationMs } from "../../src/config.ts";
+import { setupLogging } from "../../src/log.ts";
+import {
+  type BenchContext,
+  type BenchOptions,
+  buildMessages,
+  LOG_LEVELS,
+  type LogLevel,
+  PLAN_BUCKETS,
+  progress,
+  RABBITMQ_URL,
+  type Section,
+  type SectionResult,
+} from "./harness.ts";
+import { machineSection } from "./machine.ts";
+import { brokerSection, custodySection } from "./custody.ts";
+import { naiveSection, shopifyBurstSection } from "./shopify.ts";
+import { meliBurstSection } from "./meli.ts";
+import { sustainedSection } from "./sustained.ts";
+
+/** The service's own defaults, so the benchmark follows them when they change. */
+const SERVICE_DEFAULTS = loadConfig({});
+
+/** Section ids in run order (must match {@link SECTIONS}); the default of --sections. */
+const SECTION_IDS: readonly string[] = [
+  "machine",
+  "broker",
+  "custody",
+  "shopify",
+  "naive",
+  "meli",
+  "sustained",
+];
+
+// ---------------------------------------------------------------------------
+// Options
+
+/** A bad command line; the message names the option and the value. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** Usage text for `--help`. */
+export const USAGE = `usage: deno task bench [options]
+
+Measures the raw RabbitMQ consume rate and the service's custody rate on this
+machine, in one run. Progress goes to stderr; the last stdout line is JSON.
+
+options:
+  --events N             events per section (default 20000; 1..1000000)
+  --concurrency N        CONSUMER_CONCURRENCY, also used by the bare consumer
+                         (default ${SERVICE_DEFAULTS.CONSUMER_CONCURRENCY}; 1..5000)
+  --prefetch N           PREFETCH for both consumers (default: 2 × concurrency, as the service; 1..65535)
+  --batch N              CUSTODY_BATCH_SIZE (default ${SERVICE_DEFAULTS.CUSTODY_BATCH_SIZE}; 1..5000)
+  --batch-wait DURATION  CUSTODY_BATCH_WAIT, e.g. 5ms or 20 (default ${SERVICE_DEFAULTS.CUSTODY_BATCH_WAIT}ms)
+  --writers N            CUSTODY_WRITERS (default ${SERVICE_DEFAULTS.CUSTODY_WRITERS}; 1..64)
+  --pool N               DATABASE_POOL_SIZE (default ${SERVICE_DEFAULTS.DATABASE_POOL_SIZE}; 1..100)
+  --log-level LEVEL      service LOG_LEVEL: ${LOG_LEVELS.join(", ")} (default warning)
+  --seed N               seed for the sample events (default 7)
+  --sections LIST        comma-separated sections to run (default: all):
+                         machine,broker,custody,shopify,naive,meli,sustained
+  --shopify-sales N      Shopify burst: sales (default 20000)
+  --shopify-skus N       Shopify burst: SKUs (default 500)
+  --shopify-stores N     Shopify burst: stores (default 5)
+  --naive-seconds N      how long the naive baseline runs (default 30)
+  --plan NAME            Shopify plan's rate limit for the shopify and naive sections: standard
+                         (100 points/s), advanced (200), plus (1000), enterprise (2000); default standard
+  --latency MS           latency the marketplace sandboxes add to every request (default 0)
+  --meli-sales N         MeLi burst: sales (default: --shopify-sales)
+  --meli-skus N          MeLi burst: SKUs (default: --shopify-skus; stores: --shopify-stores).
+                         ~3 requests per SKU cold, 1 warm: at 5 req/s ~7.5 min for 500 SKUs
+  --meli-rate N          MeLi burst: MELI_RATE_PER_SEC (default ${SERVICE_DEFAULTS.MELI_RATE_PER_SEC});
+                         the sandbox's own limit is twice that
+  --sustained-rate N     sustained stream: sales per second (default 1000)
+  --sustained-seconds N  sustained stream: how long (default 60); the service runs as its own
+                         process with its derived permissions, its RSS sampled from /proc
+  --dispatch             keep the marketplace dispatcher (DISPATCH_ENABLED) running
+                         during the custody section; off by default so that
+                         section measures custody alone
+  -h, --help             show this help
+
+environment: BENCH_RABBITMQ_URL, BENCH_DATABASE_URL (default database "test"),
+BENCH_REDIS_URL; loopback defaults.`;
+
+function wholeNumber(name: string, value: string | undefined, min: number, max: number): number {
+  const text = (value ?? "").trim();
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < min || n > max) {
+    throw new UsageError(`--${name} must be a whole number from ${min} to ${max} (got "${value ?? ""}")`);
+  }
+  return n;
+}
+
+/**
+ * Parses and validates the command line.
+ * @throws UsageError naming the first bad option and its value.
+ */
+export function parseOptions(args: string[]): BenchOptions {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        events: { type: "string", default: "20000" },
+        concurrency: { type: "string", default: String(SERVICE_DEFAULTS.CONSUMER_CONCURRENCY) },
+        prefetch: { type: "string" },
+        batch: { type: "string", default: String(SERVICE_DEFAULTS.CUSTODY_BATCH_SIZE) },
+        "batch-wait": { type: "string", default: String(SERVICE_DEFAULTS.CUSTODY_BATCH_WAIT) },
+        writers: { type: "string", default: String(SERVICE_DEFAULTS.CUSTODY_WRITERS) },
+        pool: { type: "string", default: String(SERVICE_DEFAULTS.DATABASE_POOL_SIZE) },
+        "log-level": { type: "string", default: "warning" },
+        seed: { type: "string", default: "7" },
+        dispatch: { type: "boolean", default: false },
+        sections: { type: "string", default: SECTION_IDS.join(",") },
+        "shopify-sales": { type: "string", default: "20000" },
+        "shopify-skus": { type: "string", default: "500" },
+        "shopify-stores": { type: "string", default: "5" },
+        "naive-seconds": { type: "string", default: "30" },
+        "meli-sales": { type: "string" },
+        "meli-skus": { type: "string" },
+        "meli-rate": { type: "string", default: String(SERVICE_DEFAULTS.MELI_RATE_PER_SEC) },
+        "sustained-rate": { type: "string", default: "1000" },
+        "sustained-seconds": { type: "string", default: "60" },
+        plan: { type: "string", default: "standard" },
+        latency: { type: "string", default: "0" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if (values.help) {
+    return { ...parseOptions([]), help: true };
+  }
+  const concurrency = wholeNumber("concurrency", values.concurrency, 1, 5000);
+  const batchWaitMs = parseDurationMs(values["batch-wait"] ?? "");
+  if (batchWaitMs === undefined || batchWaitMs > 60_000) {
+    throw new UsageError(
+      `--batch-wait must be a duration up to 1m like 5ms, 20 or 0.5s (got "${values["batch-wait"]}")`,
+    );
+  }
+  const logLevel = values["log-level"] as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(", ")} (got "${logLevel}")`);
+  }
+  const shopifySales = wholeNumber("shopify-sales", values["shopify-sales"], 1, 1_000_000);
+  const shopifySkus = wholeNumber("shopify-skus", values["shopify-skus"], 1, 100_000);
+  return {
+    events: wholeNumber("events", values.events, 1, 1_000_000),
+    concurrency,
+    // Same rule as the service (src/config.ts): twice the concurrency unless set.
+    prefetch: values.prefetch === undefined
+      ? loadConfig({ CONSUMER_CONCURRENCY: String(concurrency) }).prefetch
+      : wholeNumber("prefetch", values.prefetch, 1, 65535),
+    batch: wholeNumber("batch", values.batch, 1, 5000),
+    batchWaitMs,
+    writers: wholeNumber("writers", values.writers, 1, 64),
+    pool: wholeNumber("pool", values.pool, 1, 100),
+    logLevel,
+    seed: wholeNumber("seed", values.seed, 1, 2 ** 31 - 1),
+    dispatch: values.dispatch ?? false,
+    sections: (() => {
+      const known = SECTION_IDS;
+      const list = String(values.sections).split(",").map((x) => x.trim()).filter(Boolean);
+      const unknown = list.filter((x) => !known.includes(x));
+      if (unknown.length > 0 || list.length === 0) {
+        throw new UsageError(`--sections must list some of ${known.join(", ")} (got "${values.sections}")`);
+      }
+      return list;
+    })(),
+    shopifySales,
+    shopifySkus,
+    shopifyStores: wholeNumber("shopify-stores", values["shopify-stores"], 1, 1_000),
+    naiveSeconds: wholeNumber("naive-seconds", values["naive-seconds"], 5, 3_600),
+    meliSales: values["meli-sales"] === undefined
+      ? shopifySales
+      : wholeNumber("meli-sales", values["meli-sales"], 1, 1_000_000),
+    meliSkus: values["meli-skus"] === undefined
+      ? shopifySkus
+      : wholeNumber("meli-skus", values["meli-skus"], 1, 100_000),
+    meliRate: wholeNumber("meli-rate", values["meli-rate"], 1, 500),
+    sustainedRate: wholeNumber("sustained-rate", values["sustained-rate"], 1, 100_000),
+    sustainedSeconds: wholeNumber("sustained-seconds", values["sustained-seconds"], 1, 3_600),
+    plan: (() => {
+      const plan = String(values.plan);
+      if (!Object.keys(PLAN_BUCKETS).includes(plan)) {
+        throw new UsageError(`--plan must be one of ${Object.keys(PLAN_BUCKETS).join(", ")} (got "${plan}")`);
+      }
+      return plan;
+    })(),
+    latencyMs: wholeNumber("latency", values.latency, 0, 60_000),
+    help: false,
+  };
+}
+
+/** Every section, in the order they run. Add new scenarios here. */
+export const SECTIONS: readonly Section[] = [
+  machineSection,
+  brokerSection,
+  custodySection,
+  shopifyBurstSection,
+  naiveSection,
+  meliBurstSection,
+  sustainedSection,
+];
+
+// ---------------------------------------------------------------------------
+// Runner
+
+function printSection(section: Section, result: SectionResult): void {
+  console.log(`\n== ${section.title}`);
+  const width = Math.max(...Object.keys(result).map((k) => k.length));
+  for (const [key, value] of Object.entries(result)) console.log(`  ${key.padEnd(width)}  ${value}`);
+}
+
+/**
+ * Runs every section in order with shared events and cleanup.
+ * @returns results by section id.
+ */
+export async function runBenchmark(options: BenchOptions): Promise<Record<string, SectionResult>> {
+  keepRawBodies();
+  // The service's loggers write to stderr so stdout stays the report.
+  await setupLogging({
+    level: options.logLevel,
+    format: "json",
+    write: (line) => console.error(line.trimEnd()),
+  });
+  const cleanups: { what: string; step: () => Promise<unknown> }[] = [];
+  const cleanup = async () => {
+    while (cleanups.length > 0) {
+      const { what, step } = cleanups.pop()!;
+      try {
+        await step();
+      } catch (error) {
+        progress(`cleanup: ${what} failed: ${(error as Error).message}`);
+      }
+    }
+  };
+  const onSignal = () => {
+    progress("interrupted; cleaning up");
+    cleanup().finally(() => Deno.exit(130));
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+
+  const rabbit = new Connection({ url: RABBITMQ_URL, retryLow: 100, retryHigh: 1000 });
+  cleanups.push({ what: "close the bench connection", step: () => rabbit.close() });
+  const results: Record<string, SectionResult> = {};
+  try {
+    await rabbit.onConnect(5000);
+    progress(`building ${options.events} sample events (seed ${options.seed})`);
+    const messages = buildMessages(options.events, options.seed);
+    const ctx: BenchContext = {
+      options,
+      messages,
+      rabbit,
+      results,
+      defer: (what, step) => cleanups.push({ what, step }),
+    };
+    for (const section of SECTIONS.filter((s) => options.sections.includes(s.id))) {
+      const depth = cleanups.length;
+      try {
+        results[section.id] = await section.run(ctx);
+      } finally {
+        // Each section's names are removed before the next one starts.
+        while (cleanups.length > depth) {
+          const { what, step } = cleanups.pop()!;
+          await step().catch((error) => progress(`cleanup: ${what} failed: ${(error as Error).message}`));
+        }
+      }
+      printSection(section, results[section.id]);
+    }
+  } finally {
+    await cleanup();
+    Deno.removeSignalListener("SIGINT", onSignal);
+  }
+  return results;
+}
+
+async function main(): Promise<number> {
+  let options: BenchOptions;
+  try {
+    options = parseOptions(Deno.args);
+  } catch (error) {
+    if (error instanceof UsageError || error instanceof ConfigError) {
+      console.error(`bench: ${error.message}\n(see --help)`);
+      return 2;
+    }
+    throw error;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  let results: Record<string, SectionResult>;
+  try {
+    results = await runBenchmark(options);
+  } catch (error) {
+    console.error(`bench: failed: ${(error as Error).message}`);
+    return 1;
+  }
+  const lines: string[] = [];
+  if (results.broker && results.custody) {
+    const ratio = Number(results.custody.ratio_to_broker);
+    lines.push(
+      `raw broker ${results.broker.msgs_per_s} msg/s, custody ${results.custody.msgs_per_s} msg/s, ` +
+        `custody/raw ${ratio.toFixed(3)} (target >= 0.5: ${ratio >= 0.5 ? "met" : "NOT met"}; ` +
+        `${results.custody.ratio_consuming_to_broker} once the service is up), ` +
+        `batch mean ${results.custody.batch_size_mean}, peak RSS ${results.custody.rss_peak_mib} MiB`,
+    );
+  }
+  if (results.shopify) {
+    const r = results.shopify;
+    lines.push(
+      `shopify warm burst ${r.warm_stock_changes_applied_per_s} changes/s = ${r.warm_ratio_to_ceiling} x ceiling ` +
+        `(target >= 0.9: ${
+          Number(r.warm_ratio_to_ceiling) >= 0.9 ? "met" : "NOT met"
+        }), throttled after warm-up ` +
+        `${r.throttled_after_warmup_5s}, quantity mismatches ${r.quantity_mismatches}; at ` +
+        `${r.trickle_sales_per_s} sales/s custody→applied p50 ${r.trickle_latency_p50_s} s, p99 ${r.trickle_latency_p99_s} s`,
+    );
+  }
+  if (results.naive) {
+    lines.push(
+      `naive baseline ${results.naive.steady_items_per_s} items/s; it needs ${results.naive.calls_ratio_naive_to_service_cold}x (cold) / ${results.naive.calls_ratio_naive_to_service_warm}x (warm) the service's calls`,
+    );
+  }
+  if (results.sustained) {
+    const r = results.sustained;
+    lines.push(
+      `sustained ${r.achieved_publish_rate_per_s} sales/s for ${r.seconds} s: service RSS idle ${r.rss_idle_mib} MiB, ` +
+        `peak ${r.rss_high_water_mib} MiB (target <= 128: ${r.target_rss_le_128_mib ? "met" : "NOT met"}); ` +
+        `custody done ${r.custody_done_after_s} s after the start, peak queue depth ${r.peak_queue_depth}`,
+    );
+  }
+  if (results.meli) {
+    const r = results.meli;
+    lines.push(
+      `meli warm burst at ${r.rate_per_s} req/s: ${r.warm_puts} PUTs for ${r.warm_listings_touched} listings ` +
+        `(${r.warm_puts_per_listing}/listing, max ${r.warm_puts_per_listing_max}, ${r.warm_repeat_puts} repeats ` +
+        `on listings claimed during ingest; target PUTs <= listings per window: ${
+          r.target_puts_le_listings_per_window ? "met" : "NOT met"
+        }), 429 after warm-up ${r.rate_limited_after_warmup} (target 0: ${
+          Number(r.rate_limited_after_warmup) === 0 ? "met" : "NOT met"
+        }), ${r.warm_requests_per_s_busy} req/s; converged ${r.warm_converge_after_publish_s} s after the last ` +
+        `publish (cold ${r.cold_converge_after_publish_s} s, ${r.cold_requests} requests), quantity mismatches ` +
+        `${r.quantity_mismatches}`,
+    );
+  }
+  console.log("\n" + lines.join("\n"));
+  console.log(JSON.stringify({
+    bench: "marketplace-sync",
+    time: new Date().toISOString(),
+    deno: Deno.version.deno,
+    cpus: navigator.hardwareConcurrency,
+    options,
+    sections: results,
+  }));
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main());

@@ -1,0 +1,93 @@
+/**
+ * The rate budget on its own (src/sync/cost_bucket.ts): the local bucket's
+ * refill and correction, and the shared bucket's fallback to a local one at a
+ * reduced rate while Redis is away. The shared Lua bucket against real Redis,
+ * across replicas, is covered through the service in shopify_sync_test.ts.
+ */
+import assert from "node:assert/strict";
+import { LocalBucket, RedisBucket, type ScriptRunner, sleep } from "../src/sync/cost_bucket.ts";
+
+/** A Redis stand-in that answers the bucket's scripts from a list, recording each call. */
+function scriptedRedis(replies: (unknown | Error)[], ready = true): ScriptRunner & { calls: string[][] } {
+  const calls: string[][] = [];
+  return {
+    calls,
+    get isReady() {
+      return ready;
+    },
+    eval(_script, { arguments: args }) {
+      calls.push(args);
+      const reply = replies.shift();
+      return reply instanceof Error ? Promise.reject(reply) : Promise.resolve(reply);
+    },
+  };
+}
+
+Deno.test("a full local bucket serves at once; a short one waits for the refill", async () => {
+  const bucket = new LocalBucket({ max: 10, restoreRate: 1000 });
+  assert.equal(await bucket.take(10), 0);
+  // Empty now: 5 units at 1 000/s is at most 5 ms away (less if the clock moved on).
+  const waited = await bucket.take(5);
+  assert.ok(waited > 0 && waited <= 5, `waited ${waited} ms`);
+});
+
+Deno.test("the marketplace's report corrects the local bucket, capped at its size", async () => {
+  const bucket = new LocalBucket({ max: 100, restoreRate: 10 });
+  await bucket.observe(40);
+  assert.ok(bucket.level >= 40 && bucket.level < 41);
+  await bucket.observe(500);
+  assert.equal(bucket.level, 100);
+  await bucket.observe(500, { max: 1000, restoreRate: 50 });
+  assert.equal(bucket.level, 500);
+  assert.deepEqual(bucket.shape, { max: 1000, restoreRate: 50 });
+});
+
+Deno.test("an aborted take returns at once, even from an empty bucket", async () => {
+  const bucket = new LocalBucket({ max: 10, restoreRate: 1 });
+  await bucket.take(10);
+  const stop = new AbortController();
+  stop.abort();
+  assert.equal(await bucket.take(10, stop.signal), 0);
+});
+
+Deno.test("sleep ends early on abort and clears its timer", async () => {
+  const stop = new AbortController();
+  await sleep(1, stop.signal);
+  const started = performance.now();
+  const long = sleep(60_000, stop.signal);
+  stop.abort();
+  await long;
+  // Deno's sanitizer fails this test if the 60 s timer were still pending.
+  assert.ok(performance.now() - started < 1000);
+});
+
+Deno.test("the shared bucket waits as long as Redis says, then takes", async () => {
+  const redis = scriptedRedis([[30, "0"], [0, "12.5"]]);
+  const bucket = new RedisBucket(redis, "budget:test", { max: 100, restoreRate: 50 });
+  assert.equal(await bucket.take(20), 30);
+  assert.equal(bucket.level, 12.5);
+  assert.deepEqual(redis.calls, [["20", "100", "50"], ["20", "100", "50"]]);
+});
+
+Deno.test("Redis not ready: the shared bucket draws from a local one at half the size and rate", async () => {
+  const redis = scriptedRedis([], false);
+  const bucket = new RedisBucket(redis, "budget:test", { max: 100, restoreRate: 1000 });
+  // The fallback holds 50: the first take is free, the next one waits for its refill.
+  assert.equal(await bucket.take(50), 0);
+  assert.ok(await bucket.take(10) > 0);
+  assert.equal(redis.calls.length, 0);
+  // A report still corrects the fallback (at half) without touching Redis.
+  await bucket.observe(80);
+  assert.equal(bucket.level, 80);
+  assert.equal(redis.calls.length, 0);
+});
+
+Deno.test("a failing Redis call falls back to the local bucket; the next take uses Redis again", async () => {
+  const redis = scriptedRedis([new Error("connection reset"), [0, "7"]]);
+  const bucket = new RedisBucket(redis, "budget:test", { max: 100, restoreRate: 1000 });
+  assert.equal(await bucket.take(10), 0);
+  assert.equal(redis.calls.length, 1);
+  assert.equal(await bucket.take(10), 0);
+  assert.equal(redis.calls.length, 2);
+  assert.equal(bucket.level, 7);
+});
