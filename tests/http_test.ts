@@ -1,6 +1,7 @@
 /** The HTTP surface: liveness, readiness naming what is down, Prometheus metrics that promtool accepts. */
 import assert from "node:assert/strict";
 import { findPromtool, integration, sale, startHarness, waitFor } from "./helpers.ts";
+import { createApp } from "../src/http/app.ts";
 
 integration("healthz is always 200; readyz is 200 when everything is up", async () => {
   const h = await startHarness();
@@ -89,4 +90,39 @@ integration("metrics expose the custody counters and pass promtool check metrics
   } finally {
     await h.close();
   }
+});
+
+Deno.test("a channel's inbound route answers under /channels/<name>/; an unknown one is 404 like any route", async () => {
+  const { Registry } = await import("prom-client");
+  const received: string[] = [];
+  const app = createApp({
+    readiness: () => Promise.resolve({}),
+    registry: new Registry(),
+    version: "test",
+    inbound: (channel) =>
+      channel === "mercadolibre"
+        ? [{
+          method: "POST",
+          path: "orders",
+          handle: async (request) => {
+            received.push(await request.text());
+            return new Response(null, { status: 202 });
+          },
+        }]
+        : undefined,
+  });
+  const hit = await app.request("/channels/mercadolibre/orders", {
+    method: "POST",
+    body: '{"topic":"orders"}',
+  });
+  assert.equal(hit.status, 202);
+  assert.deepEqual(received, ['{"topic":"orders"}']);
+  for (
+    const [method, path] of [["GET", "/channels/mercadolibre/orders"], ["POST", "/channels/shopify/orders"]]
+  ) {
+    const missing = await app.request(path, { method });
+    assert.equal(missing.status, 404, `${method} ${path}`);
+    assert.match((await missing.json()).message, new RegExp(`${method} ${path}`));
+  }
+  assert.equal(received.length, 1);
 });
