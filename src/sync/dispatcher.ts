@@ -18,9 +18,16 @@ import {
   LeaseLostError,
 } from "../model/batch.ts";
 import type { ChannelAdapter } from "./channel.ts";
+import { exponential } from "../resilience/backoff.ts";
 import { type Attributes, markError, type Span, withSpan } from "../tracing.ts";
 
 const log = logger("sync");
+
+/**
+ * Pause of the loop after a Postgres error, by failures in a row (1 after the first, so the
+ * first pause is 500 ms), doubling to 10 s.
+ */
+const loopBackoff = exponential({ baseMs: 250, maxMs: 10_000, firstAttempt: 0 });
 
 /** Test seams around the send; production passes none. */
 export interface DispatcherHooks {
@@ -136,7 +143,7 @@ export class Dispatcher {
         // Postgres trouble: the batch (if any) keeps its lease and is re-claimed.
         failures++;
         this.#lastError = (error as Error).message;
-        const wait = Math.min(250 * 2 ** failures, 10_000);
+        const wait = loopBackoff(failures);
         log.error("{channel} dispatch loop error: {error}; retrying in {delay_ms} ms", {
           mark: "error",
           channel: adapter.name,
