@@ -6,6 +6,7 @@
 import { Connection } from "rabbitmq-client";
 import postgres from "postgres";
 import { createClient } from "redis";
+import { deadLetterRoute } from "./broker/dead_letter_route.ts";
 import { createConfirmingPublisher } from "./broker/publisher.ts";
 import { locationMap, ShopifyChannel } from "./channels/shopify/channel.ts";
 import { ShopifyClient } from "./channels/shopify/client.ts";
@@ -337,8 +338,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     return new Dispatcher({
       adapter,
       store,
-      publisher: publisher!,
-      topology,
+      failures: deadLetterRoute(publisher!, topology),
       metrics,
       pollIntervalMs: config.DISPATCH_POLL_INTERVAL,
       hooks: options.dispatcherHooks,
