@@ -5,6 +5,7 @@
  * configuration.
  */
 import { type ConfirmingPublisher, createConfirmingPublisher } from "./broker/publisher.ts";
+import { deadLetterRoute } from "./broker/dead_letter_route.ts";
 import { keepRawBodies } from "./broker/raw_body.ts";
 import { declareTopology, reportDeclaration, type Topology, topologyFromConfig } from "./broker/topology.ts";
 import { mercadolibre } from "./channels/mercadolibre/plug.ts";
@@ -160,8 +161,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
         new Dispatcher({
           adapter: plug.adapter,
           store,
-          publisher: publisher!,
-          topology,
+          failures: deadLetterRoute(publisher!, topology),
           metrics,
           pollIntervalMs: config.DISPATCH_POLL_INTERVAL,
           hooks: options.dispatcherHooks,

@@ -9,6 +9,7 @@
  * another one: the broker redelivers them.
  */
 import type { AsyncMessage, Channel, Connection, ConsumerProps } from "rabbitmq-client";
+import { exponential } from "../resilience/backoff.ts";
 import { DeliveryAcks } from "./delivery_acks.ts";
 
 /** Where to consume from and what to declare first. */
@@ -41,9 +42,17 @@ export interface AckingConsumer {
   close(): Promise<void>;
 }
 
-/** Re-subscribe backoff bounds, the same as the service's connections' (src/main.ts). */
-const RETRY_LOW_MS = 250;
-const RETRY_HIGH_MS = 10_000;
+/**
+ * Wait before re-subscribing, by failed setups in a row (from 0): the numbers and spread of
+ * rabbitmq-client's own reconnects (retryLow/retryHigh, src/main.ts), 250 ms doubling to 10 s,
+ * drawn from the upper half so a broker restart is not met by every consumer at once.
+ */
+const resubscribeBackoff = exponential({
+  baseMs: 250,
+  maxMs: 10_000,
+  firstAttempt: 0,
+  jitter: { down: 0.5 },
+});
 
 interface Subscription {
   channel: Channel;
@@ -87,11 +96,10 @@ export function startAckingConsumer(
   function resubscribeLater(): void {
     ready = false;
     if (closing || retryTimer || pendingSetup) return;
-    const delay = Math.min(RETRY_HIGH_MS, RETRY_LOW_MS * 2 ** Math.min(retries++, 16));
     retryTimer = setTimeout(() => {
       retryTimer = undefined;
       subscribe();
-    }, delay * (0.5 + Math.random() / 2));
+    }, resubscribeBackoff(retries++));
   }
 
   function subscribe(): void {

@@ -13,8 +13,13 @@ import { Custody, LedgerRejectedError } from "../ledger/custody.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import { startAckingConsumer } from "./acking_consumer.ts";
-import { attemptsSoFar, bodyBytes, type FailureInfo, republishEnvelope } from "./envelope.ts";
-import { remedyFor } from "./remedies.ts";
+import {
+  attemptsSoFar,
+  bodyBytes,
+  deadLetterFailure,
+  type FailureInfo,
+  republishEnvelope,
+} from "./envelope.ts";
 import type { ConfirmingPublisher } from "./publisher.ts";
 import { originalContentEncoding } from "./raw_body.ts";
 import { exchangeDeclaration, type Topology, workQueueDeclaration } from "./topology.ts";
@@ -46,7 +51,7 @@ export function startSaleConsumer(deps: SaleConsumerDeps): SaleConsumer {
   const { topology, metrics, publisher } = deps;
 
   async function deadLetter(msg: AsyncMessage, raw: Uint8Array, failure: FailureInfo) {
-    const envelope = republishEnvelope(msg, { ...failure, remedy: remedyFor(failure.reason) });
+    const envelope = republishEnvelope(msg, deadLetterFailure(failure));
     await publisher.toQueue(topology.deadLetterQueue, envelope, raw);
     metrics.eventsDeadLettered.inc({ reason: failure.reason });
     metrics.eventsAcked.inc({ outcome: "dead_lettered" });

@@ -9,6 +9,7 @@
  */
 import type postgres from "postgres";
 import type { Sql } from "postgres";
+import { exponential } from "../resilience/backoff.ts";
 import {
   type BatchOutcome,
   type ChangeOutcome,
@@ -33,13 +34,20 @@ export interface DispatchPolicy {
   backoffMaxMs: number;
 }
 
-/** Exponential backoff with ±20 % jitter. */
+/**
+ * Wait before a change sent back to pending is due again, by its attempts so far: the
+ * base after the first, doubling to the max, ±20 %.
+ */
 export function backoffMs(
   attempt: number,
   policy: Pick<DispatchPolicy, "backoffBaseMs" | "backoffMaxMs">,
 ): number {
-  const base = Math.min(policy.backoffMaxMs, policy.backoffBaseMs * 2 ** Math.max(0, attempt - 1));
-  return Math.round(base * (0.8 + Math.random() * 0.4));
+  return exponential({
+    baseMs: policy.backoffBaseMs,
+    maxMs: policy.backoffMaxMs,
+    firstAttempt: 1,
+    jitter: 0.2,
+  })(attempt);
 }
 
 interface ClaimedRow {

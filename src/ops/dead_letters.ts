@@ -20,9 +20,9 @@
  */
 import type { Channel, Connection, Envelope, SyncMessage } from "rabbitmq-client";
 import { z } from "zod";
-import { bodyBytes, HEADER } from "../broker/envelope.ts";
+import { bodyBytes, envelopeOf, HEADER } from "../broker/envelope.ts";
 import type { ConfirmingPublisher } from "../broker/publisher.ts";
-import { keepRawBodies, originalContentEncoding } from "../broker/raw_body.ts";
+import { keepRawBodies } from "../broker/raw_body.ts";
 import { remedyFor } from "../broker/remedies.ts";
 import type { Topology } from "../broker/topology.ts";
 import { logger } from "../log.ts";
@@ -231,29 +231,6 @@ export function viewDeadLetter(msg: SyncMessage, position: number): DeadLetterVi
 }
 
 /**
- * A durable envelope with `headers` and the message's own properties (content
- * encoding restored from the raw-body marker); absent properties stay absent.
- */
-function envelopeWith(msg: SyncMessage, headers: Record<string, unknown>): Envelope {
-  const envelope: Envelope = { durable: true, headers };
-  const props = {
-    contentType: msg.contentType,
-    contentEncoding: originalContentEncoding(msg.contentEncoding),
-    messageId: msg.messageId,
-    correlationId: msg.correlationId,
-    replyTo: msg.replyTo,
-    timestamp: msg.timestamp,
-    type: msg.type,
-    appId: msg.appId,
-    priority: msg.priority,
-  };
-  for (const [key, value] of Object.entries(props)) {
-    if (value !== undefined) (envelope as Record<string, unknown>)[key] = value;
-  }
-  return envelope;
-}
-
-/**
  * The envelope a replay publishes: the original properties (content encoding
  * restored from the raw-body marker) and headers minus `sync-*` and broker
  * `x-death`-style headers. `expiration` and `user_id` (kept by the DLQ in
@@ -265,7 +242,7 @@ export function replayEnvelope(msg: SyncMessage): Envelope {
   for (const [key, value] of Object.entries(msg.headers ?? {})) {
     if (!SYNC_HEADER.test(key) && !BROKER_HEADER.test(key)) headers[key] = value;
   }
-  return envelopeWith(msg, headers);
+  return envelopeOf(msg, headers);
 }
 
 function validateFilter(filter: ReplayFilter): (msg: SyncMessage) => boolean {
@@ -312,7 +289,7 @@ export function rotationEnvelope(msg: SyncMessage): Envelope {
   }
   if (msg.expiration !== undefined) headers[HEADER.originalExpiration] ??= msg.expiration;
   if (msg.userId !== undefined) headers[HEADER.originalUserId] ??= msg.userId;
-  return envelopeWith(msg, headers);
+  return envelopeOf(msg, headers);
 }
 
 /**

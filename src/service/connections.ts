@@ -9,6 +9,7 @@ import { createClient } from "redis";
 import type { Config } from "../config.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
+import { exponential, inSeconds } from "../resilience/backoff.ts";
 
 const log = logger("main");
 
@@ -20,14 +21,12 @@ export type RedisClient = ReturnType<typeof newRedisClient>;
  * default grows as 3^n/100 s up to 20 s with n shared by the whole pool, so after a short
  * outage queries waited up to 20 s more for Postgres that was already back (docs/RELIABILITY.md).
  */
-export function reconnectBackoff(retries: number): number {
-  return Math.min(0.1 * 2 ** retries, 2) * (0.75 + Math.random() / 4);
-}
+export const reconnectBackoff: (retries: number) => number = inSeconds(
+  exponential({ baseMs: 100, maxMs: 2_000, firstAttempt: 0, jitter: { down: 0.25 } }),
+);
 
 /** Milliseconds before node-redis tries to reconnect. */
-function redisReconnectDelay(retries: number): number {
-  return Math.min(100 * 2 ** retries, 5_000);
-}
+const redisReconnectDelay = exponential({ baseMs: 100, maxMs: 5_000, firstAttempt: 0 });
 
 /** What differs between the service's Postgres pools. */
 export interface PostgresOptions {

@@ -5,6 +5,7 @@
  */
 import { redactUrl } from "../config.ts";
 import { logger } from "../log.ts";
+import { exponential } from "../resilience/backoff.ts";
 
 const log = logger("main");
 
@@ -20,9 +21,7 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): P
 }
 
 /** Milliseconds before a failed start-up step is tried again. */
-function startupRetryDelay(attempt: number): number {
-  return Math.min(500 * 2 ** attempt, 15_000);
-}
+const startupRetryDelay = exponential({ baseMs: 500, maxMs: 15_000, firstAttempt: 0 });
 
 /** Start-up that yields to shutdown. */
 export class Lifecycle {

@@ -1,12 +1,9 @@
 /**
  * One dispatch loop per enabled channel, on every replica: claim (or re-claim)
- * a batch, let the channel adapter send it, record the outcome, and copy the
- * sale of every change that failed for good to the DLQ.
+ * a batch, let the channel adapter send it, record the outcome, and send the
+ * sale of every change that failed for good down the injected failure route
+ * (the DLQ, in the service).
  */
-import type { ConfirmingPublisher } from "../broker/publisher.ts";
-import { HEADER } from "../broker/envelope.ts";
-import { remedyFor } from "../broker/remedies.ts";
-import type { Topology } from "../broker/topology.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import { type DispatchStore } from "../ledger/dispatch_store.ts";
@@ -18,9 +15,17 @@ import {
   LeaseLostError,
 } from "../model/batch.ts";
 import type { ChannelAdapter } from "./channel.ts";
+import type { FailureRoute } from "./failure_route.ts";
+import { exponential } from "../resilience/backoff.ts";
 import { type Attributes, markError, type Span, withSpan } from "../tracing.ts";
 
 const log = logger("sync");
+
+/**
+ * Pause of the loop after a Postgres error, by failures in a row (1 after the first, so the
+ * first pause is 500 ms), doubling to 10 s.
+ */
+const loopBackoff = exponential({ baseMs: 250, maxMs: 10_000, firstAttempt: 0 });
 
 /** Test seams around the send; production passes none. */
 export interface DispatcherHooks {
@@ -32,8 +37,8 @@ export interface DispatcherHooks {
 export interface DispatcherDeps {
   adapter: ChannelAdapter;
   store: DispatchStore;
-  publisher: ConfirmingPublisher;
-  topology: Topology;
+  /** Where the sale of a change that failed for good goes (the DLQ, in the service). */
+  failures: FailureRoute;
   metrics: ServiceMetrics;
   /** How often an idle loop looks for work claimed by nobody (other replicas' custody). */
   pollIntervalMs: number;
@@ -136,7 +141,7 @@ export class Dispatcher {
         // Postgres trouble: the batch (if any) keeps its lease and is re-claimed.
         failures++;
         this.#lastError = (error as Error).message;
-        const wait = Math.min(250 * 2 ** failures, 10_000);
+        const wait = loopBackoff(failures);
         log.error("{channel} dispatch loop error: {error}; retrying in {delay_ms} ms", {
           mark: "error",
           channel: adapter.name,
@@ -304,24 +309,8 @@ export class Dispatcher {
   }
 
   async #deadLetter(f: FailedChange): Promise<void> {
-    const now = new Date().toISOString();
     try {
-      await this.deps.publisher.toQueue(this.deps.topology.deadLetterQueue, {
-        contentType: "application/json",
-        durable: true,
-        messageId: f.eventId,
-        headers: {
-          [HEADER.reason]: f.reason,
-          [HEADER.error]: f.error.slice(0, 1000),
-          [HEADER.remedy]: remedyFor(f.reason, f.channel),
-          [HEADER.attempts]: f.attempts,
-          [HEADER.channel]: f.channel,
-          [HEADER.sku]: f.sku,
-          [HEADER.eventId]: f.eventId,
-          [HEADER.firstFailure]: now,
-          [HEADER.lastFailure]: now,
-        },
-      }, JSON.stringify(f.body));
+      await this.deps.failures.deadLetter(f);
       this.deps.metrics.eventsDeadLettered.inc({ reason: f.reason });
     } catch (error) {
       // The change is failed in the ledger either way (the audit trail keeps it).

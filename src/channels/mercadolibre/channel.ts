@@ -22,6 +22,7 @@ import {
   OUTCOME_UNKNOWN,
 } from "../../model/batch.ts";
 import { logger } from "../../log.ts";
+import { exponential, jittered } from "../../resilience/backoff.ts";
 import { type PosStockReader, StockSourceUnavailableError } from "../../pos/stock.ts";
 import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
 import {
@@ -95,9 +96,19 @@ function isUnanswered(outcome: ChangeOutcome): outcome is Extract<ChangeOutcome,
 
 type Transient = { transient: { reason: string; error: string; waitMs?: number } };
 
+/** A fixed wait, ±25 %: replicas told to come back at the same moment do not. */
 function jitter(ms: number): number {
-  return Math.round(ms * (0.75 + Math.random() * 0.5));
+  return jittered(ms, 0.25);
 }
+
+/** Looks again at an unanswered PUT while holding the lock: 250 ms, 500 ms, 1 s (i from 0). */
+const settleBackoff = exponential({ baseMs: 250, firstAttempt: 0 });
+
+/**
+ * Wait before re-sending an unanswered batch, by its sends so far:
+ * 1 s after the first, doubling to 30 s, ±25 %.
+ */
+const resendBackoff = exponential({ baseMs: 1_000, maxMs: 30_000, firstAttempt: 1, jitter: 0.25 });
 
 function listingKey(e: { itemId: string; variationId: number | null }): string {
   return e.variationId === null ? e.itemId : `${e.itemId}/${e.variationId}`;
@@ -186,7 +197,7 @@ export class MeliChannel implements ChannelAdapter {
             written = await this.#write(stored, stored.to!, signal);
             // No answer: look again now, still holding the lock, while nothing else can move it.
             for (let i = 0; isUnanswered(written) && i < 3 && !signal.aborted; i++) {
-              await new Promise((r) => setTimeout(r, 250 * 2 ** i));
+              await new Promise((r) => setTimeout(r, settleBackoff(i)));
               const settled = await this.#deltaSettle(stored, signal);
               if (settled === "resend") written = await this.#write(stored, stored.to!, signal);
               else if (settled) written = settled;
@@ -215,7 +226,7 @@ export class MeliChannel implements ChannelAdapter {
             kind: "resend",
             reason: outcome.reason,
             error: outcome.error,
-            waitMs: jitter(Math.min(1_000 * 2 ** Math.max(0, batch.sends - 1), 30_000)),
+            waitMs: resendBackoff(batch.sends),
             countsAsAttempt: true,
             decided: plan.decided,
           };

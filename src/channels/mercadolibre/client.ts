@@ -8,6 +8,7 @@
  * under a listing lock is fenced right before each send (see listing_lock.ts).
  */
 import type { ServiceMetrics } from "../../metrics.ts";
+import { exponential } from "../../resilience/backoff.ts";
 import { type RateBudget, sleep } from "../../sync/cost_bucket.ts";
 import { fenceHeldLock } from "../../sync/listing_lock.ts";
 import { type AccessTokens, AuthUnavailableError } from "./tokens.ts";
@@ -98,7 +99,12 @@ export class MeliClient {
       metrics.marketplaceCalls.inc({ channel, operation: request.operation, outcome });
     const url = `${this.#base}${path}${request.query ? `?${new URLSearchParams(request.query)}` : ""}`;
     const retries = this.options.rateLimitRetries ?? 4;
-    const backoff = this.options.rateLimitBackoffMs ?? 1_000;
+    // By 429s so far in this call: the first step, doubling, ±50 %.
+    const rateLimitBackoff = exponential({
+      baseMs: this.options.rateLimitBackoffMs ?? 1_000,
+      firstAttempt: 0,
+      jitter: 0.5,
+    });
     let refreshed = false;
     for (let attempt = 0;; attempt++) {
       const waited = await budget.take(1, request.signal);
@@ -174,7 +180,7 @@ export class MeliClient {
         // The budget is per app, shared by replicas: empty it so every replica backs off.
         await budget.observe(0);
         metrics.budgetLevel.set({ channel }, 0);
-        const waitMs = Math.round(backoff * 2 ** attempt * (0.5 + Math.random()));
+        const waitMs = rateLimitBackoff(attempt);
         if (attempt >= retries) {
           return { kind: "rate_limited", error: "HTTP 429 Too Many Requests", waitMs };
         }

@@ -12,6 +12,7 @@ import {
   OUTCOME_UNKNOWN,
 } from "../../model/batch.ts";
 import { logger } from "../../log.ts";
+import { exponential } from "../../resilience/backoff.ts";
 import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
 import type { ShopifyClient } from "./client.ts";
 import { ADJUST_AVAILABLE } from "./documents.ts";
@@ -21,6 +22,12 @@ const log = logger("shopify");
 
 /** Shopify accepts at most 250 changes per inventoryAdjustQuantities call. */
 export const MAX_CHANGES_PER_CALL = 250;
+
+/**
+ * Wait before a same-key re-send Shopify gave no wait for, by the batch's sends so far:
+ * 1 s after the first, doubling to 60 s.
+ */
+const resendBackoff = exponential({ baseMs: 1_000, maxMs: 60_000, firstAttempt: 1 });
 
 /** Where each store's stock lives in Shopify. */
 export interface LocationMap {
@@ -144,7 +151,7 @@ export class ShopifyChannel implements ChannelAdapter {
     this.#unauthorized = undefined;
     const sent = request.index.flat();
     if (result.kind === "retry") {
-      const waitMs = result.waitMs ?? Math.min(1_000 * 2 ** Math.max(0, batch.sends - 1), 60_000);
+      const waitMs = result.waitMs ?? resendBackoff(batch.sends);
       return {
         kind: "resend",
         reason: result.reason,
