@@ -38,7 +38,7 @@ import { declareTopology, type Topology, topologyFromConfig } from "./broker/top
 import { type Config, CONFIG_VARIABLES, ConfigError, loadConfig, redactUrl } from "./config.ts";
 import { createApp } from "./http/app.ts";
 import { type CheckResult } from "./model/health.ts";
-import { statusPageHtml } from "./http/status_page.ts";
+import { statusPageHtml } from "./http/status_page.tsx";
 import { Custody } from "./ledger/custody.ts";
 import { migrate } from "./ledger/migrate.ts";
 import { logger, setupLogging } from "./log.ts";

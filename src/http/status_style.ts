@@ -1,5 +1,5 @@
 /**
- * The status page's stylesheet (inlined by ./status_page.ts; its CSP allows it by hash). Light and dark
+ * The status page's stylesheet (inlined by ./status_page.tsx; its CSP allows it by hash). Light and dark
  * follow `prefers-color-scheme`; below 760 px the failures table stacks into labelled rows.
  */
 export const STATUS_PAGE_STYLE: string = `
