@@ -22,6 +22,8 @@ ENV DENO_DIR=/deno-dir
 WORKDIR /app
 # Dependencies first, so source edits reuse this layer. --frozen: fail if deno.lock does not match deno.json.
 COPY deno.json deno.lock ./
+# The browser code's workspace member (its own compiler options; docs/DECISIONS.md, "The status page").
+COPY src/http/browser/deno.jsonc src/http/browser/
 RUN deno install --frozen
 # The patched Postgres driver deno.json maps "postgres" to (vendor/postgres-3.4.9/README.md).
 COPY vendor/ vendor/

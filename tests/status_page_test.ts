@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { Hono } from "hono";
 import type { Browser, BrowserContext, BrowserContextOptions, Page } from "playwright-core";
-import { STATUS_PAGE_HTML, statusPageHtml } from "../src/http/status_page.ts";
+import { STATUS_PAGE_HTML, statusPageHtml } from "../src/http/status_page.tsx";
 import { launchChromium, NO_CHROMIUM } from "./browser.ts";
 import { sale, startHarness, waitFor } from "./helpers.ts";
 
@@ -183,7 +183,7 @@ function unexpected(errors: string[]): string[] {
 Deno.test("status page HTML is one self-contained document: no external assets, hashed CSP, escaped version", async () => {
   const html = statusPageHtml(`1.0 <script>alert("x")</script>`);
   assert.match(html, /^<!doctype html>/);
-  assert.ok(html.includes("1.0 &#60;script&#62;alert(&#34;x&#34;)&#60;/script&#62;"), "version escaped");
+  assert.ok(html.includes("1.0 &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"), "version escaped");
   assert.equal(html.match(/<script>/g)?.length, 1, "one inline script");
   assert.equal(html.match(/<\/script>/g)?.length, 1, "the script contains no </script>");
   for (const ref of html.matchAll(/\b(?:src|href)\s*=\s*"([^"]*)"/g)) {
@@ -211,6 +211,14 @@ Deno.test("status page HTML is one self-contained document: no external assets, 
   assert.ok(csp.includes(`style-src 'sha256-${await sha(style)}'`), "style hash");
   assert.ok(csp.includes("connect-src 'self'") && csp.includes("default-src 'none'"));
   assert.ok(STATUS_PAGE_HTML.includes("<!doctype html>"));
+});
+
+Deno.test("status page script is plain JavaScript: the client's TypeScript reaches the page with its types stripped", () => {
+  const script = statusPageHtml("1").match(/<script>([\s\S]*)<\/script>/)![1];
+  // Parses as a classic script (without running it); a type annotation left in would be a SyntaxError.
+  new Function(script);
+  assert.match(script, /^\(function statusClient\(settings\) \{/);
+  assert.doesNotMatch(script, /\bimport\b|\bexport\b/, "no module syntax in a classic script");
 });
 
 browserTest(
@@ -508,7 +516,7 @@ function realRouteExists(): boolean {
   const walk = (dir: URL, rel: string) => {
     for (const e of Deno.readDirSync(dir)) {
       if (e.isDirectory) walk(new URL(`${e.name}/`, dir), `${rel}${e.name}/`);
-      else if (e.isFile && e.name.endsWith(".ts")) {
+      else if (e.isFile && /\.tsx?$/.test(e.name)) {
         sources.push({ path: rel + e.name, text: Deno.readTextFileSync(new URL(e.name, dir)) });
       }
     }
@@ -521,7 +529,7 @@ function realRouteExists(): boolean {
   }
   const route = sources.some((f) => f.path.startsWith("http/") && f.text.includes(`"/status"`));
   const pageMounted = sources.some((f) =>
-    f.path !== "http/status_page.ts" && /from\s+"[./]*(?:http\/)?status_page\.ts"/.test(f.text)
+    f.path !== "http/status_page.tsx" && /from\s+"[./]*(?:http\/)?status_page\.tsx"/.test(f.text)
   );
   return route && pageMounted;
 }

@@ -8,7 +8,7 @@ import type postgres from "postgres";
 import type { Topology } from "../broker/topology.ts";
 import type { Config } from "../config.ts";
 import type { OperatorDeps } from "../http/operator.ts";
-import { statusPageHtml } from "../http/status_page.ts";
+import { statusPageHtml } from "../http/status_page.tsx";
 import type { ServiceMetrics } from "../metrics.ts";
 import type { CheckResult } from "../model/health.ts";
 import { listChanges } from "../ops/changes.ts";
