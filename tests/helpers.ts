@@ -9,6 +9,7 @@ import { originalContentEncoding } from "../src/broker/raw_body.ts";
 import { type Config, loadConfig } from "../src/config.ts";
 import type { Topology } from "../src/broker/topology.ts";
 import { type RunningService, startService } from "../src/main.ts";
+import { isolatedServiceEnv } from "../scripts/support/service_env.ts";
 
 export const RABBITMQ_URL = Deno.env.get("TEST_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
 export const DATABASE_URL = Deno.env.get("TEST_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -28,14 +29,7 @@ export function uniqueName(prefix: string): string {
 export function testEnv(overrides: Record<string, string> = {}): Record<string, string> {
   const id = uniqueName("t");
   return {
-    RABBITMQ_URL,
-    DATABASE_URL,
-    REDIS_URL,
-    HTTP_HOST: "127.0.0.1",
-    HTTP_PORT: "0",
-    EXCHANGE: `blend_events.${id}`,
-    QUEUE: `marketplace-sync.${id}`,
-    LEDGER_SCHEMA: `msync_${id}`,
+    ...isolatedServiceEnv({ RABBITMQ_URL, DATABASE_URL, REDIS_URL }, id),
     RETRY_DELAYS: "100ms,200ms,300ms",
     // Custody tests look at pending changes; sync tests turn dispatching on.
     DISPATCH_ENABLED: "false",

@@ -9,6 +9,7 @@ import { startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { harnessFor, integration, sale, testConfig, testEnv, waitFor } from "./helpers.ts";
 import { Pos } from "./pos.ts";
+import { meliAsRealApi } from "../scripts/support/service_env.ts";
 
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 const PERMISSIONS = ["--allow-net", "--allow-env", "--allow-sys=hostname,osRelease", "--allow-read"];
@@ -209,13 +210,7 @@ integration(
     const sandbox = await startMeliSandbox({ catalog, tiendaId: store, faults: { latencyMs: 8_000 } });
     const pos = await Pos.open();
     const config = testConfig({
-      CHANNELS: "mercadolibre",
-      DISPATCH_ENABLED: "true",
-      MELI_URL: sandbox.url,
-      MELI_CLIENT_ID: sandbox.clientId,
-      MELI_CLIENT_SECRET: sandbox.clientSecret,
-      MELI_REFRESH_TOKEN: sandbox.currentRefreshToken(),
-      MELI_TIENDA_ID: store,
+      ...meliAsRealApi(sandbox, store),
       MELI_TIMEOUT: "300ms",
       POS_STOCK_KEY: pos.keyTemplate,
       DISPATCH_POLL_INTERVAL: "50ms",

@@ -24,6 +24,7 @@ import {
   waitFor,
 } from "./helpers.ts";
 import { Pos } from "./pos.ts";
+import { meliAsRealApi } from "../scripts/support/service_env.ts";
 
 const catalog = defaultCatalog();
 const MELI_STORE = catalog.stores[0].tienda_id;
@@ -38,13 +39,7 @@ function productOf(sku: string) {
 /** Service variables that point the MeLi channel at a sandbox as if it were the real API. */
 function meliEnv(sandbox: MeliSandbox, pos: Pos, extra: Record<string, string> = {}): Record<string, string> {
   return {
-    CHANNELS: "mercadolibre",
-    DISPATCH_ENABLED: "true",
-    MELI_URL: sandbox.url,
-    MELI_CLIENT_ID: sandbox.clientId,
-    MELI_CLIENT_SECRET: sandbox.clientSecret,
-    MELI_REFRESH_TOKEN: sandbox.currentRefreshToken(),
-    MELI_TIENDA_ID: MELI_STORE,
+    ...meliAsRealApi(sandbox, MELI_STORE),
     MELI_RATE_PER_SEC: "200",
     POS_STOCK_KEY: pos.keyTemplate,
     DISPATCH_POLL_INTERVAL: "50ms",

@@ -14,6 +14,7 @@ import { declareTopology, type Topology, topologyFromConfig } from "../../src/br
 import type { Config } from "../../src/config.ts";
 import type { BucketSettings } from "../../src/sandbox/cost.ts";
 import { sampleSales } from "../publish_sample.ts";
+import { isolatedServiceEnv } from "../support/service_env.ts";
 
 // ---------------------------------------------------------------------------
 // What a section gets and returns
@@ -116,16 +117,7 @@ export const REDIS_URL = Deno.env.get("BENCH_REDIS_URL") ?? "redis://127.0.0.1:6
 
 /** The service variables every bench run shares: loopback services and names of its own. */
 export function benchServiceEnv(id: string): Record<string, string> {
-  return {
-    RABBITMQ_URL,
-    DATABASE_URL,
-    REDIS_URL,
-    HTTP_HOST: "127.0.0.1",
-    HTTP_PORT: "0",
-    EXCHANGE: `blend_events.bench_${id}`,
-    QUEUE: `marketplace-sync.bench_${id}`,
-    LEDGER_SCHEMA: `msync_bench_${id}`,
-  };
+  return isolatedServiceEnv({ RABBITMQ_URL, DATABASE_URL, REDIS_URL }, `bench_${id}`);
 }
 
 /** The part of a node-redis client {@link deleteKeys} uses. */

@@ -36,6 +36,7 @@ import {
   type SectionResult,
 } from "./harness.ts";
 import { publishSales, reservePosStock, type SampleSale, sampleSales } from "../publish_sample.ts";
+import { meliAsRealApi } from "../support/service_env.ts";
 
 /** A phase that makes no progress for this long fails the section. */
 const STALL_MS = 120_000;
@@ -379,13 +380,7 @@ export const meliBurstSection: Section = {
 
     const config = loadConfig({
       ...benchServiceEnv(id),
-      CHANNELS: "mercadolibre",
-      DISPATCH_ENABLED: "true",
-      MELI_URL: sandbox.url,
-      MELI_CLIENT_ID: sandbox.clientId,
-      MELI_CLIENT_SECRET: sandbox.clientSecret,
-      MELI_REFRESH_TOKEN: sandbox.currentRefreshToken(),
-      MELI_TIENDA_ID: store,
+      ...meliAsRealApi(sandbox, store),
       MELI_RATE_PER_SEC: String(rate),
       POS_STOCK_KEY: `bench_${id}:stock:{tienda_id}:{producto_id}`,
       LOG_LEVEL: o.logLevel,
