@@ -6,7 +6,7 @@
 import type { Connection } from "rabbitmq-client";
 import { logger } from "../log.ts";
 
-const log = logger("main");
+const log = logger("broker");
 
 /** Names and shapes of everything the service declares. */
 export interface Topology {
