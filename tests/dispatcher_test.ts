@@ -209,11 +209,8 @@ async function fixture(
         select id::text, idempotency_key, status, request, channel_attempts, sent_at, error
           from sync_batch order by id`,
     async close() {
-      // stop() wakes a loop that is asleep; one caught mid-claim still sleeps a whole poll
-      // interval after it (60 s in some tests), so keep waking it until it has stopped.
-      const nudge = setInterval(() => dispatcher.wake(), 20);
       dispatcher.abort();
-      await dispatcher.stop().finally(() => clearInterval(nudge));
+      await dispatcher.stop();
       await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
       await sql.end({ timeout: 2 });
     },
@@ -614,6 +611,61 @@ integration("stop() lets the batch in flight finish and be recorded, then claims
     await sleep(300);
     assert.equal(f.adapter.calls.length, 1, "a stopped loop claims nothing");
     assert.equal((await f.changes())[1].status, "pending");
+  } finally {
+    gate.resolve();
+    await f.close();
+  }
+});
+
+integration("stop() during a claim ends the loop at once, not after a whole poll interval", async () => {
+  const f = await fixture({ pollIntervalMs: 60_000 });
+  // Holding sync_batch locked keeps the loop inside its claim until the test lets go.
+  const blocker = await f.sql.reserve();
+  try {
+    await blocker`begin`;
+    await blocker`lock table sync_batch in access exclusive mode`;
+    f.dispatcher.start();
+    await waitFor(
+      async () =>
+        (await f.sql`select 1 from pg_locks where relation = 'sync_batch'::regclass and not granted`).length >
+          0,
+      "the loop's claim waiting on the lock",
+    );
+    let stopped = false;
+    const stopping = f.dispatcher.stop().then(() => stopped = true);
+    await blocker`commit`;
+    // The claim finds nothing; a loop that is stopping must not go to sleep on its 60 s poll.
+    await waitFor(() => stopped, "stop() resolved", 5_000);
+    await stopping;
+  } finally {
+    await blocker`rollback`.catch(() => {});
+    blocker.release();
+    await f.close();
+  }
+});
+
+integration("stop() while a batch is released ends the loop without the release's pause", async () => {
+  const entered = deferred();
+  const gate = deferred();
+  const f = await fixture({
+    pollIntervalMs: 60_000,
+    steps: [async () => {
+      entered.resolve();
+      await gate.promise;
+      return { kind: "release", reason: "throttled", error: "budget", waitMs: 60_000 };
+    }],
+  });
+  try {
+    await f.sell(saleOf({ "SKU-1": 1 }));
+    f.dispatcher.start();
+    await entered.promise;
+    let stopped = false;
+    const stopping = f.dispatcher.stop().then(() => stopped = true);
+    gate.resolve();
+    // The release pauses the loop up to 5 s; a stopping loop skips it.
+    await waitFor(() => stopped, "stop() resolved", 2_500);
+    await stopping;
+    assert.equal((await f.changes())[0].status, "pending", "the released change waits for the next claim");
   } finally {
     gate.resolve();
     await f.close();

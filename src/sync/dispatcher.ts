@@ -101,7 +101,9 @@ export class Dispatcher {
     return this.#lastError;
   }
 
+  /** Sleeps `ms` or until woken; never once stopping (stop() may have come while the loop was awake). */
   #idle(ms: number): Promise<void> {
+    if (this.#stopping) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(done, ms);
       function done() {
