@@ -248,28 +248,3 @@ integration("two replicas on one queue share the work and store each event once"
     await a.close();
   }
 });
-
-integration(
-  "the broker cancels our subscription (queue deleted): the consumer re-declares it and goes on",
-  async () => {
-    const h = await startHarness({ CHANNELS: "shopify" });
-    try {
-      await h.publish(sale());
-      await waitFor(async () => (await h.sql`select count(*)::int as n from sale`)[0].n === 1, "first sale");
-      // An operator deletes the work queue: RabbitMQ sends basic.cancel to its consumer.
-      await h.rabbit.queueDelete({ queue: h.config.QUEUE });
-      await waitFor(async () => {
-        const ok = await h.rabbit.queueDeclare({ queue: h.config.QUEUE, passive: true }).then(
-          (r) => r.consumerCount === 1,
-          () => false,
-        );
-        return ok;
-      }, "queue re-declared with our consumer on it");
-      await h.publish(sale());
-      await waitFor(async () => (await h.sql`select count(*)::int as n from sale`)[0].n === 2, "second sale");
-      assert.equal((await h.takeDeadLetters()).length, 0);
-    } finally {
-      await h.close();
-    }
-  },
-);
