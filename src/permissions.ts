@@ -64,7 +64,7 @@ export const LIBRARY_ENV: Readonly<Record<string, readonly string[]>> = {
  */
 const OS_USER_ENV = ["USERNAME", "USER", "LOGNAME"];
 
-/** System information the service reads: `Deno.hostname()` in src/main.ts. */
+/** System information the service reads: `Deno.hostname()` in src/main.ts and src/service/connections.ts. */
 const SYS = ["hostname"];
 
 /** Default ports of the URL schemes the configuration accepts. */
@@ -182,7 +182,7 @@ export function permissionsFor(config: Config, env: Record<string, string | unde
   if (config.POS_DATABASE_URL) postgresUrl("POS_DATABASE_URL", config.POS_DATABASE_URL);
   if (config.POS_REDIS_URL) url("POS_REDIS_URL", config.POS_REDIS_URL);
 
-  // Mirrors src/main.ts: a channel's client (real API or built-in sandbox) exists only where it dispatches.
+  // Mirrors the channel plugs (src/channels/<name>/plug.ts): a channel's client (real API or built-in sandbox) exists only where it dispatches.
   const dispatches = (channel: "shopify" | "mercadolibre") =>
     config.DISPATCH_ENABLED && config.CHANNELS.includes(channel);
   const sandbox = (name: string, port: number) =>
@@ -210,7 +210,7 @@ export function permissionsFor(config: Config, env: Record<string, string | unde
     }
   }
   // Without credentials, mirror mode takes the store MercadoLibre shows from the catalog even when this
-  // instance does not dispatch (src/main.ts meliStore()).
+  // instance does not dispatch (mirroredStore() in src/channels/mercadolibre/plug.ts).
   if (
     config.CHANNELS.includes("mercadolibre") && !meliConfigured && config.MELI_MODE === "mirror" &&
     !config.MELI_TIENDA_ID

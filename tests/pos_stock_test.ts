@@ -17,7 +17,7 @@ async function readerWithoutKey(query: string, statementTimeoutMs = 5_000) {
     max: 1,
     onnotice: () => {},
     backoff: () => 0.05,
-    // As src/main.ts configures the POS reader.
+    // As src/service/pos_source.ts configures the POS reader.
     connection: { application_name: applicationName, statement_timeout: statementTimeoutMs },
   });
   const redis = createClient({ url: REDIS_URL });

@@ -44,7 +44,7 @@ export interface AckingConsumer {
 
 /**
  * Wait before re-subscribing, by failed setups in a row (from 0): the numbers and spread of
- * rabbitmq-client's own reconnects (retryLow/retryHigh, src/main.ts), 250 ms doubling to 10 s,
+ * rabbitmq-client's own reconnects (retryLow/retryHigh, src/service/connections.ts), 250 ms doubling to 10 s,
  * drawn from the upper half so a broker restart is not met by every consumer at once.
  */
 const resubscribeBackoff = exponential({
