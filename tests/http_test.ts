@@ -92,7 +92,7 @@ integration("metrics expose the custody counters and pass promtool check metrics
   }
 });
 
-Deno.test("a channel's inbound route answers under /channels/<name>/; an unknown one is 404 like any route", async () => {
+Deno.test("a channel's inbound route answers under /webhooks/<name>; an unknown one is 404 like any route", async () => {
   const { Registry } = await import("prom-client");
   const received: string[] = [];
   const app = createApp({
@@ -103,7 +103,7 @@ Deno.test("a channel's inbound route answers under /channels/<name>/; an unknown
       channel === "mercadolibre"
         ? [{
           method: "POST",
-          path: "orders",
+          path: "",
           handle: async (request) => {
             received.push(await request.text());
             return new Response(null, { status: 202 });
@@ -111,14 +111,18 @@ Deno.test("a channel's inbound route answers under /channels/<name>/; an unknown
         }]
         : undefined,
   });
-  const hit = await app.request("/channels/mercadolibre/orders", {
+  const hit = await app.request("/webhooks/mercadolibre", {
     method: "POST",
     body: '{"topic":"orders"}',
   });
   assert.equal(hit.status, 202);
   assert.deepEqual(received, ['{"topic":"orders"}']);
   for (
-    const [method, path] of [["GET", "/channels/mercadolibre/orders"], ["POST", "/channels/shopify/orders"]]
+    const [method, path] of [
+      ["GET", "/webhooks/mercadolibre"],
+      ["POST", "/webhooks/shopify"],
+      ["POST", "/webhooks/mercadolibre/orders"],
+    ]
   ) {
     const missing = await app.request(path, { method });
     assert.equal(missing.status, 404, `${method} ${path}`);

@@ -3,7 +3,7 @@
  * open to all; the operator routes (status, audit trail, resync, DLQ) behind
  * the admin token (src/http/operator.ts).
  */
-import { Hono } from "hono";
+import { Hono, type MiddlewareHandler } from "hono";
 import type { Registry } from "prom-client";
 import { logger } from "../log.ts";
 import type { CheckResult } from "../model/health.ts";
@@ -46,14 +46,17 @@ export function createApp(deps: HttpDeps): Hono {
 
   if (deps.operator) mountOperatorRoutes(app, deps.operator);
 
-  // A channel's own routes, e.g. POST /channels/mercadolibre/orders; the handler authenticates the caller.
-  app.all("/channels/:channel/:path{.+}", async (c, next) => {
-    const route = deps.inbound?.(c.req.param("channel"))?.find((r) =>
-      r.method === c.req.method && r.path === c.req.param("path")
+  // A channel's own routes: POST /webhooks/shopify, /webhooks/<channel>/<path>; the handler authenticates the caller.
+  const inbound: MiddlewareHandler = async (c, next) => {
+    const path = c.req.param("path") ?? "";
+    const route = deps.inbound?.(c.req.param("channel") ?? "")?.find((r) =>
+      r.method === c.req.method && r.path === path
     );
     if (!route) return await next();
     return await route.handle(c.req.raw);
-  });
+  };
+  app.all("/webhooks/:channel", inbound);
+  app.all("/webhooks/:channel/:path{.+}", inbound);
 
   app.notFound((c) =>
     c.json({ error: "not_found", message: `no route for ${c.req.method} ${c.req.path}` }, 404)

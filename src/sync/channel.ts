@@ -122,12 +122,12 @@ export interface ChannelProbe {
 
 /**
  * An inbound HTTP route a channel serves (marketplace order webhooks): a plain fetch
- * handler, mounted by src/http/ under `/channels/<name>/<path>`, outside the admin token
- * (a marketplace signs its own calls; the handler checks that).
+ * handler, mounted by src/http/ at `/webhooks/<name>` (path "") or `/webhooks/<name>/<path>`,
+ * outside the admin token (a marketplace signs its own calls; the handler checks that).
  */
 export interface InboundRoute {
   method: "GET" | "POST" | "PUT" | "DELETE";
-  /** Path below `/channels/<name>/`, e.g. `orders`. */
+  /** Path below `/webhooks/<name>/`; "" for `/webhooks/<name>` itself. */
   path: string;
   handle(request: Request): Response | Promise<Response>;
 }
