@@ -108,6 +108,27 @@ export function unresolvedRead(
   };
 }
 
+/**
+ * One listing as a whole-catalog read sees it: a SKU's quantity at one place of the
+ * marketplace (a Shopify location; MercadoLibre's item or variation).
+ */
+export interface CatalogListing {
+  sku: string;
+  /** Where the quantity is kept: a Shopify location id; the MercadoLibre item (and variation) id. */
+  place: string;
+  quantity: number;
+  /** What a write needs to address the listing: the same shape the channel's `read` returns. */
+  ref: unknown;
+  /** Why the listing must not be written (MercadoLibre Full, under review); undefined when it may be. */
+  unwritable?: { reason: string; error: string };
+}
+
+/** A channel's whole catalog, read in pages (bulk where the marketplace offers it, never one call per SKU). */
+export interface ChannelCatalog {
+  /** Every listing at the places the configuration maps, page by page; never the whole catalog at once. */
+  listings(signal?: AbortSignal): AsyncIterable<CatalogListing[]>;
+}
+
 // ---- Status and metrics ----
 
 /** What a channel contributes to the status besides the ledger's numbers. */
