@@ -587,3 +587,156 @@ integration(
     }
   },
 );
+
+integration(
+  "a job stopped by a shutdown resumes on the next instance from where it was: every listing once, none twice",
+  async () => {
+    let stopAt: (() => void) | undefined;
+    const paused = new Promise<void>((r) => stopAt = r);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => release = r);
+    let checks = 0;
+    // The third listing check holds until the first instance has begun shutting down.
+    const w = await startWorld({
+      afterSource: async () => {
+        if (++checks === 3) {
+          stopAt!();
+          await gate;
+        }
+      },
+    });
+    let next: ReturnType<typeof startService> | undefined;
+    try {
+      await injectDrift(w);
+      const started = await adminApi(w.h, TOKEN, "POST", "/resync", { skus: SKUS, dry_run: true });
+      assert.equal(started.status, 202);
+      const id = started.body.id;
+      await paused;
+      const closing = w.h.service.close();
+      release();
+      await closing;
+      const [left] = await w.h.sql<{ state: string; done: number; total: number }[]>`
+        select state, done, total from resync_job where id = ${id}`;
+      assert.equal(left.state, "running", "a shutdown pauses the job, it does not fail it");
+      assert.ok(left.done >= 3 && left.done < left.total, `paused part way: ${left.done} of ${left.total}`);
+
+      let resumedChecks = 0;
+      next = startService(testConfig(w.env), { resyncHooks: { afterSource: () => void resumedChecks++ } });
+      await next.started;
+      const job = await next.resyncer()!.wait(id, 30_000);
+      assert.equal(job.state, "done");
+      assert.equal(job.resumed, 1);
+      assert.equal(job.done, job.total);
+      const lines = [...job.report as DriftLine[], ...job.unresolved as { sku: string }[]];
+      assert.equal(lines.length, job.total, "one line per listing check");
+      const keys = lines.map((l) => `${(l as DriftLine).channel}|${l.sku}|${(l as DriftLine).tienda_id}`);
+      assert.equal(new Set(keys).size, keys.length, `no listing checked twice: ${keys.join(" ")}`);
+      assert.equal(resumedChecks, left.total - left.done, "the resumed run checks only what was left");
+      assert.deepEqual(
+        driftOnly(job.report as DriftLine[]).map((l) => `${l.channel} ${l.sku}`).sort(),
+        ["mercadolibre JEAN-RECTO-40", "mercadolibre REMERA-002", "shopify GORRO-LANA", "shopify REMERA-002"],
+      );
+    } finally {
+      release();
+      await next?.close();
+      await w.close();
+    }
+  },
+);
+
+integration(
+  "DELETE /resync/{id} cancels a running job at its next listing; progress shows a rate and an ETA",
+  async () => {
+    let entered!: () => void;
+    const inside = new Promise<void>((r) => entered = r);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => release = r);
+    let checks = 0;
+    const w = await startWorld({
+      afterSource: async () => {
+        if (++checks === 2) {
+          entered();
+          await gate;
+        }
+      },
+    });
+    try {
+      await injectDrift(w);
+      const started = await adminApi(w.h, TOKEN, "POST", "/resync", { skus: SKUS });
+      const id = started.body.id;
+      await inside;
+      const running = await adminApi(w.h, TOKEN, "GET", `/resync/${id}`);
+      assert.equal(running.body.state, "running");
+      assert.equal(running.body.progress.done, 1);
+      assert.ok(running.body.progress.per_second > 0, JSON.stringify(running.body.progress));
+      assert.ok(running.body.progress.eta_seconds >= 1, JSON.stringify(running.body.progress));
+
+      const cancelled = await adminApi(w.h, TOKEN, "DELETE", `/resync/${id}`);
+      assert.equal(cancelled.status, 200);
+      assert.equal(cancelled.body.state, "cancelled");
+      release();
+      const job = await waitFor(async () => {
+        const j = await adminApi(w.h, TOKEN, "GET", `/resync/${id}`);
+        return j.body.done >= 1 ? j.body : undefined;
+      }, "job visible");
+      assert.equal(job.state, "cancelled");
+      // The listing in progress when it was cancelled may finish; nothing after it starts.
+      await new Promise((r) => setTimeout(r, 500));
+      assert.ok(checks <= 2, `no listing checked after the cancel (${checks} checks)`);
+      assert.ok(job.done < job.total);
+      assert.equal((await adminApi(w.h, TOKEN, "DELETE", `/resync/${id}`)).status, 409);
+      assert.equal((await adminApi(w.h, TOKEN, "DELETE", `/resync/${crypto.randomUUID()}`)).status, 404);
+      // The scope is free again.
+      assert.equal(
+        (await adminApi(w.h, TOKEN, "POST", "/resync", { skus: SKUS, dry_run: true })).status,
+        202,
+      );
+    } finally {
+      release();
+      await w.close();
+    }
+  },
+);
+
+integration("the report downloads whole as CSV or NDJSON, drift lines then unresolved ones", async () => {
+  const w = await startWorld();
+  try {
+    await injectDrift(w);
+    const job = await resync(w, { skus: [...SKUS, "NO-SUCH-SKU"], dry_run: true });
+    const lines = (job.report as DriftLine[]).length + (job.unresolved as unknown[]).length;
+    const csv = await fetch(`${w.h.service.url}/resync/${job.id}/report?format=csv`, {
+      headers: { authorization: `Bearer ${TOKEN}` },
+    });
+    assert.equal(csv.status, 200);
+    assert.match(csv.headers.get("content-type")!, /text\/csv/);
+    const rows = (await csv.text()).trimEnd().split("\r\n");
+    assert.equal(
+      rows[0],
+      "kind,channel,tienda_id,sku,source_qty,in_flight,marketplace_qty,target,difference,action,outcome,reason,error",
+    );
+    assert.equal(rows.length, 1 + lines);
+    assert.ok(rows.some((r) => r.startsWith("unresolved,") && r.includes("NO-SUCH-SKU")));
+    const gorro = rows.find((r) =>
+      r.startsWith("drift,shopify,") && r.includes(`,GORRO-LANA,`) && r.includes(",77,")
+    );
+    assert.ok(gorro, "the hand-edited Shopify listing is a row with its 77");
+
+    const nd = await fetch(`${w.h.service.url}/resync/${job.id}/report?format=ndjson`, {
+      headers: { authorization: `Bearer ${TOKEN}` },
+    });
+    const parsed = (await nd.text()).trimEnd().split("\n").map((l) => JSON.parse(l));
+    assert.equal(parsed.length, lines);
+    assert.deepEqual(
+      parsed.slice(0, (job.report as unknown[]).length).map((l) => l.kind),
+      (job.report as unknown[]).map(() => "drift"),
+    );
+    assert.equal((await adminApi(w.h, TOKEN, "GET", `/resync/${job.id}/report?format=xml`)).status, 400);
+    assert.equal(
+      (await fetch(`${w.h.service.url}/resync/${job.id}/report`)).status,
+      401,
+      "the report needs the admin token like the job",
+    );
+  } finally {
+    await w.close();
+  }
+});

@@ -13,6 +13,7 @@ import {
   replayRequestSchema,
 } from "../ops/dead_letters.ts";
 import { type Resyncer, resyncRequestSchema } from "../ops/resync.ts";
+import { reportStream } from "../ops/resync_report.ts";
 import { adminAuth, type AdminAuthOptions } from "./admin_auth.ts";
 
 /** DLQ inspection and replay, as the routes use them. */
@@ -95,6 +96,36 @@ export function mountOperatorRoutes(app: Hono, deps: OperatorDeps): void {
     if (!resyncer) return starting(c, "resync");
     const job = await resyncer.get(c.req.param("id"));
     return job ? c.json(job) : c.json({ error: "not_found", message: `no resync ${c.req.param("id")}` }, 404);
+  });
+
+  app.delete("/resync/:id", async (c) => {
+    const resyncer = deps.resyncer();
+    if (!resyncer) return starting(c, "resync");
+    const id = c.req.param("id");
+    const result = await resyncer.cancel(id);
+    if (result === "not_found") return c.json({ error: "not_found", message: `no resync ${id}` }, 404);
+    if (result === "finished") {
+      return c.json({
+        error: "resync_finished",
+        message: `resync ${id} has already ended: nothing to cancel`,
+      }, 409);
+    }
+    return c.json({ id, state: "cancelled", status_url: `/resync/${id}` });
+  });
+
+  app.get("/resync/:id/report", async (c) => {
+    const format = c.req.query("format") ?? "csv";
+    if (format !== "csv" && format !== "ndjson") {
+      return c.json({ error: "invalid_request", message: `format: "csv" or "ndjson", not "${format}"` }, 400);
+    }
+    const resyncer = deps.resyncer();
+    if (!resyncer) return starting(c, "resync");
+    const id = c.req.param("id");
+    if (!await resyncer.get(id)) return c.json({ error: "not_found", message: `no resync ${id}` }, 404);
+    return c.body(reportStream(format, (kind) => resyncer.lines(id, kind)), 200, {
+      "content-type": format === "csv" ? "text/csv; charset=utf-8" : "application/x-ndjson",
+      "content-disposition": `attachment; filename="resync-${id}.${format === "csv" ? "csv" : "ndjson"}"`,
+    });
   });
 
   app.get("/dlq", async (c) => {

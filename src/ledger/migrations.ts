@@ -191,4 +191,38 @@ export const MIGRATIONS: readonly Migration[] = [
       create index stock_change_open on stock_change (channel, status) where status in ('sending', 'failed');
     `,
   },
+  {
+    version: 8,
+    name: "resync jobs that resume, cancel and stream their report",
+    sql: `
+      -- A job's plan: one step per listing check, done in order. A replica that takes
+      -- over a job whose heartbeat stopped goes on from the first step not done.
+      create table resync_step (
+        job_id  uuid not null references resync_job (id) on delete cascade,
+        seq     integer not null,
+        channel text not null,
+        sku     text not null,
+        stores  text[] not null,
+        done    boolean not null default false,
+        primary key (job_id, seq)
+      );
+      create index resync_step_todo on resync_step (job_id, seq) where not done;
+      -- The report, a row per line: appended as the job goes, read page by page, never
+      -- rewritten whole (a jsonb array grows by a full copy at every append).
+      create table resync_line (
+        job_id uuid not null references resync_job (id) on delete cascade,
+        seq    integer not null,
+        kind   text not null check (kind in ('drift', 'unresolved')),
+        line   jsonb not null,
+        primary key (job_id, kind, seq)
+      );
+      alter table resync_job drop constraint resync_job_state_check;
+      alter table resync_job add constraint resync_job_state_check
+        check (state in ('running', 'done', 'failed', 'cancelled'));
+      -- Takes over: how many times another run of the service resumed the job.
+      alter table resync_job add column resumed integer not null default 0;
+      alter table resync_job add column resumed_at timestamptz;
+      alter table resync_job add column done_at_resume integer not null default 0;
+    `,
+  },
 ];

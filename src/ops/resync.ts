@@ -16,6 +16,7 @@ import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import { type PosStockReader, StockSourceUnavailableError } from "../pos/stock.ts";
 import type { ChannelStock } from "../sync/channel.ts";
+import { JobLostError, type Progress, ResyncJobs, type ResyncStep, type StoredLine } from "./resync_jobs.ts";
 
 const log = logger("resync");
 
@@ -43,6 +44,8 @@ export interface DriftLine {
   /** Changes not applied yet that the marketplace will still receive (Shopify deltas). */
   in_flight: number;
   marketplace_qty: number;
+  /** What the marketplace should show (clamped at 0: a marketplace takes no negative stock). */
+  target: number;
   /** What the marketplace should show minus what it shows. */
   difference: number;
   action: "none" | "set" | "would_set" | "skip";
@@ -70,6 +73,8 @@ export interface ResyncDeps {
   /** Resolves once the channel's live work is done (or after a bounded wait). */
   liveIdle(channel: ChannelName, signal: AbortSignal): Promise<void>;
   hooks?: ResyncHooks;
+  /** A running job whose heartbeat is this old is taken over (default 2 minutes). */
+  staleJobMs?: number;
 }
 
 /** Test seams; production passes none. */
@@ -78,6 +83,11 @@ export interface ResyncHooks {
   afterSource?(line: { sku: string; tienda_id: string; channel: string }): Promise<void> | void;
   /** Runs after the marketplace quantity was read and before the write. */
   beforeWrite?(line: DriftLine): Promise<void> | void;
+}
+
+/** The service is shutting down: the job pauses and is resumed, it does not fail. */
+class ShuttingDown extends Error {
+  override name = "ShuttingDown";
 }
 
 const HEARTBEAT_MS = 1_000;
@@ -113,65 +123,101 @@ export function scopeKey(request: ResyncRequest): string {
 /** Runs resync jobs in the background and reports on them. */
 export class Resyncer {
   #abort = new AbortController();
-  #running = new Set<Promise<void>>();
+  #running = new Map<string, Promise<void>>();
+  readonly #jobs: ResyncJobs;
+  readonly #staleMs: number;
+  #takeOverTimer: ReturnType<typeof setInterval> | undefined;
 
-  constructor(private readonly deps: ResyncDeps) {}
+  constructor(private readonly deps: ResyncDeps) {
+    this.#jobs = new ResyncJobs(deps.sql, deps.owner);
+    this.#staleMs = deps.staleJobMs ?? STALE_JOB_MS;
+    // Jobs left by a replica that stopped (or by this service's last run) go on here.
+    const look = () =>
+      void this.#takeOver().catch((error) =>
+        log.warning("looking for resync jobs to take over failed: {error}", {
+          error: (error as Error).message,
+        })
+      );
+    look();
+    const timer = setInterval(look, Math.max(1_000, Math.min(30_000, this.#staleMs / 4)));
+    Deno.unrefTimer(timer as unknown as number);
+    this.#takeOverTimer = timer;
+  }
 
   /** Starts a job, or reports the running job of the same scope. */
   async start(request: ResyncRequest): Promise<{ id: string } | { conflict: string }> {
-    const { sql } = this.deps;
-    const key = scopeKey(request);
-    // A job whose replica died stops blocking its scope once its heartbeat is old.
-    await sql`
-      update resync_job set state = 'failed', finished_at = now(),
-             error = 'abandoned: the replica running it stopped'
-       where scope_key = ${key} and state = 'running'
-         and heartbeat_at < now() - ${STALE_JOB_MS} * interval '1 millisecond'`;
+    // A job of the same scope whose replica died goes on (here) instead of blocking the scope.
+    await this.#takeOver();
     const id = crypto.randomUUID();
-    const inserted = await sql`
-      insert into resync_job (id, scope_key, request, dry_run, owner)
-      values (${id}, ${key}, ${sql.json(request as never)}, ${request.dry_run}, ${this.deps.owner})
-      on conflict (scope_key) where state = 'running' do nothing
-      returning id`;
-    if (inserted.length === 0) {
-      const [running] = await sql<{ id: string }[]>`
-        select id from resync_job where scope_key = ${key} and state = 'running'`;
-      return { conflict: running?.id ?? "unknown" };
-    }
-    const run = this.#run(id, request).catch((error) =>
-      log.error("resync {id} crashed: {error}", { id, error: (error as Error).message })
-    );
-    this.#running.add(run);
-    run.finally(() => this.#running.delete(run));
+    const created = await this.#jobs.create(id, scopeKey(request), request, request.dry_run);
+    if (created.conflict) return { conflict: created.conflict };
+    this.#launch(id, request, false);
     return { id };
   }
 
-  /** A job's progress and report, or undefined. */
+  /** A job's progress (with rate and ETA) and report, or undefined. */
   async get(id: string): Promise<Record<string, unknown> | undefined> {
     if (!/^[0-9a-f-]{36}$/i.test(id)) return undefined;
-    const [row] = await this.deps.sql<Record<string, unknown>[]>`
-      select id, request, dry_run, state, total, done, drift_found, written, errors, report, unresolved,
-             error, owner, started_at, heartbeat_at, finished_at
-        from resync_job where id = ${id}`;
-    if (!row) return undefined;
-    return { ...row, progress: { done: row.done, total: row.total } };
+    return await this.#jobs.get(id);
   }
 
-  /** Waits for a job to finish (tests, the scheduler). */
+  /** Every line of a job's report (`drift` or `unresolved`), page by page. */
+  lines(id: string, kind: "drift" | "unresolved"): AsyncIterable<unknown[]> {
+    return this.#jobs.lines(id, kind);
+  }
+
+  /** Cancels a running job: it stops at its next listing, keeping what it wrote and reported. */
+  async cancel(id: string): Promise<"cancelled" | "finished" | "not_found"> {
+    if (!/^[0-9a-f-]{36}$/i.test(id)) return "not_found";
+    return await this.#jobs.cancel(id);
+  }
+
+  /** Waits for a job to finish (tests, the scheduler); gives up when the service shuts down. */
   async wait(id: string, timeoutMs = 600_000): Promise<Record<string, unknown>> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const job = await this.get(id);
       if (job && job.state !== "running") return job;
+      if (this.#abort.signal.aborted) {
+        throw new Error(`resync ${id} left running: the service is shutting down`);
+      }
       if (Date.now() > deadline) throw new Error(`resync ${id} still running after ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }
 
-  /** Stops running jobs (they are marked failed with the reason) and waits for them. */
+  /**
+   * Stops running jobs after their current listing, keeps their progress, and leaves them to
+   * whichever replica looks next (or this service when it starts again): a restart resumes a job.
+   */
   async close(): Promise<void> {
+    clearInterval(this.#takeOverTimer);
     this.#abort.abort();
-    await Promise.all([...this.#running]);
+    const ids = [...this.#running.keys()];
+    await Promise.all([...this.#running.values()]);
+    await this.#jobs.release(ids).catch((error) =>
+      log.warning("resync jobs {ids} not released ({error}); another replica takes them over later", {
+        ids: ids.join(","),
+        error: (error as Error).message,
+      })
+    );
+  }
+
+  /** Takes over stale running jobs and runs them here. */
+  async #takeOver(): Promise<void> {
+    if (this.#abort.signal.aborted) return;
+    for (const job of await this.#jobs.takeOver(this.#staleMs)) {
+      if (this.#running.has(job.id)) continue;
+      log.warning("resync {id} resumed here: the replica running it stopped", { id: job.id, mark: "retry" });
+      this.#launch(job.id, job.request as ResyncRequest, true);
+    }
+  }
+
+  #launch(id: string, request: ResyncRequest, resumed: boolean): void {
+    const run = this.#run(id, request, resumed).catch((error) =>
+      log.error("resync {id} crashed: {error}", { id, error: (error as Error).message })
+    ).finally(() => this.#running.delete(id));
+    this.#running.set(id, run);
   }
 
   /**
@@ -227,13 +273,10 @@ export class Resyncer {
     return { skus, stores, unresolved };
   }
 
-  async #run(id: string, request: ResyncRequest): Promise<void> {
-    const { sql, metrics } = this.deps;
-    const signal = this.#abort.signal;
+  /** The job's plan: a step per channel × SKU × place, and what cannot be checked at all. */
+  async #plan(request: ResyncRequest): Promise<{ steps: ResyncStep[]; unresolved: Unresolved[] }> {
     const wanted = request.channels ?? KNOWN_CHANNELS;
     const channels = this.deps.channels.filter((c) => wanted.includes(c.name));
-    /** Lines not stored yet (see `save`). */
-    const report: DriftLine[] = [];
     const unresolved: Unresolved[] = [];
     for (const name of wanted) {
       if (!channels.some((c) => c.name === name)) {
@@ -246,7 +289,7 @@ export class Resyncer {
         });
       }
     }
-    const plan: { channel: ChannelStock; sku: string; stores: string[] }[] = [];
+    const steps: ResyncStep[] = [];
     for (const channel of channels) {
       const t = await this.#targets(request, channel);
       unresolved.push(...t.unresolved);
@@ -257,82 +300,129 @@ export class Resyncer {
         places.set(place, [...places.get(place) ?? [], tiendaId]);
       }
       for (const sku of t.skus) {
-        for (const stores of places.values()) plan.push({ channel, sku, stores: stores.toSorted() });
+        for (const stores of places.values()) {
+          steps.push({ seq: steps.length, channel: channel.name, sku, stores: stores.toSorted() });
+        }
       }
     }
-    const counts = { done: 0, drift: 0, written: 0, errors: 0 };
-    let lastBeat = 0;
-    // Lines are appended to the stored report at each heartbeat and then dropped here: a
-    // long job neither rewrites its whole report every second nor keeps it in memory.
-    const save = async (final?: { state: "done" | "failed"; error?: string }) => {
-      const lines = report.splice(0), missing = unresolved.splice(0);
+    return { steps, unresolved };
+  }
+
+  async #run(id: string, request: ResyncRequest, resumed: boolean): Promise<void> {
+    const { metrics } = this.deps;
+    const signal = this.#abort.signal;
+    const jobs = this.#jobs;
+    const mode = request.dry_run ? "dry_run" : "write";
+    /** Progress and lines not stored yet: stored (and dropped here) at each heartbeat. */
+    let progress: Progress = { done: 0, drift: 0, written: 0, errors: 0 };
+    let lines: StoredLine[] = [];
+    const beat = async (final?: { state: "done" | "failed"; error?: string }) => {
+      const [p, l] = [progress, lines];
+      progress = { done: 0, drift: 0, written: 0, errors: 0 };
+      lines = [];
       try {
-        await sql`
-        update resync_job set total = ${plan.length}, done = ${counts.done}, drift_found = ${counts.drift},
-               written = ${counts.written}, errors = ${counts.errors},
-               report = report || ${sql.json(lines as never)}::jsonb,
-               unresolved = unresolved || ${sql.json(missing as never)}::jsonb, heartbeat_at = now(),
-               state = ${final?.state ?? "running"}, error = ${final?.error ?? null},
-               finished_at = ${final ? sql`now()` : null}
-         where id = ${id}`;
+        await jobs.beat(id, p, l, final);
       } catch (error) {
-        // Not stored: kept for the next save (the failure path saves once more).
-        report.unshift(...lines);
-        unresolved.unshift(...missing);
+        // Not stored: kept for the next heartbeat (a lost job stops at once, below).
+        for (const k of Object.keys(p) as (keyof Progress)[]) progress[k] += p[k];
+        lines.unshift(...l);
         throw error;
       }
     };
-    log.info("resync {id} started: {total} listing checks ({mode})", {
-      id,
-      total: plan.length,
-      mode: request.dry_run ? "dry run" : "write",
-    });
     try {
-      await save();
-      for (const step of plan) {
-        if (signal.aborted) throw new Error("the service is shutting down");
-        await this.deps.liveIdle(step.channel.name, signal);
-        const line = await this.#check(id, step.channel, step.sku, step.stores, request.dry_run, signal);
-        counts.done++;
-        if ("reason" in line) unresolved.push(line);
-        else {
-          report.push(line);
-          if (line.difference !== 0) {
-            counts.drift++;
-            metrics.resyncDrift.inc({ channel: line.channel });
-            log.warning(
-              "drift on {channel} {sku} at {tienda_id}: POS {source} → should show {expected}, shows {shown}",
-              {
-                channel: line.channel,
-                sku: line.sku,
-                tienda_id: line.tienda_id,
-                source: line.source_qty,
-                expected: line.marketplace_qty + line.difference,
-                shown: line.marketplace_qty,
-                resync_id: id,
-                action: line.action,
-              },
-            );
-          }
-          if (line.outcome === "written") counts.written++;
-          if (line.outcome === "error") counts.errors++;
-        }
-        if (Date.now() - lastBeat > HEARTBEAT_MS) {
-          lastBeat = Date.now();
-          await save();
-        }
+      if (!resumed || !await jobs.planned(id)) {
+        const { steps, unresolved } = await this.#plan(request);
+        await jobs.plan(id, steps, unresolved);
+        log.info("resync {id} started: {total} listing checks ({mode})", {
+          id,
+          total: steps.length,
+          mode: request.dry_run ? "dry run" : "write",
+        });
       }
-      await save({ state: "done" });
-      metrics.resyncRuns.inc({ mode: request.dry_run ? "dry_run" : "write", state: "done" });
+      let lastBeat = 0; // the first listing's line is stored at once: progress shows from the start
+      const channels = new Map(this.deps.channels.map((c) => [c.name as string, c]));
+      for (;;) {
+        const steps = await jobs.nextSteps(id, 200);
+        if (!steps.length) break;
+        for (const step of steps) {
+          if (signal.aborted) throw new ShuttingDown();
+          // An operator's cancel (or another replica's take-over) stops the job before its next listing.
+          await jobs.stillOurs(id);
+          const channel = channels.get(step.channel);
+          let line: DriftLine | Unresolved;
+          if (!channel) {
+            line = {
+              sku: step.sku,
+              tienda_id: step.stores.join(","),
+              channel: step.channel,
+              reason: "channel_not_dispatched",
+              error: `${step.channel} is not dispatched by the instance that resumed this job`,
+            };
+          } else {
+            await this.deps.liveIdle(channel.name, signal);
+            line = await this.#check(id, channel, step.sku, step.stores, request.dry_run, signal);
+          }
+          progress.done++;
+          if ("reason" in line) lines.push({ seq: step.seq, kind: "unresolved", line });
+          else {
+            lines.push({ seq: step.seq, kind: "drift", line });
+            if (line.difference !== 0) {
+              progress.drift++;
+              metrics.resyncDrift.inc({ channel: line.channel });
+              log.warning(
+                "drift on {channel} {sku} at {tienda_id}: POS {source} → should show {expected}, shows {shown}",
+                {
+                  channel: line.channel,
+                  sku: line.sku,
+                  tienda_id: line.tienda_id,
+                  source: line.source_qty,
+                  expected: line.target,
+                  shown: line.marketplace_qty,
+                  resync_id: id,
+                  action: line.action,
+                },
+              );
+            }
+            if (line.outcome === "written") progress.written++;
+            if (line.outcome === "error") progress.errors++;
+          }
+          if (Date.now() - lastBeat > HEARTBEAT_MS) {
+            lastBeat = Date.now();
+            await beat();
+          }
+        }
+        // The page's lines are stored (and its steps marked done) before the next page is read.
+        await beat();
+      }
+      await beat({ state: "done" });
+      metrics.resyncRuns.inc({ mode, state: "done" });
+      const [job] = [await jobs.get(id)];
       log.info("resync {id} done: {done} checked, {drift} with drift, {written} written, {errors} errors", {
         id,
-        ...counts,
+        done: job?.done,
+        drift: job?.drift_found,
+        written: job?.written,
+        errors: job?.errors,
         mark: "done",
       });
     } catch (error) {
-      counts.errors++;
-      await save({ state: "failed", error: (error as Error).message }).catch(() => {});
-      metrics.resyncRuns.inc({ mode: request.dry_run ? "dry_run" : "write", state: "failed" });
+      if (error instanceof ShuttingDown) {
+        // Progress so far is kept; the job stays running and is resumed (close() releases it).
+        await beat().catch(() => {});
+        log.info("resync {id} paused: the service is shutting down; it resumes on the next replica to look", {
+          id,
+          mark: "shutdown",
+        });
+        return;
+      }
+      if (error instanceof JobLostError) {
+        log.warning("resync {id} stopped here: {error}", { id, error: error.message });
+        metrics.resyncRuns.inc({ mode, state: "cancelled" });
+        return;
+      }
+      progress.errors++;
+      await beat({ state: "failed", error: (error as Error).message }).catch(() => {});
+      metrics.resyncRuns.inc({ mode, state: "failed" });
       log.error("resync {id} failed: {error}", { id, error: (error as Error).message, mark: "error" });
     }
   }
@@ -381,6 +471,7 @@ export class Resyncer {
         source_qty: source.quantity,
         in_flight: inFlight,
         marketplace_qty: read.quantity,
+        target,
         difference: target - read.quantity,
         action: read.quantity === target ? "none" : dryRun ? "would_set" : "set",
       };
