@@ -225,4 +225,37 @@ export const MIGRATIONS: readonly Migration[] = [
       alter table resync_job add column done_at_resume integer not null default 0;
     `,
   },
+  {
+    version: 9,
+    name: "whole-catalog resync: snapshots of the POS catalog and the marketplaces' listings",
+    sql: `
+      -- What a catalog-wide job read, page by page, before it compares: the POS's
+      -- products at the mapped stores and every listing of each channel. Compared in
+      -- SQL, so no replica ever holds a whole catalog in memory.
+      create table resync_source (
+        job_id      uuid not null references resync_job (id) on delete cascade,
+        tienda_id   text not null,
+        sku         text not null,
+        producto_id text,
+        quantity    integer,
+        unknown     jsonb,
+        primary key (job_id, tienda_id, sku)
+      );
+      -- No key: one SKU on two listings is a finding (ambiguous), not a conflict.
+      create table resync_listing (
+        job_id     uuid not null references resync_job (id) on delete cascade,
+        channel    text not null,
+        place      text not null,
+        sku        text not null,
+        quantity   integer not null,
+        ref        jsonb,
+        unwritable jsonb
+      );
+      create index resync_listing_sku on resync_listing (job_id, channel, sku);
+      -- A step planned from the snapshots carries what they said: a dry run compares
+      -- without calling the marketplace again; a write re-reads only listings with drift.
+      alter table resync_step add column source_qty integer;
+      alter table resync_step add column marketplace_qty integer;
+    `,
+  },
 ];

@@ -75,6 +75,18 @@ export interface ResyncDeps {
   hooks?: ResyncHooks;
   /** A running job whose heartbeat is this old is taken over (default 2 minutes). */
   staleJobMs?: number;
+  /** The POS's whole catalog: with it (and each channel's catalog), `all` means every product and listing. */
+  catalog?: PosCatalogSource;
+}
+
+/** A row of the POS catalog: a product at a store, with its stock or why it is unknown. */
+export type PosCatalogRow =
+  & { tiendaId: string; sku: string; productoId: string | null }
+  & ({ quantity: number } | { unknown: { reason: string; error: string } });
+
+/** The POS's catalog at some stores, in pages. */
+export interface PosCatalogSource {
+  pages(stores: string[], signal?: AbortSignal): AsyncIterable<PosCatalogRow[]>;
 }
 
 /** Test seams; production passes none. */
@@ -308,6 +320,94 @@ export class Resyncer {
     return { steps, unresolved };
   }
 
+  /**
+   * Plans a whole-catalog job: reads the POS catalog at every store the channels show and each
+   * channel's listings into the job's snapshots, page by page, then pairs them in SQL.
+   */
+  async #planCatalog(id: string, request: ResyncRequest, catalog: PosCatalogSource): Promise<void> {
+    const jobs = this.#jobs;
+    const signal = this.#abort.signal;
+    const { steps: _none, unresolved } = await this.#plan({ ...request, skus: [], all: undefined });
+    await jobs.clearSnapshots(id);
+    await jobs.plan(id, [], unresolved);
+    const wanted = request.channels ?? KNOWN_CHANNELS;
+    const channels = this.deps.channels.filter((c) => wanted.includes(c.name));
+    const places = new Map<string, { tienda_id: string; place: string }[]>();
+    for (const channel of channels) {
+      const stores = await this.#knownStores(channel);
+      places.set(
+        channel.name,
+        stores.map((tienda_id) => ({ tienda_id, place: channel.place?.(tienda_id) ?? "*" })),
+      );
+    }
+    const stores = [...new Set([...places.values()].flat().map((p) => p.tienda_id))].sort();
+    let read = 0;
+    for await (const page of catalog.pages(stores, signal)) {
+      if (signal.aborted) throw new ShuttingDown();
+      await jobs.addSource(
+        id,
+        page.map((r) => ({
+          tienda_id: r.tiendaId,
+          sku: r.sku,
+          producto_id: r.productoId,
+          quantity: "quantity" in r ? r.quantity : null,
+          unknown: "unknown" in r ? r.unknown : null,
+        })),
+      );
+      read += page.length;
+    }
+    log.info("resync {id}: {count} POS products at {stores} stores read", {
+      id,
+      count: read,
+      stores: stores.length,
+    });
+    let seq = 0;
+    for (const [index, channel] of channels.entries()) {
+      let listings = 0;
+      for await (const page of channel.catalog!.listings(signal)) {
+        if (signal.aborted) throw new ShuttingDown();
+        await jobs.addListings(id, channel.name, page);
+        listings += page.length;
+      }
+      log.info("resync {id}: {count} {channel} listings read", {
+        id,
+        count: listings,
+        channel: channel.name,
+      });
+      seq = await jobs.planChannel(
+        id,
+        channel.name,
+        places.get(channel.name)!,
+        seq,
+        (index + 1) * 100_000_000,
+      );
+    }
+    log.info("resync {id} started: {total} listing checks over the whole catalog ({mode})", {
+      id,
+      total: seq,
+      mode: request.dry_run ? "dry run" : "write",
+    });
+  }
+
+  /** A line from a catalog-wide job's snapshots, with the ledger's changes not applied yet. */
+  async #snapshotLine(step: ResyncStep, channel: ChannelStock, dryRun: boolean): Promise<DriftLine> {
+    const flight = channel.deltas ? await this.#flight(channel.name, step.stores, step.sku) : undefined;
+    const inFlight = flight ? -flight.pending : 0;
+    const target = Math.max(0, step.source_qty! + inFlight);
+    const shown = step.marketplace_qty!;
+    return {
+      sku: step.sku,
+      tienda_id: step.stores.join(","),
+      channel: channel.name,
+      source_qty: step.source_qty!,
+      in_flight: inFlight,
+      marketplace_qty: shown,
+      target,
+      difference: target - shown,
+      action: shown === target ? "none" : dryRun ? "would_set" : "set",
+    };
+  }
+
   async #run(id: string, request: ResyncRequest, resumed: boolean): Promise<void> {
     const { metrics } = this.deps;
     const signal = this.#abort.signal;
@@ -331,13 +431,20 @@ export class Resyncer {
     };
     try {
       if (!resumed || !await jobs.planned(id)) {
-        const { steps, unresolved } = await this.#plan(request);
-        await jobs.plan(id, steps, unresolved);
-        log.info("resync {id} started: {total} listing checks ({mode})", {
-          id,
-          total: steps.length,
-          mode: request.dry_run ? "dry run" : "write",
-        });
+        const wanted = request.channels ?? KNOWN_CHANNELS;
+        const catalog = this.deps.catalog;
+        const whole = request.all && catalog &&
+          this.deps.channels.filter((c) => wanted.includes(c.name)).every((c) => c.catalog);
+        if (whole) await this.#planCatalog(id, request, catalog);
+        else {
+          const { steps, unresolved } = await this.#plan(request);
+          await jobs.plan(id, steps, unresolved);
+          log.info("resync {id} started: {total} listing checks ({mode})", {
+            id,
+            total: steps.length,
+            mode: request.dry_run ? "dry run" : "write",
+          });
+        }
       }
       let lastBeat = 0; // the first listing's line is stored at once: progress shows from the start
       const channels = new Map(this.deps.channels.map((c) => [c.name as string, c]));
@@ -360,7 +467,14 @@ export class Resyncer {
             };
           } else {
             await this.deps.liveIdle(channel.name, signal);
-            line = await this.#check(id, channel, step.sku, step.stores, request.dry_run, signal);
+            // A catalog-wide job compares its snapshots; it reads the marketplace again (and
+            // compares-and-sets) only for a listing that drifted, and only to write it.
+            const snapshot = step.marketplace_qty != null && step.source_qty != null
+              ? await this.#snapshotLine(step, channel, request.dry_run)
+              : undefined;
+            line = snapshot && snapshot.action !== "set"
+              ? snapshot
+              : await this.#check(id, channel, step.sku, step.stores, request.dry_run, signal);
           }
           progress.done++;
           if ("reason" in line) lines.push({ seq: step.seq, kind: "unresolved", line });

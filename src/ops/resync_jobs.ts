@@ -8,6 +8,7 @@
  */
 import type postgres from "postgres";
 import type { Sql } from "postgres";
+import type { CatalogListing } from "../sync/channel.ts";
 
 type TransactionSql = postgres.TransactionSql;
 
@@ -17,6 +18,18 @@ export interface ResyncStep {
   channel: string;
   sku: string;
   stores: string[];
+  /** From the snapshots of a catalog-wide job: the POS sum at `stores` and the marketplace's quantity. */
+  source_qty?: number | null;
+  marketplace_qty?: number | null;
+}
+
+/** A POS catalog row in a job's snapshot. */
+export interface SourceRow {
+  tienda_id: string;
+  sku: string;
+  producto_id: string | null;
+  quantity: number | null;
+  unknown: { reason: string; error: string } | null;
 }
 
 /** A report line, by the step that produced it (negative: found while planning). */
@@ -114,7 +127,7 @@ export class ResyncJobs {
   /** The next steps not done, in plan order. */
   async nextSteps(id: string, limit: number): Promise<ResyncStep[]> {
     return await this.sql<ResyncStep[]>`
-      select seq, channel, sku, stores from resync_step
+      select seq, channel, sku, stores, source_qty, marketplace_qty from resync_step
        where job_id = ${id} and not done order by seq limit ${limit}`;
   }
 
@@ -212,6 +225,124 @@ export class ResyncJobs {
       yield rows.map((r) => r.line);
       after = rows[rows.length - 1].seq;
     }
+  }
+
+  /** Adds a page of the POS catalog to the job's snapshot. */
+  async addSource(id: string, rows: SourceRow[]): Promise<void> {
+    if (!rows.length) return;
+    await this.sql`
+      insert into resync_source (job_id, tienda_id, sku, producto_id, quantity, unknown)
+      select ${id}, r.tienda_id, r.sku, r.producto_id, r.quantity, r.unknown
+        from jsonb_to_recordset(${this.sql.json(rows as never)}::jsonb)
+             as r(tienda_id text, sku text, producto_id text, quantity integer, unknown jsonb)
+      on conflict (job_id, tienda_id, sku) do update
+        set quantity = excluded.quantity, unknown = excluded.unknown, producto_id = excluded.producto_id`;
+  }
+
+  /** Adds a page of a channel's listings to the job's snapshot. */
+  async addListings(id: string, channel: string, listings: CatalogListing[]): Promise<void> {
+    if (!listings.length) return;
+    const rows = listings.map((l) => ({
+      place: l.place,
+      sku: l.sku,
+      quantity: l.quantity,
+      ref: l.ref ?? null,
+      unwritable: l.unwritable ?? null,
+    }));
+    await this.sql`
+      insert into resync_listing (job_id, channel, place, sku, quantity, ref, unwritable)
+      select ${id}, ${channel}, r.place, r.sku, r.quantity, r.ref, r.unwritable
+        from jsonb_to_recordset(${this.sql.json(rows as never)}::jsonb)
+             as r(place text, sku text, quantity integer, ref jsonb, unwritable jsonb)`;
+  }
+
+  /** Forgets a job's snapshots (planning starts again after a take-over mid-read). */
+  async clearSnapshots(id: string): Promise<void> {
+    await this.sql.begin(async (tx) => {
+      await this.#owned(tx, id);
+      await tx`delete from resync_source where job_id = ${id}`;
+      await tx`delete from resync_listing where job_id = ${id}`;
+      await tx`delete from resync_step where job_id = ${id}`;
+      await tx`delete from resync_line where job_id = ${id}`;
+    });
+  }
+
+  /**
+   * Plans one channel's part of a catalog-wide job from the snapshots, in SQL: a step per SKU
+   * and place the POS and the marketplace both have, and an unresolved line for each SKU only
+   * one side has, each SKU on several listings, each listing the marketplace will not take
+   * writes for, and each POS stock that could not be read. `places` maps every store the
+   * channel shows to where its stock is kept (stores of one place are compared summed; a place
+   * of "*" matches every listing of the channel). Unresolved lines are numbered below -`lineBase`.
+   * Returns the next free step number.
+   */
+  async planChannel(
+    id: string,
+    channel: string,
+    places: { tienda_id: string; place: string }[],
+    firstSeq: number,
+    lineBase: number,
+  ): Promise<number> {
+    const { sql } = this;
+    return await sql.begin(async (tx) => {
+      await this.#owned(tx, id);
+      const map = tx.json(places as never);
+      const [{ planned }] = await tx<{ planned: number }[]>`
+        with map as (select * from jsonb_to_recordset(${map}::jsonb) as m(tienda_id text, place text)),
+        stores as (select place, array_agg(tienda_id order by tienda_id) as stores from map group by place),
+        src as (
+          select m.place, s.sku, sum(s.quantity)::int as qty,
+                 (array_agg(s.unknown) filter (where s.unknown is not null))[1] as unknown
+            from resync_source s join map m using (tienda_id)
+           where s.job_id = ${id}
+           group by m.place, s.sku),
+        lst as (
+          select case when exists (select 1 from map where place = '*') then '*' else l.place end as place,
+                 l.sku, count(*)::int as n, min(l.quantity)::int as qty,
+                 (array_agg(l.unwritable) filter (where l.unwritable is not null))[1] as unwritable
+            from resync_listing l
+           where l.job_id = ${id} and l.channel = ${channel}
+             and (exists (select 1 from map where place = '*') or l.place in (select place from map))
+           group by 1, l.sku),
+        paired as (
+          select coalesce(src.place, lst.place) as place, coalesce(src.sku, lst.sku) as sku,
+                 src.qty as source_qty, src.unknown, src.sku is not null as in_pos,
+                 lst.qty as marketplace_qty, lst.n, lst.unwritable, lst.sku is not null as listed
+            from src full join lst on lst.place = src.place and lst.sku = src.sku),
+        judged as (
+          select p.*, st.stores,
+                 case when not p.listed then 'no_listing'
+                      when not p.in_pos then 'not_in_pos'
+                      when p.n > 1 then 'ambiguous_sku'
+                      when p.unwritable is not null then coalesce(p.unwritable ->> 'reason', 'unwritable')
+                      when p.unknown is not null then 'stock_unknown'
+                 end as reason
+            from paired p join stores st using (place)),
+        steps as (
+          insert into resync_step (job_id, seq, channel, sku, stores, source_qty, marketplace_qty)
+          select ${id}, ${firstSeq} + row_number() over (order by sku, place) - 1, ${channel}, sku, stores,
+                 source_qty, marketplace_qty
+            from judged where reason is null
+          returning 1),
+        unresolved as (
+          insert into resync_line (job_id, seq, kind, line)
+          select ${id}, -(${lineBase} + row_number() over (order by sku, place)), 'unresolved',
+                 jsonb_build_object(
+                   'sku', sku, 'tienda_id', array_to_string(stores, ','), 'channel', ${channel},
+                   'reason', reason,
+                   'error', case reason
+                     when 'no_listing' then 'the POS has this SKU; ' || ${channel} || ' has no listing for it here'
+                     when 'not_in_pos' then ${channel} || ' lists this SKU; the POS has no such product here'
+                     when 'ambiguous_sku' then n || ' listings carry this SKU: none is written'
+                     when 'stock_unknown' then coalesce(unknown ->> 'error', 'the POS stock could not be read')
+                     else coalesce(unwritable ->> 'error', ${channel} || ' does not take stock writes for it')
+                   end)
+            from judged where reason is not null
+          returning 1)
+        select (select count(*) from steps)::int as planned`;
+      await tx`update resync_job set total = total + ${planned}, heartbeat_at = now() where id = ${id}`;
+      return firstSeq + planned;
+    });
   }
 
   async #owned(tx: TransactionSql, id: string): Promise<void> {

@@ -73,6 +73,8 @@ export interface ChannelStock {
   /** Whether live sales reach this channel as deltas (then changes not applied yet count). */
   readonly deltas: boolean;
   read(sku: string, tiendaId: string, signal?: AbortSignal): Promise<StockRead>;
+  /** Every listing of the channel, in pages: what `{"all": true}` compares with the POS catalog. */
+  readonly catalog?: ChannelCatalog;
   /**
    * Sets `to`, conditional on the value `read` saw where the marketplace allows it.
    * A channel without compare-and-set calls `retarget` under its listing lock and sets
