@@ -794,3 +794,185 @@ Deno.test("catalog: meli_item groups products into one item; custom catalogs wor
   assert.throws(() => parseCatalog({ ...catalog, products: [{ ...catalog.products[0], meli_item: "" }] }));
   await assert.rejects(() => startMeliSandbox({ tiendaId: "11111111-0000-4000-8000-000000000000" }));
 });
+
+const scanPath = (sb: MeliSandbox, params: Record<string, string> = {}) =>
+  `/users/${sb.userId}/items/search?${new URLSearchParams({ search_type: "scan", ...params })}`;
+
+Deno.test('scan: pages follow scroll_id to an empty page with scroll_id ""; no offset; limit 1..100', async () => {
+  await withSandbox(async (sb) => {
+    const first = await call(sb, "GET", scanPath(sb, { limit: "15" }));
+    assert.equal(first.status, 200);
+    assert.deepEqual(Object.keys(first.body).sort(), ["paging", "results", "scroll_id", "seller_id"]);
+    assert.deepEqual(first.body.paging, { limit: 15, total: 35 });
+    assert.equal(first.body.seller_id, "123456789");
+    const scrollId: string = first.body.scroll_id;
+    assert.ok(scrollId.length > 0);
+    const seen = [...first.body.results];
+    for (const expected of [15, 5, 0]) {
+      const next = await call(sb, "GET", scanPath(sb, { scroll_id: scrollId, limit: "15" }));
+      assert.equal(next.status, 200);
+      assert.equal(next.body.results.length, expected);
+      assert.equal(next.body.scroll_id, expected === 0 ? "" : scrollId);
+      seen.push(...next.body.results);
+    }
+    assert.deepEqual(seen, sb.itemsOf(sb.userId));
+    // The default page is 50: every item at once, then the end.
+    const all = await call(sb, "GET", scanPath(sb));
+    assert.equal(all.body.results.length, 35);
+    assert.equal(all.body.paging.limit, 50);
+    // Filters apply to the scan as to the paged search.
+    const active = await call(sb, "GET", scanPath(sb, { status: "active", limit: "100" }));
+    assert.ok(active.body.results.length > 0 && active.body.results.length < 35);
+    assert.deepEqual(sb.invalidRequests(), []);
+    for (const bad of [{ limit: "101" }, { limit: "0" }, { offset: "0" }] as Record<string, string>[]) {
+      const answer = await call(sb, "GET", scanPath(sb, bad));
+      assert.equal(answer.status, 400, JSON.stringify(bad));
+      assert.equal(answer.body.error, "bad_request");
+    }
+    assert.equal((await call(sb, "GET", `/users/${sb.userId}/items/search?search_type=full`)).status, 400);
+    assert.equal((await call(sb, "GET", `/users/${sb.userId}/items/search?scroll_id=abc`)).status, 400);
+    // Past 1,000 results only a scan reads on.
+    const deep = await call(sb, "GET", `/users/${sb.userId}/items/search?offset=1001`);
+    assert.equal(deep.status, 400);
+    assert.equal((await call(sb, "GET", `/users/${sb.userId}/items/search?offset=1000`)).status, 200);
+    assert.equal(sb.invalidRequests().length, 6);
+  });
+});
+
+Deno.test("scan: an exhausted, expired or made-up scroll_id is MeLi's invalid.scroll.id", async () => {
+  const c = clock();
+  await withSandbox(async (sb) => {
+    const INVALID_SCROLL = {
+      message: "Invalid Scroll Id: Error decode reading Scroll ID",
+      error: "invalid.scroll.id",
+      status: 400,
+      cause: [],
+    };
+    const first = await call(sb, "GET", scanPath(sb, { limit: "10" }));
+    const id: string = first.body.scroll_id;
+    // Each use keeps it alive for 5 more minutes.
+    c.advance(4 * 60_000);
+    assert.equal((await call(sb, "GET", scanPath(sb, { scroll_id: id, limit: "10" }))).status, 200);
+    c.advance(4 * 60_000);
+    assert.equal((await call(sb, "GET", scanPath(sb, { scroll_id: id, limit: "10" }))).status, 200);
+    c.advance(5 * 60_000);
+    const expired = await call(sb, "GET", scanPath(sb, { scroll_id: id, limit: "10" }));
+    assert.equal(expired.status, 400);
+    assert.deepEqual(expired.body, INVALID_SCROLL);
+    // Expiring is time passing, not a malformed request.
+    assert.deepEqual(sb.invalidRequests(), []);
+    // The control action expires every open scroll at once.
+    const again = (await call(sb, "GET", scanPath(sb))).body.scroll_id;
+    sb.expireScrolls();
+    assert.deepEqual((await call(sb, "GET", scanPath(sb, { scroll_id: again }))).body, INVALID_SCROLL);
+    const viaHttp = (await call(sb, "GET", scanPath(sb))).body.scroll_id;
+    await (await fetch(`${sb.url}/__sandbox/expire-scrolls`, { method: "POST" })).body?.cancel();
+    assert.equal((await call(sb, "GET", scanPath(sb, { scroll_id: viaHttp }))).status, 400);
+    // An exhausted scroll is closed.
+    const whole = (await call(sb, "GET", scanPath(sb, { limit: "100" }))).body.scroll_id;
+    assert.equal((await call(sb, "GET", scanPath(sb, { scroll_id: whole }))).body.scroll_id, "");
+    assert.equal((await call(sb, "GET", scanPath(sb, { scroll_id: whole }))).status, 400);
+    assert.deepEqual(sb.invalidRequests(), []);
+    // One never issued is a client bug; so is an empty one.
+    assert.deepEqual((await call(sb, "GET", scanPath(sb, { scroll_id: "bm9wZQ==" }))).body, INVALID_SCROLL);
+    assert.equal((await call(sb, "GET", scanPath(sb, { scroll_id: "" }))).status, 400);
+    assert.equal(sb.invalidRequests().length, 2);
+    // A token is required, as everywhere.
+    assert.equal((await call(sb, "GET", scanPath(sb), { token: null })).status, 401);
+  }, { now: c.now });
+});
+
+Deno.test("other sellers: their items are readable, never in our search or scan, and not writable", async () => {
+  const theirs = buildCatalog({ skus: 3, stores: 1, seed: 9 });
+  // The same SKU as one of ours: still not ours.
+  theirs.products[0].sku = "REMERA-001";
+  await withSandbox(async (sb) => {
+    const foreign = sb.itemsOf(555);
+    assert.deepEqual(foreign, ["MLA1420000036", "MLA1420000037", "MLA1420000038"]);
+    assert.equal(sb.itemsOf(sb.userId).length, 35);
+    const scan = await call(sb, "GET", scanPath(sb, { limit: "100" }));
+    assert.deepEqual(scan.body.results, sb.itemsOf(sb.userId));
+    assert.equal(scan.body.paging.total, 35);
+    assert.deepEqual((await search(sb, "REMERA-001")).body.results, [listing(sb, "REMERA-001").itemId]);
+    const other = await call(sb, "GET", "/users/555/items/search?search_type=scan");
+    assert.equal(other.status, 403);
+    assert.deepEqual(other.body, {
+      message: "Searching another user items is restricted.",
+      error: "forbidden",
+      status: 403,
+      cause: [],
+    });
+    const read = await call(sb, "GET", `/items?ids=${foreign[0]},${listing(sb, "REMERA-001").itemId}`);
+    assert.deepEqual(read.body.map((r: Json) => [r.code, r.body.seller_id]), [[200, 555], [200, sb.userId]]);
+    const put = await call(sb, "PUT", `/items/${foreign[0]}`, { json: { available_quantity: 1 } });
+    assert.equal(put.status, 403);
+    assert.equal(sb.stats().puts, 0);
+    assert.equal(sb.listings.length, 40);
+  }, { otherSellers: [{ userId: 555, catalog: parseCatalog(theirs) }] });
+  await assert.rejects(() => startMeliSandbox({ otherSellers: [{ userId: 123456789, catalog: CATALOG }] }));
+});
+
+Deno.test("multi-get: up to 20 ids, each {code, body}; attributes= picks fields; more is 400", async () => {
+  await withSandbox(async (sb) => {
+    const ids = sb.itemsOf(sb.userId);
+    const jean = listing(sb, "JEAN-RECTO-38");
+    const picked = await call(
+      sb,
+      "GET",
+      `/items?ids=${jean.itemId},MLA1&include_attributes=all&attributes=id,variations,shipping`,
+    );
+    assert.equal(picked.status, 200);
+    assert.deepEqual(picked.body.map((r: Json) => r.code), [200, 404]);
+    assert.deepEqual(Object.keys(picked.body[0].body).sort(), ["id", "shipping", "variations"]);
+    assert.equal(
+      picked.body[0].body.variations[0].attributes.find((a: Json) => a.id === "SELLER_SKU").value_name,
+      "JEAN-RECTO-38",
+    );
+    assert.equal((await call(sb, "GET", `/items?ids=${ids.slice(0, 20).join(",")}`)).body.length, 20);
+    assert.deepEqual(sb.invalidRequests(), []);
+    const tooMany = await call(sb, "GET", `/items?ids=${ids.slice(0, 21).join(",")}`);
+    assert.equal(tooMany.status, 400);
+    assert.equal(tooMany.body.error, "bad_request");
+    assert.equal((await call(sb, "GET", "/items?ids=")).status, 400);
+    assert.equal((await call(sb, "GET", `/items?ids=${ids[0]}`, { token: null })).status, 401);
+  });
+});
+
+Deno.test("Full and under review: from catalog fields or the control route, as MeLi reports them", async () => {
+  const catalog = buildCatalog({ skus: 4, stores: 1, seed: 3 });
+  catalog.products[0].meli_logistic_type = "fulfillment";
+  catalog.products[1].meli_status = "under_review";
+  catalog.products[2].meli_item = "PAIR";
+  catalog.products[3].meli_item = "PAIR";
+  catalog.products[3].meli_status = "paused";
+  await withSandbox(async (sb) => {
+    const [full, review, pair] = sb.itemsOf(sb.userId).map((id) => sb.item(id) as Json);
+    assert.equal(full.shipping.logistic_type, "fulfillment");
+    assert.equal(review.status, "under_review");
+    assert.equal(pair.status, "paused");
+    const put = await call(sb, "PUT", `/items/${full.id}`, { json: { available_quantity: 1 } });
+    assert.equal(put.status, 400);
+    const post = (id: string, body: unknown) =>
+      fetch(`${sb.url}/__sandbox/items/${id}`, { method: "POST", body: JSON.stringify(body) });
+    const changed = await post(pair.id, { status: "under_review", sub_status: ["waiting_for_patch"] });
+    assert.equal(changed.status, 200);
+    assert.deepEqual(
+      [(await changed.json()).status, (sb.item(pair.id) as Json).sub_status],
+      ["under_review", ["waiting_for_patch"]],
+    );
+    assert.equal((await post(pair.id, { logistic_type: "fulfillment" })).status, 200);
+    assert.equal((sb.item(pair.id) as Json).shipping.logistic_type, "fulfillment");
+    const bad = await post(pair.id, { status: "gone" });
+    assert.equal(bad.status, 400);
+    await bad.body?.cancel();
+    const extra = await post(pair.id, { price: 1 });
+    assert.equal(extra.status, 400);
+    await extra.body?.cancel();
+    const missing = await post("MLA1", { status: "active" });
+    assert.equal(missing.status, 404);
+    await missing.body?.cancel();
+  }, { catalog: parseCatalog(catalog) });
+  const disagree = structuredClone(catalog);
+  disagree.products[2].meli_status = "active";
+  assert.throws(() => parseCatalog(disagree), /meli_status differs within meli_item PAIR/);
+});

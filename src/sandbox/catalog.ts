@@ -23,6 +23,13 @@ const productSchema = z.object({
    * variations of one item; a product without it is an item of its own (no variations).
    */
   meli_item: z.string().min(1).optional(),
+  /**
+   * Status of the product's MercadoLibre item at start (an item's, so products sharing a
+   * `meli_item` must agree): e.g. `under_review`; by default active, or paused at 0 stock.
+   */
+  meli_status: z.enum(["active", "paused", "closed", "under_review", "inactive"]).optional(),
+  /** `shipping.logistic_type` of the product's item (default `cross_docking`; `fulfillment` is MeLi Full). */
+  meli_logistic_type: z.string().min(1).optional(),
   /** tienda_id → available quantity; a store left out stocks the product at 0. */
   stock: z.record(z.string(), z.number().int()),
 });
@@ -35,7 +42,23 @@ const catalogSchema = z.object({
   const stores = new Set(catalog.stores.map((s) => s.tienda_id));
   if (stores.size !== catalog.stores.length) ctx.addIssue({ code: "custom", message: "duplicate tienda_id" });
   const seen = new Set<string>();
+  const itemFields = new Map<string, { meli_status?: string; meli_logistic_type?: string }>();
   catalog.products.forEach((p, i) => {
+    if (p.meli_item !== undefined) {
+      const item = itemFields.get(p.meli_item) ?? {};
+      itemFields.set(p.meli_item, item);
+      for (const field of ["meli_status", "meli_logistic_type"] as const) {
+        if (p[field] === undefined) continue;
+        if (item[field] === undefined) item[field] = p[field];
+        else if (item[field] !== p[field]) {
+          ctx.addIssue({
+            code: "custom",
+            message: `${field} differs within meli_item ${p.meli_item} (it is the item's)`,
+            path: ["products", i, field],
+          });
+        }
+      }
+    }
     if (seen.has(p.producto_id)) {
       ctx.addIssue({
         code: "custom",

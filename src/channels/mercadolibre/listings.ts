@@ -31,7 +31,8 @@ export type MeliResolution =
   | { ok: false; outcome: ChangeOutcome }
   | { ok: false; transient: { reason: string; error: string; waitMs?: number } };
 
-interface Attribute {
+/** An attribute of an item or variation, as far as the service reads it. */
+export interface Attribute {
   id: string;
   value_name: string | null;
 }
@@ -39,6 +40,8 @@ interface Attribute {
 /** The fields of `GET /items/{id}` the service reads. */
 export interface MeliItem {
   id: string;
+  /** Present when asked for; the owner of the item. */
+  seller_id?: number;
   status: string;
   sub_status?: string[];
   available_quantity: number;
@@ -55,8 +58,40 @@ export interface MeliItem {
 
 const SELLER_TTL_MS = 600_000;
 
-function sellerSku(attributes: Attribute[] | undefined, customField: string | null | undefined) {
+/** The SKU MeLi shows for an item or variation: its SELLER_SKU attribute, else `seller_custom_field`. */
+export function sellerSku(
+  attributes: Attribute[] | undefined,
+  customField: string | null | undefined,
+): string | null {
   return attributes?.find((a) => a.id === "SELLER_SKU")?.value_name ?? customField ?? null;
+}
+
+/** One listing of an item as MeLi shows it: the item itself, or one of its variations. */
+export interface ItemListing {
+  /** Null when neither the SELLER_SKU attribute nor `seller_custom_field` is set. */
+  sku: string | null;
+  listing: MeliListing;
+  quantity: number;
+}
+
+/**
+ * The listings of an item: its variations when it has any (the item's own SKU is
+ * then not a listing), else the item itself.
+ */
+export function itemListings(item: MeliItem): ItemListing[] {
+  const logisticType = item.shipping?.logistic_type ?? null;
+  if (item.variations && item.variations.length > 0) {
+    return item.variations.map((v) => ({
+      sku: sellerSku(v.attributes, v.seller_custom_field),
+      listing: { itemId: item.id, variationId: v.id, logisticType },
+      quantity: v.available_quantity,
+    }));
+  }
+  return [{
+    sku: sellerSku(item.attributes, item.seller_custom_field),
+    listing: { itemId: item.id, variationId: null, logisticType },
+    quantity: item.available_quantity,
+  }];
 }
 
 /** Maps a non-ok result of a lookup to a transient or permanent outcome. */
@@ -198,19 +233,9 @@ export class MeliListings {
 
   /** Picks the one item or variation carrying `sku`, and caches the answer. */
   async #match(sku: string, candidates: MeliItem[]): Promise<MeliResolution> {
-    const matches: MeliListing[] = [];
-    for (const item of candidates) {
-      const logisticType = item.shipping?.logistic_type ?? null;
-      if (item.variations && item.variations.length > 0) {
-        for (const v of item.variations) {
-          if (sellerSku(v.attributes, v.seller_custom_field) === sku) {
-            matches.push({ itemId: item.id, variationId: v.id, logisticType });
-          }
-        }
-      } else if (sellerSku(item.attributes, item.seller_custom_field) === sku) {
-        matches.push({ itemId: item.id, variationId: null, logisticType });
-      }
-    }
+    const matches = candidates.flatMap((item) =>
+      itemListings(item).filter((l) => l.sku === sku).map((l) => l.listing)
+    );
     if (matches.length !== 1) {
       const outcome: ChangeOutcome = matches.length === 0
         ? {

@@ -1,7 +1,8 @@
 /**
  * Routes of the MercadoLibre sandbox's API (everything but `/oauth/token` and the
  * control endpoints), once the request got past latency, rate limit, auth and
- * injected errors: users, the seller's item search by SKU, items and variations.
+ * injected errors: users, the seller's item search (by SKU, paged by offset, or a scan
+ * followed by scroll id over the whole account), items and variations.
  *
  * Writes are planned (validated against the item) before the write faults are drawn,
  * so an injected 409 or ignored write is only ever a write that would have applied.
@@ -9,14 +10,17 @@
 import {
   CONFLICT_BODY,
   FORBIDDEN_BODY,
+  INVALID_SCROLL_BODY,
   itemNotFound,
   meliError,
   type MeliFailure,
   methodNotAllowed,
   routeNotFound,
+  SEARCH_FORBIDDEN_BODY,
   serverErrorBody,
 } from "./errors.ts";
 import type { ItemState, MeliItems } from "./items.ts";
+import type { Scrolls } from "./scrolls.ts";
 import {
   parseItemPatch,
   parseVariationPatch,
@@ -38,6 +42,8 @@ export interface Answer {
 /** What the routes need from the sandbox. */
 export interface ApiContext {
   items: MeliItems;
+  /** Open scans of `GET /users/{id}/items/search?search_type=scan`. */
+  scrolls: Scrolls;
   userId: number;
   userTags: readonly string[];
   /** Draws of the write faults (each consumes the PRNG only if its rate is above 0). */
@@ -117,15 +123,51 @@ const ORDERS = ["stop_time_asc", "stop_time_desc", "start_time_asc", "start_time
   name: `Order by ${id.replace(/_(asc|desc)$/, "").replace("_", " ")} ${id.endsWith("asc") ? "asc" : "desc"}`,
 }));
 
-const search: Handler = (ctx, { params: [id], query }) => {
-  if (!ownUser(ctx, id)) return { status: 403, body: FORBIDDEN_BODY };
-  const limit = intParam(query, "limit", 50, 1, 100);
-  const offset = intParam(query, "offset", 0, 0, 10_000);
-  if (limit === undefined) return badRequest("Invalid limit: it must be an integer between 1 and 100");
-  if (offset === undefined) return badRequest("Invalid offset: it must be a non-negative integer");
+/** Our seller's item ids matching the search's filters (`seller_sku`, `status`). */
+function matching(ctx: ApiContext, query: URLSearchParams): string[] {
   const status = query.get("status");
-  const found = ctx.items.search(query.get("seller_sku") ?? undefined)
+  return ctx.items.search(query.get("seller_sku") ?? undefined)
     .filter((itemId) => status === null || ctx.items.get(itemId)!.status === status);
+}
+
+/**
+ * `search_type=scan`: no offset; the first call opens a scroll, each call with its
+ * `scroll_id` gets the next page, and the end is an empty page with `scroll_id: ""`.
+ */
+function scan(ctx: ApiContext, query: URLSearchParams, limit: number): Answer {
+  if (query.has("offset")) {
+    return badRequest("offset cannot be used with search_type=scan: send the scroll_id of the previous page");
+  }
+  const scrollId = query.get("scroll_id");
+  const page = scrollId === null
+    ? ctx.scrolls.open(ctx.userId, matching(ctx, query), limit)
+    : ctx.scrolls.next(scrollId, ctx.userId, limit);
+  if (typeof page === "string") {
+    // An expired (or exhausted) scroll is time passing, not a malformed request.
+    return { status: 400, body: INVALID_SCROLL_BODY, invalid: page === "unknown" };
+  }
+  return ok({
+    scroll_id: page.scrollId,
+    seller_id: String(ctx.userId),
+    results: page.results,
+    paging: { limit, total: page.total },
+  });
+}
+
+const search: Handler = (ctx, { params: [id], query }) => {
+  if (!ownUser(ctx, id)) return { status: 403, body: SEARCH_FORBIDDEN_BODY };
+  const limit = intParam(query, "limit", 50, 1, 100);
+  if (limit === undefined) return badRequest("Invalid limit: it must be an integer between 1 and 100");
+  const searchType = query.get("search_type");
+  if (searchType === "scan") return scan(ctx, query, limit);
+  if (searchType !== null) return badRequest(`Invalid search_type ${JSON.stringify(searchType)}: only scan`);
+  if (query.has("scroll_id")) return badRequest("scroll_id is only read with search_type=scan");
+  // MeLi pages by offset up to 1,000 results; past that only a scan reads on.
+  const offset = intParam(query, "offset", 0, 0, 1_000);
+  if (offset === undefined) {
+    return badRequest("Invalid offset: it must be an integer between 0 and 1000 (use search_type=scan)");
+  }
+  const found = matching(ctx, query);
   return ok({
     seller_id: String(ctx.userId),
     query: null,
@@ -138,6 +180,12 @@ const search: Handler = (ctx, { params: [id], query }) => {
 
 function itemOr404(ctx: ApiContext, id: string): ItemState | Answer {
   return ctx.items.get(id) ?? fromFailure(itemNotFound(id));
+}
+
+/** The item, when our seller may change it: another seller's item is readable but not writable. */
+function ownItemOr404(ctx: ApiContext, id: string): ItemState | Answer {
+  const item = itemOr404(ctx, id);
+  return isItem(item) && item.sellerId !== ctx.userId ? { status: 403, body: FORBIDDEN_BODY } : item;
 }
 
 function isItem(x: ItemState | Answer): x is ItemState {
@@ -201,7 +249,7 @@ function multiOrigin(ctx: ApiContext): boolean {
 }
 
 const putItem: Handler = (ctx, { params: [id], body }) => {
-  const item = itemOr404(ctx, id);
+  const item = ownItemOr404(ctx, id);
   if (!isItem(item)) return item;
   const patch = parseItemPatch(body);
   if (isFailure(patch)) return fromFailure(patch);
@@ -211,7 +259,7 @@ const putItem: Handler = (ctx, { params: [id], body }) => {
 };
 
 const putVariation: Handler = (ctx, { params: [id, vid], body }) => {
-  const item = itemOr404(ctx, id);
+  const item = ownItemOr404(ctx, id);
   if (!isItem(item)) return item;
   const variation = variationOr404(ctx, item, vid);
   if ("status" in variation) return variation;

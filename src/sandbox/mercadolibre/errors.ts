@@ -7,8 +7,10 @@
  * with `cause` entries `{department, cause_id, type, code, references, message}`
  * ("Validaciones"); OAuth errors carry `error_description` and the codes of the
  * `/oauth/token` reference (invalid_grant, invalid_client, invalid_request,
- * unsupported_grant_type). Where MeLi's exact wording is not published (closed,
- * under review, Full, optimistic locking), the message is ours and the style MeLi's.
+ * unsupported_grant_type). The items search's 400 `invalid.scroll.id` and 403 "Searching
+ * another user items is restricted." are the ones listed under "Errors" of MeLi's "Items &
+ * Searches" page. Where MeLi's exact wording is not published (closed, under review,
+ * Full, optimistic locking, paging bounds), the message is ours and the style MeLi's.
  */
 
 /** A MercadoLibre error body. */
@@ -111,6 +113,18 @@ export const QUERY_TOKEN_BODY = meliError(
 export const TOO_MANY_REQUESTS_BODY = meliError(429, "too_many_requests", "Too many requests");
 /** 403 for resources of another user. */
 export const FORBIDDEN_BODY = meliError(403, "forbidden", "You don't have permission to access the resource");
+/** 403 for `/users/{id}/items/search` of another user. */
+export const SEARCH_FORBIDDEN_BODY = meliError(
+  403,
+  "forbidden",
+  "Searching another user items is restricted.",
+);
+/** 400 for a scroll id that is malformed, expired or already exhausted: start a new scan. */
+export const INVALID_SCROLL_BODY = meliError(
+  400,
+  "invalid.scroll.id",
+  "Invalid Scroll Id: Error decode reading Scroll ID",
+);
 /** 409 optimistic locking: another write to the item won; nothing applied. */
 export const CONFLICT_BODY = meliError(
   409,

@@ -7,9 +7,12 @@
  * (SKU in each variation's SELLER_SKU attribute); any other product is an item
  * without variations (SKU in the item's SELLER_SKU attribute). Ids are stable for a
  * catalog. Quantities come from one catalog store (MeLi has one stock per item for a
- * single-origin seller). Status rules: an active item whose total stock reaches 0 is
- * paused with sub_status out_of_stock; more stock does not reactivate it, a
- * `status: active` update does (only with stock); closed is final.
+ * single-origin seller). A catalog may start an item in another status (`meli_status`,
+ * e.g. under_review) or as MeLi Full (`meli_logistic_type: fulfillment`). Status rules:
+ * an active item whose total stock reaches 0 is paused with sub_status out_of_stock;
+ * more stock does not reactivate it, a `status: active` update does (only with stock);
+ * closed is final. Other sellers' items (seeded from their own catalogs) can be read
+ * through `/items` like any item, but never appear in our seller's search.
  */
 import type { Catalog } from "../catalog.ts";
 
@@ -53,6 +56,8 @@ export interface VariationState {
 /** An item in the store. */
 export interface ItemState {
   id: string;
+  /** The seller who owns the item. */
+  sellerId: number;
   title: string;
   price: number;
   status: ItemStatus;
@@ -117,14 +122,39 @@ function slug(text: string): string {
     .replace(/^-|-$/g, "");
 }
 
-/** The seller's items. */
+/** Another seller's items in the same sandbox: in `/items` like any item, never in our seller's search. */
+export interface OtherSeller {
+  userId: number;
+  catalog: Catalog;
+}
+
+/** The seller's items (and other sellers', which the seller can read but neither search nor change). */
 export class MeliItems {
   readonly listings: readonly MeliListing[];
   #items = new Map<string, ItemState>();
   #byProduct = new Map<string, { item: ItemState; variation: VariationState | null }>();
+  /** Products seeded so far, across sellers: variation ids stay unique. */
+  #seeded = 0;
 
-  constructor(catalog: Catalog, tiendaId: string, readonly sellerId: number, readonly now: () => number) {
-    const created = new Date(now()).toISOString();
+  constructor(
+    catalog: Catalog,
+    tiendaId: string,
+    readonly sellerId: number,
+    readonly now: () => number,
+    others: readonly OtherSeller[] = [],
+  ) {
+    this.listings = this.#seed(catalog, tiendaId, sellerId);
+    for (const other of others) {
+      const store = other.catalog.stores.some((s) => s.tienda_id === tiendaId)
+        ? tiendaId
+        : other.catalog.stores[0].tienda_id;
+      this.#seed(other.catalog, store, other.userId);
+    }
+  }
+
+  /** Creates a seller's items from a catalog; the listings are recorded as ours only for our seller. */
+  #seed(catalog: Catalog, tiendaId: string, sellerId: number): MeliListing[] {
+    const created = new Date(this.now()).toISOString();
     const groups = new Map<string, Catalog["products"]>();
     const order: Catalog["products"][] = [];
     for (const p of catalog.products) {
@@ -137,9 +167,12 @@ export class MeliItems {
         order.push(group);
       }
     }
+    const ours = sellerId === this.sellerId;
     const listings: MeliListing[] = [];
-    const productIndex = new Map(catalog.products.map((p, i) => [p.producto_id, i]));
-    order.forEach((group, i) => {
+    const productIndex = new Map(catalog.products.map((p, i) => [p.producto_id, this.#seeded + i]));
+    const firstItem = this.#items.size;
+    order.forEach((group, g) => {
+      const i = firstItem + g;
       const id = `MLA${ITEM_BASE + i + 1}`;
       const price = 5000 + ((i * 7919) % 40) * 500;
       const quantity = (p: Catalog["products"][number]) => Math.max(0, p.stock[tiendaId] ?? 0);
@@ -163,13 +196,16 @@ export class MeliItems {
       const total = hasVariations
         ? variations.reduce((s, v) => s + v.availableQuantity, 0)
         : quantity(group[0]);
+      // Item-level fields a catalog may set on any of the item's products (they agree).
+      const status = group.find((p) => p.meli_status)?.meli_status ?? (total > 0 ? "active" : "paused");
       const item: ItemState = {
         id,
+        sellerId,
         title: hasVariations ? prefix || group[0].meli_item! : group[0].title,
         price,
-        status: total > 0 ? "active" : "paused",
-        subStatus: total > 0 ? [] : ["out_of_stock"],
-        logisticType: "cross_docking",
+        status,
+        subStatus: status === "paused" && total === 0 ? ["out_of_stock"] : [],
+        logisticType: group.find((p) => p.meli_logistic_type)?.meli_logistic_type ?? "cross_docking",
         availableQuantity: hasVariations ? 0 : total,
         soldQuantity: 0,
         initialQuantity: total,
@@ -183,6 +219,7 @@ export class MeliItems {
         lastUpdated: created,
       };
       this.#items.set(id, item);
+      if (!ours) return;
       group.forEach((p, j) => {
         const variation = hasVariations ? variations[j] : null;
         this.#byProduct.set(p.producto_id, { item, variation });
@@ -194,7 +231,8 @@ export class MeliItems {
         });
       });
     });
-    this.listings = listings;
+    this.#seeded += catalog.products.length;
+    return listings;
   }
 
   /** The item with this id, if any. */
@@ -205,6 +243,11 @@ export class MeliItems {
   /** Every item, in id order. */
   all(): ItemState[] {
     return [...this.#items.values()];
+  }
+
+  /** Ids of one seller's items, in id order. */
+  ofSeller(sellerId: number): string[] {
+    return this.all().filter((item) => item.sellerId === sellerId).map((item) => item.id);
   }
 
   /** The item and variation (null for an item without variations) of a catalog product. */
@@ -232,11 +275,12 @@ export class MeliItems {
     return found.variation.deleted ? undefined : found.variation.availableQuantity;
   }
 
-  /** Item ids whose item-level or (live) variation SELLER_SKU equals `sku` exactly. */
+  /** Ids of our seller's items whose item-level or (live) variation SELLER_SKU equals `sku` exactly. */
   search(sku: string | undefined): string[] {
     return this.all().filter((item) =>
-      sku === undefined || skuOf(item.attributes) === sku ||
-      this.variationsOf(item).some((v) => skuOf(v.attributes) === sku)
+      item.sellerId === this.sellerId &&
+      (sku === undefined || skuOf(item.attributes) === sku ||
+        this.variationsOf(item).some((v) => skuOf(v.attributes) === sku))
     ).map((item) => item.id);
   }
 
@@ -303,7 +347,7 @@ export class MeliItems {
       id: item.id,
       site_id: "MLA",
       title: item.title,
-      seller_id: this.sellerId,
+      seller_id: item.sellerId,
       category_id: "MLA109027",
       official_store_id: null,
       price: item.price,

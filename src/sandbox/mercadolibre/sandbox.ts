@@ -11,10 +11,12 @@
  * multi-origin sellers' stock updates are ignored), with MeLi's error bodies.
  *
  * Routes: `POST /oauth/token`; `GET /users/me`, `GET /users/{id}`,
- * `GET /users/{id}/items/search?seller_sku=`; `GET /items?ids=`, `GET|PUT /items/{id}`,
+ * `GET /users/{id}/items/search` (`seller_sku`, `status`, `limit`, `offset` up to 1,000, or
+ * `search_type=scan` and `scroll_id`); `GET /items?ids=` (20 at most), `GET|PUT /items/{id}`,
  * `GET /items/{id}/variations`, `GET|PUT /items/{id}/variations/{vid}`. Control (no
  * auth; the sandbox only listens on 127.0.0.1): `GET /__sandbox/state`,
- * `GET|POST /__sandbox/faults`, `POST /__sandbox/authorize|revoke|expire-tokens`.
+ * `GET|POST /__sandbox/faults`, `POST /__sandbox/authorize|revoke|expire-tokens|expire-scrolls`,
+ * `POST /__sandbox/items/{id}` (`status`, `sub_status`, `logistic_type`: what MeLi decides).
  *
  * Run alone: `deno task sandbox:meli` (env: SANDBOX_MELI_PORT, SANDBOX_CATALOG,
  * SANDBOX_SEED); it prints the MELI_* settings that point the service at it.
@@ -24,8 +26,9 @@ import { defaultCatalog, loadCatalog } from "../catalog.ts";
 import { LeakyBucket } from "../cost.ts";
 import { accessTokenFormat, MeliAuth, randomDigits, randomHex } from "./auth.ts";
 import { type Answer, type ApiContext, route } from "./api.ts";
-import { meliError, oauthError, serverErrorBody, TOO_MANY_REQUESTS_BODY } from "./errors.ts";
+import { itemNotFound, meliError, oauthError, serverErrorBody, TOO_MANY_REQUESTS_BODY } from "./errors.ts";
 import { MeliItems } from "./items.ts";
+import { Scrolls } from "./scrolls.ts";
 import { seededRandom } from "../prng.ts";
 import type {
   MeliFaults,
@@ -43,6 +46,7 @@ export type {
   MeliSandbox,
   MeliSandboxOptions,
   MeliSandboxStats,
+  OtherSeller,
 } from "./types.ts";
 
 const log = logger("sandbox");
@@ -69,6 +73,20 @@ const faultsSchema = z.object({
   rateLimitAll: z.boolean(),
   seed: z.number().int(),
 }).partial().strict();
+
+// What `POST /__sandbox/items/{id}` may change: what MeLi decides about an item.
+const itemPatchSchema = z.object({
+  status: z.string().optional(),
+  sub_status: z.array(z.string()).optional(),
+  logistic_type: z.string().min(1).optional(),
+}).strict();
+
+/** A bad control request, in a line. */
+function describe(e: unknown): string {
+  return e instanceof z.ZodError
+    ? e.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ")
+    : `body: ${e instanceof Error ? e.message : String(e)}`;
+}
 
 const LOG_CAP = 10_000;
 const OAUTH_PARAMS = ["grant_type", "client_id", "client_secret", "refresh_token", "code"];
@@ -115,7 +133,10 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     accessTokenTtlSeconds: options.accessTokenTtlSeconds ?? 21_600,
     now,
   });
-  const items = new MeliItems(catalog, tiendaId, userId, now);
+  const others = options.otherSellers ?? [];
+  if (others.some((o) => o.userId === userId)) throw new Error("otherSellers must not include the seller");
+  const items = new MeliItems(catalog, tiendaId, userId, now, others);
+  const scrolls = new Scrolls(now);
   const perSecond = options.ratePerSecond ?? 50;
   const bucket = new LeakyBucket({ maximumAvailable: perSecond, restoreRate: perSecond }, now);
   let faults: MeliFaults = { ...NO_FAULTS, ...faultsSchema.parse(options.faults ?? {}) };
@@ -154,6 +175,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
 
   const ctx: ApiContext = {
     items,
+    scrolls,
     userId,
     userTags,
     conflict: () => counted(draw(faults.conflictRate), "conflicts"),
@@ -246,10 +268,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       try {
         return json(200, setFaults(await req.json()));
       } catch (e) {
-        const issues = e instanceof z.ZodError
-          ? e.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`)
-          : [`body: ${e instanceof Error ? e.message : String(e)}`];
-        return json(400, meliError(400, "bad_request", `invalid faults: ${issues.join("; ")}`));
+        return json(400, meliError(400, "bad_request", `invalid faults: ${describe(e)}`));
       }
     }
     if (is("POST", "authorize")) return json(200, { refresh_token: auth.authorize() });
@@ -260,6 +279,21 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     if (is("POST", "expire-tokens")) {
       auth.expireAll();
       return json(200, { expired: true });
+    }
+    if (is("POST", "expire-scrolls")) {
+      scrolls.expireAll();
+      return json(200, { expired: true });
+    }
+    const itemPath = path.match(/^\/__sandbox\/items\/([^/]+)$/);
+    if (req.method === "POST" && itemPath) {
+      try {
+        const itemId = decodeURIComponent(itemPath[1]);
+        if (!items.get(itemId)) return json(404, itemNotFound(itemId).body);
+        items.setItem(itemId, itemPatchSchema.parse(await req.json()));
+        return json(200, items.render(items.get(itemId)!, true));
+      } catch (e) {
+        return json(400, meliError(400, "bad_request", `invalid item change: ${describe(e)}`));
+      }
     }
     return json(404, meliError(404, "not_found", `Route not found: ${req.method} ${path}`));
   };
@@ -318,6 +352,8 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     authorize: () => auth.authorize(),
     revokeTokens: () => auth.revoke(),
     expireAccessTokens: () => auth.expireAll(),
+    expireScrolls: () => scrolls.expireAll(),
+    itemsOf: (sellerId) => items.ofSeller(sellerId),
     quantityOf: (productoId) => items.quantityOf(productoId),
     listingFor: (productoId) => items.listings.find((l) => l.productoId === productoId),
     listingsForSku: (sku) => items.listings.filter((l) => l.sku === sku),

@@ -3,9 +3,9 @@
  * entry point): faults, options, counters, the request log and the running sandbox.
  */
 import type { Catalog } from "../catalog.ts";
-import type { MeliListing } from "./items.ts";
+import type { MeliListing, OtherSeller } from "./items.ts";
 
-export type { MeliListing } from "./items.ts";
+export type { MeliListing, OtherSeller } from "./items.ts";
 
 /** Faults the sandbox can inject; all off by default. */
 export interface MeliFaults {
@@ -53,6 +53,11 @@ export interface MeliSandboxOptions {
   userId?: number;
   /** `GET /users/me` tags (default ["normal"]); "warehouse_management" makes a multi-origin seller. */
   userTags?: string[];
+  /**
+   * Other sellers with items of their own (from their catalogs, numbered after ours): readable
+   * through `/items`, never in our seller's search, and not writable with our token.
+   */
+  otherSellers?: OtherSeller[];
   /** Initial faults. */
   faults?: Partial<MeliFaults>;
   /** Clock (ms), for tests: token expiry, rate limit, timestamps. */
@@ -123,6 +128,10 @@ export interface MeliSandbox {
   revokeTokens(): void;
   /** Every issued (non-static) access token expires now. */
   expireAccessTokens(): void;
+  /** Every open scan's scroll id expires now (as five idle minutes would). */
+  expireScrolls(): void;
+  /** Item ids of a seller (ours, or one of `otherSellers`), in id order. */
+  itemsOf(sellerId: number): string[];
   /** available_quantity of a catalog product's item/variation (undefined if unknown or deleted). */
   quantityOf(productoId: string): number | undefined;
   listingFor(productoId: string): MeliListing | undefined;

@@ -1,0 +1,369 @@
+/**
+ * MercadoLibre's whole catalog, as a whole-catalog resync reads it: every listing
+ * of the seller's account (an item, or each variation of an item) with its SKU,
+ * quantity and whether MeLi would take a write for it, in pages.
+ *
+ * How it reads (docs/DESIGN.md §6; MeLi's "Items & Searches"):
+ * - the seller's item ids with `GET /users/{id}/items/search?search_type=scan`, 100
+ *   per page, following `scroll_id` until MeLi answers it empty. The ids are all
+ *   collected before any page is handed out: a scroll id expires 5 minutes after
+ *   its last use, and a consumer that writes between pages could outlast it. If it
+ *   expires anyway (MeLi's 400 `invalid.scroll.id`), the scan starts over, as MeLi
+ *   says to, and keeps the ids it already has;
+ * - the items with `GET /items?ids=`, 20 per call (MeLi's maximum), only the fields
+ *   read here (`attributes=`) and the variations' SKUs (`include_attributes=all`).
+ *   They are read twice: once to count where each SKU is, so that a SKU on several
+ *   listings is flagged on every one of them (the first page cannot know about the
+ *   last), and once to hand out pages with quantities read moments before. That
+ *   costs one call per 20 items more than a single pass, and never holds more than
+ *   the ids and the SKU places.
+ *
+ * SKUs follow the live channel's rules (listings.ts): a variation's SELLER_SKU
+ * attribute or `seller_custom_field`; an item's own only when it has no variations.
+ * A listing without a SKU is skipped and counted. Nothing is dropped for being
+ * unwritable: Full, under review, closed and ambiguous listings come out flagged.
+ */
+import { logger } from "../../log.ts";
+import { exponential } from "../../resilience/backoff.ts";
+import { sleep } from "../../sync/cost_bucket.ts";
+import {
+  type CatalogListing,
+  type ChannelCatalog,
+  type StockRead,
+  unresolvedRead,
+} from "../../sync/channel.ts";
+import type { MeliClient, MeliError, MeliResult } from "./client.ts";
+import { itemListings, type MeliItem, type MeliListings, type MeliSeller } from "./listings.ts";
+
+const log = logger("mercadolibre");
+
+/** Ids per scan page: MeLi's maximum. */
+const SCAN_LIMIT = 100;
+/** Items per multi-get: MeLi's maximum. */
+const MULTIGET_LIMIT = 20;
+/** The item fields a listing is built from. */
+const ITEM_FIELDS = [
+  "id",
+  "seller_id",
+  "status",
+  "sub_status",
+  "available_quantity",
+  "seller_custom_field",
+  "shipping",
+  "attributes",
+  "variations",
+].join(",");
+
+/** What the latest read came to. */
+export interface MeliCatalogCounts {
+  /** Items the scan listed. */
+  items: number;
+  /** Listings handed out (flagged ones included). */
+  listings: number;
+  /** Listings skipped because they carry no SKU. */
+  withoutSku: number;
+  /** Items the scan listed that were gone (or not the seller's) when read. */
+  gone: number;
+  /** Scans started over because their scroll id expired. */
+  scanRestarts: number;
+}
+
+/** A whole-catalog read that could not finish. */
+export class MeliCatalogError extends Error {
+  override name = "MeliCatalogError";
+  constructor(
+    message: string,
+    /** `unauthorized`, `rate_limited`, `meli_unavailable`, `meli_rejected`, `scroll_expired`, … */
+    readonly reason: string,
+    /** Whether the same read may work later without anyone changing anything. */
+    readonly transient: boolean,
+  ) {
+    super(message);
+  }
+}
+
+/** Options of {@link MeliCatalog}. */
+export interface MeliCatalogOptions {
+  /** The channel's client: tokens, the shared budget and its 429 handling. */
+  client: Pick<MeliClient, "request">;
+  /** Who the seller is (MELI_USER_ID, else the token's user), as the live channel finds out. */
+  listings: Pick<MeliListings, "seller">;
+  /** Times a scan starts over after its scroll id expired (default 3). */
+  scanRestarts?: number;
+  /**
+   * Tries of one call MeLi did not answer (5xx, timeout, still 429 after the client's own
+   * retries) before the read fails (default 3); GETs, so asking again is harmless.
+   */
+  tries?: number;
+  /** First wait between those tries (default 1 s, doubling, ±50 %). */
+  retryBaseMs?: number;
+}
+
+/** A listing before it is flagged. */
+interface Found {
+  sku: string;
+  place: string;
+  quantity: number;
+  item: MeliItem;
+  ref: CatalogListing["ref"];
+}
+
+interface ScanPage {
+  scroll_id?: string | null;
+  results?: string[];
+}
+
+/** The seller's whole MercadoLibre catalog, in pages. */
+export class MeliCatalog implements ChannelCatalog {
+  #last: MeliCatalogCounts = emptyCounts();
+  readonly #retryWait;
+
+  constructor(private readonly options: MeliCatalogOptions) {
+    this.#retryWait = exponential({
+      baseMs: options.retryBaseMs ?? 1_000,
+      maxMs: 30_000,
+      firstAttempt: 1,
+      jitter: 0.5,
+    });
+  }
+
+  /** The counts of the latest read (of the one under way, while it runs). */
+  get lastRead(): Readonly<MeliCatalogCounts> {
+    return this.#last;
+  }
+
+  /**
+   * Every listing of the seller's account, one page per 20 items read.
+   * @throws MeliCatalogError when MeLi cannot be read (after the retries described above).
+   */
+  async *listings(signal?: AbortSignal): AsyncGenerator<CatalogListing[]> {
+    const counts = emptyCounts();
+    this.#last = counts;
+    const seller = await this.#seller(signal);
+    const ids = await this.#scan(seller.id, counts, signal);
+    counts.items = ids.length;
+    const multiOrigin = seller.tags.includes("warehouse_management");
+
+    // First pass: where each SKU is, so a SKU on several listings is flagged on all of them.
+    const places = new Map<string, string[]>();
+    for (let i = 0; i < ids.length; i += MULTIGET_LIMIT) {
+      for (const found of await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, undefined, signal)) {
+        const at = places.get(found.sku);
+        if (at) at.push(found.place);
+        else places.set(found.sku, [found.place]);
+      }
+    }
+
+    // Second pass: the pages, with quantities as they are now.
+    for (let i = 0; i < ids.length; i += MULTIGET_LIMIT) {
+      const page = (await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, counts, signal))
+        .map((found) => {
+          // A SKU set on a listing since the first pass: later listings with it still see the clash.
+          const at = places.get(found.sku) ?? [];
+          if (!at.includes(found.place)) places.set(found.sku, [...at, found.place]);
+          return flagged(found, places.get(found.sku)!, multiOrigin);
+        });
+      counts.listings += page.length;
+      if (page.length > 0) yield page;
+    }
+    log.info(
+      "read MercadoLibre's catalog: {listings} listings on {items} items; {without_sku} without a SKU " +
+        "skipped, {gone} items gone while reading, {restarts} scans started over",
+      {
+        listings: counts.listings,
+        items: counts.items,
+        without_sku: counts.withoutSku,
+        gone: counts.gone,
+        restarts: counts.scanRestarts,
+      },
+    );
+  }
+
+  async #seller(signal: AbortSignal | undefined): Promise<MeliSeller> {
+    const seller = await this.options.listings.seller(signal);
+    signal?.throwIfAborted();
+    if (!("ok" in seller)) return seller;
+    const problem = unresolvedRead(seller) as Extract<StockRead, { ok: false }>;
+    throw new MeliCatalogError(
+      `finding the MercadoLibre seller: ${problem.error}`,
+      problem.reason,
+      problem.transient === true,
+    );
+  }
+
+  /** The seller's item ids, each once, from a scan (started over if its scroll id expires). */
+  async #scan(sellerId: string, counts: MeliCatalogCounts, signal: AbortSignal | undefined) {
+    const maxRestarts = this.options.scanRestarts ?? 3;
+    const path = `/users/${encodeURIComponent(sellerId)}/items/search`;
+    const seen = new Set<string>();
+    let scrollId: string | undefined;
+    for (;;) {
+      const query: Record<string, string> = { search_type: "scan", limit: String(SCAN_LIMIT) };
+      if (scrollId !== undefined) query.scroll_id = scrollId;
+      const got = await this.#get<ScanPage>(path, query, "scan_items", "scanning the seller's items", signal);
+      if (got.kind === "rejected") {
+        const expired = got.meli.error === "invalid.scroll.id";
+        // MeLi: an expired scroll id is answered invalid.scroll.id; ask for a new one without it.
+        if (expired && scrollId !== undefined && counts.scanRestarts < maxRestarts) {
+          counts.scanRestarts++;
+          log.warning("MercadoLibre's scan scroll expired after {ids} item ids; starting the scan over", {
+            ids: seen.size,
+          });
+          scrollId = undefined;
+          continue;
+        }
+        const why = expired
+          ? `the scroll id expired ${counts.scanRestarts + 1} times during one read (${got.error})`
+          : got.error;
+        throw new MeliCatalogError(
+          `scanning the seller's items: ${why}`,
+          expired ? "scroll_expired" : "meli_rejected",
+          expired,
+        );
+      }
+      const results = got.data.results ?? [];
+      for (const id of results) seen.add(id);
+      // The end: MeLi answers an empty scroll_id (and no results).
+      if (!got.data.scroll_id || results.length === 0) return [...seen];
+      scrollId = got.data.scroll_id;
+    }
+  }
+
+  /** Up to 20 items' listings that carry a SKU (`counts`: count what is skipped). */
+  async #read(
+    ids: string[],
+    seller: MeliSeller,
+    counts: MeliCatalogCounts | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<Found[]> {
+    const got = await this.#get<{ code: number; body: MeliItem }[]>(
+      "/items",
+      { ids: ids.join(","), attributes: ITEM_FIELDS, include_attributes: "all" },
+      "get_items",
+      `reading items ${ids[0]}…${ids[ids.length - 1]}`,
+      signal,
+    );
+    if (got.kind === "rejected") {
+      throw new MeliCatalogError(`reading items ${ids.join(", ")}: ${got.error}`, "meli_rejected", false);
+    }
+    const out: Found[] = [];
+    for (const entry of got.data) {
+      // Deleted since the scan (404), or, defensively, not the seller's: not part of the catalog.
+      if (
+        entry.code !== 200 ||
+        (entry.body.seller_id !== undefined && String(entry.body.seller_id) !== seller.id)
+      ) {
+        if (counts) counts.gone++;
+        continue;
+      }
+      for (const { sku, listing, quantity } of itemListings(entry.body)) {
+        if (!sku) {
+          if (counts) counts.withoutSku++;
+          continue;
+        }
+        const place = listing.variationId === null
+          ? listing.itemId
+          : `${listing.itemId}:${listing.variationId}`;
+        // The ref is what MeliStock.read answers for the listing, so a write can address it.
+        out.push({ sku, place, quantity, item: entry.body, ref: listing });
+      }
+    }
+    return out;
+  }
+
+  /** A GET through the client, asked again while MeLi cannot answer; a refusal is returned. */
+  async #get<T>(
+    path: string,
+    query: Record<string, string>,
+    operation: string,
+    what: string,
+    signal: AbortSignal | undefined,
+  ): Promise<{ kind: "ok"; data: T } | { kind: "rejected"; error: string; meli: MeliError }> {
+    const tries = this.options.tries ?? 3;
+    for (let attempt = 1;; attempt++) {
+      const result: MeliResult<T> = await this.options.client.request<T>("GET", path, {
+        operation,
+        query,
+        signal,
+      });
+      signal?.throwIfAborted();
+      switch (result.kind) {
+        case "ok":
+        case "rejected":
+          return result;
+        case "auth":
+          throw new MeliCatalogError(`${what}: ${result.error}`, "unauthorized", !result.permanent);
+      }
+      // 5xx, timeout, 409, or still 429 after the client's own backoff through the shared budget.
+      if (attempt >= tries) {
+        throw new MeliCatalogError(
+          `${what}: ${result.error}`,
+          result.kind === "rate_limited" ? "rate_limited" : "meli_unavailable",
+          true,
+        );
+      }
+      await sleep(result.kind === "rate_limited" ? result.waitMs : this.#retryWait(attempt), signal);
+      signal?.throwIfAborted();
+    }
+  }
+}
+
+function emptyCounts(): MeliCatalogCounts {
+  return { items: 0, listings: 0, withoutSku: 0, gone: 0, scanRestarts: 0 };
+}
+
+/** A listing as handed out, flagged when MeLi would not take a write for it. */
+function flagged(found: Found, skuPlaces: string[], multiOrigin: boolean): CatalogListing {
+  const { sku, place, quantity, ref } = found;
+  const unwritable = unwritableReason(found, skuPlaces, multiOrigin);
+  return unwritable ? { sku, place, quantity, ref, unwritable } : { sku, place, quantity, ref };
+}
+
+/** Why MeLi would not take a write for a listing, the most specific reason first; undefined: it would. */
+function unwritableReason(
+  { sku, place, item }: Found,
+  skuPlaces: string[],
+  multiOrigin: boolean,
+): CatalogListing["unwritable"] {
+  if (skuPlaces.length > 1) {
+    // The live channel refuses such a SKU too (sku_ambiguous): which listing the POS product is, is unknown.
+    return {
+      reason: "ambiguous_sku",
+      error: `several MercadoLibre listings have SELLER_SKU "${sku}" (${
+        skuPlaces.join(", ")
+      }); make it unique`,
+    };
+  }
+  if (item.shipping?.logistic_type === "fulfillment") {
+    return {
+      reason: "managed_by_mercadolibre",
+      error: `${place} is a MercadoLibre Full (fulfillment) listing: MeLi's warehouse manages its stock`,
+    };
+  }
+  if (item.status === "under_review") {
+    const why = item.sub_status?.length ? ` (${item.sub_status.join(", ")})` : "";
+    return {
+      reason: "under_review",
+      error: `MercadoLibre is reviewing ${item.id}${why}: it takes no changes until the review ends`,
+    };
+  }
+  if (item.status === "closed") {
+    return { reason: "closed", error: `${item.id} is closed, which is final: MercadoLibre takes no changes` };
+  }
+  if (multiOrigin) {
+    return {
+      reason: "multi_origin_unsupported",
+      error: "this seller uses multi-origin stock (warehouse_management): MercadoLibre ignores " +
+        "available_quantity writes on /items for it",
+    };
+  }
+  return undefined;
+}
+
+/** The MercadoLibre catalog reader over the channel's client and seller lookup (what the plug holds). */
+export function meliCatalog(
+  client: Pick<MeliClient, "request">,
+  listings: Pick<MeliListings, "seller">,
+): MeliCatalog {
+  return new MeliCatalog({ client, listings });
+}
