@@ -11,6 +11,7 @@ import type { MeliSandbox } from "../../sandbox/mercadolibre/sandbox.ts";
 import type { ChannelPlug, ChannelPlugin, PlugContext } from "../../sync/channel.ts";
 import { RedisBucket } from "../../sync/cost_bucket.ts";
 import { InDoubtMarks, ListingLocks } from "../../sync/listing_lock.ts";
+import { meliCatalog } from "./catalog.ts";
 import { MeliChannel } from "./channel.ts";
 import { MeliClient } from "./client.ts";
 import { MeliListings } from "./listings.ts";
@@ -105,7 +106,14 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
   return {
     name: "mercadolibre",
     adapter: channel,
-    stock: new MeliStock(client, listings, locks, tiendaId, config.MELI_MODE === "delta"),
+    stock: new MeliStock(
+      client,
+      listings,
+      locks,
+      tiendaId,
+      config.MELI_MODE === "delta",
+      meliCatalog(client, listings),
+    ),
     probe: {
       health: () => channel.health(),
       budget: () => ({ level: budget.level, max: budget.shape.max }),

@@ -3,7 +3,13 @@
  * set it with an absolute PUT (MeLi has no compare-and-set), under the same
  * per-listing lock the live channel uses, checking the answer.
  */
-import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../sync/channel.ts";
+import {
+  type ChannelCatalog,
+  type ChannelStock,
+  type StockRead,
+  type StockWrite,
+  unresolvedRead,
+} from "../../sync/channel.ts";
 import { type ListingLocks, LockUnavailableError } from "../../sync/listing_lock.ts";
 import type { MeliClient } from "./client.ts";
 import type { MeliItem, MeliListing, MeliListings } from "./listings.ts";
@@ -20,6 +26,8 @@ export class MeliStock implements ChannelStock {
     private readonly tiendaId: string | undefined,
     /** Delta mode: live sales are read-subtract-write, so changes not applied yet count. */
     readonly deltas = false,
+    /** The seller's whole catalog, for a resync of `all`. */
+    readonly catalog?: ChannelCatalog,
   ) {}
 
   mappedStores(): string[] {
