@@ -33,13 +33,14 @@ Deno.test("permissionsFor: the quickstart configuration (loopback services, both
     "127.0.0.1:5432",
     "127.0.0.1:6379",
     "127.0.0.1", // the sandboxes listen on OS-chosen loopback ports and the service calls them
+    "localhost", // the Shopify sandbox's bulk results, on another host name than its API (OS-chosen port)
     "0.0.0.0:8080",
   ]);
   assert.deepEqual(p.env, EVERY_VARIABLE);
   assert.deepEqual(p.sys, ["hostname"]);
   assert.deepEqual(p.read, []);
   assert.deepEqual(p.flags, [
-    "--allow-net=127.0.0.1:5672,127.0.0.1:5432,127.0.0.1:6379,127.0.0.1,0.0.0.0:8080",
+    "--allow-net=127.0.0.1:5672,127.0.0.1:5432,127.0.0.1:6379,127.0.0.1,localhost,0.0.0.0:8080",
     `--allow-env=${EVERY_VARIABLE.join(",")}`,
     "--allow-sys=hostname",
     "--no-prompt",
@@ -53,6 +54,9 @@ Deno.test("permissionsFor: the quickstart configuration (loopback services, both
   assert.deepEqual(p.reasons["127.0.0.1"], [
     "Shopify sandbox (loopback, OS-chosen port)",
     "MercadoLibre sandbox (loopback, OS-chosen port)",
+  ]);
+  assert.deepEqual(p.reasons["localhost"], [
+    "Shopify sandbox's bulk result storage (loopback, OS-chosen port)",
   ]);
 });
 
@@ -121,6 +125,7 @@ Deno.test("permissionsFor: POS_* URLs, default ports per scheme, PGHOST/PGPORT, 
     "pos-db.internal:6432",
     "pos-cache.internal:6380",
     "127.0.0.1:7001",
+    "localhost", // the bulk result storage always takes an OS-chosen port
     "127.0.0.1:7002",
     "[::]", // HTTP_PORT=0: any port of the listen address
   ]);
