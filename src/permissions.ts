@@ -6,9 +6,10 @@
  * truth, the same zod schema that validates the environment:
  *
  * - net: host:port of the broker, the ledger's Postgres, Redis, the POS's Postgres/Redis when set, each
- *   marketplace the service will call (only for channels that dispatch here), the built-in sandboxes' loopback
+ *   marketplace the service will call (only for channels that dispatch here) — for Shopify also the host its
+ *   bulk operation results are downloaded from (`SHOPIFY_BULK_HOST`) —, the built-in sandboxes' loopback
  *   address when a marketplace is not configured (and `localhost`, where the Shopify sandbox serves bulk
- *   operation results as the stand-in of Shopify's storage host), and the HTTP listen address;
+ *   results as that host's stand-in), and the HTTP listen address;
  * - env: the variables the configuration reads plus those its libraries read ({@link LIBRARY_ENV});
  * - sys: `hostname` (the broker connection name and the resync owner);
  * - read: `SANDBOX_CATALOG` when a sandbox will load it; nothing else (modules load without read);
@@ -203,8 +204,11 @@ export function permissionsFor(config: Config, env: Record<string, string | unde
   );
   let catalogNeeded = false;
   if (dispatches("shopify")) {
-    if (config.SHOPIFY_URL && config.SHOPIFY_TOKEN) url("SHOPIFY_URL", config.SHOPIFY_URL);
-    else {
+    if (config.SHOPIFY_URL && config.SHOPIFY_TOKEN) {
+      url("SHOPIFY_URL", config.SHOPIFY_URL);
+      // Bulk operation results: signed URLs on Shopify's storage host, always https.
+      url("SHOPIFY_BULK_HOST", `https://${config.SHOPIFY_BULK_HOST}`);
+    } else {
       sandbox("Shopify", config.SANDBOX_SHOPIFY_PORT);
       grant(net, SANDBOX_STORAGE_HOST, "Shopify sandbox's bulk result storage (loopback, OS-chosen port)");
       catalogNeeded = true;

@@ -73,6 +73,7 @@ Deno.test("permissionsFor: real Shopify and MercadoLibre accounts replace the sa
   assert.deepEqual(permissionsFor(loadConfig(live)).net, [
     ...loopback,
     "x.myshopify.com:443",
+    "storage.googleapis.com:443", // SHOPIFY_BULK_HOST's default: where bulk operation results are downloaded
     "api.mercadolibre.com:443", // MELI_URL's default
     "0.0.0.0:8080",
   ]);
@@ -85,12 +86,27 @@ Deno.test("permissionsFor: real Shopify and MercadoLibre accounts replace the sa
       MELI_TOKEN: "APP_USR-x",
       MELI_URL: "https://meli-proxy.internal",
     })).net,
-    [...loopback, "shop.internal:8443", "meli-proxy.internal:443", "0.0.0.0:8080"],
+    [
+      ...loopback,
+      "shop.internal:8443",
+      "storage.googleapis.com:443",
+      "meli-proxy.internal:443",
+      "0.0.0.0:8080",
+    ],
+  );
+  // Bulk results fetched through another host (a proxy), on its own port.
+  const proxied = permissionsFor(loadConfig({ ...live, SHOPIFY_BULK_HOST: "Bulk-Proxy.internal:8443" }));
+  assert.deepEqual(proxied.net.slice(3, 5), ["x.myshopify.com:443", "bulk-proxy.internal:8443"]);
+  assert.deepEqual(proxied.reasons["bulk-proxy.internal:8443"], ["SHOPIFY_BULK_HOST"]);
+  assert.throws(
+    () => loadConfig({ ...live, SHOPIFY_BULK_HOST: "https://storage.googleapis.com/x" }),
+    /SHOPIFY_BULK_HOST: must be a host name/,
   );
   // Only the channels this instance dispatches get a host; a custody-only instance reaches no marketplace.
   assert.deepEqual(permissionsFor(loadConfig({ ...live, CHANNELS: "shopify" })).net, [
     ...loopback,
     "x.myshopify.com:443",
+    "storage.googleapis.com:443",
     "0.0.0.0:8080",
   ]);
   assert.deepEqual(permissionsFor(loadConfig({ ...live, DISPATCH_ENABLED: "false" })).net, [
