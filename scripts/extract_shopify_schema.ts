@@ -33,8 +33,17 @@ export const SUBSET_PATH = new URL("../src/sandbox/shopify/schema_2026-10.json",
 
 /** Root fields the service (and so the sandbox) uses. */
 export const ROOT_FIELDS: Record<string, readonly string[]> = {
-  QueryRoot: ["inventoryItem", "location", "locations", "productVariant", "productVariants"],
-  Mutation: ["inventoryAdjustQuantities", "inventorySetQuantities"],
+  QueryRoot: [
+    "bulkOperation",
+    "currentBulkOperation",
+    "inventoryItem",
+    "inventoryItems",
+    "location",
+    "locations",
+    "productVariant",
+    "productVariants",
+  ],
+  Mutation: ["bulkOperationRunQuery", "inventoryAdjustQuantities", "inventorySetQuantities"],
 };
 
 /**
@@ -46,10 +55,14 @@ export const OBJECT_FIELDS: Record<string, readonly string[] | "*"> = {
   ProductVariantConnection: "*",
   ProductVariantEdge: "*",
   PageInfo: "*",
-  InventoryItem: ["id", "inventoryLevel", "sku", "tracked"],
+  InventoryItem: ["id", "inventoryLevel", "inventoryLevels", "sku", "tracked"],
+  InventoryItemConnection: "*",
+  InventoryItemEdge: "*",
+  InventoryLevelConnection: "*",
+  InventoryLevelEdge: "*",
   InventoryLevel: ["id", "isActive", "item", "location", "quantities"],
   InventoryQuantity: ["id", "name", "quantity", "updatedAt"],
-  Location: ["id", "isActive", "name"],
+  Location: ["id", "inventoryLevels", "isActive", "name"],
   LocationConnection: "*",
   LocationEdge: "*",
   InventoryAdjustQuantitiesPayload: "*",
@@ -58,6 +71,9 @@ export const OBJECT_FIELDS: Record<string, readonly string[] | "*"> = {
   InventoryChange: "*",
   InventoryAdjustQuantitiesUserError: "*",
   InventorySetQuantitiesUserError: "*",
+  BulkOperation: "*",
+  BulkOperationRunQueryPayload: "*",
+  BulkOperationUserError: "*",
 };
 
 /** A `__Type` entry of an introspection result, as Shopify publishes it. */

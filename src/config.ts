@@ -68,6 +68,12 @@ const url = (protocols: string[]) =>
 export const DEFAULT_POS_PRODUCT_QUERY =
   "select id::text from producto where tienda_id::text = $1::text and sku = $2::text limit 1";
 
+/**
+ * Where Shopify's bulk operation results are downloaded from: `BulkOperation.url` is a signed URL
+ * on Google Cloud Storage (`https://storage.googleapis.com/shopify-tiers-assets-prod-us-east1/…`).
+ */
+export const DEFAULT_SHOPIFY_BULK_HOST = "storage.googleapis.com";
+
 /** MercadoLibre's API. */
 export const DEFAULT_MELI_URL = "https://api.mercadolibre.com";
 
@@ -174,6 +180,10 @@ const EnvSchema = z.object({
   SHOPIFY_TIMEOUT: duration("SHOPIFY_TIMEOUT").default(10_000),
   SHOPIFY_BUCKET_MAX: int(1, 1_000_000).default(2000),
   SHOPIFY_RESTORE_RATE: int(1, 100_000).default(100),
+  SHOPIFY_BULK_HOST: z.string().trim().toLowerCase().regex(
+    /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?$/,
+    "must be a host name, optionally with :port (e.g. storage.googleapis.com)",
+  ).default(DEFAULT_SHOPIFY_BULK_HOST),
   SANDBOX_SHOPIFY_PORT: int(0, 65535).default(0),
   SANDBOX_CATALOG: z.string().min(1).optional(),
 

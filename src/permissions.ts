@@ -6,8 +6,10 @@
  * truth, the same zod schema that validates the environment:
  *
  * - net: host:port of the broker, the ledger's Postgres, Redis, the POS's Postgres/Redis when set, each
- *   marketplace the service will call (only for channels that dispatch here), the built-in sandboxes'
- *   loopback address when a marketplace is not configured, and the HTTP listen address;
+ *   marketplace the service will call (only for channels that dispatch here) — for Shopify also the host its
+ *   bulk operation results are downloaded from (`SHOPIFY_BULK_HOST`) —, the built-in sandboxes' loopback
+ *   address when a marketplace is not configured (and `localhost`, where the Shopify sandbox serves bulk
+ *   results as that host's stand-in), and the HTTP listen address;
  * - env: the variables the configuration reads plus those its libraries read ({@link LIBRARY_ENV});
  * - sys: `hostname` (the broker connection name and the resync owner);
  * - read: `SANDBOX_CATALOG` when a sandbox will load it; nothing else (modules load without read);
@@ -123,6 +125,12 @@ export function envText(env: Readonly<Record<string, string>>): string {
 /** The address the built-in sandboxes listen on (src/sandbox/) and the service calls. */
 export const SANDBOX_HOST = "127.0.0.1";
 
+/**
+ * The name the Shopify sandbox's bulk result storage listens on and its result URLs use
+ * (src/sandbox/shopify/storage.ts): another host than the API's, like Shopify's storage host.
+ */
+export const SANDBOX_STORAGE_HOST = "localhost";
+
 /** The permissions a configuration needs, and the `deno run` flags that grant exactly them. */
 export interface Permissions {
   /** `host:port` entries, or a bare host where the port is chosen at run time (any port of that host). */
@@ -196,9 +204,13 @@ export function permissionsFor(config: Config, env: Record<string, string | unde
   );
   let catalogNeeded = false;
   if (dispatches("shopify")) {
-    if (config.SHOPIFY_URL && config.SHOPIFY_TOKEN) url("SHOPIFY_URL", config.SHOPIFY_URL);
-    else {
+    if (config.SHOPIFY_URL && config.SHOPIFY_TOKEN) {
+      url("SHOPIFY_URL", config.SHOPIFY_URL);
+      // Bulk operation results: signed URLs on Shopify's storage host, always https.
+      url("SHOPIFY_BULK_HOST", `https://${config.SHOPIFY_BULK_HOST}`);
+    } else {
       sandbox("Shopify", config.SANDBOX_SHOPIFY_PORT);
+      grant(net, SANDBOX_STORAGE_HOST, "Shopify sandbox's bulk result storage (loopback, OS-chosen port)");
       catalogNeeded = true;
     }
   }

@@ -33,13 +33,14 @@ Deno.test("permissionsFor: the quickstart configuration (loopback services, both
     "127.0.0.1:5432",
     "127.0.0.1:6379",
     "127.0.0.1", // the sandboxes listen on OS-chosen loopback ports and the service calls them
+    "localhost", // the Shopify sandbox's bulk results, on another host name than its API (OS-chosen port)
     "0.0.0.0:8080",
   ]);
   assert.deepEqual(p.env, EVERY_VARIABLE);
   assert.deepEqual(p.sys, ["hostname"]);
   assert.deepEqual(p.read, []);
   assert.deepEqual(p.flags, [
-    "--allow-net=127.0.0.1:5672,127.0.0.1:5432,127.0.0.1:6379,127.0.0.1,0.0.0.0:8080",
+    "--allow-net=127.0.0.1:5672,127.0.0.1:5432,127.0.0.1:6379,127.0.0.1,localhost,0.0.0.0:8080",
     `--allow-env=${EVERY_VARIABLE.join(",")}`,
     "--allow-sys=hostname",
     "--no-prompt",
@@ -53,6 +54,9 @@ Deno.test("permissionsFor: the quickstart configuration (loopback services, both
   assert.deepEqual(p.reasons["127.0.0.1"], [
     "Shopify sandbox (loopback, OS-chosen port)",
     "MercadoLibre sandbox (loopback, OS-chosen port)",
+  ]);
+  assert.deepEqual(p.reasons["localhost"], [
+    "Shopify sandbox's bulk result storage (loopback, OS-chosen port)",
   ]);
 });
 
@@ -69,6 +73,7 @@ Deno.test("permissionsFor: real Shopify and MercadoLibre accounts replace the sa
   assert.deepEqual(permissionsFor(loadConfig(live)).net, [
     ...loopback,
     "x.myshopify.com:443",
+    "storage.googleapis.com:443", // SHOPIFY_BULK_HOST's default: where bulk operation results are downloaded
     "api.mercadolibre.com:443", // MELI_URL's default
     "0.0.0.0:8080",
   ]);
@@ -81,12 +86,27 @@ Deno.test("permissionsFor: real Shopify and MercadoLibre accounts replace the sa
       MELI_TOKEN: "APP_USR-x",
       MELI_URL: "https://meli-proxy.internal",
     })).net,
-    [...loopback, "shop.internal:8443", "meli-proxy.internal:443", "0.0.0.0:8080"],
+    [
+      ...loopback,
+      "shop.internal:8443",
+      "storage.googleapis.com:443",
+      "meli-proxy.internal:443",
+      "0.0.0.0:8080",
+    ],
+  );
+  // Bulk results fetched through another host (a proxy), on its own port.
+  const proxied = permissionsFor(loadConfig({ ...live, SHOPIFY_BULK_HOST: "Bulk-Proxy.internal:8443" }));
+  assert.deepEqual(proxied.net.slice(3, 5), ["x.myshopify.com:443", "bulk-proxy.internal:8443"]);
+  assert.deepEqual(proxied.reasons["bulk-proxy.internal:8443"], ["SHOPIFY_BULK_HOST"]);
+  assert.throws(
+    () => loadConfig({ ...live, SHOPIFY_BULK_HOST: "https://storage.googleapis.com/x" }),
+    /SHOPIFY_BULK_HOST: must be a host name/,
   );
   // Only the channels this instance dispatches get a host; a custody-only instance reaches no marketplace.
   assert.deepEqual(permissionsFor(loadConfig({ ...live, CHANNELS: "shopify" })).net, [
     ...loopback,
     "x.myshopify.com:443",
+    "storage.googleapis.com:443",
     "0.0.0.0:8080",
   ]);
   assert.deepEqual(permissionsFor(loadConfig({ ...live, DISPATCH_ENABLED: "false" })).net, [
@@ -121,6 +141,7 @@ Deno.test("permissionsFor: POS_* URLs, default ports per scheme, PGHOST/PGPORT, 
     "pos-db.internal:6432",
     "pos-cache.internal:6380",
     "127.0.0.1:7001",
+    "localhost", // the bulk result storage always takes an OS-chosen port
     "127.0.0.1:7002",
     "[::]", // HTTP_PORT=0: any port of the listen address
   ]);

@@ -639,3 +639,176 @@ Deno.test("the sandbox maps catalog stores and products to Shopify ids", async (
     assert.equal(res.body.data.productVariants.nodes[0].inventoryItem.id, sb.variants[1].inventoryItemId);
   }, { catalog });
 });
+
+// ---- Bulk query operations ----
+
+const RUN_BULK = `
+  mutation Run($query: String!, $group: Boolean!) {
+    bulkOperationRunQuery(query: $query, groupObjects: $group) {
+      bulkOperation { id status }
+      userErrors { field message code }
+    }
+  }`;
+
+const BULK_STATUS = `
+  query Status($id: ID!) {
+    bulkOperation(id: $id) {
+      id status errorCode objectCount rootObjectCount fileSize url partialDataUrl completedAt type query
+    }
+    currentBulkOperation { id }
+  }`;
+
+const ITEMS_AND_LEVELS = `{
+  inventoryItems {
+    edges { node { id sku inventoryLevels { edges { node { location { id } quantities(names: ["available"]) { name quantity } } } } } }
+  }
+}`;
+
+function runBulk(sb: ShopifySandbox, query: string, group = false) {
+  return post(sb, RUN_BULK, { query, group });
+}
+
+async function settled(sb: ShopifySandbox, id: string): Promise<Json> {
+  for (;;) {
+    const op = (await post(sb, BULK_STATUS, { id })).body.data.bulkOperation;
+    if (op.status !== "CREATED" && op.status !== "RUNNING") return op;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+Deno.test("bulk queries are checked like Shopify checks them before anything runs", async () => {
+  await withSandbox(async (sb) => {
+    const cases: [string, RegExp][] = [
+      ["{ inventoryItems(", /^Invalid bulk query: Syntax Error/],
+      [
+        "{ inventoryItems { edges { node { bogus } } } }",
+        /^Invalid bulk query: Field 'bogus' doesn't exist on type/,
+      ],
+      [
+        'mutation { bulkOperationRunQuery(query: "{}") { userErrors { message } } }',
+        /Only `query` operations/,
+      ],
+      ["{ location { id name } }", /^Bulk queries must contain at least one connection\.$/],
+      [
+        "{ inventoryItems { nodes { id } } }",
+        /select their contents using 'edges' > 'node'.*'inventoryItems'/,
+      ],
+      [
+        "{ inventoryItems { edges { node { sku inventoryLevels { edges { node { location { id } } } } } } } }",
+        /nested connection must select the 'id' field.*: inventoryLevels\.$/,
+      ],
+      [
+        `{ locations { edges { node { id inventoryLevels { edges { node { id item { id
+           inventoryLevels { edges { node { id } } } } } } } } } } }`,
+        /nesting depth greater than 2/,
+      ],
+      [
+        `{ inventoryItems { edges { node { id ${
+          ["a", "b", "c", "d", "e"].map((a) => `${a}: inventoryLevels { edges { node { id } } }`).join(" ")
+        } } } } }`,
+        /cannot contain more than 5 connections/,
+      ],
+      [
+        "{ inventoryItems { edges { node { id } } } locations { edges { node { id } } } }",
+        /single top-level field/,
+      ],
+    ];
+    for (const [query, message] of cases) {
+      const res = await runBulk(sb, query);
+      const payload = res.body.data.bulkOperationRunQuery;
+      assert.equal(payload.bulkOperation, null, query);
+      assert.equal(payload.userErrors.length, 1, `${query}: ${JSON.stringify(payload.userErrors)}`);
+      assert.deepEqual(payload.userErrors[0].field, ["query"]);
+      assert.equal(payload.userErrors[0].code, "INVALID");
+      assert.match(payload.userErrors[0].message, message, query);
+    }
+    assert.deepEqual(sb.bulkOperations(), [], "nothing started");
+  });
+});
+
+Deno.test("a bulk query runs in the background and leaves one JSONL line per node, nested ones with __parentId", async () => {
+  const catalog = buildCatalog({ skus: 4, stores: 3, seed: 21 });
+  await withSandbox(async (sb) => {
+    for (const group of [false, true]) {
+      const started = (await runBulk(sb, ITEMS_AND_LEVELS, group)).body.data.bulkOperationRunQuery;
+      assert.deepEqual(started.userErrors, []);
+      assert.equal(started.bulkOperation.status, "CREATED");
+      const running = (await post(sb, BULK_STATUS, { id: started.bulkOperation.id })).body.data;
+      assert.equal(running.bulkOperation.status, "RUNNING");
+      assert.equal(running.bulkOperation.url, null);
+      assert.equal(running.currentBulkOperation.id, started.bulkOperation.id, "the most recent one");
+      const op = await settled(sb, started.bulkOperation.id);
+      assert.equal(op.status, "COMPLETED");
+      assert.equal(op.type, "QUERY");
+      assert.equal(op.query, ITEMS_AND_LEVELS);
+      assert.deepEqual([op.objectCount, op.rootObjectCount], ["16", "4"], "4 items + 12 levels, as strings");
+      const text = await (await fetch(op.url)).text();
+      assert.equal(String(new TextEncoder().encode(text).byteLength), op.fileSize);
+      const lines = text.trimEnd().split("\n").map((l) => JSON.parse(l));
+      const v = sb.variants[0];
+      const l = sb.locations[1];
+      assert.deepEqual(lines.find((x) => x.id === v.inventoryItemId), { id: v.inventoryItemId, sku: v.sku });
+      assert.deepEqual(
+        lines.find((x) => x.__parentId === v.inventoryItemId && x.location.id === l.id),
+        {
+          location: { id: l.id },
+          quantities: [{ name: "available", quantity: sb.available(v.inventoryItemId, l.id) }],
+          __parentId: v.inventoryItemId,
+        },
+      );
+      assert.ok(lines.every((x) => Object.keys(x).at(-1) === "__parentId" || !("__parentId" in x)));
+      const order = lines.map((x) => x.__parentId ? "level" : "item").join(",");
+      assert.equal(
+        order,
+        group
+          ? Array(4).fill("item,level,level,level").join(",") // each item's levels right after it
+          : [...Array(4).fill("item"), ...Array(12).fill("level")].join(","),
+      );
+    }
+    const unknown = await post(sb, BULK_STATUS, { id: "gid://shopify/BulkOperation/1" });
+    assert.equal(unknown.body.data.bulkOperation, null);
+  }, { catalog, bulkDelayMs: 20 });
+});
+
+Deno.test("at most five bulk queries run at once; a FAILED one says why; results expire after seven days", async () => {
+  let now = Date.parse("2026-11-02T10:00:00Z");
+  await withSandbox(async (sb) => {
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const payload = (await runBulk(sb, ITEMS_AND_LEVELS)).body.data.bulkOperationRunQuery;
+      assert.deepEqual(payload.userErrors, []);
+      ids.push(payload.bulkOperation.id);
+    }
+    const sixth = (await runBulk(sb, ITEMS_AND_LEVELS)).body.data.bulkOperationRunQuery;
+    assert.equal(sixth.bulkOperation, null);
+    assert.equal(sixth.userErrors[0].code, "OPERATION_IN_PROGRESS");
+    assert.equal(sixth.userErrors[0].field, null);
+    assert.match(
+      sixth.userErrors[0].message,
+      /^A bulk query operation for this app and shop is already in progress: /,
+    );
+    for (const id of ids) assert.ok(sixth.userErrors[0].message.includes(id));
+  }, { bulkDelayMs: 60_000, now: () => now });
+
+  await withSandbox(async (sb) => {
+    sb.setFaults({ bulkFailure: "TIMEOUT" });
+    const failed = await settled(
+      sb,
+      (await runBulk(sb, ITEMS_AND_LEVELS)).body.data.bulkOperationRunQuery.bulkOperation.id,
+    );
+    assert.deepEqual(
+      [failed.status, failed.errorCode, failed.url, failed.partialDataUrl],
+      ["FAILED", "TIMEOUT", null, null],
+    );
+    sb.setFaults({ bulkFailure: null });
+    const done = await settled(
+      sb,
+      (await runBulk(sb, ITEMS_AND_LEVELS)).body.data.bulkOperationRunQuery.bulkOperation.id,
+    );
+    assert.equal((await fetch(done.url)).status, 200);
+    now += 7 * 24 * 3600_000 + 1_000;
+    const expired = await fetch(done.url);
+    assert.equal(expired.status, 400);
+    assert.match(await expired.text(), /ExpiredToken/);
+  }, { bulkDelayMs: 10, now: () => now });
+});

@@ -37,6 +37,8 @@ export interface LocationMap {
   stores(): string[];
   /** Whether a default location serves stores the map does not name (SHOPIFY_LOCATION_ID). */
   hasDefault?: boolean;
+  /** Every location the map uses (its stores' and the default), each once: where a catalog read looks. */
+  locations(): string[];
 }
 
 /** A fixed location for every store, or a per-store map (with an optional default). */
@@ -45,6 +47,7 @@ export function locationMap(byStore: Record<string, string>, fallback?: string):
     locationFor: (tiendaId) => byStore[tiendaId] ?? fallback,
     stores: () => Object.keys(byStore),
     hasDefault: fallback !== undefined,
+    locations: () => [...new Set([...Object.values(byStore), ...(fallback === undefined ? [] : [fallback])])],
   };
 }
 

@@ -50,6 +50,45 @@ export const AVAILABLE_AT_LOCATION = `query AvailableAtLocation($item: ID!, $loc
   }
 }`;
 
+/** Whole-catalog read: starts a bulk query operation (`$query` is one of {@link BULK_QUERIES}). */
+export const RUN_BULK_QUERY = `mutation RunBulkQuery($query: String!) {
+  bulkOperationRunQuery(query: $query) {
+    bulkOperation { id status }
+    userErrors { field message code }
+  }
+}`;
+
+/** Whole-catalog read: how our bulk operation is doing (by id: other operations of the app may run too). */
+export const BULK_OPERATION_STATUS = `query BulkOperationStatus($id: ID!) {
+  bulkOperation(id: $id) { id status errorCode objectCount url partialDataUrl }
+}`;
+
+/**
+ * Whole-catalog read without a bulk operation: every inventory item's SKU, a page at a time
+ * (cost 2 + 250 × 1 points).
+ */
+export const INVENTORY_ITEMS_PAGE = `query InventoryItemsPage($first: Int!, $after: String) {
+  inventoryItems(first: $first, after: $after) {
+    nodes { id sku }
+    pageInfo { hasNextPage endCursor }
+  }
+}`;
+
+/**
+ * Whole-catalog read without a bulk operation: `available` of every item at one location, a page
+ * at a time (cost 1 + 2 + 250 × 3 points, within the 1,000 one query may cost; nested under
+ * `inventoryItems` instead, 250 items with even one level each would cost 1,502).
+ */
+export const LOCATION_LEVELS_PAGE = `query LocationLevelsPage($location: ID!, $first: Int!, $after: String) {
+  location(id: $location) {
+    id
+    inventoryLevels(first: $first, after: $after) {
+      nodes { item { id sku } quantities(names: ["available"]) { name quantity } }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}`;
+
 /** Every document above, by operation name. */
 export const SHOPIFY_DOCUMENTS: Record<string, string> = {
   VariantsBySku: VARIANTS_BY_SKU,
@@ -57,4 +96,31 @@ export const SHOPIFY_DOCUMENTS: Record<string, string> = {
   AdjustAvailable: ADJUST_AVAILABLE,
   SetAvailable: SET_AVAILABLE,
   AvailableAtLocation: AVAILABLE_AT_LOCATION,
+  RunBulkQuery: RUN_BULK_QUERY,
+  BulkOperationStatus: BULK_OPERATION_STATUS,
+  InventoryItemsPage: INVENTORY_ITEMS_PAGE,
+  LocationLevelsPage: LOCATION_LEVELS_PAGE,
 };
+
+/**
+ * Queries Shopify runs inside a bulk operation: sent as the `query` variable of
+ * {@link RUN_BULK_QUERY}, never as an operation of their own, so they take no variables.
+ * Connections are read through `edges { node }` (bulk queries refuse `nodes`), the
+ * nested one's parent selects `id` (its nodes' `__parentId` in the JSONL).
+ */
+export const BULK_QUERIES = {
+  /** Every inventory item's SKU and its `available` at every location it is stocked at. */
+  InventoryLevels: `{
+  inventoryItems {
+    edges {
+      node {
+        id
+        sku
+        inventoryLevels {
+          edges { node { location { id } quantities(names: ["available"]) { name quantity } } }
+        }
+      }
+    }
+  }
+}`,
+} as const;

@@ -27,6 +27,7 @@ import {
   type ShopifyInventory,
 } from "./inventory.ts";
 import { enumValueDescription, shopifySchema } from "./schema.ts";
+import type { BulkOperations } from "./bulk.ts";
 
 /** Shopify's `extensions.search` entry for a query with ignored terms. */
 export interface SearchWarningExtension {
@@ -47,6 +48,13 @@ export interface ShopifyContext {
   searchWarnings: SearchWarningExtension[];
   onApplied(): void;
   onReplay(): void;
+  /** The shop's bulk operations. */
+  bulk: BulkOperations;
+  /**
+   * A bulk query runs with every connection whole: no `first`/`last` needed and no
+   * page limit (only the bulk operation's own limits apply).
+   */
+  unpaged?: boolean;
 }
 
 /** Mutations that 2026-04+ refuse without `@idempotent`. */
@@ -77,14 +85,23 @@ function cursorId(cursor: string): number {
   });
 }
 
-/** A Relay connection over `items` (already filtered and sorted). */
-function connection<T extends { legacyId: number }, O>(items: T[], args: PageArgs, toObject: (t: T) => O) {
-  if (args.first == null && args.last == null) {
+/**
+ * A Relay connection over `items` (already filtered and sorted); `unpaged` (a bulk
+ * query) needs no `first`/`last` and has no page limit.
+ */
+function connection<T extends { legacyId: number }, O>(
+  items: T[],
+  args: PageArgs,
+  toObject: (t: T) => O,
+  unpaged = false,
+) {
+  // first/last, when a bulk query gives them, still apply; the page limit does not.
+  if (!unpaged && args.first == null && args.last == null) {
     throw new GraphQLError("you must provide one of first or last", { extensions: { code: "BAD_REQUEST" } });
   }
   for (const name of ["first", "last"] as const) {
     const n = args[name];
-    if (n != null && (n < 0 || n > MAX_PAGE_SIZE)) {
+    if (n != null && (n < 0 || (!unpaged && n > MAX_PAGE_SIZE))) {
       throw new GraphQLError(`${name} must be between 0 and ${MAX_PAGE_SIZE}`, {
         extensions: { code: "BAD_REQUEST" },
       });
@@ -148,7 +165,17 @@ function containsWord(text: string, term: SearchTerm): boolean {
 export function shopifyRoot(ctx: ShopifyContext): Record<string, unknown> {
   const inv = ctx.inventory;
 
-  const locationObject = (l: SandboxLocation) => ({ id: l.id, name: l.name, isActive: l.isActive });
+  const locationObject = (l: SandboxLocation): Record<string, unknown> => ({
+    id: l.id,
+    name: l.name,
+    isActive: l.isActive,
+    // Every item's level at this location, in the order the items were created.
+    inventoryLevels: (args: PageArgs & { query?: string | null }) => {
+      if (args.query) throw sandboxUnsupported("inventoryLevels query");
+      const items = inv.variants.map((v) => ({ legacyId: v.inventoryItemLegacyId, v }));
+      return connection(items, args, ({ v }) => levelObject(v, l), ctx.unpaged);
+    },
+  });
 
   const levelObject = (v: SandboxVariant, l: SandboxLocation) => ({
     id: `gid://shopify/InventoryLevel/${l.legacyId}?inventory_item_id=${v.inventoryItemLegacyId}`,
@@ -172,20 +199,26 @@ export function shopifyRoot(ctx: ShopifyContext): Record<string, unknown> {
       }),
   });
 
-  const itemObject = (v: SandboxVariant) => ({
+  // A SKU-less variant (sku "") reads as Shopify shows it: null.
+  const itemObject = (v: SandboxVariant): Record<string, unknown> => ({
     id: v.inventoryItemId,
-    sku: v.sku,
+    sku: v.sku || null,
     tracked: true,
     inventoryLevel: ({ locationId }: { locationId: string }) => {
       checkGid(locationId);
       const l = inv.location(locationId);
       return l ? levelObject(v, l) : null;
     },
+    // Every item is stocked at every location (the sandbox's model).
+    inventoryLevels: (args: PageArgs & { query?: string | null }) => {
+      if (args.query) throw sandboxUnsupported("inventoryLevels query");
+      return connection([...inv.locations], args, (l) => levelObject(v, l), ctx.unpaged);
+    },
   });
 
   const variantObject = (v: SandboxVariant) => ({
     id: v.id,
-    sku: v.sku,
+    sku: v.sku || null,
     title: "Default Title",
     displayName: `${v.productTitle} - Default Title`,
     inventoryQuantity: inv.totalAvailable(v.inventoryItemId),
@@ -313,7 +346,31 @@ export function shopifyRoot(ctx: ShopifyContext): Record<string, unknown> {
         const x = key(a), y = key(b);
         return x < y ? -1 : x > y ? 1 : a.legacyId - b.legacyId;
       });
-      return connection(sorted, args, variantObject);
+      return connection(sorted, args, variantObject, ctx.unpaged);
+    },
+
+    inventoryItems: (
+      args: PageArgs & { query?: string | null },
+      _ctx: unknown,
+      info: GraphQLResolveInfo,
+    ) => {
+      const query = parseQuery(args.query);
+      const { items, warnings } = filterBySearch(inv.variants, query, (v, term) => {
+        switch (term.field) {
+          case "sku":
+            return textMatches(v.sku, term);
+          case "id":
+            return idTermMatches(v.inventoryItemLegacyId, term);
+          default:
+            return undefined;
+        }
+      });
+      if (warnings.length) {
+        ctx.searchWarnings.push({ path: responsePathAsArray(info.path), query: args.query!, warnings });
+      }
+      const byItem = items.map((v) => ({ legacyId: v.inventoryItemLegacyId, v }))
+        .sort((a, b) => a.legacyId - b.legacyId);
+      return connection(byItem, args, ({ v }) => itemObject(v), ctx.unpaged);
     },
 
     productVariant: ({ id }: { id: string }) => {
@@ -364,8 +421,18 @@ export function shopifyRoot(ctx: ShopifyContext): Record<string, unknown> {
       const sorted = [...items].sort((a, b) =>
         sortKey === "ID" ? a.legacyId - b.legacyId : a.name.localeCompare(b.name) || a.legacyId - b.legacyId
       );
-      return connection(sorted, args, locationObject);
+      return connection(sorted, args, locationObject, ctx.unpaged);
     },
+
+    bulkOperationRunQuery: (args: { query: string; groupObjects: boolean }) =>
+      ctx.bulk.run(args.query, args.groupObjects),
+
+    bulkOperation: ({ id }: { id: string }) => {
+      checkGid(id);
+      return ctx.bulk.get(id) ?? null;
+    },
+
+    currentBulkOperation: ({ type }: { type: "QUERY" | "MUTATION" }) => ctx.bulk.current(type) ?? null,
 
     inventoryAdjustQuantities: (args: { input: AdjustInput }, _ctx: unknown, info: GraphQLResolveInfo) =>
       idempotent(info, args, "InventoryAdjustQuantitiesUserErrorCode", () => inv.adjust(args.input)),

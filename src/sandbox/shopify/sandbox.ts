@@ -8,6 +8,9 @@
  * graphql-js over an in-memory shop seeded from a catalog; `@idempotent` keys,
  * `changeFromQuantity`, Shopify's inventory reasons and user-error codes, search
  * syntax, calculated query cost and the leaky bucket (THROTTLED) are enforced.
+ * Bulk query operations (`bulkOperationRunQuery`, ./bulk.ts) run in the background
+ * and leave their JSONL on a separate listener standing in for Shopify's storage host
+ * (./storage.ts): another port, URLs naming `localhost`, and no shop token accepted.
  *
  * Routes: `POST /admin/api/{version}/graphql.json` (the API), `GET /__sandbox/state`,
  * `GET|POST /__sandbox/faults` (JSON, partial updates), `POST /__sandbox/variants/delete`
@@ -19,6 +22,7 @@
  * SANDBOX_CATALOG, SANDBOX_SEED); it prints the SHOPIFY_* settings that point the
  * service at it.
  */
+import { execute } from "graphql";
 import { z } from "zod";
 import { type Catalog, defaultCatalog, loadCatalog } from "../catalog.ts";
 import { type BucketSettings, LeakyBucket, STANDARD_PLAN_BUCKET, type ThrottleStatus } from "../cost.ts";
@@ -32,8 +36,10 @@ import {
   type SandboxVariant,
   ShopifyInventory,
 } from "./inventory.ts";
-import type { ShopifyContext } from "./resolvers.ts";
-import { SHOPIFY_SCHEMA_VERSION } from "./schema.ts";
+import { type ShopifyContext, shopifyRoot } from "./resolvers.ts";
+import { SHOPIFY_SCHEMA_VERSION, shopifySchema } from "./schema.ts";
+import { type BulkOperationErrorCode, type BulkOperationRecord, BulkOperations } from "./bulk.ts";
+import { type BulkStorageStats, type DownloadProgress, startBulkStorage } from "./storage.ts";
 import { logger, setupLogging } from "../../log.ts";
 
 const log = logger("sandbox");
@@ -52,6 +58,8 @@ export interface ShopifyFaults {
   throttleAll: boolean;
   /** The shop is frozen (an unpaid bill): every API request is answered 402, nothing applied. */
   frozen: boolean;
+  /** Bulk operations that finish while set end FAILED with this error code instead of completing. */
+  bulkFailure: BulkOperationErrorCode | null;
   /** Seed of the generator that draws the faults (set it again to replay a sequence). */
   seed: number;
 }
@@ -63,6 +71,7 @@ const NO_FAULTS: ShopifyFaults = {
   latencyMs: 0,
   throttleAll: false,
   frozen: false,
+  bulkFailure: null,
   seed: 1,
 };
 
@@ -74,6 +83,7 @@ const faultsSchema = z.object({
   latencyMs: z.number().int().min(0).max(120_000),
   throttleAll: z.boolean(),
   frozen: z.boolean(),
+  bulkFailure: z.enum(["ACCESS_DENIED", "INTERNAL_SERVER_ERROR", "TIMEOUT"]).nullable(),
   seed: z.number().int(),
 }).partial().strict();
 
@@ -91,6 +101,12 @@ export interface ShopifySandboxOptions {
   faults?: Partial<ShopifyFaults>;
   /** Idempotency key retention (24 h by default). */
   idempotencyTtlMs?: number;
+  /** How long a bulk operation runs before it completes, in ms (200 by default). */
+  bulkDelayMs?: number;
+  /** Port of the bulk result storage listener on localhost; 0 (default) picks a free one. */
+  storagePort?: number;
+  /** Pause between the chunks of a result download, in ms (0 by default). */
+  downloadChunkDelayMs?: number;
   /** Clock (ms), for tests. */
   now?: () => number;
 }
@@ -119,6 +135,8 @@ export interface ShopifySandboxStats {
   mutationsApplied: number;
   /** Idempotent duplicates answered with the original result. */
   idempotentReplays: number;
+  /** Bulk query operations started. */
+  bulkOperations: number;
 }
 
 /** A running sandbox. */
@@ -127,6 +145,8 @@ export interface ShopifySandbox {
   url: string;
   /** Full GraphQL endpoint for {@link apiVersion}. */
   graphqlUrl: string;
+  /** Base URL of the bulk result storage stand-in (`http://localhost:<port>`): not the shop. */
+  storageUrl: string;
   token: string;
   apiVersion: string;
   /** One location per catalog store. */
@@ -146,6 +166,12 @@ export interface ShopifySandbox {
   /** Locations and variants with their available quantity per location. */
   state(): ReturnType<ShopifyInventory["snapshot"]>;
   stats(): ShopifySandboxStats;
+  /** Every bulk operation so far, oldest first. */
+  bulkOperations(): BulkOperationRecord[];
+  /** Result downloads from the storage stand-in, as far as each got. */
+  downloads(): DownloadProgress[];
+  /** The storage stand-in's counters (downloads, requests refused for carrying the shop's token). */
+  storageStats(): BulkStorageStats;
   throttleStatus(): ThrottleStatus;
   faults(): ShopifyFaults;
   /** Changes some faults (a new `seed` restarts the fault sequence). */
@@ -177,7 +203,8 @@ function serverError(status: 500 | 502 | 503): Response {
 
 /** `POST /__sandbox/variants`: a variant the merchant creates (e.g. re-created after a delete). */
 const NEW_VARIANT = z.object({
-  sku: z.string().min(1),
+  // "" is a variant without a SKU (Shopify shows null).
+  sku: z.string(),
   producto_id: z.string().optional(),
   title: z.string().optional(),
   available: z.record(z.string(), z.number().int()).optional(),
@@ -209,7 +236,41 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     executed: 0,
     mutationsApplied: 0,
     idempotentReplays: 0,
+    bulkOperations: 0,
   };
+  const storage = await startBulkStorage({
+    port: options.storagePort,
+    chunkDelayMs: options.downloadChunkDelayMs,
+    now,
+  });
+  // A bulk query reads the shop like any query, with every connection whole.
+  const bulkContext: ShopifyContext = {
+    inventory,
+    idempotency,
+    requestId: "bulk",
+    latency: () => Promise.resolve(),
+    internalFailure: () => false,
+    searchWarnings: [],
+    onApplied: () => {},
+    onReplay: () => {},
+    get bulk() {
+      return bulk;
+    },
+    unpaged: true,
+  };
+  const bulk: BulkOperations = new BulkOperations({
+    storage,
+    execute: async (document) =>
+      await execute({
+        schema: shopifySchema(),
+        document,
+        rootValue: shopifyRoot(bulkContext),
+        contextValue: bulkContext,
+      }),
+    delayMs: options.bulkDelayMs ?? 200,
+    failure: () => faults.bulkFailure,
+    now,
+  });
 
   const setFaults = (patch: Partial<ShopifyFaults>): ShopifyFaults => {
     const parsed = faultsSchema.parse(patch);
@@ -259,7 +320,9 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
       searchWarnings: [],
       onApplied: () => stats.mutationsApplied++,
       onReplay: () => stats.idempotentReplays++,
+      bulk,
     };
+    const started = bulk.list().length;
     const result = await runShopifyGraphQL(body, { bucket, throttleAll: faults.throttleAll, context });
     await context.latency();
     log.debug("Shopify sandbox request {requestId}: {outcome}", { requestId, outcome: result.outcome });
@@ -267,6 +330,7 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     else if (result.outcome === "throttled") stats.throttled++;
     else if (result.outcome === "cost_exceeded") stats.costExceeded++;
     else stats.invalid++;
+    stats.bulkOperations += bulk.list().length - started;
     if (result.outcome === "executed" && faults.lostResponseRate > 0 && random() < faults.lostResponseRate) {
       stats.lostResponses++;
       return serverError(502);
@@ -283,6 +347,8 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
         faults,
         throttleStatus: bucket.status(),
         idempotencyKeys: idempotency.size,
+        bulkOperations: bulk.list(),
+        storage: { url: storage.url, ...storage.stats() },
       });
     }
     if (path === "/__sandbox/faults" && req.method === "GET") return json(200, faults);
@@ -341,6 +407,7 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
   return {
     url,
     graphqlUrl: `${url}/admin/api/${apiVersion}/graphql.json`,
+    storageUrl: storage.url,
     token,
     apiVersion,
     locations: inventory.locations,
@@ -358,11 +425,15 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     locationIdOf: (tiendaId) => inventory.locationOfStore(tiendaId)?.id,
     state: () => inventory.snapshot(),
     stats: () => ({ ...stats }),
+    bulkOperations: () => bulk.list(),
+    downloads: () => storage.downloads(),
+    storageStats: () => storage.stats(),
     throttleStatus: () => bucket.status(),
     faults: () => ({ ...faults }),
     setFaults,
     close: async () => {
-      await server.shutdown();
+      bulk.close();
+      await Promise.all([server.shutdown(), storage.close()]);
       log.info("Shopify sandbox on {url} stopped", { url, mark: "shutdown" });
     },
   };
@@ -383,6 +454,7 @@ if (import.meta.main) {
   console.log(`Shopify Admin API sandbox (${sandbox.apiVersion})`);
   console.log(`  GraphQL: ${sandbox.graphqlUrl}`);
   console.log(`  state:   GET ${sandbox.url}/__sandbox/state   faults: POST ${sandbox.url}/__sandbox/faults`);
+  console.log(`  bulk results: ${sandbox.storageUrl} (stands in for Shopify's storage host)`);
   console.log("  locations:");
   for (const l of sandbox.locations) console.log(`    ${l.tiendaId} → ${l.id}  (${l.name})`);
   console.log("Point the service at it with:");
