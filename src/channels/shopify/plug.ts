@@ -8,6 +8,7 @@ import { logger } from "../../log.ts";
 import type { ShopifySandbox } from "../../sandbox/shopify/sandbox.ts";
 import type { ChannelPlug, ChannelPlugin, PlugContext } from "../../sync/channel.ts";
 import { RedisBucket } from "../../sync/cost_bucket.ts";
+import { shopifyCatalog } from "./catalog.ts";
 import { locationMap, ShopifyChannel } from "./channel.ts";
 import { ShopifyClient } from "./client.ts";
 import { ShopifyStock } from "./stock.ts";
@@ -61,7 +62,13 @@ export async function plugShopify(context: PlugContext): Promise<ShopifyPlug> {
   return {
     name: "shopify",
     adapter: channel,
-    stock: new ShopifyStock(client, channel.listings, locations, config.SHOPIFY_REASON),
+    stock: new ShopifyStock(
+      client,
+      channel.listings,
+      locations,
+      config.SHOPIFY_REASON,
+      shopifyCatalog(client, locations),
+    ),
     probe: {
       health: () => channel.health(),
       budget: () => ({ level: budget.level, max: budget.shape.max }),

@@ -3,7 +3,13 @@
  * location, and set it with compare-and-set (`inventorySetQuantities` with
  * `changeFromQuantity` = the value just read, under `@idempotent`).
  */
-import { type ChannelStock, type StockRead, type StockWrite, unresolvedRead } from "../../sync/channel.ts";
+import {
+  type ChannelCatalog,
+  type ChannelStock,
+  type StockRead,
+  type StockWrite,
+  unresolvedRead,
+} from "../../sync/channel.ts";
 import type { LocationMap } from "./channel.ts";
 import type { ShopifyClient } from "./client.ts";
 import { AVAILABLE_AT_LOCATION, SET_AVAILABLE } from "./documents.ts";
@@ -34,6 +40,8 @@ export class ShopifyStock implements ChannelStock {
     private readonly listings: ShopifyListings,
     private readonly locations: LocationMap,
     private readonly reason: string,
+    /** Every inventory level at the mapped locations, for a resync of `all`. */
+    readonly catalog?: ChannelCatalog,
   ) {}
 
   mappedStores(): string[] {
