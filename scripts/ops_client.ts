@@ -9,10 +9,13 @@
 /** Where the service listens when `MARKETPLACE_SYNC_URL` is not set. */
 export const DEFAULT_URL = "http://127.0.0.1:8080";
 
-/** A failure to report to the operator; `exitCode` 1 unless it is bad usage (2). */
+/**
+ * A failure to report to the operator; `exitCode` 1 unless it is bad usage (2). `transient`:
+ * the service could not be reached or is restarting, so asking again later may work.
+ */
 export class CliError extends Error {
   override name = "CliError";
-  constructor(message: string, readonly exitCode = 1) {
+  constructor(message: string, readonly exitCode = 1, readonly transient = false) {
     super(message);
   }
 }
@@ -106,46 +109,97 @@ export class OpsClient {
     options: { body?: unknown; accept?: number[]; timeoutMs?: number } = {},
   ): Promise<OpsResponse<T>> {
     const url = this.url(path);
-    const headers: Record<string, string> = { accept: "application/json" };
-    if (this.#token) headers.authorization = `Bearer ${this.#token}`;
+    const timeoutMs = options.timeoutMs ?? 30_000;
+    const headers = this.#headers("application/json");
     if (options.body !== undefined) headers["content-type"] = "application/json";
-    let response: Response;
-    try {
-      response = await this.#fetch(url, {
-        method,
-        headers,
-        body: options.body === undefined ? undefined : JSON.stringify(options.body),
-        signal: AbortSignal.timeout(options.timeoutMs ?? 30_000),
-      });
-    } catch (error) {
-      if ((error as Error).name === "TimeoutError") {
-        throw new CliError(`${method} ${url}: no answer within ${(options.timeoutMs ?? 30_000) / 1000} s`);
-      }
-      throw new CliError(
-        `cannot reach marketplace-sync at ${this.baseUrl}: ${describe(error)} (set MARKETPLACE_SYNC_URL)`,
-      );
-    }
+    // The timeout covers the body too: a JSON answer is small.
+    const signal = AbortSignal.timeout(timeoutMs);
+    const response = await this.#send(method, url, timeoutMs, {
+      method,
+      headers,
+      body: options.body === undefined ? undefined : JSON.stringify(options.body),
+      signal,
+    });
     const text = await response.text();
     let body: unknown = undefined;
     try {
       body = text === "" ? undefined : JSON.parse(text);
     } catch { /* not JSON: reported as text below */ }
-    if (response.status === 401 || response.status === 403) {
-      const hint = this.#token ? "check ADMIN_TOKEN" : "set ADMIN_TOKEN to the service's admin token";
-      throw new CliError(
-        `${method} ${url} refused (HTTP ${response.status}): ${serviceMessage(body, text)} (${hint})`,
-      );
-    }
-    const ok = (response.status >= 200 && response.status < 300) || options.accept?.includes(response.status);
-    if (!ok) {
-      throw new CliError(`${method} ${url} failed: HTTP ${response.status}: ${serviceMessage(body, text)}`);
-    }
+    this.#check(method, url, response.status, body, text, options.accept);
     if (body === undefined && text !== "") {
       throw new CliError(
         `${method} ${url} answered HTTP ${response.status} with a non-JSON body: ${text.slice(0, 500)}`,
       );
     }
     return { status: response.status, body: body as T };
+  }
+
+  /**
+   * GETs a body to read as it arrives (a report of any size): the timeout covers only the
+   * wait for the answer to start, not the download. Errors as {@link request}'s.
+   */
+  async stream(path: string, options: { timeoutMs?: number } = {}): Promise<ReadableStream<Uint8Array>> {
+    const url = this.url(path);
+    const timeoutMs = options.timeoutMs ?? 30_000;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(new DOMException("no answer", "TimeoutError")), timeoutMs);
+    let response: Response;
+    try {
+      response = await this.#send("GET", url, timeoutMs, {
+        headers: this.#headers("*/*"),
+        signal: abort.signal,
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+    if (response.status < 200 || response.status >= 300) {
+      const text = await response.text();
+      let body: unknown = undefined;
+      try {
+        body = JSON.parse(text);
+      } catch { /* reported as text */ }
+      this.#check("GET", url, response.status, body, text);
+    }
+    return response.body ?? new ReadableStream({ start: (c) => c.close() });
+  }
+
+  #headers(accept: string): Record<string, string> {
+    const headers: Record<string, string> = { accept };
+    if (this.#token) headers.authorization = `Bearer ${this.#token}`;
+    return headers;
+  }
+
+  async #send(method: string, url: string, timeoutMs: number, init: RequestInit): Promise<Response> {
+    try {
+      return await this.#fetch(url, { method, ...init });
+    } catch (error) {
+      // Both timeouts (AbortSignal.timeout and stream's abort reason) reject with a TimeoutError.
+      if ((error as Error).name === "TimeoutError") {
+        throw new CliError(`${method} ${url}: no answer within ${timeoutMs / 1000} s`, 1, true);
+      }
+      throw new CliError(
+        `cannot reach marketplace-sync at ${this.baseUrl}: ${describe(error)} (set MARKETPLACE_SYNC_URL)`,
+        1,
+        true,
+      );
+    }
+  }
+
+  /** Throws the {@link CliError} an answer that is not 2xx (nor in `accept`) deserves. */
+  #check(method: string, url: string, status: number, body: unknown, text: string, accept?: number[]): void {
+    if (status === 401 || status === 403) {
+      const hint = this.#token ? "check ADMIN_TOKEN" : "set ADMIN_TOKEN to the service's admin token";
+      throw new CliError(
+        `${method} ${url} refused (HTTP ${status}): ${serviceMessage(body, text)} (${hint})`,
+      );
+    }
+    if ((status >= 200 && status < 300) || accept?.includes(status)) return;
+    // 502/503/504: a proxy without its backend, or a service still starting (a restart).
+    throw new CliError(
+      `${method} ${url} failed: HTTP ${status}: ${serviceMessage(body, text)}`,
+      1,
+      status === 502 || status === 503 || status === 504,
+    );
   }
 }
 

@@ -4,7 +4,7 @@
  * sandbox): listing never loses or reorders messages, replay moves exactly the
  * matches with their original bytes and properties and a fresh set of
  * attempts, and a replayed failed sale is applied once. Plus the operator
- * CLIs' argument parsing and output (scripts/dlq.ts, scripts/resync.ts).
+ * CLIs' argument parsing and output (scripts/dlq.ts, scripts/resync*.ts) against a fake service.
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
@@ -24,14 +24,17 @@ import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 import { formatDlqList, formatReplay, parseDlqArgs } from "../scripts/dlq.ts";
 import { CliError, formatTable, OpsClient, UsageError } from "../scripts/ops_client.ts";
+import { main as resyncMain, parseResyncArgs } from "../scripts/resync.ts";
 import {
   exitCodeFor,
+  formatDuration,
   formatResyncReport,
-  main as resyncMain,
-  parseResyncArgs,
+  formatSummary,
+  groupDigits,
   progressLine,
+  ReportTally,
   type ResyncStatus,
-} from "../scripts/resync.ts";
+} from "../scripts/resync_format.ts";
 import {
   harnessFor,
   integration,
@@ -735,21 +738,43 @@ Deno.test("dlq CLI: arguments", () => {
   usage(["replay", "--event-id"], /--event-id needs a value/);
 });
 
+const JOB = "0b8f6c2e-4a51-4d3e-9a7b-2f1e3c4d5a6b";
+
 Deno.test("resync CLI: arguments", () => {
   assert.deepEqual(parseResyncArgs(["--", "--sku", "A", "--sku", "B", "--channel", "shopify"]), {
     command: "run",
     body: { skus: ["A", "B"], channels: ["shopify"] },
     json: false,
+    files: [],
   });
   assert.deepEqual(parseResyncArgs(["--store", "t-1", "--dry-run", "--json"]), {
     command: "run",
     body: { tienda_id: "t-1", dry_run: true },
     json: true,
+    files: [],
   });
   assert.deepEqual(parseResyncArgs(["--all", "--channel=mercadolibre", "--channel", "shopify"]), {
     command: "run",
     body: { all: true, channels: ["mercadolibre", "shopify"] },
     json: false,
+    files: [],
+  });
+  assert.deepEqual(parseResyncArgs(["--all", "--csv", "out.csv", "--ndjson=out.ndjson"]), {
+    command: "run",
+    body: { all: true },
+    json: false,
+    files: [{ format: "csv", path: "out.csv" }, { format: "ndjson", path: "out.ndjson" }],
+  });
+  assert.deepEqual(parseResyncArgs(["--follow", JOB, "--csv", "r.csv"]), {
+    command: "follow",
+    id: JOB,
+    json: false,
+    files: [{ format: "csv", path: "r.csv" }],
+  });
+  assert.deepEqual(parseResyncArgs([`--cancel=${JOB}`, "--json"]), {
+    command: "cancel",
+    id: JOB,
+    json: true,
   });
   const usage = (args: string[], flag: RegExp) =>
     assert.throws(() => parseResyncArgs(args), (e: Error) => e instanceof UsageError && flag.test(e.message));
@@ -759,6 +784,19 @@ Deno.test("resync CLI: arguments", () => {
   usage(["--all", "--dryrun"], /"--dryrun"/);
   usage(["--sku"], /--sku needs a value/);
   usage(["--all", "--dry-run=yes"], /--dry-run takes no value/);
+  usage(["--all", "--csv"], /--csv needs a value/);
+  usage(["--all", "--ndjson", "--json"], /--ndjson needs a value/);
+  usage(["--all", "--csv", "a.csv", "--csv", "b.csv"], /--csv may be given once/);
+  usage(["--all", "--csv", "r", "--ndjson", "r"], /--ndjson r: --csv and --ndjson need different files/);
+  usage(["--follow"], /--follow needs a value/);
+  usage(["--follow", "r-1"], /--follow wants a resync id .*"r-1"/);
+  usage(["--cancel", "42"], /--cancel wants a resync id .*"42"/);
+  usage(["--follow", JOB, "--follow", JOB], /--follow may be given once/);
+  usage(["--follow", JOB, "--cancel", JOB], /--follow and --cancel cannot be combined/);
+  usage(["--follow", JOB, "--all"], /--follow and --all cannot be combined/);
+  usage(["--cancel", JOB, "--dry-run"], /--cancel and --dry-run cannot be combined/);
+  usage(["--cancel", JOB, "--channel", "shopify"], /--cancel and --channel cannot be combined/);
+  usage(["--cancel", JOB, "--csv", "r.csv"], /--cancel and --csv cannot be combined: --follow ID --csv FILE/);
 });
 
 Deno.test("table output: aligned columns, numbers right-aligned, empty cells for null", () => {
@@ -815,27 +853,46 @@ Deno.test("table output: aligned columns, numbers right-aligned, empty cells for
   );
 });
 
-const status = (over: Partial<ResyncStatus> = {}): ResyncStatus => ({
+/** A job as GET /resync/{id} answers it (src/ops/resync_jobs.ts); `progress` follows `done` and `total`. */
+const status = (over: Partial<ResyncStatus> = {}): ResyncStatus => {
+  const job = { ...doneJob(), ...over };
+  return { ...job, progress: over.progress ?? { ...job.progress, done: job.done, total: job.total } };
+};
+
+const doneJob = (): ResyncStatus => ({
   id: "r-1",
   state: "done",
-  progress: { checked: 3, total: 3, drift: 1, errors: 0 },
+  dry_run: false,
+  total: 3,
+  done: 3,
+  drift_found: 1,
+  written: 1,
+  errors: 0,
+  resumed: 0,
+  progress: { done: 3, total: 3, per_second: null, eta_seconds: null },
+  report_lines: 2,
+  unresolved_lines: 1,
   report: [
     {
       sku: "A",
       tienda_id: "t1",
       channel: "shopify",
-      source_qty: 5,
-      marketplace_qty: 7,
-      difference: -2,
+      source_qty: -7,
+      in_flight: 0,
+      marketplace_qty: -7,
+      target: 0,
+      difference: 7,
       action: "set",
-      outcome: "applied",
+      outcome: "written",
     },
     {
       sku: "B",
       tienda_id: "t1",
       channel: "mercadolibre",
       source_qty: 1,
+      in_flight: 0,
       marketplace_qty: 1,
+      target: 1,
       difference: 0,
       action: "none",
     },
@@ -847,33 +904,89 @@ const status = (over: Partial<ResyncStatus> = {}): ResyncStatus => ({
     reason: "sku_not_found",
     error: "no variant has SKU C",
   }],
-  summary: { drift_found: 1, written: 1, errors: 0 },
+});
+
+const running = (done: number, over: Partial<ResyncStatus> = {}): ResyncStatus => ({
+  ...status({ state: "running", done, drift_found: 0, written: 0, report: [], unresolved: [] }),
+  report_lines: 0,
+  unresolved_lines: 0,
+  progress: { done, total: 3, per_second: 2, eta_seconds: (3 - done) / 2 },
   ...over,
 });
 
-Deno.test("resync CLI: progress, report and exit code", () => {
-  assert.equal(progressLine(status()), "resync r-1: 3/3 checked, 1 drift, 0 errors");
-  assert.equal(
-    // The shape GET /resync/{id} answers (src/ops/resync.ts).
+Deno.test("resync CLI: thousands, durations, rate and ETA in the progress line", () => {
+  assert.deepEqual([0, 999, 1234, 50_000, 1_234_567, 2.5].map(groupDigits), [
+    "0",
+    "999",
+    "1 234",
+    "50 000",
+    "1 234 567",
+    "2.5",
+  ]);
+  assert.deepEqual([0, 0.4, 45, 60, 574, 3_600, 3_725, 90_000].map(formatDuration), [
+    "0 s",
+    "0 s",
+    "45 s",
+    "1 min",
+    "9 min 34 s",
+    "1 h",
+    "1 h 2 min",
+    "1 d 1 h",
+  ]);
+  const big = (over: Partial<ResyncStatus>) =>
     progressLine({
       id: "r-2",
       state: "running",
-      total: 500,
-      done: 120,
+      done: 1_234,
+      total: 50_000,
       drift_found: 7,
-      written: 0,
       errors: 0,
-      progress: { done: 120, total: 500 },
-    }),
-    "resync r-2: 120/500 checked, 7 drift, 0 errors",
+      progress: { done: 1_234, total: 50_000, per_second: 85.3, eta_seconds: 574 },
+      ...over,
+    });
+  assert.equal(big({}), "resync r-2: 1 234/50 000 checked · 85/s · ETA 9 min 34 s · 7 drift, 0 errors");
+  assert.equal(
+    big({ progress: { done: 1_234, total: 50_000, per_second: 2.46, eta_seconds: 19_820 } }),
+    "resync r-2: 1 234/50 000 checked · 2.5/s · ETA 5 h 30 min · 7 drift, 0 errors",
   );
-  assert.equal(progressLine({ id: "r-3", state: "running" }), "resync r-3: 0/? checked, 0 drift, 0 errors");
+  assert.equal(
+    big({ resumed: 1, progress: { done: 1_234, total: 50_000, per_second: null, eta_seconds: null } }),
+    "resync r-2: 1 234/50 000 checked · 7 drift, 0 errors · resumed 1× by another instance",
+    "no rate yet (just resumed): no rate and no ETA",
+  );
+  assert.equal(
+    progressLine(status()),
+    "resync r-1: 3/3 checked · 1 drift, 0 errors",
+    "an ended job has no ETA",
+  );
+  assert.equal(
+    progressLine({
+      id: "r-3",
+      state: "running",
+      progress: { done: 0, total: 0, per_second: 0, eta_seconds: null },
+    }),
+    "resync r-3: planning the listings to check",
+    "no total before the job read the catalogs",
+  );
+  assert.equal(progressLine({ id: "r-3", state: "done" }), "resync r-3: 0/? checked · 0 drift, 0 errors");
+});
+
+Deno.test("resync CLI: the summary first, then the lines with their target, then how it ended", () => {
   assert.equal(
     formatResyncReport(status()),
     [
-      "SKU  STORE  CHANNEL       SOURCE  MARKETPLACE  DIFF  ACTION  OUTCOME",
-      "A    t1     shopify            5            7    -2  set     applied",
-      "B    t1     mercadolibre       1            1     0  none",
+      "ACTION        MERCADOLIBRE  SHOPIFY  TOTAL",
+      "none                     1        0      1",
+      "set: written             0        1      1",
+      "total                    1        1      2",
+      "",
+      "UNRESOLVED     SHOPIFY  TOTAL",
+      "sku_not_found        1      1",
+      "total                1      1",
+      "",
+      "SKU  STORE  CHANNEL       POS  TARGET  MARKETPLACE  DIFF  ACTION  OUTCOME",
+      "A    t1     shopify        -7       0           -7     7  set     written",
+      "B    t1     mercadolibre    1       1            1     0  none",
       "",
       "unresolved (1):",
       "SKU  STORE  CHANNEL  REASON         DETAIL",
@@ -882,13 +995,93 @@ Deno.test("resync CLI: progress, report and exit code", () => {
       "done: drift_found 1, written 1, errors 0",
     ].join("\n"),
   );
-  assert.equal(exitCodeFor(status()), 0);
-  assert.equal(exitCodeFor(status({ summary: { drift_found: 1, written: 0, errors: 1 } })), 1);
-  assert.equal(exitCodeFor(status({ state: "failed", error: "redis down" })), 1);
-  assert.match(formatResyncReport(status({ state: "failed", error: "redis down" })), /FAILED: redis down/);
+  // Every action/outcome in the order an operator reads them; changes in flight show as a column.
+  const tally = new ReportTally();
+  const line = { sku: "X", tienda_id: "t", source_qty: 1, marketplace_qty: 1, difference: 0 };
+  for (
+    const [channel, action, outcome] of [
+      ["shopify", "skip", "skipped"],
+      ["shopify", "set", "error"],
+      ["shopify", "would_set", undefined],
+      ["mercadolibre", "none", undefined],
+      ["shopify", "set", "written"],
+      ["shopify", "set", "written"],
+    ] as const
+  ) tally.add("drift", { ...line, channel, action, outcome });
+  for (const reason of ["stock_unknown", "no_listing", "stock_unknown"]) {
+    tally.add("unresolved", { sku: "Y", channel: "mercadolibre", reason });
+  }
+  assert.equal(tally.count("set: written"), 2);
+  assert.equal(tally.count("stock_unknown", "mercadolibre"), 2);
+  assert.equal(
+    formatSummary(tally),
+    [
+      "ACTION        MERCADOLIBRE  SHOPIFY  TOTAL",
+      "none                     1        0      1",
+      "would_set                0        1      1",
+      "set: written             0        2      2",
+      "set: error               0        1      1",
+      "skip                     0        1      1",
+      "total                    1        5      6",
+      "",
+      "UNRESOLVED     MERCADOLIBRE  TOTAL",
+      "no_listing                1      1",
+      "stock_unknown             2      2",
+      "total                     3      3",
+    ].join("\n"),
+  );
+  const inFlight = formatResyncReport(status({
+    report: [{
+      ...status().report![0],
+      source_qty: 3,
+      in_flight: -1,
+      target: 2,
+      marketplace_qty: 5,
+      difference: -3,
+    }],
+  }));
+  assert.ok(
+    inFlight.includes(
+      "SKU  STORE  CHANNEL  POS  IN_FLIGHT  TARGET  MARKETPLACE  DIFF  ACTION  OUTCOME\n" +
+        "A    t1     shopify    3         -1       2            5    -3  set     written\n",
+    ),
+    inFlight,
+  );
+  assert.match(
+    formatResyncReport(status({ report_lines: 1_500, unresolved_lines: 3 }), { files: ["r.csv"] }),
+    /first 2 of 1 500 lines shown; all of them are in r\.csv[^]*first 1 of 3 lines shown; all of them are in r\.csv/,
+  );
+  assert.match(
+    formatResyncReport(status({ report_lines: 1_500 })),
+    /first 2 of 1 500 lines shown; --csv FILE writes them all/,
+  );
 });
 
-/** A fake service answering in order, recording requests. */
+Deno.test("resync CLI: exit codes and how a job that did not finish reads", () => {
+  assert.equal(exitCodeFor(status()), 0);
+  assert.equal(exitCodeFor(status({ errors: 1 })), 1);
+  assert.equal(exitCodeFor(status({ state: "failed", error: "redis down" })), 1);
+  assert.equal(exitCodeFor(status({ state: "cancelled", error: "cancelled by an operator" })), 1);
+  assert.match(formatResyncReport(status({ state: "failed", error: "redis down" })), /FAILED: redis down$/);
+  assert.match(
+    formatResyncReport(
+      status({
+        state: "cancelled",
+        error: "cancelled by an operator",
+        done: 1_234,
+        total: 50_000,
+        resumed: 2,
+      }),
+    ),
+    /\ncancelled: drift_found 1, written 1, errors 0; resumed 2× by another instance; CANCELLED at 1 234\/50 000 listings checked \(cancelled by an operator\): what it wrote is kept, the rest was not checked$/,
+  );
+  assert.match(
+    formatResyncReport(status({ dry_run: true })),
+    /\ndone \(dry run: nothing written\): drift_found/,
+  );
+});
+
+/** A fake service answering in order, recording requests; a string answer is sent as is (a report). */
 function fakeService(answers: [number, unknown][]) {
   const requests: { method: string; url: string; auth: string | null; body: unknown }[] = [];
   const fetchFn = ((input: string | URL | Request, init?: RequestInit) => {
@@ -900,29 +1093,46 @@ function fakeService(answers: [number, unknown][]) {
       body: init?.body ? JSON.parse(String(init.body)) : undefined,
     });
     const [code, body] = answers.shift() ?? [500, { error: "unexpected" }];
+    if (body instanceof Error) return Promise.reject(body);
     return Promise.resolve(
-      new Response(JSON.stringify(body), { status: code, headers: { "content-type": "application/json" } }),
+      typeof body === "string"
+        ? new Response(body, { status: code, headers: { "content-type": "application/x-ndjson" } })
+        : new Response(JSON.stringify(body), {
+          status: code,
+          headers: { "content-type": "application/json" },
+        }),
     );
   }) as typeof fetch;
   return { requests, fetchFn };
 }
 
-Deno.test("resync CLI: starts, polls every 500 ms until done, prints the report", async () => {
-  const { requests, fetchFn } = fakeService([
-    [202, { id: "r-1", status_url: "/resync/r-1" }],
-    [200, { id: "r-1", state: "running", progress: { checked: 1, total: 3, drift: 0, errors: 0 } }],
-    [200, { id: "r-1", state: "running", progress: { checked: 1, total: 3, drift: 0, errors: 0 } }],
-    [200, status()],
-  ]);
+/** An io that records what the CLI says and how long it waits. */
+function recordingIo() {
   const out: string[] = [];
   const err: string[] = [];
   const sleeps: number[] = [];
+  return {
+    out,
+    err,
+    sleeps,
+    io: {
+      sleep: (ms: number) => (sleeps.push(ms), Promise.resolve()),
+      out: (t: string) => out.push(t),
+      err: (t: string) => err.push(t),
+    },
+  };
+}
+
+Deno.test("resync CLI: starts, polls every 500 ms until done, prints the summary and the report", async () => {
+  const { requests, fetchFn } = fakeService([
+    [202, { id: "r-1", status_url: "/resync/r-1" }],
+    [200, running(1)],
+    [200, running(1)],
+    [200, status()],
+  ]);
+  const { out, err, sleeps, io } = recordingIo();
   const client = new OpsClient({ baseUrl: "http://svc:9/", token: "s3cret", fetch: fetchFn });
-  const code = await resyncMain(["--sku", "A", "--dry-run"], client, {
-    sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
-    out: (t) => out.push(t),
-    err: (t) => err.push(t),
-  });
+  const code = await resyncMain(["--sku", "A", "--dry-run"], client, io);
   assert.equal(code, 0);
   assert.deepEqual(requests.map((r) => `${r.method} ${r.url}`), [
     "POST http://svc:9/resync",
@@ -934,25 +1144,189 @@ Deno.test("resync CLI: starts, polls every 500 ms until done, prints the report"
   assert.ok(requests.every((r) => r.auth === "Bearer s3cret"));
   assert.deepEqual(sleeps, [500, 500]);
   assert.deepEqual(err, [
-    "resync r-1: 1/3 checked, 0 drift, 0 errors",
-    "resync r-1: 3/3 checked, 1 drift, 0 errors",
+    "resync r-1 started: Ctrl-C stops following, not the job (--follow r-1 re-attaches, --cancel r-1 stops it)",
+    "resync r-1: 1/3 checked · 2/s · ETA 1 s · 0 drift, 0 errors",
+    "resync r-1: 3/3 checked · 1 drift, 0 errors",
   ]);
-  assert.match(out[0], /^SKU {2}STORE/);
+  assert.equal(out.length, 1);
+  assert.match(out[0], /^ACTION {8}MERCADOLIBRE/);
+  assert.match(out[0], /\n\nSKU {2}STORE/);
   assert.match(out[0], /done: drift_found 1, written 1, errors 0$/);
 });
 
-Deno.test("resync CLI: a running resync of the same scope is a 409, printed, exit 1", async () => {
+Deno.test("resync CLI: a long job is polled every 2 s after its first 10 s", async () => {
+  const answers: [number, unknown][] = [[202, { id: "r-1" }]];
+  for (let i = 0; i < 25; i++) answers.push([200, running(1)]);
+  answers.push([200, status()]);
+  const { fetchFn } = fakeService(answers);
+  const { sleeps, io } = recordingIo();
+  assert.equal(
+    await resyncMain(["--all"], new OpsClient({ baseUrl: "http://svc:9", fetch: fetchFn }), io),
+    0,
+  );
+  assert.deepEqual(sleeps, [...Array(20).fill(500), ...Array(5).fill(2_000)]);
+});
+
+Deno.test("resync CLI: a running resync of the same scope is a 409, printed with how to follow it, exit 1", async () => {
   const { fetchFn } = fakeService([
-    [409, { error: "resync_running", id: "r-9", message: "a resync of these SKUs is running" }],
+    [409, { error: "resync_running", id: JOB, message: "a resync of these SKUs is running" }],
   ]);
-  const err: string[] = [];
-  const code = await resyncMain(["--all"], new OpsClient({ baseUrl: "http://svc:9", fetch: fetchFn }), {
-    sleep: () => Promise.resolve(),
-    out: () => {},
-    err: (t) => err.push(t),
-  });
+  const { err, io } = recordingIo();
+  const code = await resyncMain(["--all"], new OpsClient({ baseUrl: "http://svc:9", fetch: fetchFn }), io);
   assert.equal(code, 1);
-  assert.deepEqual(err, ["error: resync_running: a resync of these SKUs is running (running resync: r-9)"]);
+  assert.deepEqual(err, [
+    `error: resync_running: a resync of these SKUs is running (running resync: ${JOB}; deno task resync -- --follow ${JOB})`,
+  ]);
+});
+
+Deno.test("resync CLI: --follow re-attaches through a restart; a cancelled job exits 1 saying so", async () => {
+  const { requests, fetchFn } = fakeService([
+    [200, running(1, { id: JOB })],
+    [0, new TypeError("connection refused")],
+    [503, { error: "starting", message: "resync is not available yet: the service is still starting" }],
+    [200, running(2, { id: JOB, resumed: 1 })],
+    [200, status({ id: JOB, state: "cancelled", error: "cancelled by an operator", done: 2, resumed: 1 })],
+  ]);
+  const { out, err, io } = recordingIo();
+  const code = await resyncMain(
+    ["--follow", JOB],
+    new OpsClient({ baseUrl: "http://svc:9", fetch: fetchFn }),
+    io,
+  );
+  assert.equal(code, 1);
+  assert.deepEqual(
+    requests.map((r) => `${r.method} ${r.url}`),
+    Array(5).fill(`GET http://svc:9/resync/${JOB}`),
+  );
+  assert.equal(
+    err[0],
+    `following resync ${JOB}: Ctrl-C stops following, not the job (--follow ${JOB} re-attaches, --cancel ${JOB} stops it)`,
+  );
+  assert.match(
+    err[2],
+    /^cannot reach marketplace-sync at http:\/\/svc:9: .*; asking again for up to 60 s \(the job goes on\)$/,
+  );
+  assert.equal(err[3], "the service answers again");
+  assert.equal(
+    err[4],
+    `resync ${JOB}: 2/3 checked · 2/s · ETA 1 s · 0 drift, 0 errors · resumed 1× by another instance`,
+  );
+  assert.equal(
+    err.at(-1),
+    `error: resync ${JOB} was cancelled (cancelled by an operator): it did not finish`,
+  );
+  assert.match(out[0], /CANCELLED at 2\/3 listings checked/);
+});
+
+Deno.test("resync CLI: following gives up when the service stays away", async () => {
+  const answers: [number, unknown][] = [];
+  for (let i = 0; i < 200; i++) answers.push([503, { error: "starting", message: "still starting" }]);
+  const { fetchFn } = fakeService(answers);
+  const { io } = recordingIo();
+  await assert.rejects(
+    resyncMain(["--follow", JOB], new OpsClient({ baseUrl: "http://svc:9", fetch: fetchFn }), io),
+    /HTTP 503: starting: still starting/,
+  );
+  assert.ok(answers.length > 100, "about 60 s of polls, not forever");
+});
+
+Deno.test("resync CLI: --cancel calls DELETE: 0 when cancelled, 1 when it had ended", async () => {
+  const { requests, fetchFn } = fakeService([
+    [200, { id: JOB, state: "cancelled", status_url: `/resync/${JOB}` }],
+    [409, { error: "resync_finished", message: `resync ${JOB} has already ended: nothing to cancel` }],
+    [404, { error: "not_found", message: `no resync ${JOB}` }],
+  ]);
+  const client = new OpsClient({ baseUrl: "http://svc:9", fetch: fetchFn });
+  const first = recordingIo();
+  assert.equal(await resyncMain(["--cancel", JOB], client, first.io), 0);
+  assert.match(
+    first.err[0],
+    new RegExp(`^resync ${JOB} cancelled: it stops after the listing it is checking`),
+  );
+  const again = recordingIo();
+  assert.equal(await resyncMain(["--cancel", JOB, "--json"], client, again.io), 1);
+  assert.deepEqual(again.err, [`error: resync ${JOB} has already ended: nothing to cancel`]);
+  assert.equal(JSON.parse(again.out[0]).error, "resync_finished");
+  await assert.rejects(
+    resyncMain(["--cancel", JOB], client, recordingIo().io),
+    /HTTP 404: not_found: no resync/,
+  );
+  assert.deepEqual(requests.map((r) => r.method), ["DELETE", "DELETE", "DELETE"]);
+});
+
+Deno.test("resync CLI: with more lines than shown, the summary counts the whole report as it streams", async () => {
+  const lines = [
+    { kind: "drift", ...status().report![0] },
+    { kind: "drift", ...status().report![0], sku: "A2" },
+    { kind: "drift", ...status().report![1] },
+    { kind: "unresolved", ...status().unresolved![0] },
+    { kind: "unresolved", ...status().unresolved![0], sku: "C2", reason: "no_listing" },
+  ];
+  const ndjson = lines.map((l) => JSON.stringify(l) + "\n").join("");
+  const done = status({ id: JOB, report_lines: 3, unresolved_lines: 2 });
+  // Only counted: one download, nothing written.
+  let svc = fakeService([[200, done], [200, ndjson]]);
+  let rec = recordingIo();
+  assert.equal(
+    await resyncMain(
+      ["--follow", JOB],
+      new OpsClient({ baseUrl: "http://svc:9", fetch: svc.fetchFn }),
+      rec.io,
+    ),
+    0,
+  );
+  assert.deepEqual(svc.requests.map((r) => r.url), [
+    `http://svc:9/resync/${JOB}`,
+    `http://svc:9/resync/${JOB}/report?format=ndjson`,
+  ]);
+  const summary = [
+    "ACTION        MERCADOLIBRE  SHOPIFY  TOTAL",
+    "none                     1        0      1",
+    "set: written             0        2      2",
+    "total                    1        2      3",
+    "",
+    "UNRESOLVED     SHOPIFY  TOTAL",
+    "no_listing           1      1",
+    "sku_not_found        1      1",
+    "total                2      2",
+    "",
+  ].join("\n");
+  assert.ok(rec.out[0].startsWith(summary), rec.out[0]);
+  assert.match(rec.out[0], /first 2 of 3 lines shown; --csv FILE writes them all/);
+
+  // Written to a file and counted on the way: still one download.
+  const dir = await Deno.makeTempDir();
+  try {
+    svc = fakeService([[200, done], [200, ndjson]]);
+    rec = recordingIo();
+    const path = `${dir}/report.ndjson`;
+    assert.equal(
+      await resyncMain(
+        ["--follow", JOB, "--ndjson", path],
+        new OpsClient({ baseUrl: "http://svc:9", fetch: svc.fetchFn }),
+        rec.io,
+      ),
+      0,
+    );
+    assert.equal(svc.requests.length, 2);
+    assert.equal(await Deno.readTextFile(path), ndjson);
+    assert.equal(rec.err.at(-1), `report: 5 lines written to ${path} (ndjson)`);
+    assert.ok(rec.out[0].startsWith(summary), "counted from the file's download");
+    assert.match(rec.out[0], /all of them are in .*report\.ndjson/);
+    // A download that breaks off leaves no file that could pass for the whole report.
+    svc = fakeService([[200, done], [200, '{"kind":"drift"}\n{"kind":']]);
+    await assert.rejects(
+      resyncMain(
+        ["--follow", JOB, "--ndjson", `${dir}/broken.ndjson`],
+        new OpsClient({ baseUrl: "http://svc:9", fetch: svc.fetchFn }),
+        recordingIo().io,
+      ),
+      /the report of resync .* broke off/,
+    );
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["report.ndjson"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("ops client: 401 shows the service's message; an unreachable service names the URL", async () => {

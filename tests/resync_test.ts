@@ -2,7 +2,8 @@
  * Resync against both marketplace sandboxes configured as the real APIs, with
  * the POS's Redis stock keys as the source of truth: the dry-run drift report,
  * writes (Shopify compare-and-set, MercadoLibre absolute), one job per scope,
- * and the scheduled reconcile on one replica at a time.
+ * the scheduled reconcile on one replica at a time, and the operator CLI (scripts/resync.ts)
+ * against the running service.
  */
 import assert from "node:assert/strict";
 import { SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
@@ -12,6 +13,8 @@ import type { DriftLine, ResyncHooks } from "../src/ops/resync.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
+import { OpsClient } from "../scripts/ops_client.ts";
+import { main as resyncCli } from "../scripts/resync.ts";
 import {
   adminApi,
   type Harness,
@@ -698,6 +701,10 @@ integration(
   },
 );
 
+/** The header of the report download (src/ops/resync_report.ts). */
+const REPORT_HEADER =
+  "kind,channel,tienda_id,sku,source_qty,in_flight,marketplace_qty,target,difference,action,outcome,reason,error";
+
 integration("the report downloads whole as CSV or NDJSON, drift lines then unresolved ones", async () => {
   const w = await startWorld();
   try {
@@ -737,6 +744,135 @@ integration("the report downloads whole as CSV or NDJSON, drift lines then unres
       "the report needs the admin token like the job",
     );
   } finally {
+    await w.close();
+  }
+});
+
+/** Runs `deno task resync` against the world's service; what it printed and its exit code. */
+async function cli(w: World, args: string[]) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const client = new OpsClient({ baseUrl: w.h.service.url, token: TOKEN });
+  const code = await resyncCli(args, client, {
+    sleep: (ms) => new Promise((r) => setTimeout(r, Math.min(ms, 50))),
+    out: (t) => out.push(t),
+    err: (t) => err.push(t),
+  });
+  return { code, out: out.join("\n"), err };
+}
+
+integration(
+  "CLI: the summary counts every line, --csv writes a row per line, --follow re-reads an ended job",
+  async () => {
+    const w = await startWorld();
+    const dir = await Deno.makeTempDir();
+    try {
+      await injectDrift(w);
+      const csv = `${dir}/resync.csv`;
+      const run = await cli(w, [
+        ...SKUS.flatMap((sku) => ["--sku", sku]),
+        "--sku",
+        "NO-SUCH-SKU",
+        "--dry-run",
+        "--csv",
+        csv,
+      ]);
+      assert.equal(run.code, 0, run.err.join("\n"));
+      const id = /^resync (\S+) started/.exec(run.err[0])![1];
+      // 3 SKUs × (5 Shopify stores + 1 MeLi store) compared, 4 of them drifted; NO-SUCH-SKU unresolved on all 6.
+      assert.ok(
+        run.out.startsWith([
+          "ACTION     MERCADOLIBRE  SHOPIFY  TOTAL",
+          "none                  1       13     14",
+          "would_set             2        2      4",
+          "total                 3       15     18",
+          "",
+          "UNRESOLVED     MERCADOLIBRE  SHOPIFY  TOTAL",
+          "stock_unknown             1        5      6",
+          "total                     1        5      6",
+          "",
+          "SKU ",
+        ].join("\n")),
+        run.out,
+      );
+      assert.match(run.out, /\ndone \(dry run: nothing written\): drift_found 4, written 0, errors 0$/);
+      assert.ok(run.err.includes(`report: 24 lines written to ${csv} (csv)`), run.err.join("\n"));
+
+      const rows = (await Deno.readTextFile(csv)).trimEnd().split("\r\n");
+      assert.equal(rows[0], REPORT_HEADER);
+      const job = (await api(w, "GET", `/resync/${id}`)).body;
+      assert.equal(
+        rows.length - 1,
+        job.report_lines + job.unresolved_lines,
+        "one row per line of the report",
+      );
+      assert.equal(rows.length - 1, 24);
+      const jean = w.pos.product("JEAN-RECTO-40").stock[MELI_STORE];
+      assert.ok(
+        rows.includes(
+          `drift,mercadolibre,${MELI_STORE},JEAN-RECTO-40,${jean},0,99,${jean},${jean - 99},would_set,,,`,
+        ),
+        rows.join("\n"),
+      );
+      assert.equal(rows.filter((r) => r.startsWith("unresolved,")).length, 6);
+
+      // Re-attached to the ended job: the same summary, the report as NDJSON this time.
+      const ndjson = `${dir}/resync.ndjson`;
+      const again = await cli(w, ["--follow", id, "--ndjson", ndjson]);
+      assert.equal(again.code, 0, again.err.join("\n"));
+      assert.equal(again.out.split("\n\nSKU ")[0], run.out.split("\n\nSKU ")[0]);
+      const lines = (await Deno.readTextFile(ndjson)).trimEnd().split("\n").map((l) => JSON.parse(l));
+      assert.equal(lines.length, 24);
+      assert.equal(lines.filter((l) => l.kind === "drift" && l.action === "would_set").length, 4);
+
+      const late = await cli(w, ["--cancel", id]);
+      assert.equal(late.code, 1);
+      assert.match(late.err[0], /has already ended: nothing to cancel/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+      await w.close();
+    }
+  },
+);
+
+integration("CLI: --cancel stops a followed job, which then exits 1 saying it was cancelled", async () => {
+  let entered!: () => void;
+  const inside = new Promise<void>((r) => entered = r);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  let checks = 0;
+  const w = await startWorld({
+    afterSource: async () => {
+      if (++checks === 2) {
+        entered();
+        await gate;
+      }
+    },
+  });
+  try {
+    const following = cli(w, SKUS.flatMap((sku) => ["--sku", sku]));
+    await inside;
+    const id =
+      (await w.h.sql<{ id: string }[]>`select id::text from resync_job where state = 'running'`)[0].id;
+    const cancelled = await cli(w, ["--cancel", id]);
+    assert.equal(cancelled.code, 0, cancelled.err.join("\n"));
+    assert.match(
+      cancelled.err[0],
+      new RegExp(`^resync ${id} cancelled: it stops after the listing it is checking`),
+    );
+    release();
+    const followed = await following;
+    assert.equal(followed.code, 1);
+    assert.equal(
+      followed.err.at(-1),
+      `error: resync ${id} was cancelled (cancelled by an operator): it did not finish`,
+    );
+    assert.match(
+      followed.out,
+      /\ncancelled: .*; CANCELLED at 1\/18 listings checked \(cancelled by an operator\)/,
+    );
+  } finally {
+    release();
     await w.close();
   }
 });
