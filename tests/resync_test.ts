@@ -680,13 +680,14 @@ integration(
       release();
       const job = await waitFor(async () => {
         const j = await adminApi(w.h, TOKEN, "GET", `/resync/${id}`);
-        return j.body.done >= 1 ? j.body : undefined;
-      }, "job visible");
+        return j.body.done >= 2 ? j.body : undefined;
+      }, "the listing in progress at the cancel stored");
       assert.equal(job.state, "cancelled");
       // The listing in progress when it was cancelled may finish; nothing after it starts.
       await new Promise((r) => setTimeout(r, 500));
       assert.ok(checks <= 2, `no listing checked after the cancel (${checks} checks)`);
       assert.ok(job.done < job.total);
+      assert.equal(job.report.length + job.unresolved.length, job.done, "every listing checked has its line");
       assert.equal((await adminApi(w.h, TOKEN, "DELETE", `/resync/${id}`)).status, 409);
       assert.equal((await adminApi(w.h, TOKEN, "DELETE", `/resync/${crypto.randomUUID()}`)).status, 404);
       // The scope is free again.
@@ -869,7 +870,7 @@ integration("CLI: --cancel stops a followed job, which then exits 1 saying it wa
     );
     assert.match(
       followed.out,
-      /\ncancelled: .*; CANCELLED at 1\/18 listings checked \(cancelled by an operator\)/,
+      /\ncancelled: .*; CANCELLED at 2\/18 listings checked \(cancelled by an operator\)/,
     );
   } finally {
     release();

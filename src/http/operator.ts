@@ -94,7 +94,8 @@ export function mountOperatorRoutes(app: Hono, deps: OperatorDeps): void {
   app.get("/resync/:id", async (c) => {
     const resyncer = deps.resyncer();
     if (!resyncer) return starting(c, "resync");
-    const job = await resyncer.get(c.req.param("id"));
+    // ?lines=0: progress only, for a client that polls a long job (the lines come from /report).
+    const job = await resyncer.get(c.req.param("id"), c.req.query("lines") !== "0");
     return job ? c.json(job) : c.json({ error: "not_found", message: `no resync ${c.req.param("id")}` }, 404);
   });
 

@@ -167,10 +167,10 @@ export class Resyncer {
     return { id };
   }
 
-  /** A job's progress (with rate and ETA) and report, or undefined. */
-  async get(id: string): Promise<Record<string, unknown> | undefined> {
+  /** A job's progress (with rate and ETA) and, unless `inline` is false, its report's first lines. */
+  async get(id: string, inline = true): Promise<Record<string, unknown> | undefined> {
     if (!/^[0-9a-f-]{36}$/i.test(id)) return undefined;
-    return await this.#jobs.get(id);
+    return await this.#jobs.get(id, inline);
   }
 
   /** Every line of a job's report (`drift` or `unresolved`), page by page. */
@@ -530,6 +530,7 @@ export class Resyncer {
         return;
       }
       if (error instanceof JobLostError) {
+        await jobs.settleCancelled(id, progress, lines).catch(() => {});
         log.warning("resync {id} stopped here: {error}", { id, error: error.message });
         metrics.resyncRuns.inc({ mode, state: "cancelled" });
         return;

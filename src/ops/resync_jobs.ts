@@ -158,6 +158,26 @@ export class ResyncJobs {
     });
   }
 
+  /**
+   * Stores what a job cancelled under it still did (its last lines and counts, writes included):
+   * only while this replica is still its owner, so a job taken over is never written twice.
+   */
+  async settleCancelled(id: string, progress: Progress, lines: StoredLine[]): Promise<void> {
+    await this.sql.begin(async (tx) => {
+      const [job] = await tx`
+        update resync_job set done = done + ${progress.done}, drift_found = drift_found + ${progress.drift},
+               written = written + ${progress.written}, errors = errors + ${progress.errors}
+         where id = ${id} and owner = ${this.owner} and state = 'cancelled'
+        returning id`;
+      if (!job) return;
+      await this.#insertLines(tx, id, lines);
+      const seqs = lines.filter((l) => l.seq >= 0).map((l) => l.seq);
+      if (seqs.length) {
+        await tx`update resync_step set done = true where job_id = ${id} and seq = any(${seqs})`;
+      }
+    });
+  }
+
   /** Leaves this replica's running jobs to whoever looks next (shutdown): no wait for a stale heartbeat. */
   async release(ids: string[]): Promise<void> {
     if (!ids.length) return;
@@ -177,8 +197,11 @@ export class ResyncJobs {
     return row.cancelled ? "cancelled" : "finished";
   }
 
-  /** The job with its progress (rate and ETA) and the first {@link INLINE_LINES} lines of each kind. */
-  async get(id: string): Promise<Record<string, unknown> | undefined> {
+  /**
+   * The job with its progress (rate and ETA) and, unless `inline` is false (polling), the first
+   * {@link INLINE_LINES} lines of each kind.
+   */
+  async get(id: string, inline = true): Promise<Record<string, unknown> | undefined> {
     const { sql } = this;
     const [row] = await sql.unsafe<Record<string, unknown>[]>(
       `select ${JOB_COLUMNS}, report as old_report, unresolved as old_unresolved,
@@ -195,7 +218,7 @@ export class ResyncJobs {
         select line from resync_line where job_id = ${id} and kind = ${kind} order by seq limit ${INLINE_LINES}`)
         .map((r) => r.line);
     const { old_report, old_unresolved, running_seconds, done_at_resume, ...job } = row;
-    const [report, unresolved] = await Promise.all([lines("drift"), lines("unresolved")]);
+    const [report, unresolved] = inline ? await Promise.all([lines("drift"), lines("unresolved")]) : [[], []];
     const done = job.done as number, total = job.total as number;
     const rate = job.state === "running" && (running_seconds as number) > 0
       ? (done - (done_at_resume as number)) / (running_seconds as number)
@@ -203,8 +226,12 @@ export class ResyncJobs {
     return {
       ...job,
       // Jobs of versions before the report moved to rows keep theirs in the job row.
-      report: [...old_report as unknown[], ...report],
-      unresolved: [...old_unresolved as unknown[], ...unresolved],
+      ...(inline
+        ? {
+          report: [...old_report as unknown[], ...report],
+          unresolved: [...old_unresolved as unknown[], ...unresolved],
+        }
+        : {}),
       progress: {
         done,
         total,
