@@ -31,6 +31,15 @@ Deno.test("a full local bucket serves at once; a short one waits for the refill"
   assert.ok(waited > 0 && waited <= 5, `waited ${waited} ms`);
 });
 
+Deno.test("a cost above the bucket's size takes the whole bucket instead of waiting forever", async () => {
+  const bucket = new LocalBucket({ max: 10, restoreRate: 1000 });
+  assert.equal(await bucket.take(25), 0);
+  assert.ok(bucket.level < 1, `level ${bucket.level}`);
+  // Empty again: the next oversized take waits for a full bucket (10 units at 1 000/s), not for 25.
+  const waited = await bucket.take(25);
+  assert.ok(waited > 0 && waited <= 10, `waited ${waited} ms`);
+});
+
 Deno.test("the marketplace's report corrects the local bucket, capped at its size", async () => {
   const bucket = new LocalBucket({ max: 100, restoreRate: 10 });
   await bucket.observe(40);

@@ -482,6 +482,47 @@ Deno.test("inventorySetQuantities is compare-and-set: a stale changeFromQuantity
   });
 });
 
+Deno.test("one stale quantity among 250 refuses the whole inventorySetQuantities call", async () => {
+  // Shopify: "If the location's current quantity doesn't match the value you provide, then the
+  // mutation fails with a CHANGE_FROM_QUANTITY_STALE error" (InventoryQuantityInput): the call is
+  // one adjustment group, applied whole or not at all, and the user error names the quantity.
+  await withSandbox(async (sb) => {
+    const listings = sb.variants
+      .flatMap((v) => sb.locations.map((l) => ({ item: v.inventoryItemId, location: l.id })))
+      .slice(0, 250);
+    const before = listings.map((l) => sb.available(l.item, l.location)!);
+    const quantities = listings.map((l, i) => ({
+      inventoryItemId: l.item,
+      locationId: l.location,
+      quantity: before[i] + 1,
+      changeFromQuantity: i === 42 ? before[i] + 9 : before[i],
+    }));
+    const input = {
+      reason: "correction",
+      name: "available",
+      referenceDocumentUri: "gid://m/Resync/1",
+      quantities,
+    };
+    const refused = await post(sb, SET, { key: crypto.randomUUID(), input });
+    assert.deepEqual(refused.body.data.inventorySetQuantities, {
+      inventoryAdjustmentGroup: null,
+      userErrors: [{
+        field: ["input", "quantities", "42", "changeFromQuantity"],
+        message: "The changeFromQuantity value does not match persisted value.",
+        code: "CHANGE_FROM_QUANTITY_STALE",
+      }],
+    });
+    assert.deepEqual(listings.map((l) => sb.available(l.item, l.location)), before);
+    assert.equal(sb.stats().mutationsApplied, 0);
+    quantities[42].changeFromQuantity = before[42];
+    const applied = await post(sb, SET, { key: crypto.randomUUID(), input });
+    assert.deepEqual(applied.body.data.inventorySetQuantities.userErrors, []);
+    assert.equal(applied.body.data.inventorySetQuantities.inventoryAdjustmentGroup.changes.length, 250);
+    assert.equal(applied.body.extensions.cost.requestedQueryCost, 10);
+    assert.deepEqual(listings.map((l) => sb.available(l.item, l.location)), before.map((q) => q + 1));
+  }, { catalog: buildCatalog({ skus: 50, stores: 5 }) });
+});
+
 Deno.test("cost bucket: THROTTLED when short, restored over time, cost on every answer", async () => {
   // A hand-driven clock, so restoring is exact however slow the machine is.
   const clock = { now: 0 };

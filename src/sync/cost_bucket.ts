@@ -25,7 +25,10 @@ export interface BucketShape {
 
 /** Something that hands out units of a rate budget. */
 export interface RateBudget {
-  /** Waits until `cost` units are available and takes them; resolves to the ms waited. */
+  /**
+   * Waits until `cost` units are available and takes them; resolves to the ms waited.
+   * A cost above the bucket's size takes the whole bucket (it could never be served otherwise).
+   */
   take(cost: number, signal?: AbortSignal): Promise<number>;
   /** Corrects the bucket with what the marketplace reported. */
   observe(available: number, shape?: BucketShape): Promise<void>;
@@ -44,7 +47,8 @@ local max = tonumber(b[2]) or tonumber(ARGV[2])
 local rate = tonumber(b[3]) or tonumber(ARGV[3])
 local level = tonumber(b[1]) or max
 local ts = tonumber(b[4]) or now
-local cost = tonumber(ARGV[1])
+-- A cost above the bucket's size could never be served: take the whole bucket instead.
+local cost = math.min(tonumber(ARGV[1]), max)
 level = math.min(max, level + math.max(0, now - ts) * rate / 1000)
 local wait = 0
 if level >= cost then level = level - cost else wait = math.ceil((cost - level) * 1000 / rate) end
@@ -93,6 +97,9 @@ export class LocalBucket implements RateBudget {
   }
 
   async take(cost: number, signal?: AbortSignal): Promise<number> {
+    // A cost above the bucket's size could never be served: take the whole bucket instead
+    // (the marketplace then answers for the call itself, e.g. MAX_COST_EXCEEDED).
+    cost = Math.min(cost, this.shape.max);
     let waited = 0;
     for (;;) {
       this.#refill();

@@ -45,6 +45,16 @@ export interface ShopifyClientOptions {
 
 const INITIAL_COST_ESTIMATE = 10;
 
+/** How to guess what a call costs before Shopify has priced one like it. */
+export interface CallOptions {
+  /**
+   * The document repeats one part `parts` times (an alias per listing), so its cost grows with
+   * the input: the cost is learned per part and a call of another size is estimated right.
+   * `perPart` is the guess until Shopify has answered one.
+   */
+  cost?: { parts: number; perPart: number };
+}
+
 /** Admin GraphQL client for one shop. */
 export class ShopifyClient {
   readonly endpoint: string;
@@ -57,17 +67,23 @@ export class ShopifyClient {
   /**
    * Sends one operation. Never throws for marketplace or network errors.
    * @param operation the document's operation name (cost is learned per name).
+   * @param options how the cost grows with the input, for documents built per call.
    */
   async call<T>(
     operation: string,
     query: string,
     variables: Record<string, unknown>,
     signal?: AbortSignal,
+    options: CallOptions = {},
   ): Promise<CallResult<T>> {
     const { budget, metrics } = this.options;
     const channel = "shopify";
     const count = (outcome: string) => metrics.marketplaceCalls.inc({ channel, operation, outcome });
-    const estimate = this.#costEstimate.get(operation) ?? INITIAL_COST_ESTIMATE;
+    const parts = options.cost ? Math.max(1, options.cost.parts) : 1;
+    const learned = this.#costEstimate.get(operation);
+    const estimate = options.cost
+      ? Math.ceil((learned ?? options.cost.perPart) * parts)
+      : learned ?? INITIAL_COST_ESTIMATE;
     const waited = await budget.take(estimate, signal);
     if (waited > 0) metrics.throttleWaitSeconds.inc({ channel }, waited / 1000);
 
@@ -145,7 +161,7 @@ export class ShopifyClient {
     const cost = body.extensions?.cost;
     if (cost?.throttleStatus) {
       const s = cost.throttleStatus;
-      this.#costEstimate.set(operation, cost.requestedQueryCost);
+      this.#costEstimate.set(operation, cost.requestedQueryCost / parts);
       await budget.observe(s.currentlyAvailable, { max: s.maximumAvailable, restoreRate: s.restoreRate });
       metrics.budgetLevel.set({ channel }, s.currentlyAvailable);
     }
@@ -178,6 +194,11 @@ export class ShopifyClient {
       // Our key already carried another request: what happened to this one is unknown.
       count("idempotency_mismatch");
       return { kind: "rejected", reason: "idempotency_key_parameter_mismatch", error: message };
+    }
+    if (codes.includes("MAX_COST_EXCEEDED")) {
+      // Priced above what one query may cost: the same document can never pass; a smaller one can.
+      count("max_cost_exceeded");
+      return { kind: "rejected", reason: "max_cost_exceeded", error: message };
     }
     if (codes.some((c) => c === "INTERNAL_SERVER_ERROR" || c === "SERVICE_UNAVAILABLE")) {
       count("graphql_internal");
