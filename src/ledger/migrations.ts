@@ -256,6 +256,7 @@ export const MIGRATIONS: readonly Migration[] = [
       -- without calling the marketplace again; a write re-reads only listings with drift.
       alter table resync_step add column source_qty integer;
       alter table resync_step add column marketplace_qty integer;
+      alter table resync_step add column ref jsonb;
     `,
   },
 ];

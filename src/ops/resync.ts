@@ -451,6 +451,36 @@ export class Resyncer {
       for (;;) {
         const steps = await jobs.nextSteps(id, 200);
         if (!steps.length) break;
+        /** Counts a listing's line and keeps it for the next heartbeat. */
+        const tally = (step: ResyncStep, line: DriftLine | Unresolved) => {
+          progress.done++;
+          if ("reason" in line) {
+            lines.push({ seq: step.seq, kind: "unresolved", line });
+            return;
+          }
+          lines.push({ seq: step.seq, kind: "drift", line });
+          if (line.difference !== 0) {
+            progress.drift++;
+            metrics.resyncDrift.inc({ channel: line.channel });
+            log.warning(
+              "drift on {channel} {sku} at {tienda_id}: POS {source} → should show {expected}, shows {shown}",
+              {
+                channel: line.channel,
+                sku: line.sku,
+                tienda_id: line.tienda_id,
+                source: line.source_qty,
+                expected: line.target,
+                shown: line.marketplace_qty,
+                resync_id: id,
+                action: line.action,
+              },
+            );
+          }
+          if (line.outcome === "written") progress.written++;
+          if (line.outcome === "error") progress.errors++;
+        };
+        /** Drifted listings of a batching channel, written together at the end of the page. */
+        const batches = new Map<ChannelStock, ResyncStep[]>();
         for (const step of steps) {
           if (signal.aborted) throw new ShuttingDown();
           // An operator's cancel (or another replica's take-over) stops the job before its next listing.
@@ -472,37 +502,28 @@ export class Resyncer {
             const snapshot = step.marketplace_qty != null && step.source_qty != null
               ? await this.#snapshotLine(step, channel, request.dry_run)
               : undefined;
+            if (snapshot?.action === "set" && step.ref != null && channel.readMany && channel.writeMany) {
+              batches.set(channel, [...batches.get(channel) ?? [], step]);
+              continue;
+            }
             line = snapshot && snapshot.action !== "set"
               ? snapshot
               : await this.#check(id, channel, step.sku, step.stores, request.dry_run, signal);
           }
-          progress.done++;
-          if ("reason" in line) lines.push({ seq: step.seq, kind: "unresolved", line });
-          else {
-            lines.push({ seq: step.seq, kind: "drift", line });
-            if (line.difference !== 0) {
-              progress.drift++;
-              metrics.resyncDrift.inc({ channel: line.channel });
-              log.warning(
-                "drift on {channel} {sku} at {tienda_id}: POS {source} → should show {expected}, shows {shown}",
-                {
-                  channel: line.channel,
-                  sku: line.sku,
-                  tienda_id: line.tienda_id,
-                  source: line.source_qty,
-                  expected: line.target,
-                  shown: line.marketplace_qty,
-                  resync_id: id,
-                  action: line.action,
-                },
-              );
-            }
-            if (line.outcome === "written") progress.written++;
-            if (line.outcome === "error") progress.errors++;
-          }
+          tally(step, line);
           if (Date.now() - lastBeat > HEARTBEAT_MS) {
             lastBeat = Date.now();
             await beat();
+          }
+        }
+        for (const [channel, drifted] of batches) {
+          const size = Math.max(1, channel.maxPerCall ?? 1);
+          for (let i = 0; i < drifted.length; i += size) {
+            if (signal.aborted) throw new ShuttingDown();
+            await jobs.stillOurs(id);
+            await this.deps.liveIdle(channel.name, signal);
+            const chunk = drifted.slice(i, i + size);
+            for (const [step, line] of await this.#writeChunk(id, channel, chunk, signal)) tally(step, line);
           }
         }
         // The page's lines are stored (and its steps marked done) before the next page is read.
@@ -540,6 +561,112 @@ export class Resyncer {
       metrics.resyncRuns.inc({ mode, state: "failed" });
       log.error("resync {id} failed: {error}", { id, error: (error as Error).message, mark: "error" });
     }
+  }
+
+  /**
+   * Writes drifted listings of a batching channel (Shopify: up to 250 per call), re-checked
+   * first as {@link #check} does one listing — the POS, then the marketplace (one read for the
+   * chunk), then the ledger, then the POS again — and set with one compare-and-set call. A
+   * listing the chunk cannot settle (the POS moved, a stale or refused set, an unheard answer)
+   * goes through {@link #check} on its own, which reads and computes it again.
+   */
+  async #writeChunk(
+    id: string,
+    channel: ChannelStock,
+    steps: ResyncStep[],
+    signal: AbortSignal,
+  ): Promise<[ResyncStep, DriftLine | Unresolved][]> {
+    const done: [ResyncStep, DriftLine | Unresolved][] = [];
+    const alone: ResyncStep[] = [];
+    const entries: { step: ResyncStep; ids: Map<string, string | null>; source: number }[] = [];
+    for (const step of steps) {
+      const ids = new Map<string, string | null>();
+      for (const store of step.stores) ids.set(store, await this.#productoId(store, step.sku));
+      const source = await this.#source(step.stores, ids, step.sku);
+      if ("reason" in source) alone.push(step);
+      else entries.push({ step, ids, source: source.quantity });
+    }
+    const reads = entries.length ? await channel.readMany!(entries.map((e) => e.step.ref), signal) : [];
+    const flights = await Promise.all(
+      entries.map((e) => this.#flight(channel.name, e.step.stores, e.step.sku)),
+    );
+    if (flights.some((f) => f.recent)) await new Promise((r) => setTimeout(r, SETTLE_MS));
+    const sets: { entry: (typeof entries)[number]; read: number; line: DriftLine }[] = [];
+    for (const [i, entry] of entries.entries()) {
+      const read = reads[i];
+      const flight = channel.deltas
+        ? await this.#flight(channel.name, entry.step.stores, entry.step.sku)
+        : undefined;
+      const again = await this.#source(entry.step.stores, entry.ids, entry.step.sku);
+      if (!read?.ok || "reason" in again || again.quantity !== entry.source) {
+        alone.push(entry.step);
+        continue;
+      }
+      const inFlight = flight ? -flight.pending : 0;
+      const target = Math.max(0, entry.source + inFlight);
+      const line: DriftLine = {
+        sku: entry.step.sku,
+        tienda_id: entry.step.stores.join(","),
+        channel: channel.name,
+        source_qty: entry.source,
+        in_flight: inFlight,
+        marketplace_qty: read.quantity,
+        target,
+        difference: target - read.quantity,
+        action: read.quantity === target ? "none" : "set",
+      };
+      if (line.action === "none") done.push([entry.step, line]);
+      else if (flight && flight.sending > 0) {
+        done.push([entry.step, {
+          ...line,
+          action: "skip",
+          outcome: "skipped",
+          error: "a batch for this listing is in flight; run again",
+        }]);
+      } else sets.push({ entry, read: read.quantity, line });
+    }
+    if (sets.length) {
+      const { outcomes } = await channel.writeMany!(
+        sets.map((s) => ({ ref: s.entry.step.ref, from: s.read, to: s.line.target })),
+        `gid://marketplace-sync/Resync/${id}`,
+        signal,
+      );
+      for (const [i, set] of sets.entries()) {
+        const outcome = outcomes[i];
+        const { step } = set.entry;
+        const productoId = set.entry.ids.get(step.stores[0]) ?? null;
+        const label = step.stores.join(",");
+        if (outcome?.kind === "written") {
+          await this.#record(
+            id,
+            channel.name,
+            label,
+            step.sku,
+            productoId,
+            set.read,
+            outcome.quantityAfter,
+            null,
+          );
+          done.push([step, { ...set.line, outcome: "written" }]);
+        } else if (outcome?.kind === "error" && !outcome.uncertain) {
+          await this.#record(
+            id,
+            channel.name,
+            label,
+            step.sku,
+            productoId,
+            set.read,
+            set.line.target,
+            outcome,
+          );
+          done.push([step, { ...set.line, outcome: "error", error: `${outcome.reason}: ${outcome.error}` }]);
+        } else alone.push(step);
+      }
+    }
+    for (const step of alone) {
+      done.push([step, await this.#check(id, channel, step.sku, step.stores, false, signal)]);
+    }
+    return done;
   }
 
   /** Compares (and maybe sets) one SKU at one store on one channel. */

@@ -21,6 +21,8 @@ export interface ResyncStep {
   /** From the snapshots of a catalog-wide job: the POS sum at `stores` and the marketplace's quantity. */
   source_qty?: number | null;
   marketplace_qty?: number | null;
+  /** The listing's address, as the channel's `read` gives it (batched writes need no read by SKU). */
+  ref?: unknown;
 }
 
 /** A POS catalog row in a job's snapshot. */
@@ -127,7 +129,7 @@ export class ResyncJobs {
   /** The next steps not done, in plan order. */
   async nextSteps(id: string, limit: number): Promise<ResyncStep[]> {
     return await this.sql<ResyncStep[]>`
-      select seq, channel, sku, stores, source_qty, marketplace_qty from resync_step
+      select seq, channel, sku, stores, source_qty, marketplace_qty, ref from resync_step
        where job_id = ${id} and not done order by seq limit ${limit}`;
   }
 
@@ -325,7 +327,7 @@ export class ResyncJobs {
            group by m.place, s.sku),
         lst as (
           select case when exists (select 1 from map where place = '*') then '*' else l.place end as place,
-                 l.sku, count(*)::int as n, min(l.quantity)::int as qty,
+                 l.sku, count(*)::int as n, min(l.quantity)::int as qty, (array_agg(l.ref))[1] as ref,
                  (array_agg(l.unwritable) filter (where l.unwritable is not null))[1] as unwritable
             from resync_listing l
            where l.job_id = ${id} and l.channel = ${channel}
@@ -334,7 +336,7 @@ export class ResyncJobs {
         paired as (
           select coalesce(src.place, lst.place) as place, coalesce(src.sku, lst.sku) as sku,
                  src.qty as source_qty, src.unknown, src.sku is not null as in_pos,
-                 lst.qty as marketplace_qty, lst.n, lst.unwritable, lst.sku is not null as listed
+                 lst.qty as marketplace_qty, lst.n, lst.unwritable, lst.ref, lst.sku is not null as listed
             from src full join lst on lst.place = src.place and lst.sku = src.sku),
         judged as (
           select p.*, st.stores,
@@ -346,9 +348,9 @@ export class ResyncJobs {
                  end as reason
             from paired p join stores st using (place)),
         steps as (
-          insert into resync_step (job_id, seq, channel, sku, stores, source_qty, marketplace_qty)
+          insert into resync_step (job_id, seq, channel, sku, stores, source_qty, marketplace_qty, ref)
           select ${id}, ${firstSeq} + row_number() over (order by sku, place) - 1, ${channel}, sku, stores,
-                 source_qty, marketplace_qty
+                 source_qty, marketplace_qty, case when place = '*' then null else ref end
             from judged where reason is null
           returning 1),
         unresolved as (

@@ -75,6 +75,16 @@ export interface ChannelStock {
   read(sku: string, tiendaId: string, signal?: AbortSignal): Promise<StockRead>;
   /** Every listing of the channel, in pages: what `{"all": true}` compares with the POS catalog. */
   readonly catalog?: ChannelCatalog;
+  /** Most listings `readMany` / `writeMany` take in one call, where the marketplace batches them. */
+  readonly maxPerCall?: number;
+  /** The current quantity of many listings (by the `ref` a read or the catalog gave) in one call. */
+  readMany?(refs: readonly unknown[], signal?: AbortSignal): Promise<StockRead[]>;
+  /** Compare-and-set of many listings in one call: one outcome per set, in order. */
+  writeMany?(
+    sets: readonly BatchSet[],
+    reference: string,
+    signal?: AbortSignal,
+  ): Promise<{ outcomes: BatchSetOutcome[] }>;
   /**
    * Sets `to`, conditional on the value `read` saw where the marketplace allows it.
    * A channel without compare-and-set calls `retarget` under its listing lock and sets
@@ -88,6 +98,22 @@ export interface ChannelStock {
     retarget?: () => Promise<number | undefined>,
   ): Promise<StockWrite>;
 }
+
+/** One listing of a batched compare-and-set: set `to` where the marketplace still shows `from`. */
+export interface BatchSet {
+  ref: unknown;
+  from: number;
+  to: number;
+}
+
+/** What one set of a batched write came to. */
+export type BatchSetOutcome =
+  | { kind: "written"; quantityAfter: number }
+  /** Nothing of the call was applied (this set, or another, was stale): re-read and recompute. */
+  | { kind: "stale"; error: string }
+  | { kind: "not_applied"; reason: string; error: string }
+  /** `uncertain`: the call may have been applied unheard; a re-read tells. */
+  | { kind: "error"; reason: string; error: string; uncertain?: boolean };
 
 /** A SKU a channel could not resolve, as a failed read (transient problems are marked so). */
 export function unresolvedRead(

@@ -124,6 +124,7 @@ type WriteStep =
 /** Reads and sets Shopify stock for resync. */
 export class ShopifyStock implements ChannelStock {
   readonly name = "shopify" as const;
+  readonly maxPerCall = MAX_LISTINGS_PER_CALL;
   readonly deltas = true;
 
   constructor(
