@@ -1,16 +1,18 @@
 /**
- * The POS's stock, read where the POS keeps it: its Redis keys, then its Postgres.
+ * The POS's stock and catalog, read where the POS keeps them: its Redis keys, then its Postgres.
  * Opened on first use (MercadoLibre's mirror mode, resync), on the POS's own
  * connections when they are configured apart from the service's.
  */
 import type postgres from "postgres";
 import type { Config } from "../config.ts";
+import { PosCatalog, PosCatalogQuery } from "../pos/catalog.ts";
 import { PosStockReader, type StockRedis } from "../pos/stock.ts";
 import { closeRedis, openPostgres, openRedis, type RedisClient } from "./connections.ts";
 
-/** The POS stock reader and the connections it opened. */
+/** The POS stock reader, the POS catalog, and the connections they opened. */
 export class PosSource {
   #reader: PosStockReader | undefined;
+  #catalog: PosCatalog | undefined;
   #sql: postgres.Sql | undefined;
   #redis: RedisClient | undefined;
 
@@ -39,6 +41,17 @@ export class PosSource {
       productQuery: config.POS_PRODUCT_QUERY,
     });
     return this.#reader;
+  }
+
+  /** The whole POS catalog with stock, in pages (resync of everything); opens the reader's connections. */
+  catalog(): PosCatalog {
+    if (this.#catalog) return this.#catalog;
+    const stock = this.reader();
+    this.#catalog = new PosCatalog({
+      products: new PosCatalogQuery(this.#sql!, this.config.POS_CATALOG_QUERY),
+      stock,
+    });
+    return this.#catalog;
   }
 
   /** Closes what {@link reader} opened. */
