@@ -3,6 +3,7 @@
  * real Postgres and Redis — the products from a `producto` table through POS_CATALOG_QUERY (keyset pages),
  * each page's stock in bulk (one MGET, one stock query) with PosStockReader's semantics: the Redis key wins,
  * then the stock query; a query that does not fit the schema makes the stock unknown (reported, not dropped).
+ * In sandbox mode the sandbox catalog is the POS catalog and its stock keys are seeded for every store.
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
@@ -15,7 +16,19 @@ import {
 } from "../src/config.ts";
 import { PosCatalog, PosCatalogError, PosCatalogQuery, type PosCatalogRow } from "../src/pos/catalog.ts";
 import { PosStockReader, type StockRedis, StockSourceUnavailableError } from "../src/pos/stock.ts";
-import { DATABASE_URL, integration, REDIS_URL, uniqueName } from "./helpers.ts";
+import { defaultCatalog } from "../src/sandbox/catalog.ts";
+import { seedPosStock } from "../src/sandbox/pos/pos.ts";
+import { closeRedis, openRedis } from "../src/service/connections.ts";
+import { PosSource, sandboxPos } from "../src/service/pos_source.ts";
+import {
+  DATABASE_URL,
+  integration,
+  REDIS_URL,
+  startHarness,
+  testConfig,
+  uniqueName,
+  waitFor,
+} from "./helpers.ts";
 
 type Redis = ReturnType<typeof createClient>;
 
@@ -342,6 +355,94 @@ Deno.test("POS_CATALOG_QUERY: a bad value is a start-up error naming the variabl
   assert.equal(launched.code, 2);
   assert.match(new TextDecoder().decode(launched.stderr), /POS_CATALOG_QUERY: must be a SELECT/);
 });
+
+Deno.test("sandbox POS: only in sandbox mode with no POS configured", () => {
+  assert.equal(sandboxPos(testConfig()), true);
+  assert.equal(sandboxPos(testConfig({ POS_REDIS_URL: REDIS_URL })), false);
+  assert.equal(sandboxPos(testConfig({ POS_DATABASE_URL: DATABASE_URL })), false);
+  assert.equal(sandboxPos(testConfig({ SHOPIFY_URL: "http://127.0.0.1:1", SHOPIFY_TOKEN: "t" })), false);
+});
+
+integration(
+  "sandbox POS: every catalog product at every store gets its stock key; keys already there are kept",
+  async () => {
+    const catalog = defaultCatalog();
+    const prefix = uniqueName("poscat_sandbox");
+    const keyTemplate = `${prefix}:stock:{tienda_id}:{producto_id}`;
+    const redis = openRedis(REDIS_URL);
+    const [first] = catalog.products;
+    const lowered = `${prefix}:stock:${catalog.stores[3].tienda_id}:${first.producto_id}`;
+    try {
+      await waitFor(() => redis.isReady, "Redis");
+      // A sale already lowered one key: seeding keeps it.
+      await redis.set(lowered, "-2");
+      const source = new PosSource(testConfig({ POS_STOCK_KEY: keyTemplate }), redis);
+      try {
+        const stores = catalog.stores.map((s) => s.tienda_id);
+        const rows = (await collect(source.catalog(), stores)).flat();
+        assert.equal(rows.length, catalog.stores.length * catalog.products.length);
+        for (const store of catalog.stores) {
+          for (const p of catalog.products) {
+            const key = `${prefix}:stock:${store.tienda_id}:${p.producto_id}`;
+            const want = key === lowered ? -2 : p.stock[store.tienda_id] ?? 0;
+            assert.equal(Number(await redis.get(key)), want, key);
+            const row = rows.find((r) => r.tiendaId === store.tienda_id && r.productoId === p.producto_id);
+            assert.ok(row && "quantity" in row, `${p.sku} at ${store.name}: ${row && shown(row)}`);
+            assert.deepEqual([row.quantity, row.origin], [want, "redis"]);
+          }
+        }
+        // Stock reads see the seeded keys too (MercadoLibre's mirror mode, resync by SKU).
+        const last = catalog.products.at(-1)!;
+        assert.deepEqual(
+          await source.reader().read({
+            tiendaId: catalog.stores[4].tienda_id,
+            productoId: last.producto_id,
+            sku: "x",
+          }),
+          {
+            found: true,
+            quantity: last.stock[catalog.stores[4].tienda_id] ?? 0,
+            origin: "redis",
+            key: `${prefix}:stock:${catalog.stores[4].tienda_id}:${last.producto_id}`,
+          },
+        );
+        // Seeding again (another start) changes nothing.
+        assert.equal(await seedPosStock(redis, keyTemplate, catalog), 0);
+      } finally {
+        await source.close();
+      }
+    } finally {
+      const keys = await redis.keys(`${prefix}:*`);
+      if (keys.length) await redis.del(keys);
+      await closeRedis(redis);
+    }
+  },
+);
+
+integration(
+  "sandbox POS: a service started in sandbox mode seeds the stock keys of every store",
+  async () => {
+    const catalog = defaultCatalog();
+    const prefix = uniqueName("poscat_service");
+    const h = await startHarness({ POS_STOCK_KEY: `${prefix}:stock:{tienda_id}:{producto_id}` });
+    const redis: Redis = createClient({ url: REDIS_URL });
+    await redis.connect();
+    try {
+      const expected = catalog.stores.length * catalog.products.length;
+      const keys = await waitFor(async () => {
+        const keys = await redis.keys(`${prefix}:stock:*`);
+        return keys.length === expected ? keys : undefined;
+      }, `${expected} stock keys`);
+      const stores = new Set(keys.map((k) => k.split(":")[2]));
+      assert.deepEqual([...stores].sort(), catalog.stores.map((s) => s.tienda_id).sort());
+    } finally {
+      await h.close();
+      const keys = await redis.keys(`${prefix}:*`);
+      if (keys.length) await redis.del(keys);
+      await redis.close();
+    }
+  },
+);
 
 integration("live POS: reading the catalog never writes a stock key", async () => {
   const pos = await openPos();
