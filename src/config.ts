@@ -84,6 +84,13 @@ export const DEFAULT_MELI_URL = "https://api.mercadolibre.com";
 export const DEFAULT_POS_STOCK_QUERY = "select stock_actual from producto where tienda_id::text = $1::text " +
   "and (id::text = $2::text or ($2::text is null and sku = $3::text)) limit 1";
 
+/**
+ * The POS catalog resync walks for `{"all": true}`: every product at the given stores, as
+ * (tienda_id, sku, producto_id) in that column order; $1 is the store ids (a text[]).
+ */
+export const DEFAULT_POS_CATALOG_QUERY = "select tienda_id::text, sku, id::text from producto " +
+  "where tienda_id::text = any($1::text[])";
+
 const EnvSchema = z.object({
   RABBITMQ_URL: url(["amqp:", "amqps:"]).default("amqp://guest:guest@127.0.0.1:5672"),
   DATABASE_URL: url(["postgres:", "postgresql:"]).default(
@@ -232,6 +239,10 @@ const EnvSchema = z.object({
   POS_STOCK_QUERY: z.string().trim().min(1).default(DEFAULT_POS_STOCK_QUERY).refine(
     (q) => /^\s*(select|with)\b/i.test(q) && q.includes("$1"),
     "must be a SELECT using $1 (tienda_id), and $2 (producto_id) and/or $3 (sku)",
+  ),
+  POS_CATALOG_QUERY: z.string().trim().min(1).default(DEFAULT_POS_CATALOG_QUERY).refine(
+    (q) => /^\s*(select|with)\b/i.test(q) && /\$1\b/.test(q) && !/\$(?!1\b)\d+/.test(q),
+    "must be a SELECT of (tienda_id, sku, producto_id) using $1 (the store ids, a text[]) and no other parameter",
   ),
 
   LOG_LEVEL: z.enum(["trace", "debug", "info", "warning", "error", "fatal"]).default("info"),
