@@ -81,7 +81,8 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   const sql = openLedger(config);
   const metrics = createMetrics(config.METRICS_PREFIX, () => ledgerBacklog(sql));
   const redis = openRedis(config.REDIS_URL, "Redis");
-  const pos = new PosSource(config, redis);
+  const sandboxCatalog = sandboxCatalogLoader(config);
+  const pos = new PosSource(config, redis, sandboxCatalog);
   const channels = new PluggedChannels();
   let ledgerReady = false;
   const broker = new BrokerLink();
@@ -152,7 +153,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       sql,
       redis,
       metrics,
-      sandboxCatalog: sandboxCatalogLoader(config),
+      sandboxCatalog,
       posStock: () => pos.reader(),
       batchSending: (id) => store.isSending(id),
     };
@@ -176,6 +177,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     resyncer = new Resyncer({
       sql,
       stock: pos.reader(),
+      catalog: pos.catalog(),
       channels: channels.stocks,
       metrics,
       owner: `${Deno.hostname?.() ?? "host"}:${Deno.pid}`,

@@ -62,6 +62,8 @@ async function startWorld(hooks?: ResyncHooks, extra: Record<string, string> = {
     MELI_TIENDA_ID: MELI_STORE,
     MELI_RATE_PER_SEC: "200",
     POS_STOCK_KEY: pos.keyTemplate,
+    // The POS catalog: every product at every store (the table is filled below).
+    POS_CATALOG_QUERY: `select tienda_id, sku, id from ${schema}.producto where tienda_id = any($1)`,
     ...extra,
   };
   const config = testConfig(env);
@@ -878,3 +880,130 @@ integration("CLI: --cancel stops a followed job, which then exits 1 saying it wa
     await w.close();
   }
 });
+
+/** Listings on one side only, a SKU on two Shopify items, and a Full MercadoLibre listing. */
+async function unmappedListings(w: World) {
+  const products = catalog.products;
+  const gone = products[products.length - 1].sku; // the POS has it; Shopify no longer does
+  const twice = products[products.length - 2].sku; // two Shopify items carry it
+  const full = products[products.length - 3].sku; // MercadoLibre stocks it in its own warehouse
+  assert.ok(w.shop.deleteVariant(gone));
+  w.shop.createVariant({ sku: "ONLINE-ONLY", available: Object.fromEntries(STORES.map((s) => [s, 12])) });
+  w.shop.createVariant({ sku: twice, available: Object.fromEntries(STORES.map((s) => [s, 3])) });
+  const [fullListing] = w.meli.listingsForSku(full);
+  const patched = await fetch(`${w.meli.url}/__sandbox/items/${fullListing.itemId}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ logistic_type: "fulfillment" }),
+  });
+  assert.equal(patched.status, 200, await patched.text());
+  return { gone, twice, full, fullItem: fullListing.itemId };
+}
+
+integration(
+  "all on a fresh ledger: the dry run names every drifted listing of the whole catalog and both unmapped sides",
+  async () => {
+    const w = await startWorld();
+    try {
+      await injectDrift(w);
+      const odd = await unmappedListings(w);
+      const before = w.shop.stats();
+      const puts = w.meli.stats().puts;
+      const job = await resync(w, { all: true, dry_run: true });
+      assert.equal(job.state, "done", JSON.stringify(job.error));
+      const drift = driftOnly(job.report).map((l) => `${l.channel} ${l.sku} ${l.tienda_id} ${l.difference}`);
+
+      const jean = w.pos.product("JEAN-RECTO-40").stock[MELI_STORE];
+      const gorro = w.pos.product("GORRO-LANA").stock[STORES[2]];
+      assert.ok(drift.includes(`mercadolibre JEAN-RECTO-40 ${MELI_STORE} ${jean - 99}`), drift.join("\n"));
+      assert.ok(drift.includes(`mercadolibre REMERA-002 ${MELI_STORE} -3`), drift.join("\n"));
+      assert.ok(drift.includes(`shopify GORRO-LANA ${STORES[2]} ${gorro - 77}`), drift.join("\n"));
+      const reasons = (job.unresolved as { channel: string; sku: string; reason: string }[])
+        .map((u) => `${u.channel} ${u.sku} ${u.reason}`);
+      assert.ok(reasons.includes(`shopify ${odd.gone} no_listing`), reasons.join("\n"));
+      assert.ok(reasons.includes("shopify ONLINE-ONLY not_in_pos"), reasons.join("\n"));
+      assert.ok(reasons.includes(`shopify ${odd.twice} ambiguous_sku`), reasons.join("\n"));
+      assert.ok(reasons.includes(`mercadolibre ${odd.full} managed_by_mercadolibre`), reasons.join("\n"));
+      // Every product the POS has at a mapped store is accounted for, on each channel.
+      const lines = [...job.report as DriftLine[], ...job.unresolved as DriftLine[]];
+      for (const p of catalog.products) {
+        assert.ok(lines.some((l) => l.channel === "shopify" && l.sku === p.sku), `shopify ${p.sku}`);
+        assert.ok(
+          lines.some((l) => l.channel === "mercadolibre" && l.sku === p.sku),
+          `mercadolibre ${p.sku}`,
+        );
+      }
+      // Read in bulk, not one call per SKU; nothing written.
+      const after = w.shop.stats();
+      assert.ok(after.bulkOperations > before.bulkOperations, "Shopify was read with a bulk operation");
+      assert.ok(
+        after.requests - before.requests < catalog.products.length,
+        `${after.requests - before.requests} calls`,
+      );
+      assert.equal(after.mutationsApplied, before.mutationsApplied);
+      assert.equal(w.meli.stats().puts, puts);
+    } finally {
+      await w.close();
+    }
+  },
+);
+
+integration(
+  "all, written: every mapped listing equals the POS, Shopify's in one call; every unmapped listing is untouched",
+  async () => {
+    const w = await startWorld();
+    try {
+      await injectDrift(w);
+      // More drift on Shopify: a whole store's listings, so the write is one batch of many.
+      for (const p of catalog.products.slice(0, 6)) await shopifySet(w, p.sku, STORES[1], 1);
+      const odd = await unmappedListings(w);
+      const onlineOnly = w.shop.variants.filter((v) => v.sku === "ONLINE-ONLY").map((v) => v.productoId);
+      const twins = w.shop.variants.filter((v) => v.sku === odd.twice).map((v) => v.productoId);
+      const untouched = () =>
+        JSON.stringify([
+          onlineOnly.map((id) => STORES.map((s) => w.shop.availableFor(id, s))),
+          twins.map((id) => STORES.map((s) => w.shop.availableFor(id, s))),
+          w.meli.quantityOf(w.pos.product(odd.full).producto_id),
+        ]);
+      const before = untouched();
+      const mutations = w.shop.stats().mutationsApplied;
+      const job = await resync(w, { all: true });
+      assert.equal(job.state, "done", JSON.stringify(job.error));
+      assert.equal(job.errors, 0, JSON.stringify(job.report.filter((l: DriftLine) => l.outcome === "error")));
+      // A SKU two products carry (MATE-IMP-01 in the default catalog) is ambiguous: never written.
+      const shared = new Set(
+        catalog.products.filter((p, i, all) => all.findIndex((q) => q.sku === p.sku) !== i).map((p) => p.sku),
+      );
+      for (const p of catalog.products) {
+        if (p.sku === odd.gone || p.sku === odd.twice || shared.has(p.sku)) continue;
+        for (const store of STORES) {
+          const pos = await w.pos.get(store, p.sku);
+          assert.equal(
+            w.shop.availableFor(p.producto_id, store),
+            Math.max(0, pos),
+            `shopify ${p.sku} at ${store}`,
+          );
+        }
+        if (p.sku !== odd.full) {
+          const pos = await w.pos.get(MELI_STORE, p.sku);
+          assert.equal(w.meli.quantityOf(p.producto_id), Math.max(0, pos), `mercadolibre ${p.sku}`);
+        }
+      }
+      assert.equal(untouched(), before, "unmapped, ambiguous and Full listings are never written");
+      const written = (job.report as DriftLine[]).filter((l) =>
+        l.channel === "shopify" && l.outcome === "written"
+      );
+      assert.ok(written.length >= 7, `${written.length} Shopify listings written`);
+      assert.equal(
+        w.shop.stats().mutationsApplied - mutations,
+        1,
+        "Shopify's drifted listings set in one call",
+      );
+      // Run again: nothing left to do.
+      const again = await resync(w, { all: true, dry_run: true });
+      assert.deepEqual(driftOnly(again.report), []);
+    } finally {
+      await w.close();
+    }
+  },
+);

@@ -256,8 +256,27 @@ export class ResyncJobs {
     }
   }
 
-  /** Adds a page of the POS catalog to the job's snapshot. */
-  async addSource(id: string, rows: SourceRow[]): Promise<void> {
+  /**
+   * Adds a page of the POS catalog to the job's snapshot. A SKU listed under two products at one
+   * store (a POS data slip) counts as their sum, as live sales of it do.
+   */
+  async addSource(id: string, page: SourceRow[]): Promise<void> {
+    const merged = new Map<string, SourceRow>();
+    for (const row of page) {
+      const key = JSON.stringify([row.tienda_id, row.sku]);
+      const seen = merged.get(key);
+      merged.set(
+        key,
+        seen
+          ? {
+            ...seen,
+            quantity: seen.quantity === null || row.quantity === null ? null : seen.quantity + row.quantity,
+            unknown: seen.unknown ?? row.unknown,
+          }
+          : row,
+      );
+    }
+    const rows = [...merged.values()];
     if (!rows.length) return;
     await this.sql`
       insert into resync_source (job_id, tienda_id, sku, producto_id, quantity, unknown)
@@ -265,7 +284,8 @@ export class ResyncJobs {
         from jsonb_to_recordset(${this.sql.json(rows as never)}::jsonb)
              as r(tienda_id text, sku text, producto_id text, quantity integer, unknown jsonb)
       on conflict (job_id, tienda_id, sku) do update
-        set quantity = excluded.quantity, unknown = excluded.unknown, producto_id = excluded.producto_id`;
+        set quantity = resync_source.quantity + excluded.quantity,
+            unknown = coalesce(resync_source.unknown, excluded.unknown)`;
   }
 
   /** Adds a page of a channel's listings to the job's snapshot. */
@@ -349,22 +369,22 @@ export class ResyncJobs {
             from paired p join stores st using (place)),
         steps as (
           insert into resync_step (job_id, seq, channel, sku, stores, source_qty, marketplace_qty, ref)
-          select ${id}, ${firstSeq} + row_number() over (order by sku, place) - 1, ${channel}, sku, stores,
+          select ${id}, ${firstSeq}::int + row_number() over (order by sku, place) - 1, ${channel}, sku, stores,
                  source_qty, marketplace_qty, case when place = '*' then null else ref end
             from judged where reason is null
           returning 1),
         unresolved as (
           insert into resync_line (job_id, seq, kind, line)
-          select ${id}, -(${lineBase} + row_number() over (order by sku, place)), 'unresolved',
+          select ${id}, -(${lineBase}::int + row_number() over (order by sku, place)), 'unresolved',
                  jsonb_build_object(
-                   'sku', sku, 'tienda_id', array_to_string(stores, ','), 'channel', ${channel},
+                   'sku', sku, 'tienda_id', array_to_string(stores, ','), 'channel', ${channel}::text,
                    'reason', reason,
                    'error', case reason
-                     when 'no_listing' then 'the POS has this SKU; ' || ${channel} || ' has no listing for it here'
-                     when 'not_in_pos' then ${channel} || ' lists this SKU; the POS has no such product here'
+                     when 'no_listing' then 'the POS has this SKU; ' || ${channel}::text || ' has no listing for it here'
+                     when 'not_in_pos' then ${channel}::text || ' lists this SKU; the POS has no such product here'
                      when 'ambiguous_sku' then n || ' listings carry this SKU: none is written'
                      when 'stock_unknown' then coalesce(unknown ->> 'error', 'the POS stock could not be read')
-                     else coalesce(unwritable ->> 'error', ${channel} || ' does not take stock writes for it')
+                     else coalesce(unwritable ->> 'error', ${channel}::text || ' does not take stock writes for it')
                    end)
             from judged where reason is not null
           returning 1)
