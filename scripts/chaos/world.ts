@@ -79,6 +79,16 @@ export function chaosCatalog(): Catalog {
   return catalog;
 }
 
+/** The chaos POS's catalog as a query (its stock is in Redis keys; it has no producto table). */
+function posCatalogQuery(catalog: ReturnType<typeof chaosCatalog>): string {
+  const quote = (text: string) => `'${text.replaceAll("'", "''")}'`;
+  const rows = catalog.products.flatMap((p) =>
+    catalog.stores.map((s) => `(${quote(s.tienda_id)}, ${quote(p.sku)}, ${quote(p.producto_id)})`)
+  );
+  return `select tienda_id, sku, producto_id from (values ${rows.join(", ")}) ` +
+    "as c(tienda_id, sku, producto_id) where tienda_id = any($1)";
+}
+
 /**
  * One service instance as a real process: `deno run --allow-all src/main.ts`.
  * Like the deployments' supervisors (compose `restart: unless-stopped`, a k8s
@@ -356,6 +366,8 @@ export class World {
       MELI_TIENDA_ID: meliStore,
       MELI_RATE_PER_SEC: "60",
       POS_STOCK_KEY: posKeyTemplate,
+      // The POS catalog a whole-catalog resync reads: every product at every store.
+      POS_CATALOG_QUERY: posCatalogQuery(catalog),
       // The POS's own Redis (same server, its own connection) when the scenario takes it away alone.
       ...(proxies.pos_redis ? { POS_REDIS_URL: via(REDIS_URL, "pos_redis") } : {}),
       DISPATCH_POLL_INTERVAL: "100ms",
