@@ -1007,3 +1007,35 @@ integration(
     }
   },
 );
+
+integration(
+  "a job whose replica died (its heartbeat stopped) is taken over by the next replica to look, and finishes",
+  async () => {
+    const w = await startWorld();
+    try {
+      await injectDrift(w);
+      // A replica took a whole-catalog dry run and died before it stored its plan.
+      const id = crypto.randomUUID();
+      const request = { all: true, dry_run: true };
+      await w.h.sql`
+        insert into resync_job (id, scope_key, request, dry_run, owner, heartbeat_at)
+        values (${id}, ${JSON.stringify(request)}, ${w.h.sql.json(request)}, true, 'dead-replica:1',
+                now() - interval '10 minutes')`;
+      // Any request makes this replica look for abandoned jobs first.
+      const other = await adminApi(w.h, TOKEN, "POST", "/resync", { skus: ["GORRO-LANA"], dry_run: true });
+      assert.equal(other.status, 202);
+      const job = await w.h.service.resyncer()!.wait(id, 30_000);
+      assert.equal(job.state, "done", JSON.stringify(job.error));
+      assert.equal(job.resumed, 1);
+      assert.notEqual(job.owner, "dead-replica:1");
+      assert.equal(job.done, job.total);
+      assert.ok((job.total as number) >= catalog.products.length, `${job.total} listings planned`);
+      assert.ok(
+        driftOnly(job.report as DriftLine[]).some((l) => l.channel === "shopify" && l.sku === "GORRO-LANA"),
+        "the job found the drift",
+      );
+    } finally {
+      await w.close();
+    }
+  },
+);

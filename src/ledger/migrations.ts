@@ -257,6 +257,8 @@ export const MIGRATIONS: readonly Migration[] = [
       alter table resync_step add column source_qty integer;
       alter table resync_step add column marketplace_qty integer;
       alter table resync_step add column ref jsonb;
+      -- Set once the whole plan is stored: a job taken over before that is planned again.
+      alter table resync_job add column planned_at timestamptz;
     `,
   },
 ];

@@ -435,10 +435,13 @@ export class Resyncer {
         const catalog = this.deps.catalog;
         const whole = request.all && catalog &&
           this.deps.channels.filter((c) => wanted.includes(c.name)).every((c) => c.catalog);
-        if (whole) await this.#planCatalog(id, request, catalog);
-        else {
+        if (whole) {
+          await this.#planCatalog(id, request, catalog);
+          await jobs.planComplete(id);
+        } else {
           const { steps, unresolved } = await this.#plan(request);
           await jobs.plan(id, steps, unresolved);
+          await jobs.planComplete(id);
           log.info("resync {id} started: {total} listing checks ({mode})", {
             id,
             total: steps.length,

@@ -111,12 +111,19 @@ export class ResyncJobs {
     });
   }
 
-  /** Whether the job has a plan (a job taken over while planning has none). */
+  /** Whether the job's whole plan is stored (a job taken over while planning is planned again). */
   async planned(id: string): Promise<boolean> {
     const [row] = await this.sql<{ planned: boolean }[]>`
-      select exists (select 1 from resync_step where job_id = ${id}) or total > 0 as planned
-        from resync_job where id = ${id}`;
+      select planned_at is not null as planned from resync_job where id = ${id}`;
     return row?.planned ?? false;
+  }
+
+  /** Marks the plan complete: from now on a take-over resumes it instead of planning again. */
+  async planComplete(id: string): Promise<void> {
+    await this.sql.begin(async (tx) => {
+      await this.#owned(tx, id);
+      await tx`update resync_job set planned_at = now(), heartbeat_at = now() where id = ${id}`;
+    });
   }
 
   /** @throws JobLostError when the job was cancelled or taken over since this replica took it. */
@@ -313,6 +320,7 @@ export class ResyncJobs {
       await tx`delete from resync_listing where job_id = ${id}`;
       await tx`delete from resync_step where job_id = ${id}`;
       await tx`delete from resync_line where job_id = ${id}`;
+      await tx`update resync_job set total = 0, done = 0, drift_found = 0, written = 0, errors = 0 where id = ${id}`;
     });
   }
 
