@@ -57,9 +57,6 @@ export class JobLostError extends Error {
 /** How many lines of each kind `GET /resync/{id}` shows inline; the rest are paged. */
 export const INLINE_LINES = 1_000;
 
-const JOB_COLUMNS = `id, request, dry_run, state, total, done, drift_found, written, errors, error, owner,
-  started_at, heartbeat_at, finished_at, resumed, resumed_at, done_at_resume`;
-
 /** Resync jobs in the ledger. */
 export class ResyncJobs {
   constructor(private readonly sql: Sql, private readonly owner: string) {}
@@ -212,15 +209,15 @@ export class ResyncJobs {
    */
   async get(id: string, inline = true): Promise<Record<string, unknown> | undefined> {
     const { sql } = this;
-    const [row] = await sql.unsafe<Record<string, unknown>[]>(
-      `select ${JOB_COLUMNS}, report as old_report, unresolved as old_unresolved,
-              (select count(*) from resync_line l where l.job_id = j.id and kind = 'drift')::int as report_lines,
-              (select count(*) from resync_line l where l.job_id = j.id and kind = 'unresolved')::int
-                as unresolved_lines,
-              extract(epoch from now() - coalesce(resumed_at, started_at))::float8 as running_seconds
-         from resync_job j where id = $1`,
-      [id],
-    );
+    const [row] = await sql<Record<string, unknown>[]>`
+      select id, request, dry_run, state, total, done, drift_found, written, errors, error, owner,
+             started_at, heartbeat_at, finished_at, resumed, resumed_at, done_at_resume,
+             report as old_report, unresolved as old_unresolved,
+             (select count(*) from resync_line l where l.job_id = j.id and kind = 'drift')::int as report_lines,
+             (select count(*) from resync_line l where l.job_id = j.id and kind = 'unresolved')::int
+               as unresolved_lines,
+             extract(epoch from now() - coalesce(resumed_at, started_at))::float8 as running_seconds
+        from resync_job j where id = ${id}`;
     if (!row) return undefined;
     const lines = async (kind: string) =>
       (await sql<{ line: unknown }[]>`
