@@ -180,7 +180,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       catalog: pos.catalog(),
       channels: channels.stocks,
       metrics,
-      owner: `${Deno.hostname?.() ?? "host"}:${Deno.pid}`,
+      owner: `${Deno.hostname?.() ?? "host"}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`, // pid 1 repeats across restarts
       liveIdle: (channel, signal) => channels.idle(channel, config.RESYNC_LIVE_WAIT, signal),
       hooks: options.resyncHooks,
     });

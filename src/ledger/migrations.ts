@@ -256,9 +256,17 @@ export const MIGRATIONS: readonly Migration[] = [
       -- without calling the marketplace again; a write re-reads only listings with drift.
       alter table resync_step add column source_qty integer;
       alter table resync_step add column marketplace_qty integer;
-      alter table resync_step add column ref jsonb;
+    `,
+  },
+  {
+    version: 10,
+    name: "whole-catalog resync: batched writes address listings; plans marked complete",
+    sql: `
+      -- The listing's address from the catalog read: drifted listings are re-read and set
+      -- in batches by it, not looked up by SKU one at a time.
+      alter table resync_step add column if not exists ref jsonb;
       -- Set once the whole plan is stored: a job taken over before that is planned again.
-      alter table resync_job add column planned_at timestamptz;
+      alter table resync_job add column if not exists planned_at timestamptz;
     `,
   },
 ];

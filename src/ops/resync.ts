@@ -103,6 +103,8 @@ class ShuttingDown extends Error {
 }
 
 const HEARTBEAT_MS = 1_000;
+/** The heartbeat of a job busy with one long step (well inside STALE_JOB_MS). */
+const KEEP_ALIVE_MS = 20_000;
 const STALE_JOB_MS = 120_000;
 const CAS_TRIES = 5;
 /** How long a busy listing's check waits for a sale published but not in custody yet. */
@@ -139,6 +141,8 @@ export class Resyncer {
   readonly #jobs: ResyncJobs;
   readonly #staleMs: number;
   #takeOverTimer: ReturnType<typeof setInterval> | undefined;
+  /** Per running job: whether its keep-alive found it no longer ours. */
+  readonly #lost = new Map<string, () => boolean>();
 
   constructor(private readonly deps: ResyncDeps) {
     this.#jobs = new ResyncJobs(deps.sql, deps.owner);
@@ -329,21 +333,33 @@ export class Resyncer {
     const signal = this.#abort.signal;
     const { steps: _none, unresolved } = await this.#plan({ ...request, skus: [], all: undefined });
     await jobs.clearSnapshots(id);
-    await jobs.plan(id, [], unresolved);
     const wanted = request.channels ?? KNOWN_CHANNELS;
     const channels = this.deps.channels.filter((c) => wanted.includes(c.name));
     const places = new Map<string, { tienda_id: string; place: string }[]>();
     for (const channel of channels) {
       const stores = await this.#knownStores(channel);
+      if (!stores.length) {
+        unresolved.push({
+          sku: "*",
+          tienda_id: "*",
+          channel: channel.name,
+          reason: "no_mapped_stores",
+          error: `no store is mapped to ${channel.name} and the ledger has seen none sold there yet: ` +
+            "map the stores (SHOPIFY_LOCATIONS, MELI_TIENDA_ID) to compare the whole catalog",
+        });
+      }
       places.set(
         channel.name,
         stores.map((tienda_id) => ({ tienda_id, place: channel.place?.(tienda_id) ?? "*" })),
       );
     }
+    await jobs.plan(id, [], unresolved);
     const stores = [...new Set([...places.values()].flat().map((p) => p.tienda_id))].sort();
     let read = 0;
+    const lost = this.#lost.get(id) ?? (() => false);
     for await (const page of catalog.pages(stores, signal)) {
       if (signal.aborted) throw new ShuttingDown();
+      if (lost()) throw new JobLostError(`resync ${id} is no longer run here (cancelled or taken over)`);
       await jobs.addSource(
         id,
         page.map((r) => ({
@@ -366,6 +382,7 @@ export class Resyncer {
       let listings = 0;
       for await (const page of channel.catalog!.listings(signal)) {
         if (signal.aborted) throw new ShuttingDown();
+        if (lost()) throw new JobLostError(`resync ${id} is no longer run here (cancelled or taken over)`);
         await jobs.addListings(id, channel.name, page);
         listings += page.length;
       }
@@ -429,6 +446,13 @@ export class Resyncer {
         throw error;
       }
     };
+    // The heartbeat also beats while the job works on something long (a catalog read, waits for
+    // live sales), so no other replica takes over a job that is alive; a job lost is noticed here.
+    let lost = false;
+    const keepAlive = setInterval(() => {
+      jobs.touch(id).then((ours) => lost ||= !ours, () => {});
+    }, KEEP_ALIVE_MS);
+    this.#lost.set(id, () => lost);
     try {
       if (!resumed || !await jobs.planned(id)) {
         const wanted = request.channels ?? KNOWN_CHANNELS;
@@ -513,6 +537,8 @@ export class Resyncer {
               ? snapshot
               : await this.#check(id, channel, step.sku, step.stores, request.dry_run, signal);
           }
+          // A line finished after the shutdown began may rest on an aborted read: the step stays to do.
+          if (signal.aborted) throw new ShuttingDown();
           tally(step, line);
           if (Date.now() - lastBeat > HEARTBEAT_MS) {
             lastBeat = Date.now();
@@ -526,7 +552,10 @@ export class Resyncer {
             await jobs.stillOurs(id);
             await this.deps.liveIdle(channel.name, signal);
             const chunk = drifted.slice(i, i + size);
-            for (const [step, line] of await this.#writeChunk(id, channel, chunk, signal)) tally(step, line);
+            const checked = await this.#writeChunk(id, channel, chunk, signal);
+            // Writes already made are in the ledger; their steps are checked again on resume (as "none").
+            if (signal.aborted) throw new ShuttingDown();
+            for (const [step, line] of checked) tally(step, line);
           }
         }
         // The page's lines are stored (and its steps marked done) before the next page is read.
@@ -544,7 +573,7 @@ export class Resyncer {
         mark: "done",
       });
     } catch (error) {
-      if (error instanceof ShuttingDown) {
+      if (error instanceof ShuttingDown || (signal.aborted && !(error instanceof JobLostError))) {
         // Progress so far is kept; the job stays running and is resumed (close() releases it).
         await beat().catch(() => {});
         log.info("resync {id} paused: the service is shutting down; it resumes on the next replica to look", {
@@ -563,6 +592,9 @@ export class Resyncer {
       await beat({ state: "failed", error: (error as Error).message }).catch(() => {});
       metrics.resyncRuns.inc({ mode, state: "failed" });
       log.error("resync {id} failed: {error}", { id, error: (error as Error).message, mark: "error" });
+    } finally {
+      clearInterval(keepAlive);
+      this.#lost.delete(id);
     }
   }
 
@@ -663,7 +695,23 @@ export class Resyncer {
             outcome,
           );
           done.push([step, { ...set.line, outcome: "error", error: `${outcome.reason}: ${outcome.error}` }]);
-        } else alone.push(step);
+        } else {
+          // Unheard, it may have landed: the ledger says so before the listing is looked at again, so a
+          // replay never re-opens a sale batch beneath a resync value that already counts the sale.
+          if (outcome?.kind === "error") {
+            await this.#record(
+              id,
+              channel.name,
+              label,
+              step.sku,
+              productoId,
+              set.read,
+              set.line.target,
+              null,
+            );
+          }
+          alone.push(step);
+        }
       }
     }
     for (const step of alone) {

@@ -161,6 +161,7 @@ export class ResyncJobs {
       if (seqs.length) {
         await tx`update resync_step set done = true where job_id = ${id} and seq = any(${seqs})`;
       }
+      if (final) await this.#forgetWork(tx, id);
     });
   }
 
@@ -177,10 +178,7 @@ export class ResyncJobs {
         returning id`;
       if (!job) return;
       await this.#insertLines(tx, id, lines);
-      const seqs = lines.filter((l) => l.seq >= 0).map((l) => l.seq);
-      if (seqs.length) {
-        await tx`update resync_step set done = true where job_id = ${id} and seq = any(${seqs})`;
-      }
+      await this.#forgetWork(tx, id);
     });
   }
 
@@ -200,7 +198,10 @@ export class ResyncJobs {
          where id = ${id} and state = 'running' returning id)
       select j.state, exists (select 1 from cancelled) as cancelled from resync_job j where j.id = ${id}`;
     if (!row) return "not_found";
-    return row.cancelled ? "cancelled" : "finished";
+    if (!row.cancelled) return "finished";
+    // Its snapshots and plan go now (the owner's writes to them are fenced by state): the report stays.
+    await this.sql.begin((tx) => this.#forgetWork(tx, id));
+    return "cancelled";
   }
 
   /**
@@ -261,35 +262,37 @@ export class ResyncJobs {
   }
 
   /**
-   * Adds a page of the POS catalog to the job's snapshot. A SKU listed under two products at one
-   * store (a POS data slip) counts as their sum, as live sales of it do.
+   * Adds a page of the POS catalog to the job's snapshot. A SKU the POS lists under two products at
+   * one store cannot be compared (which product's stock is the listing's?): it is kept as unknown,
+   * with the reason, and never written. @throws JobLostError when the job is no longer ours.
    */
   async addSource(id: string, page: SourceRow[]): Promise<void> {
     const merged = new Map<string, SourceRow>();
     for (const row of page) {
       const key = JSON.stringify([row.tienda_id, row.sku]);
-      const seen = merged.get(key);
-      merged.set(
-        key,
-        seen
-          ? {
-            ...seen,
-            quantity: seen.quantity === null || row.quantity === null ? null : seen.quantity + row.quantity,
-            unknown: seen.unknown ?? row.unknown,
-          }
-          : row,
-      );
+      merged.set(key, merged.has(key) ? twoProducts(row) : row);
     }
     const rows = [...merged.values()];
     if (!rows.length) return;
-    await this.sql`
-      insert into resync_source (job_id, tienda_id, sku, producto_id, quantity, unknown)
-      select ${id}, r.tienda_id, r.sku, r.producto_id, r.quantity, r.unknown
-        from jsonb_to_recordset(${this.sql.json(rows as never)}::jsonb)
-             as r(tienda_id text, sku text, producto_id text, quantity integer, unknown jsonb)
-      on conflict (job_id, tienda_id, sku) do update
-        set quantity = resync_source.quantity + excluded.quantity,
-            unknown = coalesce(resync_source.unknown, excluded.unknown)`;
+    const [{ inserted }] = await this.sql<{ inserted: number }[]>`
+      with owned as (
+        select 1 from resync_job where id = ${id} and owner = ${this.owner} and state = 'running'),
+      added as (
+        insert into resync_source (job_id, tienda_id, sku, producto_id, quantity, unknown)
+        select ${id}, r.tienda_id, r.sku, r.producto_id, r.quantity, r.unknown
+          from jsonb_to_recordset(${this.sql.json(rows as never)}::jsonb)
+               as r(tienda_id text, sku text, producto_id text, quantity integer, unknown jsonb)
+         where exists (select 1 from owned)
+        on conflict (job_id, tienda_id, sku) do update
+          set quantity = null,
+              unknown = jsonb_build_object('reason', 'stock_unknown', 'error',
+                'the POS lists ' || excluded.sku || ' under two products at store ' || excluded.tienda_id ||
+                ': which one a listing shows is unknown')
+        returning 1)
+      select count(*)::int as inserted from added`;
+    if (inserted === 0) {
+      throw new JobLostError(`resync ${id} is no longer run here (cancelled or taken over)`);
+    }
   }
 
   /** Adds a page of a channel's listings to the job's snapshot. */
@@ -302,11 +305,38 @@ export class ResyncJobs {
       ref: l.ref ?? null,
       unwritable: l.unwritable ?? null,
     }));
-    await this.sql`
-      insert into resync_listing (job_id, channel, place, sku, quantity, ref, unwritable)
-      select ${id}, ${channel}, r.place, r.sku, r.quantity, r.ref, r.unwritable
-        from jsonb_to_recordset(${this.sql.json(rows as never)}::jsonb)
-             as r(place text, sku text, quantity integer, ref jsonb, unwritable jsonb)`;
+    const [{ inserted }] = await this.sql<{ inserted: number }[]>`
+      with owned as (
+        select 1 from resync_job where id = ${id} and owner = ${this.owner} and state = 'running'),
+      added as (
+        insert into resync_listing (job_id, channel, place, sku, quantity, ref, unwritable)
+        select ${id}, ${channel}, r.place, r.sku, r.quantity, r.ref, r.unwritable
+          from jsonb_to_recordset(${this.sql.json(rows as never)}::jsonb)
+               as r(place text, sku text, quantity integer, ref jsonb, unwritable jsonb)
+         where exists (select 1 from owned)
+        returning 1)
+      select count(*)::int as inserted from added`;
+    if (inserted === 0) {
+      throw new JobLostError(`resync ${id} is no longer run here (cancelled or taken over)`);
+    }
+  }
+
+  /**
+   * Keeps the job's heartbeat fresh while it works on something long (a catalog read, a wait for
+   * live sales); false when the job is no longer ours.
+   */
+  async touch(id: string): Promise<boolean> {
+    const rows = await this.sql`
+      update resync_job set heartbeat_at = now()
+       where id = ${id} and owner = ${this.owner} and state = 'running' returning 1`;
+    return rows.length > 0;
+  }
+
+  /** Drops what only a running job needs (snapshots, plan): a finished job keeps its report. */
+  async #forgetWork(tx: TransactionSql, id: string): Promise<void> {
+    await tx`delete from resync_source where job_id = ${id}`;
+    await tx`delete from resync_listing where job_id = ${id}`;
+    await tx`delete from resync_step where job_id = ${id}`;
   }
 
   /** Forgets a job's snapshots (planning starts again after a take-over mid-read). */
@@ -415,4 +445,17 @@ export class ResyncJobs {
         on conflict do nothing`;
     }
   }
+}
+
+/** A POS row for a SKU listed under two products at one store: unknown, with why. */
+function twoProducts(row: SourceRow): SourceRow {
+  return {
+    ...row,
+    quantity: null,
+    unknown: {
+      reason: "stock_unknown",
+      error:
+        `the POS lists ${row.sku} under two products at store ${row.tienda_id}: which one a listing shows is unknown`,
+    },
+  };
 }
