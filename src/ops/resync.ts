@@ -475,39 +475,58 @@ export class Resyncer {
       }
       let lastBeat = 0; // the first listing's line is stored at once: progress shows from the start
       const channels = new Map(this.deps.channels.map((c) => [c.name as string, c]));
+      /** Counts a listing's line and keeps it for the next heartbeat. */
+      const tally = (step: ResyncStep, line: DriftLine | Unresolved) => {
+        progress.done++;
+        if ("reason" in line) {
+          lines.push({ seq: step.seq, kind: "unresolved", line });
+          return;
+        }
+        lines.push({ seq: step.seq, kind: "drift", line });
+        if (line.difference !== 0) {
+          progress.drift++;
+          metrics.resyncDrift.inc({ channel: line.channel });
+          log.warning(
+            "drift on {channel} {sku} at {tienda_id}: POS {source} → should show {expected}, shows {shown}",
+            {
+              channel: line.channel,
+              sku: line.sku,
+              tienda_id: line.tienda_id,
+              source: line.source_qty,
+              expected: line.target,
+              shown: line.marketplace_qty,
+              resync_id: id,
+              action: line.action,
+            },
+          );
+        }
+        if (line.outcome === "written") progress.written++;
+        if (line.outcome === "error") progress.errors++;
+      };
+      /**
+       * Drifted listings of a batching channel, gathered across pages and written a full call at a
+       * time (their steps stay to do until their lines are stored: a resume checks them again).
+       */
+      const batches = new Map<ChannelStock, ResyncStep[]>();
+      const flush = async (channel: ChannelStock, all: boolean) => {
+        const size = Math.max(1, channel.maxPerCall ?? 1);
+        const drifted = batches.get(channel) ?? [];
+        while (drifted.length >= size || (all && drifted.length)) {
+          if (signal.aborted) throw new ShuttingDown();
+          await jobs.stillOurs(id);
+          await this.deps.liveIdle(channel.name, signal);
+          const chunk = drifted.splice(0, size);
+          const checked = await this.#writeChunk(id, channel, chunk, signal);
+          // Writes already made are in the ledger; their steps are checked again on resume (as "none").
+          if (signal.aborted) throw new ShuttingDown();
+          for (const [step, line] of checked) tally(step, line);
+        }
+      };
+      let after = -1;
       for (;;) {
-        const steps = await jobs.nextSteps(id, 200);
+        const steps = await jobs.nextSteps(id, after, 200);
         if (!steps.length) break;
-        /** Counts a listing's line and keeps it for the next heartbeat. */
-        const tally = (step: ResyncStep, line: DriftLine | Unresolved) => {
-          progress.done++;
-          if ("reason" in line) {
-            lines.push({ seq: step.seq, kind: "unresolved", line });
-            return;
-          }
-          lines.push({ seq: step.seq, kind: "drift", line });
-          if (line.difference !== 0) {
-            progress.drift++;
-            metrics.resyncDrift.inc({ channel: line.channel });
-            log.warning(
-              "drift on {channel} {sku} at {tienda_id}: POS {source} → should show {expected}, shows {shown}",
-              {
-                channel: line.channel,
-                sku: line.sku,
-                tienda_id: line.tienda_id,
-                source: line.source_qty,
-                expected: line.target,
-                shown: line.marketplace_qty,
-                resync_id: id,
-                action: line.action,
-              },
-            );
-          }
-          if (line.outcome === "written") progress.written++;
-          if (line.outcome === "error") progress.errors++;
-        };
-        /** Drifted listings of a batching channel, written together at the end of the page. */
-        const batches = new Map<ChannelStock, ResyncStep[]>();
+        after = steps[steps.length - 1].seq;
         for (const step of steps) {
           if (signal.aborted) throw new ShuttingDown();
           // An operator's cancel (or another replica's take-over) stops the job before its next listing.
@@ -531,6 +550,7 @@ export class Resyncer {
               : undefined;
             if (snapshot?.action === "set" && step.ref != null && channel.readMany && channel.writeMany) {
               batches.set(channel, [...batches.get(channel) ?? [], step]);
+              await flush(channel, false);
               continue;
             }
             line = snapshot && snapshot.action !== "set"
@@ -545,22 +565,11 @@ export class Resyncer {
             await beat();
           }
         }
-        for (const [channel, drifted] of batches) {
-          const size = Math.max(1, channel.maxPerCall ?? 1);
-          for (let i = 0; i < drifted.length; i += size) {
-            if (signal.aborted) throw new ShuttingDown();
-            await jobs.stillOurs(id);
-            await this.deps.liveIdle(channel.name, signal);
-            const chunk = drifted.slice(i, i + size);
-            const checked = await this.#writeChunk(id, channel, chunk, signal);
-            // Writes already made are in the ledger; their steps are checked again on resume (as "none").
-            if (signal.aborted) throw new ShuttingDown();
-            for (const [step, line] of checked) tally(step, line);
-          }
-        }
         // The page's lines are stored (and its steps marked done) before the next page is read.
         await beat();
       }
+      for (const channel of batches.keys()) await flush(channel, true);
+      await beat();
       await beat({ state: "done" });
       metrics.resyncRuns.inc({ mode, state: "done" });
       const [job] = [await jobs.get(id)];

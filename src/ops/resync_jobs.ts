@@ -130,11 +130,11 @@ export class ResyncJobs {
     if (!job) throw new JobLostError(`resync ${id} is no longer run here (cancelled or taken over)`);
   }
 
-  /** The next steps not done, in plan order. */
-  async nextSteps(id: string, limit: number): Promise<ResyncStep[]> {
+  /** The next steps not done after step `after`, in plan order. */
+  async nextSteps(id: string, after: number, limit: number): Promise<ResyncStep[]> {
     return await this.sql<ResyncStep[]>`
       select seq, channel, sku, stores, source_qty, marketplace_qty, ref from resync_step
-       where job_id = ${id} and not done order by seq limit ${limit}`;
+       where job_id = ${id} and not done and seq > ${after} order by seq limit ${limit}`;
   }
 
   /**
