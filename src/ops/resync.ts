@@ -678,47 +678,28 @@ export class Resyncer {
       for (const [i, set] of sets.entries()) {
         const outcome = outcomes[i];
         const { step } = set.entry;
-        const productoId = set.entry.ids.get(step.stores[0]) ?? null;
-        const label = step.stores.join(",");
-        if (outcome?.kind === "written") {
-          await this.#record(
+        /** The write in the audit trail, as every resync write is. */
+        const record = (to: number, failure: { reason: string; error: string } | null) =>
+          this.#record(
             id,
             channel.name,
-            label,
+            step.stores.join(","),
             step.sku,
-            productoId,
+            set.entry.ids.get(step.stores[0]) ?? null,
             set.read,
-            outcome.quantityAfter,
-            null,
+            to,
+            failure,
           );
+        if (outcome?.kind === "written") {
+          await record(outcome.quantityAfter, null);
           done.push([step, { ...set.line, outcome: "written" }]);
         } else if (outcome?.kind === "error" && !outcome.uncertain) {
-          await this.#record(
-            id,
-            channel.name,
-            label,
-            step.sku,
-            productoId,
-            set.read,
-            set.line.target,
-            outcome,
-          );
+          await record(set.line.target, outcome);
           done.push([step, { ...set.line, outcome: "error", error: `${outcome.reason}: ${outcome.error}` }]);
         } else {
           // Unheard, it may have landed: the ledger says so before the listing is looked at again, so a
           // replay never re-opens a sale batch beneath a resync value that already counts the sale.
-          if (outcome?.kind === "error") {
-            await this.#record(
-              id,
-              channel.name,
-              label,
-              step.sku,
-              productoId,
-              set.read,
-              set.line.target,
-              null,
-            );
-          }
+          if (outcome?.kind === "error") await record(set.line.target, null);
           alone.push(step);
         }
       }

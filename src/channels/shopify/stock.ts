@@ -6,6 +6,7 @@
  */
 import { exponential } from "../../resilience/backoff.ts";
 import {
+  type BatchSetOutcome,
   type ChannelCatalog,
   type ChannelStock,
   type StockRead,
@@ -84,19 +85,8 @@ export interface StockSet {
   to: number;
 }
 
-/** What one set of a batched write came to. */
-export type StockSetOutcome =
-  /** Applied; `quantityAfter` as Shopify reports it. */
-  | { kind: "written"; quantityAfter: number }
-  /** Shopify named this set's `from` as stale: nothing of the call was applied; re-read and recompute. */
-  | { kind: "stale"; error: string }
-  /** Refused with the whole call for other sets' sake (or never run): not applied; re-read and send again. */
-  | { kind: "not_applied"; reason: string; error: string }
-  /**
-   * Failed. `uncertain`: Shopify may have applied the call without our hearing the answer;
-   * re-read before writing again (the compare-and-set keeps a second write from landing twice).
-   */
-  | { kind: "error"; reason: string; error: string; uncertain?: boolean };
+/** What one set of a batched write came to (the channel contract's words). */
+export type StockSetOutcome = BatchSetOutcome;
 
 /** A batched write: one outcome per set, in the order given, and the idempotency key that carried it. */
 export interface StockWriteMany {
