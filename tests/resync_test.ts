@@ -925,6 +925,17 @@ integration(
       assert.ok(reasons.includes("shopify ONLINE-ONLY not_in_pos"), reasons.join("\n"));
       assert.ok(reasons.includes(`shopify ${odd.twice} ambiguous_sku`), reasons.join("\n"));
       assert.ok(reasons.includes(`mercadolibre ${odd.full} managed_by_mercadolibre`), reasons.join("\n"));
+      // Counts first, over the whole report: by action per channel, by reason per channel.
+      assert.equal(job.summary.unresolved.shopify.not_in_pos, STORES.length, "ONLINE-ONLY at each location");
+      assert.equal(job.summary.unresolved.mercadolibre.managed_by_mercadolibre, 1);
+      assert.equal(
+        Object.values(job.summary.actions.shopify as Record<string, number>).reduce((a, b) => a + b, 0),
+        (job.report as DriftLine[]).filter((l) => l.channel === "shopify").length,
+      );
+      assert.equal(
+        job.summary.actions.shopify.would_set,
+        drift.filter((d) => d.startsWith("shopify")).length,
+      );
       // Every product the POS has at a mapped store is accounted for, on each channel.
       const lines = [...job.report as DriftLine[], ...job.unresolved as DriftLine[]];
       for (const p of catalog.products) {

@@ -226,6 +226,19 @@ export class ResyncJobs {
         .map((r) => r.line);
     const { old_report, old_unresolved, running_seconds, done_at_resume, ...job } = row;
     const [report, unresolved] = inline ? await Promise.all([lines("drift"), lines("unresolved")]) : [[], []];
+    // Counts first: lines by action (and outcome) and by reason, per channel, over the whole report.
+    const counts = await sql<{ kind: string; channel: string; what: string; n: number }[]>`
+      select kind, line ->> 'channel' as channel,
+             case when kind = 'drift'
+                  then coalesce(line ->> 'action', '?') || coalesce(':' || (line ->> 'outcome'), '')
+                  else coalesce(line ->> 'reason', '?') end as what,
+             count(*)::int as n
+        from resync_line where job_id = ${id}
+       group by 1, 2, 3 order by 1, 2, 3`;
+    const summary: Record<string, Record<string, Record<string, number>>> = { actions: {}, unresolved: {} };
+    for (const c of counts) {
+      (summary[c.kind === "drift" ? "actions" : "unresolved"][c.channel] ??= {})[c.what] = c.n;
+    }
     const done = job.done as number, total = job.total as number;
     const rate = job.state === "running" && (running_seconds as number) > 0
       ? (done - (done_at_resume as number)) / (running_seconds as number)
@@ -239,6 +252,7 @@ export class ResyncJobs {
           unresolved: [...old_unresolved as unknown[], ...unresolved],
         }
         : {}),
+      summary,
       progress: {
         done,
         total,
