@@ -69,6 +69,10 @@ export interface BenchOptions {
   /** Sustained stream: sales per second and seconds. */
   sustainedRate: number;
   sustainedSeconds: number;
+  /** Resync of the whole catalog: SKU counts (one run each), stores, and the share of listings drifted (%). */
+  resyncSkus: number[];
+  resyncStores: number;
+  resyncDriftPct: number;
   /** Shopify plan whose rate limit the sandbox enforces (standard, advanced, plus, enterprise). */
   plan: string;
   /** Latency the marketplace sandboxes add to every request, in ms. */
