@@ -565,6 +565,8 @@ Deno.test("cost bucket: THROTTLED when short, restored over time, cost on every 
     clock.now += 10_000;
     sb.setFaults({ throttleAll: true });
     assert.equal((await post(sb, LOCATIONS)).body.errors[0].extensions.code, "THROTTLED");
+    // Points kept: the actual cost of what ran (7 + 7 + 7 + 4); refused and throttled requests cost none.
+    assert.equal(sb.stats().pointsSpent, 25);
   }, { bucket: { maximumAvailable: 20, restoreRate: 10 }, now: () => clock.now });
 });
 

@@ -69,6 +69,10 @@ export interface BenchOptions {
   /** Sustained stream: sales per second and seconds. */
   sustainedRate: number;
   sustainedSeconds: number;
+  /** Resync of the whole catalog: SKU counts (one run each), stores, and the share of listings drifted (%). */
+  resyncSkus: number[];
+  resyncStores: number;
+  resyncDriftPct: number;
   /** Shopify plan whose rate limit the sandbox enforces (standard, advanced, plus, enterprise). */
   plan: string;
   /** Latency the marketplace sandboxes add to every request, in ms. */
@@ -265,6 +269,108 @@ export function sampleRss(intervalMs = 100): { stop(): { peak: number; start: nu
       return { peak, start };
     },
   };
+}
+
+// ---------------------------------------------------------------------------
+// The service as a process of its own (its memory and CPU are then its own)
+
+/** Resident set size of a process in MiB, from /proc (undefined once it is gone). */
+export async function rssMib(pid: number): Promise<{ rss: number; hwm: number } | undefined> {
+  try {
+    const status = await Deno.readTextFile(`/proc/${pid}/status`);
+    const kib = (field: string) =>
+      Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
+    return { rss: kib("VmRSS") / 1024, hwm: kib("VmHWM") / 1024 };
+  } catch {
+    return undefined;
+  }
+}
+
+/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on every Linux the service targets). */
+const CLOCK_TICKS = 100;
+
+/** CPU time (user + system) a process has used so far, in seconds, from /proc (undefined once it is gone). */
+export async function cpuSeconds(pid: number): Promise<number | undefined> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    // pid (comm) state … utime stime are fields 14 and 15; comm may hold spaces, so split after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A free TCP port on loopback (for the service's HTTP_PORT). */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** A service started by {@link spawnService}. */
+export interface ServiceProcess {
+  pid: number;
+  /** `http://127.0.0.1:<HTTP_PORT>`. */
+  url: string;
+  /** Whether the process has ended. */
+  exited(): boolean;
+}
+
+/**
+ * Starts `src/main.ts` as its own process with `flags` (e.g. what src/permissions.ts derives)
+ * and only the variables given (`serviceEnv` first, then `env`, which must set HTTP_PORT), and
+ * waits up to 30 s for /readyz. It is stopped (SIGTERM) when the section ends. Its stderr is
+ * inherited unless `onStderrLine` takes it line by line.
+ */
+export async function spawnService(
+  ctx: BenchContext,
+  options: {
+    flags: string[];
+    env: Record<string, string>;
+    serviceEnv?: Record<string, string>;
+    onStderrLine?: (line: string) => void;
+  },
+): Promise<ServiceProcess> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...options.flags, "src/main.ts"],
+    cwd: new URL("../../", import.meta.url).pathname,
+    env: { ...options.serviceEnv ?? {}, ...options.env },
+    clearEnv: true,
+    stdout: "null",
+    stderr: options.onStderrLine ? "piped" : "inherit",
+  }).spawn();
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  const lines = options.onStderrLine ? forEachLine(child.stderr, options.onStderrLine) : Promise.resolve();
+  ctx.defer("service process", async () => {
+    if (!exited) child.kill("SIGTERM");
+    await status;
+    await lines;
+  });
+  const url = `http://127.0.0.1:${options.env.HTTP_PORT}`;
+  for (let i = 0;; i++) {
+    const ok = await fetch(`${url}/readyz`).then((r) => r.body?.cancel().then(() => r.ok), () => false);
+    if (ok) break;
+    if (i > 300 || exited) throw new Error("the service did not become ready within 30 s");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { pid: child.pid, url, exited: () => exited };
+}
+
+/** Calls `each` with every line of a byte stream until it ends. */
+async function forEachLine(stream: ReadableStream<Uint8Array>, each: (line: string) => void): Promise<void> {
+  let rest = "";
+  for await (const text of stream.pipeThrough(new TextDecoderStream())) {
+    const parts = (rest + text).split("\n");
+    rest = parts.pop()!;
+    for (const line of parts) each(line);
+  }
+  if (rest) each(rest);
 }
 
 /** Busy share of all CPUs (0..100) from /proc/stat; undefined where there is none. */

@@ -3,7 +3,7 @@
  *
  *   deno task bench [--events N] [--concurrency N] [--prefetch N] [--batch N]
  *                   [--batch-wait DURATION] [--pool N] [--log-level LEVEL] [--seed N]
- *                   [--dispatch]
+ *                   [--dispatch] [--sections LIST] … (see {@link USAGE})
  *
  * Sections, run in order in ONE process:
  *
@@ -26,7 +26,7 @@
  * ledger. Later scenarios (e.g. marketplace sync throughput) are added as
  * further {@link Section}s in {@link SECTIONS}: `shopify` and `naive`
  * (scripts/bench/shopify.ts), `meli` (scripts/bench/meli.ts), `sustained`
- * (scripts/bench/sustained.ts); `machine` is scripts/bench/machine.ts, `broker`
+ * (scripts/bench/sustained.ts), `resync` (scripts/bench/resync.ts); `machine` is scripts/bench/machine.ts, `broker`
  * and `custody` scripts/bench/custody.ts. This file is the command line and the
  * runner; what the sections share is scripts/bench/harness.ts, and the sections
  * import only that.
@@ -59,6 +59,7 @@ import { brokerSection, custodySection } from "./custody.ts";
 import { naiveSection, shopifyBurstSection } from "./shopify.ts";
 import { meliBurstSection } from "./meli.ts";
 import { sustainedSection } from "./sustained.ts";
+import { resyncSection } from "./resync.ts";
 
 /** The service's own defaults, so the benchmark follows them when they change. */
 const SERVICE_DEFAULTS = loadConfig({});
@@ -72,6 +73,7 @@ const SECTION_IDS: readonly string[] = [
   "naive",
   "meli",
   "sustained",
+  "resync",
 ];
 
 // ---------------------------------------------------------------------------
@@ -100,12 +102,12 @@ options:
   --log-level LEVEL      service LOG_LEVEL: ${LOG_LEVELS.join(", ")} (default warning)
   --seed N               seed for the sample events (default 7)
   --sections LIST        comma-separated sections to run (default: all):
-                         machine,broker,custody,shopify,naive,meli,sustained
+                         machine,broker,custody,shopify,naive,meli,sustained,resync
   --shopify-sales N      Shopify burst: sales (default 20000)
   --shopify-skus N       Shopify burst: SKUs (default 500)
   --shopify-stores N     Shopify burst: stores (default 5)
   --naive-seconds N      how long the naive baseline runs (default 30)
-  --plan NAME            Shopify plan's rate limit for the shopify and naive sections: standard
+  --plan NAME            Shopify plan's rate limit the Shopify sandbox enforces in every section: standard
                          (100 points/s), advanced (200), plus (1000), enterprise (2000); default standard
   --latency MS           latency the marketplace sandboxes add to every request (default 0)
   --meli-sales N         MeLi burst: sales (default: --shopify-sales)
@@ -116,6 +118,12 @@ options:
   --sustained-rate N     sustained stream: sales per second (default 1000)
   --sustained-seconds N  sustained stream: how long (default 60); the service runs as its own
                          process with its derived permissions, its RSS sampled from /proc
+  --resync-skus N[,N…]   resync of the whole catalog: SKUs (default 10000); several sizes run one
+                         after the other, each on a fresh service, so their memory compares
+  --resync-stores N      resync: stores, one Shopify location each (default 5)
+  --resync-drift PCT     resync: share of the listings drifted behind the service's back before the
+                         second dry run and the write (default 5; 0..100). Four jobs per size (dry run,
+                         dry run with drift, write, dry run); ~2 min for 10000 × 5 on 2 cores
   --dispatch             keep the marketplace dispatcher (DISPATCH_ENABLED) running
                          during the custody section; off by default so that
                          section measures custody alone
@@ -165,6 +173,9 @@ export function parseOptions(args: string[]): BenchOptions {
         "meli-rate": { type: "string", default: String(SERVICE_DEFAULTS.MELI_RATE_PER_SEC) },
         "sustained-rate": { type: "string", default: "1000" },
         "sustained-seconds": { type: "string", default: "60" },
+        "resync-skus": { type: "string", default: "10000" },
+        "resync-stores": { type: "string", default: "5" },
+        "resync-drift": { type: "string", default: "5" },
         plan: { type: "string", default: "standard" },
         latency: { type: "string", default: "0" },
         help: { type: "boolean", short: "h", default: false },
@@ -225,6 +236,18 @@ export function parseOptions(args: string[]): BenchOptions {
     meliRate: wholeNumber("meli-rate", values["meli-rate"], 1, 500),
     sustainedRate: wholeNumber("sustained-rate", values["sustained-rate"], 1, 100_000),
     sustainedSeconds: wholeNumber("sustained-seconds", values["sustained-seconds"], 1, 3_600),
+    resyncSkus: String(values["resync-skus"]).split(",").map((n) =>
+      wholeNumber("resync-skus", n, 1, 200_000)
+    ),
+    resyncStores: wholeNumber("resync-stores", values["resync-stores"], 1, 250),
+    resyncDriftPct: (() => {
+      const text = String(values["resync-drift"]).trim();
+      const pct = Number(text);
+      if (!/^\d+(\.\d+)?$/.test(text) || pct > 100) {
+        throw new UsageError(`--resync-drift must be a percentage from 0 to 100 (got "${text}")`);
+      }
+      return pct;
+    })(),
     plan: (() => {
       const plan = String(values.plan);
       if (!Object.keys(PLAN_BUCKETS).includes(plan)) {
@@ -246,6 +269,7 @@ export const SECTIONS: readonly Section[] = [
   naiveSection,
   meliBurstSection,
   sustainedSection,
+  resyncSection,
 ];
 
 // ---------------------------------------------------------------------------
@@ -389,6 +413,27 @@ async function main(): Promise<number> {
         `publish (cold ${r.cold_converge_after_publish_s} s, ${r.cold_requests} requests), quantity mismatches ` +
         `${r.quantity_mismatches}`,
     );
+  }
+  if (results.resync) {
+    const r = results.resync;
+    for (const skus of options.resyncSkus) {
+      const f = (key: string) => r[`${skus}x${options.resyncStores}_${key}`];
+      lines.push(
+        `resync all ${skus}×${options.resyncStores} (${options.plan}): dry run ${f("clean_wall_s")} s ` +
+          `(${f("clean_points")} points); ${f("drifted_listings")} drifted: dry run ${
+            f("drifted_wall_s")
+          } s, ` +
+          `write ${f("write_wall_s")} s (${f("write_points")} points, ${
+            f("write_points_per_written")
+          }/listing ` +
+          `written, the budget alone ${f("write_budget_bound_s")} s), then ${
+            f("after_drift_found")
+          } drift; ` +
+          `service RSS idle ${f("rss_idle_mib")} MiB, high-water ${f("rss_high_water_mib")} MiB; checks ${
+            f("checks")
+          }`,
+      );
+    }
   }
   console.log("\n" + lines.join("\n"));
   console.log(JSON.stringify({

@@ -19,50 +19,21 @@ import { startShopifySandbox } from "../../src/sandbox/shopify/sandbox.ts";
 import {
   type BenchContext,
   benchServiceEnv,
+  cpuSeconds,
   deleteKeys,
+  freePort,
   PLAN_BUCKETS,
   REDIS_URL,
+  rssMib,
   runResources,
   type Section,
   type SectionResult,
+  spawnService,
 } from "./harness.ts";
 import { publishSales, reservePosStock, sampleSales } from "../publish_sample.ts";
 
 const log = (text: string) => console.error(`[bench] ${text}`);
 const round = (n: number, digits = 1) => Number(n.toFixed(digits));
-
-/** Resident set size of a process in MiB, from /proc (undefined once it is gone). */
-async function rssMib(pid: number): Promise<{ rss: number; hwm: number } | undefined> {
-  try {
-    const status = await Deno.readTextFile(`/proc/${pid}/status`);
-    const kib = (field: string) =>
-      Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
-    return { rss: kib("VmRSS") / 1024, hwm: kib("VmHWM") / 1024 };
-  } catch {
-    return undefined;
-  }
-}
-
-/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on every Linux the service targets). */
-const CLOCK_TICKS = 100;
-
-/** CPU time (user + system) a process has used so far, in seconds, from /proc (undefined once it is gone). */
-async function cpuSeconds(pid: number): Promise<number | undefined> {
-  try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    // pid (comm) state … utime stime are fields 14 and 15; comm may hold spaces, so split after the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-  } catch {
-    return undefined;
-  }
-}
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
 
 export const sustainedSection: Section = {
   id: "sustained",
@@ -131,28 +102,8 @@ export const sustainedSection: Section = {
     );
     // Declared first, so cleanup (last in, first out) stops the service before it drops its schema.
     const { sql } = await runResources(ctx, config);
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", ...flags, "src/main.ts"],
-      cwd: new URL("../../", import.meta.url).pathname,
-      // As scripts/launch.ts starts it: the allocator defaults of SERVICE_ENV next to the configuration.
-      env: { ...serviceEnv, ...env },
-      clearEnv: true,
-      stdout: "null",
-      stderr: "inherit",
-    }).spawn();
-    let exited = false;
-    child.status.then(() => exited = true);
-    ctx.defer("service process", async () => {
-      if (!exited) child.kill("SIGTERM");
-      await child.status;
-    });
-    const url = `http://127.0.0.1:${port}`;
-    for (let i = 0;; i++) {
-      const ok = await fetch(`${url}/readyz`).then((r) => r.body?.cancel().then(() => r.ok), () => false);
-      if (ok) break;
-      if (i > 300 || exited) throw new Error("the service did not become ready within 30 s");
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    // As scripts/launch.ts starts it: the allocator defaults of SERVICE_ENV next to the configuration.
+    const child = await spawnService(ctx, { flags, env, serviceEnv });
     await new Promise((r) => setTimeout(r, 3_000)); // let start-up allocations settle
     const idle = (await rssMib(child.pid))!;
     log(`sustained: idle RSS ${round(idle.rss)} MiB; publishing ${rate} sales/s for ${seconds} s`);
@@ -178,7 +129,7 @@ export const sustainedSection: Section = {
     const started = performance.now();
     const cpuBefore = await cpuSeconds(child.pid);
     const sampler = (async () => {
-      while (sampling && !exited) {
+      while (sampling && !child.exited()) {
         const m = await rssMib(child.pid);
         const depth = (await ctx.rabbit.queueDeclare({ queue: config.QUEUE, passive: true })).messageCount;
         if (m) samples.push({ t: (performance.now() - started) / 1000, rss: m.rss, depth });

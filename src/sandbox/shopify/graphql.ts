@@ -49,6 +49,8 @@ export interface GraphQLHttpAnswer {
   status: number;
   body: unknown;
   outcome: Outcome;
+  /** Points the request kept from the bucket: its actual cost once run (refund applied), else none. */
+  points?: number;
 }
 
 /** What the pipeline needs besides the request. */
@@ -201,9 +203,12 @@ export async function runShopifyGraphQL(body: unknown, deps: PipelineDeps): Prom
   bucket.refund(requested - actual);
   const extensions: Record<string, unknown> = cost(requested, actual);
   if (context.searchWarnings.length) extensions.search = context.searchWarnings;
-  return answer({
-    ...(result.errors ? { errors: result.errors.map((e) => e.toJSON()) } : {}),
-    data: result.data ?? null,
-    extensions,
-  }, "executed");
+  return {
+    ...answer({
+      ...(result.errors ? { errors: result.errors.map((e) => e.toJSON()) } : {}),
+      data: result.data ?? null,
+      extensions,
+    }, "executed"),
+    points: actual,
+  };
 }

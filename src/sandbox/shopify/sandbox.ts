@@ -137,6 +137,8 @@ export interface ShopifySandboxStats {
   idempotentReplays: number;
   /** Bulk query operations started. */
   bulkOperations: number;
+  /** Cost points taken from the bucket and kept (each executed request's actual cost). */
+  pointsSpent: number;
 }
 
 /** A running sandbox. */
@@ -237,6 +239,7 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     mutationsApplied: 0,
     idempotentReplays: 0,
     bulkOperations: 0,
+    pointsSpent: 0,
   };
   const storage = await startBulkStorage({
     port: options.storagePort,
@@ -331,6 +334,7 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     else if (result.outcome === "cost_exceeded") stats.costExceeded++;
     else stats.invalid++;
     stats.bulkOperations += bulk.list().length - started;
+    stats.pointsSpent += result.points ?? 0;
     if (result.outcome === "executed" && faults.lostResponseRate > 0 && random() < faults.lostResponseRate) {
       stats.lostResponses++;
       return serverError(502);
