@@ -8,6 +8,8 @@
 import { z } from "zod";
 import { type ChannelName, KNOWN_CHANNELS } from "./model/channel_name.ts";
 import { INVENTORY_REASONS } from "./model/shopify_reasons.ts";
+import type { StockRules } from "./model/stock_rule.ts";
+import { parseStockRules } from "./config_stock_rules.ts";
 
 /** Variables whose values must never appear in logs or error messages. */
 export const SECRET_VARIABLES: ReadonlySet<string> = new Set([
@@ -245,6 +247,9 @@ const EnvSchema = z.object({
     "must be a SELECT of (tienda_id, sku, producto_id) using $1 (the store ids, a text[]) and no other parameter",
   ),
 
+  /** Per-channel stock rules (JSON), validated in loadConfig so each problem names its JSON path. */
+  STOCK_RULES: z.string().optional(),
+
   LOG_LEVEL: z.enum(["trace", "debug", "info", "warning", "error", "fatal"]).default("info"),
   LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),
   METRICS_PREFIX: z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/).default("marketplace_sync_"),
@@ -253,8 +258,8 @@ const EnvSchema = z.object({
 /** The names of every variable the service reads. */
 export const CONFIG_VARIABLES: readonly string[] = Object.keys(EnvSchema.shape);
 
-/** Validated service configuration. */
-export type Config = z.infer<typeof EnvSchema> & { prefetch: number };
+/** Validated service configuration; `stockRules` is `STOCK_RULES` parsed (empty when unset). */
+export type Config = z.infer<typeof EnvSchema> & { prefetch: number; stockRules: StockRules };
 
 /** Whether MercadoLibre credentials are configured (else the built-in sandbox stands in). */
 export function meliConfigured(config: Config): boolean {
@@ -337,6 +342,23 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       message: "is required in mirror mode: name the store (tienda_id) whose stock MercadoLibre shows",
     });
   }
+  let stockRules: StockRules = {};
+  if (input.STOCK_RULES !== undefined) {
+    const parsed = parseStockRules(input.STOCK_RULES);
+    if ("problems" in parsed) {
+      for (const p of parsed.problems) problems.push({ variable: p.path, message: p.message });
+    } else stockRules = parsed.rules;
+  }
+  // A MeLi rule makes delta-mode listings absolute: they show one store's POS stock, so name the store.
+  if (
+    meliEnabled && stockRules.mercadolibre && input.MELI_MODE === "delta" && input.MELI_TIENDA_ID === undefined
+  ) {
+    problems.push({
+      variable: "MELI_TIENDA_ID",
+      message: "is required when STOCK_RULES has a mercadolibre rule in delta mode (MELI_MODE=delta): " +
+        "a ruled listing is written from that store's POS stock",
+    });
+  }
   if ((input.SHOPIFY_URL === undefined) !== (input.SHOPIFY_TOKEN === undefined)) {
     problems.push({
       variable: input.SHOPIFY_URL === undefined ? "SHOPIFY_URL" : "SHOPIFY_TOKEN",
@@ -347,7 +369,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   const data = result.data;
   // Twice the concurrency keeps the next deliveries buffered while handlers work
   // (rabbitmq-client's advice; measured +12 % custody rate in docs/BENCHMARKS.md).
-  return { ...data, prefetch: data.PREFETCH ?? Math.min(65535, data.CONSUMER_CONCURRENCY * 2) };
+  return { ...data, prefetch: data.PREFETCH ?? Math.min(65535, data.CONSUMER_CONCURRENCY * 2), stockRules };
 }
 
 function describeIssue(variable: string, message: string, input: Record<string, string>) {
