@@ -351,7 +351,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   }
   // A MeLi rule makes delta-mode listings absolute: they show one store's POS stock, so name the store.
   if (
-    meliEnabled && stockRules.mercadolibre && input.MELI_MODE === "delta" && input.MELI_TIENDA_ID === undefined
+    meliEnabled && stockRules.mercadolibre && input.MELI_MODE === "delta" &&
+    input.MELI_TIENDA_ID === undefined
   ) {
     problems.push({
       variable: "MELI_TIENDA_ID",

@@ -14,7 +14,10 @@ const shown = (value: unknown) => {
 
 const wholeAtLeastZero = z.unknown().superRefine((value, ctx) => {
   if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > 1_000_000_000) {
-    ctx.addIssue({ code: "custom", message: `must be a whole number from 0 to 1000000000, got ${shown(value)}` });
+    ctx.addIssue({
+      code: "custom",
+      message: `must be a whole number from 0 to 1000000000, got ${shown(value)}`,
+    });
   }
 }) as unknown as z.ZodType<number>;
 
@@ -35,11 +38,16 @@ const fields = {
 };
 
 const nonEmptyKey = z.string().min(1, "must not be empty");
-const object = (what: string) => ({ error: (issue: { input?: unknown }) => `must be ${what}, got ${shown(issue.input)}` });
+const object = (what: string) => ({
+  error: (issue: { input?: unknown }) => `must be ${what}, got ${shown(issue.input)}`,
+});
 
 const ruleSchema = z.strictObject(fields, object("an object of buffer, max, percent"));
 const storeSchema = z.strictObject(
-  { ...fields, skus: z.record(nonEmptyKey, ruleSchema, object('an object {"<SKU prefix>": {…}}')).optional() },
+  {
+    ...fields,
+    skus: z.record(nonEmptyKey, ruleSchema, object('an object {"<SKU prefix>": {…}}')).optional(),
+  },
   object("an object of buffer, max, percent, skus"),
 );
 const channelSchema = z.strictObject(
