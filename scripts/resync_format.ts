@@ -15,12 +15,14 @@ export interface ReportLine {
   /** Changes not applied yet the marketplace will still receive. */
   in_flight?: number | null;
   marketplace_qty: number | null;
-  /** What the marketplace should show: POS plus in flight, clamped at 0. */
+  /** What the marketplace should show: the stock rule's value of the POS, else POS plus in flight, clamped at 0. */
   target?: number | null;
   difference: number | null;
   action: string;
   outcome?: string | null;
   error?: string | null;
+  /** The stock rule the target comes from (STOCK_RULES), e.g. "buffer 2, max 40"; null or absent: none. */
+  rule?: string | null;
 }
 
 /** A listing the resync could not compare. */
@@ -215,7 +217,17 @@ export function formatResyncReport(s: ResyncStatus, options: ReportFormatOptions
   if (report.length > 0) {
     // In flight only when some line has any: else the target is the POS value clamped at 0.
     const inFlight = report.some((l) => (l.in_flight ?? 0) !== 0);
-    const columns = ["SKU", "STORE", "CHANNEL", "POS", ...inFlight ? ["IN_FLIGHT"] : [], "TARGET"];
+    // The rule only when some line has one: it says why such a target is not the POS value.
+    const ruled = report.some((l) => l.rule);
+    const columns = [
+      "SKU",
+      "STORE",
+      "CHANNEL",
+      "POS",
+      ...inFlight ? ["IN_FLIGHT"] : [],
+      ...ruled ? ["RULE"] : [],
+      "TARGET",
+    ];
     parts.push(formatTable(
       [...columns, "MARKETPLACE", "DIFF", "ACTION", "OUTCOME"],
       report.map((l) => [
@@ -224,6 +236,7 @@ export function formatResyncReport(s: ResyncStatus, options: ReportFormatOptions
         l.channel,
         l.source_qty ?? null,
         ...inFlight ? [l.in_flight ?? null] : [],
+        ...ruled ? [l.rule || null] : [],
         l.target ?? null,
         l.marketplace_qty ?? null,
         l.difference ?? null,

@@ -183,6 +183,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       owner: `${Deno.hostname?.() ?? "host"}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`, // pid 1 repeats across restarts
       liveIdle: (channel, signal) => channels.idle(channel, config.RESYNC_LIVE_WAIT, signal),
       hooks: options.resyncHooks,
+      rules: config.stockRules,
     });
     if (config.RESYNC_INTERVAL) {
       reconcile = new ReconcileScheduler({

@@ -14,6 +14,13 @@ import { z } from "zod";
 import { type ChannelName, KNOWN_CHANNELS } from "../model/channel_name.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
+import {
+  describeRules,
+  placeQuantity,
+  resolveRule,
+  type StockRule,
+  type StockRules,
+} from "../model/stock_rule.ts";
 import { type PosStockReader, StockSourceUnavailableError } from "../pos/stock.ts";
 import type { ChannelStock } from "../sync/channel.ts";
 import { JobLostError, type Progress, ResyncJobs, type ResyncStep, type StoredLine } from "./resync_jobs.ts";
@@ -44,13 +51,18 @@ export interface DriftLine {
   /** Changes not applied yet that the marketplace will still receive (Shopify deltas). */
   in_flight: number;
   marketplace_qty: number;
-  /** What the marketplace should show (clamped at 0: a marketplace takes no negative stock). */
+  /**
+   * What the marketplace should show: the stock rule's value of the POS stock where the listing has
+   * one, else the POS stock plus `in_flight`, clamped at 0 (a marketplace takes no negative stock).
+   */
   target: number;
   /** What the marketplace should show minus what it shows. */
   difference: number;
   action: "none" | "set" | "would_set" | "skip";
   outcome?: "written" | "already_right" | "error" | "skipped";
   error?: string;
+  /** The stock rule the target comes from ("buffer 2, max 40"; per store when stores differ); null: none. */
+  rule: string | null;
 }
 
 /** A SKU × store × channel the job could not compare. */
@@ -77,6 +89,8 @@ export interface ResyncDeps {
   staleJobMs?: number;
   /** The POS's whole catalog: with it (and each channel's catalog), `all` means every product and listing. */
   catalog?: PosCatalogSource;
+  /** Per-channel stock rules (`STOCK_RULES`): a ruled listing's target is the rule's value of the POS stock. */
+  rules?: StockRules;
 }
 
 /** A row of the POS catalog: a product at a store, with its stock or why it is unknown. */
@@ -109,6 +123,12 @@ const STALE_JOB_MS = 120_000;
 const CAS_TRIES = 5;
 /** How long a busy listing's check waits for a sale published but not in custody yet. */
 const SETTLE_MS = 100;
+
+/** The POS stock of a listing's stores: their sum, and each one's (in the order of the stores). */
+interface Source {
+  quantity: number;
+  each: number[];
+}
 
 /** A listing's changes in the ledger: not applied yet, and counts that move when a sale lands. */
 interface Flight {
@@ -406,11 +426,27 @@ export class Resyncer {
     });
   }
 
-  /** A line from a catalog-wide job's snapshots, with the ledger's changes not applied yet. */
-  async #snapshotLine(step: ResyncStep, channel: ChannelStock, dryRun: boolean): Promise<DriftLine> {
-    const flight = channel.deltas ? await this.#flight(channel.name, step.stores, step.sku) : undefined;
-    const inFlight = flight ? -flight.pending : 0;
-    const target = Math.max(0, step.source_qty! + inFlight);
+  /**
+   * A line from a catalog-wide job's snapshots, with the ledger's changes not applied yet; undefined
+   * when the snapshot cannot tell (stores sharing a place with a stock rule: the snapshot has their sum,
+   * the rule wants each one's stock), and the listing is checked on its own.
+   */
+  async #snapshotLine(
+    step: ResyncStep,
+    channel: ChannelStock,
+    dryRun: boolean,
+  ): Promise<DriftLine | undefined> {
+    const rules = this.#rules(channel, step.stores, step.sku);
+    if (rules && step.stores.length > 1) return undefined;
+    const flight = channel.deltas && !rules
+      ? await this.#flight(channel.name, step.stores, step.sku)
+      : undefined;
+    const { target, inFlight, rule } = this.#expected(
+      step.stores,
+      { quantity: step.source_qty!, each: [step.source_qty!] },
+      rules,
+      flight,
+    );
     const shown = step.marketplace_qty!;
     return {
       sku: step.sku,
@@ -422,7 +458,37 @@ export class Resyncer {
       target,
       difference: target - shown,
       action: shown === target ? "none" : dryRun ? "would_set" : "set",
+      rule,
     };
+  }
+
+  /** The stock rule of each of a listing's stores, or undefined when none of them has one. */
+  #rules(channel: ChannelStock, stores: string[], sku: string): (StockRule | undefined)[] | undefined {
+    const rules = stores.map((tiendaId) => resolveRule(this.deps.rules, channel.name, tiendaId, sku));
+    return rules.some((r) => r !== undefined) ? rules : undefined;
+  }
+
+  /**
+   * What a listing should show. With a stock rule: each store's rule applied to its POS stock, summed
+   * (nothing in flight counts: a ruled listing's live writes are absolute, computed from the POS at send
+   * time, so changes not applied yet will write this same value). Without: the POS sum plus what the
+   * ledger will still take off (delta channels), clamped at 0.
+   */
+  #expected(
+    stores: string[],
+    source: Source,
+    rules: (StockRule | undefined)[] | undefined,
+    flight: Flight | undefined,
+  ): { target: number; inFlight: number; rule: string | null } {
+    if (rules) {
+      return {
+        target: placeQuantity(stores.map((_, i) => ({ rule: rules[i], quantity: source.each[i] }))),
+        inFlight: 0,
+        rule: describeRules(stores.map((tiendaId, i) => ({ tiendaId, rule: rules[i] }))),
+      };
+    }
+    const inFlight = flight ? -flight.pending : 0;
+    return { target: Math.max(0, source.quantity + inFlight), inFlight, rule: null };
   }
 
   async #run(id: string, request: ResyncRequest, resumed: boolean): Promise<void> {
@@ -622,13 +688,18 @@ export class Resyncer {
   ): Promise<[ResyncStep, DriftLine | Unresolved][]> {
     const done: [ResyncStep, DriftLine | Unresolved][] = [];
     const alone: ResyncStep[] = [];
-    const entries: { step: ResyncStep; ids: Map<string, string | null>; source: number }[] = [];
+    const entries: {
+      step: ResyncStep;
+      ids: Map<string, string | null>;
+      source: Source;
+      rules: (StockRule | undefined)[] | undefined;
+    }[] = [];
     for (const step of steps) {
       const ids = new Map<string, string | null>();
       for (const store of step.stores) ids.set(store, await this.#productoId(store, step.sku));
       const source = await this.#source(step.stores, ids, step.sku);
       if ("reason" in source) alone.push(step);
-      else entries.push({ step, ids, source: source.quantity });
+      else entries.push({ step, ids, source, rules: this.#rules(channel, step.stores, step.sku) });
     }
     const reads = entries.length ? await channel.readMany!(entries.map((e) => e.step.ref), signal) : [];
     const flights = await Promise.all(
@@ -638,26 +709,26 @@ export class Resyncer {
     const sets: { entry: (typeof entries)[number]; read: number; line: DriftLine }[] = [];
     for (const [i, entry] of entries.entries()) {
       const read = reads[i];
-      const flight = channel.deltas
+      const flight = channel.deltas && !entry.rules
         ? await this.#flight(channel.name, entry.step.stores, entry.step.sku)
         : undefined;
       const again = await this.#source(entry.step.stores, entry.ids, entry.step.sku);
-      if (!read?.ok || "reason" in again || again.quantity !== entry.source) {
+      if (!read?.ok || "reason" in again || !sameSource(again, entry.source)) {
         alone.push(entry.step);
         continue;
       }
-      const inFlight = flight ? -flight.pending : 0;
-      const target = Math.max(0, entry.source + inFlight);
+      const { target, inFlight, rule } = this.#expected(entry.step.stores, entry.source, entry.rules, flight);
       const line: DriftLine = {
         sku: entry.step.sku,
         tienda_id: entry.step.stores.join(","),
         channel: channel.name,
-        source_qty: entry.source,
+        source_qty: entry.source.quantity,
         in_flight: inFlight,
         marketplace_qty: read.quantity,
         target,
         difference: target - read.quantity,
         action: read.quantity === target ? "none" : "set",
+        rule,
       };
       if (line.action === "none") done.push([entry.step, line]);
       else if (flight && flight.sending > 0) {
@@ -725,7 +796,9 @@ export class Resyncer {
     const productoIds = new Map<string, string | null>();
     for (const store of stores) productoIds.set(store, await this.#productoId(store, sku));
     const productoId = productoIds.get(tiendaId) ?? null;
-    const deltaChannel = channel.deltas;
+    const rules = this.#rules(channel, stores, sku);
+    // A ruled listing is written absolutely by the live channel too: the ledger's deltas do not count.
+    const deltaChannel = channel.deltas && !rules;
     let line: DriftLine | undefined;
     for (let attempt = 1; attempt <= CAS_TRIES; attempt++) {
       // The POS, then the marketplace, then the ledger, then the POS again.
@@ -743,12 +816,12 @@ export class Resyncer {
       // The POS again: a sale reserved while we read would be in the ledger but not in our POS value.
       const again = await this.#source(stores, productoIds, sku);
       if ("reason" in again) return { ...base, ...again };
-      if (again.quantity !== source.quantity) continue;
+      if (!sameSource(again, source)) continue;
 
       // Delta channels (Shopify, MeLi delta mode) still receive changes not applied yet, so
-      // until they land the marketplace should show the POS value plus what they will take off.
-      const inFlight = flight ? -flight.pending : 0;
-      const target = Math.max(0, source.quantity + inFlight);
+      // until they land the marketplace should show the POS value plus what they will take off;
+      // a stock rule makes it the rule's value of the POS stock.
+      const { target, inFlight, rule } = this.#expected(stores, source, rules, flight);
       line = {
         ...base,
         source_qty: source.quantity,
@@ -757,6 +830,7 @@ export class Resyncer {
         target,
         difference: target - read.quantity,
         action: read.quantity === target ? "none" : dryRun ? "would_set" : "set",
+        rule,
       };
       if (line.action !== "set") return line;
       await this.deps.hooks?.beforeWrite?.(line);
@@ -775,7 +849,7 @@ export class Resyncer {
       const retarget = async (): Promise<number | undefined> => {
         const now = await this.#source(stores, productoIds, sku);
         if ("reason" in now) return undefined;
-        if (!flight) return Math.max(0, now.quantity);
+        if (!flight) return this.#expected(stores, now, rules, undefined).target;
         const f = await this.#flight(channel.name, stores, sku);
         return now.quantity === source.quantity && sameFlight(f, flight) ? target : undefined;
       };
@@ -818,8 +892,9 @@ export class Resyncer {
     stores: string[],
     productoIds: Map<string, string | null>,
     sku: string,
-  ): Promise<{ quantity: number } | { reason: string; error: string }> {
+  ): Promise<Source | { reason: string; error: string }> {
     let quantity = 0;
+    const each: number[] = [];
     for (const tiendaId of stores) {
       try {
         const source = await this.deps.stock.read({
@@ -829,12 +904,13 @@ export class Resyncer {
         });
         if (!source.found) return { reason: "stock_unknown", error: source.reason };
         quantity += source.quantity;
+        each.push(source.quantity);
       } catch (error) {
         if (!(error instanceof StockSourceUnavailableError)) throw error;
         return { reason: "stock_source_unavailable", error: error.message };
       }
     }
-    return { quantity };
+    return { quantity, each };
   }
 
   /** The listing's changes not applied yet (at any of the stores), and counts that move when a sale lands. */
@@ -879,4 +955,9 @@ export class Resyncer {
         on conflict (event_id, channel, sku) do nothing`;
     });
   }
+}
+
+/** Whether two readings of the same stores' POS stock agree store by store. */
+function sameSource(a: Source, b: Source): boolean {
+  return a.quantity === b.quantity && a.each.every((q, i) => q === b.each[i]);
 }

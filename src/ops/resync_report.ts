@@ -19,6 +19,8 @@ export const REPORT_COLUMNS = [
   "outcome",
   "reason",
   "error",
+  // Last, so a spreadsheet or script reading the columns by position before stock rules still works.
+  "rule",
 ] as const;
 
 /** A CSV field: quoted when it holds a comma, a quote or a line break; a leading = + - @ is defused. */

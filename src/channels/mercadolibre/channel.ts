@@ -10,6 +10,10 @@
  *   planned `from → to` is persisted before the PUT, so a re-send after a crash
  *   can tell whether the first one landed (listing at `to`) or not (at `from`).
  *
+ * A listing with a stock rule (`STOCK_RULES`) is written as mirror mode writes, in
+ * either mode: the rule's value of the store's POS stock (a rule is not linear, so
+ * a delta cannot carry it).
+ *
  * The PUT's answer is read back: a 200 whose `available_quantity` is not what
  * was sent is not `applied`.
  */
@@ -24,6 +28,7 @@ import {
 import { logger } from "../../log.ts";
 import { exponential, jittered } from "../../resilience/backoff.ts";
 import { type PosStockReader, StockSourceUnavailableError } from "../../pos/stock.ts";
+import { applyRule, describeRule, type StockRule } from "../../model/stock_rule.ts";
 import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
 import {
   type InDoubtMarks,
@@ -58,6 +63,8 @@ export interface MeliChannelOptions {
   doubts: InDoubtMarks;
   /** Whether a batch is still being sent (a doubt mark of a finished batch is stale). */
   batchOpen(batchId: string): Promise<boolean>;
+  /** The stock rule of a SKU at the store MeLi shows (`STOCK_RULES`); none: undefined. */
+  ruleFor?(sku: string): StockRule | undefined;
 }
 
 /** One listing's write in a batch. */
@@ -252,7 +259,7 @@ export class MeliChannel implements ChannelAdapter {
     }
   }
 
-  /** Mirror: the backing store's POS stock now, clamped at 0. */
+  /** Mirror: the backing store's POS stock now, through the SKU's stock rule, else clamped at 0. */
   async #mirror(entry: PlanEntry, signal: AbortSignal): Promise<ChangeOutcome> {
     const tiendaId = this.options.tiendaId;
     if (!tiendaId) {
@@ -266,12 +273,15 @@ export class MeliChannel implements ChannelAdapter {
       return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
     }
     if (!reading.found) return { kind: "failed", reason: "stock_unknown", error: reading.reason };
-    const outcome = await this.#write(entry, Math.max(0, reading.quantity), signal);
+    const rule = this.options.ruleFor?.(entry.sku);
+    const quantity = rule ? applyRule(rule, reading.quantity) : Math.max(0, reading.quantity);
+    const outcome = await this.#write(entry, quantity, signal);
     if (outcome.kind === "applied") {
       outcome.detail = {
         ...(outcome.detail as object),
         source: reading.origin,
         pos_quantity: reading.quantity,
+        ...(rule ? { rule: describeRule(rule) } : {}),
       };
     }
     return outcome;
@@ -527,6 +537,10 @@ export class MeliChannel implements ChannelAdapter {
       entry.productoId ??= (change as LogicalChange).productoId;
       entries.set(key, entry);
     }
-    return { mode: this.options.mode, entries: [...entries.values()], decided };
+    const planned = [...entries.values()];
+    // Delta mode: a listing with a stock rule is written absolutely, as mirror mode writes (a delta
+    // batch holds one listing, so the whole plan is one or the other).
+    const ruled = planned.length > 0 && planned.every((e) => this.options.ruleFor?.(e.sku) !== undefined);
+    return { mode: ruled ? "mirror" : this.options.mode, entries: planned, decided };
   }
 }

@@ -6,6 +6,7 @@
  * and the status probe.
  */
 import { meliConfigured } from "../../config.ts";
+import { resolveRule } from "../../model/stock_rule.ts";
 import { logger } from "../../log.ts";
 import type { MeliSandbox } from "../../sandbox/mercadolibre/sandbox.ts";
 import type { ChannelPlug, ChannelPlugin, PlugContext } from "../../sync/channel.ts";
@@ -102,6 +103,8 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
     batchSize: config.MELI_BATCH_SIZE,
     doubts: new InDoubtMarks(redis, `marketplace-sync:doubt:mercadolibre:${host}:`),
     batchOpen: context.batchSending,
+    // Rules resolve against the store MeLi shows (config requires MELI_TIENDA_ID for rules in delta mode).
+    ruleFor: (sku) => tiendaId === undefined ? undefined : resolveRule(config.stockRules, "mercadolibre", tiendaId, sku),
   });
   return {
     name: "mercadolibre",
