@@ -1,7 +1,8 @@
 /**
  * The Shopify channel: sales become `inventoryAdjustQuantities` deltas on
  * `available`, up to 250 changes per call, coalesced per (item, location),
- * sent with `@idempotent(key:)` and the batch's persisted key.
+ * sent with `@idempotent(key:)` and the batch's persisted key. A listing with a
+ * stock rule (`STOCK_RULES`) is set absolutely from the POS instead (ruled.ts).
  */
 import type { Sql } from "postgres";
 import type { CheckResult } from "../../model/health.ts";
@@ -17,6 +18,10 @@ import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
 import type { ShopifyClient } from "./client.ts";
 import { ADJUST_AVAILABLE } from "./documents.ts";
 import { ShopifyListings } from "./listings.ts";
+import type { StockRules } from "../../model/stock_rule.ts";
+import type { PosStockReader } from "../../pos/stock.ts";
+import { type RuledSet, RuledSets } from "./ruled.ts";
+import { ShopifyStock } from "./stock.ts";
 
 const log = logger("shopify");
 
@@ -71,6 +76,11 @@ interface AdjustRequest {
    * building it (the others came from the cache). Absent in requests stored before.
    */
   fresh?: string[];
+  /**
+   * Listings with a stock rule: set absolutely from the POS at every send (not part of the
+   * idempotent adjustment, whose key replays one request). Absent in requests stored before.
+   */
+  sets?: RuledSet[];
 }
 
 /** Shopify's userError code for an inventory item that does not exist (any more). */
@@ -99,6 +109,8 @@ export interface ShopifyChannelOptions {
   locations: LocationMap;
   /** One of Shopify's documented inventory reasons (there is no "sale"). */
   reason: string;
+  /** Stock rules (`STOCK_RULES`) and the POS they are applied to; without, every listing takes deltas. */
+  rules?: { rules: StockRules; pos(): PosStockReader };
 }
 
 /** The Shopify adapter for the dispatcher. */
@@ -106,10 +118,20 @@ export class ShopifyChannel implements ChannelAdapter {
   readonly name = "shopify" as const;
   readonly maxListingsPerBatch = MAX_CHANGES_PER_CALL;
   readonly listings: ShopifyListings;
+  readonly #ruled: RuledSets | undefined;
   #unauthorized: string | undefined;
 
   constructor(private readonly options: ShopifyChannelOptions) {
     this.listings = new ShopifyListings(options.sql, options.client);
+    const rules = options.rules;
+    if (rules?.rules.shopify) {
+      this.#ruled = new RuledSets({
+        rules: rules.rules,
+        pos: rules.pos,
+        listings: this.listings,
+        levels: new ShopifyStock(options.client, this.listings, options.locations, options.reason),
+      });
+    }
   }
 
   health(): CheckResult {
@@ -129,7 +151,12 @@ export class ShopifyChannel implements ChannelAdapter {
     const results: ChangeOutcome[] = batch.changes.map((_, i) =>
       request.decided[i] ?? { kind: "retry", reason: "unsent", error: "not sent" }
     );
+    // Ruled listings first: absolute sets read at send time, so a re-send sets them afresh.
+    const ruled = await this.#settleRuled(batch, request, context.signal);
+    for (const [i, outcome] of Object.entries(ruled)) results[Number(i)] = outcome;
     if (request.variables.input.changes.length === 0) return { kind: "done", results };
+    // Kept if the batch is given up; a re-send sets the ruled listings again anyway.
+    const decided = { ...request.decided, ...settledOnly(ruled) };
 
     const result = await this.options.client.call<AdjustResponse>(
       "AdjustAvailable",
@@ -148,7 +175,7 @@ export class ShopifyChannel implements ChannelAdapter {
         error: result.error,
         waitMs: 10_000,
         countsAsAttempt: false,
-        decided: request.decided,
+        decided,
       };
     }
     this.#unauthorized = undefined;
@@ -161,7 +188,7 @@ export class ShopifyChannel implements ChannelAdapter {
         error: result.error,
         waitMs,
         countsAsAttempt: result.countsAsAttempt,
-        decided: request.decided,
+        decided,
       };
     }
     if (result.kind === "new_key") {
@@ -192,7 +219,7 @@ export class ShopifyChannel implements ChannelAdapter {
         error: summary,
         waitMs: 1_000,
         countsAsAttempt: false,
-        decided: request.decided,
+        decided,
       };
     }
     if (codes.has("ADJUST_QUANTITIES_FAILED") || codes.has("SERVICE_UNAVAILABLE")) {
@@ -305,6 +332,48 @@ export class ShopifyChannel implements ChannelAdapter {
     };
   }
 
+  /** Sets the request's ruled listings (none when rules are off or the request has none). */
+  async #settleRuled(
+    batch: ClaimedBatch,
+    request: AdjustRequest,
+    signal: AbortSignal,
+  ): Promise<Record<number, ChangeOutcome>> {
+    const sets = request.sets ?? [];
+    if (sets.length === 0) return {};
+    if (!this.#ruled) {
+      // Stored by an instance with rules, re-sent by one without: nothing here can compute the value.
+      const outcome: ChangeOutcome = {
+        kind: "retry",
+        reason: "stock_rules_off",
+        error: "this batch sets ruled listings but STOCK_RULES has no shopify rule on this instance",
+        waitMs: 10_000,
+      };
+      return Object.fromEntries(sets.flatMap((s) => s.indexes.map((i) => [i, outcome])));
+    }
+    return await this.#ruled.settle(sets, `gid://marketplace-sync/SyncBatch/${batch.id}`, signal);
+  }
+
+  /**
+   * Every store whose stock a location shows: those mapped to it, this batch's stores there, and — for
+   * the default location (SHOPIFY_LOCATION_ID), which takes any store not mapped — every store the
+   * ledger has seen sold on Shopify that lands there.
+   */
+  #storesAt(batchStores: string[]): (location: string) => Promise<string[]> {
+    const { locations, sql } = this.options;
+    let seen: Promise<string[]> | undefined; // asked once per request, only for the default location
+    return async (location) => {
+      const at = (t: string) => locations.locationFor(t) === location;
+      const stores = new Set([...locations.stores().filter(at), ...batchStores.filter(at)]);
+      if (locations.hasDefault) {
+        seen ??= sql<{ tienda_id: string }[]>`
+          select distinct tienda_id from stock_change where channel = 'shopify' and event_id not like 'resync:%'`
+          .then((rows) => rows.map((r) => r.tienda_id));
+        for (const tiendaId of await seen) if (at(tiendaId)) stores.add(tiendaId);
+      }
+      return [...stores].sort();
+    };
+  }
+
   #noteUnauthorized(error: string): void {
     if (!this.#unauthorized) log.error("Shopify refused our credentials: {error}", { mark: "error", error });
     this.#unauthorized = error;
@@ -317,7 +386,14 @@ export class ShopifyChannel implements ChannelAdapter {
     const decided: Record<number, ChangeOutcome> = {};
     const merged = new Map<
       string,
-      { inventoryItemId: string; locationId: string; delta: number; indexes: number[] }
+      {
+        inventoryItemId: string;
+        locationId: string;
+        sku: string;
+        productoId: string | null;
+        delta: number;
+        indexes: number[];
+      }
     >();
     const resolved = await this.listings.resolveMany(batch.changes.map((c) => c.sku), signal);
     const fresh = new Set<string>();
@@ -341,15 +417,40 @@ export class ShopifyChannel implements ChannelAdapter {
       this.#unauthorized = undefined;
       if (resolution.fresh) fresh.add(resolution.listing.inventoryItemId);
       const key = `${resolution.listing.inventoryItemId} ${locationId}`;
-      const entry = merged.get(key) ??
-        { inventoryItemId: resolution.listing.inventoryItemId, locationId, delta: 0, indexes: [] };
+      const entry = merged.get(key) ?? {
+        inventoryItemId: resolution.listing.inventoryItemId,
+        locationId,
+        sku: change.sku,
+        productoId: change.productoId,
+        delta: 0,
+        indexes: [],
+      };
       entry.delta += change.delta;
       entry.indexes.push(i);
+      entry.productoId ??= change.productoId;
       merged.set(key, entry);
     }
     const changes: AdjustRequest["variables"]["input"]["changes"] = [];
     const index: number[][] = [];
+    const sets: RuledSet[] = [];
+    const storesAt = this.#storesAt([...new Set(batch.changes.map((c) => c.tiendaId))]);
     for (const entry of merged.values()) {
+      if (this.#ruled) {
+        const stores = await storesAt(entry.locationId);
+        if (this.#ruled.rulesFor(stores, entry.sku)) {
+          // Absolute, from the POS at send time: even a net-zero batch sets the rule's value.
+          sets.push({
+            inventoryItemId: entry.inventoryItemId,
+            locationId: entry.locationId,
+            sku: entry.sku,
+            productoId: entry.productoId,
+            stores,
+            indexes: entry.indexes,
+            fresh: fresh.has(entry.inventoryItemId),
+          });
+          continue;
+        }
+      }
       if (entry.delta === 0) {
         for (const i of entry.indexes) {
           decided[i] = { kind: "applied", quantityAfter: null, detail: { net_zero: true } };
@@ -377,6 +478,12 @@ export class ShopifyChannel implements ChannelAdapter {
       index,
       decided,
       fresh: [...fresh],
+      ...(sets.length > 0 ? { sets } : {}),
     };
   }
+}
+
+/** The ruled outcomes that settle a change (applied or failed): what a given-up batch keeps. */
+function settledOnly(outcomes: Record<number, ChangeOutcome>): Record<number, ChangeOutcome> {
+  return Object.fromEntries(Object.entries(outcomes).filter(([, o]) => o.kind !== "retry"));
 }

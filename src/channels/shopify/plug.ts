@@ -58,7 +58,14 @@ export async function plugShopify(context: PlugContext): Promise<ShopifyPlug> {
     budget,
     metrics,
   });
-  const channel = new ShopifyChannel({ client, sql, locations, reason: config.SHOPIFY_REASON });
+  const channel = new ShopifyChannel({
+    client,
+    sql,
+    locations,
+    reason: config.SHOPIFY_REASON,
+    // The POS reader is opened only when a Shopify listing is ruled (its stock is read at send time).
+    rules: config.stockRules.shopify ? { rules: config.stockRules, pos: () => context.posStock() } : undefined,
+  });
   return {
     name: "shopify",
     adapter: channel,
