@@ -67,7 +67,7 @@ interface World {
   close(): Promise<void>;
 }
 
-async function startWorld(meliMode: "mirror" | "delta"): Promise<World> {
+async function startWorld(meliMode: "mirror" | "delta", extra: Record<string, string> = {}): Promise<World> {
   const shop = await startShopifySandbox({ catalog });
   const meli = await startMeliSandbox({ catalog, tiendaId: MELI_STORE, ratePerSecond: 200 });
   const pos = await Pos.open(catalog);
@@ -93,6 +93,7 @@ async function startWorld(meliMode: "mirror" | "delta"): Promise<World> {
     MELI_RATE_PER_SEC: "200",
     POS_STOCK_KEY: pos.keyTemplate,
     STOCK_RULES: JSON.stringify(STOCK_RULES),
+    ...extra,
   });
   const service = startService(config);
   await service.started;
@@ -295,6 +296,19 @@ async function liveAndResync(meliMode: "mirror" | "delta"): Promise<void> {
       () => meliQty(w, PERCENT) === 14 && shopifyQty(w, PERCENT, MELI_STORE) === 14,
       "ruled sale after resync",
     );
+
+    // The whole catalog, compared from snapshots, applies the same rules.
+    const all = await runResync(w.h, TOKEN, { all: true, dry_run: true });
+    assert.equal(all.state, "done", JSON.stringify(all.error));
+    for (const channel of ["shopify", "mercadolibre"] as const) {
+      const lines = linesOf(all, channel);
+      for (const sku of RULED) {
+        const line = lines.get(`${sku} ${MELI_STORE}`)!;
+        assert.equal(line.rule, RULE_TEXT[sku], `${channel} ${sku}`);
+        assert.equal(line.target, expected(channel, sku, MELI_STORE, await w.pos.get(MELI_STORE, sku)));
+        assert.equal(line.difference, 0, `${channel} ${sku} shows its rule's value`);
+      }
+    }
   } finally {
     await w.close();
   }
@@ -308,4 +322,46 @@ integration(
 integration(
   "stock rules, MeLi delta mode: ruled listings are written absolutely; the rest stays delta",
   () => liveAndResync("delta"),
+);
+
+integration(
+  "stock rules, two stores on one Shopify location: each store's rule on its own stock, summed, live and whole-catalog resync",
+  async () => {
+    const shared = await startShopifySandbox({ catalog });
+    const location = shared.locationIdOf(STORES[0])!;
+    await shared.close();
+    const w = await startWorld("mirror", {
+      // Both stores' stock is kept at the first store's location.
+      SHOPIFY_LOCATIONS: JSON.stringify({ [STORES[0]]: location, [STORES[1]]: location }),
+      STOCK_RULES: JSON.stringify({
+        shopify: { stores: { [STORES[0]]: { buffer: 5 }, [STORES[1]]: { skus: { [MAX]: { max: 10 } } } } },
+      }),
+    });
+    try {
+      await w.pos.sell(w.h, STORES[1], [{ sku: MAX, qty: 1 }, { sku: PLAIN, qty: 1 }]);
+      await settled(w.h, 2 + 0); // MeLi shows only STORES[0]: no MeLi change for STORES[1]'s sale
+      const [pos0, pos1] = [await w.pos.get(STORES[0], MAX), await w.pos.get(STORES[1], MAX)];
+      assert.equal(
+        shopifyQty(w, MAX, STORES[0]),
+        Math.max(0, pos0 - 5) + Math.min(pos1, 10),
+        "buffer 5 + max 10",
+      );
+      const [plain0, plain1] = [await w.pos.get(STORES[0], PLAIN), await w.pos.get(STORES[1], PLAIN)];
+      assert.equal(shopifyQty(w, PLAIN, STORES[0]), Math.max(0, plain0 - 5) + plain1, "buffer 5 + no rule");
+
+      // The whole catalog, from snapshots: the shared location's ruled lines are checked store by store.
+      const dry = await runResync(w.h, TOKEN, { all: true, channels: ["shopify"], dry_run: true });
+      assert.equal(dry.state, "done", JSON.stringify(dry.error));
+      const lines = linesOf(dry, "shopify");
+      const both = `${STORES[0]},${STORES[1]}`;
+      assert.equal(lines.get(`${MAX} ${both}`)?.difference, 0, JSON.stringify(lines.get(`${MAX} ${both}`)));
+      assert.equal(lines.get(`${MAX} ${both}`)?.rule, `${STORES[0]}: buffer 5; ${STORES[1]}: max 10`);
+      const gorro = lines.get(`GORRO-LANA ${both}`)!;
+      const g = [await w.pos.get(STORES[0], "GORRO-LANA"), await w.pos.get(STORES[1], "GORRO-LANA")];
+      assert.equal(gorro.target, Math.max(0, g[0] - 5) + g[1]);
+      assert.equal(gorro.action, "would_set", "a listing no sale touched since the rule waits for a resync");
+    } finally {
+      await w.close();
+    }
+  },
 );
