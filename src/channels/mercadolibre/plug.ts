@@ -104,7 +104,8 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
     doubts: new InDoubtMarks(redis, `marketplace-sync:doubt:mercadolibre:${host}:`),
     batchOpen: context.batchSending,
     // Rules resolve against the store MeLi shows (config requires MELI_TIENDA_ID for rules in delta mode).
-    ruleFor: (sku) => tiendaId === undefined ? undefined : resolveRule(config.stockRules, "mercadolibre", tiendaId, sku),
+    ruleFor: (sku) =>
+      tiendaId === undefined ? undefined : resolveRule(config.stockRules, "mercadolibre", tiendaId, sku),
   });
   return {
     name: "mercadolibre",

@@ -64,7 +64,9 @@ export async function plugShopify(context: PlugContext): Promise<ShopifyPlug> {
     locations,
     reason: config.SHOPIFY_REASON,
     // The POS reader is opened only when a Shopify listing is ruled (its stock is read at send time).
-    rules: config.stockRules.shopify ? { rules: config.stockRules, pos: () => context.posStock() } : undefined,
+    rules: config.stockRules.shopify
+      ? { rules: config.stockRules, pos: () => context.posStock() }
+      : undefined,
   });
   return {
     name: "shopify",

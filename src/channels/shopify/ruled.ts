@@ -157,7 +157,9 @@ export class RuledSets {
         return { outcome: { kind: "failed", reason: "stock_unknown", error: unknown.reason } };
       }
       const pos = mine.map((r) => r.found ? r.quantity : 0);
-      const rules = set.stores.map((tiendaId) => resolveRule(this.options.rules, "shopify", tiendaId, set.sku));
+      const rules = set.stores.map((tiendaId) =>
+        resolveRule(this.options.rules, "shopify", tiendaId, set.sku)
+      );
       return {
         target: placeQuantity(set.stores.map((_, k) => ({ rule: rules[k], quantity: pos[k] }))),
         pos,
@@ -184,11 +186,20 @@ function refOf(set: RuledSet): ItemAtLocation {
   return { item: set.inventoryItemId, location: set.locationId };
 }
 
-function applied(wanted: Extract<Wanted, { target: number }>, after: number, extra: object = {}): ChangeOutcome {
+function applied(
+  wanted: Extract<Wanted, { target: number }>,
+  after: number,
+  extra: object = {},
+): ChangeOutcome {
   return {
     kind: "applied",
     quantityAfter: after,
-    detail: { absolute: true, rule: wanted.rule, pos_quantity: wanted.pos.reduce((a, b) => a + b, 0), ...extra },
+    detail: {
+      absolute: true,
+      rule: wanted.rule,
+      pos_quantity: wanted.pos.reduce((a, b) => a + b, 0),
+      ...extra,
+    },
   };
 }
 
