@@ -707,7 +707,7 @@ integration(
 
 /** The header of the report download (src/ops/resync_report.ts). */
 const REPORT_HEADER =
-  "kind,channel,tienda_id,sku,source_qty,in_flight,marketplace_qty,target,difference,action,outcome,reason,error";
+  "kind,channel,tienda_id,sku,source_qty,in_flight,marketplace_qty,target,difference,action,outcome,reason,error,rule";
 
 integration("the report downloads whole as CSV or NDJSON, drift lines then unresolved ones", async () => {
   const w = await startWorld();
@@ -723,7 +723,7 @@ integration("the report downloads whole as CSV or NDJSON, drift lines then unres
     const rows = (await csv.text()).trimEnd().split("\r\n");
     assert.equal(
       rows[0],
-      "kind,channel,tienda_id,sku,source_qty,in_flight,marketplace_qty,target,difference,action,outcome,reason,error",
+      "kind,channel,tienda_id,sku,source_qty,in_flight,marketplace_qty,target,difference,action,outcome,reason,error,rule",
     );
     assert.equal(rows.length, 1 + lines);
     assert.ok(rows.some((r) => r.startsWith("unresolved,") && r.includes("NO-SUCH-SKU")));

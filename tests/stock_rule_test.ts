@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { ConfigError, loadConfig } from "../src/config.ts";
+import { formatResyncReport } from "../scripts/resync_format.ts";
 import {
   applyRule,
   describeRule,
@@ -177,4 +178,32 @@ Deno.test("STOCK_RULES: a MercadoLibre rule in delta mode needs MELI_TIENDA_ID (
   assert.deepEqual(problems({ STOCK_RULES: rules, MELI_MODE: "delta", MELI_TIENDA_ID: "t1" }), []);
   assert.deepEqual(problems({ STOCK_RULES: '{"shopify": {"buffer": 1}}', MELI_MODE: "delta" }), []);
   assert.deepEqual(problems({ STOCK_RULES: rules, MELI_MODE: "delta", CHANNELS: "shopify" }), []);
+});
+
+Deno.test("the CLI shows a RULE column when some line has a rule, and none otherwise", () => {
+  const line = {
+    sku: "A",
+    tienda_id: "t1",
+    channel: "mercadolibre",
+    source_qty: 12,
+    in_flight: 0,
+    marketplace_qty: 12,
+    target: 10,
+    difference: -2,
+    action: "would_set",
+  };
+  const ruled = formatResyncReport({
+    id: "j",
+    state: "done",
+    dry_run: true,
+    report: [{ ...line, rule: "buffer 2" }],
+  });
+  assert.match(ruled, /SKU\s+STORE\s+CHANNEL\s+POS\s+RULE\s+TARGET\s+MARKETPLACE/);
+  assert.match(ruled, /A\s+t1\s+mercadolibre\s+12\s+buffer 2\s+10\s+12\s+-2\s+would_set/);
+  const plain = formatResyncReport({
+    id: "j",
+    state: "done",
+    report: [{ ...line, target: 12, difference: 0, rule: null }],
+  });
+  assert.doesNotMatch(plain, /RULE/);
 });
