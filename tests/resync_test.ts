@@ -814,7 +814,7 @@ integration(
       const jean = w.pos.product("JEAN-RECTO-40").stock[MELI_STORE];
       assert.ok(
         rows.includes(
-          `drift,mercadolibre,${MELI_STORE},JEAN-RECTO-40,${jean},0,99,${jean},${jean - 99},would_set,,,`,
+          `drift,mercadolibre,${MELI_STORE},JEAN-RECTO-40,${jean},0,99,${jean},${jean - 99},would_set,,,,`,
         ),
         rows.join("\n"),
       );
