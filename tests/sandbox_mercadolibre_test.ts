@@ -330,9 +330,12 @@ Deno.test("items: ids are stable, quantities come from the chosen store, SKUs si
       productoId: product("REMERA-001").producto_id,
       itemId: "MLA1420000001",
       variationId: null,
+      userProductId: "MLAU2000000001",
+      itemIds: ["MLA1420000001"],
     });
     const plain = await call(sb, "GET", `/items/${remera.itemId}`);
     assert.equal(plain.status, 200);
+    assert.equal(plain.body.user_product_id, "MLAU2000000001");
     assert.equal(plain.body.id, "MLA1420000001");
     assert.equal(plain.body.currency_id, "ARS");
     assert.equal(plain.body.available_quantity, 8);
