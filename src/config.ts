@@ -280,7 +280,10 @@ function parseMeliLocations(text: string, ctx: z.core.$RefinementCtx<string>): R
     return fail(`must be a non-empty JSON object of tienda_id → location (got ${JSON.stringify(parsed)})`);
   }
   const out: Record<string, MeliLocation> = {};
-  const warehouse = z.object({ store_id: z.string().trim().min(1), network_node_id: z.string().trim().min(1) })
+  const warehouse = z.object({
+    store_id: z.string().trim().min(1),
+    network_node_id: z.string().trim().min(1),
+  })
     .strict();
   for (const [tiendaId, value] of Object.entries(parsed)) {
     if (tiendaId.trim() === "") return fail(`has an empty store key (got ${JSON.stringify(value)} for it)`);
@@ -295,7 +298,11 @@ function parseMeliLocations(text: string, ctx: z.core.$RefinementCtx<string>): R
           `(got ${JSON.stringify(value)})`,
       );
     }
-    out[tiendaId] = { type: "seller_warehouse", storeId: w.data.store_id, networkNodeId: w.data.network_node_id };
+    out[tiendaId] = {
+      type: "seller_warehouse",
+      storeId: w.data.store_id,
+      networkNodeId: w.data.network_node_id,
+    };
   }
   const entries = Object.entries(out);
   const selling = entries.filter(([, l]) => l.type === "selling_address").map(([t]) => t);
@@ -306,14 +313,20 @@ function parseMeliLocations(text: string, ctx: z.core.$RefinementCtx<string>): R
     );
   }
   if (selling.length > 1) {
-    return fail(`maps stores "${selling.join('", "')}" to selling_address, which is one location (got ${selling.length})`);
+    return fail(
+      `maps stores "${
+        selling.join('", "')
+      }" to selling_address, which is one location (got ${selling.length})`,
+    );
   }
   const byStore = new Map<string, string>();
   for (const [tiendaId, l] of entries) {
     if (l.type !== "seller_warehouse") continue;
     const other = byStore.get(l.storeId);
     if (other) {
-      return fail(`maps stores "${other}" and "${tiendaId}" to the same store_id "${l.storeId}" (got it twice)`);
+      return fail(
+        `maps stores "${other}" and "${tiendaId}" to the same store_id "${l.storeId}" (got it twice)`,
+      );
     }
     byStore.set(l.storeId, tiendaId);
   }

@@ -139,7 +139,9 @@ function itemKey(e: { itemId: string; variationId: number | null }): string {
 }
 
 /** What a write (and its lock) is keyed by: the user product when known, its items share one stock. */
-function listingKey(e: { itemId: string; variationId: number | null; userProductId?: string | null }): string {
+function listingKey(
+  e: { itemId: string; variationId: number | null; userProductId?: string | null },
+): string {
   return e.userProductId ?? itemKey(e);
 }
 
@@ -334,7 +336,9 @@ export class MeliChannel implements ChannelAdapter {
       return {
         kind: "failed",
         reason: "user_product_unknown",
-        error: `MercadoLibre names no user_product_id for ${itemKey(entry)}: its stock locations cannot be set`,
+        error: `MercadoLibre names no user_product_id for ${
+          itemKey(entry)
+        }: its stock locations cannot be set`,
       };
     }
     const mapped = Object.entries(locations).filter(([tiendaId]) =>
@@ -374,14 +378,21 @@ export class MeliChannel implements ChannelAdapter {
           mode === "mirror" ? pos.get(tiendaId)! : quantityAt(stock, location) + entry.storeDeltas![tiendaId],
         ),
       }));
-      if (targets.length === 0) return { kind: "applied", quantityAfter: null, detail: { nothing_to_write: true } };
+      if (targets.length === 0) {
+        return { kind: "applied", quantityAfter: null, detail: { nothing_to_write: true } };
+      }
       let put = await writeUserProductStock(this.options.client, upId, stock.version, targets, signal);
       if (put.kind === "unavailable" && mode === "delta") {
         // Did it land? The version tells: unchanged, it did not (send again, still compare-and-set).
         const after = await readUserProductStock(this.options.client, upId, signal);
         if (after.kind === "ok" && after.data.version === stock.version) continue;
         if (after.kind === "ok" && targets.every((t) => quantityAt(after.data, t.location) === t.quantity)) {
-          put = { kind: "ok", status: 200, data: { locations: after.data.locations }, headers: new Headers() };
+          put = {
+            kind: "ok",
+            status: 200,
+            data: { locations: after.data.locations },
+            headers: new Headers(),
+          };
         } else {
           return {
             kind: "failed",

@@ -100,7 +100,12 @@ export function itemListings(item: MeliItem): ItemListing[] {
   }
   return [{
     sku: sellerSku(item.attributes, item.seller_custom_field),
-    listing: { itemId: item.id, variationId: null, logisticType, userProductId: item.user_product_id ?? null },
+    listing: {
+      itemId: item.id,
+      variationId: null,
+      logisticType,
+      userProductId: item.user_product_id ?? null,
+    },
     quantity: item.available_quantity,
   }];
 }
@@ -279,7 +284,9 @@ export class MeliListings {
       insert into listing (channel, sku, external_id, variant_id, data)
       values ('mercadolibre', ${sku}, ${listing.itemId},
               ${listing.variationId === null ? null : String(listing.variationId)},
-              ${this.sql.json({ logistic_type: listing.logisticType, user_product_id: listing.userProductId })})
+              ${
+      this.sql.json({ logistic_type: listing.logisticType, user_product_id: listing.userProductId })
+    })
       on conflict (channel, sku) do update
         set external_id = excluded.external_id, variant_id = excluded.variant_id, data = excluded.data,
             resolved_at = now()`;

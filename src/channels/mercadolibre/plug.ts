@@ -5,7 +5,7 @@
  * through Redis, the client, the dispatcher adapter, resync's stock reader/writer
  * and the status probe.
  */
-import { type MeliLocation, meliConfigured } from "../../config.ts";
+import { meliConfigured, type MeliLocation } from "../../config.ts";
 import { logger } from "../../log.ts";
 import type { MeliSandbox } from "../../sandbox/mercadolibre/sandbox.ts";
 import type { ChannelPlug, ChannelPlugin, PlugContext } from "../../sync/channel.ts";
@@ -52,7 +52,9 @@ export async function meliStores(context: Pick<PlugContext, "config" | "sandboxC
 function sandboxSeller(locations: Record<string, MeliLocation> | undefined) {
   if (!locations) return {};
   const warehouses = Object.entries(locations).flatMap(([tienda_id, l]) =>
-    l.type === "seller_warehouse" ? [{ tienda_id, store_id: l.storeId, network_node_id: l.networkNodeId }] : []
+    l.type === "seller_warehouse"
+      ? [{ tienda_id, store_id: l.storeId, network_node_id: l.networkNodeId }]
+      : []
   );
   return {
     tiendaId: Object.keys(locations)[0],
