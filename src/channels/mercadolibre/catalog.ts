@@ -150,12 +150,13 @@ export class MeliCatalog implements ChannelCatalog {
     const multiOrigin = seller.tags.includes("warehouse_management");
 
     // First pass: where each SKU is, so a SKU on several listings is flagged on all of them.
-    const places = new Map<string, string[]>();
+    // Per SKU, its distinct stocks (user products, else listings), each with the first place seen.
+    const places = new Map<string, Map<string, string>>();
     for (let i = 0; i < ids.length; i += MULTIGET_LIMIT) {
       for (const found of await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, undefined, signal)) {
-        const at = places.get(found.sku);
-        if (!at) places.set(found.sku, [found.stock]);
-        else if (!at.includes(found.stock)) at.push(found.stock);
+        const at = places.get(found.sku) ?? new Map<string, string>();
+        places.set(found.sku, at);
+        if (!at.has(found.stock)) at.set(found.stock, found.place);
       }
     }
 
@@ -166,9 +167,10 @@ export class MeliCatalog implements ChannelCatalog {
         .filter((found) => !handedOut.has(found.stock) && handedOut.add(found.stock))
         .map((found) => {
           // A SKU set on a listing since the first pass: later listings with it still see the clash.
-          const at = places.get(found.sku) ?? [];
-          if (!at.includes(found.stock)) places.set(found.sku, [...at, found.stock]);
-          return flagged(found, places.get(found.sku)!, multiOrigin);
+          const at = places.get(found.sku) ?? new Map<string, string>();
+          places.set(found.sku, at);
+          if (!at.has(found.stock)) at.set(found.stock, found.place);
+          return flagged(found, [...at.values()], multiOrigin);
         });
       counts.listings += page.length;
       if (page.length > 0) yield page;
