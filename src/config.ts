@@ -211,6 +211,7 @@ const EnvSchema = z.object({
   MELI_USER_ID: z.string().regex(/^\d+$/, "must be a numeric MercadoLibre user id").optional(),
   MELI_MODE: z.enum(["mirror", "delta"]).default("mirror"),
   MELI_TIENDA_ID: z.string().trim().min(1).max(200).optional(),
+  MELI_LOCATIONS: z.string().transform(parseMeliLocations).optional(),
   MELI_REACTIVATE: z.enum(["true", "false"]).default("false").transform((v) => v === "true"),
   MELI_RATE_PER_SEC: z.string().trim().regex(
     /^\d+(\.\d+)?$/,
@@ -254,6 +255,88 @@ const EnvSchema = z.object({
   LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),
   METRICS_PREFIX: z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/).default("marketplace_sync_"),
 });
+
+/** Where a POS store's stock goes on MercadoLibre (MELI_LOCATIONS). */
+export type MeliLocation =
+  | { type: "selling_address" }
+  | { type: "seller_warehouse"; storeId: string; networkNodeId: string };
+
+/**
+ * MELI_LOCATIONS: `{"<tienda_id>": "selling_address"}` or
+ * `{"<tienda_id>": {"store_id": "…", "network_node_id": "…"}}` per store. A user product
+ * has either one selling_address or seller warehouses (MeLi's distributed stock), so the
+ * two are not mixed, selling_address is one store's, and a warehouse is one store's.
+ */
+function parseMeliLocations(text: string, ctx: z.core.$RefinementCtx<string>): Record<string, MeliLocation> {
+  const fail = (message: string) => {
+    ctx.addIssue({ code: "custom", message });
+    return z.NEVER;
+  };
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return fail(
+      'must be a JSON object {"<tienda_id>": "selling_address"} or ' +
+        '{"<tienda_id>": {"store_id": "…", "network_node_id": "…"}} (got text that is not JSON)',
+    );
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed) || !Object.keys(parsed).length) {
+    return fail(`must be a non-empty JSON object of tienda_id → location (got ${JSON.stringify(parsed)})`);
+  }
+  const out: Record<string, MeliLocation> = {};
+  const warehouse = z.object({
+    store_id: z.string().trim().min(1),
+    network_node_id: z.string().trim().min(1),
+  })
+    .strict();
+  for (const [tiendaId, value] of Object.entries(parsed)) {
+    if (tiendaId.trim() === "") return fail(`has an empty store key (got ${JSON.stringify(value)} for it)`);
+    if (value === "selling_address") {
+      out[tiendaId] = { type: "selling_address" };
+      continue;
+    }
+    const w = warehouse.safeParse(value);
+    if (!w.success) {
+      return fail(
+        `store "${tiendaId}" must map to "selling_address" or {"store_id": "…", "network_node_id": "…"} ` +
+          `(got ${JSON.stringify(value)})`,
+      );
+    }
+    out[tiendaId] = {
+      type: "seller_warehouse",
+      storeId: w.data.store_id,
+      networkNodeId: w.data.network_node_id,
+    };
+  }
+  const entries = Object.entries(out);
+  const selling = entries.filter(([, l]) => l.type === "selling_address").map(([t]) => t);
+  if (selling.length > 0 && selling.length < entries.length) {
+    return fail(
+      `mixes selling_address (store "${selling[0]}") with seller warehouses: a MercadoLibre user product ` +
+        "has one or the other (got both)",
+    );
+  }
+  if (selling.length > 1) {
+    return fail(
+      `maps stores "${
+        selling.join('", "')
+      }" to selling_address, which is one location (got ${selling.length})`,
+    );
+  }
+  const byStore = new Map<string, string>();
+  for (const [tiendaId, l] of entries) {
+    if (l.type !== "seller_warehouse") continue;
+    const other = byStore.get(l.storeId);
+    if (other) {
+      return fail(
+        `maps stores "${other}" and "${tiendaId}" to the same store_id "${l.storeId}" (got it twice)`,
+      );
+    }
+    byStore.set(l.storeId, tiendaId);
+  }
+  return out;
+}
 
 /** The names of every variable the service reads. */
 export const CONFIG_VARIABLES: readonly string[] = Object.keys(EnvSchema.shape);
@@ -335,11 +418,19 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     .includes("mercadolibre");
   if (
     meliEnabled && meliConfigured && (input.MELI_MODE ?? "mirror") === "mirror" &&
-    input.MELI_TIENDA_ID === undefined
+    input.MELI_TIENDA_ID === undefined && input.MELI_LOCATIONS === undefined
   ) {
     problems.push({
       variable: "MELI_TIENDA_ID",
-      message: "is required in mirror mode: name the store (tienda_id) whose stock MercadoLibre shows",
+      message: "is required in mirror mode: name the store (tienda_id) whose stock MercadoLibre shows " +
+        "(or map stores to MercadoLibre stock locations with MELI_LOCATIONS)",
+    });
+  }
+  if (input.MELI_TIENDA_ID !== undefined && input.MELI_LOCATIONS !== undefined) {
+    problems.push({
+      variable: "MELI_LOCATIONS",
+      message: "set either MELI_TIENDA_ID (one store → available_quantity) or MELI_LOCATIONS (stores → " +
+        "MercadoLibre stock locations), not both",
     });
   }
   let stockRules: StockRules = {};

@@ -139,3 +139,47 @@ Deno.test("MercadoLibre settings: one kind of credentials, a store in mirror mod
   assert.equal(c.MELI_MODE, "mirror");
   assert.equal(c.POS_STOCK_KEY, "stock:{tienda_id}:{producto_id}");
 });
+
+Deno.test("MELI_LOCATIONS: stores to selling_address or seller warehouses, named when wrong, not with MELI_TIENDA_ID", () => {
+  const problems = (env: Record<string, string>) => {
+    try {
+      loadConfig(env);
+      return [];
+    } catch (e) {
+      return (e as ConfigError).problems.map((p) => `${p.variable}: ${p.message}`);
+    }
+  };
+  const trio = { MELI_CLIENT_ID: "1", MELI_CLIENT_SECRET: "s", MELI_REFRESH_TOKEN: "TG-1" };
+  const warehouses = JSON.stringify({
+    t1: { store_id: "1001", network_node_id: "MLA1001" },
+    t2: { store_id: "1002", network_node_id: "MLA1002" },
+  });
+  const c = loadConfig({ ...trio, MELI_LOCATIONS: warehouses });
+  assert.deepEqual(c.MELI_LOCATIONS, {
+    t1: { type: "seller_warehouse", storeId: "1001", networkNodeId: "MLA1001" },
+    t2: { type: "seller_warehouse", storeId: "1002", networkNodeId: "MLA1002" },
+  });
+  assert.deepEqual(
+    problems({ ...trio, MELI_LOCATIONS: '{"t1": "selling_address"}' }),
+    [],
+    "no MELI_TIENDA_ID",
+  );
+  assert.match(
+    problems({ ...trio, MELI_LOCATIONS: '{"t1": "selling_address"}', MELI_TIENDA_ID: "t1" }).join("\n"),
+    /MELI_LOCATIONS: set either MELI_TIENDA_ID .* or MELI_LOCATIONS/,
+  );
+  const bad = (value: string) => problems({ ...trio, MELI_LOCATIONS: value }).join("\n");
+  assert.match(bad('{"t1": "warehouse"}'), /MELI_LOCATIONS: store "t1" must map to .* \(got "warehouse"\)/);
+  assert.match(bad('{"t1": {"store_id": 5}}'), /store "t1" must map to .*\(got \{"store_id":5\}\)/);
+  assert.match(bad("not json"), /MELI_LOCATIONS: must be a JSON object/);
+  assert.match(bad("{}"), /non-empty/);
+  assert.match(
+    bad('{"t1": "selling_address", "t2": {"store_id": "1", "network_node_id": "n"}}'),
+    /mixes selling_address \(store "t1"\) with seller warehouses/,
+  );
+  assert.match(bad('{"t1": "selling_address", "t2": "selling_address"}'), /"t1", "t2" to selling_address/);
+  assert.match(
+    bad('{"t1": {"store_id": "1", "network_node_id": "n"}, "t2": {"store_id": "1", "network_node_id": "m"}}'),
+    /stores "t1" and "t2" to the same store_id "1"/,
+  );
+});

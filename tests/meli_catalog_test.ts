@@ -109,7 +109,12 @@ function expected(sb: MeliSandbox): Map<string, { sku: string; quantity: number;
     return [l.variationId === null ? l.itemId : `${l.itemId}:${l.variationId}`, {
       sku: l.sku,
       quantity: sb.quantityOf(l.productoId)!,
-      ref: { itemId: l.itemId, variationId: l.variationId, logisticType: item.shipping.logistic_type },
+      ref: {
+        itemId: l.itemId,
+        variationId: l.variationId,
+        logisticType: item.shipping.logistic_type,
+        userProductId: l.userProductId,
+      },
     }];
   }));
 }
@@ -237,6 +242,7 @@ Deno.test("Full, under review and closed listings are flagged, never dropped; a 
       itemId: of(12).itemId,
       variationId: of(12).variationId,
       logisticType: "fulfillment",
+      userProductId: of(12).userProductId,
     });
     assert.match(read.get(placeOf(2))!.unwritable!.error, new RegExp(`${placeOf(2)}, ${placeOf(255)}`));
     assert.equal(read.get(placeOf(6))!.unwritable, undefined, "paused listings take writes");

@@ -411,21 +411,155 @@ integration(
   },
 );
 
-integration("a multi-origin seller fails with a clear reason instead of a silent success", async () => {
-  const m = await startMeliHarness({ userTags: ["normal", "warehouse_management"] });
+integration(
+  "a multi-origin seller without MELI_LOCATIONS fails with a clear reason, not a silent success",
+  async () => {
+    const m = await startMeliHarness({ userTags: ["normal", "warehouse_management"] });
+    try {
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: "REMERA-001", qty: 1 }]);
+      await settled(m.h, 1);
+      const [row] = await m.h.sql<
+        { error_reason: string; error: string }[]
+      >`select error_reason, error from stock_change`;
+      assert.equal(row.error_reason, "multi_origin_unmapped");
+      assert.match(row.error, /MELI_LOCATIONS/);
+      assert.equal(m.sandbox.stats().puts, 0);
+    } finally {
+      await m.close();
+    }
+  },
+);
+
+/** The default catalog with one product sold by three MercadoLibre items of one user product. */
+function catalogWithFamily(sku: string) {
+  const c = defaultCatalog();
+  c.products.find((p) => p.sku === sku)!.meli_items = 3;
+  return c;
+}
+
+integration("a user product sold by three items is written once, and all three items show it", async () => {
+  const m = await startMeliHarness({ catalog: catalogWithFamily("REMERA-002"), ratePerSecond: 100 });
   try {
-    await m.pos.sell(m.h, MELI_STORE, [{ sku: "REMERA-001", qty: 1 }]);
+    const family = m.sandbox.listingFor(productOf("REMERA-002").producto_id)!;
+    assert.equal(family.itemIds.length, 3);
+    await m.pos.sell(m.h, MELI_STORE, [{ sku: "REMERA-002", qty: 2 }]);
     await settled(m.h, 1);
-    const [row] = await m.h.sql<
-      { error_reason: string; error: string }[]
-    >`select error_reason, error from stock_change`;
-    assert.equal(row.error_reason, "multi_origin_unsupported");
-    assert.match(row.error, /multi-origin stock is not supported yet/);
-    assert.equal(m.sandbox.stats().puts, 0);
+    const [row] = await m.h.sql<{ status: string }[]>`select status from stock_change`;
+    assert.equal(
+      row.status,
+      "applied",
+      "three items with one SELLER_SKU are one user product, not ambiguous",
+    );
+    const want = await m.pos.get(MELI_STORE, "REMERA-002");
+    for (const itemId of family.itemIds) {
+      assert.equal(
+        (m.sandbox.item(itemId) as { available_quantity: number }).available_quantity,
+        want,
+        itemId,
+      );
+    }
+    const stats = m.sandbox.stats();
+    assert.equal(stats.puts, 1, "one stock write for the whole family");
+    assert.deepEqual(stats.putsByUserProduct, { [family.userProductId]: 1 });
+    assertNoInvalidRequests(m.sandbox);
   } finally {
     await m.close();
   }
 });
+
+const WAREHOUSES = [
+  { store_id: "1001", network_node_id: "MLA1001", tienda_id: MELI_STORE },
+  { store_id: "1002", network_node_id: "MLA1002", tienda_id: OTHER_STORE },
+];
+const MELI_LOCATIONS = JSON.stringify(Object.fromEntries(
+  WAREHOUSES.map((w) => [w.tienda_id, { store_id: w.store_id, network_node_id: w.network_node_id }]),
+));
+
+integration(
+  "a multi-origin seller is synced per location; a lost x-version race is read again; Full is never written",
+  async () => {
+    const catalog = defaultCatalog();
+    catalog.products.find((p) => p.sku === "RINONERA")!.meli_logistic_type = "fulfillment";
+    const m = await startMeliHarness(
+      { catalog, userTags: ["normal", "warehouse_management"], warehouses: WAREHOUSES, ratePerSecond: 100 },
+      { MELI_TIENDA_ID: "", MELI_LOCATIONS },
+    );
+    try {
+      const remera = m.sandbox.listingFor(productOf("REMERA-001").producto_id)!;
+      const full = m.sandbox.listingFor(productOf("RINONERA").producto_id)!;
+      const fullBefore = m.sandbox.userProductStock(full.userProductId);
+      // A sale shipped from warehouse 1001 lands right after the service reads the stock.
+      m.sandbox.raceStockWrite(remera.userProductId, { type: "seller_warehouse", store_id: "1001" }, 0);
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: "REMERA-001", qty: 1 }, { sku: "RINONERA", qty: 1 }]);
+      await m.pos.sell(m.h, OTHER_STORE, [{ sku: "REMERA-001", qty: 2 }]);
+      // A store MELI_LOCATIONS does not map is no MercadoLibre stock: no change at all.
+      await m.pos.sell(m.h, catalog.stores[2].tienda_id, [{ sku: "REMERA-001", qty: 1 }]);
+      await settled(m.h, 3);
+      const rows = await m.h.sql<{ sku: string; tienda_id: string; status: string; error_reason: string }[]>`
+        select sku, tienda_id, status, error_reason from stock_change order by sku, tienda_id`;
+      assert.equal(rows.length, 3, "the unmapped store's sale made no change");
+      const remeraRows = rows.filter((r) => r.sku === "REMERA-001");
+      assert.deepEqual(remeraRows.map((r) => r.status), ["applied", "applied"]);
+      const [raced] = await m.h.sql<
+        { attempts: number; result: { detail?: { version_conflicts?: number } } }[]
+      >`
+        select attempts, result from stock_change
+         where sku = 'REMERA-001' and result->'detail' ? 'version_conflicts'`;
+      assert.ok(raced, "the write that lost the race says so");
+      assert.deepEqual(
+        [raced.attempts, raced.result.detail?.version_conflicts],
+        [1, 1],
+        "recovered in one send",
+      );
+      const stock = m.sandbox.userProductStock(remera.userProductId)!;
+      const at = (store: string) => stock.locations.find((l) => l.store_id === store)?.quantity;
+      assert.equal(at("1001"), await m.pos.get(MELI_STORE, "REMERA-001"), "warehouse 1001 shows its store");
+      assert.equal(at("1002"), await m.pos.get(OTHER_STORE, "REMERA-001"), "warehouse 1002 shows its store");
+      const item = m.sandbox.item(remera.itemId) as { available_quantity: number };
+      assert.equal(item.available_quantity, at("1001")! + at("1002")!, "the item shows the locations' total");
+      const puts = m.sandbox.requestLog().filter((r) => r.method === "PUT");
+      assert.equal(puts.filter((r) => r.status === 409).length, 1, "the race was lost once");
+      assert.ok(puts.every((r) => r.path.endsWith("/stock/type/seller_warehouse")), "never /items");
+      // Full: reported, never written.
+      const rinonera = rows.find((r) => r.sku === "RINONERA")!;
+      assert.deepEqual([rinonera.status, rinonera.error_reason], ["failed", "fulfillment_listing"]);
+      assert.ok(!puts.some((r) => r.path.includes(full.userProductId)), "no write to the Full user product");
+      assert.deepEqual(m.sandbox.userProductStock(full.userProductId), fullBefore);
+      assert.equal(m.sandbox.stats().putsByUserProduct[full.userProductId], undefined);
+      assertNoInvalidRequests(m.sandbox);
+    } finally {
+      await m.close();
+    }
+  },
+);
+
+integration(
+  "delta mode on a multi-origin seller subtracts each store's sale from its own location",
+  async () => {
+    const m = await startMeliHarness(
+      { userTags: ["normal", "warehouse_management"], warehouses: WAREHOUSES, ratePerSecond: 100 },
+      { MELI_TIENDA_ID: "", MELI_LOCATIONS, MELI_MODE: "delta" },
+    );
+    try {
+      const remera = m.sandbox.listingFor(productOf("REMERA-003").producto_id)!;
+      const before = m.sandbox.userProductStock(remera.userProductId)!;
+      const at = (s: typeof before, store: string) => s.locations.find((l) => l.store_id === store)!.quantity;
+      m.sandbox.raceStockWrite(remera.userProductId, { type: "seller_warehouse", store_id: "1002" }, 40);
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: "REMERA-003", qty: 2 }]);
+      await settled(m.h, 1);
+      await m.pos.sell(m.h, OTHER_STORE, [{ sku: "REMERA-003", qty: 3 }]);
+      await settled(m.h, 2);
+      const after = m.sandbox.userProductStock(remera.userProductId)!;
+      assert.equal(at(after, "1001"), at(before, "1001") - 2);
+      // A MeLi-side sale set 1002 to 40 right after the first read (a 409, read again); 1002's sale then
+      // subtracts from the 40 MeLi holds, not from what the POS or an older read said.
+      assert.equal(at(after, "1002"), 40 - 3);
+      assertNoInvalidRequests(m.sandbox);
+    } finally {
+      await m.close();
+    }
+  },
+);
 
 integration(
   "200 OK but not applied is not 'applied': the write is repeated until MeLi shows it",

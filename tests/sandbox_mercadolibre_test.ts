@@ -26,6 +26,8 @@ interface CallOptions {
   json?: unknown;
   /** Raw body text (sent as JSON content type). */
   raw?: string;
+  /** More request headers (`x-version`). */
+  headers?: Record<string, string>;
 }
 
 async function call(
@@ -34,7 +36,7 @@ async function call(
   path: string,
   options: CallOptions = {},
 ): Promise<Answer> {
-  const headers: Record<string, string> = {};
+  const headers: Record<string, string> = { ...options.headers };
   const token = options.token === undefined ? sb.staticToken : options.token;
   if (token !== null) headers.authorization = `Bearer ${token}`;
   let body: string | undefined;
@@ -330,9 +332,12 @@ Deno.test("items: ids are stable, quantities come from the chosen store, SKUs si
       productoId: product("REMERA-001").producto_id,
       itemId: "MLA1420000001",
       variationId: null,
+      userProductId: "MLAU2000000001",
+      itemIds: ["MLA1420000001"],
     });
     const plain = await call(sb, "GET", `/items/${remera.itemId}`);
     assert.equal(plain.status, 200);
+    assert.equal(plain.body.user_product_id, "MLAU2000000001");
     assert.equal(plain.body.id, "MLA1420000001");
     assert.equal(plain.body.currency_id, "ARS");
     assert.equal(plain.body.available_quantity, 8);
@@ -975,4 +980,124 @@ Deno.test("Full and under review: from catalog fields or the control route, as M
   const disagree = structuredClone(catalog);
   disagree.products[2].meli_status = "active";
   assert.throws(() => parseCatalog(disagree), /meli_status differs within meli_item PAIR/);
+});
+
+Deno.test("user products: items of one user product share stock; a write to one is copied to its siblings", async () => {
+  const catalog = defaultCatalog();
+  catalog.products.find((p) => p.sku === "REMERA-002")!.meli_items = 3;
+  await withSandbox(async (sb) => {
+    const family = sb.listingFor(product("REMERA-002").producto_id)!;
+    assert.equal(family.itemIds.length, 3);
+    for (const id of family.itemIds) {
+      assert.equal((await call(sb, "GET", `/items/${id}`)).body.user_product_id, family.userProductId);
+    }
+    assert.deepEqual((await search(sb, "REMERA-002")).body.results, family.itemIds);
+    const put = await call(sb, "PUT", `/items/${family.itemIds[1]}`, { json: { available_quantity: 4 } });
+    assert.equal(put.status, 200);
+    for (const id of family.itemIds) {
+      assert.equal((await call(sb, "GET", `/items/${id}`)).body.available_quantity, 4, id);
+    }
+    const stock = await call(sb, "GET", `/user-products/${family.userProductId}/stock`);
+    assert.equal(stock.status, 200);
+    assert.deepEqual(stock.body.locations, [{ type: "selling_address", quantity: 4 }]);
+    assert.match(stock.headers.get("x-version") ?? "", /^\d+$/);
+    // The variations of an item are user products of their own.
+    const jean = await call(sb, "GET", `/items/${listing(sb, "JEAN-RECTO-38").itemId}`);
+    assert.equal(jean.body.variations.length, 3);
+    assert.equal(new Set(jean.body.variations.map((v: Json) => v.user_product_id)).size, 3);
+    assert.deepEqual(sb.stats().putsByUserProduct, { [family.userProductId]: 1 });
+    assert.deepEqual(sb.invalidRequests(), []);
+  }, { catalog });
+});
+
+Deno.test("user products: stock writes need the x-version read (400 missing, 409 stale) and bump it", async () => {
+  const warehouses = [
+    { store_id: "1001", network_node_id: "MLA1001", tienda_id: CATALOG.stores[0].tienda_id },
+    { store_id: "1002", network_node_id: "MLA1002", tienda_id: CATALOG.stores[1].tienda_id },
+  ];
+  await withSandbox(async (sb) => {
+    const up = listing(sb, "REMERA-001").userProductId;
+    const path = `/user-products/${up}/stock/type/seller_warehouse`;
+    const read = await call(sb, "GET", `/user-products/${up}/stock`);
+    assert.deepEqual(read.body.locations.map((l: Json) => [l.type, l.store_id]), [
+      ["seller_warehouse", "1001"],
+      ["seller_warehouse", "1002"],
+    ]);
+    const version = read.headers.get("x-version")!;
+    const body = { locations: [{ store_id: "1002", network_node_id: "MLA1002", quantity: 7 }] };
+    const missing = await call(sb, "PUT", path, { json: body });
+    assert.deepEqual([missing.status, missing.body.message], [400, "Missing X-Version header"]);
+    // /items stock of a multi-origin seller is ignored; the selling_address API is not its.
+    const onItems = await call(sb, "PUT", `/items/${listing(sb, "REMERA-001").itemId}`, {
+      json: { available_quantity: 99 },
+    });
+    assert.equal(onItems.status, 200);
+    assert.notEqual(onItems.body.available_quantity, 99);
+    const selling = await call(sb, "PUT", `/user-products/${up}/stock/type/selling_address`, {
+      json: { quantity: 1 },
+      headers: { "x-version": version },
+    });
+    assert.equal(selling.status, 400);
+    for (
+      const bad of [
+        { locations: [{ store_id: "9999", quantity: 1 }] },
+        { locations: [{ store_id: "1001", quantity: -1 }] },
+        { locations: [{ quantity: 1 }] },
+        { locations: [] },
+        { locations: [{ store_id: "1001", quantity: 1, colour: "red" }] },
+      ]
+    ) {
+      const answer = await call(sb, "PUT", path, { json: bad, headers: { "x-version": version } });
+      assert.equal(answer.status, 400, JSON.stringify(bad));
+      assert.deepEqual(Object.keys(answer.body).sort(), ["cause", "error", "message", "status"]);
+    }
+    const unknownType = await call(sb, "PUT", `/user-products/${up}/stock/type/warehouse`, {
+      json: { quantity: 1 },
+      headers: { "x-version": version },
+    });
+    assert.equal(unknownType.status, 400);
+    const ok = await call(sb, "PUT", path, { json: body, headers: { "x-version": version } });
+    assert.equal(ok.status, 200);
+    assert.equal(ok.body.locations.find((l: Json) => l.store_id === "1002").quantity, 7);
+    const stale = await call(sb, "PUT", path, { json: body, headers: { "x-version": version } });
+    assert.deepEqual([stale.status, stale.body.message], [409, "Version mismatch"]);
+    const again = await call(sb, "GET", `/user-products/${up}/stock`);
+    assert.equal(Number(again.headers.get("x-version")), Number(version) + 1);
+    const item = await call(sb, "GET", `/items/${listing(sb, "REMERA-001").itemId}`);
+    const total = again.body.locations.reduce((s: number, l: Json) => s + l.quantity, 0);
+    assert.equal(item.body.available_quantity, total, "the item shows the locations' total");
+    // The race hook: a MeLi-side change right after the next read makes that read's version stale.
+    sb.raceStockWrite(up, { type: "seller_warehouse", store_id: "1001" }, 0);
+    const raced = await call(sb, "GET", `/user-products/${up}/stock`);
+    const lost = await call(sb, "PUT", path, {
+      json: body,
+      headers: { "x-version": raced.headers.get("x-version")! },
+    });
+    assert.equal(lost.status, 409);
+    assert.equal(sb.userProductStock(up)!.locations.find((l) => l.store_id === "1001")!.quantity, 0);
+    assert.equal(sb.stats().putsByUserProduct[up], 1);
+  }, { userTags: ["normal", "warehouse_management"], warehouses });
+});
+
+Deno.test("user products: Full's meli_facility stock is never writable", async () => {
+  const catalog = defaultCatalog();
+  catalog.products.find((p) => p.sku === "RINONERA")!.meli_logistic_type = "fulfillment";
+  await withSandbox(async (sb) => {
+    const full = listing(sb, "RINONERA");
+    const read = await call(sb, "GET", `/user-products/${full.userProductId}/stock`);
+    assert.deepEqual(read.body.locations.map((l: Json) => l.type), ["meli_facility"]);
+    const version = read.headers.get("x-version")!;
+    for (const type of ["meli_facility", "selling_address"]) {
+      const put = await call(sb, "PUT", `/user-products/${full.userProductId}/stock/type/${type}`, {
+        json: { quantity: 3 },
+        headers: { "x-version": version },
+      });
+      assert.equal(put.status, 400, type);
+    }
+    assert.equal(
+      (await call(sb, "PUT", `/items/${full.itemId}`, { json: { available_quantity: 3 } })).status,
+      400,
+    );
+    assert.equal(sb.stats().puts, 0);
+  }, { catalog });
 });

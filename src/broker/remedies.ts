@@ -54,6 +54,10 @@ const REMEDIES: Record<string, string> = {
     "MercadoLibre refused the SKU lookup (sync-error): usually the app's access to the seller's account; fix it, then replay",
   multi_origin_unsupported:
     "no replay can succeed until multi-origin stock is supported: set the stock in MercadoLibre by hand and discard this copy",
+  multi_origin_unmapped:
+    "the MercadoLibre seller keeps stock per warehouse: map the POS stores to its warehouses in MELI_LOCATIONS, restart, then replay",
+  user_product_unknown:
+    "MercadoLibre names no user_product_id for the listing, so its stock locations cannot be set: check the listing, then replay",
   exhausted:
     "the marketplace kept failing (sync-error has its last answer): once it answers again (/readyz, marketplace_calls_total), replay",
   outcome_unknown:

@@ -78,10 +78,10 @@ export class Custody {
        */
       maxWriters?: number;
       /**
-       * Channels that follow one store only (MeLi mirrors MELI_TIENDA_ID's stock):
-       * sales at other stores create no change for them.
+       * Channels that follow some stores only (MeLi mirrors MELI_TIENDA_ID's stock, or
+       * MELI_LOCATIONS' stores): sales at other stores create no change for them.
        */
-      onlyStore?: Partial<Record<ChannelName, string>>;
+      onlyStores?: Partial<Record<ChannelName, string[]>>;
     },
     private readonly observer?: CustodyObserver,
   ) {}
@@ -212,7 +212,11 @@ export class Custody {
       items: e.items.map((item) => ({ sku: item.sku, producto_id: item.productoId, delta: -item.quantity })),
     }));
     const channels = [...this.channels].sort();
-    const onlyStore = channels.map((c) => this.options.onlyStore?.[c] ?? null);
+    // Per channel a JSON list of its stores, or null for every store (a text[] cannot nest lists).
+    const onlyStores = channels.map((c) => {
+      const stores = this.options.onlyStores?.[c];
+      return stores ? JSON.stringify(stores) : null;
+    });
     // One statement, atomic on its own: the sales; for each NEW one its changes,
     // expanded in Postgres from the items rather than sent row by row (half the
     // JSON to build and parse, no BEGIN/COMMIT round trips); for each one already
@@ -226,13 +230,13 @@ export class Custody {
         select * from jsonb_to_recordset(${this.sql.json(sales as unknown as postgres.JSONValue)}::jsonb)
           as x(event_id text, identity_source text, tienda_id text, body jsonb, items jsonb)
       ), change as (
-        -- One row per (sale, enabled channel, item); a channel that follows one store only
-        -- gets the sales of that store.
+        -- One row per (sale, enabled channel, item); a channel that follows some stores only
+        -- gets the sales of those stores.
         select i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
           from input i
-          cross join unnest(${channels}::text[], ${onlyStore}::text[]) as c(channel, only_store)
+          cross join unnest(${channels}::text[], ${onlyStores}::text[]) as c(channel, only_stores)
           cross join jsonb_to_recordset(i.items) as item(sku text, producto_id text, delta integer)
-         where c.only_store is null or c.only_store = i.tienda_id
+         where c.only_stores is null or c.only_stores::jsonb ? i.tienda_id
       ), new_sale as (
         insert into sale (event_id, identity_source, tienda_id, body)
         select event_id, identity_source, tienda_id, body from input

@@ -30,6 +30,12 @@ const productSchema = z.object({
   meli_status: z.enum(["active", "paused", "closed", "under_review", "inactive"]).optional(),
   /** `shipping.logistic_type` of the product's item (default `cross_docking`; `fulfillment` is MeLi Full). */
   meli_logistic_type: z.string().min(1).optional(),
+  /**
+   * How many MercadoLibre items list this product (default 1): more make one user product
+   * (`user_product_id`) sold through several items, which share its stock. Only for a
+   * product without `meli_item` (a variation is one user product of one item).
+   */
+  meli_items: z.number().int().min(1).max(10).optional(),
   /** tienda_id → available quantity; a store left out stocks the product at 0. */
   stock: z.record(z.string(), z.number().int()),
 });
@@ -58,6 +64,13 @@ const catalogSchema = z.object({
           });
         }
       }
+    }
+    if (p.meli_items !== undefined && p.meli_item !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        message: "meli_items is for a product without meli_item (a variation is one item's)",
+        path: ["products", i, "meli_items"],
+      });
     }
     if (seen.has(p.producto_id)) {
       ctx.addIssue({

@@ -93,11 +93,11 @@ export async function shownStores(
   plugins: Record<ChannelName, ChannelPlugin>,
   names: readonly ChannelName[],
   context: PlugContext,
-): Promise<Partial<Record<ChannelName, string>>> {
-  const shown: Partial<Record<ChannelName, string>> = {};
+): Promise<Partial<Record<ChannelName, string[]>>> {
+  const shown: Partial<Record<ChannelName, string[]>> = {};
   for (const name of names) {
-    const store = await plugins[name].onlyStore?.(context);
-    if (store) shown[name] = store;
+    const stores = await plugins[name].onlyStores?.(context);
+    if (stores) shown[name] = stores;
   }
   return shown;
 }

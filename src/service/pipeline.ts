@@ -25,21 +25,21 @@ export function dispatchStore(sql: postgres.Sql, config: Config): DispatchStore 
 
 /**
  * Custody with CUSTODY_* batching.
- * @param onlyStore per channel, the one store whose sales reach it (others get no change).
+ * @param onlyStores per channel, the only stores whose sales reach it (others get no change).
  * @param stored called after every stored batch (new pending changes: wake the dispatchers).
  */
 export function custody(
   sql: postgres.Sql,
   config: Config,
   metrics: ServiceMetrics,
-  onlyStore: Partial<Record<ChannelName, string>>,
+  onlyStores: Partial<Record<ChannelName, string[]>>,
   stored: () => void,
 ): Custody {
   return new Custody(sql, config.CHANNELS, {
     batchSize: config.CUSTODY_BATCH_SIZE,
     maxWaitMs: config.CUSTODY_BATCH_WAIT,
     maxWriters: config.CUSTODY_WRITERS,
-    onlyStore: Object.keys(onlyStore).length ? onlyStore : undefined,
+    onlyStores: Object.keys(onlyStores).length ? onlyStores : undefined,
   }, {
     batch: (size, seconds) => {
       metrics.custodyBatchSize.observe(size);

@@ -231,9 +231,9 @@ export interface PlugContext {
 export interface ChannelPlugin<P extends ChannelPlug = ChannelPlug> {
   readonly name: ChannelName;
   /**
-   * The only store whose sales reach this channel (MercadoLibre mirroring one store);
-   * undefined: every store. Custody records changes for the others as not applicable.
+   * The only stores whose sales reach this channel (MercadoLibre mirroring one store, or
+   * the stores of MELI_LOCATIONS); undefined: every store. Custody gives the others no change.
    */
-  onlyStore?(context: PlugContext): Promise<string | undefined>;
+  onlyStores?(context: PlugContext): Promise<string[] | undefined>;
   plug(context: PlugContext): Promise<P>;
 }

@@ -22,6 +22,8 @@
  * attribute or `seller_custom_field`; an item's own only when it has no variations.
  * A listing without a SKU is skipped and counted. Nothing is dropped for being
  * unwritable: Full, under review, closed and ambiguous listings come out flagged.
+ * Items selling one user product share its stock: they are one listing (the first
+ * item read stands for it), not an ambiguous SKU.
  */
 import { logger } from "../../log.ts";
 import { exponential } from "../../resilience/backoff.ts";
@@ -52,6 +54,7 @@ const ITEM_FIELDS = [
   "shipping",
   "attributes",
   "variations",
+  "user_product_id",
 ].join(",");
 
 /** What the latest read came to. */
@@ -103,6 +106,8 @@ export interface MeliCatalogOptions {
 interface Found {
   sku: string;
   place: string;
+  /** The user product when known, else the place: listings with one stock are one listing. */
+  stock: string;
   quantity: number;
   item: MeliItem;
   ref: CatalogListing["ref"];
@@ -145,23 +150,27 @@ export class MeliCatalog implements ChannelCatalog {
     const multiOrigin = seller.tags.includes("warehouse_management");
 
     // First pass: where each SKU is, so a SKU on several listings is flagged on all of them.
-    const places = new Map<string, string[]>();
+    // Per SKU, its distinct stocks (user products, else listings), each with the first place seen.
+    const places = new Map<string, Map<string, string>>();
     for (let i = 0; i < ids.length; i += MULTIGET_LIMIT) {
       for (const found of await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, undefined, signal)) {
-        const at = places.get(found.sku);
-        if (at) at.push(found.place);
-        else places.set(found.sku, [found.place]);
+        const at = places.get(found.sku) ?? new Map<string, string>();
+        places.set(found.sku, at);
+        if (!at.has(found.stock)) at.set(found.stock, found.place);
       }
     }
 
     // Second pass: the pages, with quantities as they are now.
+    const handedOut = new Set<string>();
     for (let i = 0; i < ids.length; i += MULTIGET_LIMIT) {
       const page = (await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, counts, signal))
+        .filter((found) => !handedOut.has(found.stock) && handedOut.add(found.stock))
         .map((found) => {
           // A SKU set on a listing since the first pass: later listings with it still see the clash.
-          const at = places.get(found.sku) ?? [];
-          if (!at.includes(found.place)) places.set(found.sku, [...at, found.place]);
-          return flagged(found, places.get(found.sku)!, multiOrigin);
+          const at = places.get(found.sku) ?? new Map<string, string>();
+          places.set(found.sku, at);
+          if (!at.has(found.stock)) at.set(found.stock, found.place);
+          return flagged(found, [...at.values()], multiOrigin);
         });
       counts.listings += page.length;
       if (page.length > 0) yield page;
@@ -265,7 +274,9 @@ export class MeliCatalog implements ChannelCatalog {
           ? listing.itemId
           : `${listing.itemId}:${listing.variationId}`;
         // The ref is what MeliStock.read answers for the listing, so a write can address it.
-        out.push({ sku, place, quantity, item: entry.body, ref: listing });
+        // A user product is one stock however many items sell it.
+        const stock = listing.userProductId ?? place;
+        out.push({ sku, place, stock, quantity, item: entry.body, ref: listing });
       }
     }
     return out;

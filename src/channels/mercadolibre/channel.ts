@@ -16,7 +16,13 @@
  *
  * The PUT's answer is read back: a 200 whose `available_quantity` is not what
  * was sent is not `applied`.
+ *
+ * Writes go once per user product (the items selling it share its stock), under a
+ * lock on the user product. With MELI_LOCATIONS they go to the user product's stock
+ * locations instead (`/user-products/{id}/stock`, compare-and-set on `x-version`, see
+ * `#locationWrite`); Full's `meli_facility` is never written.
  */
+import type { MeliLocation } from "../../config.ts";
 import type { CheckResult } from "../../model/health.ts";
 import {
   type BatchOutcome,
@@ -39,6 +45,15 @@ import {
 import { describeMeliError, type MeliClient, type MeliResult } from "./client.ts";
 import type { MeliItem, MeliListings } from "./listings.ts";
 import { type AccessTokens, AuthUnavailableError } from "./tokens.ts";
+import {
+  describeLocation,
+  type LocationTarget,
+  onlyInFull,
+  quantityAt,
+  readUserProductStock,
+  type UserProductLocation,
+  writeUserProductStock,
+} from "./user_products.ts";
 
 const log = logger("mercadolibre");
 
@@ -55,6 +70,8 @@ export interface MeliChannelOptions {
   mode: MeliMode;
   /** The store whose stock MeLi mirrors (mirror mode). */
   tiendaId: string | undefined;
+  /** MELI_LOCATIONS: stores → the user products' stock locations (then `tiendaId` is unset). */
+  locations?: Record<string, MeliLocation>;
   /** Reactivate a listing MeLi paused at 0 once stock is back. */
   reactivate: boolean;
   /** Listings per batch in mirror mode (delta mode always takes one). */
@@ -71,6 +88,10 @@ export interface MeliChannelOptions {
 interface PlanEntry {
   itemId: string;
   variationId: number | null;
+  /** The user product the listing sells: the write's and the lock's key when known. */
+  userProductId?: string | null;
+  /** MELI_LOCATIONS: the changes' deltas per store (delta mode writes each store's location). */
+  storeDeltas?: Record<string, number>;
   sku: string;
   productoId: string | null;
   /** Batch indexes of the logical changes this write carries. */
@@ -111,14 +132,29 @@ function jitter(ms: number): number {
 /** Looks again at an unanswered PUT while holding the lock: 250 ms, 500 ms, 1 s (i from 0). */
 const settleBackoff = exponential({ baseMs: 250, firstAttempt: 0 });
 
+/** A user product's stock write, read and computed again after each lost `x-version` race. */
+const VERSION_TRIES = 4;
+
 /**
  * Wait before re-sending an unanswered batch, by its sends so far:
  * 1 s after the first, doubling to 30 s, ±25 %.
  */
 const resendBackoff = exponential({ baseMs: 1_000, maxMs: 30_000, firstAttempt: 1, jitter: 0.25 });
 
-function listingKey(e: { itemId: string; variationId: number | null }): string {
+function itemKey(e: { itemId: string; variationId: number | null }): string {
   return e.variationId === null ? e.itemId : `${e.itemId}/${e.variationId}`;
+}
+
+/** What a write (and its lock) is keyed by: the user product when known, its items share one stock. */
+function listingKey(
+  e: { itemId: string; variationId: number | null; userProductId?: string | null },
+): string {
+  return e.userProductId ?? itemKey(e);
+}
+
+/** What buyers see: every location's stock together. */
+function total(locations: UserProductLocation[]): number {
+  return locations.reduce((s, l) => s + l.quantity, 0);
 }
 
 /** A DLQ reason for a MeLi refusal of a stock write. */
@@ -170,7 +206,14 @@ export class MeliChannel implements ChannelAdapter {
         results: results.map((r) => r ?? { kind: "retry", reason: "unsent", error: "not sent" }),
       };
     }
-    if (plan.mode === "mirror") {
+    if (this.options.locations) {
+      // Compare-and-set on x-version: a re-send reads and computes again, nothing to settle.
+      plan = await context.persistRequest(plan) as MeliPlan;
+      for (const entry of plan.entries) {
+        const outcome = await this.#locked(entry, () => this.#locationWrite(entry, plan!.mode, signal));
+        for (const i of entry.indexes) results[i] = outcome;
+      }
+    } else if (plan.mode === "mirror") {
       plan = await context.persistRequest(plan) as MeliPlan;
       for (const entry of plan.entries) {
         const outcome = await this.#locked(entry, () => this.#mirror(entry, signal));
@@ -285,6 +328,125 @@ export class MeliChannel implements ChannelAdapter {
       };
     }
     return outcome;
+  }
+
+  /**
+   * MELI_LOCATIONS: sets the user product's mapped locations. Mirror: each mapped
+   * store's POS stock. Delta: each location's quantity read now plus its store's
+   * delta. Either way the PUT carries the `x-version` of the read, so it lands only
+   * on the stock it was computed from; a 409 is read and computed again (a bounded
+   * number of times). An unanswered PUT in delta mode is settled by reading the
+   * version: unchanged, it did not land and is sent again (still compare-and-set);
+   * moved to exactly what was sent, it landed; otherwise the outcome is unknown.
+   */
+  async #locationWrite(entry: PlanEntry, mode: MeliMode, signal: AbortSignal): Promise<ChangeOutcome> {
+    const locations = this.options.locations!;
+    const upId = entry.userProductId;
+    if (!upId) {
+      return {
+        kind: "failed",
+        reason: "user_product_unknown",
+        error: `MercadoLibre names no user_product_id for ${
+          itemKey(entry)
+        }: its stock locations cannot be set`,
+      };
+    }
+    const mapped = Object.entries(locations).filter(([tiendaId]) =>
+      mode === "mirror" || (entry.storeDeltas?.[tiendaId] ?? 0) !== 0
+    );
+    const pos = new Map<string, number>();
+    if (mode === "mirror") {
+      for (const [tiendaId] of mapped) {
+        let reading;
+        try {
+          reading = await this.options.stock.read({ tiendaId, productoId: entry.productoId, sku: entry.sku });
+        } catch (error) {
+          if (!(error instanceof StockSourceUnavailableError)) throw error;
+          return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
+        }
+        if (!reading.found) return { kind: "failed", reason: "stock_unknown", error: reading.reason };
+        pos.set(tiendaId, reading.quantity);
+      }
+    }
+    let conflicts = 0;
+    for (let attempt = 0; attempt < VERSION_TRIES; attempt++) {
+      const read = await readUserProductStock(this.options.client, upId, signal);
+      if (read.kind !== "ok") return this.#problem(read, entry);
+      const stock = read.data;
+      if (onlyInFull(stock)) {
+        return {
+          kind: "failed",
+          reason: "fulfillment_listing",
+          error: `user product ${upId} (${itemKey(entry)}) is stocked in MercadoLibre Full (meli_facility) ` +
+            "only: MercadoLibre manages that stock, so the POS cannot set it",
+        };
+      }
+      const targets: LocationTarget[] = mapped.map(([tiendaId, location]) => ({
+        location,
+        quantity: Math.max(
+          0,
+          mode === "mirror" ? pos.get(tiendaId)! : quantityAt(stock, location) + entry.storeDeltas![tiendaId],
+        ),
+      }));
+      if (targets.length === 0) {
+        return { kind: "applied", quantityAfter: null, detail: { nothing_to_write: true } };
+      }
+      let put = await writeUserProductStock(this.options.client, upId, stock.version, targets, signal);
+      if (put.kind === "unavailable" && mode === "delta") {
+        // Did it land? The version tells: unchanged, it did not (send again, still compare-and-set).
+        const after = await readUserProductStock(this.options.client, upId, signal);
+        if (after.kind === "ok" && after.data.version === stock.version) continue;
+        if (after.kind === "ok" && targets.every((t) => quantityAt(after.data, t.location) === t.quantity)) {
+          put = {
+            kind: "ok",
+            status: 200,
+            data: { locations: after.data.locations },
+            headers: new Headers(),
+          };
+        } else {
+          return {
+            kind: "failed",
+            reason: OUTCOME_UNKNOWN,
+            error: `MercadoLibre did not answer the stock write of user product ${upId} and its stock ` +
+              `${after.kind === "ok" ? "moved to something else meanwhile" : "could not be read again"}: ` +
+              "check it and resync",
+          };
+        }
+      }
+      if (put.kind === "conflict") {
+        conflicts++;
+        continue;
+      }
+      if (put.kind !== "ok") return this.#problem(put, entry);
+      const shown = { locations: put.data.locations ?? [] };
+      const missed = targets.find((t) => quantityAt(shown, t.location) !== t.quantity);
+      if (missed) {
+        return {
+          kind: "retry",
+          reason: "not_applied",
+          error: `MercadoLibre answered ${put.status} but user product ${upId} shows ` +
+            `${quantityAt(shown, missed.location)} at ${describeLocation(missed.location)}, not the ` +
+            `${missed.quantity} sent`,
+          waitMs: jitter(2_000),
+        };
+      }
+      const detail: Record<string, unknown> = {
+        user_product_id: upId,
+        sent: Object.fromEntries(mapped.map(([tiendaId], i) => [tiendaId, targets[i].quantity])),
+      };
+      if (mode === "delta") {
+        detail.from = Object.fromEntries(mapped.map(([tiendaId, l]) => [tiendaId, quantityAt(stock, l)]));
+      }
+      if (conflicts > 0) detail.version_conflicts = conflicts;
+      return { kind: "applied", quantityAfter: total(shown.locations), detail };
+    }
+    return {
+      kind: "retry",
+      reason: "meli_conflict",
+      error: `user product ${upId}'s stock moved between each read and write (${VERSION_TRIES} x-version ` +
+        "conflicts in a row)",
+      waitMs: jitter(1_000),
+    };
   }
 
   /** After an unanswered PUT: applied (at `to`), "resend" (still at `from`), or undefined (cannot tell yet). */
@@ -493,13 +655,15 @@ export class MeliChannel implements ChannelAdapter {
       batch.changes.forEach((_, i) => decided[i] = seller.outcome);
       return { mode: this.options.mode, entries: [], decided };
     }
-    if (seller.tags.includes("warehouse_management")) {
+    const locations = this.options.locations;
+    if (seller.tags.includes("warehouse_management") && !locations) {
       // MeLi ignores /items stock writes for multi-origin sellers: never report a silent success.
       const outcome: ChangeOutcome = {
         kind: "failed",
-        reason: "multi_origin_unsupported",
+        reason: "multi_origin_unmapped",
         error: "this seller uses multi-origin stock (warehouse_management): MercadoLibre ignores " +
-          "available_quantity writes on /items for it; multi-origin stock is not supported yet",
+          "available_quantity writes on /items for it; map the POS stores to its warehouses with " +
+          'MELI_LOCATIONS ({"<tienda_id>": {"store_id": "…", "network_node_id": "…"}})',
       };
       batch.changes.forEach((_, i) => decided[i] = outcome);
       return { mode: this.options.mode, entries: [], decided };
@@ -514,7 +678,17 @@ export class MeliChannel implements ChannelAdapter {
         continue;
       }
       const { listing } = resolution;
-      if (listing.logisticType === "fulfillment") {
+      if (locations && !locations[change.tiendaId]) {
+        decided[i] = {
+          kind: "failed",
+          reason: "store_unmapped",
+          error: `store ${change.tiendaId} is not in MELI_LOCATIONS: MercadoLibre keeps no stock for it`,
+        };
+        continue;
+      }
+      // With MELI_LOCATIONS the user product's locations tell what is Full's (a listing in Full may
+      // also have the seller's own stock); through /items a Full listing's stock is never the seller's.
+      if (!locations && listing.logisticType === "fulfillment") {
         decided[i] = {
           kind: "failed",
           reason: "fulfillment_listing",
@@ -527,12 +701,17 @@ export class MeliChannel implements ChannelAdapter {
       const entry: PlanEntry = entries.get(key) ?? {
         itemId: listing.itemId,
         variationId: listing.variationId,
+        userProductId: listing.userProductId,
+        ...(locations ? { storeDeltas: {} } : {}),
         sku: change.sku,
         productoId: change.productoId,
         indexes: [],
         delta: 0,
       };
       entry.delta += change.delta;
+      if (entry.storeDeltas) {
+        entry.storeDeltas[change.tiendaId] = (entry.storeDeltas[change.tiendaId] ?? 0) + change.delta;
+      }
       entry.indexes.push(i);
       entry.productoId ??= (change as LogicalChange).productoId;
       entries.set(key, entry);

@@ -23,7 +23,7 @@ export interface MeliError {
 
 /** What a call came to. */
 export type MeliResult<T> =
-  | { kind: "ok"; status: number; data: T }
+  | { kind: "ok"; status: number; data: T; headers: Headers }
   /** No usable token (refresh failing, invalid_grant, token refused): wait, do not fail changes. */
   | { kind: "auth"; error: string; permanent: boolean }
   /** Still 429 after the retries here. */
@@ -54,6 +54,8 @@ export interface MeliRequest {
   operation: string;
   query?: Record<string, string>;
   body?: unknown;
+  /** Extra request headers (`x-version` of a user product's stock write). */
+  headers?: Record<string, string>;
   signal?: AbortSignal;
 }
 
@@ -132,6 +134,7 @@ export class MeliClient {
             authorization: `Bearer ${token}`,
             accept: "application/json",
             ...(request.body === undefined ? {} : { "content-type": "application/json" }),
+            ...request.headers,
           },
           body: request.body === undefined ? undefined : JSON.stringify(request.body),
           signal: request.signal ? AbortSignal.any([timeout, request.signal]) : timeout,
@@ -150,7 +153,7 @@ export class MeliClient {
           const data = JSON.parse(text) as T;
           count("ok");
           tokens.accepted?.();
-          return { kind: "ok", status: response.status, data };
+          return { kind: "ok", status: response.status, data, headers: response.headers };
         } catch {
           count("bad_response");
           return { kind: "unavailable", error: `HTTP ${response.status} with a body that is not JSON` };

@@ -3,7 +3,9 @@
  * memory and in the ledger's `listing` table: the seller's items searched by
  * `seller_sku`, then each item read with `include_attributes=all` so the
  * variations' SELLER_SKU attribute is visible. Exactly one item or variation
- * must carry the SKU, or the change fails `sku_not_found` / `sku_ambiguous`.
+ * must carry the SKU, or the change fails `sku_not_found` / `sku_ambiguous` — except
+ * that several items selling one user product (`user_product_id`: one physical
+ * product, shared stock) are one listing, which the first of them stands for.
  */
 import type { Sql } from "postgres";
 import type { ChangeOutcome } from "../../model/batch.ts";
@@ -17,6 +19,11 @@ export interface MeliListing {
   variationId: number | null;
   /** `shipping.logistic_type` when resolved ("fulfillment" = MeLi Full). */
   logisticType: string | null;
+  /**
+   * The user product the item (or variation) sells; its items share its stock. Null when
+   * MeLi did not say (or the ledger row predates it).
+   */
+  userProductId: string | null;
 }
 
 /** The seller behind the token. */
@@ -48,11 +55,15 @@ export interface MeliItem {
   seller_custom_field?: string | null;
   shipping?: { logistic_type?: string | null };
   attributes?: Attribute[];
+  /** The user product of an item without variations. */
+  user_product_id?: string | null;
   variations?: {
     id: number;
     available_quantity: number;
     seller_custom_field?: string | null;
     attributes?: Attribute[];
+    /** Each variation is a user product of its own. */
+    user_product_id?: string | null;
   }[];
 }
 
@@ -83,13 +94,18 @@ export function itemListings(item: MeliItem): ItemListing[] {
   if (item.variations && item.variations.length > 0) {
     return item.variations.map((v) => ({
       sku: sellerSku(v.attributes, v.seller_custom_field),
-      listing: { itemId: item.id, variationId: v.id, logisticType },
+      listing: { itemId: item.id, variationId: v.id, logisticType, userProductId: v.user_product_id ?? null },
       quantity: v.available_quantity,
     }));
   }
   return [{
     sku: sellerSku(item.attributes, item.seller_custom_field),
-    listing: { itemId: item.id, variationId: null, logisticType },
+    listing: {
+      itemId: item.id,
+      variationId: null,
+      logisticType,
+      userProductId: item.user_product_id ?? null,
+    },
     quantity: item.available_quantity,
   }];
 }
@@ -157,7 +173,12 @@ export class MeliListings {
     const out = new Map<string, MeliResolution>(known);
     if (unknown.length === 0) return out;
     const rows = await this.sql<
-      { sku: string; external_id: string; variant_id: string | null; data: { logistic_type?: string } }[]
+      {
+        sku: string;
+        external_id: string;
+        variant_id: string | null;
+        data: { logistic_type?: string; user_product_id?: string };
+      }[]
     >`
       select sku, external_id, variant_id, data from listing
        where channel = 'mercadolibre' and sku = any(${unknown})`;
@@ -166,6 +187,7 @@ export class MeliListings {
         itemId: row.external_id,
         variationId: row.variant_id === null ? null : Number(row.variant_id),
         logisticType: row.data?.logistic_type ?? null,
+        userProductId: row.data?.user_product_id ?? null,
       };
       this.#cache.remember(row.sku, listing);
       out.set(row.sku, { ok: true, listing });
@@ -233,9 +255,13 @@ export class MeliListings {
 
   /** Picks the one item or variation carrying `sku`, and caches the answer. */
   async #match(sku: string, candidates: MeliItem[]): Promise<MeliResolution> {
-    const matches = candidates.flatMap((item) =>
+    const all = candidates.flatMap((item) =>
       itemListings(item).filter((l) => l.sku === sku).map((l) => l.listing)
     );
+    // Items of one user product are one listing (MeLi copies stock among them): the first stands for it.
+    const family = all.length > 1 && all[0].userProductId !== null &&
+      all.every((l) => l.userProductId === all[0].userProductId);
+    const matches = family ? [[...all].sort((a, b) => a.itemId < b.itemId ? -1 : 1)[0]] : all;
     if (matches.length !== 1) {
       const outcome: ChangeOutcome = matches.length === 0
         ? {
@@ -258,7 +284,9 @@ export class MeliListings {
       insert into listing (channel, sku, external_id, variant_id, data)
       values ('mercadolibre', ${sku}, ${listing.itemId},
               ${listing.variationId === null ? null : String(listing.variationId)},
-              ${this.sql.json({ logistic_type: listing.logisticType })})
+              ${
+      this.sql.json({ logistic_type: listing.logisticType, user_product_id: listing.userProductId })
+    })
       on conflict (channel, sku) do update
         set external_id = excluded.external_id, variant_id = excluded.variant_id, data = excluded.data,
             resolved_at = now()`;

@@ -5,7 +5,7 @@
  * through Redis, the client, the dispatcher adapter, resync's stock reader/writer
  * and the status probe.
  */
-import { meliConfigured } from "../../config.ts";
+import { meliConfigured, type MeliLocation } from "../../config.ts";
 import { resolveRule } from "../../model/stock_rule.ts";
 import { logger } from "../../log.ts";
 import type { MeliSandbox } from "../../sandbox/mercadolibre/sandbox.ts";
@@ -28,13 +28,39 @@ export interface MeliPlug extends ChannelPlug {
 
 /**
  * The store whose stock MeLi mirrors: MELI_TIENDA_ID, or in sandbox mode the
- * catalog's first store. Undefined in delta mode without MELI_TIENDA_ID (every store).
+ * catalog's first store. Undefined in delta mode without MELI_TIENDA_ID (every store),
+ * and with MELI_LOCATIONS (each mapped store has its own location).
  */
 export async function mirroredStore(context: Pick<PlugContext, "config" | "sandboxCatalog">) {
   const { config } = context;
   if (config.MELI_TIENDA_ID) return config.MELI_TIENDA_ID;
-  if (config.MELI_MODE === "delta" || meliConfigured(config)) return undefined;
+  if (config.MELI_LOCATIONS || config.MELI_MODE === "delta" || meliConfigured(config)) return undefined;
   return (await context.sandboxCatalog()).stores[0].tienda_id;
+}
+
+/** The stores whose sales reach MeLi: MELI_LOCATIONS' stores, else the mirrored one; undefined: every store. */
+export async function meliStores(context: Pick<PlugContext, "config" | "sandboxCatalog">) {
+  const locations = context.config.MELI_LOCATIONS;
+  if (locations) return Object.keys(locations);
+  const store = await mirroredStore(context);
+  return store === undefined ? undefined : [store];
+}
+
+/**
+ * The built-in sandbox's seller for MELI_LOCATIONS: multi-origin with those warehouses
+ * when they are seller warehouses, seeded from the first mapped store otherwise.
+ */
+function sandboxSeller(locations: Record<string, MeliLocation> | undefined) {
+  if (!locations) return {};
+  const warehouses = Object.entries(locations).flatMap(([tienda_id, l]) =>
+    l.type === "seller_warehouse"
+      ? [{ tienda_id, store_id: l.storeId, network_node_id: l.networkNodeId }]
+      : []
+  );
+  return {
+    tiendaId: Object.keys(locations)[0],
+    ...(warehouses.length ? { userTags: ["normal", "warehouse_management"], warehouses } : {}),
+  };
 }
 
 /** Builds the MercadoLibre channel: the real API when configured, else the built-in sandbox. */
@@ -64,6 +90,7 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
       port: config.SANDBOX_MELI_PORT,
       catalog: await context.sandboxCatalog(),
       tiendaId,
+      ...sandboxSeller(config.MELI_LOCATIONS),
       accessTokenTtlSeconds: config.SANDBOX_MELI_TOKEN_TTL,
     });
     baseUrl = sandbox.url;
@@ -99,6 +126,7 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
     locks,
     mode: config.MELI_MODE,
     tiendaId,
+    locations: config.MELI_LOCATIONS,
     reactivate: config.MELI_REACTIVATE,
     batchSize: config.MELI_BATCH_SIZE,
     doubts: new InDoubtMarks(redis, `marketplace-sync:doubt:mercadolibre:${host}:`),
@@ -136,6 +164,6 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
 /** MercadoLibre as the root plugs it in. */
 export const mercadolibre: ChannelPlugin<MeliPlug> = {
   name: "mercadolibre",
-  onlyStore: mirroredStore,
+  onlyStores: meliStores,
   plug: plugMercadoLibre,
 };

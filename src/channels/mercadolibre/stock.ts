@@ -87,7 +87,9 @@ export class MeliStock implements ChannelStock {
     retarget?: () => Promise<number | undefined>,
   ): Promise<StockWrite> {
     const listing = read.ref as MeliListing;
-    const key = listing.variationId === null ? listing.itemId : `${listing.itemId}/${listing.variationId}`;
+    // The live channel's lock key: the user product when known (its items share one stock).
+    const key = listing.userProductId ??
+      (listing.variationId === null ? listing.itemId : `${listing.itemId}/${listing.variationId}`);
     const path = listing.variationId === null
       ? `/items/${encodeURIComponent(listing.itemId)}`
       : `/items/${encodeURIComponent(listing.itemId)}/variations/${listing.variationId}`;

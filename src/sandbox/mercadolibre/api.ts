@@ -2,7 +2,9 @@
  * Routes of the MercadoLibre sandbox's API (everything but `/oauth/token` and the
  * control endpoints), once the request got past latency, rate limit, auth and
  * injected errors: users, the seller's item search (by SKU, paged by offset, or a scan
- * followed by scroll id over the whole account), items and variations.
+ * followed by scroll id over the whole account), items and variations, and user
+ * products' stock (`GET /user-products/{id}/stock`, `PUT …/stock/type/{type}`; the rules
+ * are in user_products.ts).
  *
  * Writes are planned (validated against the item) before the write faults are drawn,
  * so an injected 409 or ignored write is only ever a write that would have applied.
@@ -22,6 +24,14 @@ import {
 import type { ItemState, MeliItems } from "./items.ts";
 import type { Scrolls } from "./scrolls.ts";
 import {
+  applyStockWrite,
+  parseStockWrite,
+  parseVersion,
+  renderStock,
+  type UserProductState,
+  VERSION_MISMATCH_BODY,
+} from "./user_products.ts";
+import {
   parseItemPatch,
   parseVariationPatch,
   type Plan,
@@ -37,6 +47,8 @@ export interface Answer {
   invalid?: boolean;
   /** What the request log records as `error` (MeLi's `error` otherwise). */
   note?: string;
+  /** Response headers (`x-version` of a user product's stock). */
+  headers?: Record<string, string>;
 }
 
 /** What the routes need from the sandbox. */
@@ -55,6 +67,10 @@ export interface ApiContext {
   onStockApplied(keys: string[]): void;
   /** A write whose stock part a multi-origin account ignored. */
   onStockIgnored(itemId: string): void;
+  /** A user product's stock was read (the race hook may move it right after). */
+  onUserProductRead(up: UserProductState): void;
+  /** A user product's stock was written through `/user-products/{id}/stock/type/…`. */
+  onUserProductWritten(up: UserProductState): void;
 }
 
 /** A request as routes see it. */
@@ -62,6 +78,7 @@ export interface ApiRequest {
   params: string[];
   query: URLSearchParams;
   body: unknown;
+  headers: Headers;
 }
 
 /** A route's handler. */
@@ -270,7 +287,44 @@ const putVariation: Handler = (ctx, { params: [id, vid], body }) => {
   return write(ctx, item.id, plan, () => ctx.items.renderVariation(variation, false));
 };
 
+function userProductOr404(ctx: ApiContext, id: string): UserProductState | Answer {
+  const up = ctx.items.userProduct(id);
+  if (!up) return { status: 404, body: meliError(404, "not_found", `User product with id ${id} not found`) };
+  return up.sellerId === ctx.userId ? up : { status: 403, body: FORBIDDEN_BODY };
+}
+
+function isUserProduct(x: UserProductState | Answer): x is UserProductState {
+  return "members" in x;
+}
+
+const getStock: Handler = (ctx, { params: [id] }) => {
+  const up = userProductOr404(ctx, id);
+  if (!isUserProduct(up)) return up;
+  const answer = { status: 200, body: renderStock(up), headers: { "x-version": String(up.version) } };
+  ctx.onUserProductRead(up);
+  return answer;
+};
+
+const putStock: Handler = (ctx, { params: [id, type], body, headers }) => {
+  const up = userProductOr404(ctx, id);
+  if (!isUserProduct(up)) return up;
+  const version = parseVersion(headers.get("x-version"));
+  if (isFailure(version)) return fromFailure(version);
+  const warehouses = multiOrigin(ctx) ? ctx.items.warehouses ?? [] : null;
+  const write = parseStockWrite(up, type, body, warehouses);
+  if (isFailure(write)) return fromFailure(write);
+  if (version !== up.version) return { status: 409, body: VERSION_MISMATCH_BODY };
+  if (ctx.conflict()) return { status: 409, body: VERSION_MISMATCH_BODY, note: "injected_conflict" };
+  applyStockWrite(up, write, warehouses);
+  ctx.items.propagate(up);
+  ctx.onUserProductWritten(up);
+  if (ctx.lostResponse()) return { status: 502, body: serverErrorBody(502), note: "injected_lost_response" };
+  return ok({ user_id: up.sellerId, product_release_date: null, ...renderStock(up) });
+};
+
 const ROUTES: [RegExp, Partial<Record<string, Handler>>][] = [
+  [/^\/user-products\/([^/]+)\/stock$/, { GET: getStock }],
+  [/^\/user-products\/([^/]+)\/stock\/type\/([^/]+)$/, { PUT: putStock }],
   [/^\/users\/([^/]+)$/, {
     GET: (ctx, { params: [id] }) => ownUser(ctx, id) ? ok(user(ctx)) : { status: 403, body: FORBIDDEN_BODY },
   }],

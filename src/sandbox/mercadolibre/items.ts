@@ -13,8 +13,20 @@
  * more stock does not reactivate it, a `status: active` update does (only with stock);
  * closed is final. Other sellers' items (seeded from their own catalogs) can be read
  * through `/items` like any item, but never appear in our seller's search.
+ *
+ * Every item without variations, and every variation, sells a user product
+ * (user_products.ts) whose stock locations it shows the total of; a product with
+ * `meli_items: n` is sold by n items of one user product, which share its stock.
  */
 import type { Catalog } from "../catalog.ts";
+import {
+  changeTotal,
+  type SellerWarehouse,
+  type StockLocation,
+  totalOf,
+  type UserProductMember,
+  type UserProductState,
+} from "./user_products.ts";
 
 /** Item statuses MeLi reports. */
 export const ITEM_STATUSES = ["active", "paused", "closed", "under_review", "inactive"] as const;
@@ -28,6 +40,10 @@ export interface MeliListing {
   itemId: string;
   /** null when the item has no variations. */
   variationId: number | null;
+  /** The user product; every item of `itemIds` sells it. */
+  userProductId: string;
+  /** Every item selling the product (`itemId` is the first). */
+  itemIds: string[];
 }
 
 /** A MeLi attribute as items carry it. */
@@ -51,6 +67,7 @@ export interface VariationState {
   attributes: MeliAttribute[];
   /** Removed by a `PUT /items/{id}` whose `variations` left it out (MeLi deletes those). */
   deleted: boolean;
+  userProductId: string;
 }
 
 /** An item in the store. */
@@ -72,6 +89,8 @@ export interface ItemState {
   /** Empty for an item without variations. */
   variations: VariationState[];
   hasVariations: boolean;
+  /** The item's user product; null for an item with variations (each variation has its own). */
+  userProductId: string | null;
   dateCreated: string;
   lastUpdated: string;
 }
@@ -79,6 +98,7 @@ export interface ItemState {
 // Ids look like MeLi's (MLA + 10 digits, 12-digit variation ids) and are stable for a catalog.
 const ITEM_BASE = 1_420_000_000;
 const VARIATION_BASE = 180_000_000_000;
+const USER_PRODUCT_BASE = 2_000_000_000;
 
 /** An attribute with a free-text value. */
 export function textAttribute(id: string, name: string, value: string): MeliAttribute {
@@ -133,6 +153,7 @@ export class MeliItems {
   readonly listings: readonly MeliListing[];
   #items = new Map<string, ItemState>();
   #byProduct = new Map<string, { item: ItemState; variation: VariationState | null }>();
+  #userProducts = new Map<string, UserProductState>();
   /** Products seeded so far, across sellers: variation ids stay unique. */
   #seeded = 0;
 
@@ -142,6 +163,8 @@ export class MeliItems {
     readonly sellerId: number,
     readonly now: () => number,
     others: readonly OtherSeller[] = [],
+    /** Our seller's stores when it is multi-origin (`warehouse_management`); null: single origin. */
+    readonly warehouses: readonly SellerWarehouse[] | null = null,
   ) {
     this.listings = this.#seed(catalog, tiendaId, sellerId);
     for (const other of others) {
@@ -170,42 +193,130 @@ export class MeliItems {
     const ours = sellerId === this.sellerId;
     const listings: MeliListing[] = [];
     const productIndex = new Map(catalog.products.map((p, i) => [p.producto_id, this.#seeded + i]));
-    const firstItem = this.#items.size;
-    order.forEach((group, g) => {
-      const i = firstItem + g;
-      const id = `MLA${ITEM_BASE + i + 1}`;
-      const price = 5000 + ((i * 7919) % 40) * 500;
-      const quantity = (p: Catalog["products"][number]) => Math.max(0, p.stock[tiendaId] ?? 0);
+    order.forEach((group) => {
       const hasVariations = group[0].meli_item !== undefined;
-      const prefix = hasVariations ? commonWords(group.map((p) => p.title)) : "";
-      const variations: VariationState[] = hasVariations
-        ? group.map((p) => ({
-          id: VARIATION_BASE + productIndex.get(p.producto_id)! + 1,
+      const copies = hasVariations ? 1 : group[0].meli_items ?? 1;
+      const logisticType = group.find((p) => p.meli_logistic_type)?.meli_logistic_type ?? "cross_docking";
+      const locationsOf = (p: Catalog["products"][number]) =>
+        this.#seedLocations(p, tiendaId, logisticType === "fulfillment", ours);
+      const items = Array.from(
+        { length: copies },
+        () => this.#seedItem(group, locationsOf, logisticType, productIndex, sellerId, created),
+      );
+      const item = items[0];
+      if (!ours) return;
+      group.forEach((p, j) => {
+        const variation = hasVariations ? item.variations[j] : null;
+        this.#byProduct.set(p.producto_id, { item, variation });
+        listings.push({
+          sku: p.sku,
           productoId: p.producto_id,
-          price,
-          availableQuantity: quantity(p),
-          soldQuantity: 0,
-          sellerCustomField: null,
-          attributeCombinations: [
-            textAttribute("SIZE", "Talle", p.title.slice(prefix.length).trim() || p.sku),
-          ],
-          attributes: [sellerSkuAttribute(p.sku)],
-          deleted: false,
-        }))
-        : [];
-      const total = hasVariations
-        ? variations.reduce((s, v) => s + v.availableQuantity, 0)
-        : quantity(group[0]);
-      // Item-level fields a catalog may set on any of the item's products (they agree).
-      const status = group.find((p) => p.meli_status)?.meli_status ?? (total > 0 ? "active" : "paused");
-      const item: ItemState = {
+          itemId: item.id,
+          variationId: variation?.id ?? null,
+          userProductId: variation?.userProductId ?? item.userProductId!,
+          itemIds: items.map((i) => i.id),
+        });
+      });
+    });
+    this.#seeded += catalog.products.length;
+    return listings;
+  }
+
+  /** Where a product's stock is at start: Full's warehouse, the seller's stores, or its one origin. */
+  #seedLocations(
+    p: Catalog["products"][number],
+    tiendaId: string,
+    full: boolean,
+    ours: boolean,
+  ): StockLocation[] {
+    const at = (tienda: string) => Math.max(0, p.stock[tienda] ?? 0);
+    if (full) return [{ type: "meli_facility", quantity: at(tiendaId) }];
+    if (ours && this.warehouses) {
+      return this.warehouses.map((w) => ({
+        type: "seller_warehouse",
+        quantity: at(w.tiendaId),
+        storeId: w.storeId,
+        networkNodeId: w.networkNodeId,
+      }));
+    }
+    return [{ type: "selling_address", quantity: at(tiendaId) }];
+  }
+
+  /** A user product for a listing, or the one an earlier copy of the listing made. */
+  #userProduct(key: string, sellerId: number, locations: () => StockLocation[], member: UserProductMember) {
+    let up = this.#userProducts.get(key);
+    if (!up) {
+      up = {
+        id: `MLAU${USER_PRODUCT_BASE + this.#userProducts.size + 1}`,
+        sellerId,
+        version: 1,
+        locations: locations(),
+        members: [],
+      };
+      this.#userProducts.set(key, up);
+      this.#userProducts.set(up.id, up);
+    }
+    up.members.push(member);
+    return up;
+  }
+
+  /** One item of a group (a product, or the products of one item's variations). */
+  #seedItem(
+    group: Catalog["products"],
+    locationsOf: (p: Catalog["products"][number]) => StockLocation[],
+    logisticType: string,
+    productIndex: Map<string, number>,
+    sellerId: number,
+    created: string,
+  ): ItemState {
+    const i = this.#items.size;
+    const id = `MLA${ITEM_BASE + i + 1}`;
+    const price = 5000 + ((i * 7919) % 40) * 500;
+    const hasVariations = group[0].meli_item !== undefined;
+    const prefix = hasVariations ? commonWords(group.map((p) => p.title)) : "";
+    const variations: VariationState[] = hasVariations
+      ? group.map((p) => ({
+        id: VARIATION_BASE + productIndex.get(p.producto_id)! + 1,
+        productoId: p.producto_id,
+        price,
+        availableQuantity: 0,
+        soldQuantity: 0,
+        sellerCustomField: null,
+        attributeCombinations: [
+          textAttribute("SIZE", "Talle", p.title.slice(prefix.length).trim() || p.sku),
+        ],
+        attributes: [sellerSkuAttribute(p.sku)],
+        deleted: false,
+        userProductId: "",
+      }))
+      : [];
+    // User products are keyed by producto_id, so the copies of a product share one.
+    const key = (p: Catalog["products"][number]) => `${sellerId}:${p.producto_id}`;
+    const item = { variations } as ItemState;
+    variations.forEach((v, j) => {
+      const up = this.#userProduct(key(group[j]), sellerId, () => locationsOf(group[j]), {
+        item,
+        variation: v,
+      });
+      v.userProductId = up.id;
+      v.availableQuantity = totalOf(up);
+    });
+    const own = hasVariations
+      ? null
+      : this.#userProduct(key(group[0]), sellerId, () => locationsOf(group[0]), { item, variation: null });
+    const total = own ? totalOf(own) : variations.reduce((s, v) => s + v.availableQuantity, 0);
+    // Item-level fields a catalog may set on any of the item's products (they agree).
+    const status = group.find((p) => p.meli_status)?.meli_status ?? (total > 0 ? "active" : "paused");
+    Object.assign(
+      item,
+      {
         id,
         sellerId,
         title: hasVariations ? prefix || group[0].meli_item! : group[0].title,
         price,
         status,
         subStatus: status === "paused" && total === 0 ? ["out_of_stock"] : [],
-        logisticType: group.find((p) => p.meli_logistic_type)?.meli_logistic_type ?? "cross_docking",
+        logisticType,
         availableQuantity: hasVariations ? 0 : total,
         soldQuantity: 0,
         initialQuantity: total,
@@ -215,24 +326,54 @@ export class MeliItems {
         ],
         variations,
         hasVariations,
+        userProductId: own?.id ?? null,
         dateCreated: created,
         lastUpdated: created,
-      };
-      this.#items.set(id, item);
-      if (!ours) return;
-      group.forEach((p, j) => {
-        const variation = hasVariations ? variations[j] : null;
-        this.#byProduct.set(p.producto_id, { item, variation });
-        listings.push({
-          sku: p.sku,
-          productoId: p.producto_id,
-          itemId: id,
-          variationId: variation?.id ?? null,
-        });
-      });
-    });
-    this.#seeded += catalog.products.length;
-    return listings;
+      } satisfies ItemState,
+    );
+    this.#items.set(id, item);
+    return item;
+  }
+
+  /** A user product by id. */
+  userProduct(id: string): UserProductState | undefined {
+    const up = this.#userProducts.get(id);
+    return up?.id === id ? up : undefined;
+  }
+
+  /** Every user product, in id order. */
+  userProducts(): UserProductState[] {
+    return [...new Set(this.#userProducts.values())];
+  }
+
+  /** The user product an item (or one of its variations) sells. */
+  userProductOf(item: ItemState, variation: VariationState | null): UserProductState {
+    return this.userProduct(variation?.userProductId ?? item.userProductId!)!;
+  }
+
+  /** Every member shows the user product's total again; MeLi's status rules follow. */
+  propagate(up: UserProductState): void {
+    const total = totalOf(up);
+    const stamp = new Date(this.now()).toISOString();
+    for (const { item, variation } of up.members) {
+      (variation ?? item).availableQuantity = total;
+      item.lastUpdated = stamp;
+      this.applyStockRules(item);
+    }
+  }
+
+  /**
+   * An `/items` stock write landed on one member (single-origin seller): the user
+   * product's own location takes it and every sibling item shows it.
+   */
+  stockWritten(item: ItemState, variation: VariationState | null): void {
+    const up = this.userProductOf(item, variation);
+    const quantity = (variation ?? item).availableQuantity;
+    const own = up.locations.find((l) => l.type !== "meli_facility") ?? up.locations[0];
+    const others = totalOf(up) - own.quantity;
+    own.quantity = Math.max(0, quantity - others);
+    up.version++;
+    this.propagate(up);
   }
 
   /** The item with this id, if any. */
@@ -302,11 +443,32 @@ export class MeliItems {
     const target = found.variation ?? found.item;
     if (found.variation?.deleted) throw new Error(`variation of ${productoId} was deleted`);
     const sold = Math.max(0, target.availableQuantity - quantity);
-    target.availableQuantity = quantity;
     target.soldQuantity += sold;
     if (found.variation) found.item.soldQuantity += sold;
-    found.item.lastUpdated = new Date(this.now()).toISOString();
-    this.applyStockRules(found.item);
+    const up = this.userProductOf(found.item, found.variation);
+    changeTotal(up, quantity);
+    this.propagate(up);
+  }
+
+  /**
+   * A MeLi-side change at one location of a user product (a sale shipped from it, an
+   * edit on the site): the version moves, as it does on MeLi.
+   */
+  setLocationQuantity(
+    userProductId: string,
+    location: { type: string; storeId?: string },
+    quantity: number,
+  ): void {
+    if (!Number.isInteger(quantity) || quantity < 0) {
+      throw new RangeError(`quantity must be an integer >= 0, got ${quantity}`);
+    }
+    const up = this.userProduct(userProductId);
+    if (!up) throw new Error(`no user product ${userProductId}`);
+    const at = up.locations.find((l) => l.type === location.type && l.storeId === location.storeId);
+    if (!at) throw new Error(`user product ${userProductId} has no location ${JSON.stringify(location)}`);
+    at.quantity = quantity;
+    up.version++;
+    this.propagate(up);
   }
 
   /** Changes what MeLi decides (moderation, Full); for tests. */
@@ -320,8 +482,35 @@ export class MeliItems {
       item.status = patch.status as ItemStatus;
     }
     if (patch.sub_status !== undefined) item.subStatus = [...patch.sub_status];
-    if (patch.logistic_type !== undefined) item.logisticType = patch.logistic_type;
+    if (patch.logistic_type !== undefined && patch.logistic_type !== item.logisticType) {
+      const toFull = patch.logistic_type === "fulfillment";
+      const fromFull = item.logisticType === "fulfillment";
+      item.logisticType = patch.logistic_type;
+      // The stock moves with the logistics: into Full's warehouse, or back to the seller.
+      if (toFull || fromFull) { for (const up of this.#userProductsOfItem(item)) this.#relocate(up, toFull); }
+    }
     item.lastUpdated = new Date(this.now()).toISOString();
+  }
+
+  #userProductsOfItem(item: ItemState): UserProductState[] {
+    return item.hasVariations
+      ? item.variations.map((v) => this.userProduct(v.userProductId)!)
+      : [this.userProduct(item.userProductId!)!];
+  }
+
+  /** All of a user product's stock moved into Full (or out of it, to the seller's first location). */
+  #relocate(up: UserProductState, toFull: boolean): void {
+    const total = totalOf(up);
+    if (toFull) up.locations = [{ type: "meli_facility", quantity: total }];
+    else if (this.warehouses && up.sellerId === this.sellerId) {
+      up.locations = this.warehouses.map((w, i) => ({
+        type: "seller_warehouse",
+        quantity: i === 0 ? total : 0,
+        storeId: w.storeId,
+        networkNodeId: w.networkNodeId,
+      }));
+    } else up.locations = [{ type: "selling_address", quantity: total }];
+    up.version++;
   }
 
   /** A variation as `/items/{id}` lists it; its attributes only with `include_attributes=all`. */
@@ -336,6 +525,7 @@ export class MeliItems {
       picture_ids: [],
       seller_custom_field: v.sellerCustomField,
       catalog_product_id: null,
+      user_product_id: v.userProductId,
       ...(includeAttributes ? { attributes: v.attributes.map(renderAttribute) } : {}),
     };
   }
@@ -349,6 +539,7 @@ export class MeliItems {
       title: item.title,
       seller_id: item.sellerId,
       category_id: "MLA109027",
+      user_product_id: item.userProductId,
       official_store_id: null,
       price: item.price,
       base_price: item.price,

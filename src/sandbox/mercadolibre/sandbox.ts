@@ -8,15 +8,18 @@
  * Retry-After), item updates are validated field by field (unknown fields, types,
  * item-level stock on an item with variations) and follow MeLi's item rules (paused
  * at 0 stock, closed is final, under review is frozen, Full owns the stock,
- * multi-origin sellers' stock updates are ignored), with MeLi's error bodies.
+ * multi-origin sellers' `/items` stock updates are ignored), with MeLi's error bodies.
+ * Items sell user products whose stock locations carry an `x-version` (user_products.ts).
  *
  * Routes: `POST /oauth/token`; `GET /users/me`, `GET /users/{id}`,
  * `GET /users/{id}/items/search` (`seller_sku`, `status`, `limit`, `offset` up to 1,000, or
  * `search_type=scan` and `scroll_id`); `GET /items?ids=` (20 at most), `GET|PUT /items/{id}`,
- * `GET /items/{id}/variations`, `GET|PUT /items/{id}/variations/{vid}`. Control (no
+ * `GET /items/{id}/variations`, `GET|PUT /items/{id}/variations/{vid}`,
+ * `GET /user-products/{id}/stock`, `PUT /user-products/{id}/stock/type/{type}`. Control (no
  * auth; the sandbox only listens on 127.0.0.1): `GET /__sandbox/state`,
  * `GET|POST /__sandbox/faults`, `POST /__sandbox/authorize|revoke|expire-tokens|expire-scrolls`,
- * `POST /__sandbox/items/{id}` (`status`, `sub_status`, `logistic_type`: what MeLi decides).
+ * `POST /__sandbox/items/{id}` (`status`, `sub_status`, `logistic_type`: what MeLi decides),
+ * `POST /__sandbox/user-products/{id}/race` (`{type, store_id?, quantity}`: see raceStockWrite).
  *
  * Run alone: `deno task sandbox:meli` (env: SANDBOX_MELI_PORT, SANDBOX_CATALOG,
  * SANDBOX_SEED); it prints the MELI_* settings that point the service at it.
@@ -29,6 +32,7 @@ import { type Answer, type ApiContext, route } from "./api.ts";
 import { itemNotFound, meliError, oauthError, serverErrorBody, TOO_MANY_REQUESTS_BODY } from "./errors.ts";
 import { MeliItems } from "./items.ts";
 import { Scrolls } from "./scrolls.ts";
+import { renderStock } from "./user_products.ts";
 import { seededRandom } from "../prng.ts";
 import type {
   MeliFaults,
@@ -36,6 +40,7 @@ import type {
   MeliSandbox,
   MeliSandboxOptions,
   MeliSandboxStats,
+  MeliUserProductStock,
 } from "./types.ts";
 import { logger, setupLogging } from "../../log.ts";
 
@@ -46,6 +51,8 @@ export type {
   MeliSandbox,
   MeliSandboxOptions,
   MeliSandboxStats,
+  MeliUserProductStock,
+  MeliWarehouseOption,
   OtherSeller,
 } from "./types.ts";
 
@@ -87,6 +94,13 @@ function describe(e: unknown): string {
     ? e.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ")
     : `body: ${e instanceof Error ? e.message : String(e)}`;
 }
+
+// What `POST /__sandbox/user-products/{id}/race` takes: the location a sale moves, and to what.
+const raceSchema = z.object({
+  type: z.string().min(1),
+  store_id: z.string().min(1).optional(),
+  quantity: z.number().int().min(0),
+}).strict();
 
 const LOG_CAP = 10_000;
 const OAUTH_PARAMS = ["grant_type", "client_id", "client_secret", "refresh_token", "code"];
@@ -135,7 +149,19 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
   });
   const others = options.otherSellers ?? [];
   if (others.some((o) => o.userId === userId)) throw new Error("otherSellers must not include the seller");
-  const items = new MeliItems(catalog, tiendaId, userId, now, others);
+  const warehouses = userTags.includes("warehouse_management")
+    ? (options.warehouses ?? [{ store_id: "1001", network_node_id: "MLA1001", tienda_id: tiendaId }]).map(
+      (w) => {
+        if (!catalog.stores.some((s) => s.tienda_id === w.tienda_id)) {
+          throw new Error(`warehouse ${w.store_id}: unknown tienda_id ${w.tienda_id}`);
+        }
+        return { storeId: w.store_id, networkNodeId: w.network_node_id, tiendaId: w.tienda_id };
+      },
+    )
+    : null;
+  const items = new MeliItems(catalog, tiendaId, userId, now, others, warehouses);
+  /** Armed races: user product id → the MeLi-side change to make after its next stock read. */
+  const races = new Map<string, { location: { type: string; storeId?: string }; quantity: number }>();
   const scrolls = new Scrolls(now);
   const perSecond = options.ratePerSecond ?? 50;
   const bucket = new LeakyBucket({ maximumAvailable: perSecond, restoreRate: perSecond }, now);
@@ -155,6 +181,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     refreshFailures: 0,
     puts: 0,
     putsByListing: {},
+    putsByUserProduct: {},
   };
   const requestLog: MeliRequestRecord[] = [];
   const invalidLog: MeliRequestRecord[] = [];
@@ -184,7 +211,24 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     staleAnswer: () => counted(draw(faults.staleAnswerRate), "staleAnswers"),
     onStockApplied: (keys) => {
       stats.puts++;
-      for (const k of keys) stats.putsByListing[k] = (stats.putsByListing[k] ?? 0) + 1;
+      for (const k of keys) {
+        stats.putsByListing[k] = (stats.putsByListing[k] ?? 0) + 1;
+        const [itemId, vid] = k.split("/");
+        const item = items.get(itemId)!;
+        const up = items.userProductOf(item, vid ? item.variations.find((v) => String(v.id) === vid)! : null);
+        stats.putsByUserProduct[up.id] = (stats.putsByUserProduct[up.id] ?? 0) + 1;
+      }
+    },
+    onUserProductRead: (up) => {
+      const race = races.get(up.id);
+      if (!race) return;
+      races.delete(up.id);
+      items.setLocationQuantity(up.id, race.location, race.quantity);
+      log.info("MercadoLibre sandbox moved {id}'s stock right after a read (armed race)", { id: up.id });
+    },
+    onUserProductWritten: (up) => {
+      stats.puts++;
+      stats.putsByUserProduct[up.id] = (stats.putsByUserProduct[up.id] ?? 0) + 1;
     },
     onStockIgnored: (itemId) =>
       log.warn("MercadoLibre sandbox ignored a stock update of {itemId}: multi-origin seller", { itemId }),
@@ -228,7 +272,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       const status = ([500, 502, 503] as const)[Math.floor(random() * 3)];
       return { status, body: serverErrorBody(status), note: "injected_error" };
     }
-    return routed.handler(ctx, { params: routed.params, query, body });
+    return routed.handler(ctx, { params: routed.params, query, body, headers: req.headers });
   };
 
   const record = (entry: MeliRequestRecord, invalid: boolean) => {
@@ -255,6 +299,12 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
         logistic_type: item.logisticType,
       };
     }),
+    userProducts: items.userProducts().filter((up) => up.sellerId === userId).map((up) => ({
+      id: up.id,
+      version: up.version,
+      locations: renderStock(up).locations,
+      items: [...new Set(up.members.map((m) => m.item.id))],
+    })),
     stats: structuredClone(stats),
     faults,
     liveAccessTokens: auth.liveTokens(),
@@ -295,8 +345,31 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
         return json(400, meliError(400, "bad_request", `invalid item change: ${describe(e)}`));
       }
     }
+    const racePath = path.match(/^\/__sandbox\/user-products\/([^/]+)\/race$/);
+    if (req.method === "POST" && racePath) {
+      try {
+        const id = decodeURIComponent(racePath[1]);
+        if (!items.userProduct(id)) return json(404, meliError(404, "not_found", `No user product ${id}`));
+        const race = raceSchema.parse(await req.json());
+        raceStockWrite(id, { type: race.type, store_id: race.store_id }, race.quantity);
+        return json(200, { armed: true });
+      } catch (e) {
+        return json(400, meliError(400, "bad_request", `invalid race: ${describe(e)}`));
+      }
+    }
     return json(404, meliError(404, "not_found", `Route not found: ${req.method} ${path}`));
   };
+
+  function raceStockWrite(id: string, location: { type: string; store_id?: string }, quantity: number) {
+    const up = items.userProduct(id);
+    if (!up) throw new Error(`no user product ${id}`);
+    const at = { type: location.type, storeId: location.store_id };
+    if (!up.locations.some((l) => l.type === at.type && l.storeId === at.storeId)) {
+      throw new Error(`user product ${id} has no location ${JSON.stringify(location)}`);
+    }
+    if (!Number.isInteger(quantity) || quantity < 0) throw new RangeError(`quantity ${quantity}`);
+    races.set(id, { location: at, quantity });
+  }
 
   const { promise: listening, resolve: onListen } = Promise.withResolvers<void>();
   const server = Deno.serve(
@@ -333,7 +406,11 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
         requestId,
       });
       const allow = (answer as { allow?: string }).allow;
-      return json(answer.status, answer.body, { "x-request-id": requestId, ...(allow ? { allow } : {}) });
+      return json(answer.status, answer.body, {
+        "x-request-id": requestId,
+        ...(allow ? { allow } : {}),
+        ...answer.headers,
+      });
     },
   );
   await listening;
@@ -368,6 +445,15 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       found.variation.deleted = true;
     },
     setQuantity: (productoId, quantity) => items.setQuantity(productoId, quantity),
+    userProductStock: (id) => {
+      const up = items.userProduct(id);
+      return up
+        ? { version: up.version, locations: renderStock(up).locations as MeliUserProductStock["locations"] }
+        : undefined;
+    },
+    setLocationQuantity: (id, location, quantity) =>
+      items.setLocationQuantity(id, { type: location.type, storeId: location.store_id }, quantity),
+    raceStockWrite,
     stats: () => structuredClone(stats),
     requestLog: () => [...requestLog],
     invalidRequests: () => [...invalidLog],

@@ -7,6 +7,20 @@ import type { MeliListing, OtherSeller } from "./items.ts";
 
 export type { MeliListing, OtherSeller } from "./items.ts";
 
+/** A multi-origin seller's store (depósito) as the sandbox seeds it. */
+export interface MeliWarehouseOption {
+  store_id: string;
+  network_node_id: string;
+  /** The catalog store whose stock seeds this warehouse's quantities. */
+  tienda_id: string;
+}
+
+/** A user product's stock as `GET /user-products/{id}/stock` shows it, with its `x-version`. */
+export interface MeliUserProductStock {
+  version: number;
+  locations: { type: string; quantity: number; store_id?: string; network_node_id?: string }[];
+}
+
 /** Faults the sandbox can inject; all off by default. */
 export interface MeliFaults {
   /** Fraction of API requests answered 500/502/503 before anything is applied. */
@@ -54,6 +68,12 @@ export interface MeliSandboxOptions {
   /** `GET /users/me` tags (default ["normal"]); "warehouse_management" makes a multi-origin seller. */
   userTags?: string[];
   /**
+   * A multi-origin seller's stores (only read with the `warehouse_management` tag; default:
+   * one store, `1001`, seeded from `tiendaId`): every user product not in Full starts with
+   * one `seller_warehouse` location per store.
+   */
+  warehouses?: MeliWarehouseOption[];
+  /**
    * Other sellers with items of their own (from their catalogs, numbered after ours): readable
    * through `/items`, never in our seller's search, and not writable with our token.
    */
@@ -92,6 +112,8 @@ export interface MeliSandboxStats {
   puts: number;
   /** Applied stock writes per listing: `itemId` or `itemId/variationId`. */
   putsByListing: Record<string, number>;
+  /** Applied stock writes per user product, through `/items` or `/user-products/{id}/stock`. */
+  putsByUserProduct: Record<string, number>;
 }
 
 /** One API request as the sandbox saw it. */
@@ -132,6 +154,24 @@ export interface MeliSandbox {
   expireScrolls(): void;
   /** Item ids of a seller (ours, or one of `otherSellers`), in id order. */
   itemsOf(sellerId: number): string[];
+  /** A user product's stock locations and version (undefined if unknown). */
+  userProductStock(userProductId: string): MeliUserProductStock | undefined;
+  /** A MeLi-side change at one location (`store_id` for a seller warehouse): the version moves. */
+  setLocationQuantity(
+    userProductId: string,
+    location: { type: string; store_id?: string },
+    quantity: number,
+  ): void;
+  /**
+   * Arms a race, once: right after the next `GET /user-products/{id}/stock` of this user
+   * product is answered, the location changes to `quantity` (a sale elsewhere), so a
+   * write with the version just read is stale (409).
+   */
+  raceStockWrite(
+    userProductId: string,
+    location: { type: string; store_id?: string },
+    quantity: number,
+  ): void;
   /** available_quantity of a catalog product's item/variation (undefined if unknown or deleted). */
   quantityOf(productoId: string): number | undefined;
   listingFor(productoId: string): MeliListing | undefined;

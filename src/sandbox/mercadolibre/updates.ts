@@ -360,6 +360,11 @@ export function planItemUpdate(
       }
       items.applyStockRules(item);
       item.lastUpdated = new Date(items.now()).toISOString();
+      // The user product takes the stock written, and its other items show it.
+      if (!ignoreStock && patch.available_quantity !== undefined) items.stockWritten(item, null);
+      for (const v of ignoreStock ? [] : stockEntries) {
+        items.stockWritten(item, live.find((x) => x.id === v.id)!);
+      }
     },
   };
 }
@@ -382,6 +387,7 @@ export function planVariationUpdate(
       applyVariation(variation, patch, ignoreStock);
       items.applyStockRules(item);
       item.lastUpdated = new Date(items.now()).toISOString();
+      if (touchesStock && !ignoreStock) items.stockWritten(item, variation);
     },
   };
 }
