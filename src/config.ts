@@ -443,12 +443,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   // A MeLi rule makes delta-mode listings absolute: they show one store's POS stock, so name the store.
   if (
     meliEnabled && stockRules.mercadolibre && input.MELI_MODE === "delta" &&
-    input.MELI_TIENDA_ID === undefined
+    input.MELI_TIENDA_ID === undefined && input.MELI_LOCATIONS === undefined
   ) {
     problems.push({
       variable: "MELI_TIENDA_ID",
-      message: "is required when STOCK_RULES has a mercadolibre rule in delta mode (MELI_MODE=delta): " +
-        "a ruled listing is written from that store's POS stock",
+      message: "(or MELI_LOCATIONS) is required when STOCK_RULES has a mercadolibre rule in delta mode " +
+        "(MELI_MODE=delta): a ruled listing is written from its store's POS stock",
     });
   }
   if ((input.SHOPIFY_URL === undefined) !== (input.SHOPIFY_TOKEN === undefined)) {

@@ -80,8 +80,8 @@ export interface MeliChannelOptions {
   doubts: InDoubtMarks;
   /** Whether a batch is still being sent (a doubt mark of a finished batch is stale). */
   batchOpen(batchId: string): Promise<boolean>;
-  /** The stock rule of a SKU at the store MeLi shows (`STOCK_RULES`); none: undefined. */
-  ruleFor?(sku: string): StockRule | undefined;
+  /** The stock rule of a SKU at a store (`STOCK_RULES`); none: undefined. */
+  ruleFor?(tiendaId: string, sku: string): StockRule | undefined;
 }
 
 /** One listing's write in a batch. */
@@ -92,6 +92,12 @@ interface PlanEntry {
   userProductId?: string | null;
   /** MELI_LOCATIONS: the changes' deltas per store (delta mode writes each store's location). */
   storeDeltas?: Record<string, number>;
+  /**
+   * MELI_LOCATIONS, delta mode: the write persisted before its PUT — the `x-version` it
+   * carries and the quantity per store. A later send settles it by reading: the version
+   * unchanged, it did not land; the quantities there, it did.
+   */
+  sent?: { version: string; quantities: Record<string, number> };
   sku: string;
   productoId: string | null;
   /** Batch indexes of the logical changes this write carries. */
@@ -206,11 +212,11 @@ export class MeliChannel implements ChannelAdapter {
         results: results.map((r) => r ?? { kind: "retry", reason: "unsent", error: "not sent" }),
       };
     }
-    if (this.options.locations) {
-      // Compare-and-set on x-version: a re-send reads and computes again, nothing to settle.
+    if (this.options.locations && plan.mode === "mirror") {
+      // Absolute and compare-and-set on x-version: a re-send reads and computes again, nothing to settle.
       plan = await context.persistRequest(plan) as MeliPlan;
       for (const entry of plan.entries) {
-        const outcome = await this.#locked(entry, () => this.#locationWrite(entry, plan!.mode, signal));
+        const outcome = await this.#locked(entry, () => this.#locationWrite(entry, "mirror", signal));
         for (const i of entry.indexes) results[i] = outcome;
       }
     } else if (plan.mode === "mirror") {
@@ -234,6 +240,16 @@ export class MeliChannel implements ChannelAdapter {
               reason: "listing_in_doubt",
               error: `batch ${holder} must settle ${key} first`,
             };
+          }
+          if (this.options.locations) {
+            const persist = async () => {
+              plan = await context.persistRequest(plan) as MeliPlan;
+              return plan.entries.find((e) => listingKey(e) === key)!;
+            };
+            const stored = (batch.request as MeliPlan | null)?.entries.find((e) => listingKey(e) === key);
+            const written = await this.#locationWrite(stored ?? entry, "delta", signal, persist);
+            if (!isUnanswered(written)) await this.options.doubts.clear(key, batch.id);
+            return written;
           }
           const decided = await this.#deltaPrepare(batch, entry, signal);
           if (decided) {
@@ -316,7 +332,7 @@ export class MeliChannel implements ChannelAdapter {
       return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
     }
     if (!reading.found) return { kind: "failed", reason: "stock_unknown", error: reading.reason };
-    const rule = this.options.ruleFor?.(entry.sku);
+    const rule = this.options.ruleFor?.(tiendaId, entry.sku);
     const quantity = rule ? applyRule(rule, reading.quantity) : Math.max(0, reading.quantity);
     const outcome = await this.#write(entry, quantity, signal);
     if (outcome.kind === "applied") {
@@ -331,16 +347,25 @@ export class MeliChannel implements ChannelAdapter {
   }
 
   /**
-   * MELI_LOCATIONS: sets the user product's mapped locations. Mirror: each mapped
-   * store's POS stock. Delta: each location's quantity read now plus its store's
-   * delta. Either way the PUT carries the `x-version` of the read, so it lands only
-   * on the stock it was computed from; a 409 is read and computed again (a bounded
-   * number of times). An unanswered PUT in delta mode is settled by reading the
-   * version: unchanged, it did not land and is sent again (still compare-and-set);
-   * moved to exactly what was sent, it landed; otherwise the outcome is unknown.
+   * MELI_LOCATIONS: sets the user product's mapped locations — a store's POS stock
+   * (mirror mode, or a store with a stock rule: the rule's value) or, in delta mode,
+   * the location's quantity read now plus the store's delta. The PUT carries the
+   * `x-version` of the read, so it lands only on the stock it was computed from.
+   *
+   * Mirror: a 409 is read and computed again (VERSION_TRIES a send); a re-send
+   * computes again. Delta: the write (version and quantities) is persisted before
+   * its PUT, as `/items` delta persists from → to, and the first stored is the one
+   * kept: a 409 ends the send (`meli_conflict`; a 409 never lands, so the change is
+   * planned again from a fresh read). A write without an answer — now, or from an
+   * earlier send that died — is settled by {@link #locationSettle}: never a second
+   * subtraction.
    */
-  async #locationWrite(entry: PlanEntry, mode: MeliMode, signal: AbortSignal): Promise<ChangeOutcome> {
-    const locations = this.options.locations!;
+  async #locationWrite(
+    entry: PlanEntry,
+    mode: MeliMode,
+    signal: AbortSignal,
+    persist?: () => Promise<PlanEntry>,
+  ): Promise<ChangeOutcome> {
     const upId = entry.userProductId;
     if (!upId) {
       return {
@@ -351,22 +376,29 @@ export class MeliChannel implements ChannelAdapter {
         }: its stock locations cannot be set`,
       };
     }
-    const mapped = Object.entries(locations).filter(([tiendaId]) =>
+    if (mode === "delta" && entry.sent) return await this.#locationSettle(entry, upId, entry.sent, signal);
+    const mapped = Object.entries(this.options.locations!).filter(([tiendaId]) =>
       mode === "mirror" || (entry.storeDeltas?.[tiendaId] ?? 0) !== 0
     );
+    if (mapped.length === 0) {
+      return { kind: "applied", quantityAfter: null, detail: { nothing_to_write: true } };
+    }
+    const rules = new Map(
+      mapped.map(([tiendaId]) => [tiendaId, this.options.ruleFor?.(tiendaId, entry.sku)]),
+    );
+    // The POS stock of every store written absolutely: all of them in mirror mode, ruled ones in delta.
     const pos = new Map<string, number>();
-    if (mode === "mirror") {
-      for (const [tiendaId] of mapped) {
-        let reading;
-        try {
-          reading = await this.options.stock.read({ tiendaId, productoId: entry.productoId, sku: entry.sku });
-        } catch (error) {
-          if (!(error instanceof StockSourceUnavailableError)) throw error;
-          return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
-        }
-        if (!reading.found) return { kind: "failed", reason: "stock_unknown", error: reading.reason };
-        pos.set(tiendaId, reading.quantity);
+    for (const [tiendaId] of mapped) {
+      if (mode === "delta" && !rules.get(tiendaId)) continue;
+      let reading;
+      try {
+        reading = await this.options.stock.read({ tiendaId, productoId: entry.productoId, sku: entry.sku });
+      } catch (error) {
+        if (!(error instanceof StockSourceUnavailableError)) throw error;
+        return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
       }
+      if (!reading.found) return { kind: "failed", reason: "stock_unknown", error: reading.reason };
+      pos.set(tiendaId, reading.quantity);
     }
     let conflicts = 0;
     for (let attempt = 0; attempt < VERSION_TRIES; attempt++) {
@@ -381,64 +413,59 @@ export class MeliChannel implements ChannelAdapter {
             "only: MercadoLibre manages that stock, so the POS cannot set it",
         };
       }
-      const targets: LocationTarget[] = mapped.map(([tiendaId, location]) => ({
-        location,
-        quantity: Math.max(
-          0,
-          mode === "mirror" ? pos.get(tiendaId)! : quantityAt(stock, location) + entry.storeDeltas![tiendaId],
-        ),
-      }));
-      if (targets.length === 0) {
-        return { kind: "applied", quantityAfter: null, detail: { nothing_to_write: true } };
+      const quantities: Record<string, number> = {};
+      const from: Record<string, number> = {};
+      for (const [tiendaId, location] of mapped) {
+        const rule = rules.get(tiendaId);
+        from[tiendaId] = quantityAt(stock, location);
+        quantities[tiendaId] = pos.has(tiendaId)
+          ? rule ? applyRule(rule, pos.get(tiendaId)!) : Math.max(0, pos.get(tiendaId)!)
+          : Math.max(0, from[tiendaId] + entry.storeDeltas![tiendaId]);
       }
-      let put = await writeUserProductStock(this.options.client, upId, stock.version, targets, signal);
-      if (put.kind === "unavailable" && mode === "delta") {
-        // Did it land? The version tells: unchanged, it did not (send again, still compare-and-set).
-        const after = await readUserProductStock(this.options.client, upId, signal);
-        if (after.kind === "ok" && after.data.version === stock.version) continue;
-        if (after.kind === "ok" && targets.every((t) => quantityAt(after.data, t.location) === t.quantity)) {
-          put = {
-            kind: "ok",
-            status: 200,
-            data: { locations: after.data.locations },
-            headers: new Headers(),
-          };
-        } else {
-          return {
-            kind: "failed",
-            reason: OUTCOME_UNKNOWN,
-            error: `MercadoLibre did not answer the stock write of user product ${upId} and its stock ` +
-              `${after.kind === "ok" ? "moved to something else meanwhile" : "could not be read again"}: ` +
-              "check it and resync",
-          };
+      if (mode === "delta") {
+        entry.sent = { version: stock.version, quantities };
+        const stored = await persist!();
+        if (
+          stored.sent?.version !== stock.version ||
+          JSON.stringify(stored.sent.quantities) !== JSON.stringify(quantities)
+        ) {
+          // An earlier send's write is the one on record: settle that one, never send a second.
+          return await this.#locationSettle(stored, upId, stored.sent, signal);
         }
       }
+      const put = await writeUserProductStock(
+        this.options.client,
+        upId,
+        stock.version,
+        this.#targets(quantities)!,
+        signal,
+      );
       if (put.kind === "conflict") {
         conflicts++;
+        if (mode === "delta") {
+          return {
+            kind: "retry",
+            reason: "meli_conflict",
+            error:
+              `user product ${upId}'s stock moved between its read and the write (x-version): planned again`,
+            waitMs: jitter(500),
+          };
+        }
         continue;
       }
+      if (put.kind === "unavailable" && mode === "delta") {
+        return await this.#locationSettle(entry, upId, entry.sent, signal);
+      }
       if (put.kind !== "ok") return this.#problem(put, entry);
-      const shown = { locations: put.data.locations ?? [] };
-      const missed = targets.find((t) => quantityAt(shown, t.location) !== t.quantity);
-      if (missed) {
-        return {
-          kind: "retry",
-          reason: "not_applied",
-          error: `MercadoLibre answered ${put.status} but user product ${upId} shows ` +
-            `${quantityAt(shown, missed.location)} at ${describeLocation(missed.location)}, not the ` +
-            `${missed.quantity} sent`,
-          waitMs: jitter(2_000),
-        };
+      const outcome = this.#locationAnswer(upId, quantities, put);
+      if (outcome.kind === "applied") {
+        const detail = outcome.detail as Record<string, unknown>;
+        if (mode === "delta") detail.from = from;
+        const ruled = [...rules].filter(([, r]) => r).map(([t, r]) => [t, describeRule(r!)]);
+        if (ruled.length > 0) detail.rule = Object.fromEntries(ruled);
+        if (conflicts > 0) detail.version_conflicts = conflicts;
       }
-      const detail: Record<string, unknown> = {
-        user_product_id: upId,
-        sent: Object.fromEntries(mapped.map(([tiendaId], i) => [tiendaId, targets[i].quantity])),
-      };
-      if (mode === "delta") {
-        detail.from = Object.fromEntries(mapped.map(([tiendaId, l]) => [tiendaId, quantityAt(stock, l)]));
-      }
-      if (conflicts > 0) detail.version_conflicts = conflicts;
-      return { kind: "applied", quantityAfter: total(shown.locations), detail };
+      return outcome;
     }
     return {
       kind: "retry",
@@ -446,6 +473,119 @@ export class MeliChannel implements ChannelAdapter {
       error: `user product ${upId}'s stock moved between each read and write (${VERSION_TRIES} x-version ` +
         "conflicts in a row)",
       waitMs: jitter(1_000),
+    };
+  }
+
+  /**
+   * Delta mode on stock locations: a persisted write whose answer never came. Read:
+   * the version unchanged, it did not land and nothing moved — the same write is
+   * sent again, still compare-and-set; the quantities there, it landed; anything
+   * else, nobody can tell (`outcome_unknown`). Unreadable: `meli_unavailable`, so
+   * the same batch is sent again later and settles then.
+   */
+  async #locationSettle(
+    entry: PlanEntry,
+    upId: string,
+    sent: PlanEntry["sent"],
+    signal: AbortSignal,
+  ): Promise<ChangeOutcome> {
+    const targets = sent && this.#targets(sent.quantities);
+    if (!sent || !targets) {
+      return {
+        kind: "failed",
+        reason: OUTCOME_UNKNOWN,
+        error: `an earlier send of this batch wrote user product ${upId}'s stock without recording the ` +
+          "x-version it sent (or to a store MELI_LOCATIONS no longer maps): check it and resync",
+      };
+    }
+    let error = "";
+    for (let i = 0; i < 3 && !signal.aborted; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, settleBackoff(i - 1)));
+      const read = await readUserProductStock(this.options.client, upId, signal);
+      if (read.kind !== "ok") {
+        if (read.kind !== "unavailable" && read.kind !== "rate_limited") return this.#problem(read, entry);
+        error = read.error;
+        continue;
+      }
+      if (read.data.version === sent.version) {
+        const put = await writeUserProductStock(this.options.client, upId, sent.version, targets, signal);
+        if (put.kind === "ok") {
+          const outcome = this.#locationAnswer(upId, sent.quantities, put);
+          if (outcome.kind === "applied") (outcome.detail as Record<string, unknown>).resent = true;
+          return outcome;
+        }
+        if (put.kind === "conflict") {
+          return {
+            kind: "retry",
+            reason: "meli_conflict",
+            error: `user product ${upId}'s stock moved before the re-send (x-version): planned again`,
+            waitMs: jitter(500),
+          };
+        }
+        if (put.kind !== "unavailable") return this.#problem(put, entry);
+        error = put.error;
+        continue;
+      }
+      const shown = Object.entries(sent.quantities).map(([tiendaId, q]) =>
+        [quantityAt(read.data, this.options.locations![tiendaId]), q] as const
+      );
+      if (shown.every(([now, q]) => now === q)) {
+        return {
+          kind: "applied",
+          quantityAfter: total(read.data.locations),
+          detail: { user_product_id: upId, sent: sent.quantities, confirmed_by_read: true },
+        };
+      }
+      return {
+        kind: "failed",
+        reason: OUTCOME_UNKNOWN,
+        error: `user product ${upId}'s stock moved past a write that got no answer (sent ` +
+          `${JSON.stringify(sent.quantities)}, version ${sent.version}; now version ${read.data.version}): ` +
+          "check it and resync",
+      };
+    }
+    return {
+      kind: "retry",
+      reason: "meli_unavailable",
+      error: `the stock write of user product ${upId} got no answer and could not be read again yet` +
+        (error ? `: ${error}` : ""),
+    };
+  }
+
+  /** The mapped locations of a write, or undefined when a store is no longer mapped. */
+  #targets(quantities: Record<string, number>): LocationTarget[] | undefined {
+    const targets: LocationTarget[] = [];
+    for (const [tiendaId, quantity] of Object.entries(quantities)) {
+      const location = this.options.locations![tiendaId];
+      if (!location) return undefined;
+      targets.push({ location, quantity });
+    }
+    return targets;
+  }
+
+  /** A location write's answer: applied when MeLi shows every quantity sent. */
+  #locationAnswer(
+    upId: string,
+    quantities: Record<string, number>,
+    put: Extract<MeliResult<{ locations?: UserProductLocation[] }>, { kind: "ok" }>,
+  ): ChangeOutcome {
+    const shown = { locations: put.data.locations ?? [] };
+    for (const [tiendaId, quantity] of Object.entries(quantities)) {
+      const location = this.options.locations![tiendaId];
+      if (quantityAt(shown, location) !== quantity) {
+        return {
+          kind: "retry",
+          reason: "not_applied",
+          error: `MercadoLibre answered ${put.status} but user product ${upId} shows ` +
+            `${quantityAt(shown, location)} at ${describeLocation(location)}, not the ${quantity} sent`,
+          waitMs: jitter(2_000),
+        };
+      }
+    }
+    return {
+      kind: "applied",
+      quantityAfter: total(shown.locations),
+      detail: { user_product_id: upId, sent: quantities },
     };
   }
 
@@ -719,7 +859,9 @@ export class MeliChannel implements ChannelAdapter {
     const planned = [...entries.values()];
     // Delta mode: a listing with a stock rule is written absolutely, as mirror mode writes (a delta
     // batch holds one listing, so the whole plan is one or the other).
-    const ruled = planned.length > 0 && planned.every((e) => this.options.ruleFor?.(e.sku) !== undefined);
+    const store = this.options.tiendaId;
+    const ruled = !locations && store !== undefined && planned.length > 0 &&
+      planned.every((e) => this.options.ruleFor?.(store, e.sku) !== undefined);
     return { mode: ruled ? "mirror" : this.options.mode, entries: planned, decided };
   }
 }

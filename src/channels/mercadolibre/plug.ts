@@ -131,9 +131,8 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
     batchSize: config.MELI_BATCH_SIZE,
     doubts: new InDoubtMarks(redis, `marketplace-sync:doubt:mercadolibre:${host}:`),
     batchOpen: context.batchSending,
-    // Rules resolve against the store MeLi shows (config requires MELI_TIENDA_ID for rules in delta mode).
-    ruleFor: (sku) =>
-      tiendaId === undefined ? undefined : resolveRule(config.stockRules, "mercadolibre", tiendaId, sku),
+    // A rule resolves against the store whose stock the listing (or the location) shows.
+    ruleFor: (store, sku) => resolveRule(config.stockRules, "mercadolibre", store, sku),
   });
   return {
     name: "mercadolibre",

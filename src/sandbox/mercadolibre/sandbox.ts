@@ -162,6 +162,8 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
   const items = new MeliItems(catalog, tiendaId, userId, now, others, warehouses);
   /** Armed races: user product id → the MeLi-side change to make after its next stock read. */
   const races = new Map<string, { location: { type: string; storeId?: string }; quantity: number }>();
+  /** Held answers: user product id → the gate its next applied stock write's answer waits at. */
+  const holds = new Map<string, Promise<void>>();
   const scrolls = new Scrolls(now);
   const perSecond = options.ratePerSecond ?? 50;
   const bucket = new LeakyBucket({ maximumAvailable: perSecond, restoreRate: perSecond }, now);
@@ -371,6 +373,13 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     races.set(id, { location: at, quantity });
   }
 
+  function holdStockAnswer(id: string): () => void {
+    if (!items.userProduct(id)) throw new Error(`no user product ${id}`);
+    const gate = Promise.withResolvers<void>();
+    holds.set(id, gate.promise);
+    return () => gate.resolve();
+  }
+
   const { promise: listening, resolve: onListen } = Promise.withResolvers<void>();
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: options.port ?? 0, onListen: () => onListen() },
@@ -386,6 +395,14 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       const answer = path === "/oauth/token"
         ? oauth(req, url.searchParams, body)
         : api(req, path, url.searchParams, body);
+      const held = req.method === "PUT" && answer.status === 200
+        ? holds.get(/^\/user-products\/([^/]+)\/stock\//.exec(path)?.[1] ?? "")
+        : undefined;
+      if (held) {
+        // Applied already; the answer waits (a response lost in a crash, as far as the caller can tell).
+        holds.delete(/^\/user-products\/([^/]+)\//.exec(path)![1]);
+        await held;
+      }
       if (answer.status === 401) stats.unauthorized++;
       if (answer.status === 429) stats.rateLimited++;
       if (path === "/oauth/token" && answer.status !== 200) stats.refreshFailures++;
@@ -454,6 +471,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     setLocationQuantity: (id, location, quantity) =>
       items.setLocationQuantity(id, { type: location.type, storeId: location.store_id }, quantity),
     raceStockWrite,
+    holdStockAnswer,
     stats: () => structuredClone(stats),
     requestLog: () => [...requestLog],
     invalidRequests: () => [...invalidLog],

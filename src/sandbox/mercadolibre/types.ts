@@ -172,6 +172,12 @@ export interface MeliSandbox {
     location: { type: string; store_id?: string },
     quantity: number,
   ): void;
+  /**
+   * The next stock write of the user product that MeLi applies is answered only once
+   * the returned function is called: the caller sees no answer (as after a crash or a
+   * timeout) although the write landed.
+   */
+  holdStockAnswer(userProductId: string): () => void;
   /** available_quantity of a catalog product's item/variation (undefined if unknown or deleted). */
   quantityOf(productoId: string): number | undefined;
   listingFor(productoId: string): MeliListing | undefined;
