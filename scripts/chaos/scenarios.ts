@@ -10,7 +10,8 @@
 import { queuePolicy, restartPostgres, restartRabbit, restartRedis } from "./infra.ts";
 import { SET_AVAILABLE } from "../../src/channels/shopify/documents.ts";
 import type { SampleSale } from "../publish_sample.ts";
-import { sleep, until, type World, type WorldOptions } from "./world.ts";
+import { chaosCatalog, sleep, until, type World, type WorldOptions } from "./world.ts";
+import type { StockRules } from "../../src/model/stock_rule.ts";
 
 /** Size and timing knobs of a run. */
 export interface RunOptions {
@@ -694,6 +695,124 @@ const resyncUnderLoad: Scenario = {
   settleMs: (opts) => opts.bounded ? 60_000 : 120_000,
 };
 
+/**
+ * The stock_rules scenario's `STOCK_RULES`: every kind (buffer, max, percent) at every level
+ * (channel, SKU prefix, store, store + SKU prefix), on both channels, with unruled listings beside.
+ */
+function chaosStockRules(): StockRules {
+  const [, second, third] = chaosCatalog().stores.map((s) => s.tienda_id);
+  return {
+    mercadolibre: { buffer: 2, max: 40, skus: { "JEAN-": { percent: 50 }, "ZAPA-": { buffer: 0, max: 5 } } },
+    shopify: {
+      skus: { "BUZO-": { buffer: 3 }, "CAMPERA-": { percent: 70 } },
+      stores: { [second]: { max: 25, skus: { "MATE-": { buffer: 1, max: 8 } } }, [third]: { percent: 90 } },
+    },
+  };
+}
+
+const stockRules: Scenario = {
+  name: "stock_rules",
+  summary:
+    "STOCK_RULES on both channels: a write resync, then a burst with two SIGKILLs and lost MeLi answers",
+  variants: () => [""],
+  // Shopify answers 150 ms after applying (a kill lands between "applied" and "recorded"); MeLi loses
+  // 5 % of its answers. Ruled listings are absolute writes, unruled Shopify ones stay deltas.
+  world: () => ({
+    shopifyFaults: { latencyMs: 150 },
+    meliFaults: { lostResponseRate: 0.05 },
+    env: { STOCK_RULES: JSON.stringify(chaosStockRules()) },
+  }),
+  async run(world, _variant, opts) {
+    const svc = world.addService();
+    await world.startAll();
+    // A rule reaches a listing at its next write (README, "Stock rules"): every SKU sold once, then a
+    // whole-catalog write resync puts every ruled listing at its rule's value before the burst.
+    await world.burst(world.coverAllSkus(), { bad: 0 });
+    await quiet(world, 30_000);
+    // Not between MeLi's refresh answer and storing the pair (docs/RELIABILITY.md, finding 4).
+    await meliChainStored(world);
+    const job = await admin(world, "POST", "/resync", { all: true }) as { id: string };
+    const resync = await until(
+      async () => {
+        const j = await admin(world, "GET", `/resync/${job.id}?lines=0`) as {
+          state: string;
+          drift_found: number;
+          written: number;
+          errors: number;
+        };
+        return j.state !== "running" ? j : undefined;
+      },
+      "the whole-catalog resync",
+      120_000,
+      100,
+    );
+    world.notes.push(
+      `write resync before the burst: ${resync.state}, ${resync.drift_found} listings off their rule, ` +
+        `${resync.written} written, ${resync.errors} errors`,
+    );
+    const sales = world.makeSales(opts.sales, opts.seed);
+    const burst = background(world.burst(sales, { perSecond: pace(opts) }));
+    for (let kill = 1; kill <= 2; kill++) {
+      await published(world, Math.floor(sales.length * kill / 3));
+      await svc.stop("SIGKILL");
+      world.notes.push(`SIGKILL ${kill} at ${world.sales.length} sales`);
+      await sleep(300);
+      await svc.start();
+      await svc.ready();
+    }
+    await burst;
+  },
+  settleMs: (opts) => opts.bounded ? 60_000 : 120_000,
+};
+
+const meliLocations: Scenario = {
+  name: "meli_locations",
+  summary:
+    "a multi-origin MercadoLibre seller in delta mode (two warehouses): three SIGKILLs between a write and its record, lost answers, x-version conflicts",
+  variants: () => [""],
+  // Every MeLi write answers 300 ms after it is applied: a kill lands between "applied" and "recorded",
+  // and the next instance must settle the write it finds persisted, never subtract the sale again.
+  world: () => ({
+    meliLocations: { mode: "delta" },
+    meliFaults: { answerDelayMs: 300, lostResponseRate: 0.05, conflictRate: 0.1 },
+  }),
+  async run(world, _variant, opts) {
+    const svc = world.addService();
+    await world.startAll();
+    const sales = world.makeSales(opts.sales, opts.seed);
+    const burst = background(world.burst(sales, { perSecond: pace(opts) }));
+    await meliChainStored(world);
+    for (let kill = 1; kill <= 3; kill++) {
+      await published(world, Math.floor(sales.length * kill / 4));
+      let inFlight = 0;
+      try {
+        inFlight = await until(
+          async () => {
+            const [r] = await world.sql<{ n: number }[]>`
+              select count(*)::int as n from sync_batch
+               where status = 'sending' and sent_at is not null and channel = 'mercadolibre'`;
+            return r.n > 0 ? r.n : undefined;
+          },
+          "a MeLi batch in flight",
+          10_000,
+          5,
+        );
+      } catch {
+        world.notes.push(`kill ${kill}: no MeLi batch was in flight within 10 s; killed anyway`);
+      }
+      await svc.stop("SIGKILL");
+      world.notes.push(
+        `SIGKILL ${kill} with ${inFlight} MeLi batch(es) sending at ${world.sales.length} sales`,
+      );
+      await sleep(300);
+      await svc.start();
+      await svc.ready();
+    }
+    await burst;
+  },
+  settleMs: (opts) => opts.bounded ? 60_000 : 120_000,
+};
+
 export const SCENARIOS: readonly Scenario[] = [
   rabbitRestart,
   sigkill,
@@ -706,4 +825,6 @@ export const SCENARIOS: readonly Scenario[] = [
   quorumDeliveryLimit,
   meliSlowerThanLock,
   resyncUnderLoad,
+  stockRules,
+  meliLocations,
 ];

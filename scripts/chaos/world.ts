@@ -13,6 +13,7 @@ import { createClient } from "redis";
 import { declareTopology, type Topology, topologyFromConfig } from "../../src/broker/topology.ts";
 import { CONFIG_VARIABLES, loadConfig } from "../../src/config.ts";
 import { type Catalog, defaultCatalog } from "../../src/sandbox/catalog.ts";
+import { applyRule, describeRule, resolveRule, type StockRules } from "../../src/model/stock_rule.ts";
 import { type MeliSandbox, startMeliSandbox } from "../../src/sandbox/mercadolibre/sandbox.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../../src/sandbox/shopify/sandbox.ts";
 import { TcpProxy } from "../support/tcp_proxy.ts";
@@ -254,6 +255,11 @@ export interface WorldOptions {
   meliRatePerSecond?: number;
   /** A service process that exits on its own fails the scenario (the supervisor still restarts it). */
   crashIsFailure?: boolean;
+  /**
+   * A multi-origin MercadoLibre seller: the first two stores are its warehouses (`MELI_LOCATIONS`), in
+   * this MeLi mode; MeLi is then checked per location.
+   */
+  meliLocations?: { mode: "mirror" | "delta" };
 }
 
 interface LedgerRow {
@@ -274,6 +280,11 @@ export class World {
   readonly notes: string[] = [];
   /** SKUs an operator resynced: resync sets Shopify to the POS value clamped at 0 (README), not below. */
   readonly resyncedSkus = new Set<string>();
+  /** The scenario's `STOCK_RULES`, as the service parsed them: a ruled listing shows the rule's value of the POS. */
+  stockRules: StockRules = {};
+  /** With `meliLocations`: the stores MercadoLibre keeps stock for → their seller_warehouse store_id. */
+  meliLocations: Map<string, string> | undefined;
+  #meliInitial = new Map<string, number>();
   #shopifyInitial = new Map<string, number>();
   #publisher: ReturnType<Connection["createPublisher"]>;
   #badSeq = 0;
@@ -313,9 +324,17 @@ export class World {
       catalog,
       faults: { seed: options.seed, ...options.shopifyFaults },
     });
+    const warehouses = options.meliLocations
+      ? catalog.stores.slice(0, 2).map((st, i) => ({
+        store_id: String(1001 + i),
+        network_node_id: `MLA${1001 + i}`,
+        tienda_id: st.tienda_id,
+      }))
+      : undefined;
     const meli = await startMeliSandbox({
       catalog,
       tiendaId: meliStore,
+      ...(warehouses ? { userTags: ["normal", "warehouse_management"], warehouses } : {}),
       ratePerSecond: options.meliRatePerSecond ?? 80,
       faults: { seed: options.seed, ...options.meliFaults },
     });
@@ -363,7 +382,16 @@ export class World {
       MELI_CLIENT_ID: meli.clientId,
       MELI_CLIENT_SECRET: meli.clientSecret,
       MELI_REFRESH_TOKEN: meli.currentRefreshToken(),
-      MELI_TIENDA_ID: meliStore,
+      ...(warehouses
+        ? {
+          MELI_LOCATIONS: JSON.stringify(Object.fromEntries(
+            warehouses.map((
+              w,
+            ) => [w.tienda_id, { store_id: w.store_id, network_node_id: w.network_node_id }]),
+          )),
+          MELI_MODE: options.meliLocations!.mode,
+        }
+        : { MELI_TIENDA_ID: meliStore }),
       MELI_RATE_PER_SEC: "60",
       POS_STOCK_KEY: posKeyTemplate,
       // The POS catalog a whole-catalog resync reads: every product at every store.
@@ -393,7 +421,7 @@ export class World {
       connect_timeout: 5,
       connection: { search_path: schema },
     });
-    return new World(
+    const world = new World(
       options,
       id,
       catalog,
@@ -408,6 +436,18 @@ export class World {
       env,
       posKeyTemplate,
     );
+    world.stockRules = config.stockRules;
+    if (warehouses) {
+      world.meliLocations = new Map(warehouses.map((w) => [w.tienda_id, w.store_id]));
+      for (const p of world.products()) {
+        const up = meli.listingFor(p.producto_id)?.userProductId;
+        for (const [tiendaId, storeId] of world.meliLocations) {
+          const at = up && meli.userProductStock(up)?.locations.find((l) => l.store_id === storeId);
+          if (at) world.#meliInitial.set(`${p.sku}|${tiendaId}`, at.quantity);
+        }
+      }
+    }
+    return world;
   }
 
   /** Catalog products with a unique SKU (the ambiguous pair is left out of bursts). */
@@ -605,7 +645,10 @@ export class World {
     for (const sale of this.sales) {
       const skus = new Set(sale.items.map((i) => i.producto_sku));
       for (const sku of skus) {
-        const channels = sale.tienda_id === this.meliStore ? ["mercadolibre", "shopify"] : ["shopify"];
+        const onMeli = this.meliLocations
+          ? this.meliLocations.has(sale.tienda_id)
+          : sale.tienda_id === this.meliStore;
+        const channels = onMeli ? ["mercadolibre", "shopify"] : ["shopify"];
         for (const channel of channels) {
           out.set(
             `${sale.event_id}|${channel}|${sku}`,
@@ -666,7 +709,8 @@ export class World {
 
   /**
    * The invariant, SKU by SKU: Shopify per store == initial − sold; MeLi ==
-   * max(0, POS stock) of the MeLi store; ledger: every (event, channel, sku)
+   * max(0, POS stock) of the MeLi store; a listing with a stock rule (either
+   * channel) == the rule's value of its store's POS stock; ledger: every (event, channel, sku)
    * exactly once, all applied but the intentionally bad ones; no batch left
    * sending; queues empty; the DLQ holding exactly the intentionally bad events.
    */
@@ -693,23 +737,62 @@ export class World {
       for (const s of this.catalog.stores) {
         const key = `${p.sku}|${s.tienda_id}`;
         const delta = this.#shopifyInitial.get(key)! - (sold.get(key) ?? 0);
-        const expected = this.resyncedSkus.has(p.sku) ? Math.max(0, delta) : delta;
+        const rule = resolveRule(this.stockRules, "shopify", s.tienda_id, p.sku);
+        const expected = rule
+          ? applyRule(rule, await this.posStock(s.tienda_id, p.producto_id))
+          : this.resyncedSkus.has(p.sku)
+          ? Math.max(0, delta)
+          : delta;
         const actual = this.shopify.availableFor(p.producto_id, s.tienda_id);
         shopifyChecked++;
         if (actual !== expected) {
           problems.push(
-            `shopify ${p.sku} @ ${s.name}: ${actual}, expected ${expected} (sold ${sold.get(key) ?? 0})`,
+            `shopify ${p.sku} @ ${s.name}: ${actual}, expected ${expected} (sold ${sold.get(key) ?? 0}` +
+              `${rule ? `; rule ${describeRule(rule)}` : ""})`,
           );
         }
       }
     }
-    // MeLi: the MeLi store's POS stock, clamped at 0.
+    // MeLi: the MeLi store's POS stock, clamped at 0 — or, for a multi-origin seller, each mapped store's
+    // warehouse: its POS stock (mirror), its first quantity less that store's sales (delta), clamped at 0.
     let meliChecked = 0;
-    for (const p of this.products()) {
-      const expected = Math.max(0, await this.posStock(this.meliStore, p.producto_id));
+    for (const p of this.meliLocations ? [] : this.products()) {
+      const pos = await this.posStock(this.meliStore, p.producto_id);
+      const rule = resolveRule(this.stockRules, "mercadolibre", this.meliStore, p.sku);
+      const expected = rule ? applyRule(rule, pos) : Math.max(0, pos);
       const actual = this.meli.quantityOf(p.producto_id);
       meliChecked++;
-      if (actual !== expected) problems.push(`mercadolibre ${p.sku}: ${actual}, expected ${expected} (POS)`);
+      if (actual !== expected) {
+        problems.push(
+          `mercadolibre ${p.sku}: ${actual}, expected ${expected} (POS ${pos}${
+            rule ? `; rule ${describeRule(rule)}` : ""
+          })`,
+        );
+      }
+    }
+    for (const [tiendaId, storeId] of this.meliLocations ?? []) {
+      for (const p of this.products()) {
+        const up = this.meli.listingFor(p.producto_id)?.userProductId;
+        const actual = up &&
+          this.meli.userProductStock(up)?.locations.find((l) => l.store_id === storeId)?.quantity;
+        const initial = this.#meliInitial.get(`${p.sku}|${tiendaId}`);
+        if (actual === undefined || initial === undefined) continue; // Full, or no listing: nothing of ours
+        const key = `${p.sku}|${tiendaId}`;
+        const pos = await this.posStock(tiendaId, p.producto_id);
+        const rule = resolveRule(this.stockRules, "mercadolibre", tiendaId, p.sku);
+        const expected = rule
+          ? applyRule(rule, pos)
+          : this.options.meliLocations!.mode === "mirror"
+          ? Math.max(0, pos)
+          : Math.max(0, initial - (sold.get(key) ?? 0));
+        meliChecked++;
+        if (actual !== expected) {
+          problems.push(
+            `mercadolibre ${p.sku} @ warehouse ${storeId}: ${actual}, expected ${expected} (first ${initial}, ` +
+              `sold ${sold.get(key) ?? 0}, POS ${pos}${rule ? `; rule ${describeRule(rule)}` : ""})`,
+          );
+        }
+      }
     }
     // Ledger: exactly the expected rows with the expected outcome.
     const expected = this.expectedRows();

@@ -65,6 +65,7 @@ const NO_FAULTS: MeliFaults = {
   ignoreWritesRate: 0,
   staleAnswerRate: 0,
   latencyMs: 0,
+  answerDelayMs: 0,
   rateLimitAll: false,
   seed: 1,
 };
@@ -77,6 +78,7 @@ const faultsSchema = z.object({
   ignoreWritesRate: rate,
   staleAnswerRate: rate,
   latencyMs: z.number().int().min(0).max(120_000),
+  answerDelayMs: z.number().int().min(0).max(120_000),
   rateLimitAll: z.boolean(),
   seed: z.number().int(),
 }).partial().strict();
@@ -398,6 +400,10 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       const held = req.method === "PUT" && answer.status === 200
         ? holds.get(/^\/user-products\/([^/]+)\/stock\//.exec(path)?.[1] ?? "")
         : undefined;
+      if (faults.answerDelayMs > 0 && req.method !== "GET") {
+        // Handled (and applied) already: a caller killed meanwhile never learns it landed.
+        await new Promise((r) => setTimeout(r, faults.answerDelayMs));
+      }
       if (held) {
         // Applied already; the answer waits (a response lost in a crash, as far as the caller can tell).
         holds.delete(/^\/user-products\/([^/]+)\//.exec(path)![1]);

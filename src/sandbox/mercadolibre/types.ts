@@ -38,6 +38,8 @@ export interface MeliFaults {
   staleAnswerRate: number;
   /** Delay added to every API request, in ms, before it is handled. */
   latencyMs: number;
+  /** Delay added to every write's answer, in ms, after it is handled (applied). */
+  answerDelayMs: number;
   /** Answer every API request 429. */
   rateLimitAll: boolean;
   /** Seed of the generator that draws the faults (setting it restarts the sequence). */
