@@ -1,10 +1,13 @@
 /**
- * Delta mode on MercadoLibre stock locations, across sends: a stock write that
- * landed but whose answer never came back (the service died, or its lease ran out)
- * is re-sent by whoever takes the batch over. That send must find the write landed
- * and not subtract the sale a second time. The channel runs here against the
- * sandbox over real HTTP, with real Redis locks and a real ledger for its listing
- * cache; the batch is handed to it twice, as the dispatcher does after a crash.
+ * MercadoLibre stock locations (MELI_LOCATIONS) at the channel: the channel runs here
+ * against the sandbox over real HTTP, with real Redis locks and a real ledger for its
+ * listing cache, and batches are handed to it as the dispatcher does.
+ *
+ * Delta mode across sends: a stock write that landed but whose answer never came back
+ * (the service died, or its lease ran out) is re-sent by whoever takes the batch over.
+ * That send must find the write landed and not subtract the sale a second time.
+ * Stock rules: a ruled store's location shows the rule's value of its POS stock, in
+ * mirror and delta mode alike.
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
@@ -22,6 +25,7 @@ import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre/
 import type { BatchContext } from "../src/sync/channel.ts";
 import { LocalBucket } from "../src/sync/cost_bucket.ts";
 import { InDoubtMarks, ListingLocks } from "../src/sync/listing_lock.ts";
+import { resolveRule, type StockRules } from "../src/model/stock_rule.ts";
 import { DATABASE_URL, integration, REDIS_URL, uniqueName, waitFor } from "./helpers.ts";
 
 const catalog = defaultCatalog();
@@ -40,9 +44,14 @@ interface World {
   sb: MeliSandbox;
   /** A channel as one replica builds it (each call: another replica on the same Redis and ledger). */
   replica(): MeliChannel;
+  /** Sets a store's POS stock of a SKU (the Redis key the channel reads). */
+  setPos(tiendaId: string, sku: string, quantity: number): Promise<void>;
 }
 
-async function withWorld(fn: (w: World) => Promise<void>): Promise<void> {
+async function withWorld(
+  fn: (w: World) => Promise<void>,
+  options: { mode?: "mirror" | "delta"; rules?: StockRules } = {},
+): Promise<void> {
   const sb = await startMeliSandbox({
     catalog,
     tiendaId: STORE_A,
@@ -78,16 +87,20 @@ async function withWorld(fn: (w: World) => Promise<void>): Promise<void> {
           query: "select 1",
         }),
         locks: new ListingLocks(redis, `${prefix}lock:`, 30_000),
-        mode: "delta",
+        mode: options.mode ?? "delta",
         tiendaId: undefined,
         locations: LOCATIONS,
         reactivate: false,
         batchSize: 1,
         doubts: new InDoubtMarks(redis, `${prefix}doubt:`),
         batchOpen: () => Promise.resolve(true),
+        ruleFor: (tiendaId, sku) => resolveRule(options.rules, "mercadolibre", tiendaId, sku),
       });
     };
-    await fn({ sb, replica });
+    const setPos = async (tiendaId: string, sku: string, quantity: number) => {
+      await redis.set(`${prefix}stock:${tiendaId}:${sku}`, String(quantity));
+    };
+    await fn({ sb, replica, setPos });
   } finally {
     const keys = await redis.keys(`${prefix}*`);
     if (keys.length > 0) await redis.del(keys);
@@ -207,3 +220,35 @@ integration(
     });
   },
 );
+
+for (const mode of ["mirror", "delta"] as const) {
+  integration(
+    `stock rules on stock locations (${mode} mode): a ruled store's warehouse shows the rule's value, the other its own`,
+    async () => {
+      await withWorld(async ({ sb, replica, setPos }) => {
+        const sku = "REMERA-003";
+        const up = sb.listingFor(catalog.products.find((p) => p.sku === sku)!.producto_id)!.userProductId;
+        const at = (storeId: string) =>
+          sb.userProductStock(up)!.locations.find((l) => l.store_id === storeId)!.quantity;
+        const before1002 = at("1002");
+        // The POS after the sale: 31 at A (ruled: 50 % − 2, at most 12), B as the sandbox had it less 1.
+        await setPos(STORE_A, sku, 31);
+        await setPos(STORE_B, sku, before1002 - 1);
+        const batch = saleBatch(sku, STORE_A, -1);
+        batch.changes.push({ ...batch.changes[0], tiendaId: STORE_B, changeIds: [crypto.randomUUID()] });
+        const book = ledger();
+        const outcome = await replica().process(batch, book.context(new AbortController().signal));
+        assert.equal(outcome.kind, "done", JSON.stringify(outcome));
+        const results = (outcome as Extract<BatchOutcome, { kind: "done" }>).results;
+        assert.deepEqual(results.map((r) => r.kind), ["applied", "applied"], JSON.stringify(results));
+        assert.equal(at("1001"), 12, "floor(31 × 50 %) − 2 = 13, at most 12");
+        assert.equal(
+          at("1002"),
+          before1002 - 1,
+          "the unruled store: its POS (mirror) or less its sale (delta)",
+        );
+        assert.deepEqual(sb.invalidRequests(), []);
+      }, { mode, rules: { mercadolibre: { stores: { [STORE_A]: { percent: 50, buffer: 2, max: 12 } } } } });
+    },
+  );
+}
