@@ -50,7 +50,7 @@ interface World {
 
 async function withWorld(
   fn: (w: World) => Promise<void>,
-  options: { mode?: "mirror" | "delta"; rules?: StockRules } = {},
+  options: { mode?: "mirror" | "delta"; rules?: StockRules; timeoutMs?: number } = {},
 ): Promise<void> {
   const sb = await startMeliSandbox({
     catalog,
@@ -73,7 +73,7 @@ async function withWorld(
         baseUrl: sb.url,
         tokens: new StaticToken(sb.staticToken),
         budget: new LocalBucket({ max: 1_000, restoreRate: 1_000 }),
-        timeoutMs: 5_000,
+        timeoutMs: options.timeoutMs ?? 5_000,
         metrics: createMetrics(uniqueName("test_meli_resend_"), () => Promise.resolve([])),
       });
       return new MeliChannel({
@@ -252,3 +252,44 @@ for (const mode of ["mirror", "delta"] as const) {
     },
   );
 }
+
+integration(
+  "delta mode on stock locations: a timed-out write that lands just after the settling read is not subtracted again",
+  async () => {
+    await withWorld(async ({ sb, replica }) => {
+      const sku = "REMERA-003";
+      const up = sb.listingFor(catalog.products.find((p) => p.sku === sku)!.producto_id)!.userProductId;
+      const at1001 = () => sb.userProductStock(up)!.locations.find((l) => l.store_id === "1001")!.quantity;
+      sb.setLocationQuantity(up, { type: "seller_warehouse", store_id: "1001" }, 10);
+      const before = at1001();
+      // The PUT is still on its way when the client gives up (timeout); it lands right after the
+      // channel's settling read, so the re-send carrying that read's version gets a 409 — caused by
+      // our own write, not by anybody else's.
+      sb.delayStockWrite(up);
+      const book = ledger();
+      const batch = saleBatch(sku, STORE_A, -2);
+      let outcome = await replica().process(batch, book.context(new AbortController().signal));
+      await waitFor(() => Promise.resolve(at1001() === before - 2), "the delayed write landed");
+      // What the dispatcher does next: a re-send of the same batch, or (done) each change's own outcome —
+      // a retry goes back to pending and is planned again in a new batch.
+      for (let round = 0; round < 5; round++) {
+        if (outcome.kind === "resend") {
+          outcome = await replica().process(
+            { ...batch, request: book.stored, sends: round + 1, resend: true },
+            book.context(new AbortController().signal),
+          );
+          continue;
+        }
+        const result = firstResult(outcome);
+        if (result.kind !== "retry") break;
+        const again = ledger();
+        outcome = await replica().process(
+          saleBatch(sku, STORE_A, -2),
+          again.context(new AbortController().signal),
+        );
+      }
+      assert.equal(at1001(), before - 2, "the sale is subtracted once");
+      assert.deepEqual(sb.invalidRequests(), []);
+    }, { timeoutMs: 300 });
+  },
+);

@@ -166,6 +166,8 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
   const races = new Map<string, { location: { type: string; storeId?: string }; quantity: number }>();
   /** Held answers: user product id → the gate its next applied stock write's answer waits at. */
   const holds = new Map<string, Promise<void>>();
+  /** Delayed writes: user product id → the gate its next stock write waits at (opened by its next read). */
+  const delays = new Map<string, PromiseWithResolvers<void> & { waiting: boolean }>();
   const scrolls = new Scrolls(now);
   const perSecond = options.ratePerSecond ?? 50;
   const bucket = new LeakyBucket({ maximumAvailable: perSecond, restoreRate: perSecond }, now);
@@ -224,6 +226,11 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       }
     },
     onUserProductRead: (up) => {
+      const delayed = delays.get(up.id);
+      if (delayed?.waiting) {
+        delays.delete(up.id);
+        delayed.resolve();
+      }
       const race = races.get(up.id);
       if (!race) return;
       races.delete(up.id);
@@ -382,6 +389,11 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     return () => gate.resolve();
   }
 
+  function delayStockWrite(id: string): void {
+    if (!items.userProduct(id)) throw new Error(`no user product ${id}`);
+    delays.set(id, { ...Promise.withResolvers<void>(), waiting: false });
+  }
+
   const { promise: listening, resolve: onListen } = Promise.withResolvers<void>();
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: options.port ?? 0, onListen: () => onListen() },
@@ -393,6 +405,14 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       stats.requests++;
       const at = now();
       const body = await readBody(req);
+      const delayedId = req.method === "PUT"
+        ? /^\/user-products\/([^/]+)\/stock\//.exec(path)?.[1]
+        : undefined;
+      const delayed = delayedId === undefined ? undefined : delays.get(delayedId);
+      if (delayed && !delayed.waiting) {
+        delayed.waiting = true;
+        await delayed.promise;
+      }
       if (faults.latencyMs > 0) await new Promise((r) => setTimeout(r, faults.latencyMs));
       const answer = path === "/oauth/token"
         ? oauth(req, url.searchParams, body)
@@ -478,6 +498,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       items.setLocationQuantity(id, { type: location.type, storeId: location.store_id }, quantity),
     raceStockWrite,
     holdStockAnswer,
+    delayStockWrite,
     stats: () => structuredClone(stats),
     requestLog: () => [...requestLog],
     invalidRequests: () => [...invalidLog],

@@ -180,6 +180,13 @@ export interface MeliSandbox {
    * timeout) although the write landed.
    */
   holdStockAnswer(userProductId: string): () => void;
+  /**
+   * The next stock write of the user product is held before MeLi handles it (a request
+   * still on its way, or queued at MeLi, after the caller gave up on it) and is handled
+   * right after the user product's next stock read is answered: that read shows the
+   * stock before the write, and a write sent with its version finds it stale (409).
+   */
+  delayStockWrite(userProductId: string): void;
   /** available_quantity of a catalog product's item/variation (undefined if unknown or deleted). */
   quantityOf(productoId: string): number | undefined;
   listingFor(productoId: string): MeliListing | undefined;
