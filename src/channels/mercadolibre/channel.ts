@@ -479,7 +479,8 @@ export class MeliChannel implements ChannelAdapter {
   /**
    * Delta mode on stock locations: a persisted write whose answer never came. Read:
    * the version unchanged, it did not land and nothing moved — the same write is
-   * sent again, still compare-and-set; the quantities there, it landed; anything
+   * sent again, still compare-and-set (a 409 then is read and judged again: the
+   * unanswered write may be what moved it); the quantities there, it landed; anything
    * else, nobody can tell (`outcome_unknown`). Unreadable: `meli_unavailable`, so
    * the same batch is sent again later and settles then.
    */
@@ -515,12 +516,10 @@ export class MeliChannel implements ChannelAdapter {
           return outcome;
         }
         if (put.kind === "conflict") {
-          return {
-            kind: "retry",
-            reason: "meli_conflict",
-            error: `user product ${upId}'s stock moved before the re-send (x-version): planned again`,
-            waitMs: jitter(500),
-          };
+          // The stock moved since the read — maybe by our own unanswered write, landing late. Planning
+          // again would subtract the sale a second time: read again and judge what is there.
+          error = put.error;
+          continue;
         }
         if (put.kind !== "unavailable") return this.#problem(put, entry);
         error = put.error;
