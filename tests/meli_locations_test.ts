@@ -290,6 +290,6 @@ integration(
       }
       assert.equal(at1001(), before - 2, "the sale is subtracted once");
       assert.deepEqual(sb.invalidRequests(), []);
-    }, { timeoutMs: 300 });
+    }, { timeoutMs: 1_000 });
   },
 );
