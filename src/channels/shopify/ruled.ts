@@ -5,7 +5,9 @@
  * location, each through its own rule and summed, written with `inventorySetQuantities` compared
  * with the quantity just read (`changeFromQuantity`). The POS is read before and after Shopify, so a
  * sale reserved meanwhile makes the listing be computed again rather than set from an older reading;
- * a compare-and-set that finds another value (`CHANGE_FROM_QUANTITY_STALE`) is read and computed again.
+ * a compare-and-set that finds another value (`CHANGE_FROM_QUANTITY_STALE`) is read and computed again,
+ * and a write that landed is followed by one more POS read (a sale reserved just before it, which
+ * another writer found nothing to send for, would otherwise leave this older value standing).
  */
 import type { ChangeOutcome } from "../../model/batch.ts";
 import {
@@ -112,10 +114,20 @@ export class RuledSets {
           reference,
           signal,
         );
+        const landed: typeof writes = [];
         for (const [i, w] of writes.entries()) {
           const outcome = judged(written[i], w.wanted);
+          if (outcome?.kind === "applied") landed.push(w);
           if (outcome) decide(w.set, outcome);
           else again.push(w.set);
+        }
+        // Compare-and-set is by value: a sale reserved after the last POS read, whose own batch found
+        // Shopify already at its new target (nothing to send), cannot stop this older value from
+        // landing. So the POS is read once more: moved since, the listing is computed and set again.
+        const now = landed.length > 0 ? await this.#wanted(landed.map((w) => w.set)) : [];
+        for (const [i, w] of landed.entries()) {
+          const check = now[i];
+          if ("pos" in check && check.pos.some((q, k) => q !== w.wanted.pos[k])) again.push(w.set);
         }
       }
       open = again;
