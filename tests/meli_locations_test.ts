@@ -84,7 +84,7 @@ async function withWorld(
           redis,
           sql,
           keyTemplate: `${prefix}stock:{tienda_id}:{sku}`,
-          query: "select 1",
+          query: "select 1 where false",
         }),
         locks: new ListingLocks(redis, `${prefix}lock:`, 30_000),
         mode: options.mode ?? "delta",
@@ -291,5 +291,31 @@ integration(
       assert.equal(at1001(), before - 2, "the sale is subtracted once");
       assert.deepEqual(sb.invalidRequests(), []);
     }, { timeoutMs: 1_000 });
+  },
+);
+
+integration(
+  "stock locations (mirror): a store whose POS stock is unknown keeps its warehouse and fails its own change; the others are written",
+  async () => {
+    await withWorld(async ({ sb, replica, setPos }) => {
+      const sku = "REMERA-003";
+      const up = sb.listingFor(catalog.products.find((p) => p.sku === sku)!.producto_id)!.userProductId;
+      const at = (storeId: string) =>
+        sb.userProductStock(up)!.locations.find((l) => l.store_id === storeId)!.quantity;
+      const before1002 = at("1002");
+      await setPos(STORE_A, sku, 17); // STORE_B has no POS stock for the SKU at all
+      const batch = saleBatch(sku, STORE_A, -1);
+      batch.changes.push({ ...batch.changes[0], tiendaId: STORE_B, changeIds: [crypto.randomUUID()] });
+      const outcome = await replica().process(batch, ledger().context(new AbortController().signal));
+      assert.equal(outcome.kind, "done", JSON.stringify(outcome));
+      const results = (outcome as Extract<BatchOutcome, { kind: "done" }>).results;
+      assert.deepEqual(
+        results.map((r) => [r.kind, (r as { reason?: string }).reason]),
+        [["applied", undefined], ["failed", "stock_unknown"]],
+        JSON.stringify(results),
+      );
+      assert.equal(at("1001"), 17, "the known store's warehouse is written");
+      assert.equal(at("1002"), before1002, "the unknown store's warehouse is left as it was");
+    }, { mode: "mirror" });
   },
 );

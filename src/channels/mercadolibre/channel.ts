@@ -158,6 +158,18 @@ function listingKey(
   return e.userProductId ?? itemKey(e);
 }
 
+/**
+ * A location write's outcome for one change: a change of a store whose POS stock was unknown (its
+ * location was left as it was) fails `stock_unknown`, whatever the others' write came to.
+ */
+function perStore(outcome: ChangeOutcome, tiendaId: string): ChangeOutcome {
+  const unknown = outcome.kind === "applied"
+    ? (outcome.detail as { unknown_stores?: Record<string, string> } | undefined)?.unknown_stores
+    : undefined;
+  const reason = unknown?.[tiendaId];
+  return reason === undefined ? outcome : { kind: "failed", reason: "stock_unknown", error: reason };
+}
+
 /** What buyers see: every location's stock together. */
 function total(locations: UserProductLocation[]): number {
   return locations.reduce((s, l) => s + l.quantity, 0);
@@ -217,7 +229,7 @@ export class MeliChannel implements ChannelAdapter {
       plan = await context.persistRequest(plan) as MeliPlan;
       for (const entry of plan.entries) {
         const outcome = await this.#locked(entry, () => this.#locationWrite(entry, "mirror", signal));
-        for (const i of entry.indexes) results[i] = outcome;
+        for (const i of entry.indexes) results[i] = perStore(outcome, batch.changes[i].tiendaId);
       }
     } else if (plan.mode === "mirror") {
       plan = await context.persistRequest(plan) as MeliPlan;
@@ -297,7 +309,7 @@ export class MeliChannel implements ChannelAdapter {
             decided: plan.decided,
           };
         }
-        for (const i of entry.indexes) results[i] = outcome;
+        for (const i of entry.indexes) results[i] = perStore(outcome, batch.changes[i].tiendaId);
       }
     }
     return {
@@ -377,9 +389,10 @@ export class MeliChannel implements ChannelAdapter {
       };
     }
     if (mode === "delta" && entry.sent) return await this.#locationSettle(entry, upId, entry.sent, signal);
-    const mapped = Object.entries(this.options.locations!).filter(([tiendaId]) =>
+    let mapped = Object.entries(this.options.locations!).filter(([tiendaId]) =>
       mode === "mirror" || (entry.storeDeltas?.[tiendaId] ?? 0) !== 0
     );
+    const unknown: Record<string, string> = {};
     if (mapped.length === 0) {
       return { kind: "applied", quantityAfter: null, detail: { nothing_to_write: true } };
     }
@@ -397,8 +410,16 @@ export class MeliChannel implements ChannelAdapter {
         if (!(error instanceof StockSourceUnavailableError)) throw error;
         return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
       }
-      if (!reading.found) return { kind: "failed", reason: "stock_unknown", error: reading.reason };
-      pos.set(tiendaId, reading.quantity);
+      if (!reading.found) unknown[tiendaId] = reading.reason;
+      else pos.set(tiendaId, reading.quantity);
+    }
+    // A store whose POS stock is unknown (it does not carry the SKU) keeps its location as it is and
+    // fails its own changes; the other stores' locations are still written.
+    if (Object.keys(unknown).length > 0) {
+      mapped = mapped.filter(([tiendaId]) => !(tiendaId in unknown));
+      if (mapped.length === 0) {
+        return { kind: "failed", reason: "stock_unknown", error: Object.values(unknown).join("; ") };
+      }
     }
     let conflicts = 0;
     for (let attempt = 0; attempt < VERSION_TRIES; attempt++) {
@@ -464,6 +485,7 @@ export class MeliChannel implements ChannelAdapter {
         const ruled = [...rules].filter(([, r]) => r).map(([t, r]) => [t, describeRule(r!)]);
         if (ruled.length > 0) detail.rule = Object.fromEntries(ruled);
         if (conflicts > 0) detail.version_conflicts = conflicts;
+        if (Object.keys(unknown).length > 0) detail.unknown_stores = unknown;
       }
       return outcome;
     }
