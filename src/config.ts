@@ -8,7 +8,7 @@
 import { z } from "zod";
 import { type ChannelName, KNOWN_CHANNELS } from "./model/channel_name.ts";
 import { INVENTORY_REASONS } from "./model/shopify_reasons.ts";
-import type { StockRules } from "./model/stock_rule.ts";
+import { hasRules, type StockRules } from "./model/stock_rule.ts";
 import { parseStockRules } from "./config_stock_rules.ts";
 
 /** Variables whose values must never appear in logs or error messages. */
@@ -442,13 +442,15 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   }
   // A MeLi rule makes delta-mode listings absolute: they show one store's POS stock, so name the store.
   if (
-    meliEnabled && stockRules.mercadolibre && input.MELI_MODE === "delta" &&
+    meliEnabled && hasRules(stockRules, "mercadolibre") && input.MELI_MODE === "delta" &&
     input.MELI_TIENDA_ID === undefined && input.MELI_LOCATIONS === undefined
   ) {
     problems.push({
       variable: "MELI_TIENDA_ID",
       message: "(or MELI_LOCATIONS) is required when STOCK_RULES has a mercadolibre rule in delta mode " +
-        "(MELI_MODE=delta): a ruled listing is written from its store's POS stock",
+        "(MELI_MODE=delta): a ruled listing is written from its store's POS stock. Mind that MercadoLibre then " +
+        "follows that store (or those stores) only — other stores' sales no longer reach it; to keep a " +
+        "MercadoLibre stock that every store's sales lower, leave STOCK_RULES.mercadolibre unset",
     });
   }
   if ((input.SHOPIFY_URL === undefined) !== (input.SHOPIFY_TOKEN === undefined)) {

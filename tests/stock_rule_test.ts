@@ -7,6 +7,7 @@ import {
   applyRule,
   describeRule,
   describeRules,
+  hasRules,
   placeQuantity,
   resolveRule,
   type StockRule,
@@ -178,6 +179,21 @@ Deno.test("STOCK_RULES: a MercadoLibre rule in delta mode needs MELI_TIENDA_ID (
   assert.deepEqual(problems({ STOCK_RULES: rules, MELI_MODE: "delta", MELI_TIENDA_ID: "t1" }), []);
   assert.deepEqual(problems({ STOCK_RULES: '{"shopify": {"buffer": 1}}', MELI_MODE: "delta" }), []);
   assert.deepEqual(problems({ STOCK_RULES: rules, MELI_MODE: "delta", CHANNELS: "shopify" }), []);
+  assert.match(problem, /other stores' sales no longer reach it/, "says what setting the store changes");
+  // Rules that change nothing are no rules: nothing to require.
+  assert.deepEqual(problems({ STOCK_RULES: '{"mercadolibre": {"buffer": 0}}', MELI_MODE: "delta" }), []);
+});
+
+Deno.test("hasRules: only a level that changes something makes a channel ruled", () => {
+  assert.equal(hasRules({}, "shopify"), false);
+  assert.equal(hasRules({ shopify: {} }, "shopify"), false);
+  assert.equal(hasRules({ shopify: { buffer: 0, percent: 100, skus: { "A-": {} } } }, "shopify"), false);
+  assert.equal(hasRules({ shopify: { skus: { "A-": { max: 0 } } } }, "shopify"), true);
+  assert.equal(
+    hasRules({ shopify: { stores: { t1: { skus: { "A-": { percent: 99.5 } } } } } }, "shopify"),
+    true,
+  );
+  assert.equal(hasRules({ mercadolibre: { buffer: 1 } }, "shopify"), false);
 });
 
 Deno.test("the CLI shows a RULE column when some line has a rule, and none otherwise", () => {

@@ -37,9 +37,22 @@ export interface StockRule {
   percent: number;
 }
 
-/** Whether `rules` names at least one rule for `channel`. */
+/**
+ * Whether any level of `channel`'s rules sets a field that changes something (a buffer above 0, a
+ * maximum, a percentage under 100): `{"shopify": {}}` or `{"buffer": 0}` everywhere is no rule, and the
+ * channel keeps its plain paths.
+ */
 export function hasRules(rules: StockRules | undefined, channel: ChannelName): boolean {
-  return rules?.[channel] !== undefined;
+  const own = rules?.[channel];
+  if (!own) return false;
+  const sets = (f: StockRuleFields) =>
+    (f.buffer ?? 0) > 0 || f.max !== undefined || (f.percent !== undefined && f.percent !== 100);
+  const levels: StockRuleFields[] = [
+    own,
+    ...Object.values(own.skus ?? {}),
+    ...Object.values(own.stores ?? {}).flatMap((store) => [store, ...Object.values(store.skus ?? {})]),
+  ];
+  return levels.some(sets);
 }
 
 /**

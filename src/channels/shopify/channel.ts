@@ -18,12 +18,15 @@ import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
 import type { ShopifyClient } from "./client.ts";
 import { ADJUST_AVAILABLE } from "./documents.ts";
 import { ShopifyListings } from "./listings.ts";
-import type { StockRules } from "../../model/stock_rule.ts";
+import { hasRules, type StockRules } from "../../model/stock_rule.ts";
 import type { PosStockReader } from "../../pos/stock.ts";
 import { type RuledSet, RuledSets } from "./ruled.ts";
 import { ShopifyStock } from "./stock.ts";
 
 const log = logger("shopify");
+
+/** How long the ledger's list of stores sold on Shopify is reused (ruled listings on the default location). */
+const SEEN_STORES_TTL_MS = 10_000;
 
 /** Shopify accepts at most 250 changes per inventoryAdjustQuantities call. */
 export const MAX_CHANGES_PER_CALL = 250;
@@ -120,11 +123,13 @@ export class ShopifyChannel implements ChannelAdapter {
   readonly listings: ShopifyListings;
   readonly #ruled: RuledSets | undefined;
   #unauthorized: string | undefined;
+  /** The stores the ledger has seen sold on Shopify, and when that was asked (default location, rules). */
+  #seen: { at: number; stores: Promise<Set<string>> } | undefined;
 
   constructor(private readonly options: ShopifyChannelOptions) {
     this.listings = new ShopifyListings(options.sql, options.client);
     const rules = options.rules;
-    if (rules?.rules.shopify) {
+    if (rules && hasRules(rules.rules, "shopify")) {
       this.#ruled = new RuledSets({
         rules: rules.rules,
         pos: rules.pos,
@@ -359,19 +364,35 @@ export class ShopifyChannel implements ChannelAdapter {
    * ledger has seen sold on Shopify that lands there.
    */
   #storesAt(batchStores: string[]): (location: string) => Promise<string[]> {
-    const { locations, sql } = this.options;
-    let seen: Promise<string[]> | undefined; // asked once per request, only for the default location
+    const { locations } = this.options;
     return async (location) => {
       const at = (t: string) => locations.locationFor(t) === location;
       const stores = new Set([...locations.stores().filter(at), ...batchStores.filter(at)]);
       if (locations.hasDefault) {
-        seen ??= sql<{ tienda_id: string }[]>`
-          select distinct tienda_id from stock_change where channel = 'shopify' and event_id not like 'resync:%'`
-          .then((rows) => rows.map((r) => r.tienda_id));
-        for (const tiendaId of await seen) if (at(tiendaId)) stores.add(tiendaId);
+        const seen = await this.#seenStores();
+        for (const tiendaId of batchStores) seen.add(tiendaId);
+        for (const tiendaId of seen) if (at(tiendaId)) stores.add(tiendaId);
       }
       return [...stores].sort();
     };
+  }
+
+  /**
+   * The stores the ledger has seen sold on Shopify, asked at most every SEEN_STORES_TTL_MS: a scan of
+   * the change table per batch would cost more than the batch. Stores this replica's batches carry are
+   * added as they come; a store another replica saw first is missed for at most that long.
+   */
+  #seenStores(): Promise<Set<string>> {
+    const now = Date.now();
+    if (!this.#seen || now - this.#seen.at > SEEN_STORES_TTL_MS) {
+      const stores = this.options.sql<{ tienda_id: string }[]>`
+        select distinct tienda_id from stock_change where channel = 'shopify' and event_id not like 'resync:%'`
+        .then((rows) => new Set(rows.map((r) => r.tienda_id)));
+      // A failed look is not kept: the next batch asks again.
+      stores.catch(() => (this.#seen = undefined));
+      this.#seen = { at: now, stores };
+    }
+    return this.#seen.stores;
   }
 
   #noteUnauthorized(error: string): void {

@@ -12,6 +12,7 @@ import { shopifyCatalog } from "./catalog.ts";
 import { locationMap, ShopifyChannel } from "./channel.ts";
 import { ShopifyClient } from "./client.ts";
 import { ShopifyStock } from "./stock.ts";
+import { hasRules } from "../../model/stock_rule.ts";
 
 const log = logger("shopify");
 
@@ -64,7 +65,7 @@ export async function plugShopify(context: PlugContext): Promise<ShopifyPlug> {
     locations,
     reason: config.SHOPIFY_REASON,
     // The POS reader is opened only when a Shopify listing is ruled (its stock is read at send time).
-    rules: config.stockRules.shopify
+    rules: hasRules(config.stockRules, "shopify")
       ? { rules: config.stockRules, pos: () => context.posStock() }
       : undefined,
   });
