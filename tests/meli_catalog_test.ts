@@ -151,7 +151,14 @@ Deno.test("the whole catalog across scroll pages: every listing once, exact quan
     // One page per multi-get, each at most 20 items.
     assert.equal(pages.length, 11);
     assert.ok(pages.every((p) => new Set(p.map((l) => (l.ref as { itemId: string }).itemId)).size <= 20));
-    assert.deepEqual(reader.lastRead, { items: 208, listings: 260, withoutSku: 0, gone: 0, scanRestarts: 0 });
+    assert.deepEqual(reader.lastRead, {
+      items: 208,
+      listings: 260,
+      withoutSku: 0,
+      gone: 0,
+      scanRestarts: 0,
+      stockReads: 0,
+    });
 
     const log = sb.requestLog();
     const scans = log.filter((r) => r.path.endsWith("/items/search"));
@@ -283,15 +290,132 @@ Deno.test("only the seller's own items: other sellers' never come back, even wit
   );
 });
 
-Deno.test("a multi-origin seller's listings are all flagged: MeLi ignores their stock writes", async () => {
+Deno.test("a multi-origin seller without MELI_LOCATIONS: every listing flagged, as the live channel does", async () => {
   await withReader(async ({ client, listings }) => {
     const read = [...byPlace(await readAll(meliCatalog(client, listings))).values()];
     assert.equal(read.length, 40);
     const reasons = new Set(read.map((l) => l.unwritable?.reason));
     // The default catalog's MATE-IMP-01 is on two items: the more specific reason wins there.
-    assert.deepEqual([...reasons].sort(), ["ambiguous_sku", "multi_origin_unsupported"]);
+    assert.deepEqual([...reasons].sort(), ["ambiguous_sku", "multi_origin_unmapped"]);
+    assert.match(
+      read.find((l) => l.unwritable?.reason === "multi_origin_unmapped")!.unwritable!.error,
+      /MELI_LOCATIONS/,
+    );
   }, { userTags: ["normal", "warehouse_management"] });
 });
+
+/** A multi-origin seller with a warehouse per first three stores; MELI_LOCATIONS maps the first two. */
+function multiOrigin(catalog: Catalog) {
+  const stores = catalog.stores.map((s) => s.tienda_id);
+  const warehouses = [0, 1, 2].map((i) => ({
+    store_id: `100${i + 1}`,
+    network_node_id: `MLA100${i + 1}`,
+    tienda_id: stores[i],
+  }));
+  const locations = Object.fromEntries(
+    warehouses.slice(0, 2).map((w) => [w.tienda_id, {
+      type: "seller_warehouse" as const,
+      storeId: w.store_id,
+      networkNodeId: w.network_node_id,
+    }]),
+  );
+  return { stores, warehouses, locations };
+}
+
+integration(
+  "MELI_LOCATIONS: a listing per user product × mapped store at its location, one stock read per user product, and a write through its ref changes that location only",
+  async () => {
+    const catalog = parseCatalog(buildCatalog({ skus: 30, stores: 3, seed: 21 }));
+    catalog.products[3].meli_logistic_type = "fulfillment";
+    catalog.products[7].meli_items = 2; // two items of one user product: one listing per store
+    const { stores, warehouses, locations } = multiOrigin(catalog);
+    await withReader(async ({ sb, client, listings }) => {
+      const redis = createClient({ url: REDIS_URL });
+      await redis.connect();
+      const prefix = `${uniqueName("meli_catalog")}:`;
+      try {
+        const reader = meliCatalog(client, listings, locations);
+        const read = (await readAll(reader)).flat();
+        const ups = new Set(sb.listings.map((l) => l.userProductId));
+        assert.equal(ups.size, 30, "one user product per product");
+        assert.equal(
+          read.length,
+          30 * 2,
+          "each user product at each mapped store; the third store is not mapped",
+        );
+        assert.deepEqual(new Set(read.map((l) => l.place)), new Set(stores.slice(0, 2)));
+        const stockReads = sb.requestLog().filter((r) => r.method === "GET" && r.path.endsWith("/stock"));
+        assert.equal(stockReads.length, 30, "one GET per user product, not per store or per item");
+        assert.equal(reader.lastRead.stockReads, 30);
+        for (const l of read) {
+          const product = catalog.products.find((p) => p.sku === l.sku)!;
+          const up = sb.listingFor(product.producto_id)!.userProductId;
+          const stock = sb.userProductStock(up)!;
+          const w = warehouses.find((w) => w.tienda_id === l.place)!;
+          if (product === catalog.products[3]) {
+            assert.equal(l.unwritable?.reason, "managed_by_mercadolibre", "Full: only meli_facility");
+            continue;
+          }
+          assert.equal(l.unwritable, undefined, `${l.sku} at ${l.place}`);
+          assert.equal(l.quantity, stock.locations.find((x) => x.store_id === w.store_id)!.quantity);
+          assert.deepEqual(
+            { ...(l.ref as Record<string, unknown>), version: undefined },
+            {
+              itemId: sb.listingFor(product.producto_id)!.itemId,
+              variationId: sb.listingFor(product.producto_id)!.variationId,
+              userProductId: up,
+              tiendaId: l.place,
+              location: locations[l.place],
+              version: undefined,
+            },
+          );
+        }
+        // The ref is what resync's writer sets the location with: that location only.
+        const stock = new MeliStock(
+          client,
+          listings as MeliListings,
+          new ListingLocks(redis, prefix, 5_000),
+          undefined,
+          false,
+          undefined,
+          locations,
+        );
+        const target = read.find((l) => l.place === stores[1] && !l.unwritable)!;
+        const up = (target.ref as { userProductId: string }).userProductId;
+        const before = sb.userProductStock(up)!;
+        const to = target.quantity + 5;
+        const written = await stock.write(
+          { ok: true, quantity: target.quantity, ref: target.ref },
+          to,
+          "test",
+        );
+        assert.deepEqual(written, { kind: "written", quantityAfter: to });
+        const after = sb.userProductStock(up)!;
+        const at = (s: typeof after, store: string) =>
+          s.locations.find((x) => x.store_id === store)!.quantity;
+        assert.equal(at(after, "1002"), to);
+        assert.equal(at(after, "1001"), at(before, "1001"), "the other mapped store's location is untouched");
+        assert.equal(at(after, "1003"), at(before, "1003"), "the unmapped store's location is untouched");
+        const put = sb.requestLog().filter((r) => r.method === "PUT");
+        assert.deepEqual(put.map((r) => [r.path, r.body]), [[
+          `/user-products/${up}/stock/type/seller_warehouse`,
+          { locations: [{ store_id: "1002", network_node_id: "MLA1002", quantity: to }] },
+        ]]);
+        // The version read is spent: the same ref again is stale, never a blind overwrite.
+        assert.deepEqual(
+          await stock.write({ ok: true, quantity: target.quantity, ref: target.ref }, to + 1, "test"),
+          { kind: "stale" },
+        );
+        assert.equal(at(sb.userProductStock(up)!, "1002"), to);
+        assertNoInvalidRequests(sb);
+      } finally {
+        const keys = await redis.keys(`${prefix}*`);
+        if (keys.length) await redis.del(keys);
+        await redis.quit();
+      }
+    }, { catalog, userTags: ["normal", "warehouse_management"], warehouses });
+  },
+);
 
 Deno.test("an expired scroll: the scan starts over as MeLi says, and every item is still read once", async () => {
   await withReader(async ({ sb, client, listings, advance }) => {

@@ -1059,6 +1059,11 @@ Deno.test("user products: stock writes need the x-version read (400 missing, 409
     const ok = await call(sb, "PUT", path, { json: body, headers: { "x-version": version } });
     assert.equal(ok.status, 200);
     assert.equal(ok.body.locations.find((l: Json) => l.store_id === "1002").quantity, 7);
+    // As MeLi: a write changes only the locations it lists; 1001 keeps what it had.
+    assert.equal(
+      ok.body.locations.find((l: Json) => l.store_id === "1001").quantity,
+      read.body.locations.find((l: Json) => l.store_id === "1001").quantity,
+    );
     const stale = await call(sb, "PUT", path, { json: body, headers: { "x-version": version } });
     assert.deepEqual([stale.status, stale.body.message], [409, "Version mismatch"]);
     const again = await call(sb, "GET", `/user-products/${up}/stock`);

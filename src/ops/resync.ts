@@ -365,7 +365,7 @@ export class Resyncer {
           channel: channel.name,
           reason: "no_mapped_stores",
           error: `no store is mapped to ${channel.name} and the ledger has seen none sold there yet: ` +
-            "map the stores (SHOPIFY_LOCATIONS, MELI_TIENDA_ID) to compare the whole catalog",
+            "map the stores (SHOPIFY_LOCATIONS, MELI_TIENDA_ID or MELI_LOCATIONS) to compare the whole catalog",
         });
       }
       places.set(

@@ -24,6 +24,15 @@
  * unwritable: Full, under review, closed and ambiguous listings come out flagged.
  * Items selling one user product share its stock: they are one listing (the first
  * item read stands for it), not an ambiguous SKU.
+ *
+ * With MELI_LOCATIONS a listing is a user product's stock at one mapped store's
+ * location: in the second pass each user product's stock is read
+ * (`GET /user-products/{id}/stock`, one call per user product, retried as the other
+ * GETs) and handed out once per mapped store, its place the store's tienda_id, so a
+ * resync pairs it with that store's POS stock. Full is told by the locations (stock
+ * only in `meli_facility`), as the live channel tells it; stores MELI_LOCATIONS does not
+ * map are not listed. A multi-origin seller without MELI_LOCATIONS has no listing MeLi
+ * would take an `/items` stock write for: all are flagged `multi_origin_unmapped`.
  */
 import { logger } from "../../log.ts";
 import { exponential } from "../../resilience/backoff.ts";
@@ -34,8 +43,10 @@ import {
   type StockRead,
   unresolvedRead,
 } from "../../sync/channel.ts";
+import type { MeliLocation } from "../../config.ts";
 import type { MeliClient, MeliError, MeliResult } from "./client.ts";
 import { itemListings, type MeliItem, type MeliListings, type MeliSeller } from "./listings.ts";
+import { type MeliLocationRef, onlyInFull, quantityAt, readUserProductStock } from "./user_products.ts";
 
 const log = logger("mercadolibre");
 
@@ -69,6 +80,8 @@ export interface MeliCatalogCounts {
   gone: number;
   /** Scans started over because their scroll id expired. */
   scanRestarts: number;
+  /** MELI_LOCATIONS: user products whose stock locations were read (one GET each). */
+  stockReads: number;
 }
 
 /** A whole-catalog read that could not finish. */
@@ -100,6 +113,8 @@ export interface MeliCatalogOptions {
   tries?: number;
   /** First wait between those tries (default 1 s, doubling, ±50 %). */
   retryBaseMs?: number;
+  /** MELI_LOCATIONS: the mapped stores' stock locations; a listing per user product × store. */
+  locations?: Readonly<Record<string, MeliLocation>>;
 }
 
 /** A listing before it is flagged. */
@@ -161,31 +176,99 @@ export class MeliCatalog implements ChannelCatalog {
     }
 
     // Second pass: the pages, with quantities as they are now.
+    const locations = this.options.locations;
     const handedOut = new Set<string>();
     for (let i = 0; i < ids.length; i += MULTIGET_LIMIT) {
-      const page = (await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, counts, signal))
-        .filter((found) => !handedOut.has(found.stock) && handedOut.add(found.stock))
-        .map((found) => {
-          // A SKU set on a listing since the first pass: later listings with it still see the clash.
-          const at = places.get(found.sku) ?? new Map<string, string>();
-          places.set(found.sku, at);
-          if (!at.has(found.stock)) at.set(found.stock, found.place);
-          return flagged(found, [...at.values()], multiOrigin);
-        });
+      const page: CatalogListing[] = [];
+      for (const found of await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, counts, signal)) {
+        if (handedOut.has(found.stock)) continue;
+        handedOut.add(found.stock);
+        // A SKU set on a listing since the first pass: later listings with it still see the clash.
+        const at = places.get(found.sku) ?? new Map<string, string>();
+        places.set(found.sku, at);
+        if (!at.has(found.stock)) at.set(found.stock, found.place);
+        const skuPlaces = [...at.values()];
+        if (locations) page.push(...await this.#atLocations(found, skuPlaces, locations, counts, signal));
+        else page.push(flagged(found, skuPlaces, multiOrigin));
+      }
       counts.listings += page.length;
       if (page.length > 0) yield page;
     }
     log.info(
       "read MercadoLibre's catalog: {listings} listings on {items} items; {without_sku} without a SKU " +
-        "skipped, {gone} items gone while reading, {restarts} scans started over",
+        "skipped, {gone} items gone while reading, {restarts} scans started over, {stock_reads} user " +
+        "products' stock locations read",
       {
         listings: counts.listings,
         items: counts.items,
         without_sku: counts.withoutSku,
         gone: counts.gone,
         restarts: counts.scanRestarts,
+        stock_reads: counts.stockReads,
       },
     );
+  }
+
+  /**
+   * MELI_LOCATIONS: a listing's user product at each mapped store's location, its quantity
+   * there and the ref a resync write addresses it by. One stock read per user product; a
+   * listing flagged for what its item says (ambiguous, under review, closed) is flagged at
+   * every store, and Full is what the locations say.
+   */
+  async #atLocations(
+    found: Found,
+    skuPlaces: string[],
+    locations: Readonly<Record<string, MeliLocation>>,
+    counts: MeliCatalogCounts,
+    signal: AbortSignal | undefined,
+  ): Promise<CatalogListing[]> {
+    const { sku, ref } = found;
+    const listing = ref as { itemId: string; variationId: number | null; userProductId: string | null };
+    const flag = unwritableReason(found, skuPlaces, { multiOrigin: false, locations: true });
+    const stores = Object.entries(locations);
+    const everywhere = (unwritable: NonNullable<CatalogListing["unwritable"]>) =>
+      // Never compared: the quantity stands for nothing read.
+      stores.map(([tiendaId]) => ({ sku, place: tiendaId, quantity: 0, ref: null, unwritable }));
+    const upId = listing.userProductId;
+    if (!upId) {
+      return everywhere(
+        flag ?? {
+          reason: "user_product_unknown",
+          error:
+            `MercadoLibre names no user_product_id for ${found.place}: its stock locations cannot be read`,
+        },
+      );
+    }
+    const got = await this.#retry(
+      () => readUserProductStock(this.options.client, upId, signal),
+      `reading user product ${upId}'s stock`,
+      signal,
+    );
+    counts.stockReads++;
+    if (got.kind === "rejected") {
+      return everywhere(flag ?? { reason: "meli_read_failed", error: `user product ${upId}: ${got.error}` });
+    }
+    const stock = got.data;
+    const unwritable = flag ?? (onlyInFull(stock)
+      ? {
+        reason: "managed_by_mercadolibre",
+        error:
+          `user product ${upId} (${found.place}) is stocked in MercadoLibre Full (meli_facility) only: ` +
+          "MeLi's warehouse manages its stock",
+      }
+      : undefined);
+    return stores.map(([tiendaId, location]) => {
+      const at: MeliLocationRef = {
+        itemId: listing.itemId,
+        variationId: listing.variationId,
+        userProductId: upId,
+        tiendaId,
+        location,
+        version: stock.version,
+      };
+      const out: CatalogListing = { sku, place: tiendaId, quantity: quantityAt(stock, location), ref: at };
+      return unwritable ? { ...out, unwritable } : out;
+    });
   }
 
   async #seller(signal: AbortSignal | undefined): Promise<MeliSeller> {
@@ -283,20 +366,29 @@ export class MeliCatalog implements ChannelCatalog {
   }
 
   /** A GET through the client, asked again while MeLi cannot answer; a refusal is returned. */
-  async #get<T>(
+  #get<T>(
     path: string,
     query: Record<string, string>,
     operation: string,
     what: string,
     signal: AbortSignal | undefined,
   ): Promise<{ kind: "ok"; data: T } | { kind: "rejected"; error: string; meli: MeliError }> {
+    return this.#retry(
+      () => this.options.client.request<T>("GET", path, { operation, query, signal }),
+      what,
+      signal,
+    );
+  }
+
+  /** A read (a GET: asking again is harmless), asked again while MeLi cannot answer; a refusal is returned. */
+  async #retry<T>(
+    call: () => Promise<MeliResult<T>>,
+    what: string,
+    signal: AbortSignal | undefined,
+  ): Promise<{ kind: "ok"; data: T } | { kind: "rejected"; error: string; meli: MeliError }> {
     const tries = this.options.tries ?? 3;
     for (let attempt = 1;; attempt++) {
-      const result: MeliResult<T> = await this.options.client.request<T>("GET", path, {
-        operation,
-        query,
-        signal,
-      });
+      const result: MeliResult<T> = await call();
       signal?.throwIfAborted();
       switch (result.kind) {
         case "ok":
@@ -320,21 +412,24 @@ export class MeliCatalog implements ChannelCatalog {
 }
 
 function emptyCounts(): MeliCatalogCounts {
-  return { items: 0, listings: 0, withoutSku: 0, gone: 0, scanRestarts: 0 };
+  return { items: 0, listings: 0, withoutSku: 0, gone: 0, scanRestarts: 0, stockReads: 0 };
 }
 
 /** A listing as handed out, flagged when MeLi would not take a write for it. */
 function flagged(found: Found, skuPlaces: string[], multiOrigin: boolean): CatalogListing {
   const { sku, place, quantity, ref } = found;
-  const unwritable = unwritableReason(found, skuPlaces, multiOrigin);
+  const unwritable = unwritableReason(found, skuPlaces, { multiOrigin, locations: false });
   return unwritable ? { sku, place, quantity, ref, unwritable } : { sku, place, quantity, ref };
 }
 
-/** Why MeLi would not take a write for a listing, the most specific reason first; undefined: it would. */
+/**
+ * Why MeLi would not take a write for a listing, the most specific reason first; undefined: it
+ * would. With `locations` Full is not the item's to tell (its stock locations do, see #atLocations).
+ */
 function unwritableReason(
   { sku, place, item }: Found,
   skuPlaces: string[],
-  multiOrigin: boolean,
+  seller: { multiOrigin: boolean; locations: boolean },
 ): CatalogListing["unwritable"] {
   if (skuPlaces.length > 1) {
     // The live channel refuses such a SKU too (sku_ambiguous): which listing the POS product is, is unknown.
@@ -345,7 +440,7 @@ function unwritableReason(
       }); make it unique`,
     };
   }
-  if (item.shipping?.logistic_type === "fulfillment") {
+  if (!seller.locations && item.shipping?.logistic_type === "fulfillment") {
     return {
       reason: "managed_by_mercadolibre",
       error: `${place} is a MercadoLibre Full (fulfillment) listing: MeLi's warehouse manages its stock`,
@@ -361,20 +456,25 @@ function unwritableReason(
   if (item.status === "closed") {
     return { reason: "closed", error: `${item.id} is closed, which is final: MercadoLibre takes no changes` };
   }
-  if (multiOrigin) {
+  if (seller.multiOrigin) {
+    // The live channel's reason for the same seller: one name for one remedy.
     return {
-      reason: "multi_origin_unsupported",
+      reason: "multi_origin_unmapped",
       error: "this seller uses multi-origin stock (warehouse_management): MercadoLibre ignores " +
-        "available_quantity writes on /items for it",
+        "available_quantity writes on /items for it; map the POS stores to its warehouses with MELI_LOCATIONS",
     };
   }
   return undefined;
 }
 
-/** The MercadoLibre catalog reader over the channel's client and seller lookup (what the plug holds). */
+/**
+ * The MercadoLibre catalog reader over the channel's client and seller lookup (what the plug holds),
+ * and MELI_LOCATIONS' stores when set.
+ */
 export function meliCatalog(
   client: Pick<MeliClient, "request">,
   listings: Pick<MeliListings, "seller">,
+  locations?: Readonly<Record<string, MeliLocation>>,
 ): MeliCatalog {
-  return new MeliCatalog({ client, listings });
+  return new MeliCatalog({ client, listings, locations });
 }

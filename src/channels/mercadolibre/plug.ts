@@ -143,7 +143,8 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
       locks,
       tiendaId,
       config.MELI_MODE === "delta",
-      meliCatalog(client, listings),
+      meliCatalog(client, listings, config.MELI_LOCATIONS),
+      config.MELI_LOCATIONS,
     ),
     probe: {
       health: () => channel.health(),

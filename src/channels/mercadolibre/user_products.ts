@@ -24,6 +24,19 @@ export interface UserProductStock {
   locations: UserProductLocation[];
 }
 
+/**
+ * One mapped store's location of a user product as a resync read it: what its write
+ * addresses (the user product, the location) and the `x-version` it must carry.
+ */
+export interface MeliLocationRef {
+  itemId: string;
+  variationId: number | null;
+  userProductId: string;
+  tiendaId: string;
+  location: MeliLocation;
+  version: string;
+}
+
 /** A quantity to set at one mapped location. */
 export interface LocationTarget {
   location: MeliLocation;
