@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
 import { startService } from "../src/main.ts";
-import type { DriftLine } from "../src/ops/resync.ts";
+import type { DriftLine, ResyncHooks } from "../src/ops/resync.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { type MeliSandbox, startMeliSandbox } from "../src/sandbox/mercadolibre/sandbox.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
@@ -67,7 +67,11 @@ interface World {
   close(): Promise<void>;
 }
 
-async function startWorld(meliMode: "mirror" | "delta", extra: Record<string, string> = {}): Promise<World> {
+async function startWorld(
+  meliMode: "mirror" | "delta",
+  extra: Record<string, string> = {},
+  resyncHooks?: ResyncHooks,
+): Promise<World> {
   const shop = await startShopifySandbox({ catalog });
   const meli = await startMeliSandbox({ catalog, tiendaId: MELI_STORE, ratePerSecond: 200 });
   const pos = await Pos.open(catalog);
@@ -95,7 +99,7 @@ async function startWorld(meliMode: "mirror" | "delta", extra: Record<string, st
     STOCK_RULES: JSON.stringify(STOCK_RULES),
     ...extra,
   });
-  const service = startService(config);
+  const service = startService(config, { resyncHooks });
   await service.started;
   const h = await harnessFor(service, config);
   await h.sql.unsafe(
@@ -365,3 +369,35 @@ integration(
     }
   },
 );
+
+for (const scope of [{ skus: [MAX] }, { all: true }]) {
+  integration(
+    `a ruled resync write whose POS reading a sale made stale before it landed is set again (${
+      "all" in scope ? "whole catalog" : "per SKU"
+    })`,
+    async () => {
+      let w: World | undefined;
+      let armed = true;
+      const store = STORES[0];
+      w = await startWorld("mirror", {}, {
+        async beforeWrite(line) {
+          if (!armed || line.channel !== "shopify" || line.sku !== MAX || line.tienda_id !== store) return;
+          armed = false;
+          // After the resync's last POS read, before its write: a sale reserved at the POS, whose own
+          // batch will find Shopify already at its new target and send nothing.
+          await w!.pos.set(store, MAX, 5);
+        },
+      });
+      try {
+        await w.pos.set(store, MAX, 8); // the rule (max 10) shows 8
+        await shopifySet(w, MAX, store, 3);
+        const job = await runResync(w.h, TOKEN, { ...scope, channels: ["shopify"] });
+        assert.equal(job.state, "done", JSON.stringify(job));
+        assert.equal(armed, false, "the sale landed between the resync's reads and its write");
+        assert.equal(shopifyQty(w, MAX, store), 5, "Shopify shows the rule's value of the POS now");
+      } finally {
+        await w.close();
+      }
+    },
+  );
+}

@@ -740,6 +740,7 @@ export class Resyncer {
         }]);
       } else sets.push({ entry, read: read.quantity, line });
     }
+    for (const set of sets) await this.deps.hooks?.beforeWrite?.(set.line);
     if (sets.length) {
       const { outcomes } = await channel.writeMany!(
         sets.map((s) => ({ ref: s.entry.step.ref, from: s.read, to: s.line.target })),
@@ -761,7 +762,10 @@ export class Resyncer {
             to,
             failure,
           );
-        if (outcome?.kind === "written") {
+        if (outcome?.kind === "written" && set.entry.rules && await this.#moved(set.entry, step)) {
+          // A ruled value from a POS reading a sale made stale meanwhile (see #check): set it again.
+          alone.push(step);
+        } else if (outcome?.kind === "written") {
           await record(outcome.quantityAfter, null);
           done.push([step, { ...set.line, outcome: "written" }]);
         } else if (outcome?.kind === "error" && !outcome.uncertain) {
@@ -863,6 +867,13 @@ export class Resyncer {
       // The marketplace (or the source) moved between our reads and our write: the whole
       // line is recomputed, never the old target written again.
       if (written.kind === "stale") continue;
+      // A ruled value is absolute and compare-and-set is by value: a sale reserved after our last POS
+      // read, whose own batch found the listing already at its new target (nothing to send), cannot
+      // stop this older value from landing. The POS once more: moved, the line is computed again.
+      if (written.kind === "written" && rules && channel.deltas) {
+        const now = await this.#source(stores, productoIds, sku);
+        if (!("reason" in now) && !sameSource(now, source)) continue;
+      }
       const failure = written.kind === "error" ? written : null;
       const sent = written.kind === "written" ? written.quantityAfter : target;
       await this.#record(id, channel.name, label, sku, productoId, read.quantity, sent, failure);
@@ -872,6 +883,15 @@ export class Resyncer {
     }
     const error = `the stock kept changing (${CAS_TRIES} tries); run again`;
     return line ? { ...line, outcome: "error", error } : { ...base, reason: "stock_kept_changing", error };
+  }
+
+  /** Whether the POS stock of a chunk entry's stores moved since the entry read it. */
+  async #moved(
+    entry: { step: ResyncStep; ids: Map<string, string | null>; source: Source },
+    step: ResyncStep,
+  ) {
+    const now = await this.#source(step.stores, entry.ids, step.sku);
+    return !("reason" in now) && !sameSource(now, entry.source);
   }
 
   /** The store's producto_id, which the POS's Redis key wants. */
