@@ -376,18 +376,19 @@ for (const scope of [{ skus: [MAX] }, { all: true }]) {
       "all" in scope ? "whole catalog" : "per SKU"
     })`,
     async () => {
-      let w: World | undefined;
+      const pos: { of?: World["pos"] } = {};
       let armed = true;
       const store = STORES[0];
-      w = await startWorld("mirror", {}, {
+      const w = await startWorld("mirror", {}, {
         async beforeWrite(line) {
           if (!armed || line.channel !== "shopify" || line.sku !== MAX || line.tienda_id !== store) return;
           armed = false;
           // After the resync's last POS read, before its write: a sale reserved at the POS, whose own
           // batch will find Shopify already at its new target and send nothing.
-          await w!.pos.set(store, MAX, 5);
+          await pos.of!.set(store, MAX, 5);
         },
       });
+      pos.of = w.pos;
       try {
         await w.pos.set(store, MAX, 8); // the rule (max 10) shows 8
         await shopifySet(w, MAX, store, 3);
