@@ -95,6 +95,9 @@ function backlogTimeline(samples: readonly Sample[], channel: "shopify" | "meli"
   return shown.join(" ");
 }
 
+/** Whether process `pid` still exists. */
+const alive = (pid: number) => Deno.stat(`/proc/${pid}`).then(() => true, () => false);
+
 /**
  * Publishes `sales` at `perSecond` as the POS does (persistent JSON, message id = event id,
  * publisher confirms), stamping each sale's `timestamp` as it is sent: that instant is the
@@ -302,6 +305,10 @@ export const sustainedSection: Section = {
     const end = (await rssMib(child.pid))!;
     // The service's backends publish their row counters when they exit: stop it, then read them.
     await child.stop();
+    // A backend publishes its counters on its way out, a moment after the client has gone.
+    for (let i = 0; i < 50 && (await Promise.all([...serviceBackends].map(alive))).some(Boolean); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
     const writesAfter = await tableWrites(probe, config.LEDGER_SCHEMA);
     const walPerSale = await walBytes(probe, lsnBefore, lsnAfter) / sales.length;
     const lag = await lagWindows(probe, firstPublish, LAG_WINDOW_S);
