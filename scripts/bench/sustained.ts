@@ -276,6 +276,7 @@ export const sustainedSection: Section = {
     })();
     await publishStream(ctx, config, sales, rate);
     const publishSeconds = elapsed();
+    const meliPutsAtPublishEnd = meli.stats().puts;
     // Custody drains what is left; the channels keep dispatching (MeLi is budget-bound and far behind).
     for (let i = 0; i < 600; i++) {
       const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from sale`;
@@ -319,10 +320,8 @@ export const sustainedSection: Section = {
     const lastHalf = during.filter((s) => s.t >= publishSeconds / 2);
     const shopifySlope = slope(lastHalf.map((s) => ({ t: s.t, y: s.shopify })));
     const meliSlope = slope(lastHalf.map((s) => ({ t: s.t, y: s.meli })));
-    const arrivals = (
-      channel: string,
-    ) => (lag.find((w) => w.channel === channel && w.index === -1)?.changes ?? 0);
-    const shopifyArrivalPerS = arrivals("shopify") / publishSeconds;
+    const shopifyAll = lag.find((w) => w.channel === "shopify" && w.index === -1);
+    const shopifyArrivalPerS = (shopifyAll?.changes ?? 0) / publishSeconds;
     const writes = writesPerSale(writesBefore, writesAfter, sales.length);
     const thousands = sales.length / 1000;
     const pgCpu = servers.used("postgres", (pid) => pid !== probePid);
@@ -334,8 +333,9 @@ export const sustainedSection: Section = {
     // takes the listings with the oldest pending changes first, so a change waits at most about one
     // pass over the listings with sales: their number / the writes per second MELI_RATE_PER_SEC allows.
     const meliPuts = meliAfter.puts - meliBefore.puts;
-    const meliSteadyPutsPerS = meliHalf
-      ? (meliAfter.puts - meliHalf.puts) / (windowSeconds - meliHalf.t)
+    // Over the stream's second half: past the cold lookups, while sales still arrive.
+    const meliSteadyPutsPerS = meliHalf && publishSeconds > meliHalf.t
+      ? (meliPutsAtPublishEnd - meliHalf.puts) / (publishSeconds - meliHalf.t)
       : meliPuts / windowSeconds;
     const meliListings = new Set(
       sales.filter((s) => s.tienda_id === meliStore).flatMap((s) => s.items.map((i) => i.producto_sku)),
