@@ -301,6 +301,112 @@ export async function cpuSeconds(pid: number): Promise<number | undefined> {
   }
 }
 
+/** One process's CPU reading: its command name, start time (tells a reused pid apart) and CPU seconds. */
+interface ProcessCpu {
+  name: string;
+  started: string;
+  seconds: number;
+}
+
+/** CPU seconds of every process whose command name (`comm`) is one of `names`, by pid, from /proc. */
+async function processCpuByName(names: ReadonlySet<string>): Promise<Map<number, ProcessCpu>> {
+  const found = new Map<number, ProcessCpu>();
+  for await (const entry of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const stat = await Deno.readTextFile(`/proc/${entry.name}/stat`);
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      if (!names.has(name)) continue;
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      // utime, stime: fields 14 and 15; starttime: field 22 (the slice starts at field 3).
+      found.set(Number(entry.name), {
+        name,
+        started: fields[19],
+        seconds: (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS,
+      });
+    } catch {
+      // gone between the listing and the read
+    }
+  }
+  return found;
+}
+
+/**
+ * CPU time used by the processes of some command names (`postgres`, `beam.smp`) since
+ * {@link trackProcessCpu} was called. Call `sample()` often: a process that exits keeps
+ * what it used up to its last sample (only the time since is lost), and one started
+ * meanwhile counts from zero.
+ */
+export interface ProcessCpuTracker {
+  /** Reads every matching process once more (one pass over /proc, ~5 ms for ~100 processes). */
+  sample(): Promise<void>;
+  /** CPU seconds the processes named `name` used since the start (only those `counted` says, if given). */
+  used(name: string, counted?: (pid: number) => boolean): number;
+  /** Processes named `name` seen, and how many of them had exited by the last sample. */
+  processes(name: string): { seen: number; exited: number };
+}
+
+/** Starts a {@link ProcessCpuTracker} for the processes named `names` (the baseline is read now). */
+export async function trackProcessCpu(names: readonly string[]): Promise<ProcessCpuTracker> {
+  const wanted = new Set(names);
+  // Keyed pid:starttime, so a pid reused by a new process is a new process.
+  const first = new Map<string, number>();
+  const last = new Map<string, { pid: number; name: string; seconds: number; alive: boolean }>();
+  const read = async (baseline: boolean) => {
+    const now = await processCpuByName(wanted);
+    for (const entry of last.values()) entry.alive = false;
+    for (const [pid, cpu] of now) {
+      const key = `${pid}:${cpu.started}`;
+      if (!first.has(key)) first.set(key, baseline ? cpu.seconds : 0);
+      last.set(key, { pid, name: cpu.name, seconds: cpu.seconds, alive: true });
+    }
+  };
+  await read(true);
+  return {
+    sample: () => read(false),
+    used(name, counted = () => true) {
+      let total = 0;
+      for (const [key, e] of last) {
+        if (e.name === name && counted(e.pid)) total += e.seconds - first.get(key)!;
+      }
+      return total;
+    },
+    processes(name) {
+      const all = [...last.values()].filter((e) => e.name === name);
+      return { seen: all.length, exited: all.filter((e) => !e.alive).length };
+    },
+  };
+}
+
+/**
+ * Local ports of a process's TCP connections to `remotePort` (e.g. its Postgres
+ * connections, which `pg_stat_activity.client_port` names): its socket inodes from
+ * /proc/<pid>/fd matched against /proc/net/tcp and tcp6. Empty once it is gone.
+ */
+export async function connectionPorts(pid: number, remotePort: number): Promise<number[]> {
+  const inodes = new Set<string>();
+  try {
+    for await (const fd of Deno.readDir(`/proc/${pid}/fd`)) {
+      const target = await Deno.readLink(`/proc/${pid}/fd/${fd.name}`).catch(() => "");
+      const inode = /^socket:\[(\d+)\]$/.exec(target)?.[1];
+      if (inode) inodes.add(inode);
+    }
+  } catch {
+    return [];
+  }
+  const ports: number[] = [];
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    const text = await Deno.readTextFile(table).catch(() => "");
+    for (const line of text.split("\n").slice(1)) {
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode …; addresses are HEX:PORT.
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10 || !inodes.has(f[9])) continue;
+      if (parseInt(f[2].split(":")[1], 16) === remotePort) ports.push(parseInt(f[1].split(":")[1], 16));
+    }
+  }
+  return ports;
+}
+
 /** A free TCP port on loopback (for the service's HTTP_PORT). */
 export function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -316,6 +422,8 @@ export interface ServiceProcess {
   url: string;
   /** Whether the process has ended. */
   exited(): boolean;
+  /** Stops it (SIGTERM) and waits until it has exited; nothing when it already has. */
+  stop(): Promise<void>;
 }
 
 /**
@@ -347,11 +455,12 @@ export async function spawnService(
     return s;
   });
   const lines = options.onStderrLine ? forEachLine(child.stderr, options.onStderrLine) : Promise.resolve();
-  ctx.defer("service process", async () => {
+  const stop = async () => {
     if (!exited) child.kill("SIGTERM");
     await status;
     await lines;
-  });
+  };
+  ctx.defer("service process", stop);
   const url = `http://127.0.0.1:${options.env.HTTP_PORT}`;
   for (let i = 0;; i++) {
     const ok = await fetch(`${url}/readyz`).then((r) => r.body?.cancel().then(() => r.ok), () => false);
@@ -359,7 +468,7 @@ export async function spawnService(
     if (i > 300 || exited) throw new Error("the service did not become ready within 30 s");
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { pid: child.pid, url, exited: () => exited };
+  return { pid: child.pid, url, exited: () => exited, stop };
 }
 
 /** Calls `each` with every line of a byte stream until it ends. */

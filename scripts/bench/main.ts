@@ -399,6 +399,22 @@ async function main(): Promise<number> {
         `peak ${r.rss_high_water_mib} MiB (target <= 128: ${r.target_rss_le_128_mib ? "met" : "NOT met"}); ` +
         `custody done ${r.custody_done_after_s} s after the start, peak queue depth ${r.peak_queue_depth}`,
     );
+    lines.push(
+      `sustained lag sale→applied: Shopify p99 ${r.shopify_lag_p99_s} s, worst 30 s window ${r.shopify_lag_p99_worst_window_s} s ` +
+        `(target <= 2: ${
+          r.target_shopify_lag_p99_le_2_s ? "met" : "NOT met"
+        }), backlog slope over the last half ` +
+        `${r.shopify_backlog_slope_last_half_per_s}/s (not growing: ${
+          r.target_shopify_backlog_not_growing ? "met" : "NOT met"
+        }); MeLi ${r.meli_puts_per_s_last_half} writes/s × ${r.meli_changes_per_put} changes/write, lag max ` +
+        `${r.meli_lag_max_last_half_s} s in the last half against one pass over ${r.meli_listings_sold} listings ` +
+        `${r.meli_pass_s} s; per sale ${r.ledger_rows_written_per_sale} ledger rows, ${r.wal_bytes_per_sale} WAL bytes; ` +
+        `CPU-s per 1 000 sales: service ${r.service_cpu_s_per_1000_sales}, Postgres ${r.postgres_cpu_s_per_1000_sales} ` +
+        `(its backends ${r.postgres_service_backends_cpu_s_per_1000_sales}), RabbitMQ ${r.rabbitmq_cpu_s_per_1000_sales}` +
+        (r.custody_ratio_to_broker_same_run === undefined
+          ? ""
+          : `; custody/raw in this run ${r.custody_ratio_to_broker_same_run} (issue #15: >= 0.6)`),
+    );
   }
   if (results.meli) {
     const r = results.meli;

@@ -8,8 +8,21 @@
  * (sampled from /proc, idle before, peak during), the CPU time it used, whether
  * custody kept up (the queue's depth), and what the channels applied meanwhile.
  *
- * Target (issue #7): RSS ≤ 128 MiB at 1 000 sales/s sustained for 60 s.
+ * For issue #15 it also reports, per channel, the sale → applied lag per 30 s
+ * window of sale time (read from the ledger after the stream, Shopify given up
+ * to 120 s to drain) and the backlog over time (open changes, sampled with the
+ * RSS) with its slope over the stream's last half; what bounds MercadoLibre (its
+ * writes per second, changes per write, one pass over its listings); and the cost
+ * per sale over the stream and drain: ledger rows written, WAL bytes, and CPU
+ * seconds per 1 000 sales of the service, Postgres and RabbitMQ. The ledger
+ * queries are scripts/bench/sustained_ledger.ts. docs/BENCHMARKS.md says what
+ * each figure means and its caveats.
+ *
+ * Targets: RSS ≤ 128 MiB (issue #7), idle ≤ 100 MiB; Shopify lag p99 ≤ 2 s in
+ * every window and a backlog that does not grow (issue #15).
  */
+import { Buffer } from "node:buffer";
+import postgres from "postgres";
 import { createClient } from "redis";
 import { type Config, loadConfig } from "../../src/config.ts";
 import { envText, permissionsFor, SERVICE_ENV, withV8Flags } from "../../src/permissions.ts";
@@ -19,7 +32,9 @@ import { startShopifySandbox } from "../../src/sandbox/shopify/sandbox.ts";
 import {
   type BenchContext,
   benchServiceEnv,
+  connectionPorts,
   cpuSeconds,
+  DATABASE_URL,
   deleteKeys,
   freePort,
   PLAN_BUCKETS,
@@ -29,11 +44,93 @@ import {
   type Section,
   type SectionResult,
   spawnService,
+  trackProcessCpu,
 } from "./harness.ts";
-import { publishSales, reservePosStock, sampleSales } from "../publish_sample.ts";
+import { reservePosStock, type SampleSale, sampleSales } from "../publish_sample.ts";
+import {
+  backendPids,
+  backlogByChannel,
+  lagFigures,
+  lagWindows,
+  oldestOpenAgeS,
+  slope,
+  tableWrites,
+  walBytes,
+  walLsn,
+  writesPerSale,
+} from "./sustained_ledger.ts";
 
 const log = (text: string) => console.error(`[bench] ${text}`);
 const round = (n: number, digits = 1) => Number(n.toFixed(digits));
+
+/** Width of the windows of sale time the lag is reported in, in seconds. */
+const LAG_WINDOW_S = 30;
+/** How long Shopify gets after custody is done to settle every change before the lag is read. */
+const DRAIN_S = 120;
+
+/** One sample of the stream, every 0.5 s: service RSS, queue depth, open changes per channel. */
+interface Sample {
+  t: number;
+  rss: number;
+  depth: number;
+  shopify: number;
+  meli: number;
+}
+
+/**
+ * A channel's backlog about 20 times over the stream (every 30 s of a 600 s stream, at least
+ * every 5 s) and at the end: `"30s:123 60s:140 … 602s:0"`.
+ */
+function backlogTimeline(samples: readonly Sample[], channel: "shopify" | "meli", streamS: number): string {
+  const step = Math.max(5, Math.round(streamS / 20 / 5) * 5);
+  const shown: string[] = [];
+  let next = step;
+  for (const s of samples) {
+    if (s.t < next) continue;
+    shown.push(`${next}s:${s[channel]}`);
+    next += step;
+  }
+  const last = samples.at(-1);
+  if (last && next - step < Math.floor(last.t)) shown.push(`${round(last.t, 0)}s:${last[channel]}`);
+  return shown.join(" ");
+}
+
+/** Whether process `pid` still exists. */
+const alive = (pid: number) => Deno.stat(`/proc/${pid}`).then(() => true, () => false);
+
+/**
+ * Publishes `sales` at `perSecond` as the POS does (persistent JSON, message id = event id,
+ * publisher confirms), stamping each sale's `timestamp` as it is sent: that instant is the
+ * "sale" the lag is measured from.
+ */
+async function publishStream(
+  ctx: BenchContext,
+  config: Config,
+  sales: SampleSale[],
+  perSecond: number,
+): Promise<void> {
+  const publisher = ctx.rabbit.createPublisher({ confirm: true });
+  const window: Promise<void>[] = [];
+  const started = performance.now();
+  try {
+    for (const [n, sale] of sales.entries()) {
+      const wait = started + n / perSecond * 1000 - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      sale.timestamp = new Date().toISOString();
+      window.push(publisher.send({
+        exchange: config.EXCHANGE,
+        routingKey: config.ROUTING_KEY,
+        contentType: "application/json",
+        durable: true,
+        messageId: sale.event_id,
+      }, Buffer.from(JSON.stringify(sale))));
+      if (window.length >= 500) await Promise.all(window.splice(0));
+    }
+    await Promise.all(window);
+  } finally {
+    await publisher.close();
+  }
+}
 
 export const sustainedSection: Section = {
   id: "sustained",
@@ -124,38 +221,136 @@ export const sustainedSection: Section = {
     });
     await reservePosStock(redis, env.POS_STOCK_KEY, catalog, sales);
 
-    const samples: { t: number; rss: number; depth: number }[] = [];
-    let sampling = true;
-    const started = performance.now();
+    // The section's own queries go through one connection of their own, so Postgres's CPU
+    // can be counted without this backend's (its pid is left out).
+    const probe = postgres(DATABASE_URL, {
+      max: 1,
+      onnotice: () => {},
+      connection: { search_path: config.LEDGER_SCHEMA, application_name: "bench sustained probe" },
+    });
+    ctx.defer("probe connection", () => probe.end());
+    const [{ pid: probePid }] = await probe<{ pid: number }[]>`select pg_backend_pid() as pid`;
+
+    // Baselines of the cost window (first publish → Shopify drained or the drain budget spent).
+    const writesBefore = await tableWrites(probe, config.LEDGER_SCHEMA);
+    const lsnBefore = await walLsn(probe);
+    const servers = await trackProcessCpu(["postgres", "beam.smp"]);
+    // The service's own Postgres backends: its connections' ports, as pg_stat_activity shows them.
+    const postgresPort = Number(new URL(DATABASE_URL).port || 5432);
+    const serviceBackends = new Set<number>();
+    const findServiceBackends = async () => {
+      for (const pid of await backendPids(probe, await connectionPorts(child.pid, postgresPort))) {
+        serviceBackends.add(pid);
+      }
+    };
+    await findServiceBackends();
+    const meliBefore = meli.stats();
     const cpuBefore = await cpuSeconds(child.pid);
+    const firstPublish = new Date();
+    const started = performance.now();
+    const elapsed = () => (performance.now() - started) / 1000;
+
+    const samples: Sample[] = [];
+    let meliHalf: { t: number; puts: number } | undefined;
+    let sampling = true;
     const sampler = (async () => {
       while (sampling && !child.exited()) {
         const m = await rssMib(child.pid);
         const depth = (await ctx.rabbit.queueDeclare({ queue: config.QUEUE, passive: true })).messageCount;
-        if (m) samples.push({ t: (performance.now() - started) / 1000, rss: m.rss, depth });
+        const backlog = await backlogByChannel(probe);
+        await servers.sample();
+        if (samples.length % 10 === 0) await findServiceBackends(); // the pool opens and closes connections
+        const t = elapsed();
+        if (!meliHalf && t >= seconds / 2) meliHalf = { t, puts: meli.stats().puts };
+        if (m) {
+          samples.push({
+            t,
+            rss: m.rss,
+            depth,
+            shopify: backlog.shopify ?? 0,
+            meli: backlog.mercadolibre ?? 0,
+          });
+        }
         await new Promise((r) => setTimeout(r, 500));
       }
     })();
-    await publishSales(ctx.rabbit, config.EXCHANGE, config.ROUTING_KEY, sales, { perSecond: rate });
-    const publishSeconds = (performance.now() - started) / 1000;
+    await publishStream(ctx, config, sales, rate);
+    const publishSeconds = elapsed();
+    const meliPutsAtPublishEnd = meli.stats().puts;
     // Custody drains what is left; the channels keep dispatching (MeLi is budget-bound and far behind).
     for (let i = 0; i < 600; i++) {
       const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from sale`;
       if (n >= sales.length) break;
       await new Promise((r) => setTimeout(r, 100));
     }
-    const custodySeconds = (performance.now() - started) / 1000;
+    const custodySeconds = elapsed();
     const cpuUsed = (await cpuSeconds(child.pid) ?? NaN) - (cpuBefore ?? NaN);
-    await new Promise((r) => setTimeout(r, 2_000));
+    // Shopify may trail the stream a little: give it up to DRAIN_S to settle every change, so
+    // the lag of the last windows is measured, not cut off. MeLi is left where it is.
+    let shopifyOpen = NaN;
+    for (const until = performance.now() + DRAIN_S * 1000; performance.now() < until;) {
+      shopifyOpen = (await backlogByChannel(probe)).shopify ?? 0;
+      if (shopifyOpen === 0) break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    const windowSeconds = elapsed();
+    // The end of the cost window: CPU, WAL and MeLi's counters now, before anything stops.
+    await findServiceBackends();
+    await servers.sample();
+    const serviceCpuWindow = (await cpuSeconds(child.pid) ?? NaN) - (cpuBefore ?? NaN);
+    const lsnAfter = await walLsn(probe);
+    const meliAfter = meli.stats();
+    const meliOldestOpen = await oldestOpenAgeS(probe, "mercadolibre");
     sampling = false;
     await sampler;
     const end = (await rssMib(child.pid))!;
-    const counts = await sql<{ channel: string; status: string; n: number }[]>`
-      select channel, status, count(*)::int as n from stock_change group by 1, 2 order by 1, 2`;
+    // The service's backends publish their row counters when they exit: stop it, then read them.
+    await child.stop();
+    // A backend publishes its counters on its way out, a moment after the client has gone.
+    for (let i = 0; i < 50 && (await Promise.all([...serviceBackends].map(alive))).some(Boolean); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const writesAfter = await tableWrites(probe, config.LEDGER_SCHEMA);
+    const walPerSale = await walBytes(probe, lsnBefore, lsnAfter) / sales.length;
+    const lag = await lagWindows(probe, firstPublish, LAG_WINDOW_S);
+
     const during = samples.filter((s) => s.t <= publishSeconds);
     const peakDuring = Math.max(...during.map((s) => s.rss));
     const peakDepth = Math.max(...samples.map((s) => s.depth));
-    const result = {
+    const lastHalf = during.filter((s) => s.t >= publishSeconds / 2);
+    const shopifySlope = slope(lastHalf.map((s) => ({ t: s.t, y: s.shopify })));
+    const meliSlope = slope(lastHalf.map((s) => ({ t: s.t, y: s.meli })));
+    const shopifyAll = lag.find((w) => w.channel === "shopify" && w.index === -1);
+    const shopifyArrivalPerS = (shopifyAll?.changes ?? 0) / publishSeconds;
+    const writes = writesPerSale(writesBefore, writesAfter, sales.length);
+    const thousands = sales.length / 1000;
+    const pgCpu = servers.used("postgres", (pid) => pid !== probePid);
+    const pgServiceCpu = servers.used("postgres", (pid) => serviceBackends.has(pid));
+    const rabbitCpu = servers.used("beam.smp");
+    const pgProcesses = servers.processes("postgres");
+
+    // MeLi: a write (PUT) carries every pending change of one listing (coalescing), and a claim
+    // takes the listings with the oldest pending changes first, so a change waits at most about one
+    // pass over the listings with sales: their number / the writes per second MELI_RATE_PER_SEC allows.
+    const meliPuts = meliAfter.puts - meliBefore.puts;
+    // Over the stream's second half: past the cold lookups, while sales still arrive.
+    const meliSteadyPutsPerS = meliHalf && publishSeconds > meliHalf.t
+      ? (meliPutsAtPublishEnd - meliHalf.puts) / (publishSeconds - meliHalf.t)
+      : meliPuts / windowSeconds;
+    const meliListings = new Set(
+      sales.filter((s) => s.tienda_id === meliStore).flatMap((s) => s.items.map((i) => i.producto_sku)),
+    ).size;
+    const meliListingsPut = Object.entries(meliAfter.putsByListing)
+      .reduce((n, [k, v]) => n + v - (meliBefore.putsByListing[k] ?? 0), 0);
+    const meliPassS = meliListings / meliSteadyPutsPerS;
+    const meliApplied = lag.find((w) => w.channel === "mercadolibre" && w.index === -1)?.applied ?? 0;
+    const lastHalfFrom = Math.floor(publishSeconds / 2 / LAG_WINDOW_S);
+    const meliLastHalf = lag.filter((w) => w.channel === "mercadolibre" && w.index >= lastHalfFrom);
+    const meliLagMaxLastHalf = Math.max(...meliLastHalf.map((w) => w.max), meliOldestOpen);
+    const shopifyLag = lagFigures(lag, "shopify", "shopify", LAG_WINDOW_S, publishSeconds);
+    const custodyRatio = ctx.results.custody?.ratio_to_broker;
+
+    const result: SectionResult = {
       sales: sales.length,
       target_rate_per_s: rate,
       achieved_publish_rate_per_s: round(sales.length / publishSeconds, 0),
@@ -174,14 +369,68 @@ export const sustainedSection: Section = {
         `${round(s.t, 0)}s:${round(s.rss, 0)}`
       )
         .join(" "),
-      ...Object.fromEntries(counts.map((c) => [`changes_${c.channel}_${c.status}`, c.n])),
+
+      // Lag, sale (the event's timestamp, set as it is published) → stock_change.applied_at, per change.
+      ...shopifyLag,
+      shopify_open_after_drain: shopifyOpen,
+      shopify_drained_after_s: shopifyOpen === 0 ? round(windowSeconds) : "not within " + DRAIN_S + " s",
+      ...lagFigures(lag, "mercadolibre", "meli", LAG_WINDOW_S, publishSeconds),
+      meli_oldest_open_age_s: round(meliOldestOpen),
+
+      // Backlog: changes pending or sending, sampled every 0.5 s; shown every 30 s.
+      shopify_backlog_timeline: backlogTimeline(samples, "shopify", publishSeconds),
+      meli_backlog_timeline: backlogTimeline(samples, "meli", publishSeconds),
+      shopify_backlog_peak: Math.max(0, ...during.map((s) => s.shopify)),
+      shopify_backlog_slope_last_half_per_s: round(shopifySlope),
+      meli_backlog_slope_last_half_per_s: round(meliSlope),
+      shopify_changes_arriving_per_s: round(shopifyArrivalPerS, 0),
+      meli_backlog_at_end: samples.at(-1)?.meli ?? NaN,
+
+      // What bounds MeLi.
+      meli_rate_per_s: o.meliRate,
+      meli_requests_per_s: round((meliAfter.requests - meliBefore.requests) / windowSeconds),
+      meli_rate_limited: meliAfter.rateLimited - meliBefore.rateLimited,
+      meli_puts: meliPuts,
+      meli_puts_per_s: round(meliPuts / windowSeconds),
+      meli_puts_per_s_last_half: round(meliSteadyPutsPerS),
+      meli_listings_per_put: round(meliListingsPut / Math.max(1, meliPuts)),
+      meli_changes_per_put: round(meliApplied / Math.max(1, meliPuts)),
+      meli_listings_sold: meliListings,
+      meli_pass_s: round(meliPassS, 1),
+      meli_lag_max_last_half_s: round(meliLagMaxLastHalf, 1),
+
+      // Cost per sale over the cost window (first publish → Shopify drained), ledger and servers.
+      cost_window_s: round(windowSeconds),
+      ledger_rows_written_per_sale: round(writes.total),
+      ledger_rows_by_table_per_sale: writes.byTable,
+      wal_bytes_per_sale: round(walPerSale, 0),
+      service_cpu_s_per_1000_sales: round(serviceCpuWindow / thousands, 3),
+      postgres_cpu_s_per_1000_sales: round(pgCpu / thousands, 3),
+      postgres_service_backends_cpu_s_per_1000_sales: round(pgServiceCpu / thousands, 3),
+      rabbitmq_cpu_s_per_1000_sales: round(rabbitCpu / thousands, 3),
+      postgres_processes_seen_exited: `${pgProcesses.seen}/${pgProcesses.exited}`,
+      postgres_service_backends: serviceBackends.size,
+
+      ...Object.fromEntries(
+        (await sql<{ channel: string; status: string; n: number }[]>`
+          select channel, status, count(*)::int as n from stock_change group by 1, 2 order by 1, 2`)
+          .map((c) => [`changes_${c.channel}_${c.status}`, c.n]),
+      ),
       runtime,
+      ...(custodyRatio === undefined ? {} : { custody_ratio_to_broker_same_run: custodyRatio }),
+      target_rss_idle_le_100_mib: idle.rss <= 100,
       target_rss_le_128_mib: end.hwm <= 128,
+      target_shopify_lag_p99_le_2_s: Number(shopifyLag.shopify_lag_p99_worst_window_s) <= 2 &&
+        shopifyOpen === 0,
+      // "Does not grow": over the last half it rises by less than 1 % of what arrives per second.
+      target_shopify_backlog_not_growing: shopifySlope <= 0.01 * shopifyArrivalPerS,
+      target_meli_lag_within_pass: meliLagMaxLastHalf <= meliPassS,
     };
     log(
       `sustained: ${result.achieved_publish_rate_per_s} sales/s for ${result.seconds} s; custody done after ` +
         `${result.custody_done_after_s} s (peak queue ${peakDepth}); RSS idle ${result.rss_idle_mib} MiB, ` +
-        `peak ${result.rss_high_water_mib} MiB`,
+        `peak ${result.rss_high_water_mib} MiB; Shopify lag p99 ${result.shopify_lag_p99_s} s ` +
+        `(worst window ${result.shopify_lag_p99_worst_window_s} s)`,
     );
     return result;
   },
