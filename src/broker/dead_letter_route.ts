@@ -16,7 +16,9 @@ export function deadLetterRoute(
   return {
     async deadLetter(failed: FailedChange): Promise<void> {
       const envelope = failedChangeEnvelope(failed);
-      await publisher.toQueue(topology.deadLetterQueue, envelope, JSON.stringify(failed.body));
+      // Bytes, not a string: rabbitmq-client labels a string body text/plain over the envelope's JSON.
+      const body = new TextEncoder().encode(JSON.stringify(failed.body));
+      await publisher.toQueue(topology.deadLetterQueue, envelope, body);
     },
   };
 }
