@@ -202,6 +202,7 @@ const EnvSchema = z.object({
   DISPATCH_POLL_INTERVAL: duration("DISPATCH_POLL_INTERVAL").default(100),
   DISPATCH_BACKOFF_BASE: duration("DISPATCH_BACKOFF_BASE").default(1_000),
   DISPATCH_BACKOFF_MAX: duration("DISPATCH_BACKOFF_MAX").default(300_000),
+  DLQ_COPY_SWEEP: duration("DLQ_COPY_SWEEP").default(30_000),
 
   MELI_URL: url(["https:", "http:"]).default(DEFAULT_MELI_URL),
   MELI_TOKEN: z.string().min(1).optional(),

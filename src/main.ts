@@ -14,6 +14,7 @@ import { shopify, type ShopifyPlug } from "./channels/shopify/plug.ts";
 import { type Config, sandboxMode } from "./config.ts";
 import { createApp } from "./http/app.ts";
 import { ledgerBacklog } from "./ledger/backlog.ts";
+import { DeadLetterOutbox } from "./ledger/dead_letter_outbox.ts";
 import type { Custody } from "./ledger/custody.ts";
 import type { SaleConsumer } from "./broker/sale_consumer.ts";
 import { migrate } from "./ledger/migrate.ts";
@@ -79,7 +80,8 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   const topology = topologyFromConfig(config);
   const lifecycle = new Lifecycle();
   const sql = openLedger(config);
-  const metrics = createMetrics(config.METRICS_PREFIX, () => ledgerBacklog(sql));
+  const outbox = new DeadLetterOutbox(sql);
+  const metrics = createMetrics(config.METRICS_PREFIX, () => ledgerBacklog(sql), () => outbox.countDue());
   const redis = openRedis(config.REDIS_URL, "Redis");
   const sandboxCatalog = sandboxCatalogLoader(config);
   const pos = new PosSource(config, redis, sandboxCatalog);
@@ -163,6 +165,8 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
           adapter: plug.adapter,
           store,
           failures: deadLetterRoute(publisher!, topology),
+          outbox,
+          deadLetterSweepMs: config.DLQ_COPY_SWEEP,
           metrics,
           pollIntervalMs: config.DISPATCH_POLL_INTERVAL,
           hooks: options.dispatcherHooks,

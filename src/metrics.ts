@@ -36,16 +36,19 @@ export interface ServiceMetrics {
   tokenExpirySeconds: Gauge<"channel">;
   resyncRuns: Counter<"mode" | "state">;
   deadLetterCopyFailures: Counter<"channel">;
+  deadLetterCopiesDue: Gauge<"channel">;
 }
 
 /**
  * Creates the registry and metrics.
  * @param prefix metric name prefix, e.g. `marketplace_sync_`.
  * @param collectLedger called on each scrape to refresh the backlog gauge.
+ * @param collectDueCopies called on each scrape to refresh the gauge of DLQ copies still due.
  */
 export function createMetrics(
   prefix: string,
   collectLedger: () => Promise<{ channel: string; status: string; count: number }[]>,
+  collectDueCopies: () => Promise<{ channel: string; count: number }[]> = () => Promise.resolve([]),
 ): ServiceMetrics {
   const registry = new Registry();
   const registers = [registry];
@@ -111,6 +114,21 @@ export function createMetrics(
         "Failed changes whose sale could not be copied to the DLQ (still failed in the ledger's audit trail).",
       labelNames: ["channel"] as const,
       registers,
+    }),
+    deadLetterCopiesDue: new Gauge({
+      name: `${prefix}dead_letter_copies_due`,
+      help: "Failed changes whose DLQ copy is not confirmed yet (published by the next sweep).",
+      labelNames: ["channel"] as const,
+      registers,
+      async collect() {
+        try {
+          const rows = await collectDueCopies();
+          this.reset();
+          for (const row of rows) this.set({ channel: row.channel }, row.count);
+        } catch {
+          // Postgres down: keep the last values; readiness already reports it.
+        }
+      },
     }),
     queueMessages: new Gauge({
       name: `${prefix}queue_messages`,

@@ -12,8 +12,10 @@ import postgres from "postgres";
 import { deadLetterRoute } from "../src/broker/dead_letter_route.ts";
 import { failedChangeEnvelope } from "../src/broker/envelope.ts";
 import { type ConfirmingPublisher, createConfirmingPublisher } from "../src/broker/publisher.ts";
+import { keepRawBodies, originalContentEncoding } from "../src/broker/raw_body.ts";
 import { buildTopology, declareTopology, type Topology } from "../src/broker/topology.ts";
 import { Custody } from "../src/ledger/custody.ts";
+import { DeadLetterOutbox } from "../src/ledger/dead_letter_outbox.ts";
 import { DispatchStore } from "../src/ledger/dispatch_store.ts";
 import { migrate } from "../src/ledger/migrate.ts";
 import { createMetrics } from "../src/metrics.ts";
@@ -86,6 +88,7 @@ interface Run {
 }
 
 async function world(): Promise<World> {
+  keepRawBodies(); // as the service does: DLQ bodies arrive as the bytes published
   const schema = uniqueName("msync_outbox");
   const sql = postgres(DATABASE_URL, { max: 2, onnotice: () => {}, connection: { search_path: schema } });
   await migrate(sql, schema);
@@ -122,16 +125,15 @@ async function world(): Promise<World> {
         onnotice: () => {},
         connection: { search_path: schema },
       });
-      const dispatcher = new Dispatcher(
-        {
-          adapter: new Marketplace(),
-          store: new DispatchStore(pool, POLICY),
-          failures: failures(publisher),
-          metrics: createMetrics(`${uniqueName("outbox_test")}_`, () => Promise.resolve([])),
-          pollIntervalMs: 50,
-          deadLetterSweepMs: sweepMs,
-        } as ConstructorParameters<typeof Dispatcher>[0],
-      );
+      const dispatcher = new Dispatcher({
+        adapter: new Marketplace(),
+        store: new DispatchStore(pool, POLICY),
+        failures: failures(publisher),
+        outbox: new DeadLetterOutbox(pool),
+        metrics: createMetrics(`${uniqueName("outbox_test")}_`, () => Promise.resolve([])),
+        pollIntervalMs: 50,
+        deadLetterSweepMs: sweepMs,
+      });
       let ended = false;
       const run: Run = {
         dispatcher,
@@ -157,7 +159,7 @@ async function world(): Promise<World> {
       for (;;) {
         const msg = await rabbit.basicGet({ queue: topology.deadLetterQueue, noAck: true });
         if (!msg) return out;
-        out.push(msg);
+        out.push({ ...msg, contentEncoding: originalContentEncoding(msg.contentEncoding) });
       }
     },
     async close() {
@@ -205,6 +207,7 @@ function expectedCopy(failed: FailedChange) {
 function copyOf(msg: SyncMessage) {
   const headers: Record<string, string> = {};
   for (const [name, value] of Object.entries(msg.headers ?? {})) {
+    if (name === "sync-publish-id") continue; // the publisher's own, per publish
     if (/^sync-(first|last)-failure$/.test(name)) {
       assert.ok(!Number.isNaN(Date.parse(String(value))), `${name} is a timestamp`);
       continue;

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Custody } from "../src/ledger/custody.ts";
+import { DeadLetterOutbox } from "../src/ledger/dead_letter_outbox.ts";
 import { type DispatchPolicy, DispatchStore } from "../src/ledger/dispatch_store.ts";
 import { migrate } from "../src/ledger/migrate.ts";
 import { createMetrics, type ServiceMetrics } from "../src/metrics.ts";
@@ -181,8 +182,10 @@ async function fixture(
     adapter,
     store,
     failures: route,
+    outbox: new DeadLetterOutbox(sql),
     metrics,
     pollIntervalMs: options.pollIntervalMs ?? 50,
+    deadLetterSweepMs: 30_000,
   });
   const limits = { maxBytes: 1 << 20, maxItems: 100, maxQuantity: 1000 };
   return {

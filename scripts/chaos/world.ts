@@ -401,6 +401,8 @@ export class World {
       DISPATCH_POLL_INTERVAL: "100ms",
       DISPATCH_BACKOFF_BASE: "200ms",
       DISPATCH_BACKOFF_MAX: "2s",
+      // A copy left due by a SIGKILL reaches the DLQ within the settle time, not 30 to 60 s later.
+      DLQ_COPY_SWEEP: "3s",
       // A SIGKILLed instance's batches and MeLi listing locks come back within seconds, not 30 s.
       DISPATCH_LEASE: "3s",
       MELI_LOCK_TTL: "3s",

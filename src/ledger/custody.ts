@@ -249,10 +249,11 @@ export class Custody {
       ), rearmed as (
         -- Only changes the sale already has: a channel enabled since (or MeLi now
         -- following this store) started from a quantity that included this sale,
-        -- so a new change for it would take the sale off twice.
+        -- so a new change for it would take the sale off twice. A re-armed change is
+        -- no longer failed: a DLQ copy still due for it is owed no more.
         update stock_change s
            set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
-               error = null, error_reason = null, updated_at = now()
+               error = null, error_reason = null, updated_at = now(), dead_letter_due = false
           from change c
          where s.event_id = c.event_id and s.channel = c.channel and s.sku = c.sku
            and not exists (select 1 from new_sale n where n.event_id = c.event_id)
@@ -288,7 +289,8 @@ export class Custody {
         returning b.id
       ), reopened as (
         update stock_change s
-           set status = 'sending', error = null, error_reason = null, updated_at = now()
+           set status = 'sending', error = null, error_reason = null, updated_at = now(),
+               dead_letter_due = false
           from reopened_batch r
          where s.batch_id = r.id and s.status = 'failed' and s.error_reason = ${OUTCOME_UNKNOWN}
         returning s.event_id

@@ -247,7 +247,8 @@ export class DispatchStore {
 
   /**
    * Records a batch outcome in one transaction. Returns the changes that have
-   * just failed for good (for DLQ copies).
+   * just failed for good, each marked `dead_letter_due` in the same transaction:
+   * their DLQ copies are owed until DeadLetterOutbox.copied clears the mark.
    */
   async record(
     batch: ClaimedBatch,
@@ -366,7 +367,8 @@ export class DispatchStore {
           }[]
         >`
           update stock_change s
-             set status = 'failed', updated_at = now(), error = ${f.error}, error_reason = ${f.reason}
+             set status = 'failed', updated_at = now(), error = ${f.error}, error_reason = ${f.reason},
+                 dead_letter_due = true
             from sale
            where s.id = any(${f.ids}::bigint[]) and sale.event_id = s.event_id
              and s.batch_id = ${batch.id} and s.status = 'sending'

@@ -2,10 +2,11 @@
  * Applies pending ledger migrations inside one transaction that holds a
  * transaction-scoped advisory lock, so replicas starting together queue up
  * instead of colliding, and a failed migration leaves nothing half-applied.
+ * Then builds, concurrently, the online indexes a migration left to it.
  */
 import type { Sql } from "postgres";
 import { logger } from "../log.ts";
-import { type Migration, MIGRATIONS } from "./migrations.ts";
+import { type Migration, MIGRATIONS, ONLINE_INDEXES, type OnlineIndex } from "./migrations.ts";
 
 const log = logger("ledger");
 
@@ -17,6 +18,18 @@ export async function migrate(
   sql: Sql,
   schema: string,
   migrations: readonly Migration[] = MIGRATIONS,
+): Promise<number[]> {
+  const applied = await applyMigrations(sql, schema, migrations);
+  for (const index of ONLINE_INDEXES) {
+    if (migrations.some((m) => m.version === index.after)) await buildOnlineIndex(sql, schema, index);
+  }
+  return applied;
+}
+
+async function applyMigrations(
+  sql: Sql,
+  schema: string,
+  migrations: readonly Migration[],
 ): Promise<number[]> {
   return await sql.begin(async (tx) => {
     await tx`select pg_advisory_xact_lock(hashtext(${"marketplace-sync:migrate:" + schema}))`;
@@ -45,4 +58,63 @@ export async function migrate(
     }
     return applied;
   });
+}
+
+/** Whether `schema` holds the index: absent, valid, or left invalid by an interrupted build. */
+async function indexState(sql: Sql, schema: string, name: string): Promise<"absent" | "valid" | "invalid"> {
+  const [row] = await sql<{ valid: boolean }[]>`
+    select i.indisvalid as valid from pg_index i
+      join pg_class c on c.oid = i.indexrelid
+      join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = ${schema} and c.relname = ${name}`;
+  return row ? (row.valid ? "valid" : "invalid") : "absent";
+}
+
+/**
+ * Builds `index` with CREATE INDEX CONCURRENTLY (reads and writes go on) unless it is
+ * there and valid: one cheap catalog read on every start. One replica builds; one that
+ * finds the build taken goes on without the index (it only makes a query cheaper). A
+ * build killed midway leaves an invalid index, dropped and built again here.
+ */
+async function buildOnlineIndex(sql: Sql, schema: string, index: OnlineIndex): Promise<void> {
+  if (await indexState(sql, schema, index.name) === "valid") return;
+  const session = await sql.reserve();
+  const lock = `marketplace-sync:online-index:${schema}.${index.name}`;
+  try {
+    const [{ locked }] = await session<{ locked: boolean }[]>`
+      select pg_try_advisory_lock(hashtext(${lock})) as locked`;
+    if (!locked) {
+      log.info("index {index} is being built by another replica; starting without it", {
+        index: index.name,
+        schema,
+      });
+      return;
+    }
+    try {
+      const state = await indexState(session, schema, index.name);
+      if (state === "valid") return;
+      log.info("building index {index} concurrently (reads and writes go on meanwhile)", {
+        index: index.name,
+        schema,
+      });
+      const started = Date.now();
+      // The build may take longer than the pool's statement_timeout; this session only.
+      await session`set statement_timeout = 0`;
+      await session`set search_path to ${session(schema)}`;
+      if (state === "invalid") await session.unsafe(`drop index concurrently if exists ${index.name}`);
+      await session.unsafe(index.sql);
+      log.info("index {index} built in {duration_ms} ms", {
+        index: index.name,
+        schema,
+        duration_ms: Date.now() - started,
+      });
+    } finally {
+      await session`select pg_advisory_unlock(hashtext(${lock}))`;
+    }
+  } finally {
+    // Back to the pool as it was lent: its own statement_timeout and search_path.
+    await session`reset statement_timeout`.catch(() => {});
+    await session`reset search_path`.catch(() => {});
+    session.release();
+  }
 }

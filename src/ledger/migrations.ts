@@ -269,4 +269,55 @@ export const MIGRATIONS: readonly Migration[] = [
       alter table resync_job add column if not exists planned_at timestamptz;
     `,
   },
+  {
+    version: 11,
+    name: "DLQ copies due: an outbox for the copies of changes that failed for good",
+    sql: `
+      -- Online: the column takes an ACCESS EXCLUSIVE lock for an instant (a constant
+      -- default is stored in the catalog, no table rewrite on PG >= 11). Waiting for it
+      -- behind a long transaction would stall every query queued behind us: give up
+      -- after 5 s instead, and the start-up retries the migration with backoff.
+      set local lock_timeout = '5s';
+      -- Set with status = 'failed' in the same transaction, cleared once the sale's DLQ
+      -- copy is confirmed: a process killed in between leaves it set, and the next
+      -- sweep publishes the copy. Rows already failed keep false: nothing is re-copied.
+      alter table stock_change add column dead_letter_due boolean not null default false;
+      -- The sweep's index. Built here only while the table is small (it scans the
+      -- whole table under the lock taken above, and within statement_timeout); a
+      -- larger table gets it built concurrently after this transaction
+      -- (ONLINE_INDEXES below).
+      do $$
+      begin
+        if (select count(*) from (select 1 from stock_change limit 100000) s) < 100000 then
+          create index stock_change_dead_letter_due on stock_change (channel, updated_at)
+            where dead_letter_due;
+        end if;
+      end
+      $$;
+    `,
+  },
+];
+
+/** An index built with CREATE INDEX CONCURRENTLY after the migrations, where a migration could not build it. */
+export interface OnlineIndex {
+  /** Index name (in the ledger schema). */
+  name: string;
+  /** The migration that needs it: nothing is built before that one is applied. */
+  after: number;
+  /** `create index concurrently if not exists <name> on …`. */
+  sql: string;
+}
+
+/**
+ * Indexes on tables too big to index inside the migration transaction (writes wait
+ * for a plain CREATE INDEX, and the whole build would have to fit the pool's
+ * statement_timeout): built concurrently, never blocking reads or writes.
+ */
+export const ONLINE_INDEXES: readonly OnlineIndex[] = [
+  {
+    name: "stock_change_dead_letter_due",
+    after: 11,
+    sql: `create index concurrently if not exists stock_change_dead_letter_due
+            on stock_change (channel, updated_at) where dead_letter_due`,
+  },
 ];

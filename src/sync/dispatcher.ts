@@ -2,19 +2,21 @@
  * One dispatch loop per enabled channel, on every replica: claim (or re-claim)
  * a batch, let the channel adapter send it, record the outcome, and send the
  * sale of every change that failed for good down the injected failure route
- * (the DLQ, in the service).
+ * (the DLQ, in the service). On start and every `deadLetterSweepMs` the loop also
+ * publishes the copies a killed process or a refused publish left due.
  */
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
+import type { DeadLetterOutbox } from "../ledger/dead_letter_outbox.ts";
 import { type DispatchStore } from "../ledger/dispatch_store.ts";
 import {
   type BatchOutcome,
   type ClaimedBatch,
-  type FailedChange,
   KeyWindowPassedError,
   LeaseLostError,
 } from "../model/batch.ts";
 import type { ChannelAdapter } from "./channel.ts";
+import { DeadLetterCopies } from "./dead_letter_copies.ts";
 import type { FailureRoute } from "./failure_route.ts";
 import { exponential } from "../resilience/backoff.ts";
 import { type Attributes, markError, type Span, withSpan } from "../tracing.ts";
@@ -39,6 +41,13 @@ export interface DispatcherDeps {
   store: DispatchStore;
   /** Where the sale of a change that failed for good goes (the DLQ, in the service). */
   failures: FailureRoute;
+  /** The ledger's DLQ copies still due: cleared once copied, swept when left behind. */
+  outbox: DeadLetterOutbox;
+  /**
+   * How often the loop publishes copies still due, and how long a copy must have been due
+   * before a sweep takes it (younger ones are the normal path's, on their way).
+   */
+  deadLetterSweepMs: number;
   metrics: ServiceMetrics;
   /** How often an idle loop looks for work claimed by nobody (other replicas' custody). */
   pollIntervalMs: number;
@@ -53,8 +62,13 @@ export class Dispatcher {
   #loop: Promise<void> | undefined;
   #lastError: string | undefined;
   #busy = false;
+  #copies: DeadLetterCopies;
+  /** performance.now() of the next sweep of due DLQ copies; 0: on start. */
+  #nextSweepAt = 0;
 
-  constructor(private readonly deps: DispatcherDeps) {}
+  constructor(private readonly deps: DispatcherDeps) {
+    this.#copies = new DeadLetterCopies({ route: deps.failures, outbox: deps.outbox, metrics: deps.metrics });
+  }
 
   get channel(): string {
     return this.deps.adapter.name;
@@ -118,6 +132,11 @@ export class Dispatcher {
     const { store, adapter } = this.deps;
     let failures = 0;
     while (!this.#stopping) {
+      if (performance.now() >= this.#nextSweepAt) {
+        await this.#copies.sweep(adapter.name, this.deps.deadLetterSweepMs);
+        this.#nextSweepAt = performance.now() + this.deps.deadLetterSweepMs;
+        if (this.#stopping) break;
+      }
       try {
         const claimStarted = performance.now();
         const batch = await store.reclaimBatch(adapter.name) ??
@@ -125,7 +144,8 @@ export class Dispatcher {
         if (batch) this.#phase("claim", claimStarted);
         this.#busy = batch !== null;
         if (!batch) {
-          await this.#idle(this.deps.pollIntervalMs);
+          const untilSweep = Math.max(0, this.#nextSweepAt - performance.now());
+          await this.#idle(Math.min(this.deps.pollIntervalMs, untilSweep));
           continue;
         }
         await this.#dispatch(batch);
@@ -247,7 +267,7 @@ export class Dispatcher {
     span.setAttribute("marketplace_sync.dead_lettered", failed.length);
     this.#phase("record", recordStarted);
     this.#observe(batch, outcome, failed.length);
-    for (const f of failed) await this.#deadLetter(f);
+    await this.#copies.copy(failed);
   }
 
   #observe(
@@ -307,23 +327,6 @@ export class Dispatcher {
           attempt: change.attempts,
         });
       }
-    }
-  }
-
-  async #deadLetter(f: FailedChange): Promise<void> {
-    try {
-      await this.deps.failures.deadLetter(f);
-      this.deps.metrics.eventsDeadLettered.inc({ reason: f.reason });
-    } catch (error) {
-      // The change is failed in the ledger either way (the audit trail keeps it).
-      this.deps.metrics.deadLetterCopyFailures.inc({ channel: f.channel });
-      log.error("could not copy failed sale {event_id} to the DLQ: {error}", {
-        mark: "error",
-        event_id: f.eventId,
-        channel: f.channel,
-        sku: f.sku,
-        error: (error as Error).message,
-      });
     }
   }
 }
