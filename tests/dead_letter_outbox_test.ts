@@ -18,7 +18,8 @@ import { Custody } from "../src/ledger/custody.ts";
 import { DeadLetterOutbox } from "../src/ledger/dead_letter_outbox.ts";
 import { DispatchStore } from "../src/ledger/dispatch_store.ts";
 import { migrate } from "../src/ledger/migrate.ts";
-import { createMetrics } from "../src/metrics.ts";
+import { MIGRATIONS } from "../src/ledger/migrations.ts";
+import { createMetrics, type ServiceMetrics } from "../src/metrics.ts";
 import type { BatchOutcome, ClaimedBatch, FailedChange } from "../src/model/batch.ts";
 import type { CheckResult } from "../src/model/health.ts";
 import { decodeSaleEvent } from "../src/model/sale_event.ts";
@@ -82,6 +83,7 @@ interface World {
 
 interface Run {
   dispatcher: Dispatcher;
+  metrics: ServiceMetrics;
   /** Ends the run as SIGKILL would: its connections drop, nothing of it runs again. */
   kill(): Promise<void>;
   stop(): Promise<void>;
@@ -125,18 +127,20 @@ async function world(): Promise<World> {
         onnotice: () => {},
         connection: { search_path: schema },
       });
+      const metrics = createMetrics(`${uniqueName("outbox_test")}_`, () => Promise.resolve([]));
       const dispatcher = new Dispatcher({
         adapter: new Marketplace(),
         store: new DispatchStore(pool, POLICY),
         failures: failures(publisher),
         outbox: new DeadLetterOutbox(pool),
-        metrics: createMetrics(`${uniqueName("outbox_test")}_`, () => Promise.resolve([])),
+        metrics,
         pollIntervalMs: 50,
         deadLetterSweepMs: sweepMs,
       });
       let ended = false;
       const run: Run = {
         dispatcher,
+        metrics,
         async kill() {
           ended = true;
           dispatcher.abort();
@@ -265,6 +269,182 @@ integration(
       assert.deepEqual(rows.map((r) => [r.sku, r.status]), [["NOPE-1", "failed"], ["REMERA-1", "applied"]]);
     } finally {
       await w.close();
+    }
+  },
+);
+
+/** A route that refuses its first `refusals` copies (the broker away), then publishes through `next`. */
+class FlakyRoute implements FailureRoute {
+  calls = 0;
+  constructor(private readonly next: FailureRoute, private refusals: number) {}
+  deadLetter(failed: FailedChange): Promise<void> {
+    this.calls++;
+    if (this.refusals-- > 0) {
+      return Promise.reject(new Error("publish to the DLQ not confirmed within 10000 ms"));
+    }
+    return this.next.deadLetter(failed);
+  }
+}
+
+async function dueMarks(sql: postgres.Sql): Promise<[string, string, boolean][]> {
+  const rows = await sql<{ sku: string; status: string; dead_letter_due: boolean }[]>`
+    select sku, status, dead_letter_due from stock_change order by sku`;
+  return rows.map((r) => [r.sku, r.status, r.dead_letter_due]);
+}
+
+integration("the normal path's copy clears its mark: later sweeps publish nothing more", async () => {
+  const w = await world();
+  try {
+    await w.sell(saleOf("REMERA-1", "NOPE-1"));
+    await w.run((publisher) => deadLetterRoute(publisher, w.topology));
+    const [copy] = await waitFor(async () => {
+      const got = await w.takeDeadLetters();
+      return got.length > 0 ? got : undefined;
+    }, "the DLQ copy");
+    assert.equal(copy.headers?.["sync-sku"], "NOPE-1");
+    await waitFor(
+      async () => (await dueMarks(w.sql)).every(([, , due]) => !due),
+      "the mark cleared",
+    );
+    await sleep(1_000); // five sweeps
+    assert.deepEqual(await w.takeDeadLetters(), [], "one copy, not one per sweep");
+    assert.deepEqual(await dueMarks(w.sql), [["NOPE-1", "failed", false], ["REMERA-1", "applied", false]]);
+  } finally {
+    await w.close();
+  }
+});
+
+integration("a copy the broker refused stays due and a later sweep publishes it, once", async () => {
+  const w = await world();
+  try {
+    await w.sell(saleOf("NOPE-1"));
+    let route: FlakyRoute | undefined;
+    const run = await w.run((publisher) => route = new FlakyRoute(deadLetterRoute(publisher, w.topology), 1));
+    const [copy] = await waitFor(async () => {
+      const got = await w.takeDeadLetters();
+      return got.length > 0 ? got : undefined;
+    }, "the copy, published by a sweep");
+    assert.equal(copy.headers?.["sync-reason"], "sku_not_found");
+    assert.equal(route!.calls, 2, "refused once by the normal path, published by the sweep");
+    assert.equal(
+      (await run.metrics.deadLetterCopyFailures.get()).values[0]?.value,
+      1,
+      "the refusal counted",
+    );
+    await sleep(600);
+    assert.deepEqual(await w.takeDeadLetters(), []);
+    assert.deepEqual(await dueMarks(w.sql), [["NOPE-1", "failed", false]]);
+  } finally {
+    await w.close();
+  }
+});
+
+integration(
+  "a copy due for less than the sweep's grace is left to the normal path; the gauge counts what is due",
+  async () => {
+    const w = await world();
+    try {
+      const body = await w.sell(saleOf("NOPE-1"));
+      const dying = new DyingRoute();
+      const first = await w.run(() => dying, 60_000);
+      await waitFor(() => dying.entered, "the failure recorded");
+      await first.kill();
+      assert.deepEqual(await dueMarks(w.sql), [["NOPE-1", "failed", true]]);
+
+      const outbox = new DeadLetterOutbox(w.sql);
+      assert.deepEqual(await outbox.due(CHANNEL, 60_000), [], "younger than the grace: not taken");
+      assert.deepEqual(await outbox.due("mercadolibre", 0), [], "another channel's sweep does not take it");
+      const [due] = await outbox.due(CHANNEL, 0);
+      assert.deepEqual(due, {
+        eventId: String(body.event_id),
+        channel: CHANNEL,
+        sku: "NOPE-1",
+        tiendaId: STORE,
+        reason: "sku_not_found",
+        error: "no listing has NOPE-1",
+        attempts: 1,
+        body,
+      });
+      const metrics = createMetrics(
+        `${uniqueName("outbox_gauge")}_`,
+        () => Promise.resolve([]),
+        () => outbox.countDue(),
+      );
+      assert.match(await metrics.registry.metrics(), /dead_letter_copies_due\{channel="shopify"\} 1\n/);
+    } finally {
+      await w.close();
+    }
+  },
+);
+
+integration("a change re-armed by a replay owes no copy any more", async () => {
+  const w = await world();
+  try {
+    const body = await w.sell(saleOf("NOPE-1"));
+    const dying = new DyingRoute();
+    const first = await w.run(() => dying);
+    await waitFor(() => dying.entered, "the failure recorded");
+    await first.kill();
+    assert.deepEqual(await dueMarks(w.sql), [["NOPE-1", "failed", true]]);
+    await w.sell(body); // the POS republishes the sale (or an operator replays another copy)
+    assert.deepEqual(await dueMarks(w.sql), [["NOPE-1", "pending", false]]);
+  } finally {
+    await w.close();
+  }
+});
+
+integration(
+  "upgrade: changes failed before the outbox are not copied; a big table gets the sweep's index concurrently",
+  async () => {
+    const schema = uniqueName("msync_outbox_upgrade");
+    // One connection, with the service's statement_timeout: the index build lifts it for itself only.
+    const sql = postgres(DATABASE_URL, {
+      max: 1,
+      onnotice: () => {},
+      connection: { search_path: schema, statement_timeout: 15_000 },
+    });
+    try {
+      await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= 10));
+      await sql`insert into sale (event_id, identity_source, tienda_id, body) values ('old-1', 'event_id', ${STORE}, '{}')`;
+      await sql`
+        insert into stock_change (event_id, channel, tienda_id, sku, delta, status, error_reason, error)
+        values ('old-1', 'shopify', ${STORE}, 'NOPE-OLD', -1, 'failed', 'sku_not_found', 'copied long ago')`;
+      // Enough history that the migration leaves the index to a concurrent build.
+      await sql`
+        insert into stock_change (event_id, channel, tienda_id, sku, delta, status)
+        select 'old-' || g, 'shopify', ${STORE}, 'S-' || g, -1, 'applied' from generate_series(2, 100001) g`;
+
+      assert.deepEqual(await migrate(sql, schema), [11]);
+      const [old] = await sql<{ dead_letter_due: boolean }[]>`
+        select dead_letter_due from stock_change where sku = 'NOPE-OLD'`;
+      assert.equal(old.dead_letter_due, false, "nothing is re-copied on upgrade");
+      const index = () =>
+        sql<{ valid: boolean; definition: string }[]>`
+          select i.indisvalid as valid, pg_get_indexdef(i.indexrelid) as definition
+            from pg_index i join pg_class c on c.oid = i.indexrelid
+            join pg_namespace n on n.oid = c.relnamespace
+           where n.nspname = ${schema} and c.relname = 'stock_change_dead_letter_due'`;
+      const [built] = await index();
+      assert.ok(built?.valid, "built concurrently after the migration");
+      assert.match(built.definition, /\(channel, updated_at\) WHERE dead_letter_due/);
+      assert.deepEqual(await new DeadLetterOutbox(sql).due(CHANNEL, 0), []);
+
+      // A build killed midway leaves an invalid index: the next start drops and builds it again.
+      await sql`
+        update pg_index set indisvalid = false
+         where indexrelid = ${`${schema}.stock_change_dead_letter_due`}::regclass`;
+      assert.deepEqual(await migrate(sql, schema), []);
+      assert.equal((await index())[0]?.valid, true, "rebuilt");
+      const [session] = await sql<{ timeout: string; path: string }[]>`
+        select current_setting('statement_timeout') as timeout, current_setting('search_path') as path`;
+      assert.deepEqual(
+        session,
+        { timeout: "15s", path: schema },
+        "the pool's connection back as it was lent",
+      );
+    } finally {
+      await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
+      await sql.end({ timeout: 2 });
     }
   },
 );
