@@ -121,7 +121,7 @@ async function world(): Promise<World> {
       await custody.accept(decoded.event);
       return body;
     },
-    async run(failures, sweepMs = 200) {
+    run(failures, sweepMs = 200) {
       const pool = postgres(DATABASE_URL, {
         max: 3,
         onnotice: () => {},
@@ -156,7 +156,7 @@ async function world(): Promise<World> {
       };
       runs.push(run);
       dispatcher.start();
-      return run;
+      return Promise.resolve(run);
     },
     async takeDeadLetters() {
       const out: SyncMessage[] = [];
