@@ -21,7 +21,18 @@ export async function migrate(
 ): Promise<number[]> {
   const applied = await applyMigrations(sql, schema, migrations);
   for (const index of ONLINE_INDEXES) {
-    if (migrations.some((m) => m.version === index.after)) await buildOnlineIndex(sql, schema, index);
+    if (!migrations.some((m) => m.version === index.after)) continue;
+    try {
+      await buildOnlineIndex(sql, schema, index);
+    } catch (error) {
+      // The index only makes a query cheaper: never keep the service down for it. The next start tries again.
+      log.error("could not build index {index}: {error}; going on without it", {
+        mark: "error",
+        index: index.name,
+        schema,
+        error: (error as Error).message,
+      });
+    }
   }
   return applied;
 }
