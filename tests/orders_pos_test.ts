@@ -61,6 +61,7 @@ integration(
     }, (msg) => {
       got.push(msg);
     });
+    const ready = new Promise((resolve) => consumer.once("ready", resolve));
     try {
       await ready; // queue declared and bound
       await h.service.orders.apply(order("200", 3));
