@@ -54,7 +54,7 @@ integration(
       );
     try {
       // A POS sale first: MeLi mirrors the POS (stock enough that nothing is clamped at 0).
-    await pos.set(STORE, SKU, 20);
+      await pos.set(STORE, SKU, 20);
       await pos.sell(h, STORE, [{ sku: SKU, qty: 1 }]);
       await settled(1);
       const posStock = await pos.get(STORE, SKU);
