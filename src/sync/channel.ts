@@ -14,6 +14,7 @@ import type { ScriptRunner } from "./cost_bucket.ts";
 import type { MarkRedis } from "./listing_lock.ts";
 import type { CheckResult } from "../model/health.ts";
 import type { BatchOutcome, ClaimedBatch } from "../model/batch.ts";
+import type { OrderEffect, OrderEvent, Quarantine } from "../model/marketplace_order.ts";
 
 /** What the dispatcher lends an adapter while it processes one batch. */
 export interface BatchContext {
@@ -196,6 +197,8 @@ export interface ChannelPlug {
   readonly probe: ChannelProbe;
   /** Inbound routes (order webhooks); none yet. */
   readonly routes?: readonly InboundRoute[];
+  /** The marketplace's orders, for the catch-up poll (issue #14); absent: the channel takes no orders. */
+  readonly orders?: OrderSource;
   /**
    * Lets the plug's own work with the marketplace end while the ledger is still open
    * (a token refresh in flight is stored). Called once the dispatcher has stopped.
@@ -204,6 +207,50 @@ export interface ChannelPlug {
   finish?(deadline: number): Promise<void>;
   /** Releases what is left (the built-in sandbox), after the ledger has closed. */
   close(): Promise<void>;
+}
+
+/**
+ * A marketplace's orders since a moment, for the catch-up poll (issue #14): what webhooks or
+ * notifications missed while the service was down, or never delivered.
+ */
+export interface OrderSource {
+  /**
+   * The orders updated since `since` (ISO 8601), oldest first, in pages: each order's events and the
+   * marketplace's update time of that order (the poll's next watermark once the page is applied).
+   */
+  updatedSince(
+    since: string,
+    signal: AbortSignal,
+  ): AsyncIterable<{ events: OrderEvent[]; updatedAt: string }[]>;
+}
+
+/** An inbound delivery (a webhook or a notification) taken into custody before it was answered. */
+export interface StoredDelivery {
+  id: string;
+  deliveryId: string;
+  topic: string;
+  body: string;
+  attempts: number;
+}
+
+/**
+ * The ledger's side of marketplace orders, lent to each channel (issue #14): inbound deliveries are
+ * stored before they are answered (custody first, work after), and an order's effect is applied once.
+ */
+export interface OrderBook {
+  /** Applies an order event exactly once (see {@link OrderEvent}): other channels' stock, the POS outbox. */
+  apply(event: OrderEvent): Promise<OrderEffect>;
+  /**
+   * Stores a delivery before it is answered. `duplicate`: this channel took this delivery id before
+   * (a re-delivery: answer 200, do nothing).
+   */
+  receive(delivery: { channel: ChannelName; deliveryId: string; topic: string; body: string }): Promise<
+    { id: string; duplicate: boolean }
+  >;
+  /** Deliveries stored but not settled yet (the service stopped after answering), oldest first. */
+  unsettled(channel: ChannelName, limit: number): Promise<StoredDelivery[]>;
+  /** A delivery processed, or kept aside with the reason it could not be used. */
+  settle(id: string, outcome: { done: true } | { quarantine: Quarantine }): Promise<void>;
 }
 
 /** The shared Redis, as the channels use it: rate budgets, listing locks and in-doubt marks. */
@@ -218,10 +265,21 @@ export interface PlugContext {
   metrics: ServiceMetrics;
   /** The built-in sandboxes' catalog, loaded on first use (only when a marketplace is not configured). */
   sandboxCatalog(): Promise<Catalog>;
-  /** The POS stock reader (MercadoLibre's mirror mode), opened on first use. */
+  /**
+   * The POS stock reader every absolute write uses (MercadoLibre's mirror mode, Shopify's ruled listings),
+   * opened on first use. It answers AVAILABLE stock: the POS's number less the units of marketplace orders
+   * the POS has not recorded yet (issue #14; src/pos/available.ts).
+   */
   posStock(): PosStockReader;
   /** Whether a batch is still being sent (not yet recorded), from the ledger. */
   batchSending(batchId: string): Promise<boolean>;
+  /** Marketplace orders: inbound custody and each order's effect (issue #14). */
+  orders: OrderBook;
+  /**
+   * The service's own base URL as it listens (e.g. `http://127.0.0.1:8080`, no trailing slash): what a
+   * plug subscribes its built-in sandbox's webhooks / notifications to (`${selfUrl()}/webhooks/<name>`).
+   */
+  selfUrl(): string;
 }
 
 /**
