@@ -34,8 +34,8 @@ import { ORDERS_UPDATED_SINCE } from "./documents.ts";
 
 const log = logger("shopify");
 
-/** The biggest webhook body taken (an order of several hundred lines fits many times over). */
-export const SHOPIFY_WEBHOOK_MAX_BYTES = 2 * 1024 * 1024;
+/** The biggest webhook body taken by default (WEBHOOK_MAX_BYTES's default). */
+export const SHOPIFY_WEBHOOK_MAX_BYTES = 1024 * 1024;
 /** How often deliveries stored but not settled are processed again. */
 export const SWEEP_INTERVAL_MS = 60_000;
 /** After this many processing attempts a delivery is quarantined rather than tried forever. */
@@ -289,6 +289,7 @@ export interface ShopifyOrderWebhooksOptions {
   secret: string | undefined;
   book: OrderBook;
   rule: OrderStoreRule;
+  /** WEBHOOK_MAX_BYTES. */
   maxBodyBytes?: number;
   sweepIntervalMs?: number;
 }
@@ -442,16 +443,18 @@ export class ShopifyOrderWebhooks {
       await book.settle(delivery.id, { done: true });
     } catch (error) {
       // Left unsettled: the sweep tries again (a ledger outage, a deploy).
+      // `attempts` counts the sweeps that handed it out (0 when processed right after the answer).
+      const attempts = Math.max(1, delivery.attempts);
       log.error("processing Shopify webhook {topic} failed (attempt {attempts}), will retry: {error}", {
         topic: delivery.topic,
-        attempts: delivery.attempts + 1,
+        attempts,
         error: (error as Error).message,
       });
-      if (delivery.attempts + 1 >= MAX_PROCESSING_ATTEMPTS) {
+      if (attempts >= MAX_PROCESSING_ATTEMPTS) {
         await book.settle(delivery.id, {
           quarantine: {
             reason: "processing_failed",
-            error: `gave up after ${delivery.attempts + 1} attempts: ${(error as Error).message}`,
+            error: `gave up after ${attempts} attempts: ${(error as Error).message}`,
           },
         }).catch(() => {});
       }
