@@ -433,7 +433,8 @@ export class ShopifyOrderWebhooks {
       }
       for (const event of parsed.events) {
         const effect = await book.apply(event);
-        log.info("Shopify order {orderId} {kind} ({topic}): {outcome}, {changes} stock changes", {
+        // The order book logs each effect; this says which delivery brought it.
+        log.debug("Shopify order {orderId} {kind} ({topic}): {outcome}, {changes} stock changes", {
           orderId: event.orderId,
           kind: event.kind,
           topic: delivery.topic,
