@@ -166,6 +166,8 @@ export interface ShopifySandboxStats {
   bulkOperations: number;
   /** Cost points taken from the bucket and kept (each executed request's actual cost). */
   pointsSpent: number;
+  /** Requests to the GraphQL endpoint by the operation name their document declares ("" for none). */
+  operations: Record<string, number>;
 }
 
 /** A running sandbox. */
@@ -314,6 +316,7 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     idempotentReplays: 0,
     bulkOperations: 0,
     pointsSpent: 0,
+    operations: {},
   };
   const storage = await startBulkStorage({
     port: options.storagePort,
@@ -382,6 +385,9 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     } catch {
       body = undefined;
     }
+    const text = (body as { query?: unknown } | undefined)?.query;
+    const operation = typeof text === "string" ? /^\s*(?:query|mutation)\s+(\w+)/.exec(text)?.[1] ?? "" : "";
+    stats.operations[operation] = (stats.operations[operation] ?? 0) + 1;
     const latencyMs = faults.latencyMs;
     let waited: Promise<void> | undefined;
     const context: ShopifyContext = {
@@ -585,7 +591,7 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     },
     locationIdOf: (tiendaId) => inventory.locationOfStore(tiendaId)?.id,
     state: () => inventory.snapshot(),
-    stats: () => ({ ...stats }),
+    stats: () => ({ ...stats, operations: { ...stats.operations } }),
     bulkOperations: () => bulk.list(),
     downloads: () => storage.downloads(),
     storageStats: () => storage.stats(),
