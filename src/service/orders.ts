@@ -5,7 +5,7 @@
  */
 import type { Sql } from "postgres";
 import type { Config } from "../config.ts";
-import { OrderLedger, type OrderLedger as Ledger } from "../ledger/orders.ts";
+import { OrderLedger } from "../ledger/orders.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import type { ChannelName } from "../model/channel_name.ts";
