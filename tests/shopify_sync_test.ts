@@ -861,8 +861,11 @@ integration(
       assert.equal(availableOf(sandbox, "REMERA-002", tienda), before - 1, "Shopify applied it once");
       assert.ok(sandbox.stats().idempotentReplays > replaysBefore, "answered from the key's record");
       await waitFor(async () => (await statusCounts(h)).failed === 1, "the unmapped store failed again");
+      // Read again: the re-armed change may still have been pending when `after` was read.
+      const [again] = await h.sql<{ error_reason: string }[]>`
+        select error_reason from stock_change where event_id = 'exhaust-1'`;
       assert.equal(
-        after[0].error_reason,
+        again.error_reason,
         "store_unmapped",
         "re-armed, tried again, failed again for its own reason",
       );
