@@ -4,7 +4,7 @@
  *
  * Source: npm package `@shopify/dev-mcp` (pinned version), file
  * `dist/data/admin_2026-10.json.gz`, Shopify's own introspection result. The full
- * schema is ~11 MB and ~3,500 types; the sandbox only models inventory, so the
+ * schema is ~11 MB and ~3,500 types; the sandbox models inventory and orders, so the
  * subset keeps:
  * - the root fields we call (see {@link ROOT_FIELDS}) with all their arguments,
  * - for each object type reached, only the fields the sandbox can answer
@@ -40,6 +40,7 @@ export const ROOT_FIELDS: Record<string, readonly string[]> = {
     "inventoryItems",
     "location",
     "locations",
+    "orders",
     "productVariant",
     "productVariants",
   ],
@@ -74,6 +75,27 @@ export const OBJECT_FIELDS: Record<string, readonly string[] | "*"> = {
   BulkOperation: "*",
   BulkOperationRunQueryPayload: "*",
   BulkOperationUserError: "*",
+  // Orders (issue #14): what the catch-up poll reads — the lines sold, the units put back.
+  OrderConnection: "*",
+  OrderEdge: "*",
+  Order: [
+    "cancelledAt",
+    "createdAt",
+    "id",
+    "legacyResourceId",
+    "lineItems",
+    "name",
+    "refunds",
+    "retailLocation",
+    "updatedAt",
+  ],
+  LineItemConnection: "*",
+  LineItemEdge: "*",
+  LineItem: ["id", "name", "quantity", "sku"],
+  Refund: ["createdAt", "id", "legacyResourceId", "refundLineItems"],
+  RefundLineItemConnection: "*",
+  RefundLineItemEdge: "*",
+  RefundLineItem: ["lineItem", "location", "quantity", "restockType", "restocked"],
 };
 
 /** A `__Type` entry of an introspection result, as Shopify publishes it. */

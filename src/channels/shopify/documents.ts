@@ -131,6 +131,35 @@ export function availableAtLocations(
   };
 }
 
+/**
+ * The catch-up poll (issue #14): orders updated since a watermark (`$query` is
+ * `updated_at:>='…'`), oldest update first, with the lines they sold and the refunds that put
+ * units back. Page sizes keep the requested cost under the 1,000 points one query may cost even
+ * if Shopify priced the `refunds` list per element (3 × (1 + 1 + 52 + 3 × 63) = 729); an order
+ * past them (over 50 lines, 3 refunds, or 20 lines in one refund) is read as far as they go.
+ */
+export const ORDERS_UPDATED_SINCE = `query OrdersUpdatedSince($query: String!, $after: String) {
+  orders(first: 3, after: $after, query: $query, sortKey: UPDATED_AT) {
+    nodes {
+      legacyResourceId
+      createdAt
+      updatedAt
+      cancelledAt
+      retailLocation { id }
+      lineItems(first: 50) { nodes { id sku quantity } pageInfo { hasNextPage } }
+      refunds(first: 3) {
+        legacyResourceId
+        createdAt
+        refundLineItems(first: 20) {
+          nodes { lineItem { id sku } quantity restockType restocked location { id } }
+          pageInfo { hasNextPage }
+        }
+      }
+    }
+    pageInfo { hasNextPage endCursor }
+  }
+}`;
+
 /** Every document above, by operation name (built documents as a two-listing example). */
 export const SHOPIFY_DOCUMENTS: Record<string, string> = {
   VariantsBySku: VARIANTS_BY_SKU,
@@ -142,6 +171,7 @@ export const SHOPIFY_DOCUMENTS: Record<string, string> = {
   BulkOperationStatus: BULK_OPERATION_STATUS,
   InventoryItemsPage: INVENTORY_ITEMS_PAGE,
   LocationLevelsPage: LOCATION_LEVELS_PAGE,
+  OrdersUpdatedSince: ORDERS_UPDATED_SINCE,
   AvailableAtLocations: availableAtLocations([
     { item: "gid://shopify/InventoryItem/1", location: "gid://shopify/Location/1" },
     { item: "gid://shopify/InventoryItem/2", location: "gid://shopify/Location/2" },

@@ -1,8 +1,10 @@
 /**
  * The Shopify plug: builds everything the Shopify channel needs from the
  * configuration — the rate budget shared through Redis, the Admin GraphQL client,
- * the dispatcher adapter, resync's stock reader/writer and the status probe — and,
- * when no store is configured, the built-in sandbox it talks to instead.
+ * the dispatcher adapter, resync's stock reader/writer, the status probe and, when the
+ * service lends an order book, Shopify's orders (the `/webhooks/shopify` route, the
+ * deliveries sweep and the catch-up source) — and, when no store is configured, the
+ * built-in sandbox it talks to instead (its webhooks subscribed to this service).
  */
 import { logger } from "../../log.ts";
 import type { ShopifySandbox } from "../../sandbox/shopify/sandbox.ts";
@@ -13,6 +15,7 @@ import { locationMap, ShopifyChannel } from "./channel.ts";
 import { ShopifyClient } from "./client.ts";
 import { ShopifyStock } from "./stock.ts";
 import { hasRules } from "../../model/stock_rule.ts";
+import { ORDER_TOPICS, orderStoreRule, shopifyOrderSource, ShopifyOrderWebhooks } from "./orders.ts";
 
 const log = logger("shopify");
 
@@ -28,12 +31,17 @@ export async function plugShopify(context: PlugContext): Promise<ShopifyPlug> {
   let token = config.SHOPIFY_TOKEN;
   let locations = locationMap(config.SHOPIFY_LOCATIONS ?? {}, config.SHOPIFY_LOCATION_ID);
   let sandbox: ShopifySandbox | undefined;
+  // The sandbox signs its webhooks with the configured secret, or one made up for this run.
+  let webhookSecret = config.SHOPIFY_WEBHOOK_SECRET;
   if (!baseUrl || !token) {
     // Loaded only here: a live instance never loads graphql-js and the schema (docs/DECISIONS.md, "Memory").
     const { startShopifySandbox } = await import("../../sandbox/shopify/sandbox.ts");
     sandbox = await startShopifySandbox({
       port: config.SANDBOX_SHOPIFY_PORT,
       catalog: await context.sandboxCatalog(),
+      webhookSecret: webhookSecret ??= btoa(
+        String.fromCharCode(...crypto.getRandomValues(new Uint8Array(24))),
+      ),
     });
     baseUrl = sandbox.url;
     token = sandbox.token;
@@ -69,9 +77,35 @@ export async function plugShopify(context: PlugContext): Promise<ShopifyPlug> {
       ? { rules: config.stockRules, pos: () => context.posStock() }
       : undefined,
   });
+  let webhooks: ShopifyOrderWebhooks | undefined;
+  const rule = orderStoreRule(locations, config.SHOPIFY_ORDER_TIENDA_ID);
+  if (context.orders) {
+    webhooks = new ShopifyOrderWebhooks({
+      secret: webhookSecret,
+      book: context.orders,
+      rule,
+      maxBodyBytes: config.WEBHOOK_MAX_BYTES,
+    });
+    webhooks.start();
+    if (sandbox && context.selfUrl) {
+      // As the app's subscriptions would: the sandbox delivers its order webhooks to this service.
+      for (const topic of ORDER_TOPICS) {
+        sandbox.subscribeWebhook(topic, `${context.selfUrl()}/webhooks/shopify`);
+      }
+    }
+    if (!webhookSecret) {
+      log.warning(
+        "SHOPIFY_WEBHOOK_SECRET is not set: /webhooks/shopify refuses every delivery (401), so Shopify orders " +
+          "arrive only through the catch-up poll; set it to the app's API secret key",
+        { mark: "start" },
+      );
+    }
+  }
   return {
     name: "shopify",
     adapter: channel,
+    routes: webhooks ? [webhooks.route] : [],
+    orders: context.orders ? shopifyOrderSource(client, rule) : undefined,
     stock: new ShopifyStock(
       client,
       channel.listings,
@@ -84,6 +118,10 @@ export async function plugShopify(context: PlugContext): Promise<ShopifyPlug> {
       budget: () => ({ level: budget.level, max: budget.shape.max }),
     },
     sandbox,
+    finish: async (deadline) => {
+      // The sweep and the deliveries in flight end while the ledger is still open.
+      await webhooks?.stop(deadline);
+    },
     close: async () => {
       await sandbox?.close();
     },

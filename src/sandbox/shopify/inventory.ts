@@ -4,8 +4,10 @@
  * the business rules of `inventoryAdjustQuantities` / `inventorySetQuantities`
  * (reasons, quantity names, compare-and-set, limits) with Shopify's user-error codes.
  *
- * Model: nothing is committed, reserved or incoming, so `on_hand` equals
- * `available` and the other quantity names read 0. Every item is stocked at every
+ * Model: an open order's units are `committed` (taken off `available` when the order
+ * is placed, put back by a restocking cancellation or refund; fulfillment is not
+ * modeled), nothing is reserved or incoming, so `on_hand` is `available` plus
+ * `committed` and the other quantity names read 0. Every item is stocked at every
  * location (a store missing from the catalog stock starts at 0).
  */
 import { INVENTORY_REASONS as SHOPIFY_INVENTORY_REASONS } from "../../model/shopify_reasons.ts";
@@ -175,6 +177,8 @@ export class ShopifyInventory {
   #variantByItem = new Map<string, SandboxVariant>();
   /** inventoryItemId → locationId → available. */
   #available = new Map<string, Map<string, { quantity: number; updatedAt: string }>>();
+  /** `${inventoryItemId}|${locationId}` → units of open orders (committed). */
+  #committed = new Map<string, number>();
   #groupSeq = 0;
 
   constructor(catalog: Catalog, readonly now: () => number = Date.now) {
@@ -291,11 +295,36 @@ export class ShopifyInventory {
     return this.#available.get(inventoryItemId)?.get(locationId)?.updatedAt;
   }
 
-  /** A quantity by name under the sandbox model (on_hand = available, others 0). */
+  /** Units of open orders at a level (`committed`). */
+  committed(inventoryItemId: string, locationId: string): number {
+    return this.#committed.get(`${inventoryItemId}|${locationId}`) ?? 0;
+  }
+
+  /** A quantity by name under the sandbox model (on_hand = available + committed, others 0). */
   quantity(inventoryItemId: string, locationId: string, name: string): number | undefined {
     const available = this.available(inventoryItemId, locationId);
     if (available === undefined) return undefined;
-    return name === "available" || name === "on_hand" ? available : 0;
+    const committed = this.committed(inventoryItemId, locationId);
+    if (name === "available") return available;
+    if (name === "committed") return committed;
+    return name === "on_hand" ? available + committed : 0;
+  }
+
+  /**
+   * Moves units between `available` and `committed`, as Shopify does when an order is placed
+   * (`units` > 0: available − units, committed + units) or a restocking cancellation or refund
+   * puts them back (`units` < 0). `on_hand` does not move. False if the item or location is gone.
+   */
+  commitToOrder(inventoryItemId: string, locationId: string, units: number): boolean {
+    const level = this.#available.get(inventoryItemId)?.get(locationId);
+    if (!level) return false;
+    const key = `${inventoryItemId}|${locationId}`;
+    const committed = (this.#committed.get(key) ?? 0) + units;
+    if (committed === 0) this.#committed.delete(key);
+    else this.#committed.set(key, committed);
+    level.quantity -= units;
+    level.updatedAt = new Date(this.now()).toISOString();
+    return true;
   }
 
   /** Sum of available over all locations (ProductVariant.inventoryQuantity). */
@@ -331,7 +360,11 @@ export class ShopifyInventory {
 
   /** Each `available` change also moves `on_hand`, as Shopify reports both. */
   #withOnHand(changes: ChangeRecord[]): ChangeRecord[] {
-    return changes.flatMap((c) => [c, { ...c, name: "on_hand" }]);
+    return changes.flatMap((c) => [c, {
+      ...c,
+      name: "on_hand",
+      quantityAfterChange: c.quantityAfterChange + this.committed(c.inventoryItemId, c.locationId),
+    }]);
   }
 
   /**
@@ -421,16 +454,17 @@ export class ShopifyInventory {
       if (seen.has(key)) errors.push(setError("NO_DUPLICATE_INVENTORY_ITEM_ID_GROUP_ID_PAIR", [...at]));
       seen.add(key);
       if (!item || !location) return;
-      // on_hand = available in this model, so both names compare and move the same number.
-      const before = this.available(q.inventoryItemId, q.locationId)!;
+      // on_hand = available + committed: setting on_hand moves available by the same delta.
+      const before = this.quantity(q.inventoryItemId, q.locationId, input.name)!;
       if (q.changeFromQuantity != null && q.changeFromQuantity !== before) {
         errors.push(setError("CHANGE_FROM_QUANTITY_STALE", [...at, "changeFromQuantity"]));
       }
       if (q.quantity !== before) {
+        const available = this.available(q.inventoryItemId, q.locationId)!;
         changes.push({
           name: "available",
           delta: q.quantity - before,
-          quantityAfterChange: q.quantity,
+          quantityAfterChange: available + q.quantity - before,
           inventoryItemId: q.inventoryItemId,
           locationId: q.locationId,
           ledgerDocumentUri: null,
@@ -445,7 +479,7 @@ export class ShopifyInventory {
   /** Everything, for `GET /__sandbox/state` and tests. */
   snapshot(): {
     locations: SandboxLocation[];
-    variants: (SandboxVariant & { available: Record<string, number> })[];
+    variants: (SandboxVariant & { available: Record<string, number>; committed: Record<string, number> })[];
   } {
     return {
       locations: [...this.locations],
@@ -453,6 +487,9 @@ export class ShopifyInventory {
         ...v,
         available: Object.fromEntries(
           this.locations.map((l) => [l.id, this.available(v.inventoryItemId, l.id)!]),
+        ),
+        committed: Object.fromEntries(
+          this.locations.map((l) => [l.id, this.committed(v.inventoryItemId, l.id)]),
         ),
       })),
     };

@@ -28,6 +28,14 @@ import {
 } from "./inventory.ts";
 import { enumValueDescription, shopifySchema } from "./schema.ts";
 import type { BulkOperations } from "./bulk.ts";
+import {
+  graphqlTime,
+  type SandboxLineItem,
+  type SandboxOrder,
+  type SandboxRefund,
+  type SandboxRefundLine,
+  type ShopifyOrders,
+} from "./orders.ts";
 
 /** Shopify's `extensions.search` entry for a query with ignored terms. */
 export interface SearchWarningExtension {
@@ -39,6 +47,7 @@ export interface SearchWarningExtension {
 /** Per-request context handed to every resolver. */
 export interface ShopifyContext {
   inventory: ShopifyInventory;
+  orders: ShopifyOrders;
   idempotency: IdempotencyStore<MutationRecord>;
   requestId: string;
   /** Waits the injected latency; resolves at once after the first call. */
@@ -131,10 +140,10 @@ function connection<T extends { legacyId: number }, O>(
   };
 }
 
-function parseQuery(query: string | null | undefined): SearchQuery {
+function parseQuery(query: string | null | undefined, ranges = false): SearchQuery {
   if (!query) return [];
   try {
-    return parseSearchQuery(query);
+    return parseSearchQuery(query, { ranges });
   } catch (e) {
     if (e instanceof SearchSyntaxError) {
       throw sandboxUnsupported(`search query ${JSON.stringify(query)}: ${e.message}`);
@@ -154,6 +163,33 @@ function checkGid(id: string): void {
 
 function idTermMatches(legacyId: number, term: SearchTerm): boolean {
   return String(legacyId) === term.value;
+}
+
+/**
+ * A time term (`updated_at:>='2026-12-04T18:00:00Z'`) against a time in ms, compared at the
+ * whole second the API shows (so a watermark taken from a result finds that result again).
+ */
+function timeTermMatches(ms: number, term: SearchTerm): boolean {
+  const value = Date.parse(term.value);
+  if (Number.isNaN(value)) {
+    throw sandboxUnsupported(`search value ${JSON.stringify(term.value)} is not a time`);
+  }
+  return compare(Math.floor(ms / 1000) * 1000, value, term);
+}
+
+function compare(actual: number, value: number, term: SearchTerm): boolean {
+  switch (term.comparator) {
+    case "<":
+      return actual < value;
+    case "<=":
+      return actual <= value;
+    case ">":
+      return actual > value;
+    case ">=":
+      return actual >= value;
+    default:
+      return actual === value;
+  }
 }
 
 function containsWord(text: string, term: SearchTerm): boolean {
@@ -223,6 +259,48 @@ export function shopifyRoot(ctx: ShopifyContext): Record<string, unknown> {
     displayName: `${v.productTitle} - Default Title`,
     inventoryQuantity: inv.totalAvailable(v.inventoryItemId),
     inventoryItem: () => itemObject(v),
+  });
+
+  const lineItemObject = (l: SandboxLineItem) => ({
+    id: `gid://shopify/LineItem/${l.legacyId}`,
+    name: `${l.variant.productTitle} - Default Title`,
+    quantity: l.quantity,
+    sku: l.variant.sku || null,
+  });
+
+  const refundLineObject = (l: SandboxRefundLine) => ({
+    lineItem: () => lineItemObject(l.lineItem),
+    location: () => {
+      const at = l.locationId ? inv.location(l.locationId) : undefined;
+      return at ? locationObject(at) : null;
+    },
+    quantity: l.quantity,
+    restockType: l.restockType.toUpperCase(),
+    restocked: l.restockType !== "no_restock",
+  });
+
+  const refundObject = (r: SandboxRefund) => ({
+    id: `gid://shopify/Refund/${r.legacyId}`,
+    legacyResourceId: String(r.legacyId),
+    createdAt: graphqlTime(r.createdAt),
+    refundLineItems: (args: PageArgs) => connection(r.lines, args, refundLineObject, ctx.unpaged),
+  });
+
+  const orderObject = (o: SandboxOrder) => ({
+    id: `gid://shopify/Order/${o.legacyId}`,
+    legacyResourceId: String(o.legacyId),
+    name: `#${1000 + o.number}`,
+    createdAt: graphqlTime(o.createdAt),
+    updatedAt: graphqlTime(o.updatedAt),
+    cancelledAt: o.cancelledAt === null ? null : graphqlTime(o.cancelledAt),
+    // The POS location an order was sold at; null for online orders.
+    retailLocation: () => {
+      const at = o.sourceName === "pos" ? inv.location(o.locationId) : undefined;
+      return at ? locationObject(at) : null;
+    },
+    lineItems: (args: PageArgs) => connection(o.lines, args, lineItemObject, ctx.unpaged),
+    refunds: ({ first }: { first?: number | null }) =>
+      o.refunds.slice(0, first ?? undefined).map(refundObject),
   });
 
   const changeObject = (c: ChangeRecord) => ({
@@ -371,6 +449,46 @@ export function shopifyRoot(ctx: ShopifyContext): Record<string, unknown> {
       const byItem = items.map((v) => ({ legacyId: v.inventoryItemLegacyId, v }))
         .sort((a, b) => a.legacyId - b.legacyId);
       return connection(byItem, args, ({ v }) => itemObject(v), ctx.unpaged);
+    },
+
+    orders: (
+      args: PageArgs & { query?: string | null; sortKey?: string; savedSearchId?: string | null },
+      _ctx: unknown,
+      info: GraphQLResolveInfo,
+    ) => {
+      if (args.savedSearchId) throw sandboxUnsupported("savedSearchId");
+      const query = parseQuery(args.query, true);
+      const { items, warnings } = filterBySearch(ctx.orders.orders, query, (o, term) => {
+        switch (term.field) {
+          case "updated_at":
+            return timeTermMatches(o.updatedAt, term);
+          case "created_at":
+          case "processed_at":
+            return timeTermMatches(o.createdAt, term);
+          case "id":
+            return compare(o.legacyId, Number(term.value), term);
+          case "name":
+            return textMatches(`#${1000 + o.number}`, term) || textMatches(String(1000 + o.number), term);
+          default:
+            return undefined;
+        }
+      });
+      if (warnings.length) {
+        ctx.searchWarnings.push({ path: responsePathAsArray(info.path), query: args.query!, warnings });
+      }
+      const by: Record<string, (o: SandboxOrder) => number> = {
+        UPDATED_AT: (o) => o.updatedAt,
+        CREATED_AT: (o) => o.createdAt,
+        PROCESSED_AT: (o) => o.createdAt,
+        ID: (o) => o.legacyId,
+        ORDER_NUMBER: (o) => o.number,
+        RELEVANCE: (o) => o.legacyId,
+      };
+      const sortKey = args.sortKey ?? "PROCESSED_AT";
+      const key = by[sortKey];
+      if (!key) throw sandboxUnsupported(`orders sortKey ${sortKey}`);
+      const sorted = [...items].sort((a, b) => key(a) - key(b) || a.legacyId - b.legacyId);
+      return connection(sorted, args, orderObject, ctx.unpaged);
     },
 
     productVariant: ({ id }: { id: string }) => {

@@ -12,11 +12,22 @@
  * and leave their JSONL on a separate listener standing in for Shopify's storage host
  * (./storage.ts): another port, URLs naming `localhost`, and no shop token accepted.
  *
+ * The shop also sells (./orders.ts): an order placed at a location takes its units off
+ * `available` there, a cancellation or refund with restock puts them back, and each change is
+ * delivered as Shopify's webhooks (`orders/create`, `orders/cancelled`, `refunds/create`)
+ * to the subscribed URLs, signed with the app's secret (./webhooks.ts); the Admin API's
+ * `orders(query: "updated_at:>=…", sortKey: UPDATED_AT)` answers the same orders.
+ *
  * Routes: `POST /admin/api/{version}/graphql.json` (the API), `GET /__sandbox/state`,
  * `GET|POST /__sandbox/faults` (JSON, partial updates), `POST /__sandbox/variants/delete`
  * (`{"sku"}`: the merchant deletes a variant) and `POST /__sandbox/variants` (`{"sku",
- * "producto_id"?, "title"?, "available"?: {tienda_id: n}}`: creates one with new gids). The admin routes take no
- * token: the sandbox only listens on 127.0.0.1.
+ * "producto_id"?, "title"?, "available"?: {tienda_id: n}}`: creates one with new gids);
+ * orders: `GET|POST /__sandbox/orders` (`{"tienda_id"|"location_id", "source_name"?: "pos"|"web",
+ * "line_items": [{"sku", "quantity"}]}`), `POST /__sandbox/orders/{id}/cancel` (`{"restock"?,
+ * "reason"?}`), `POST /__sandbox/orders/{id}/refunds` (`{"restock"?, "refund_line_items":
+ * [{"line_item_id", "quantity"}]}`); webhooks: `GET|POST /__sandbox/webhooks` (`{"topic",
+ * "address"}` subscribes) and `POST /__sandbox/webhooks/redeliver` (`{"webhook_id"}`: the same
+ * delivery again). The admin routes take no token: the sandbox only listens on 127.0.0.1.
  *
  * Run alone: `deno task sandbox` (env: SANDBOX_SHOPIFY_PORT, SANDBOX_SHOPIFY_TOKEN,
  * SANDBOX_CATALOG, SANDBOX_SEED); it prints the SHOPIFY_* settings that point the
@@ -41,6 +52,8 @@ import { SHOPIFY_SCHEMA_VERSION, shopifySchema } from "./schema.ts";
 import { type BulkOperationErrorCode, type BulkOperationRecord, BulkOperations } from "./bulk.ts";
 import { type BulkStorageStats, type DownloadProgress, startBulkStorage } from "./storage.ts";
 import { logger, setupLogging } from "../../log.ts";
+import { OrderRefused, type OrderWebhook, ShopifyOrders } from "./orders.ts";
+import { WebhookDeliveries, type WebhookDelivery, type WebhookSubscription } from "./webhooks.ts";
 
 const log = logger("sandbox");
 
@@ -60,6 +73,8 @@ export interface ShopifyFaults {
   frozen: boolean;
   /** Bulk operations that finish while set end FAILED with this error code instead of completing. */
   bulkFailure: BulkOperationErrorCode | null;
+  /** Fraction of webhook deliveries lost on the way (never sent, never retried): the catch-up's case. */
+  webhookDropRate: number;
   /** Seed of the generator that draws the faults (set it again to replay a sequence). */
   seed: number;
 }
@@ -72,6 +87,7 @@ const NO_FAULTS: ShopifyFaults = {
   throttleAll: false,
   frozen: false,
   bulkFailure: null,
+  webhookDropRate: 0,
   seed: 1,
 };
 
@@ -84,6 +100,7 @@ const faultsSchema = z.object({
   throttleAll: z.boolean(),
   frozen: z.boolean(),
   bulkFailure: z.enum(["ACCESS_DENIED", "INTERNAL_SERVER_ERROR", "TIMEOUT"]).nullable(),
+  webhookDropRate: rate,
   seed: z.number().int(),
 }).partial().strict();
 
@@ -107,9 +124,19 @@ export interface ShopifySandboxOptions {
   storagePort?: number;
   /** Pause between the chunks of a result download, in ms (0 by default). */
   downloadChunkDelayMs?: number;
+  /** The app's client secret, which signs webhook deliveries; random by default. */
+  webhookSecret?: string;
+  /** Pauses before each webhook retry, in ms (its length is how many retries; default 200 ms, 1 s, 3 s). */
+  webhookRetryDelaysMs?: number[];
   /** Clock (ms), for tests. */
   now?: () => number;
 }
+
+/** The shop's `myshopify.com` domain, as `X-Shopify-Shop-Domain` names it. */
+export const SANDBOX_SHOP_DOMAIN = "marketplace-sync-sandbox.myshopify.com";
+
+/** Webhook topics the sandbox delivers. */
+export const SANDBOX_WEBHOOK_TOPICS = ["orders/create", "orders/cancelled", "refunds/create"] as const;
 
 /** Counters since start. */
 export interface ShopifySandboxStats {
@@ -139,6 +166,8 @@ export interface ShopifySandboxStats {
   bulkOperations: number;
   /** Cost points taken from the bucket and kept (each executed request's actual cost). */
   pointsSpent: number;
+  /** Requests to the GraphQL endpoint by the operation name their document declares ("" for none). */
+  operations: Record<string, number>;
 }
 
 /** A running sandbox. */
@@ -178,6 +207,30 @@ export interface ShopifySandbox {
   faults(): ShopifyFaults;
   /** Changes some faults (a new `seed` restarts the fault sequence). */
   setFaults(faults: Partial<ShopifyFaults>): ShopifyFaults;
+  /** The app's client secret: what SHOPIFY_WEBHOOK_SECRET must be for the deliveries to verify. */
+  webhookSecret: string;
+  /** Subscribes a URL to a webhook topic (what `webhookSubscriptionCreate` or the app's TOML does). */
+  subscribeWebhook(topic: (typeof SANDBOX_WEBHOOK_TOPICS)[number], uri: string): WebhookSubscription;
+  /** Places an order at a catalog store's location (see the `/__sandbox/orders` route); its webhooks go out. */
+  placeOrder(input: {
+    tiendaId: string;
+    lines: { sku: string; quantity: number }[];
+    sourceName?: "pos" | "web";
+  }): Record<string, unknown>;
+  /** Cancels an order (restocking by default); its webhooks go out. */
+  cancelOrder(orderId: number, options?: { restock?: boolean; reason?: string }): Record<string, unknown>;
+  /** Refunds lines of an order (restocking by default); `refunds/create` goes out. */
+  refundOrder(
+    orderId: number,
+    lines: { lineItemId: number; quantity: number }[],
+    restock?: boolean,
+  ): Record<string, unknown>;
+  /** Every webhook delivery so far, oldest first. */
+  webhookDeliveries(): WebhookDelivery[];
+  /** Sends a delivery again with the same ids (a Shopify retry). */
+  redeliverWebhook(webhookId: string): WebhookDelivery | undefined;
+  /** Resolves once no webhook delivery is under way. */
+  webhooksIdle(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -203,6 +256,28 @@ function serverError(status: 500 | 502 | 503): Response {
   return json(status, { errors: status === 500 ? "Internal Server Error" : "Service Unavailable" });
 }
 
+/** `POST /__sandbox/orders`: an order placed at a location. */
+const NEW_ORDER = z.object({
+  tienda_id: z.string().optional(),
+  location_id: z.string().optional(),
+  source_name: z.enum(["pos", "web"]).optional(),
+  line_items: z.array(z.object({ sku: z.string(), quantity: z.number().int() })),
+}).refine((o) => (o.tienda_id === undefined) !== (o.location_id === undefined), {
+  message: "name the location with exactly one of tienda_id or location_id",
+});
+
+/** `POST /__sandbox/orders/{id}/cancel`. */
+const CANCEL_ORDER = z.object({ restock: z.boolean().optional(), reason: z.string().optional() });
+
+/** `POST /__sandbox/orders/{id}/refunds`. */
+const NEW_REFUND = z.object({
+  restock: z.boolean().optional(),
+  refund_line_items: z.array(z.object({ line_item_id: z.number().int(), quantity: z.number().int() })),
+});
+
+/** `POST /__sandbox/webhooks`: a subscription. */
+const NEW_WEBHOOK = z.object({ topic: z.enum(SANDBOX_WEBHOOK_TOPICS), address: z.url() });
+
 /** `POST /__sandbox/variants`: a variant the merchant creates (e.g. re-created after a delete). */
 const NEW_VARIANT = z.object({
   // "" is a variant without a SKU (Shopify shows null).
@@ -219,6 +294,7 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
   const apiVersion = SHOPIFY_SCHEMA_VERSION;
   const catalog = options.catalog ?? defaultCatalog();
   const inventory = new ShopifyInventory(catalog, now);
+  const orders = new ShopifyOrders(inventory, now);
   const idempotency = new IdempotencyStore<MutationRecord>(
     options.idempotencyTtlMs ?? IDEMPOTENCY_TTL_MS,
     now,
@@ -240,6 +316,7 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     idempotentReplays: 0,
     bulkOperations: 0,
     pointsSpent: 0,
+    operations: {},
   };
   const storage = await startBulkStorage({
     port: options.storagePort,
@@ -249,6 +326,7 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
   // A bulk query reads the shop like any query, with every connection whole.
   const bulkContext: ShopifyContext = {
     inventory,
+    orders,
     idempotency,
     requestId: "bulk",
     latency: () => Promise.resolve(),
@@ -307,10 +385,14 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     } catch {
       body = undefined;
     }
+    const text = (body as { query?: unknown } | undefined)?.query;
+    const operation = typeof text === "string" ? /^\s*(?:query|mutation)\s+(\w+)/.exec(text)?.[1] ?? "" : "";
+    stats.operations[operation] = (stats.operations[operation] ?? 0) + 1;
     const latencyMs = faults.latencyMs;
     let waited: Promise<void> | undefined;
     const context: ShopifyContext = {
       inventory,
+      orders,
       idempotency,
       requestId,
       latency: () =>
@@ -342,11 +424,92 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     return json(result.status, result.body);
   };
 
+  const webhookSecret = options.webhookSecret ??
+    btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(24))));
+  const webhooks = new WebhookDeliveries({
+    secret: webhookSecret,
+    shopDomain: SANDBOX_SHOP_DOMAIN,
+    apiVersion,
+    retryDelaysMs: options.webhookRetryDelaysMs,
+    drop: () => faults.webhookDropRate > 0 && random() < faults.webhookDropRate,
+    now,
+  });
+  /** One merchant action: its webhooks go out under one event id. */
+  const act = <T>(result: T & { webhooks: OrderWebhook[] }): T => {
+    webhooks.emit(result.webhooks);
+    return result;
+  };
+  const locationFor = (tiendaId: string) => {
+    const location = inventory.locationOfStore(tiendaId);
+    if (!location) throw new OrderRefused(422, `no location for tienda_id "${tiendaId}"`);
+    return location.id;
+  };
+  const ordersAdmin = async (req: Request, path: string): Promise<Response> => {
+    const body = req.method === "POST" ? await req.json().catch(() => null) : undefined;
+    try {
+      if (path === "/__sandbox/orders" && req.method === "GET") {
+        return json(200, { orders: orders.orders.map((o) => orders.orderPayload(o)) });
+      }
+      if (path === "/__sandbox/orders" && req.method === "POST") {
+        const parsed = NEW_ORDER.safeParse(body);
+        if (!parsed.success) return json(400, { errors: parsed.error.issues });
+        const { order } = act(orders.place({
+          locationId: parsed.data.location_id ?? locationFor(parsed.data.tienda_id!),
+          lines: parsed.data.line_items,
+          sourceName: parsed.data.source_name,
+        }));
+        return json(201, { order: orders.orderPayload(order) });
+      }
+      const match = path.match(/^\/__sandbox\/orders\/(\d+)\/(cancel|refunds)$/);
+      if (match && req.method === "POST") {
+        const id = Number(match[1]);
+        if (match[2] === "cancel") {
+          const parsed = CANCEL_ORDER.safeParse(body ?? {});
+          if (!parsed.success) return json(400, { errors: parsed.error.issues });
+          const { order } = act(orders.cancel(id, parsed.data));
+          return json(200, { order: orders.orderPayload(order) });
+        }
+        const parsed = NEW_REFUND.safeParse(body);
+        if (!parsed.success) return json(400, { errors: parsed.error.issues });
+        const { order, refund } = act(orders.refund(id, {
+          lines: parsed.data.refund_line_items.map((l) => ({
+            lineItemId: l.line_item_id,
+            quantity: l.quantity,
+          })),
+          restock: parsed.data.restock ?? true,
+        }));
+        return json(201, { refund: orders.refundPayload(order, refund) });
+      }
+      if (path === "/__sandbox/webhooks" && req.method === "GET") {
+        return json(200, { webhooks: webhooks.subscriptions, deliveries: webhooks.deliveries() });
+      }
+      if (path === "/__sandbox/webhooks" && req.method === "POST") {
+        const parsed = NEW_WEBHOOK.safeParse(body);
+        if (!parsed.success) return json(400, { errors: parsed.error.issues });
+        return json(201, { webhook: webhooks.subscribe(parsed.data.topic, parsed.data.address) });
+      }
+      if (path === "/__sandbox/webhooks/redeliver" && req.method === "POST") {
+        const id = typeof body?.webhook_id === "string" ? body.webhook_id : "";
+        const delivery = webhooks.redeliver(id);
+        return delivery ? json(200, { delivery }) : json(404, { errors: `no delivery ${id}` });
+      }
+    } catch (e) {
+      if (e instanceof OrderRefused) return json(e.status, { errors: e.message });
+      throw e;
+    }
+    return json(404, NOT_FOUND_BODY);
+  };
+
   const admin = async (req: Request, path: string): Promise<Response> => {
+    if (path.startsWith("/__sandbox/orders") || path.startsWith("/__sandbox/webhooks")) {
+      return await ordersAdmin(req, path);
+    }
     if (path === "/__sandbox/state" && req.method === "GET") {
       return json(200, {
         apiVersion,
         ...inventory.snapshot(),
+        orders: orders.orders.length,
+        webhookDeliveries: webhooks.deliveries().length,
         stats: { ...stats },
         faults,
         throttleStatus: bucket.status(),
@@ -428,15 +591,28 @@ export async function startShopifySandbox(options: ShopifySandboxOptions = {}): 
     },
     locationIdOf: (tiendaId) => inventory.locationOfStore(tiendaId)?.id,
     state: () => inventory.snapshot(),
-    stats: () => ({ ...stats }),
+    stats: () => ({ ...stats, operations: { ...stats.operations } }),
     bulkOperations: () => bulk.list(),
     downloads: () => storage.downloads(),
     storageStats: () => storage.stats(),
     throttleStatus: () => bucket.status(),
     faults: () => ({ ...faults }),
     setFaults,
+    webhookSecret,
+    subscribeWebhook: (topic, uri) => webhooks.subscribe(topic, uri),
+    placeOrder: ({ tiendaId, lines, sourceName }) =>
+      orders.orderPayload(act(orders.place({ locationId: locationFor(tiendaId), lines, sourceName })).order),
+    cancelOrder: (orderId, options) => orders.orderPayload(act(orders.cancel(orderId, options)).order),
+    refundOrder: (orderId, lines, restock = true) => {
+      const { order, refund } = act(orders.refund(orderId, { lines, restock }));
+      return orders.refundPayload(order, refund);
+    },
+    webhookDeliveries: () => webhooks.deliveries(),
+    redeliverWebhook: (id) => webhooks.redeliver(id),
+    webhooksIdle: () => webhooks.idle(),
     close: async () => {
       bulk.close();
+      await webhooks.close();
       await Promise.all([server.shutdown(), storage.close()]);
       log.info("Shopify sandbox on {url} stopped", { url, mark: "shutdown" });
     },
@@ -466,6 +642,8 @@ if (import.meta.main) {
   console.log(`  SHOPIFY_TOKEN=${sandbox.token}`);
   console.log(`  SHOPIFY_API_VERSION=${sandbox.apiVersion}`);
   console.log(`  SHOPIFY_LOCATIONS='${JSON.stringify(locations)}'`);
+  console.log(`  SHOPIFY_WEBHOOK_SECRET=${sandbox.webhookSecret}`);
+  console.log(`Deliver its order webhooks with: POST ${sandbox.url}/__sandbox/webhooks {"topic","address"}`);
   const stop = async () => {
     await sandbox.close();
     Deno.exit(0);

@@ -3,8 +3,10 @@
  * the sandbox needs: terms `field:value` or bare `value`, implicit AND, `OR`, `AND`,
  * `-`/`NOT` negation, values quoted with `"` or `'` (backslash escapes inside), bare
  * values with backslash escapes for the special characters `: \ ( )`, and a trailing
- * `*` for a prefix match. Grouping parentheses and range comparators are refused
- * rather than guessed at.
+ * `*` for a prefix match, and — where the caller allows them — the range comparators
+ * `<`, `<=`, `>`, `>=` after a field (`updated_at:>='2026-12-04T18:00:00Z'`; a bare value
+ * then runs to the next space, colons included). Grouping parentheses are refused
+ * rather than guessed at, and so are ranges where the caller does not allow them.
  */
 
 /** One search term. `field` is undefined for a bare term (Shopify's "default" field). */
@@ -14,6 +16,14 @@ export interface SearchTerm {
   /** Unquoted value ending in an unescaped `*`. */
   prefix: boolean;
   negated: boolean;
+  /** A range term's comparator (`updated_at:>=…`); undefined for an equality term. */
+  comparator?: "<" | "<=" | ">" | ">=";
+}
+
+/** Options of {@link parseSearchQuery}. */
+export interface SearchParseOptions {
+  /** Whether range comparators are accepted (the caller compares them); refused otherwise. */
+  ranges?: boolean;
 }
 
 /** A parsed query: OR of AND-groups of terms. An empty query matches everything. */
@@ -31,7 +41,7 @@ function isSpace(c: string): boolean {
 }
 
 /** Parses a Shopify search query string. */
-export function parseSearchQuery(input: string): SearchQuery {
+export function parseSearchQuery(input: string, options: SearchParseOptions = {}): SearchQuery {
   const groups: SearchQuery = [[]];
   let i = 0;
   let negateNext = false;
@@ -79,11 +89,21 @@ export function parseSearchQuery(input: string): SearchQuery {
     return { text, sawEscape, endedAtColon: false };
   };
 
-  const readValue = (): { value: string; prefix: boolean } => {
+  const readValue = (): { value: string; prefix: boolean; comparator?: SearchTerm["comparator"] } => {
     const c = input[i];
     if (c === '"' || c === "'") return { value: readQuoted(c), prefix: false };
     if (c === ">" || c === "<" || c === "=") {
-      throw new SearchSyntaxError("range comparators are not supported by the sandbox");
+      const comparator = /^(<=|>=|<|>)/.exec(input.slice(i))?.[1] as SearchTerm["comparator"];
+      if (!options.ranges || !comparator) {
+        throw new SearchSyntaxError("range comparators are not supported by the sandbox for this field");
+      }
+      i += comparator!.length;
+      const q = input[i];
+      if (q === '"' || q === "'") return { value: readQuoted(q), prefix: false, comparator };
+      const start = i;
+      while (i < input.length && !isSpace(input[i])) i++;
+      if (i === start) throw new SearchSyntaxError(`missing value after ${comparator}`);
+      return { value: input.slice(start, i), prefix: false, comparator };
     }
     const start = i;
     const bare = readBare();
@@ -118,8 +138,14 @@ export function parseSearchQuery(input: string): SearchQuery {
       if (i >= input.length || isSpace(input[i])) {
         throw new SearchSyntaxError(`missing value for ${word.text}`);
       }
-      const { value, prefix } = readValue();
-      groups.at(-1)!.push({ field: word.text.toLowerCase(), value, prefix, negated: negateNext });
+      const { value, prefix, comparator } = readValue();
+      groups.at(-1)!.push({
+        field: word.text.toLowerCase(),
+        value,
+        prefix,
+        negated: negateNext,
+        ...(comparator ? { comparator } : {}),
+      });
       negateNext = false;
       continue;
     }
