@@ -271,6 +271,11 @@ export interface PlugContext {
   batchSending(batchId: string): Promise<boolean>;
   /** Marketplace orders: inbound custody and each order's effect (issue #14). */
   orders?: OrderBook;
+  /**
+   * The base URL this service's HTTP server answers on (e.g. `http://127.0.0.1:8080`): where a
+   * built-in sandbox sends its webhooks and notifications.
+   */
+  selfUrl?(): string;
 }
 
 /**
