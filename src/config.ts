@@ -221,8 +221,6 @@ const EnvSchema = z.object({
   MELI_TIMEOUT: duration("MELI_TIMEOUT").default(10_000),
   MELI_BATCH_SIZE: int(1, 200).default(10),
   MELI_LOCK_TTL: duration("MELI_LOCK_TTL").default(30_000),
-  /** Order fetches MercadoLibre's (unsigned) notifications may cause per minute, all replicas together. */
-  MELI_ORDER_FETCHES_PER_MIN: int(1, 10_000).default(60),
   SANDBOX_MELI_PORT: int(0, 65535).default(0),
   SANDBOX_MELI_TOKEN_TTL: int(1, 31_536_000).default(21_600),
 
