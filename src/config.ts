@@ -18,6 +18,7 @@ export const SECRET_VARIABLES: ReadonlySet<string> = new Set([
   "MELI_TOKEN",
   "MELI_CLIENT_SECRET",
   "MELI_REFRESH_TOKEN",
+  "SHOPIFY_WEBHOOK_SECRET",
 ]);
 
 /** Variables that may carry credentials inside a URL. */
@@ -247,6 +248,24 @@ const EnvSchema = z.object({
     (q) => /^\s*(select|with)\b/i.test(q) && /\$1\b/.test(q) && !/\$(?!1\b)\d+/.test(q),
     "must be a SELECT of (tienda_id, sku, producto_id) using $1 (the store ids, a text[]) and no other parameter",
   ),
+
+  // Marketplace orders (issue #14).
+  /** How often each channel's orders are polled since the stored watermark (also once at start). */
+  ORDERS_POLL_INTERVAL: duration("ORDERS_POLL_INTERVAL").pipe(
+    z.number().min(10_000, "must be at least 10s").max(86_400_000, "must be at most 24h"),
+  ).default(120_000),
+  /** Largest order webhook / notification body taken (checked before the signature and the parse). */
+  WEBHOOK_MAX_BYTES: int(1024, 16 * 1024 * 1024).default(1024 * 1024),
+  /** The app's API secret key: Shopify signs its webhooks with it (X-Shopify-Hmac-Sha256). */
+  SHOPIFY_WEBHOOK_SECRET: z.string().min(1).optional(),
+  /** The store a Shopify order draws from when its location maps to none (else the only mapped store). */
+  SHOPIFY_ORDER_TIENDA_ID: z.string().trim().min(1).max(200).optional(),
+  /** Most order fetches MercadoLibre notifications may cause per minute (they share the seller's budget). */
+  MELI_ORDER_FETCHES_PER_MINUTE: int(1, 10_000).default(60),
+  /** How often the POS outbox is looked at when no order woke it. */
+  POS_OUTBOX_POLL_INTERVAL: duration("POS_OUTBOX_POLL_INTERVAL").pipe(
+    z.number().min(100, "must be at least 100ms"),
+  ).default(1_000),
 
   /** Per-channel stock rules (JSON), validated in loadConfig so each problem names its JSON path. */
   STOCK_RULES: z.string().optional(),

@@ -36,6 +36,22 @@ export interface ServiceMetrics {
   tokenExpirySeconds: Gauge<"channel">;
   resyncRuns: Counter<"mode" | "state">;
   deadLetterCopyFailures: Counter<"channel">;
+  /** Marketplace order events by origin, kind (created, restock), how they came and what applying did. */
+  ordersApplied: Counter<"origin" | "kind" | "via" | "outcome">;
+  /** From the marketplace's order time to its effect in the ledger (applied events only). */
+  orderLagSeconds: Histogram<"origin" | "via">;
+  /** Inbound order deliveries (webhooks, notifications): stored, duplicate, done, quarantined. */
+  orderDeliveries: Counter<"channel" | "outcome">;
+  /** POS echoes of marketplace orders (sales.created with origen): known or unknown order. */
+  ordersRecordedByPos: Counter<"origin" | "order">;
+  /** Catch-up polls of a channel's orders, by outcome (ok, error). */
+  orderCatchUps: Counter<"channel" | "outcome">;
+  /** Messages for the POS confirmed by RabbitMQ. */
+  posMessagesPublished: Counter<"routing_key">;
+  /** Publishes to the POS that were not confirmed (left in the outbox, retried). */
+  posPublishFailures: Counter<"routing_key">;
+  /** Messages for the POS in the outbox, not published yet (read on every scrape). */
+  posOutboxUnpublished: Gauge<"routing_key">;
 }
 
 /**
@@ -46,6 +62,7 @@ export interface ServiceMetrics {
 export function createMetrics(
   prefix: string,
   collectLedger: () => Promise<{ channel: string; status: string; count: number }[]>,
+  collectOutbox: () => Promise<{ routingKey: string; count: number }[]> = () => Promise.resolve([]),
 ): ServiceMetrics {
   const registry = new Registry();
   const registers = [registry];
@@ -66,6 +83,70 @@ export function createMetrics(
   });
   return {
     registry,
+    ordersApplied: new Counter({
+      name: `${prefix}orders_total`,
+      help:
+        "Marketplace order events by origin, kind (created, restock), via (webhook, notification, catch_up) and outcome (applied, duplicate, nothing_to_restock, unknown_order).",
+      labelNames: ["origin", "kind", "via", "outcome"] as const,
+      registers,
+    }),
+    orderLagSeconds: new Histogram({
+      name: `${prefix}order_lag_seconds`,
+      help: "From the time a marketplace gives an order event to its effect recorded in the ledger.",
+      labelNames: ["origin", "via"] as const,
+      buckets: [0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600],
+      registers,
+    }),
+    orderDeliveries: new Counter({
+      name: `${prefix}order_deliveries_total`,
+      help:
+        "Order webhooks / notifications by channel and outcome: stored, duplicate (a re-delivery), done, quarantined.",
+      labelNames: ["channel", "outcome"] as const,
+      registers,
+    }),
+    ordersRecordedByPos: new Counter({
+      name: `${prefix}orders_recorded_by_pos_total`,
+      help:
+        "POS sales.created carrying origen (the POS recorded a marketplace order), by origin and order (known, unknown).",
+      labelNames: ["origin", "order"] as const,
+      registers,
+    }),
+    orderCatchUps: new Counter({
+      name: `${prefix}order_catch_ups_total`,
+      help: "Catch-up polls of a marketplace's orders since the stored watermark, by outcome (ok, error).",
+      labelNames: ["channel", "outcome"] as const,
+      registers,
+    }),
+    posMessagesPublished: new Counter({
+      name: `${prefix}pos_messages_published_total`,
+      help: "Messages for the POS (marketplace.sales.created / cancelled) confirmed by RabbitMQ.",
+      labelNames: ["routing_key"] as const,
+      registers,
+    }),
+    posPublishFailures: new Counter({
+      name: `${prefix}pos_publish_failures_total`,
+      help:
+        "Publishes to the POS not confirmed by RabbitMQ (the message stays in the outbox and is retried).",
+      labelNames: ["routing_key"] as const,
+      registers,
+    }),
+    posOutboxUnpublished: new Gauge({
+      name: `${prefix}pos_outbox_unpublished`,
+      help: "Messages for the POS in the outbox not published yet, by routing key.",
+      labelNames: ["routing_key"] as const,
+      registers,
+      async collect() {
+        try {
+          const rows = await collectOutbox();
+          this.reset();
+          for (const key of ["marketplace.sales.created", "marketplace.sales.cancelled"]) {
+            this.set({ routing_key: key }, rows.find((r) => r.routingKey === key)?.count ?? 0);
+          }
+        } catch {
+          // Postgres down (or not migrated yet): keep the last values; readiness reports it.
+        }
+      },
+    }),
     dispatchBatchSize: new Histogram({
       name: `${prefix}dispatch_batch_listings`,
       help: "Listings (coalesced store × SKU changes) per marketplace batch.",

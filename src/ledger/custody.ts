@@ -36,6 +36,8 @@ export class LedgerRejectedError extends Error {
 /** Observers for batch size and duration (metrics). */
 export interface CustodyObserver {
   batch(size: number, seconds: number): void;
+  /** The POS recorded a marketplace order (its echo); `known`: the order was applied here before. */
+  recorded?(origin: ChannelName, known: boolean): void;
 }
 
 interface Waiter {
@@ -210,6 +212,8 @@ export class Custody {
       tienda_id: e.tiendaId,
       body: e.body,
       items: e.items.map((item) => ({ sku: item.sku, producto_id: item.productoId, delta: -item.quantity })),
+      echo_origin: e.origin?.channel ?? null,
+      echo_order_id: e.origin?.orderId ?? null,
     }));
     const channels = [...this.channels].sort();
     // Per channel a JSON list of its stores, or null for every store (a text[] cannot nest lists).
@@ -224,19 +228,32 @@ export class Custody {
     // outcome_unknown ones re-opened under their batch's key within the key
     // window, and applied ones never touched.
     const rows = await this.sql<
-      { event_id: string; kind: "stored" | "rearmed" | "kept"; detail: string | null }[]
+      { event_id: string; kind: "stored" | "rearmed" | "kept" | "echo"; detail: string | null }[]
     >`
       with input as (
         select * from jsonb_to_recordset(${this.sql.json(sales as unknown as postgres.JSONValue)}::jsonb)
-          as x(event_id text, identity_source text, tienda_id text, body jsonb, items jsonb)
+          as x(event_id text, identity_source text, tienda_id text, body jsonb, items jsonb,
+               echo_origin text, echo_order_id text)
       ), change as (
         -- One row per (sale, enabled channel, item); a channel that follows some stores only
-        -- gets the sales of those stores.
+        -- gets the sales of those stores. The POS's echo of a marketplace order changes no stock:
+        -- the order's own channel lowered itself and the others got the order's changes already.
         select i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
           from input i
           cross join unnest(${channels}::text[], ${onlyStores}::text[]) as c(channel, only_stores)
           cross join jsonb_to_recordset(i.items) as item(sku text, producto_id text, delta integer)
-         where c.only_stores is null or c.only_stores::jsonb ? i.tienda_id
+         where (c.only_stores is null or c.only_stores::jsonb ? i.tienda_id) and i.echo_origin is null
+      ), echo as (
+        -- The POS recorded the order: its units are in the POS's own number from now on.
+        insert into marketplace_order_echo (origin, order_id, event_id)
+        select echo_origin, echo_order_id, event_id from input where echo_origin is not null
+        on conflict (origin, order_id) do nothing
+        returning origin, order_id, event_id
+      ), recorded as (
+        -- A shortcut for "available stock" (its index skips recorded lines); the echo row is the truth.
+        update marketplace_order_line l set recorded = true
+          from echo e where l.origin = e.origin and l.order_id = e.order_id
+        returning l.order_id
       ), new_sale as (
         insert into sale (event_id, identity_source, tienda_id, body)
         select event_id, identity_source, tienda_id, body from input
@@ -295,13 +312,37 @@ export class Custody {
       )
       select event_id, 'stored' as kind, null as detail from new_sale
       union all
+      select e.event_id, 'echo',
+             case when exists (select 1 from marketplace_order o where o.origin = e.origin and o.order_id = e.order_id)
+                  then 'known' else 'unknown' end
+        from echo e
+      union all
       select distinct event_id, 'rearmed', null from rearmed
       union all
       select distinct event_id, 'rearmed', null from reopened
       union all
       select event_id, 'kept', channel || ' ' || sku from unknown u
        where not exists (select 1 from reopened_batch r where r.id = u.batch_id)`;
-    const fresh = new Set(rows.filter((r) => r.kind === "stored").map((r) => r.event_id));
+    // An echo is news when its order was not marked recorded before (the sale row may be known: the POS
+    // can reuse the order's message_id as its own identity).
+    const echoes = new Map(
+      rows.filter((r) => r.kind === "echo").map((r) => [r.event_id, r.detail === "known"]),
+    );
+    for (const e of sorted) {
+      if (!e.origin || !echoes.has(e.eventId)) continue;
+      const known = echoes.get(e.eventId)!;
+      this.observer?.recorded?.(e.origin.channel, known);
+      if (!known) {
+        log.warning(
+          "the POS recorded {origin} order {order_id} (sale {event_id}), which this service has not seen: " +
+            "nothing applied; its units count as recorded when the order arrives",
+          { origin: e.origin.channel, order_id: e.origin.orderId, event_id: e.eventId },
+        );
+      }
+    }
+    const fresh = new Set(
+      rows.filter((r) => r.kind === "stored" || r.kind === "echo").map((r) => r.event_id),
+    );
     const rearmed = new Set(rows.filter((r) => r.kind === "rearmed").map((r) => r.event_id));
     for (const kept of await this.#stillUnknown(rows.filter((r) => r.kind === "kept"))) {
       // A replay that cannot heal an unknown outcome must not vanish silently.

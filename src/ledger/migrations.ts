@@ -269,4 +269,96 @@ export const MIGRATIONS: readonly Migration[] = [
       alter table resync_job add column if not exists planned_at timestamptz;
     `,
   },
+  {
+    version: 11,
+    name: "marketplace orders: inbound custody, effects applied once, the POS outbox, catch-up watermarks",
+    sql: `
+      -- An order a marketplace sold (issue #14), applied once: its units left the other channels
+      -- through a sale row 'order:<origin>:<order_id>' and its stock changes.
+      create table marketplace_order (
+        origin      text not null,
+        order_id    text not null,
+        tienda_id   text not null,
+        occurred_at timestamptz,
+        via         text not null,
+        applied_at  timestamptz not null default now(),
+        primary key (origin, order_id)
+      );
+      -- Per line what it sold and what was put back since: a restock puts back at most
+      -- sold - restocked, so a cancellation and a refund of the same line restock once.
+      -- recorded: the POS has recorded the order (its sales.created with origen), so its
+      -- units are in the POS's own number and leave "available stock" through it.
+      create table marketplace_order_line (
+        origin    text not null,
+        order_id  text not null,
+        line_id   text not null,
+        tienda_id text not null,
+        sku       text not null,
+        sold      integer not null check (sold > 0),
+        restocked integer not null default 0,
+        recorded  boolean not null default false,
+        primary key (origin, order_id, line_id),
+        foreign key (origin, order_id) references marketplace_order (origin, order_id),
+        check (restocked between 0 and sold)
+      );
+      -- Available stock subtracts the units of orders the POS has not recorded.
+      create index marketplace_order_line_unrecorded on marketplace_order_line (tienda_id, sku)
+        where not recorded and restocked < sold;
+      -- Each restock (a refund, or 'cancel') of an order once.
+      create table marketplace_restock (
+        origin     text not null,
+        order_id   text not null,
+        restock_id text not null,
+        tienda_id  text not null,
+        units      integer not null,
+        applied_at timestamptz not null default now(),
+        primary key (origin, order_id, restock_id)
+      );
+      -- The POS said it recorded an order (a sales.created carrying origen): kept even when
+      -- the order is not known yet, so an order applied later starts recorded.
+      create table marketplace_order_echo (
+        origin      text not null,
+        order_id    text not null,
+        event_id    text not null,
+        received_at timestamptz not null default now(),
+        primary key (origin, order_id)
+      );
+      -- Webhooks and notifications, stored before they are answered (custody first, work after).
+      create table order_delivery (
+        id                bigint generated always as identity primary key,
+        channel           text not null,
+        delivery_id       text not null,
+        topic             text not null,
+        body              text not null,
+        received_at       timestamptz not null default now(),
+        attempts          integer not null default 0,
+        settled_at        timestamptz,
+        quarantine_reason text,
+        quarantine_error  text,
+        unique (channel, delivery_id)
+      );
+      create index order_delivery_open on order_delivery (channel, id) where settled_at is null;
+      -- Messages for the POS (marketplace.sales.created / cancelled), written in the transaction
+      -- that applies the order and published with confirms afterwards.
+      create table pos_outbox (
+        id              bigint generated always as identity primary key,
+        message_id      text not null unique,
+        routing_key     text not null,
+        body            jsonb not null,
+        created_at      timestamptz not null default now(),
+        attempts        integer not null default 0,
+        next_attempt_at timestamptz not null default now(),
+        lease_until     timestamptz,
+        last_error      text,
+        published_at    timestamptz
+      );
+      create index pos_outbox_unpublished on pos_outbox (next_attempt_at) where published_at is null;
+      -- How far each channel's catch-up poll has read its marketplace's orders.
+      create table order_watermark (
+        channel    text primary key,
+        since      timestamptz not null,
+        updated_at timestamptz not null default now()
+      );
+    `,
+  },
 ];

@@ -7,6 +7,7 @@
  */
 import { createHash } from "node:crypto";
 import { z } from "zod";
+import { type ChannelName, KNOWN_CHANNELS } from "./channel_name.ts";
 
 /** Why an incoming message was refused. Stable: operators filter on these. */
 export type RejectReason =
@@ -54,6 +55,11 @@ export interface SaleEvent {
   productConflicts: ProductConflict[];
   /** The parsed body as received (unknown fields kept). */
   body: Record<string, unknown>;
+  /**
+   * Set when the POS re-publishes a marketplace order it recorded (`origen` names one of our channels, with
+   * `origen_order_id`): custody applies no stock change for it and marks the order recorded (issue #14).
+   */
+  origin?: { channel: ChannelName; orderId: string };
 }
 
 /** Limits applied while decoding; see the MAX_* variables in config. */
@@ -109,6 +115,9 @@ function eventSchema(limits: EventLimits) {
     metodo_pago: text(100).nullish(),
     timestamp: z.iso.datetime({ offset: true, local: true, error: "must be an ISO 8601 date-time" })
       .nullish(),
+    // A marketplace order the POS recorded and re-publishes (the echo of marketplace.sales.created).
+    origen: text(100).nullish(),
+    origen_order_id: identifier.nullish(),
     items: z.array(itemSchema(limits), {
       error: (issue) => issue.input === undefined ? "is required" : "must be an array",
     })
@@ -204,6 +213,17 @@ export function decodeSaleEvent(
       );
     }
   }
+  // Only an origin we sell on is an echo; another one (a channel this service does not keep) is a sale the
+  // POS made like any other, and lowers every channel.
+  const echoed = typeof data.origen === "string" &&
+    (KNOWN_CHANNELS as readonly string[]).includes(data.origen.trim().toLowerCase());
+  if (echoed && data.origen_order_id == null) {
+    return reject(
+      "invalid_event",
+      `origen_order_id is required with origen "${data.origen}" (which order the POS recorded)`,
+      "origen_order_id",
+    );
+  }
   const identity = eventIdentity(properties.messageId, data as Record<string, unknown>);
   return {
     ok: true,
@@ -214,6 +234,14 @@ export function decodeSaleEvent(
       items: [...items.values()],
       productConflicts: [...conflicts.values()],
       body: parsed as Record<string, unknown>,
+      ...(echoed
+        ? {
+          origin: {
+            channel: data.origen!.trim().toLowerCase() as ChannelName,
+            orderId: String(data.origen_order_id).trim(),
+          },
+        }
+        : {}),
     },
   };
 }

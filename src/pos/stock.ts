@@ -19,7 +19,14 @@ export type StockOrigin = "redis" | "postgres";
 
 /** A stock reading; `quantity` is what the POS holds, possibly negative (oversold). */
 export type StockReading =
-  | { found: true; quantity: number; origin: StockOrigin; key?: string }
+  | {
+    found: true;
+    quantity: number;
+    origin: StockOrigin;
+    key?: string;
+    /** Units taken off the POS's number for marketplace orders the POS has not recorded (available stock). */
+    heldByOrders?: number;
+  }
   | { found: false; reason: string };
 
 /** What identifies one product at one store. */
