@@ -22,8 +22,6 @@ import { orderEvents, type ParsedOrder } from "./order_events.ts";
 
 const log = logger("mercadolibre");
 
-/** Larger than any notification MeLi sends (about 250 bytes): anything bigger is not one. */
-const MAX_BODY_BYTES = 16 * 1024;
 /** MeLi's page of `/orders/search`. */
 const SEARCH_PAGE = 50;
 /** How many of one search MeLi pages through by offset. */
@@ -48,6 +46,8 @@ export interface MeliOrdersOptions {
   /** The POS store MeLi's orders draw from. */
   tiendaId: string;
   cap: FetchCap;
+  /** Largest body taken (WEBHOOK_MAX_BYTES); a notification is about 250 bytes. */
+  maxBytes: number;
   /** How often unsettled deliveries are re-processed (default 60 s). */
   sweepIntervalMs?: number;
 }
@@ -92,10 +92,11 @@ export class MeliOrders implements OrderSource {
   }
 
   async #notified(request: Request): Promise<Response> {
+    const { maxBytes } = this.options;
     const declared = Number(request.headers.get("content-length") ?? 0);
-    if (declared > MAX_BODY_BYTES) return answer(413, "too large for a notification");
+    if (declared > maxBytes) return answer(413, "too large for a notification");
     const bytes = new Uint8Array(await request.arrayBuffer());
-    if (bytes.length > MAX_BODY_BYTES) return answer(413, "too large for a notification");
+    if (bytes.length > maxBytes) return answer(413, "too large for a notification");
     let body: unknown;
     try {
       body = JSON.parse(new TextDecoder().decode(bytes));
@@ -108,7 +109,7 @@ export class MeliOrders implements OrderSource {
     // Not ours to act on: answered 200 so MeLi does not re-send it, and nothing is stored or fetched.
     if (notification.topic !== "orders_v2") return answer(200, `topic ${notification.topic} is not taken`);
     if (!/^\/orders\/\d{1,20}$/.test(notification.resource)) return answer(200, "not an order resource");
-    const seller = await this.options.sellerId(request.signal).catch(() => undefined);
+    const seller = await this.options.sellerId().catch(() => undefined);
     // Our seller unknown (MeLi unreachable): a 5xx makes MeLi send it again later.
     if (seller === undefined) return answer(503, "our seller is not known yet; send it again later");
     if (notification.user_id !== seller) {
@@ -171,7 +172,14 @@ export class MeliOrders implements OrderSource {
     const fetched = await this.#fetch(orderId, "notification", this.#stop.signal);
     if (fetched.kind === "retry_later") return "retry_later";
     if (fetched.kind === "refused") return await quarantine(fetched);
-    const applied = await this.#apply(fetched.order);
+    let applied: Quarantine | undefined;
+    try {
+      applied = await this.#apply(fetched.order);
+    } catch (error) {
+      // An event the ledger refuses as impossible (no retry can change it), unlike a ledger outage.
+      if ((error as Error).name !== "InvalidOrderEventError") throw error;
+      applied = { reason: "invalid_order", error: (error as Error).message };
+    }
     if (applied) return await quarantine(applied);
     await book.settle(delivery.id, { done: true });
     return "settled";

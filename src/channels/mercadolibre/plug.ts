@@ -153,8 +153,9 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
       cap: new FetchCap(
         redis,
         `marketplace-sync:order-fetches:mercadolibre:${host}`,
-        config.MELI_ORDER_FETCHES_PER_MIN,
+        config.MELI_ORDER_FETCHES_PER_MINUTE,
       ),
+      maxBytes: config.WEBHOOK_MAX_BYTES,
     });
     orders.start();
     // The built-in sandbox notifies this service, as MeLi notifies the app's callback URL.
