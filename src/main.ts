@@ -6,6 +6,7 @@
  */
 import { type ConfirmingPublisher, createConfirmingPublisher } from "./broker/publisher.ts";
 import { deadLetterRoute } from "./broker/dead_letter_route.ts";
+import { PosOutboxPublisher } from "./broker/pos_outbox.ts";
 import { keepRawBodies } from "./broker/raw_body.ts";
 import { declareTopology, reportDeclaration, type Topology, topologyFromConfig } from "./broker/topology.ts";
 import { mercadolibre } from "./channels/mercadolibre/plug.ts";
@@ -17,6 +18,8 @@ import { ledgerBacklog } from "./ledger/backlog.ts";
 import type { Custody } from "./ledger/custody.ts";
 import type { SaleConsumer } from "./broker/sale_consumer.ts";
 import { migrate } from "./ledger/migrate.ts";
+import type { OrderLedger } from "./ledger/orders.ts";
+import { PosOutboxStore } from "./ledger/pos_outbox.ts";
 import { logger } from "./log.ts";
 import { createMetrics, type ServiceMetrics } from "./metrics.ts";
 import type { ChannelName } from "./model/channel_name.ts";
@@ -29,6 +32,8 @@ import { PluggedChannels, shownStores } from "./service/channels.ts";
 import { consumeSales, custody, dispatchStore } from "./service/pipeline.ts";
 import { BrokerLink, closeRedis, openLedger, openRedis } from "./service/connections.ts";
 import { listen } from "./service/http_server.ts";
+import { OrderCatchUp } from "./service/order_catch_up.ts";
+import { orderBook } from "./service/orders.ts";
 import { Lifecycle } from "./service/lifecycle.ts";
 import { operatorSurface, refreshGauges } from "./service/operator.ts";
 import { PosSource } from "./service/pos_source.ts";
@@ -59,6 +64,12 @@ export interface RunningService {
   meliSandbox(): MeliSandbox | undefined;
   /** The resync runner, once started. */
   resyncer(): Resyncer | undefined;
+  /** Marketplace orders in the ledger (issue #14): what the channels' routes and the catch-up apply. */
+  orders: OrderLedger;
+  /** The catch-up poll of the channels' orders, once started (dispatching instances only). */
+  catchUp(): OrderCatchUp | undefined;
+  /** The POS outbox's publishing loop, once the broker is up. */
+  posOutbox(): PosOutboxPublisher | undefined;
   /** Graceful stop: consumer, in-flight custody, publisher, connections, HTTP. */
   close(): Promise<void>;
 }
@@ -79,11 +90,34 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   const topology = topologyFromConfig(config);
   const lifecycle = new Lifecycle();
   const sql = openLedger(config);
-  const metrics = createMetrics(config.METRICS_PREFIX, () => ledgerBacklog(sql));
+  const outboxStore = new PosOutboxStore(sql);
+  const metrics = createMetrics(
+    config.METRICS_PREFIX,
+    () => ledgerBacklog(sql),
+    () => outboxStore.unpublished(),
+  );
   const redis = openRedis(config.REDIS_URL, "Redis");
   const sandboxCatalog = sandboxCatalogLoader(config);
-  const pos = new PosSource(config, redis, sandboxCatalog);
   const channels = new PluggedChannels();
+  let outbox: PosOutboxPublisher | undefined;
+  let catchUp: OrderCatchUp | undefined;
+  // Per channel the stores it shows, known once the plugins can be asked (step 4); orders wait for it.
+  let storesShown: (stores: Partial<Record<ChannelName, string[]>>) => void;
+  const shown = new Promise<Partial<Record<ChannelName, string[]>>>((resolve) => storesShown = resolve);
+  const orders = orderBook({
+    config,
+    sql,
+    metrics,
+    onlyStores: () => shown,
+    pos: () => pos.reader(),
+    sandboxCatalog,
+    changed: () => {
+      channels.wake();
+      outbox?.wake();
+    },
+  });
+  // Every absolute write reads AVAILABLE stock: the POS's number less orders it has not recorded.
+  const pos = new PosSource(config, redis, sandboxCatalog, (keys) => orders.unrecorded(keys));
   let ledgerReady = false;
   const broker = new BrokerLink();
   let publisher: ConfirmingPublisher | undefined;
@@ -145,6 +179,14 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     });
     if (!declared) return;
     publisher = createConfirmingPublisher(publish, topology);
+    outbox = new PosOutboxPublisher({
+      connection: publish,
+      store: outboxStore,
+      topology,
+      metrics,
+      pollIntervalMs: config.POS_OUTBOX_POLL_INTERVAL,
+    });
+    outbox.start();
 
     // 4. The channels, each with its dispatch loop.
     const store = dispatchStore(sql, config);
@@ -156,7 +198,11 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       sandboxCatalog,
       posStock: () => pos.reader(),
       batchSending: (id) => store.isSending(id),
+      orders,
+      selfUrl: () => server.url,
     };
+    const onlyStores = await shownStores(CHANNELS, config.CHANNELS, context);
+    storesShown!(onlyStores);
     if (config.DISPATCH_ENABLED) {
       await channels.plug(CHANNELS, config.CHANNELS, context, (plug) =>
         new Dispatcher({
@@ -171,6 +217,16 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       log.info("DISPATCH_ENABLED=false: this instance only takes sales into custody; others dispatch them");
     }
     channels.start();
+    if (config.DISPATCH_ENABLED) {
+      // Orders webhooks missed (the service down, a notification never sent): polled from the watermark.
+      catchUp = new OrderCatchUp({
+        ledger: orders,
+        channels: () => channels.orderSources,
+        intervalMs: config.ORDERS_POLL_INTERVAL,
+        metrics,
+      });
+      catchUp.start();
+    }
 
     // 5. The operator's tools: dead letters, resync (live sales first), the scheduled reconcile.
     deadLetters = new DeadLetterAdmin({ connection: publish, publisher, topology });
@@ -200,7 +256,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       sql,
       config,
       metrics,
-      await shownStores(CHANNELS, config.CHANNELS, context),
+      onlyStores,
       () => channels.wake(),
     );
     if (lifecycle.stopping) return;
@@ -218,12 +274,14 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     const reconcileStopped = reconcile?.stop();
     await resyncer?.close(); // ends a scheduled round's job too
     await reconcileStopped;
+    await catchUp?.close();
     await consumer?.close();
     await sales?.drain();
     await channels.stop(Math.min(10_000, config.SHUTDOWN_TIMEOUT / 2));
     // A refresh in flight is stored before the ledger closes, if it ends within the budget: the closes
     // below (publisher, AMQP, ledger) keep a reserve of it, or main() would exit 1 without them.
     await channels.finish(deadline - Math.min(5_000, config.SHUTDOWN_TIMEOUT / 4));
+    await outbox?.close();
     await publisher?.close();
     await broker.close();
     // A refresh given up above still holds its reserved connection: end waits for it only as long as the
@@ -246,6 +304,9 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     shopifySandbox: () => channels.get<ShopifyPlug>("shopify")?.sandbox,
     meliSandbox: () => channels.get<MeliPlug>("mercadolibre")?.sandbox,
     resyncer: () => resyncer,
+    orders,
+    catchUp: () => catchUp,
+    posOutbox: () => outbox,
   };
 }
 

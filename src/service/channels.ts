@@ -4,7 +4,14 @@
  * stopped in order (finish the batch in flight, then let each plug finish its own work).
  */
 import type { ChannelName } from "../model/channel_name.ts";
-import type { ChannelPlug, ChannelPlugin, ChannelProbe, ChannelStock, PlugContext } from "../sync/channel.ts";
+import type {
+  ChannelPlug,
+  ChannelPlugin,
+  ChannelProbe,
+  ChannelStock,
+  OrderSource,
+  PlugContext,
+} from "../sync/channel.ts";
 import type { Dispatcher } from "../sync/dispatcher.ts";
 
 /** Plugged channels and their dispatchers. */
@@ -37,6 +44,11 @@ export class PluggedChannels {
   /** Resync's side of each channel. */
   get stocks(): ChannelStock[] {
     return this.#plugs.map((p) => p.stock);
+  }
+
+  /** The plugged channels that take orders, with their catch-up source (issue #14). */
+  get orderSources(): { name: ChannelName; orders: OrderSource }[] {
+    return this.#plugs.flatMap((p) => p.orders ? [{ name: p.name, orders: p.orders }] : []);
   }
 
   /** Status and metrics probes by channel. */

@@ -46,6 +46,8 @@ export function custody(
       metrics.custodyBatchSeconds.observe(seconds);
       stored();
     },
+    recorded: (origin, known) =>
+      metrics.ordersRecordedByPos.inc({ origin, order: known ? "known" : "unknown" }),
   });
 }
 

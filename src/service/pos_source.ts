@@ -11,6 +11,7 @@ import type postgres from "postgres";
 import { type Config, sandboxMode } from "../config.ts";
 import { logger } from "../log.ts";
 import { PosCatalog, PosCatalogQuery, type PosProduct, type PosProductSource } from "../pos/catalog.ts";
+import { AvailableStockReader, type UnrecordedUnits } from "../pos/available.ts";
 import { PosStockReader, type StockRedis } from "../pos/stock.ts";
 import type { Catalog } from "../sandbox/catalog.ts";
 import { closeRedis, openPostgres, openRedis, type RedisClient } from "./connections.ts";
@@ -38,11 +39,14 @@ export class PosSource {
   /**
    * @param sharedRedis the service's Redis, used when POS_REDIS_URL is the same or unset.
    * @param sandboxCatalog the sandbox catalog (sandbox mode only); loaded here when not given.
+   * @param unrecorded units of marketplace orders the POS has not recorded: given, the reader answers
+   *   available stock (the POS's number less them), as every absolute write needs (issue #14).
    */
   constructor(
     private readonly config: Config,
     private readonly sharedRedis: RedisClient,
     private readonly sandboxCatalog: () => Promise<Catalog> = sandboxCatalogLoader(config),
+    private readonly unrecorded?: UnrecordedUnits,
   ) {}
 
   /** The reader, opening its connections the first time. */
@@ -59,13 +63,16 @@ export class PosSource {
       // Silent: a POS key that cannot be read is reported where it is read (stock unknown, retried).
       redis = this.#redis = openRedis(config.POS_REDIS_URL);
     }
-    this.#reader = new PosStockReader({
+    const options = {
       redis: sandboxPos(config) ? this.#afterSeed(redis) : redis,
       sql: this.#sql,
       keyTemplate: config.POS_STOCK_KEY,
       query: config.POS_STOCK_QUERY,
       productQuery: config.POS_PRODUCT_QUERY,
-    });
+    };
+    this.#reader = this.unrecorded
+      ? new AvailableStockReader(options, this.unrecorded)
+      : new PosStockReader(options);
     return this.#reader;
   }
 

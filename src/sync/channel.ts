@@ -265,17 +265,21 @@ export interface PlugContext {
   metrics: ServiceMetrics;
   /** The built-in sandboxes' catalog, loaded on first use (only when a marketplace is not configured). */
   sandboxCatalog(): Promise<Catalog>;
-  /** The POS stock reader (MercadoLibre's mirror mode), opened on first use. */
+  /**
+   * The POS stock reader every absolute write uses (MercadoLibre's mirror mode, Shopify's ruled listings),
+   * opened on first use. It answers AVAILABLE stock: the POS's number less the units of marketplace orders
+   * the POS has not recorded yet (issue #14; src/pos/available.ts).
+   */
   posStock(): PosStockReader;
   /** Whether a batch is still being sent (not yet recorded), from the ledger. */
   batchSending(batchId: string): Promise<boolean>;
   /** Marketplace orders: inbound custody and each order's effect (issue #14). */
-  orders?: OrderBook;
+  orders: OrderBook;
   /**
-   * The base URL this service's HTTP server answers on (e.g. `http://127.0.0.1:8080`): where a
-   * built-in sandbox sends its webhooks and notifications.
+   * The service's own base URL as it listens (e.g. `http://127.0.0.1:8080`, no trailing slash): what a
+   * plug subscribes its built-in sandbox's webhooks / notifications to (`${selfUrl()}/webhooks/<name>`).
    */
-  selfUrl?(): string;
+  selfUrl(): string;
 }
 
 /**

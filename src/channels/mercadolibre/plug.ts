@@ -139,7 +139,7 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
   });
   const store = orderStore(config, tiendaId);
   let orders: MeliOrders | undefined;
-  if (context.orders && store) {
+  if (store) {
     const knownSeller = config.MELI_USER_ID ?? (sandbox ? String(sandbox.userId) : undefined);
     orders = new MeliOrders({
       client,
@@ -159,8 +159,8 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
     });
     orders.start();
     // The built-in sandbox notifies this service, as MeLi notifies the app's callback URL.
-    if (sandbox && context.selfUrl) sandbox.setNotificationUrl(`${context.selfUrl()}/webhooks/mercadolibre`);
-  } else if (context.orders) {
+    if (sandbox) sandbox.setNotificationUrl(`${context.selfUrl()}/webhooks/mercadolibre`);
+  } else {
     log.warning(
       "MercadoLibre orders are not taken: no store to count them at (set MELI_TIENDA_ID or MELI_LOCATIONS)",
       { mark: "start" },
