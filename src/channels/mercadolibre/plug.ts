@@ -2,8 +2,9 @@
  * The MercadoLibre plug: builds everything the MercadoLibre channel needs from the
  * configuration — the access-token chain (OAuth refresh, a static token, or the
  * built-in sandbox's own OAuth chain), the rate budget and listing locks shared
- * through Redis, the client, the dispatcher adapter, resync's stock reader/writer
- * and the status probe.
+ * through Redis, the client, the dispatcher adapter, resync's stock reader/writer,
+ * the status probe, and MeLi's orders (the `orders_v2` notifications route, the
+ * deliveries sweep and the catch-up source) when the service lends an order book.
  */
 import { meliConfigured, type MeliLocation } from "../../config.ts";
 import { resolveRule } from "../../model/stock_rule.ts";
@@ -13,6 +14,8 @@ import type { ChannelPlug, ChannelPlugin, PlugContext } from "../../sync/channel
 import { RedisBucket } from "../../sync/cost_bucket.ts";
 import { InDoubtMarks, ListingLocks } from "../../sync/listing_lock.ts";
 import { meliCatalog } from "./catalog.ts";
+import { FetchCap } from "./fetch_cap.ts";
+import { MeliOrders } from "./orders.ts";
 import { MeliChannel } from "./channel.ts";
 import { MeliClient } from "./client.ts";
 import { MeliListings } from "./listings.ts";
@@ -134,9 +137,40 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
     // A rule resolves against the store whose stock the listing (or the location) shows.
     ruleFor: (store, sku) => resolveRule(config.stockRules, "mercadolibre", store, sku),
   });
+  const store = orderStore(config, tiendaId);
+  let orders: MeliOrders | undefined;
+  if (store) {
+    const knownSeller = config.MELI_USER_ID ?? (sandbox ? String(sandbox.userId) : undefined);
+    orders = new MeliOrders({
+      client,
+      book: context.orders,
+      sellerId: async (signal) => {
+        if (knownSeller) return knownSeller;
+        const seller = await listings.seller(signal);
+        return "id" in seller ? seller.id : undefined;
+      },
+      tiendaId: store,
+      cap: new FetchCap(
+        redis,
+        `marketplace-sync:order-fetches:mercadolibre:${host}`,
+        config.MELI_ORDER_FETCHES_PER_MINUTE,
+      ),
+      maxBytes: config.WEBHOOK_MAX_BYTES,
+    });
+    orders.start();
+    // The built-in sandbox notifies this service, as MeLi notifies the app's callback URL.
+    if (sandbox) sandbox.setNotificationUrl(`${context.selfUrl()}/webhooks/mercadolibre`);
+  } else {
+    log.warning(
+      "MercadoLibre orders are not taken: no store to count them at (set MELI_TIENDA_ID or MELI_LOCATIONS)",
+      { mark: "start" },
+    );
+  }
   return {
     name: "mercadolibre",
     adapter: channel,
+    routes: orders ? [orders.route] : [],
+    orders,
     stock: new MeliStock(
       client,
       listings,
@@ -153,12 +187,27 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
     },
     sandbox,
     finish: async (deadline) => {
+      // The sweep and the deliveries in flight end while the ledger is still open.
+      await orders?.stop();
       await tokens.close?.(deadline);
     },
     close: async () => {
       await sandbox?.close();
     },
   };
+}
+
+/**
+ * The POS store MeLi's orders draw from: MELI_TIENDA_ID (or, in sandbox mode, the mirrored
+ * store). With MELI_LOCATIONS, the first mapped store: an order does not say which of the
+ * seller's warehouses ships it (that is in the shipment, not the order), so the units are
+ * counted at the first store listed — list the store MeLi sells from first. Undefined (delta mode
+ * without MELI_TIENDA_ID): no store to count MeLi's orders at, so they are not taken.
+ */
+export function orderStore(config: PlugContext["config"], mirrored: string | undefined): string | undefined {
+  if (config.MELI_TIENDA_ID) return config.MELI_TIENDA_ID;
+  if (config.MELI_LOCATIONS) return Object.keys(config.MELI_LOCATIONS)[0];
+  return mirrored;
 }
 
 /** MercadoLibre as the root plugs it in. */

@@ -22,6 +22,7 @@ import {
   serverErrorBody,
 } from "./errors.ts";
 import type { ItemState, MeliItems } from "./items.ts";
+import type { MeliOrders } from "./orders.ts";
 import type { Scrolls } from "./scrolls.ts";
 import {
   applyStockWrite,
@@ -54,6 +55,8 @@ export interface Answer {
 /** What the routes need from the sandbox. */
 export interface ApiContext {
   items: MeliItems;
+  /** Orders (sandbox sales), ours and other sellers'. */
+  orders: MeliOrders;
   /** Open scans of `GET /users/{id}/items/search?search_type=scan`. */
   scrolls: Scrolls;
   userId: number;
@@ -322,7 +325,92 @@ const putStock: Handler = (ctx, { params: [id, type], body, headers }) => {
   return ok({ user_id: up.sellerId, product_release_date: null, ...renderStock(up) });
 };
 
+/** `GET /orders/{id}`: the seller's order, or the caller's own purchase; anyone else's is 403. */
+const getOrder: Handler = (ctx, { params: [id] }) => {
+  if (!/^\d{1,16}$/.test(id)) {
+    return badRequest(`Invalid order id ${JSON.stringify(id)}: it must be a number`);
+  }
+  const order = ctx.orders.get(Number(id));
+  if (!order) return { status: 404, body: meliError(404, "not_found", `Order ${id} not found`) };
+  if (order.sellerId !== ctx.userId && order.buyerId !== ctx.userId) {
+    return { status: 403, body: ORDER_FORBIDDEN_BODY };
+  }
+  return ok(ctx.orders.render(order));
+};
+
+/** 403 for another user's order (the caller is neither its seller nor its buyer). */
+const ORDER_FORBIDDEN_BODY = meliError(
+  403,
+  "forbidden",
+  "Invalid caller.id: the order belongs to another user",
+);
+
+const ORDER_SORTS = [
+  { id: "date_asc", name: "Date ascending" },
+  { id: "date_desc", name: "Date descending" },
+];
+const ORDER_FILTERS = new Set([
+  "seller",
+  "order.date_last_updated.from",
+  "order.date_last_updated.to",
+  "order.status",
+  "sort",
+  "offset",
+  "limit",
+]);
+
+/** An ISO 8601 date-time with an offset (MeLi's filters want one); undefined when absent, NaN when bad. */
+function dateParam(query: URLSearchParams, name: string): number | undefined {
+  const raw = query.get(name);
+  if (raw === null) return undefined;
+  return /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:\d{2})$/.test(raw)
+    ? Date.parse(raw)
+    : NaN;
+}
+
+/**
+ * `GET /orders/search?seller=…`: a seller's orders (the caller's own only), filtered by last
+ * update and status, sorted by creation date, paged by offset (limit up to 51, MeLi's page).
+ */
+const searchOrders: Handler = (ctx, { query }) => {
+  const unknown = [...query.keys()].filter((k) => !ORDER_FILTERS.has(k));
+  if (unknown.length > 0) return badRequest(`Unknown or unsupported filters: ${unknown.join(", ")}`);
+  const seller = query.get("seller");
+  if (seller === null) return badRequest("A filter is required: seller");
+  if (seller !== String(ctx.userId)) return { status: 403, body: ORDER_FORBIDDEN_BODY };
+  const updatedFrom = dateParam(query, "order.date_last_updated.from");
+  const updatedTo = dateParam(query, "order.date_last_updated.to");
+  for (const [name, value] of [["from", updatedFrom], ["to", updatedTo]] as const) {
+    if (Number.isNaN(value)) {
+      return badRequest(
+        `Invalid order.date_last_updated.${name}: an ISO 8601 date-time with offset is expected, ` +
+          `e.g. 2026-12-01T00:00:00.000-03:00`,
+      );
+    }
+  }
+  const sort = query.get("sort") ?? "date_asc";
+  if (sort !== "date_asc" && sort !== "date_desc") return badRequest(`Invalid sort ${JSON.stringify(sort)}`);
+  const status = query.get("order.status") ?? undefined;
+  const limit = intParam(query, "limit", 50, 1, 51);
+  if (limit === undefined) return badRequest("Invalid limit: it must be an integer between 1 and 51");
+  const offset = intParam(query, "offset", 0, 0, 10_000);
+  if (offset === undefined) return badRequest("Invalid offset: it must be an integer between 0 and 10000");
+  const found = ctx.orders.search(ctx.userId, { updatedFrom, updatedTo, status, sort });
+  return ok({
+    query: null,
+    display: "complete",
+    paging: { total: found.length, offset, limit },
+    results: found.slice(offset, offset + limit).map((o) => ctx.orders.render(o)),
+    sort: ORDER_SORTS.find((s) => s.id === sort),
+    available_sorts: ORDER_SORTS.filter((s) => s.id !== sort),
+    filters: [],
+    available_filters: [],
+  });
+};
+
 const ROUTES: [RegExp, Partial<Record<string, Handler>>][] = [
+  [/^\/orders\/search$/, { GET: searchOrders }],
+  [/^\/orders\/([^/]+)$/, { GET: getOrder }],
   [/^\/user-products\/([^/]+)\/stock$/, { GET: getStock }],
   [/^\/user-products\/([^/]+)\/stock\/type\/([^/]+)$/, { PUT: putStock }],
   [/^\/users\/([^/]+)$/, {

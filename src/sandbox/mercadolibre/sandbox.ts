@@ -19,7 +19,11 @@
  * auth; the sandbox only listens on 127.0.0.1): `GET /__sandbox/state`,
  * `GET|POST /__sandbox/faults`, `POST /__sandbox/authorize|revoke|expire-tokens|expire-scrolls`,
  * `POST /__sandbox/items/{id}` (`status`, `sub_status`, `logistic_type`: what MeLi decides),
- * `POST /__sandbox/user-products/{id}/race` (`{type, store_id?, quantity}`: see raceStockWrite).
+ * `POST /__sandbox/user-products/{id}/race` (`{type, store_id?, quantity}`: see raceStockWrite),
+ * `POST /__sandbox/orders` (`{items: [{item_id, variation_id?, quantity}], buyer_id?}`: a buyer buys,
+ * the stock drops) and `POST /__sandbox/orders/{id}/cancel` (the units come back), each notified on
+ * topic `orders_v2`; `POST /__sandbox/notifications` (`{callback_url?, paused?}`: where the app gets
+ * them). Orders are read through `GET /orders/{id}` and `GET /orders/search` (orders.ts).
  *
  * Run alone: `deno task sandbox:meli` (env: SANDBOX_MELI_PORT, SANDBOX_CATALOG,
  * SANDBOX_SEED); it prints the MELI_* settings that point the service at it.
@@ -31,6 +35,8 @@ import { accessTokenFormat, MeliAuth, randomDigits, randomHex } from "./auth.ts"
 import { type Answer, type ApiContext, route } from "./api.ts";
 import { itemNotFound, meliError, oauthError, serverErrorBody, TOO_MANY_REQUESTS_BODY } from "./errors.ts";
 import { MeliItems } from "./items.ts";
+import { MeliNotifier } from "./notifier.ts";
+import { MeliOrders, type OrderState } from "./orders.ts";
 import { Scrolls } from "./scrolls.ts";
 import { renderStock } from "./user_products.ts";
 import { seededRandom } from "../prng.ts";
@@ -47,6 +53,7 @@ import { logger, setupLogging } from "../../log.ts";
 export type {
   MeliFaults,
   MeliListing,
+  MeliOrderJson,
   MeliRequestRecord,
   MeliSandbox,
   MeliSandboxOptions,
@@ -96,6 +103,24 @@ function describe(e: unknown): string {
     ? e.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ")
     : `body: ${e instanceof Error ? e.message : String(e)}`;
 }
+
+// What `POST /__sandbox/orders` takes: what a buyer buys.
+const sellSchema = z.object({
+  items: z.array(
+    z.object({
+      item_id: z.string().min(1),
+      variation_id: z.number().int().nullable().optional(),
+      quantity: z.number().int().min(1),
+    }).strict(),
+  ).min(1),
+  buyer_id: z.number().int().positive().optional(),
+}).strict();
+
+// What `POST /__sandbox/notifications` takes: the app's callback URL (null: none), and a pause.
+const notificationsSchema = z.object({
+  callback_url: z.string().url().nullable().optional(),
+  paused: z.boolean().optional(),
+}).strict();
 
 // What `POST /__sandbox/user-products/{id}/race` takes: the location a sale moves, and to what.
 const raceSchema = z.object({
@@ -162,6 +187,32 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     )
     : null;
   const items = new MeliItems(catalog, tiendaId, userId, now, others, warehouses);
+  const orders = new MeliOrders(items, now);
+  const notifier = new MeliNotifier({
+    userId,
+    applicationId: clientId,
+    timeoutMs: options.notificationTimeoutMs,
+    retryDelaysMs: options.notificationRetryDelaysMs,
+  });
+  notifier.callbackUrl = options.notificationUrl;
+  /** A change of an order: our app hears of our seller's orders only (another seller's app hears of theirs). */
+  const orderChanged = (order: OrderState) => {
+    if (order.sellerId === userId) notifier.notify("orders_v2", `/orders/${order.id}`);
+  };
+  const sell = (request: z.infer<typeof sellSchema>) => {
+    const outcome = orders.sell(request);
+    if ("status" in outcome && "body" in outcome) return outcome;
+    log.info("MercadoLibre sandbox sold order {id}", { id: outcome.id });
+    orderChanged(outcome);
+    return outcome;
+  };
+  const cancelOrder = (id: number) => {
+    const outcome = orders.cancel(id);
+    if ("status" in outcome && "body" in outcome) return outcome;
+    log.info("MercadoLibre sandbox cancelled order {id}", { id: outcome.id });
+    orderChanged(outcome);
+    return outcome;
+  };
   /** Armed races: user product id → the MeLi-side change to make after its next stock read. */
   const races = new Map<string, { location: { type: string; storeId?: string }; quantity: number }>();
   /** Held answers: user product id → the gate its next applied stock write's answer waits at. */
@@ -208,6 +259,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
 
   const ctx: ApiContext = {
     items,
+    orders,
     scrolls,
     userId,
     userTags,
@@ -316,6 +368,7 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
       locations: renderStock(up).locations,
       items: [...new Set(up.members.map((m) => m.item.id))],
     })),
+    notifications: { callback_url: notifier.callbackUrl ?? null, paused: notifier.paused },
     stats: structuredClone(stats),
     faults,
     liveAccessTokens: auth.liveTokens(),
@@ -354,6 +407,29 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
         return json(200, items.render(items.get(itemId)!, true));
       } catch (e) {
         return json(400, meliError(400, "bad_request", `invalid item change: ${describe(e)}`));
+      }
+    }
+    if (is("POST", "orders")) {
+      try {
+        const outcome = sell(sellSchema.parse(await req.json()));
+        return "body" in outcome ? json(outcome.status, outcome.body) : json(201, orders.render(outcome));
+      } catch (e) {
+        return json(400, meliError(400, "bad_request", `invalid order: ${describe(e)}`));
+      }
+    }
+    const cancelPath = path.match(/^\/__sandbox\/orders\/(\d{1,16})\/cancel$/);
+    if (req.method === "POST" && cancelPath) {
+      const outcome = cancelOrder(Number(cancelPath[1]));
+      return "body" in outcome ? json(outcome.status, outcome.body) : json(200, orders.render(outcome));
+    }
+    if (is("POST", "notifications")) {
+      try {
+        const patch = notificationsSchema.parse(await req.json());
+        if (patch.callback_url !== undefined) notifier.callbackUrl = patch.callback_url ?? undefined;
+        if (patch.paused !== undefined) notifier.paused = patch.paused;
+        return json(200, { callback_url: notifier.callbackUrl ?? null, paused: notifier.paused });
+      } catch (e) {
+        return json(400, meliError(400, "bad_request", `invalid notifications: ${describe(e)}`));
       }
     }
     const racePath = path.match(/^\/__sandbox\/user-products\/([^/]+)\/race$/);
@@ -499,12 +575,34 @@ export async function startMeliSandbox(options: MeliSandboxOptions = {}): Promis
     raceStockWrite,
     holdStockAnswer,
     delayStockWrite,
+    sell: (request) => {
+      const outcome = sell(sellSchema.parse(request));
+      if ("body" in outcome) throw new Error(`order refused: ${outcome.body.message}`);
+      return orders.render(outcome);
+    },
+    cancelOrder: (id) => {
+      const outcome = cancelOrder(id);
+      if ("body" in outcome) throw new Error(`cancellation refused: ${outcome.body.message}`);
+      return orders.render(outcome);
+    },
+    order: (id) => {
+      const order = orders.get(id);
+      return order ? orders.render(order) : undefined;
+    },
+    setNotificationUrl: (url) => {
+      notifier.callbackUrl = url;
+    },
+    pauseNotifications: (paused) => {
+      notifier.paused = paused;
+    },
+    notifications: () => notifier.attempts(),
     stats: () => structuredClone(stats),
     requestLog: () => [...requestLog],
     invalidRequests: () => [...invalidLog],
     faults: () => ({ ...faults }),
     setFaults,
     close: async () => {
+      await notifier.close();
       await server.shutdown();
       log.info("MercadoLibre sandbox on {url} stopped", { url, mark: "shutdown" });
     },

@@ -4,8 +4,12 @@
  */
 import type { Catalog } from "../catalog.ts";
 import type { MeliListing, OtherSeller } from "./items.ts";
+import type { NotificationAttempt } from "./notifier.ts";
+import type { MeliOrderJson, SellRequest } from "./orders.ts";
 
 export type { MeliListing, OtherSeller } from "./items.ts";
+export type { MeliNotification, NotificationAttempt } from "./notifier.ts";
+export type { MeliOrderJson, SellRequest } from "./orders.ts";
 
 /** A multi-origin seller's store (depósito) as the sandbox seeds it. */
 export interface MeliWarehouseOption {
@@ -82,6 +86,12 @@ export interface MeliSandboxOptions {
   otherSellers?: OtherSeller[];
   /** Initial faults. */
   faults?: Partial<MeliFaults>;
+  /** The app's notifications callback URL (orders_v2); none by default (set it later, or per test). */
+  notificationUrl?: string;
+  /** How long the callback may take to answer before MeLi counts a failed attempt (default 500 ms). */
+  notificationTimeoutMs?: number;
+  /** Pauses before the re-sends of an unanswered notification (default 1 s, 3 s, 9 s). */
+  notificationRetryDelaysMs?: number[];
   /** Clock (ms), for tests: token expiry, rate limit, timestamps. */
   now?: () => number;
 }
@@ -199,6 +209,18 @@ export interface MeliSandbox {
   deleteVariation(productoId: string): void;
   /** A MeLi-side change (an online sale), applying MeLi's status rules. */
   setQuantity(productoId: string, quantity: number): void;
+  /** A buyer buys (as `POST /__sandbox/orders`): the stock drops, `orders_v2` is notified; throws if refused. */
+  sell(request: SellRequest): MeliOrderJson;
+  /** The order is cancelled: its units come back, `orders_v2` is notified; throws if refused. */
+  cancelOrder(orderId: number): MeliOrderJson;
+  /** An order as `GET /orders/{id}` shows it to its seller (undefined if unknown). */
+  order(orderId: number): MeliOrderJson | undefined;
+  /** Where notifications go (undefined: nowhere). */
+  setNotificationUrl(url: string | undefined): void;
+  /** While paused, notifications are dropped (never sent): only the orders search finds the change. */
+  pauseNotifications(paused: boolean): void;
+  /** Every notification delivery attempt, oldest first. */
+  notifications(): NotificationAttempt[];
   stats(): MeliSandboxStats;
   /** Every API request, newest last, the latest 10,000. */
   requestLog(): readonly MeliRequestRecord[];
