@@ -4,7 +4,9 @@
  * loopback), publishes sample sales as the POS would (lowering its Redis stock
  * keys first), waits until both marketplaces reflect them, and prints a
  * before/after stock table for every SKU and store it touched, and for the
- * listings MercadoLibre mirrors.
+ * listings MercadoLibre mirrors. Then each marketplace sells (a Shopify order at the store MercadoLibre
+ * mirrors, a MercadoLibre order): each order leaves the other marketplace, and the POS's
+ * `marketplace.sales.created` messages are printed as a queue bound to them receives them.
  *
  *   deno task demo [--count 40] [--stores 3] [--skus 8] [--seed 7]
  *
@@ -62,6 +64,10 @@ const config = loadConfig({
 });
 await setupLogging({ level: config.LOG_LEVEL, format: config.LOG_FORMAT });
 
+// A demo that stopped half-way (Ctrl-C) leaves its schema behind: start from a clean one.
+const cleanup = postgres(config.DATABASE_URL, { max: 1, onnotice: () => {} });
+await cleanup.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
+await cleanup.end();
 const service = startService(config);
 await service.started;
 const sandbox = service.shopifySandbox()!;
@@ -159,7 +165,86 @@ for (const r of rows.filter((r) => r.tiendaId === meli.tiendaId)) {
 }
 console.log(`MercadoLibre mirrors ${storeName.get(meli.tiendaId)}'s POS stock:`);
 console.table(meliTable);
-const allOk = table.every((r) => r.ok === "✅") && meliTable.every((r) => r.ok === "✅");
+
+// Marketplace orders close the loop: an order on one marketplace leaves the other one, and the POS is
+// told on marketplace.sales.created (as the POS would see it, from a queue bound here).
+const posEvents: { routingKey: string; messageId?: string; body: unknown }[] = [];
+const posListener = rabbit.createConsumer({
+  queue: `${config.QUEUE}.demo-pos`,
+  queueOptions: { exclusive: true },
+  queueBindings: [{ exchange: config.EXCHANGE, routingKey: "marketplace.sales.*" }],
+}, (msg) => {
+  const raw = msg.body;
+  const body = raw instanceof Uint8Array ? JSON.parse(new TextDecoder().decode(raw)) : raw;
+  posEvents.push({ routingKey: msg.routingKey, messageId: msg.messageId, body });
+});
+await new Promise((resolve) => posListener.once("ready", resolve));
+const until = async (what: string, ok: () => boolean | Promise<boolean>) => {
+  for (let i = 0; !(await ok()); i++) {
+    if (i > 300) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+};
+const store = meli.tiendaId!;
+const stocked = catalog.products.filter((p) =>
+  (meli.quantityOf(p.producto_id) ?? 0) > 1 && (sandbox.availableFor(p.producto_id, store) ?? 0) > 1 &&
+  meli.listingFor(p.producto_id) !== undefined
+);
+const [viaShopify, viaMeli] = [stocked[0], stocked[1]];
+const ordersTable = [];
+// A Shopify order (sold at the store's Shopify POS location): MercadoLibre loses the unit.
+{
+  const meliBeforeOrder = meli.quantityOf(viaShopify.producto_id)!;
+  const shopBeforeOrder = sandbox.availableFor(viaShopify.producto_id, store)!;
+  const order = sandbox.placeOrder({
+    tiendaId: store,
+    lines: [{ sku: viaShopify.sku, quantity: 1 }],
+    sourceName: "pos",
+  });
+  await until(
+    "MercadoLibre to lose the Shopify order's unit",
+    () =>
+      meli.quantityOf(viaShopify.producto_id) === meliBeforeOrder - 1 &&
+      posEvents.some((e) => JSON.stringify(e.body).includes(String(order.id))),
+  );
+  ordersTable.push({
+    order: `Shopify #${order.id}`,
+    SKU: viaShopify.sku,
+    "Shopify before → after": `${shopBeforeOrder} → ${sandbox.availableFor(viaShopify.producto_id, store)}`,
+    "MeLi before → after": `${meliBeforeOrder} → ${meli.quantityOf(viaShopify.producto_id)}`,
+  });
+}
+// A MercadoLibre order: Shopify loses the unit at the store MercadoLibre draws from.
+{
+  const listing = meli.listingFor(viaMeli.producto_id)!;
+  const meliBeforeOrder = meli.quantityOf(viaMeli.producto_id)!;
+  const shopBeforeOrder = sandbox.availableFor(viaMeli.producto_id, store)!;
+  const order = meli.sell({
+    items: [{ item_id: listing.itemId, variation_id: listing.variationId, quantity: 1 }],
+  });
+  await until(
+    "Shopify to lose the MercadoLibre order's unit",
+    () =>
+      sandbox.availableFor(viaMeli.producto_id, store) === shopBeforeOrder - 1 &&
+      posEvents.some((e) => JSON.stringify(e.body).includes(String(order.id))),
+  );
+  ordersTable.push({
+    order: `MercadoLibre #${order.id}`,
+    SKU: viaMeli.sku,
+    "Shopify before → after": `${shopBeforeOrder} → ${sandbox.availableFor(viaMeli.producto_id, store)}`,
+    "MeLi before → after": `${meliBeforeOrder} → ${meli.quantityOf(viaMeli.producto_id)}`,
+  });
+}
+console.log(`\nMarketplace orders at ${storeName.get(store)}: each one leaves the other marketplace`);
+console.table(ordersTable);
+console.log("What the POS receives (marketplace.sales.created):");
+for (const e of posEvents) {
+  console.log(`  ${e.routingKey} message_id=${e.messageId} ${JSON.stringify(e.body)}`);
+}
+await posListener.close();
+const ordersOk = ordersTable.length === 2 && posEvents.length === 2;
+
+const allOk = table.every((r) => r.ok === "✅") && meliTable.every((r) => r.ok === "✅") && ordersOk;
 console.log(
   `${sales.length} sales → ${expectedChanges} stock changes → ${calls} Shopify calls in ${
     seconds.toFixed(2)
