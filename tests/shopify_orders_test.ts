@@ -466,6 +466,15 @@ integration(
       const [outbox] = await h.sql<{ n: number }[]>`
       select count(*)::int as n from pos_outbox where message_id = ${`order:shopify:${orderId}`}`;
       assert.equal(outbox.n, 1, "one POS message for the order");
+      // The operator sees it on /status (and so on the status page): one Shopify order in the last hour.
+      const status = await fetch(`${service.url}/status`, {
+        headers: h.config.ADMIN_TOKEN ? { authorization: `Bearer ${h.config.ADMIN_TOKEN}` } : {},
+      });
+      assert.equal(status.status, 200);
+      const orders = (await status.json()).orders;
+      assert.equal(orders.by_origin.shopify.received_last_hour, 1, JSON.stringify(orders));
+      assert.equal(typeof orders.by_origin.shopify.lag_seconds.max, "number");
+      assert.deepEqual(orders.by_origin.shopify.not_recorded_by_pos, { orders: 1, units: 2 });
     } finally {
       await h.close();
     }

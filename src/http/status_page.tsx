@@ -138,6 +138,7 @@ const Content: FC = () => (
     <section id="overall" class="panel" data-health="unknown"></section>
     <section id="queue" class="panel" aria-label="Queue"></section>
     <section id="channels" aria-label="Channels"></section>
+    <section id="orders" class="panel" aria-label="Marketplace orders"></section>
     <Failures />
   </div>
 );

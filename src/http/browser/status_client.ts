@@ -624,6 +624,60 @@ export function statusClient(settings: StatusClientSettings): void {
       : "Nothing failed recently.";
   }
 
+  // Marketplace orders per origin: received in the last hour, their lag to the ledger, the POS's backlog.
+  function renderOrders(data: Fields): void {
+    const orders = obj(data.orders);
+    const origins = obj(orders.by_origin);
+    const names = Object.keys(origins);
+    const unpublished = num(orders.pos_outbox_unpublished);
+    const seconds = (v: unknown) => num(v) === null ? "—" : `${num(v)} s`;
+    const rows = names.map((name) => {
+      const o = obj(origins[name]);
+      const lag = obj(o.lag_seconds);
+      const pos = obj(o.not_recorded_by_pos);
+      const quarantined = num(o.deliveries_quarantined) ?? 0;
+      return h(
+        "tr",
+        { "data-origin": name },
+        h("th", { scope: "row", text: name }),
+        h("td", { text: fmtInt(num(o.received_last_hour)) }),
+        h("td", { text: `${seconds(lag.p50)} / ${seconds(lag.p95)} / ${seconds(lag.max)}` }),
+        h("td", { text: `${fmtInt(num(pos.orders))} (${fmtInt(num(pos.units))} units)` }),
+        h("td", { text: fmtInt(quarantined), class: quarantined > 0 ? "bad" : null }),
+      );
+    });
+    fill(
+      byId("orders"),
+      h("h2", { text: "Marketplace orders" }),
+      names.length === 0 ? h("p", { class: "muted", text: "No marketplace order yet." }) : h(
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          null,
+          h(
+            "thead",
+            null,
+            h(
+              "tr",
+              null,
+              h("th", { scope: "col", text: "From" }),
+              h("th", { scope: "col", text: "Orders (last hour)" }),
+              h("th", { scope: "col", text: "Lag p50 / p95 / max" }),
+              h("th", { scope: "col", text: "Not recorded by the POS" }),
+              h("th", { scope: "col", text: "Quarantined" }),
+            ),
+          ),
+          h("tbody", null, rows),
+        ),
+      ),
+      h("p", {
+        class: (unpublished ?? 0) > 0 ? "warn" : "muted",
+        text: `POS messages waiting in the outbox: ${fmtInt(unpublished)}`,
+      }),
+    );
+  }
+
   function render(data: Fields): void {
     const nowMs = parseTime(data.time) ?? Date.now();
     const raw = obj(data.channels);
@@ -633,6 +687,7 @@ export function statusClient(settings: StatusClientSettings): void {
     renderOverall(channels);
     renderQueue(data);
     renderChannels(channels, nowMs);
+    renderOrders(data);
     renderFailures(data, channels, nowMs);
     byId("content").hidden = false;
   }
