@@ -398,6 +398,8 @@ export class World {
       POS_CATALOG_QUERY: posCatalogQuery(catalog),
       // The POS's own Redis (same server, its own connection) when the scenario takes it away alone.
       ...(proxies.pos_redis ? { POS_REDIS_URL: via(REDIS_URL, "pos_redis") } : {}),
+      // Scenarios run side by side against one Postgres (max_connections 100 by default): a small pool each.
+      DATABASE_POOL_SIZE: "4",
       DISPATCH_POLL_INTERVAL: "100ms",
       DISPATCH_BACKOFF_BASE: "200ms",
       DISPATCH_BACKOFF_MAX: "2s",

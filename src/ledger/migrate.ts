@@ -112,7 +112,7 @@ async function buildOnlineIndex(sql: Sql, schema: string, index: OnlineIndex): P
       // The build may take longer than the pool's statement_timeout; this session only.
       await session`set statement_timeout = 0`;
       await session`set search_path to ${session(schema)}`;
-      if (state === "invalid") await session.unsafe(`drop index concurrently if exists ${index.name}`);
+      if (state === "invalid") await session`drop index concurrently if exists ${session(index.name)}`;
       await session.unsafe(index.sql);
       log.info("index {index} built in {duration_ms} ms", {
         index: index.name,
