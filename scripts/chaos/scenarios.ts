@@ -813,6 +813,117 @@ const meliLocations: Scenario = {
   settleMs: (opts) => opts.bounded ? 60_000 : 120_000,
 };
 
+const marketplaceOrders: Scenario = {
+  name: "marketplace_orders",
+  summary:
+    "Shopify and MercadoLibre orders and cancellations among the POS sales; 20 % of webhooks lost, a SIGKILL, catch-up",
+  variants: () => [""],
+  world: () => ({
+    // A fifth of Shopify's webhooks never arrive: the catch-up poll must find those orders.
+    shopifyFaults: { webhookDropRate: 0.2 },
+    env: { ORDERS_POLL_INTERVAL: "10s" },
+  }),
+  async run(world, _variant, opts) {
+    const svc = world.addService();
+    await world.startAll();
+    // What the app's subscriptions and MercadoLibre's callback URL would point at.
+    for (const topic of ["orders/create", "orders/cancelled", "refunds/create"] as const) {
+      world.shopify.subscribeWebhook(topic, `${svc.url}/webhooks/shopify`);
+    }
+    world.meli.setNotificationUrl(`${svc.url}/webhooks/mercadolibre`);
+    const sales = world.makeSales(opts.sales, opts.seed);
+    const burst = background(world.burst(sales, { perSecond: pace(opts) }));
+    await meliChainStored(world);
+    // Well-stocked products sell online too (the POS never runs them out meanwhile).
+    const stocked = world.products().filter((p) =>
+      world.catalog.stores.every((s) => (p.stock[s.tienda_id] ?? 0) >= 40) &&
+      world.meli.listingFor(p.producto_id)
+    ).slice(0, 6);
+    const count = opts.bounded ? 12 : 40;
+    let refused = 0, cancelled = 0;
+    for (let i = 0; i < count; i++) {
+      await published(world, Math.floor(sales.length * (i + 1) / (count + 2)));
+      const p = stocked[i % stocked.length];
+      try {
+        if (i % 2 === 0) {
+          const store = world.catalog.stores[(i / 2) % world.catalog.stores.length].tienda_id;
+          const order = world.shopify.placeOrder({
+            tiendaId: store,
+            lines: [{ sku: p.sku, quantity: 1 + (i % 3) }],
+            sourceName: "pos",
+          });
+          world.orders.push({
+            origin: "shopify",
+            orderId: String(order.id),
+            tiendaId: store,
+            sku: p.sku,
+            quantity: 1 + (i % 3),
+            restocked: 0,
+            restocks: [],
+          });
+        } else {
+          const listing = world.meli.listingFor(p.producto_id)!;
+          const order = world.meli.sell({
+            items: [{ item_id: listing.itemId, variation_id: listing.variationId, quantity: 1 }],
+          });
+          world.orders.push({
+            origin: "mercadolibre",
+            orderId: String(order.id),
+            tiendaId: world.meliStore,
+            sku: p.sku,
+            quantity: 1,
+            restocked: 0,
+            restocks: [],
+          });
+        }
+      } catch (error) {
+        refused++;
+        world.notes.push(`order ${i} refused by the sandbox: ${(error as Error).message}`);
+      }
+      // Every fourth order is cancelled with a restock, once the service has taken the order: one
+      // cancelled before anybody saw it paid has no effect at all (MercadoLibre shows it cancelled).
+      if (i % 4 === 3 && world.orders.length > 0) {
+        const o = world.orders[world.orders.length - 1];
+        const eventId = `order:${o.origin}:${o.orderId}`;
+        await until(
+          async () => (await world.sql`select 1 from sale where event_id = ${eventId}`).length > 0,
+          `order ${eventId} taken`,
+          30_000,
+          50,
+        );
+        if (o.origin === "shopify") {
+          const order = world.shopify.cancelOrder(Number(o.orderId), { restock: true }) as {
+            refunds: { id: number | string }[];
+          };
+          o.restocks.push(String(order.refunds[order.refunds.length - 1].id));
+        } else {
+          world.meli.cancelOrder(Number(o.orderId));
+          o.restocks.push("cancel");
+        }
+        o.restocked = o.quantity;
+        cancelled++;
+      }
+      if (i === Math.floor(count / 2)) {
+        await svc.stop("SIGKILL");
+        world.notes.push(`SIGKILL after ${world.orders.length} orders, at ${world.sales.length} sales`);
+        await sleep(300);
+        await svc.start();
+        await svc.ready();
+      }
+    }
+    await burst;
+    const dropped = world.shopify.webhookDeliveries().filter((d) => d.state !== "delivered").length;
+    world.notes.push(
+      `${world.orders.length} orders (${
+        world.orders.filter((o) => o.origin === "shopify").length
+      } Shopify, ` +
+        `${world.orders.filter((o) => o.origin === "mercadolibre").length} MercadoLibre), ${cancelled} ` +
+        `cancelled, ${refused} refused; ${dropped} Shopify webhooks not delivered (lost or during the kill)`,
+    );
+  },
+  settleMs: (opts) => opts.bounded ? 60_000 : 120_000,
+};
+
 export const SCENARIOS: readonly Scenario[] = [
   rabbitRestart,
   sigkill,
@@ -827,4 +938,5 @@ export const SCENARIOS: readonly Scenario[] = [
   resyncUnderLoad,
   stockRules,
   meliLocations,
+  marketplaceOrders,
 ];

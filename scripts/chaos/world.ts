@@ -282,6 +282,21 @@ export class World {
   readonly resyncedSkus = new Set<string>();
   /** The scenario's `STOCK_RULES`, as the service parsed them: a ruled listing shows the rule's value of the POS. */
   stockRules: StockRules = {};
+  /**
+   * Marketplace orders placed in the sandboxes (issue #14), each with what was put back since: their
+   * effects join the invariant (the other channel loses the units, the origin is never lowered again,
+   * MercadoLibre mirrors the POS less the orders the POS has not recorded — the chaos POS records none).
+   */
+  readonly orders: {
+    origin: "shopify" | "mercadolibre";
+    orderId: string;
+    tiendaId: string;
+    sku: string;
+    quantity: number;
+    restocked: number;
+    /** The ledger's restock event ids, one per cancellation or refund that put units back. */
+    restocks: string[];
+  }[] = [];
   /** With `meliLocations`: the stores MercadoLibre keeps stock for → their seller_warehouse store_id. */
   meliLocations: Map<string, string> | undefined;
   #meliInitial = new Map<string, number>();
@@ -378,6 +393,8 @@ export class World {
       SHOPIFY_URL: shopify.url,
       SHOPIFY_TOKEN: shopify.token,
       SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(shopify.locations.map((l) => [l.tiendaId, l.id]))),
+      // The app's secret, which the sandbox signs its order webhooks with (scenarios that take orders subscribe).
+      SHOPIFY_WEBHOOK_SECRET: shopify.webhookSecret,
       MELI_URL: meli.url,
       MELI_CLIENT_ID: meli.clientId,
       MELI_CLIENT_SECRET: meli.clientSecret,
@@ -661,7 +678,24 @@ export class World {
         }
       }
     }
+    // An order's units leave (and come back to) the OTHER channel only; MercadoLibre only at its store.
+    for (const o of this.orders) {
+      const other = o.origin === "shopify" ? "mercadolibre" : "shopify";
+      if (other === "mercadolibre" && o.tiendaId !== this.meliStore) continue;
+      out.set(`order:${o.origin}:${o.orderId}|${other}|${o.sku}`, { status: "applied" });
+      for (const r of o.restocks) {
+        out.set(`order:${o.origin}:${o.orderId}:restock:${r}|${other}|${o.sku}`, { status: "applied" });
+      }
+    }
     return out;
+  }
+
+  /** Units of the orders at a store and SKU not put back (what the POS has not recorded: all of them here). */
+  ordersHeld(tiendaId: string, sku: string, origin?: "shopify" | "mercadolibre"): number {
+    return this.orders.filter((o) =>
+      o.tiendaId === tiendaId && o.sku === sku && (!origin || o.origin === origin)
+    )
+      .reduce((n, o) => n + o.quantity - o.restocked, 0);
   }
 
   async ledgerRows(): Promise<LedgerRow[]> {
@@ -688,6 +722,11 @@ export class World {
     }
     const dlq = await this.queueDepth(this.topology.deadLetterQueue);
     if (dlq < this.bad.length) return `${dlq}/${this.bad.length} dead letters`;
+    const [orders] = await this.sql<{ unpublished: number; unsettled: number }[]>`
+      select (select count(*)::int from pos_outbox where published_at is null) as unpublished,
+             (select count(*)::int from order_delivery where settled_at is null) as unsettled`;
+    if (orders.unpublished > 0) return `${orders.unpublished} POS messages not published`;
+    if (orders.unsettled > 0) return `${orders.unsettled} order deliveries not settled`;
     return true;
   }
 
@@ -740,7 +779,10 @@ export class World {
     for (const p of this.products()) {
       for (const s of this.catalog.stores) {
         const key = `${p.sku}|${s.tienda_id}`;
-        const delta = this.#shopifyInitial.get(key)! - (sold.get(key) ?? 0);
+        // Its own orders lowered Shopify directly, MercadoLibre's reach it as deltas at the MeLi store;
+        // cancellations and refunds put units back either way.
+        const delta = this.#shopifyInitial.get(key)! - (sold.get(key) ?? 0) -
+          this.ordersHeld(s.tienda_id, p.sku);
         const rule = resolveRule(this.stockRules, "shopify", s.tienda_id, p.sku);
         const expected = rule
           ? applyRule(rule, await this.posStock(s.tienda_id, p.producto_id))
@@ -761,7 +803,8 @@ export class World {
     // warehouse: its POS stock (mirror), its first quantity less that store's sales (delta), clamped at 0.
     let meliChecked = 0;
     for (const p of this.meliLocations ? [] : this.products()) {
-      const pos = await this.posStock(this.meliStore, p.producto_id);
+      // Available stock: the POS less the orders it has not recorded (mirror mode writes exactly that).
+      const pos = await this.posStock(this.meliStore, p.producto_id) - this.ordersHeld(this.meliStore, p.sku);
       const rule = resolveRule(this.stockRules, "mercadolibre", this.meliStore, p.sku);
       const expected = rule ? applyRule(rule, pos) : Math.max(0, pos);
       const actual = this.meli.quantityOf(p.producto_id);
@@ -796,6 +839,21 @@ export class World {
               `sold ${sold.get(key) ?? 0}, POS ${pos}${rule ? `; rule ${describeRule(rule)}` : ""})`,
           );
         }
+      }
+    }
+    // The POS told once per order and once per restock, every message published.
+    if (this.orders.length > 0) {
+      const messages = await this.sql<{ message_id: string; published: boolean }[]>`
+        select message_id, published_at is not null as published from pos_outbox`;
+      const want = new Set(this.orders.flatMap((o) => [
+        `order:${o.origin}:${o.orderId}`,
+        ...o.restocks.map((r) => `order:${o.origin}:${o.orderId}:restock:${r}`),
+      ]));
+      const got = new Set(messages.map((m) => m.message_id));
+      for (const id of want) if (!got.has(id)) problems.push(`POS outbox: no message ${id}`);
+      for (const m of messages) {
+        if (!want.has(m.message_id)) problems.push(`POS outbox: unexpected message ${m.message_id}`);
+        if (!m.published) problems.push(`POS outbox: ${m.message_id} not published`);
       }
     }
     // Ledger: exactly the expected rows with the expected outcome.
@@ -834,7 +892,7 @@ export class World {
     }
     for (const key of expected.keys()) if (!seen.has(key)) problems.push(`ledger: missing change ${key}`);
     const [{ n: events }] = await this.sql<{ n: number }[]>`
-      select count(*)::int as n from sale where event_id not like 'resync:%'`;
+      select count(*)::int as n from sale where event_id not like 'resync:%' and event_id not like 'order:%'`;
     if (events !== this.sales.length) {
       problems.push(`ledger: ${events} sales stored, expected ${this.sales.length}`);
     }
