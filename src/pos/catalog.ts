@@ -7,6 +7,7 @@
  * Read only: the service never writes POS data.
  */
 import type { Sql } from "postgres";
+import { textArrayLiteral } from "./pg_array.ts";
 import {
   isSchemaMisfit,
   type PosStockReader,
@@ -121,7 +122,7 @@ export class PosCatalogQuery implements PosProductSource {
     let after: [string, string, string] | null = null;
     for (;;) {
       signal?.throwIfAborted();
-      const params = [stores, ...(after ?? [null, null, null]), size];
+      const params = [textArrayLiteral(stores), ...(after ?? [null, null, null]), size];
       let rows: string[][];
       try {
         rows = await this.sql.unsafe(this.#page, params as never).values() as string[][];

@@ -5,6 +5,7 @@
  * Read only: the service never writes POS data.
  */
 import type { Sql } from "postgres";
+import { textArrayLiteral } from "./pg_array.ts";
 
 /** The part of a node-redis client the reader uses. */
 export interface StockRedis {
@@ -219,7 +220,11 @@ export class PosStockReader {
 
   async #queryBatch(keys: StockKey[]): Promise<QueryAnswer[]> {
     const batched = batchedStockQuery(this.options.query);
-    const params = [keys.map((k) => k.tiendaId), keys.map((k) => k.productoId), keys.map((k) => k.sku)];
+    const params = [
+      textArrayLiteral(keys.map((k) => k.tiendaId)),
+      textArrayLiteral(keys.map((k) => k.productoId)),
+      textArrayLiteral(keys.map((k) => k.sku)),
+    ];
     const rows = await this.options.sql.unsafe(batched, params as never).values();
     const answers: QueryAnswer[] = keys.map(() => ({ value: undefined }));
     const seen = new Set<number>();
