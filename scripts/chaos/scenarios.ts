@@ -56,6 +56,23 @@ async function meliChainStored(world: World): Promise<void> {
   );
 }
 
+/**
+ * SIGKILLs a service (a note says when, and what `why` adds), leaves it down `downMs` and waits until the
+ * restarted process is ready, as a supervisor would restart it.
+ */
+async function killAndRestart(
+  world: World,
+  svc: ReturnType<World["addService"]>,
+  note: string | undefined,
+  downMs = 300,
+): Promise<void> {
+  await svc.stop("SIGKILL");
+  if (note !== undefined) world.notes.push(note);
+  await sleep(downMs);
+  await svc.start();
+  await svc.ready();
+}
+
 /** Waits until `n` sales were published (the burst runs concurrently). */
 async function published(world: World, n: number): Promise<void> {
   await until(() => world.sales.length >= n, `${n} sales published`, 600_000, 20);
@@ -168,15 +185,13 @@ const sigkill: Scenario = {
       } catch {
         world.notes.push(`kill ${kill}: no batch was in flight within 20 s; killed anyway`);
       }
-      await svc.stop("SIGKILL");
-      world.notes.push(
+      await killAndRestart(
+        world,
+        svc,
         `SIGKILL ${kill} with ${inFlight.length} batch(es) sending (${
           [...new Set(inFlight.map((b) => b.channel))].join("+") || "none"
         }) at ${world.sales.length} sales`,
       );
-      await sleep(300);
-      await svc.start();
-      await svc.ready();
     }
     await burst;
   },
@@ -480,11 +495,8 @@ const quorumDeliveryLimit: Scenario = {
       await published(world, Math.floor(sales.length * 0.5));
       let kills = 0;
       for (let cycle = 0; cycle < 3; cycle++) {
-        await svc.stop("SIGKILL");
+        await killAndRestart(world, svc, undefined); // a backlog builds up while nobody consumes
         kills++;
-        await sleep(300); // a backlog builds up while nobody consumes
-        await svc.start();
-        await svc.ready();
         await sleep(300); // prefetched and held by an open custody batch
       }
       await burst;
@@ -754,11 +766,7 @@ const stockRules: Scenario = {
     const burst = background(world.burst(sales, { perSecond: pace(opts) }));
     for (let kill = 1; kill <= 2; kill++) {
       await published(world, Math.floor(sales.length * kill / 3));
-      await svc.stop("SIGKILL");
-      world.notes.push(`SIGKILL ${kill} at ${world.sales.length} sales`);
-      await sleep(300);
-      await svc.start();
-      await svc.ready();
+      await killAndRestart(world, svc, `SIGKILL ${kill} at ${world.sales.length} sales`);
     }
     await burst;
   },
@@ -800,13 +808,11 @@ const meliLocations: Scenario = {
       } catch {
         world.notes.push(`kill ${kill}: no MeLi batch was in flight within 10 s; killed anyway`);
       }
-      await svc.stop("SIGKILL");
-      world.notes.push(
+      await killAndRestart(
+        world,
+        svc,
         `SIGKILL ${kill} with ${inFlight} MeLi batch(es) sending at ${world.sales.length} sales`,
       );
-      await sleep(300);
-      await svc.start();
-      await svc.ready();
     }
     await burst;
   },
@@ -904,11 +910,11 @@ const marketplaceOrders: Scenario = {
         cancelled++;
       }
       if (i === Math.floor(count / 2)) {
-        await svc.stop("SIGKILL");
-        world.notes.push(`SIGKILL after ${world.orders.length} orders, at ${world.sales.length} sales`);
-        await sleep(300);
-        await svc.start();
-        await svc.ready();
+        await killAndRestart(
+          world,
+          svc,
+          `SIGKILL after ${world.orders.length} orders, at ${world.sales.length} sales`,
+        );
       }
     }
     await burst;

@@ -33,7 +33,7 @@ import {
 } from "../../model/batch.ts";
 import { logger } from "../../log.ts";
 import { exponential, jittered } from "../../resilience/backoff.ts";
-import { type PosStockReader, StockSourceUnavailableError } from "../../pos/stock.ts";
+import { type PosStockReader, type StockReading, StockSourceUnavailableError } from "../../pos/stock.ts";
 import { applyRule, describeRule, type StockRule } from "../../model/stock_rule.ts";
 import type { BatchContext, ChannelAdapter } from "../../sync/channel.ts";
 import {
@@ -330,19 +330,24 @@ export class MeliChannel implements ChannelAdapter {
     }
   }
 
+  /** A store's (available) POS stock of the entry's SKU now, or the retry the channel answers while it cannot be read. */
+  async #posStock(tiendaId: string, entry: PlanEntry): Promise<StockReading | ChangeOutcome> {
+    try {
+      return await this.options.stock.read({ tiendaId, productoId: entry.productoId, sku: entry.sku });
+    } catch (error) {
+      if (!(error instanceof StockSourceUnavailableError)) throw error;
+      return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
+    }
+  }
+
   /** Mirror: the backing store's POS stock now, through the SKU's stock rule, else clamped at 0. */
   async #mirror(entry: PlanEntry, signal: AbortSignal): Promise<ChangeOutcome> {
     const tiendaId = this.options.tiendaId;
     if (!tiendaId) {
       return { kind: "failed", reason: "store_unmapped", error: "MELI_TIENDA_ID is not set (mirror mode)" };
     }
-    let reading;
-    try {
-      reading = await this.options.stock.read({ tiendaId, productoId: entry.productoId, sku: entry.sku });
-    } catch (error) {
-      if (!(error instanceof StockSourceUnavailableError)) throw error;
-      return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
-    }
+    const reading = await this.#posStock(tiendaId, entry);
+    if ("kind" in reading) return reading;
     if (!reading.found) return { kind: "failed", reason: "stock_unknown", error: reading.reason };
     const rule = this.options.ruleFor?.(tiendaId, entry.sku);
     const quantity = rule ? applyRule(rule, reading.quantity) : Math.max(0, reading.quantity);
@@ -403,13 +408,8 @@ export class MeliChannel implements ChannelAdapter {
     const pos = new Map<string, number>();
     for (const [tiendaId] of mapped) {
       if (mode === "delta" && !rules.get(tiendaId)) continue;
-      let reading;
-      try {
-        reading = await this.options.stock.read({ tiendaId, productoId: entry.productoId, sku: entry.sku });
-      } catch (error) {
-        if (!(error instanceof StockSourceUnavailableError)) throw error;
-        return { kind: "retry", reason: "stock_source_unavailable", error: error.message, waitMs: 5_000 };
-      }
+      const reading = await this.#posStock(tiendaId, entry);
+      if ("kind" in reading) return reading;
       if (!reading.found) unknown[tiendaId] = reading.reason;
       else pos.set(tiendaId, reading.quantity);
     }
