@@ -94,9 +94,13 @@ export class MeliOrders implements OrderSource {
   async #notified(request: Request): Promise<Response> {
     const { maxBytes } = this.options;
     const declared = Number(request.headers.get("content-length") ?? 0);
-    if (declared > maxBytes) return answer(413, "too large for a notification");
-    const bytes = new Uint8Array(await request.arrayBuffer());
-    if (bytes.length > maxBytes) return answer(413, "too large for a notification");
+    if (declared > maxBytes) {
+      await request.body?.cancel().catch(() => {});
+      return answer(413, "too large for a notification");
+    }
+    // Read up to the limit only: anyone can POST here, and a chunked body has no length to check first.
+    const bytes = await readCapped(request, maxBytes);
+    if (!bytes) return answer(413, "too large for a notification");
     let body: unknown;
     try {
       body = JSON.parse(new TextDecoder().decode(bytes));
@@ -324,6 +328,31 @@ export class MeliOrders implements OrderSource {
       yield orders.slice(i, i + SEARCH_PAGE).map((o) => ({ events: o.events, updatedAt: o.updatedAt }));
     }
   }
+}
+
+/** The body, read until it passes `limit` bytes (then undefined, and the rest is not read). */
+async function readCapped(request: Request, limit: number): Promise<Uint8Array | undefined> {
+  if (!request.body) return new Uint8Array();
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel().catch(() => {});
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  return bytes;
 }
 
 function answer(status: number, message: string): Response {
