@@ -195,6 +195,13 @@ Deno.test("order events: paid → created, cancelled → restock 'cancel', lines
   assert.equal(cancelled.events[0].kind, "restock");
   assert.equal((cancelled.events[0] as { restockId: string }).restockId, "cancel");
   assert.equal(cancelled.events[0].occurredAt, "2026-12-04T13:05:00.000Z");
+  const partly = orderEvents({ ...order, status: "partially_refunded" }, STORE, "catch_up");
+  assert.ok(partly.ok);
+  assert.deepEqual(
+    partly.events.map((e) => e.kind),
+    ["created"],
+    "a partly refunded order still sold its units",
+  );
   const pending = orderEvents({ ...order, status: "payment_required" }, STORE, "catch_up");
   assert.ok(pending.ok);
   assert.deepEqual(pending.events, [], "an unpaid order takes nothing yet");

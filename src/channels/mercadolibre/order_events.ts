@@ -43,6 +43,9 @@ export type ParsedOrder =
   }
   | { ok: false; reason: string; error: string };
 
+/** Order statuses whose units are sold (MercadoLibre: `paid`, and `partially_refunded` after it). */
+const SOLD_STATUSES = new Set(["paid", "partially_refunded"]);
+
 /**
  * The events of one MeLi order.
  * @param tiendaId the POS store MeLi's orders draw from.
@@ -81,7 +84,9 @@ export function orderEvents(
   const updatedAt = new Date(updated).toISOString();
   const base = { origin: "mercadolibre" as const, orderId: order.id, tiendaId, lines, via };
   let events: OrderEvent[] = [];
-  if (lines.length > 0 && order.status === "paid") {
+  // A paid order took its units; one partly refunded since (money back, units not returned through the
+  // order) still has them, and may be seen first in that state after a downtime.
+  if (lines.length > 0 && SOLD_STATUSES.has(order.status)) {
     events = [{ ...base, kind: "created", occurredAt: new Date(order.date_created).toISOString() }];
   } else if (lines.length > 0 && order.status === "cancelled") {
     events = [{ ...base, kind: "restock", restockId: "cancel", occurredAt: updatedAt }];
