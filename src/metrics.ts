@@ -89,7 +89,7 @@ export function createMetrics(
     ordersApplied: new Counter({
       name: `${prefix}orders_total`,
       help:
-        "Marketplace order events by origin, kind (created, restock), via (webhook, notification, catch_up) and outcome (applied, duplicate, nothing_to_restock, unknown_order).",
+        "Marketplace order events by origin, kind (created, restock), via (webhook, notification, catch_up) and outcome (applied, duplicate, nothing_to_restock, deferred).",
       labelNames: ["origin", "kind", "via", "outcome"] as const,
       registers,
     }),

@@ -176,11 +176,15 @@ integration(
         "order:shopify:5001:restock:cancel",
       ]);
       assert.equal(cancelled[1].body.origen_restock_id, "cancel");
-      // A restock of an order never seen: nothing is put back that was never taken off.
+      // A restock of an order not seen yet: nothing is put back that was never taken off; it waits for the
+      // order (tests/review14_test.ts applies one when its order comes).
       const unknown = await h.service.orders.apply(
         restock("mercadolibre", "404", "cancel", [{ lineId: "X", sku: "REMERA-001", quantity: 1 }]),
       );
-      assert.deepEqual(unknown, { outcome: "unknown_order", changes: 0 });
+      assert.deepEqual(unknown, { outcome: "deferred", changes: 0 });
+      const [{ n }] = await h.sql<{ n: number }[]>`
+        select count(*)::int as n from stock_change where event_id like 'order:mercadolibre:404%'`;
+      assert.equal(n, 0);
     } finally {
       await h.close();
     }
@@ -354,6 +358,104 @@ integration(
       );
       await catchUp.close();
     } finally {
+      await h.close();
+    }
+  },
+);
+
+integration(
+  "an order seen again with more lines: the new lines once, told to the POS under their own message; " +
+    "known lines and a re-delivery change nothing",
+  async () => {
+    const h = await startHarness({ CHANNELS: "shopify,mercadolibre" });
+    try {
+      const first = [{ lineId: "L1", sku: "REMERA-001", quantity: 2 }];
+      const all = [...first, { lineId: "L2", sku: "BUZO-GRIS-L", quantity: 1 }];
+      assert.equal((await h.service.orders.apply(created("shopify", "6001", first))).outcome, "applied");
+      assert.deepEqual(await h.service.orders.apply(created("shopify", "6001", all)), {
+        outcome: "applied",
+        changes: 1,
+      });
+      // The same addition again (the webhook after the catch-up, or re-delivered): nothing new.
+      assert.deepEqual(await h.service.orders.apply(created("shopify", "6001", all)), {
+        outcome: "duplicate",
+        changes: 0,
+      });
+      const changes = await h.sql<{ event_id: string; channel: string; sku: string; delta: number }[]>`
+        select event_id, channel, sku, delta from stock_change where event_id like 'order:shopify:6001%'
+         order by id`;
+      assert.deepEqual(changes.map((c) => ({ ...c })), [
+        { event_id: "order:shopify:6001", channel: "mercadolibre", sku: "REMERA-001", delta: -2 },
+        { event_id: "order:shopify:6001:lines:2", channel: "mercadolibre", sku: "BUZO-GRIS-L", delta: -1 },
+      ], "Shopify (the origin) is never lowered; MercadoLibre loses each line once");
+      const outbox = await h.sql<
+        { message_id: string; body: { items: unknown[]; origen_order_id: string } }[]
+      >`
+        select message_id, body from pos_outbox where routing_key = 'marketplace.sales.created' order by id`;
+      assert.deepEqual(outbox.map((o) => [o.message_id, o.body.origen_order_id, o.body.items.length]), [
+        ["order:shopify:6001", "6001", 1],
+        ["order:shopify:6001:lines:2", "6001", 1],
+      ]);
+      // Both lines are held out of available stock until the POS records the order.
+      assert.deepEqual(
+        await h.service.orders.unrecorded([
+          { tiendaId: MELI_STORE, sku: "REMERA-001" },
+          { tiendaId: MELI_STORE, sku: "BUZO-GRIS-L" },
+        ]),
+        [2, 1],
+      );
+    } finally {
+      await h.close();
+    }
+  },
+);
+
+integration(
+  "a restock racing its order's transaction (two replicas at once) is not lost: the order applies it",
+  async () => {
+    const h = await startHarness({ CHANNELS: "shopify,mercadolibre" });
+    const held = await h.sql.reserve();
+    try {
+      const line = { lineId: "L1", sku: "REMERA-001", quantity: 3 };
+      // The worst interleaving, made deterministic: the refund's transaction found no order and is about to
+      // store itself as pending (held here on that row's key) while the order's whole transaction runs.
+      await held`begin`;
+      await held`
+        insert into marketplace_restock_pending (origin, order_id, restock_id, lines, occurred_at, via)
+        values ('shopify', 'race-1', 'r1', '[]', '', 'webhook')`;
+      const early = h.service.orders.apply(restock("shopify", "race-1", "r1", [line]));
+      const waiting = async (table: string) => {
+        for (let i = 0; i < 100; i++) {
+          const [{ n }] = await h.sql<{ n: number }[]>`
+            select count(*)::int as n from pg_stat_activity
+             where wait_event_type = 'Lock' and query like ${`%${table}%`}`;
+          if (n > 0) return;
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        throw new Error(`nothing waits on ${table}`);
+      };
+      await waiting("marketplace_restock_pending");
+      const order = h.service.orders.apply(created("shopify", "race-1", [line]));
+      // The order waits for the refund (the per-order lock); without it, it would commit here and miss it.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await held`rollback`;
+      const outcomes = await Promise.all([early, order]);
+      assert.deepEqual(outcomes.map((o) => o.outcome), ["deferred", "applied"]);
+      const [{ net }] = await h.sql<{ net: number }[]>`
+        select coalesce(sum(delta), 0)::int as net from stock_change
+         where channel = 'mercadolibre' and event_id like 'order:shopify:race-1%'`;
+      assert.equal(net, 0, "MercadoLibre got the 3 units back");
+      const [{ pending }] = await h.sql<{ pending: number }[]>`
+        select count(*)::int as pending from marketplace_restock_pending`;
+      assert.equal(pending, 0, "the pending restock was applied with its order");
+      assert.deepEqual(await h.service.orders.unrecorded([{ tiendaId: MELI_STORE, sku: "REMERA-001" }]), [0]);
+      // The same refund again: a duplicate.
+      assert.equal(
+        (await h.service.orders.apply(restock("shopify", "race-1", "r1", [line]))).outcome,
+        "duplicate",
+      );
+    } finally {
+      held.release();
       await h.close();
     }
   },

@@ -388,6 +388,26 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 13,
+    name: "marketplace orders: restocks that arrive before their order wait for it",
+    sql: `
+      -- A restock (a refund, a cancellation) applied before its order was: kept with its lines
+      -- until the order's created event applies it, in that event's transaction, and deletes it.
+      -- A new table only: online-safe.
+      create table marketplace_restock_pending (
+        origin      text not null,
+        order_id    text not null,
+        restock_id  text not null,
+        tienda_id   text,
+        lines       jsonb not null,
+        occurred_at text not null,
+        via         text not null,
+        received_at timestamptz not null default now(),
+        primary key (origin, order_id, restock_id)
+      );
+    `,
+  },
 ];
 
 /** An index built with CREATE INDEX CONCURRENTLY after the migrations, where a migration could not build it. */

@@ -87,24 +87,38 @@ export class OrderLedger {
    * Applies an order event exactly once: a `created` order's units leave every other enabled channel (at the
    * stores it shows) and are held out of available stock until the POS records the order; a `restock` puts
    * back at most what each line sold minus what was put back already. The POS message goes to the outbox in
-   * the same transaction.
+   * the same transaction. An order seen again with lines the first sight lacked applies those lines; a
+   * restock of an order not seen yet waits (`deferred`) and is applied with the order.
    * @throws InvalidOrderEventError for an event no marketplace answer can produce (empty lines, bad units).
    */
   async apply(event: OrderEvent): Promise<OrderEffect> {
     validate(event);
-    const effect = event.kind === "created" ? await this.#created(event) : await this.#restock(event);
-    const occurred = Date.parse(event.occurredAt);
-    const lag = Number.isFinite(occurred) ? Math.max(0, (Date.now() - occurred) / 1000) : undefined;
-    this.options.observer?.applied?.(event, effect, lag);
+    const { effect, restocks } = event.kind === "created"
+      ? await this.#created(event)
+      : { effect: await this.#restock(event), restocks: [] };
+    this.#applied(event, effect);
+    // Restocks that waited for this order were applied in its transaction: told as what they are now.
+    for (const [restock, restockEffect] of restocks) this.#applied(restock, restockEffect);
     if (effect.outcome === "applied") this.options.observer?.changed?.();
     return effect;
   }
 
-  async #created(event: Extract<OrderEvent, { kind: "created" }>): Promise<OrderEffect> {
+  #applied(event: OrderEvent, effect: OrderEffect): void {
+    const occurred = Date.parse(event.occurredAt);
+    const lag = Number.isFinite(occurred) ? Math.max(0, (Date.now() - occurred) / 1000) : undefined;
+    this.options.observer?.applied?.(event, effect, lag);
+  }
+
+  async #created(
+    event: CreatedEvent,
+  ): Promise<{ effect: OrderEffect; restocks: [RestockEvent, OrderEffect][] }> {
     const lines = mergeLines(event.lines);
-    const items = await this.#items(event.tiendaId, bySku(lines));
+    // An order seen before keeps the store of its first sight (its restocks and added lines go there).
+    const store = await this.#orderStore(event.origin, event.orderId) ?? event.tiendaId;
+    const ids = await this.#productoIds(store, [...new Set(lines.map((l) => l.sku))]);
     const eventId = orderEventId(event.origin, event.orderId);
     return await this.sql.begin(async (tx) => {
+      await lockOrder(tx, event.origin, event.orderId);
       const [fresh] = await tx`
         insert into marketplace_order (origin, order_id, tienda_id, occurred_at, via)
         values (${event.origin}, ${event.orderId}, ${event.tiendaId}, ${
@@ -112,73 +126,144 @@ export class OrderLedger {
       }, ${event.via})
         on conflict (origin, order_id) do nothing
         returning order_id`;
-      if (!fresh) return { outcome: "duplicate", changes: 0 } satisfies OrderEffect;
-      // An order the POS re-published before we saw it starts recorded: its units are in the POS's number.
-      await tx`
-        insert into marketplace_order_line (origin, order_id, line_id, tienda_id, sku, sold, recorded)
-        select ${event.origin}, ${event.orderId}, x.line_id, ${event.tiendaId}, x.sku, x.sold,
-               exists (select 1 from marketplace_order_echo e
-                        where e.origin = ${event.origin} and e.order_id = ${event.orderId})
-          from jsonb_to_recordset(${
-        tx.json(lines.map((l) => ({ line_id: l.lineId, sku: l.sku, sold: l.quantity })))
-      }::jsonb)
-            as x(line_id text, sku text, sold integer)`;
-      const changes = await this.#changes(tx, eventId, event, event.tiendaId, items, -1);
+      if (!fresh) return { effect: await this.#addedLines(tx, event, lines, store, ids), restocks: [] };
+      await insertLines(tx, event, event.tiendaId, lines);
+      const items = withIds(bySku(lines), event.tiendaId === store ? ids : new Map());
+      let changes = await this.#changes(tx, eventId, event, event.tiendaId, items, -1);
       await tx`
         insert into pos_outbox (message_id, routing_key, body)
         values (${eventId}, ${POS_ROUTING_KEYS.created}, ${
         tx.json(posMessage(eventId, event, event.tiendaId, items) as postgres.JSONValue)
       })
         on conflict (message_id) do nothing`;
-      return { outcome: "applied", changes } satisfies OrderEffect;
+      // Restocks that came first (refunds/create before orders/create): applied now, each line at most once.
+      const restocks: [RestockEvent, OrderEffect][] = [];
+      const pending = await tx<PendingRestockRow[]>`
+        delete from marketplace_restock_pending
+         where origin = ${event.origin} and order_id = ${event.orderId}
+        returning restock_id, tienda_id, lines, occurred_at, via, received_at`;
+      pending.sort((a, b) => a.received_at.getTime() - b.received_at.getTime());
+      for (const row of pending) {
+        const restock: RestockEvent = {
+          kind: "restock",
+          origin: event.origin,
+          orderId: event.orderId,
+          restockId: row.restock_id,
+          ...(row.tienda_id === null ? {} : { tiendaId: row.tienda_id }),
+          lines: row.lines,
+          occurredAt: row.occurred_at,
+          via: row.via,
+        };
+        const tiendaId = row.tienda_id ?? event.tiendaId;
+        const effect = await this.#putBack(tx, restock, tiendaId, tiendaId === store ? ids : new Map());
+        changes += effect.changes;
+        restocks.push([restock, effect]);
+      }
+      return { effect: { outcome: "applied", changes } satisfies OrderEffect, restocks };
     });
   }
 
-  async #restock(event: Extract<OrderEvent, { kind: "restock" }>): Promise<OrderEffect> {
-    const eventId = orderEventId(event.origin, event.orderId, event.restockId);
+  /**
+   * An order seen again: the lines the ledger does not know yet (a catch-up read capped at 50 lines, an order
+   * edit) take their units off the other channels under an event id of their own — stock_change is unique by
+   * (event_id, channel, sku) — `order:<origin>:<id>:lines:<k>`, k = lines known before + 1. Known lines are
+   * left as they are (a quantity edit is not applied). A re-delivery of the same addition adds nothing.
+   */
+  async #addedLines(
+    tx: postgres.TransactionSql,
+    event: CreatedEvent,
+    lines: OrderLine[],
+    store: string,
+    ids: Map<string, string | null>,
+  ): Promise<OrderEffect> {
+    const [order] = await tx<{ tienda_id: string; known: number }[]>`
+      select o.tienda_id,
+             (select count(*) from marketplace_order_line l
+               where l.origin = o.origin and l.order_id = o.order_id)::int as known
+        from marketplace_order o where o.origin = ${event.origin} and o.order_id = ${event.orderId}`;
+    const added = await insertLines(tx, event, order.tienda_id, lines);
+    if (added.length === 0) return { outcome: "duplicate", changes: 0 };
+    const eventId = `${orderEventId(event.origin, event.orderId)}:lines:${order.known + 1}`;
+    const items = withIds(bySku(added), order.tienda_id === store ? ids : new Map());
+    const changes = await this.#changes(tx, eventId, event, order.tienda_id, items, -1);
+    await tx`
+      insert into pos_outbox (message_id, routing_key, body)
+      values (${eventId}, ${POS_ROUTING_KEYS.created}, ${
+      tx.json(posMessage(eventId, event, order.tienda_id, items) as postgres.JSONValue)
+    })
+      on conflict (message_id) do nothing`;
+    return { outcome: "applied", changes };
+  }
+
+  async #restock(event: RestockEvent): Promise<OrderEffect> {
     // The POS's producto_ids are looked up outside the transaction (another database, maybe).
     const storeHint = event.tiendaId ?? await this.#orderStore(event.origin, event.orderId);
-    if (storeHint === undefined) return { outcome: "unknown_order", changes: 0 };
-    const ids = await this.#productoIds(storeHint, [...new Set(event.lines.map((l) => l.sku))]);
+    const ids = storeHint === undefined
+      ? new Map<string, string | null>()
+      : await this.#productoIds(storeHint, [...new Set(event.lines.map((l) => l.sku))]);
     return await this.sql.begin(async (tx) => {
-      // The order row is the lock every restock of this order takes: two refunds at once count lines once.
+      // The order's lock: two refunds at once count lines once, and a restock racing its order's created
+      // event either sees the order or leaves a pending row that event's transaction finds.
+      await lockOrder(tx, event.origin, event.orderId);
       const [order] = await tx<{ tienda_id: string }[]>`
         select tienda_id from marketplace_order
-         where origin = ${event.origin} and order_id = ${event.orderId} for update`;
-      if (!order) return { outcome: "unknown_order", changes: 0 } satisfies OrderEffect;
+         where origin = ${event.origin} and order_id = ${event.orderId}`;
+      if (!order) {
+        // Before its order (Shopify does not order its deliveries): kept until the order is applied.
+        const [kept] = await tx`
+          insert into marketplace_restock_pending
+                 (origin, order_id, restock_id, tienda_id, lines, occurred_at, via)
+          values (${event.origin}, ${event.orderId}, ${event.restockId}, ${event.tiendaId ?? null}, ${
+          tx.json(mergeLines(event.lines) as unknown as postgres.JSONValue)
+        }, ${event.occurredAt}, ${event.via})
+          on conflict (origin, order_id, restock_id) do nothing
+          returning restock_id`;
+        return { outcome: kept ? "deferred" : "duplicate", changes: 0 } satisfies OrderEffect;
+      }
       const tiendaId = event.tiendaId ?? order.tienda_id;
-      const [fresh] = await tx`
-        insert into marketplace_restock (origin, order_id, restock_id, tienda_id, units)
-        values (${event.origin}, ${event.orderId}, ${event.restockId}, ${tiendaId}, 0)
-        on conflict (origin, order_id, restock_id) do nothing
-        returning restock_id`;
-      if (!fresh) return { outcome: "duplicate", changes: 0 } satisfies OrderEffect;
-      const known = await tx<OrderLineRow[]>`
-        select line_id, sku, sold, restocked from marketplace_order_line
-         where origin = ${event.origin} and order_id = ${event.orderId} order by line_id`;
-      const back = putBack(known, mergeLines(event.lines));
-      if (back.length === 0) return { outcome: "nothing_to_restock", changes: 0 } satisfies OrderEffect;
-      await tx`
-        update marketplace_order_line l set restocked = l.restocked + x.units
-          from jsonb_to_recordset(${
-        tx.json(back.map((b) => ({ line_id: b.lineId, units: b.quantity })))
-      }::jsonb)
-            as x(line_id text, units integer)
-         where l.origin = ${event.origin} and l.order_id = ${event.orderId} and l.line_id = x.line_id`;
-      const units = back.reduce((n, b) => n + b.quantity, 0);
-      await tx`
-        update marketplace_restock set units = ${units}
-         where origin = ${event.origin} and order_id = ${event.orderId} and restock_id = ${event.restockId}`;
-      const items = bySku(back).map((i) => ({ ...i, productoId: ids.get(i.sku) ?? null }));
-      const changes = await this.#changes(tx, eventId, event, tiendaId, items, +1);
-      await tx`
-        insert into pos_outbox (message_id, routing_key, body)
-        values (${eventId}, ${POS_ROUTING_KEYS.cancelled}, ${
-        tx.json(posMessage(eventId, event, tiendaId, items) as postgres.JSONValue)
-      })
-        on conflict (message_id) do nothing`;
-      return { outcome: "applied", changes } satisfies OrderEffect;
+      return await this.#putBack(tx, event, tiendaId, tiendaId === storeHint ? ids : new Map());
     });
+  }
+
+  /** A restock of a known order, under its lock: each line back at most sold − restocked, told to the POS. */
+  async #putBack(
+    tx: postgres.TransactionSql,
+    event: RestockEvent,
+    tiendaId: string,
+    ids: Map<string, string | null>,
+  ): Promise<OrderEffect> {
+    const eventId = orderEventId(event.origin, event.orderId, event.restockId);
+    const [fresh] = await tx`
+      insert into marketplace_restock (origin, order_id, restock_id, tienda_id, units)
+      values (${event.origin}, ${event.orderId}, ${event.restockId}, ${tiendaId}, 0)
+      on conflict (origin, order_id, restock_id) do nothing
+      returning restock_id`;
+    if (!fresh) return { outcome: "duplicate", changes: 0 };
+    const known = await tx<OrderLineRow[]>`
+      select line_id, sku, sold, restocked from marketplace_order_line
+       where origin = ${event.origin} and order_id = ${event.orderId} order by line_id`;
+    const back = putBack(known, mergeLines(event.lines));
+    if (back.length === 0) return { outcome: "nothing_to_restock", changes: 0 };
+    await tx`
+      update marketplace_order_line l set restocked = l.restocked + x.units
+        from jsonb_to_recordset(${
+      tx.json(back.map((b) => ({ line_id: b.lineId, units: b.quantity })))
+    }::jsonb)
+          as x(line_id text, units integer)
+       where l.origin = ${event.origin} and l.order_id = ${event.orderId} and l.line_id = x.line_id`;
+    const units = back.reduce((n, b) => n + b.quantity, 0);
+    await tx`
+      update marketplace_restock set units = ${units}
+       where origin = ${event.origin} and order_id = ${event.orderId} and restock_id = ${event.restockId}`;
+    const items = withIds(bySku(back), ids);
+    const changes = await this.#changes(tx, eventId, event, tiendaId, items, +1);
+    await tx`
+      insert into pos_outbox (message_id, routing_key, body)
+      values (${eventId}, ${POS_ROUTING_KEYS.cancelled}, ${
+      tx.json(posMessage(eventId, event, tiendaId, items) as postgres.JSONValue)
+    })
+      on conflict (message_id) do nothing`;
+    return { outcome: "applied", changes };
   }
 
   async #orderStore(origin: ChannelName, orderId: string): Promise<string | undefined> {
@@ -231,11 +316,6 @@ export class OrderLedger {
       on conflict (event_id, channel, sku) do nothing
       returning id`;
     return inserted.length;
-  }
-
-  async #items(tiendaId: string, skus: { sku: string; quantity: number }[]): Promise<Item[]> {
-    const ids = await this.#productoIds(tiendaId, skus.map((s) => s.sku));
-    return skus.map((s) => ({ ...s, productoId: ids.get(s.sku) ?? null }));
   }
 
   async #productoIds(tiendaId: string, skus: string[]): Promise<Map<string, string | null>> {
@@ -349,6 +429,55 @@ interface Item {
   sku: string;
   quantity: number;
   productoId: string | null;
+}
+
+type CreatedEvent = Extract<OrderEvent, { kind: "created" }>;
+type RestockEvent = Extract<OrderEvent, { kind: "restock" }>;
+
+interface PendingRestockRow {
+  restock_id: string;
+  tienda_id: string | null;
+  lines: OrderLine[];
+  occurred_at: string;
+  via: RestockEvent["via"];
+  received_at: Date;
+}
+
+/**
+ * Serializes every `created` and `restock` of one order across transactions and replicas (a restock that
+ * finds no order and the order's own transaction cannot miss each other). The two-key form keeps these
+ * locks apart from the single-key ones other modules take.
+ */
+async function lockOrder(tx: postgres.TransactionSql, origin: ChannelName, orderId: string): Promise<void> {
+  await tx`select pg_advisory_xact_lock(hashtext('marketplace_order'), hashtext(${origin} || ':' || ${orderId}))`;
+}
+
+/**
+ * Inserts the order's lines the ledger does not know yet (by line id); returns those. An order the POS
+ * re-published before we saw it starts recorded: its units are in the POS's number.
+ */
+async function insertLines(
+  tx: postgres.TransactionSql,
+  event: CreatedEvent,
+  tiendaId: string,
+  lines: OrderLine[],
+): Promise<OrderLine[]> {
+  const rows = await tx<{ line_id: string; sku: string; sold: number }[]>`
+    insert into marketplace_order_line (origin, order_id, line_id, tienda_id, sku, sold, recorded)
+    select ${event.origin}, ${event.orderId}, x.line_id, ${tiendaId}, x.sku, x.sold,
+           exists (select 1 from marketplace_order_echo e
+                    where e.origin = ${event.origin} and e.order_id = ${event.orderId})
+      from jsonb_to_recordset(${
+    tx.json(lines.map((l) => ({ line_id: l.lineId, sku: l.sku, sold: l.quantity })))
+  }::jsonb)
+        as x(line_id text, sku text, sold integer)
+    on conflict (origin, order_id, line_id) do nothing
+    returning line_id, sku, sold`;
+  return rows.map((r) => ({ lineId: r.line_id, sku: r.sku, quantity: r.sold }));
+}
+
+function withIds(skus: { sku: string; quantity: number }[], ids: Map<string, string | null>): Item[] {
+  return skus.map((s) => ({ ...s, productoId: ids.get(s.sku) ?? null }));
 }
 
 function validate(event: OrderEvent): void {

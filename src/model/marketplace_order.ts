@@ -55,10 +55,11 @@ export type OrderEvent =
 export interface OrderEffect {
   /**
    * applied: stock changes (and a POS message) were recorded; duplicate: nothing new (seen before);
-   * nothing_to_restock: every named line was already put back in full; unknown_order: a restock of an
-   * order this service never saw take units (nothing is put back that was never taken off).
+   * nothing_to_restock: every named line was already put back in full; deferred: a restock of an order not
+   * applied yet (deliveries out of order) — kept, and applied in the order's own transaction when it comes
+   * (nothing is put back that was never taken off).
    */
-  outcome: "applied" | "duplicate" | "nothing_to_restock" | "unknown_order";
+  outcome: "applied" | "duplicate" | "nothing_to_restock" | "deferred";
   /** Stock changes recorded for the other channels. */
   changes: number;
 }

@@ -56,8 +56,9 @@ export function orderBook(wiring: OrderWiring): OrderLedger {
           outcome: effect.outcome,
           changes: effect.changes,
         };
-        if (effect.outcome === "unknown_order") log.warning(line, fields);
-        else if (effect.outcome === "applied") log.info(line, { mark: "received", ...fields });
+        if (effect.outcome === "applied") log.info(line, { mark: "received", ...fields });
+        // A restock before its order: it waits for the order (one that never comes shows in the pending table).
+        else if (effect.outcome === "deferred") log.info(line, fields);
         else log.debug(line, fields);
       },
       changed: wiring.changed,
