@@ -91,6 +91,19 @@ function posCatalogQuery(catalog: ReturnType<typeof chaosCatalog>): string {
 }
 
 /**
+ * The chaos POS's product lookup (a SKU's producto_id at a store) as a query: what a marketplace order's
+ * SKU needs before its POS stock key can be read, when no POS sale of it was seen yet.
+ */
+function posProductQuery(catalog: ReturnType<typeof chaosCatalog>): string {
+  const quote = (text: string) => `'${text.replaceAll("'", "''")}'`;
+  const rows = catalog.products.flatMap((p) =>
+    catalog.stores.map((s) => `(${quote(s.tienda_id)}, ${quote(p.sku)}, ${quote(p.producto_id)})`)
+  );
+  return `select producto_id from (values ${rows.join(", ")}) ` +
+    "as c(tienda_id, sku, producto_id) where tienda_id = $1 and sku = $2 limit 1";
+}
+
+/**
  * One service instance as a real process: `deno run --allow-all src/main.ts`.
  * Like the deployments' supervisors (compose `restart: unless-stopped`, a k8s
  * Deployment), it restarts a process that exits on its own, after 1 s, and
@@ -413,6 +426,7 @@ export class World {
       POS_STOCK_KEY: posKeyTemplate,
       // The POS catalog a whole-catalog resync reads: every product at every store.
       POS_CATALOG_QUERY: posCatalogQuery(catalog),
+      POS_PRODUCT_QUERY: posProductQuery(catalog),
       // The POS's own Redis (same server, its own connection) when the scenario takes it away alone.
       ...(proxies.pos_redis ? { POS_REDIS_URL: via(REDIS_URL, "pos_redis") } : {}),
       // Scenarios run side by side against one Postgres (max_connections 100 by default): a small pool each.
