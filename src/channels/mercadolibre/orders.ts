@@ -19,6 +19,7 @@ import type { InboundRoute, OrderBook, OrderSource, StoredDelivery } from "../..
 import type { MeliClient } from "./client.ts";
 import type { FetchCap } from "./fetch_cap.ts";
 import { orderEvents, type ParsedOrder } from "./order_events.ts";
+import { readCapped } from "../../sync/capped_body.ts";
 
 const log = logger("mercadolibre");
 
@@ -328,31 +329,6 @@ export class MeliOrders implements OrderSource {
       yield orders.slice(i, i + SEARCH_PAGE).map((o) => ({ events: o.events, updatedAt: o.updatedAt }));
     }
   }
-}
-
-/** The body, read until it passes `limit` bytes (then undefined, and the rest is not read). */
-async function readCapped(request: Request, limit: number): Promise<Uint8Array | undefined> {
-  if (!request.body) return new Uint8Array();
-  const reader = request.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > limit) {
-      await reader.cancel().catch(() => {});
-      return undefined;
-    }
-    chunks.push(value);
-  }
-  const bytes = new Uint8Array(size);
-  let at = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return bytes;
 }
 
 function answer(status: number, message: string): Response {

@@ -31,6 +31,7 @@ import type { InboundRoute, OrderBook, OrderSource, StoredDelivery } from "../..
 import type { LocationMap } from "./channel.ts";
 import type { CallResult, ShopifyClient } from "./client.ts";
 import { ORDERS_UPDATED_SINCE } from "./documents.ts";
+import { readCapped } from "../../sync/capped_body.ts";
 
 const log = logger("shopify");
 
@@ -292,31 +293,6 @@ export interface ShopifyOrderWebhooksOptions {
   /** WEBHOOK_MAX_BYTES. */
   maxBodyBytes?: number;
   sweepIntervalMs?: number;
-}
-
-/** The body, read up to `limit` bytes; undefined when it is longer. */
-async function readCapped(request: Request, limit: number): Promise<Uint8Array | undefined> {
-  if (!request.body) return new Uint8Array();
-  const reader = request.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > limit) {
-      await reader.cancel().catch(() => {});
-      return undefined;
-    }
-    chunks.push(value);
-  }
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
 }
 
 function base64Bytes(text: string): Uint8Array | undefined {
