@@ -408,7 +408,7 @@ async function withLedger(fn: (sql: postgres.Sql, ledger: OrderLedger) => Promis
 /** The stock changes recorded per channel, as `channel sku delta`. */
 async function changes(sql: postgres.Sql): Promise<string[]> {
   const rows = await sql<{ channel: string; sku: string; delta: number }[]>`
-    select channel, sku, delta from stock_change order by id`;
+    select channel, sku, delta from stock_change where delta <> 0 order by id`;
   return rows.map((r) => `${r.channel} ${r.sku} ${r.delta}`);
 }
 

@@ -696,9 +696,12 @@ export class World {
     for (const o of this.orders) {
       const other = o.origin === "shopify" ? "mercadolibre" : "shopify";
       if (other === "mercadolibre" && o.tiendaId !== this.meliStore) continue;
-      out.set(`order:${o.origin}:${o.orderId}|${other}|${o.sku}`, { status: "applied" });
-      for (const r of o.restocks) {
-        out.set(`order:${o.origin}:${o.orderId}:restock:${r}|${other}|${o.sku}`, { status: "applied" });
+      // MercadoLibre's own orders also give MercadoLibre a change of 0: a re-mirror of available stock.
+      for (const channel of o.origin === "mercadolibre" ? [other, o.origin] : [other]) {
+        out.set(`order:${o.origin}:${o.orderId}|${channel}|${o.sku}`, { status: "applied" });
+        for (const r of o.restocks) {
+          out.set(`order:${o.origin}:${o.orderId}:restock:${r}|${channel}|${o.sku}`, { status: "applied" });
+        }
       }
     }
     return out;

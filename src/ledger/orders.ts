@@ -298,7 +298,14 @@ export class OrderLedger {
       tx.json(saleBody(event, tiendaId, items) as postgres.JSONValue)
     })
       on conflict (event_id) do nothing`;
-    if (targets.length === 0) return 0;
+    // MercadoLibre's own order: no change lowers it again, but a mirror write computed just before this
+    // transaction (available stock without this order) may land after the marketplace moved itself and
+    // undo the order (or a cancellation). A change of 0 makes it write available stock once more, after
+    // this commit, under the listing lock: mirror mode sets the POS less the orders held (this one
+    // included), delta mode reads and writes the same number.
+    const remirror = event.origin === "mercadolibre" && this.options.channels.includes(event.origin) &&
+      (onlyStores[event.origin] === undefined || onlyStores[event.origin]!.includes(tiendaId));
+    if (targets.length === 0 && !remirror) return 0;
     const rows = targets.flatMap((channel) =>
       items.map((i) => ({
         channel,
@@ -306,6 +313,10 @@ export class OrderLedger {
         producto_id: i.productoId,
         delta: sign * i.quantity,
       }))
+    ).concat(
+      remirror
+        ? items.map((i) => ({ channel: event.origin, sku: i.sku, producto_id: i.productoId, delta: 0 }))
+        : [],
     );
     const inserted = await tx`
       insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
@@ -314,8 +325,9 @@ export class OrderLedger {
           as x(channel text, sku text, producto_id text, delta integer)
        order by x.channel, x.sku
       on conflict (event_id, channel, sku) do nothing
-      returning id`;
-    return inserted.length;
+      returning delta`;
+    // A re-mirror (delta 0) moves no stock: it is not one of the order's changes.
+    return inserted.filter((r) => r.delta !== 0).length;
   }
 
   async #productoIds(tiendaId: string, skus: string[]): Promise<Map<string, string | null>> {
