@@ -10,6 +10,8 @@ import { type Config, loadConfig } from "../src/config.ts";
 import type { Topology } from "../src/broker/topology.ts";
 import { type RunningService, startService } from "../src/main.ts";
 import { isolatedServiceEnv } from "../scripts/support/service_env.ts";
+import { SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
+import type { ShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 
 export const RABBITMQ_URL = Deno.env.get("TEST_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
 export const DATABASE_URL = Deno.env.get("TEST_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -262,4 +264,40 @@ export async function runResync(h: Harness, token: string, request: unknown): Pr
     "resync finished",
     30_000,
   );
+}
+
+/**
+ * Sets one Shopify listing behind the service's back (another system, a merchant), through the sandbox's own
+ * Admin API, compared with what it holds.
+ */
+export async function setShopifyAvailable(
+  shop: ShopifySandbox,
+  ref: { item: string; location: string },
+  quantity: number,
+): Promise<void> {
+  const res = await fetch(shop.graphqlUrl, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-shopify-access-token": shop.token },
+    body: JSON.stringify({
+      query: SET_AVAILABLE,
+      variables: {
+        key: crypto.randomUUID(),
+        input: {
+          name: "available",
+          reason: "correction",
+          referenceDocumentUri: "gid://test/Merchant/1",
+          quantities: [{
+            inventoryItemId: ref.item,
+            locationId: ref.location,
+            quantity,
+            changeFromQuantity: shop.available(ref.item, ref.location),
+          }],
+        },
+      },
+    }),
+  });
+  const body = await res.json();
+  if (body.data?.inventorySetQuantities?.userErrors?.length !== 0) {
+    throw new Error(`could not set the listing: ${JSON.stringify(body)}`);
+  }
 }

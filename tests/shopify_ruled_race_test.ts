@@ -11,7 +11,6 @@ import assert from "node:assert/strict";
 import { createClient } from "redis";
 import { locationMap } from "../src/channels/shopify/channel.ts";
 import { ShopifyClient } from "../src/channels/shopify/client.ts";
-import { SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
 import type { ShopifyListings } from "../src/channels/shopify/listings.ts";
 import { RuledSets } from "../src/channels/shopify/ruled.ts";
 import { ShopifyStock } from "../src/channels/shopify/stock.ts";
@@ -19,38 +18,11 @@ import { createMetrics } from "../src/metrics.ts";
 import { applyRule, resolveRule, type StockRules } from "../src/model/stock_rule.ts";
 import { PosStockReader } from "../src/pos/stock.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
-import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
+import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 import { LocalBucket } from "../src/sync/cost_bucket.ts";
-import { integration, REDIS_URL, uniqueName } from "./helpers.ts";
+import { integration, REDIS_URL, setShopifyAvailable, uniqueName } from "./helpers.ts";
 
 const catalog = defaultCatalog();
-
-/** Sets a listing as another system would (compared with what it holds). */
-async function setListing(shop: ShopifySandbox, item: string, location: string, quantity: number) {
-  const res = await fetch(shop.graphqlUrl, {
-    method: "POST",
-    headers: { "content-type": "application/json", "x-shopify-access-token": shop.token },
-    body: JSON.stringify({
-      query: SET_AVAILABLE,
-      variables: {
-        key: crypto.randomUUID(),
-        input: {
-          name: "available",
-          reason: "correction",
-          referenceDocumentUri: "gid://test/Merchant/1",
-          quantities: [{
-            inventoryItemId: item,
-            locationId: location,
-            quantity,
-            changeFromQuantity: shop.available(item, location),
-          }],
-        },
-      },
-    }),
-  });
-  const body = await res.json();
-  assert.deepEqual(body.data.inventorySetQuantities.userErrors, [], JSON.stringify(body));
-}
 
 integration(
   "a ruled Shopify write whose POS reading a sale made stale after the last read is set again, not left standing",
@@ -68,7 +40,7 @@ integration(
       // The POS holds 8 (the rule shows 7); Shopify shows 5. A sale then takes the POS to 6: Shopify
       // should end at 5 — which another writer, handling that sale, finds it already at.
       await redis.set(posKey, "8");
-      await setListing(shop, item, location.id, 5);
+      await setShopifyAvailable(shop, { item, location: location.id }, 5);
       const client = new ShopifyClient({
         baseUrl: shop.url,
         token: shop.token,

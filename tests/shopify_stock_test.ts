@@ -29,7 +29,7 @@ import {
 } from "../src/sandbox/shopify/sandbox.ts";
 import { shopifySchema } from "../src/sandbox/shopify/schema.ts";
 import { type BucketShape, type RateBudget, RedisBucket } from "../src/sync/cost_bucket.ts";
-import { integration, REDIS_URL, uniqueName } from "./helpers.ts";
+import { integration, REDIS_URL, setShopifyAvailable, uniqueName } from "./helpers.ts";
 
 /** 60 SKUs × 5 stores: 300 listings, more than one batch holds. */
 const catalog = buildCatalog({ skus: 60, stores: 5, seed: 13 });
@@ -94,33 +94,6 @@ async function withShop(
     await redis.quit();
     await shop.close();
   }
-}
-
-/** Sets one listing behind our back (another system, a merchant), compared with what it holds. */
-async function setBehindOurBack(shop: ShopifySandbox, ref: ItemAtLocation, quantity: number): Promise<void> {
-  const res = await fetch(shop.graphqlUrl, {
-    method: "POST",
-    headers: { "content-type": "application/json", "x-shopify-access-token": shop.token },
-    body: JSON.stringify({
-      query: SET_AVAILABLE,
-      variables: {
-        key: crypto.randomUUID(),
-        input: {
-          name: "available",
-          reason: "correction",
-          referenceDocumentUri: "gid://test/Merchant/1",
-          quantities: [{
-            inventoryItemId: ref.item,
-            locationId: ref.location,
-            quantity,
-            changeFromQuantity: shop.available(ref.item, ref.location),
-          }],
-        },
-      },
-    }),
-  });
-  const body = await res.json();
-  assert.deepEqual(body.data.inventorySetQuantities.userErrors, [], JSON.stringify(body));
 }
 
 function quantitiesOf(shop: ShopifySandbox, refs: ItemAtLocation[]): number[] {
@@ -233,7 +206,7 @@ integration("one stale listing refuses the whole call: it is named, the rest are
     const untouched = quantitiesOf(shop, refs);
     // Between our read and our write, someone else sets listing 137.
     const moved = 137;
-    await setBehindOurBack(shop, refs[moved], untouched[moved] + 40);
+    await setShopifyAvailable(shop, refs[moved], untouched[moved] + 40);
     const before = shop.stats();
     const refused = await stock.writeMany(first, REFERENCE);
     assert.equal(shop.stats().requests - before.requests, 1);
