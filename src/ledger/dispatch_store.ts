@@ -127,7 +127,14 @@ export class DispatchStore {
       // Pick the listings first without locking anything, then lock only their
       // due rows (skipping rows another replica holds): locks, and their WAL,
       // are spent only on rows this batch will carry.
-      const rows = await tx<ClaimedRow[]>`
+      //
+      // The join of a listing's due rows must be a hash join, whatever the statistics say. On a
+      // ledger Postgres has not analyzed (autovacuum off, or a table that grew since), the planner
+      // expects a handful of due rows and nests the loop: 250 listings × every due row, 2 s per
+      // claim at 27 000 due rows (docs/BENCHMARKS.md). `set local` lasts until the next statement
+      // turns it back: the update by id below wants the index, as any nested loop would.
+      await tx`set local enable_nestloop = off`;
+      const due = await tx<{ id: string }[]>`
         with listings as (
           select tienda_id, sku, min(id) as first_id from (
             select id, tienda_id, sku from stock_change
@@ -136,17 +143,17 @@ export class DispatchStore {
              limit ${maxRows}
           ) candidates
           group by tienda_id, sku order by first_id limit ${maxListings}
-        ), due as (
-          select s.id from stock_change s join listings l using (tienda_id, sku)
-           where s.channel = ${channel} and s.status = 'pending' and s.next_attempt_at <= now()
-           order by s.id
-           limit ${maxRows * 4}
-           for update of s skip locked
         )
+        select s.id from stock_change s join listings l using (tienda_id, sku)
+         where s.channel = ${channel} and s.status = 'pending' and s.next_attempt_at <= now()
+         order by s.id
+         limit ${maxRows * 4}
+         for update of s skip locked`;
+      await tx`set local enable_nestloop to default`;
+      const rows = due.length === 0 ? [] : await tx<ClaimedRow[]>`
         update stock_change s
            set status = 'sending', batch_id = ${batch.id}, attempts = s.attempts + 1, updated_at = now()
-          from due
-         where s.id = due.id
+         where s.id = any(${due.map((r) => r.id)}::bigint[])
         returning s.id, s.event_id, s.tienda_id, s.sku, s.producto_id, s.delta, s.attempts, s.created_at`;
       if (rows.length === 0) {
         await tx`delete from sync_batch where id = ${batch.id}`;

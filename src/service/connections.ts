@@ -37,6 +37,14 @@ export interface PostgresOptions {
   statementTimeoutMs: number;
   /** `search_path` (the ledger's schema); the server's default when omitted. */
   schema?: string;
+  /**
+   * Plan every execution of a prepared statement for its parameters and the tables' size now
+   * (`plan_cache_mode=force_custom_plan`). The ledger's tables grow from empty to millions of rows
+   * while a connection lives: a generic plan Postgres cached while `stock_change` was small (a hash
+   * join over a sequential scan) kept recording a batch at 6.9 s once it was not (docs/BENCHMARKS.md).
+   * Planning these statements costs well under a millisecond.
+   */
+  customPlans?: boolean;
 }
 
 /** A Postgres pool with the service's connect timeout, reconnect backoff and idle timeout. */
@@ -51,6 +59,7 @@ export function openPostgres(url: string, options: PostgresOptions): postgres.Sq
       application_name: options.name,
       ...(options.schema ? { search_path: options.schema } : {}),
       statement_timeout: options.statementTimeoutMs,
+      ...(options.customPlans ? { plan_cache_mode: "force_custom_plan" } : {}),
     },
   });
 }
@@ -62,6 +71,7 @@ export function openLedger(config: Config): postgres.Sql {
     name: "marketplace-sync",
     schema: config.LEDGER_SCHEMA,
     statementTimeoutMs: 15_000,
+    customPlans: true,
   });
 }
 
