@@ -259,6 +259,11 @@ export class Custody {
         select event_id, identity_source, tienda_id, body from input
         on conflict (event_id) do nothing
         returning event_id
+      ), known as (
+        -- Sales already in custody (a redelivery or a DLQ replay): only their changes are looked up
+        -- below. Almost every batch has none, so the lookups cost nothing on the common path.
+        select c.* from change c
+         where c.event_id in (select event_id from input except all select event_id from new_sale)
       ), new_change as (
         insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
         select c.* from change c join new_sale using (event_id)
@@ -271,17 +276,15 @@ export class Custody {
         update stock_change s
            set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
                error = null, error_reason = null, updated_at = now(), dead_letter_due = false
-          from change c
+          from known c
          where s.event_id = c.event_id and s.channel = c.channel and s.sku = c.sku
-           and not exists (select 1 from new_sale n where n.event_id = c.event_id)
            and s.status = 'failed' and s.error_reason is distinct from 'outcome_unknown'
         returning s.event_id
       ), unknown as (
         -- Changes whose batch reached the marketplace without a definite answer.
         select s.event_id, s.channel, s.sku, s.batch_id from stock_change s
-          join change c on s.event_id = c.event_id and s.channel = c.channel and s.sku = c.sku
+          join known c on s.event_id = c.event_id and s.channel = c.channel and s.sku = c.sku
          where s.status = 'failed' and s.error_reason = ${OUTCOME_UNKNOWN}
-           and not exists (select 1 from new_sale n where n.event_id = c.event_id)
       ), reopened_batch as (
         -- Within the key window, their batch goes out again under its ORIGINAL key and
         -- stored request: the marketplace answers an applied key from its record, so
