@@ -216,6 +216,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
           deadLetterSweepMs: config.DLQ_COPY_SWEEP,
           metrics,
           pollIntervalMs: config.DISPATCH_POLL_INTERVAL,
+          lanes: config.DISPATCH_LANES,
           hooks: options.dispatcherHooks,
         }));
     } else {

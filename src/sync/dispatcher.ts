@@ -51,6 +51,14 @@ export interface DispatcherDeps {
   metrics: ServiceMetrics;
   /** How often an idle loop looks for work claimed by nobody (other replicas' custody). */
   pollIntervalMs: number;
+  /**
+   * Batches of this channel in flight at once (DISPATCH_LANES; default 1). Each lane is one
+   * claim → send → record loop, exactly as another replica's would be: claims skip each other's
+   * rows, and the adapters already lock and throttle per listing across replicas. A second lane
+   * claims and records while the first waits on the marketplace, so Postgres and the API overlap
+   * (docs/BENCHMARKS.md, issue #15).
+   */
+  lanes?: number;
   hooks?: DispatcherHooks;
 }
 
@@ -58,10 +66,12 @@ export interface DispatcherDeps {
 export class Dispatcher {
   #stopping = false;
   #abort = new AbortController();
-  #wake: (() => void) | undefined;
+  /** Wakes each lane that is sleeping. */
+  #wakers = new Set<() => void>();
   #loop: Promise<void> | undefined;
   #lastError: string | undefined;
-  #busy = false;
+  /** Lanes whose last claim found a batch. */
+  #busyLanes = new Set<number>();
   #copies: DeadLetterCopies;
   /** performance.now() of the next sweep of due DLQ copies; 0: on start. */
   #nextSweepAt = 0;
@@ -76,18 +86,19 @@ export class Dispatcher {
 
   /** Starts the loop. */
   start(): void {
-    this.#loop ??= this.#run();
+    const lanes = Math.max(1, this.deps.lanes ?? 1);
+    this.#loop ??= Promise.all(Array.from({ length: lanes }, (_, lane) => this.#run(lane))).then(() => {});
   }
 
   /** Wakes an idle loop now (custody just stored changes). */
   wake(): void {
-    this.#wake?.();
+    this.#wakeAll();
   }
 
   /** Finishes the batch in flight and stops. */
   async stop(): Promise<void> {
     this.#stopping = true;
-    this.#wake?.();
+    this.#wakeAll();
     await this.#loop;
   }
 
@@ -95,18 +106,22 @@ export class Dispatcher {
   abort(): void {
     this.#abort.abort();
     this.#stopping = true;
-    this.#wake?.();
+    this.#wakeAll();
   }
 
-  /** True while the loop has live work (its last claim found a batch). */
+  /** True while the loop has live work (a lane's last claim found a batch). */
   get busy(): boolean {
-    return this.#busy;
+    return this.#busyLanes.size > 0;
+  }
+
+  #wakeAll(): void {
+    for (const wake of [...this.#wakers]) wake();
   }
 
   /** Resolves once the loop is idle, or after `maxWaitMs` (resync yields to live sales, but is not starved). */
   async idle(maxWaitMs: number, signal?: AbortSignal): Promise<void> {
     const deadline = Date.now() + maxWaitMs;
-    while (this.#busy && Date.now() < deadline && !signal?.aborted) {
+    while (this.busy && Date.now() < deadline && !signal?.aborted) {
       await new Promise((r) => setTimeout(r, 50));
     }
   }
@@ -119,20 +134,23 @@ export class Dispatcher {
   #idle(ms: number): Promise<void> {
     if (this.#stopping) return Promise.resolve();
     return new Promise((resolve) => {
+      const wakers = this.#wakers;
       const timer = setTimeout(done, ms);
       function done() {
         clearTimeout(timer);
+        wakers.delete(done);
         resolve();
       }
-      this.#wake = done;
+      wakers.add(done);
     });
   }
 
-  async #run(): Promise<void> {
+  async #run(lane: number): Promise<void> {
     const { store, adapter } = this.deps;
     let failures = 0;
     while (!this.#stopping) {
-      if (performance.now() >= this.#nextSweepAt) {
+      // One lane sweeps the DLQ copies left due; the others only dispatch.
+      if (lane === 0 && performance.now() >= this.#nextSweepAt) {
         await this.#copies.sweep(adapter.name, this.deps.deadLetterSweepMs);
         this.#nextSweepAt = performance.now() + this.deps.deadLetterSweepMs;
         if (this.#stopping) break;
@@ -142,9 +160,10 @@ export class Dispatcher {
         const batch = await store.reclaimBatch(adapter.name) ??
           await store.claimBatch(adapter.name, adapter.maxListingsPerBatch);
         if (batch) this.#phase("claim", claimStarted);
-        this.#busy = batch !== null;
+        if (batch) this.#busyLanes.add(lane);
+        else this.#busyLanes.delete(lane);
         if (!batch) {
-          const untilSweep = Math.max(0, this.#nextSweepAt - performance.now());
+          const untilSweep = lane === 0 ? Math.max(0, this.#nextSweepAt - performance.now()) : Infinity;
           await this.#idle(Math.min(this.deps.pollIntervalMs, untilSweep));
           continue;
         }
