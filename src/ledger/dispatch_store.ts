@@ -317,7 +317,9 @@ export class DispatchStore {
                  response = ${outcome.response === undefined ? null : tx.json(toJson(outcome.response))}
            where id = ${batch.id}`;
         // Set-based updates: one statement per kind, however many listings the batch holds.
-        const applied: { id: string; result: unknown }[] = [];
+        // One entry per listing (its change ids and what was applied), not per change: the batch's
+        // JSON is what Postgres parses, and a listing's changes share one result.
+        const applied: { ids: string[]; result: unknown }[] = [];
         const retried: { id: string; wait_ms: number; error: string; reason: string }[] = [];
         for (const [index, result] of outcome.results.entries()) {
           const change = batch.changes[index];
@@ -327,7 +329,7 @@ export class DispatchStore {
               batch_id: batch.id,
               detail: result.detail ?? null,
             };
-            for (const id of change.changeIds) applied.push({ id, result: stored });
+            applied.push({ ids: change.changeIds, result: stored });
           } else if (result.kind === "retry" && change.attempts < this.policy.maxAttempts) {
             const wait = Math.max(result.waitMs ?? 0, backoffMs(change.attempts, this.policy));
             for (const id of change.changeIds) {
@@ -348,8 +350,8 @@ export class DispatchStore {
             update stock_change s
                set status = 'applied', applied_at = now(), updated_at = now(), error = null, error_reason = null,
                    result = x.result
-              from jsonb_to_recordset(${tx.json(toJson(applied))}::jsonb) as x(id bigint, result jsonb)
-             where s.id = x.id and s.batch_id = ${batch.id} and s.status = 'sending'`;
+              from jsonb_to_recordset(${tx.json(toJson(applied))}::jsonb) as x(ids bigint[], result jsonb)
+             where s.id = any(x.ids) and s.batch_id = ${batch.id} and s.status = 'sending'`;
         }
         if (retried.length > 0) {
           await tx`
