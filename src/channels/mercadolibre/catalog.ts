@@ -131,6 +131,12 @@ interface Found {
 interface ScanPage {
   scroll_id?: string | null;
   results?: string[];
+  paging?: { total?: number };
+}
+
+/** Requests a read of a whole account of `items` items costs: scan pages (and the empty last one), multi-gets. */
+export function accountReadCost(items: number): number {
+  return Math.ceil(items / SCAN_LIMIT) + 1 + Math.ceil(items / MULTIGET_LIMIT);
 }
 
 /** The seller's whole MercadoLibre catalog, in pages. */
@@ -160,7 +166,7 @@ export class MeliCatalog implements ChannelCatalog {
     const counts = emptyCounts();
     this.#last = counts;
     const seller = await this.#seller(signal);
-    const ids = await this.#scan(seller.id, counts, signal);
+    const ids = (await this.#scan(seller.id, counts, signal))!;
     counts.items = ids.length;
     const multiOrigin = seller.tags.includes("warehouse_management");
 
@@ -207,6 +213,35 @@ export class MeliCatalog implements ChannelCatalog {
         stock_reads: counts.stockReads,
       },
     );
+  }
+
+  /**
+   * The seller's items grouped by the SKUs their listings carry (the live channel's rules), read
+   * in one pass — a scan, then multi-gets of 20 — for resolving SKUs in bulk (listings.ts). Once
+   * the first scan page says how many items the account has, `afford(requests, items)` is asked
+   * whether the whole read is worth its {@link accountReadCost}; false ends it there (undefined).
+   * An item with several listings of one SKU is listed once under it.
+   * @throws MeliCatalogError when MeLi cannot be read (after the retries of {@link listings}).
+   */
+  async itemsBySku(
+    sellerId: string,
+    afford: (requests: number, items: number) => boolean,
+    signal?: AbortSignal,
+  ): Promise<Map<string, MeliItem[]> | undefined> {
+    const ids = await this.#scan(sellerId, emptyCounts(), signal, afford);
+    if (!ids) return undefined;
+    const seller: MeliSeller = { id: sellerId, tags: [] };
+    const bySku = new Map<string, MeliItem[]>();
+    for (let i = 0; i < ids.length; i += MULTIGET_LIMIT) {
+      for (
+        const { sku, item } of await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, undefined, signal)
+      ) {
+        const items = bySku.get(sku) ?? [];
+        bySku.set(sku, items);
+        if (!items.some((other) => other.id === item.id)) items.push(item);
+      }
+    }
+    return bySku;
   }
 
   /**
@@ -283,8 +318,16 @@ export class MeliCatalog implements ChannelCatalog {
     );
   }
 
-  /** The seller's item ids, each once, from a scan (started over if its scroll id expires). */
-  async #scan(sellerId: string, counts: MeliCatalogCounts, signal: AbortSignal | undefined) {
+  /**
+   * The seller's item ids, each once, from a scan (started over if its scroll id expires). With
+   * `afford`, undefined when it answers false for the account's size the first page tells.
+   */
+  async #scan(
+    sellerId: string,
+    counts: MeliCatalogCounts,
+    signal: AbortSignal | undefined,
+    afford?: (requests: number, items: number) => boolean,
+  ): Promise<string[] | undefined> {
     const maxRestarts = this.options.scanRestarts ?? 3;
     const path = `/users/${encodeURIComponent(sellerId)}/items/search`;
     const seen = new Set<string>();
@@ -314,6 +357,11 @@ export class MeliCatalog implements ChannelCatalog {
         );
       }
       const results = got.data.results ?? [];
+      if (afford && scrollId === undefined && counts.scanRestarts === 0) {
+        // No total, no estimate: not worth guessing.
+        const total = got.data.paging?.total;
+        if (typeof total !== "number" || !afford(accountReadCost(total), total)) return undefined;
+      }
       for (const id of results) seen.add(id);
       // The end: MeLi answers an empty scroll_id (and no results).
       if (!got.data.scroll_id || results.length === 0) return [...seen];
