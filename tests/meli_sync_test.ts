@@ -223,7 +223,8 @@ function withoutSeller(counts: Record<string, number>): Record<string, number> {
 integration(
   "a mirror batch of N listings costs N MeLi requests (one PUT each); cold, one read of the account resolves every SKU",
   async () => {
-    const m = await startMeliHarness({ ratePerSecond: 100 });
+    // REMERA-002 is sold by three items of one user product: still one listing, one write.
+    const m = await startMeliHarness({ catalog: catalogWithFamily("REMERA-002"), ratePerSecond: 100 });
     try {
       // Items without variations, enough stock that none reaches 0 (no pause, no reactivation).
       const first = [
@@ -253,6 +254,13 @@ integration(
       assert.deepEqual(stockRequests(m.sandbox, mark), { put: second.length }, "warm mirror batch");
       for (const sku of second) {
         assert.equal(m.sandbox.quantityOf(productOf(sku).producto_id), await m.pos.get(MELI_STORE, sku), sku);
+      }
+      const family = m.sandbox.listingFor(productOf("REMERA-002").producto_id)!;
+      assert.equal(family.itemIds.length, 3);
+      assert.equal(m.sandbox.stats().putsByUserProduct[family.userProductId], 2, "one write per batch");
+      for (const itemId of family.itemIds) {
+        const item = m.sandbox.item(itemId) as { available_quantity: number };
+        assert.equal(item.available_quantity, await m.pos.get(MELI_STORE, "REMERA-002"), itemId);
       }
       assertNoInvalidRequests(m.sandbox);
     } finally {
@@ -493,6 +501,9 @@ integration("under_review, Full and unknown SKUs fail with MeLi's message and re
     assert.equal(by["RINONERA"].error_reason, "fulfillment_listing");
     assert.equal(by["MATE-IMP-01"].error_reason, "sku_ambiguous");
     assert.equal(by["NO-SUCH-SKU"].error_reason, "sku_not_found");
+    // Five SKUs cost more to search than the whole account to read: what the read could not
+    // resolve to one listing (ambiguous, unknown) still got the search's outcome.
+    assert.ok(stockRequests(m.sandbox).scan_page, "the SKUs were resolved by reading the account");
     // The copies are published after each batch is recorded: collect until all four are there.
     const dead: Awaited<ReturnType<typeof m.h.takeDeadLetters>> = [];
     await waitFor(async () => {

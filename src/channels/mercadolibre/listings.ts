@@ -9,8 +9,11 @@
  */
 import type { Sql } from "postgres";
 import type { ChangeOutcome } from "../../model/batch.ts";
+import { logger } from "../../log.ts";
 import { ListingCache } from "../../sync/listing_cache.ts";
 import type { MeliClient, MeliResult } from "./client.ts";
+
+const log = logger("mercadolibre");
 
 /** A resolved listing. */
 export interface MeliListing {
@@ -68,6 +71,12 @@ export interface MeliItem {
 }
 
 const SELLER_TTL_MS = 600_000;
+/** After reading the whole account, SKUs are searched one by one for this long (new listings). */
+const ACCOUNT_READ_INTERVAL_MS = 600_000;
+/** After a read of the account that failed, how long before one is tried again. */
+const ACCOUNT_READ_RETRY_MS = 60_000;
+/** How long the account's size (what reading it would cost) is taken as known. */
+const ACCOUNT_SIZE_TTL_MS = 600_000;
 
 /** The SKU MeLi shows for an item or variation: its SELLER_SKU attribute, else `seller_custom_field`. */
 export function sellerSku(
@@ -110,6 +119,39 @@ export function itemListings(item: MeliItem): ItemListing[] {
   }];
 }
 
+/**
+ * The one item or variation carrying `sku` among `candidates` (items of one user product are one
+ * listing, the first by id standing for it), or why there is none: `sku_not_found`, `sku_ambiguous`.
+ */
+export function pickListing(
+  sku: string,
+  candidates: MeliItem[],
+): { listing: MeliListing } | { outcome: ChangeOutcome } {
+  const all = candidates.flatMap((item) =>
+    itemListings(item).filter((l) => l.sku === sku).map((l) => l.listing)
+  );
+  // Items of one user product are one listing (MeLi copies stock among them): the first stands for it.
+  const family = all.length > 1 && all[0].userProductId !== null &&
+    all.every((l) => l.userProductId === all[0].userProductId);
+  const matches = family ? [[...all].sort((a, b) => a.itemId < b.itemId ? -1 : 1)[0]] : all;
+  if (matches.length === 1) return { listing: matches[0] };
+  return {
+    outcome: matches.length === 0
+      ? {
+        kind: "failed",
+        reason: "sku_not_found",
+        error: `no MercadoLibre listing has SELLER_SKU "${sku}"`,
+      }
+      : {
+        kind: "failed",
+        reason: "sku_ambiguous",
+        error: `several MercadoLibre listings have SELLER_SKU "${sku}" (${
+          matches.map((m) => m.variationId === null ? m.itemId : `${m.itemId}/${m.variationId}`).join(", ")
+        }); make it unique`,
+      },
+  };
+}
+
 /** Maps a non-ok result of a lookup to a transient or permanent outcome. */
 export function lookupProblem(
   result: Exclude<MeliResult<unknown>, { kind: "ok" }>,
@@ -133,15 +175,47 @@ export function lookupProblem(
   }
 }
 
+/** Reads the seller's whole account (catalog.ts: a scan, then multi-gets of 20). */
+export interface AccountReader {
+  /**
+   * The seller's items by the SKUs their listings carry; undefined when `afford(requests, items)`,
+   * asked once the account's size is known, answers false.
+   */
+  itemsBySku(
+    sellerId: string,
+    afford: (requests: number, items: number) => boolean,
+    signal?: AbortSignal,
+  ): Promise<Map<string, MeliItem[]> | undefined>;
+}
+
+/**
+ * Resolving SKUs by reading the whole account instead of one search per SKU. `maxRequests` caps
+ * what one read may cost: it runs while a batch is planned, so it must fit well within the batch's
+ * lease at the request budget's rate.
+ */
+export interface AccountReading {
+  reader: AccountReader;
+  maxRequests: number;
+}
+
 /** Resolves and caches SKU → listing for one seller. */
 export class MeliListings {
   #cache = new ListingCache<MeliListing>();
   #seller: { value: MeliSeller; until: number } | undefined;
+  /** SKUs resolved by a search of their own since the account was last read: what a read would have saved. */
+  #searchesSinceRead = 0;
+  /** When the account may be read (again). */
+  #nextReadAt = 0;
+  /** What reading the account costs, from the size its last scan page told. */
+  #readCost: { requests: number; until: number } | undefined;
+  /** A read under way: a concurrent lookup waits for it rather than start another. */
+  #reading: Promise<void> | undefined;
 
   constructor(
     private readonly sql: Sql,
     private readonly client: MeliClient,
     private readonly configuredUserId?: string,
+    private readonly accountReading?: AccountReading,
   ) {}
 
   /** The seller (id and tags), from MELI_USER_ID or `GET /users/me`; cached 10 min. */
@@ -197,14 +271,26 @@ export class MeliListings {
     return out;
   }
 
-  /** Asks MeLi for SKUs not cached anywhere. */
-  async #lookup(skus: string[], signal?: AbortSignal): Promise<Map<string, MeliResolution>> {
+  /**
+   * Asks MeLi for SKUs not cached anywhere: by reading the whole account when that is worth it
+   * (see {@link #readAccount}), then one search per SKU still unresolved.
+   */
+  async #lookup(wanted: string[], signal?: AbortSignal): Promise<Map<string, MeliResolution>> {
     const out = new Map<string, MeliResolution>();
     const seller = await this.seller(signal);
     if ("ok" in seller) {
-      for (const sku of skus) out.set(sku, seller);
+      for (const sku of wanted) out.set(sku, seller);
       return out;
     }
+    if (this.accountReading) {
+      await this.#readAccount(seller.id, wanted.length, signal);
+      for (const sku of wanted) {
+        const hit = this.#cache.get(sku);
+        if (hit?.ok) out.set(sku, hit);
+      }
+    }
+    const skus = wanted.filter((sku) => !out.has(sku));
+    if (skus.length === 0) return out;
     const found = new Map<string, string[]>();
     for (const sku of skus) {
       const search = await this.client.request<{ results: string[] }>(
@@ -248,50 +334,107 @@ export class MeliListings {
         });
         continue;
       }
-      out.set(sku, await this.#match(sku, itemIds.map((id) => items.get(id)!)));
+      const resolution = await this.#match(sku, itemIds.map((id) => items.get(id)!));
+      if (resolution.ok) this.#searchesSinceRead++;
+      out.set(sku, resolution);
     }
     return out;
   }
 
+  /**
+   * Reads the whole account and caches every SKU it resolves to exactly one listing, when that
+   * costs less than the searches it replaces. A read costs about one request per 17 items
+   * (`accountReadCost`) whatever the SKUs; a search costs one per SKU. Which SKUs will still be
+   * asked is unknown, so the read is bought once the searches already made since the last read
+   * plus the ones this lookup would make reach its cost (rent or buy: never much more than twice
+   * what the cheaper way would have cost), and never above `maxRequests`. The first scan page
+   * tells the account's size; when the read is not worth it, that page is its only cost, and the
+   * size is kept for ten minutes. After a read, SKUs are searched one by one for ten minutes
+   * (listings created since are found that way). What a read does not resolve to one listing
+   * (unknown, ambiguous) is left to the search, so those outcomes are the search's, word for word.
+   */
+  async #readAccount(sellerId: string, asking: number, signal?: AbortSignal): Promise<void> {
+    if (this.#reading) return await this.#reading;
+    const { reader, maxRequests } = this.accountReading!;
+    const now = Date.now();
+    if (now < this.#nextReadAt) return;
+    const worth = (requests: number) =>
+      requests <= maxRequests && requests <= this.#searchesSinceRead + asking;
+    if (this.#readCost && this.#readCost.until > now && !worth(this.#readCost.requests)) return;
+    const read = async () => {
+      let bySku: Map<string, MeliItem[]> | undefined;
+      try {
+        bySku = await reader.itemsBySku(sellerId, (requests, items) => {
+          this.#readCost = { requests, until: Date.now() + ACCOUNT_SIZE_TTL_MS };
+          const go = worth(requests);
+          if (go) {
+            log.info(
+              "resolving SKUs by reading MercadoLibre's whole account ({items} items, {requests} requests) " +
+                "instead of one search per SKU",
+              { items, requests },
+            );
+          }
+          return go;
+        }, signal);
+      } catch (error) {
+        // The searches below still resolve what is asked (or report MeLi's trouble themselves).
+        if (!signal?.aborted) {
+          log.warning("could not read MercadoLibre's whole account ({error}); searching SKU by SKU", {
+            error: (error as Error).message,
+          });
+        }
+        this.#nextReadAt = Date.now() + ACCOUNT_READ_RETRY_MS;
+        return;
+      }
+      if (!bySku) return;
+      this.#searchesSinceRead = 0;
+      this.#nextReadAt = Date.now() + ACCOUNT_READ_INTERVAL_MS;
+      const resolved: [string, MeliListing][] = [];
+      for (const [sku, candidates] of bySku) {
+        const pick = pickListing(sku, candidates);
+        if ("listing" in pick) resolved.push([sku, pick.listing]);
+      }
+      await this.#store(resolved);
+    };
+    this.#reading = read();
+    try {
+      await this.#reading;
+    } finally {
+      this.#reading = undefined;
+    }
+  }
+
   /** Picks the one item or variation carrying `sku`, and caches the answer. */
   async #match(sku: string, candidates: MeliItem[]): Promise<MeliResolution> {
-    const all = candidates.flatMap((item) =>
-      itemListings(item).filter((l) => l.sku === sku).map((l) => l.listing)
-    );
-    // Items of one user product are one listing (MeLi copies stock among them): the first stands for it.
-    const family = all.length > 1 && all[0].userProductId !== null &&
-      all.every((l) => l.userProductId === all[0].userProductId);
-    const matches = family ? [[...all].sort((a, b) => a.itemId < b.itemId ? -1 : 1)[0]] : all;
-    if (matches.length !== 1) {
-      const outcome: ChangeOutcome = matches.length === 0
-        ? {
-          kind: "failed",
-          reason: "sku_not_found",
-          error: `no MercadoLibre listing has SELLER_SKU "${sku}"`,
-        }
-        : {
-          kind: "failed",
-          reason: "sku_ambiguous",
-          error: `several MercadoLibre listings have SELLER_SKU "${sku}" (${
-            matches.map((m) => m.variationId === null ? m.itemId : `${m.itemId}/${m.variationId}`).join(", ")
-          }); make it unique`,
-        };
-      this.#cache.miss(sku, outcome);
-      return { ok: false, outcome };
+    const pick = pickListing(sku, candidates);
+    if ("outcome" in pick) {
+      this.#cache.miss(sku, pick.outcome);
+      return { ok: false, outcome: pick.outcome };
     }
-    const listing = matches[0];
-    await this.sql`
-      insert into listing (channel, sku, external_id, variant_id, data)
-      values ('mercadolibre', ${sku}, ${listing.itemId},
-              ${listing.variationId === null ? null : String(listing.variationId)},
-              ${
-      this.sql.json({ logistic_type: listing.logisticType, user_product_id: listing.userProductId })
-    })
-      on conflict (channel, sku) do update
-        set external_id = excluded.external_id, variant_id = excluded.variant_id, data = excluded.data,
-            resolved_at = now()`;
-    this.#cache.remember(sku, listing);
-    return { ok: true, listing };
+    await this.#store([[sku, pick.listing]]);
+    return { ok: true, listing: pick.listing };
+  }
+
+  /** Records resolved listings in the ledger and in memory (one statement per 1 000). */
+  async #store(resolved: [string, MeliListing][]): Promise<void> {
+    for (let i = 0; i < resolved.length; i += 1_000) {
+      const chunk = resolved.slice(i, i + 1_000);
+      const skus = chunk.map(([sku]) => sku);
+      const items = chunk.map(([, l]) => l.itemId);
+      const variations = chunk.map(([, l]) => l.variationId === null ? null : String(l.variationId));
+      const data = chunk.map(([, l]) =>
+        JSON.stringify({ logistic_type: l.logisticType, user_product_id: l.userProductId })
+      );
+      await this.sql`
+        insert into listing (channel, sku, external_id, variant_id, data)
+        select 'mercadolibre', t.sku, t.external_id, t.variant_id, t.data::jsonb
+          from unnest(${skus}::text[], ${items}::text[], ${variations}::text[], ${data}::text[])
+            as t(sku, external_id, variant_id, data)
+        on conflict (channel, sku) do update
+          set external_id = excluded.external_id, variant_id = excluded.variant_id, data = excluded.data,
+              resolved_at = now()`;
+      for (const [sku, listing] of chunk) this.#cache.remember(sku, listing);
+    }
   }
 
   /** Drops a cached listing (MeLi said it no longer exists). */
