@@ -844,3 +844,50 @@ integration(
     }
   },
 );
+
+integration(
+  "a SKU moved to another variation after the account was read is written where it is now, as a search finds it",
+  async () => {
+    const m = await startMeliHarness({ ratePerSecond: 100 });
+    try {
+      // A cold batch of other SKUs: enough to pay for reading the account (on a branch that reads it).
+      const first = [
+        "REMERA-0010",
+        "REMERA-002",
+        "BUZO-GRIS-L",
+        "BUFANDA-GRIS",
+        "BILLETERA-CUERO",
+        "MOCHILA-URB",
+        "CAMISA-LINO-M",
+        "VESTIDO-FLORAL-S",
+      ];
+      await m.pos.sell(m.h, MELI_STORE, first.map((sku) => ({ sku, qty: 1 })));
+      await settled(m.h, first.length);
+      // The seller swaps the SKUs of two variations of one item on MeLi (nothing was sold of either yet).
+      const v38 = m.sandbox.listingFor(productOf("JEAN-RECTO-38").producto_id)!;
+      const v40 = m.sandbox.listingFor(productOf("JEAN-RECTO-40").producto_id)!;
+      assert.equal(v38.itemId, v40.itemId, "two variations of one item");
+      for (
+        const [vid, sku] of [[v38.variationId, "JEAN-RECTO-40"], [v40.variationId, "JEAN-RECTO-38"]] as const
+      ) {
+        const res = await fetch(`${m.sandbox.url}/items/${v38.itemId}/variations/${vid}`, {
+          method: "PUT",
+          headers: { authorization: `Bearer ${m.sandbox.staticToken}`, "content-type": "application/json" },
+          body: JSON.stringify({ attributes: [{ id: "SELLER_SKU", value_name: sku }] }),
+        });
+        assert.equal(res.status, 200, await res.text());
+      }
+      const mark = m.sandbox.requestLog().length;
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: "JEAN-RECTO-38", qty: 1 }]);
+      await settled(m.h, first.length + 1);
+      const puts = m.sandbox.requestLog().slice(mark).filter((r) => r.method === "PUT").map((r) => r.path);
+      assert.deepEqual(
+        puts,
+        [`/items/${v40.itemId}/variations/${v40.variationId}`],
+        "JEAN-RECTO-38's stock goes to the variation that carries JEAN-RECTO-38 now",
+      );
+    } finally {
+      await m.close();
+    }
+  },
+);
