@@ -246,12 +246,21 @@ integration(
         { ...accountRead(sellerItems(m.sandbox)), put: first.length },
         "cold mirror batch",
       );
-      // Warm: listings written before and listings only that read found cost one PUT each, nothing else.
+      // Nothing the read found besides what was asked is kept in the ledger.
+      const stored = await m.h.sql<{ sku: string }[]>`
+        select sku from listing where channel = 'mercadolibre' order by sku`;
+      assert.deepEqual(stored.map((r) => r.sku), [...first].sort(), "only the SKUs asked are stored");
+      // Warm: listings written before cost one PUT each, nothing else; listings only that read found
+      // are confirmed on their items first, all in one multi-get (they may have moved since the read).
       const second = [...first, "LENTES-SOL-01", "PANUELO-SEDA"];
       const mark = m.sandbox.requestLog().length;
       await m.pos.sell(m.h, MELI_STORE, second.map((sku) => ({ sku, qty: 1 })));
       await settled(m.h, first.length + second.length);
-      assert.deepEqual(stockRequests(m.sandbox, mark), { put: second.length }, "warm mirror batch");
+      assert.deepEqual(
+        stockRequests(m.sandbox, mark),
+        { multi_get: 1, put: second.length },
+        "warm mirror batch",
+      );
       for (const sku of second) {
         assert.equal(m.sandbox.quantityOf(productOf(sku).producto_id), await m.pos.get(MELI_STORE, sku), sku);
       }
@@ -294,8 +303,8 @@ integration(
       assert.deepEqual(await sell(skus.slice(2, 12)), { sku_search: 10, multi_get: 1, put: 10 });
       // 10 more: 12 + 10 = 22 searches would cost more than reading the account: it is read.
       assert.deepEqual(await sell(skus.slice(12, 22)), { ...accountRead(items), put: 10 });
-      // Every SKU of the account is known now.
-      assert.deepEqual(await sell(skus.slice(22, 32)), { put: 10 });
+      // Every SKU of the account is known now: confirmed on its item (one multi-get), not searched.
+      assert.deepEqual(await sell(skus.slice(22, 32)), { multi_get: 1, put: 10 });
       const applied = await m.h.sql<{ n: number }[]>`
         select count(*)::int as n from stock_change where status = 'applied'`;
       assert.equal(applied[0].n, sold);

@@ -45,7 +45,13 @@ import {
 } from "../../sync/channel.ts";
 import type { MeliLocation } from "../../config.ts";
 import type { MeliClient, MeliError, MeliResult } from "./client.ts";
-import { itemListings, type MeliItem, type MeliListings, type MeliSeller } from "./listings.ts";
+import {
+  itemListings,
+  type MeliItem,
+  type MeliListing,
+  type MeliListings,
+  type MeliSeller,
+} from "./listings.ts";
 import { type MeliLocationRef, onlyInFull, quantityAt, readUserProductStock } from "./user_products.ts";
 
 const log = logger("mercadolibre");
@@ -216,29 +222,35 @@ export class MeliCatalog implements ChannelCatalog {
   }
 
   /**
-   * The seller's items grouped by the SKUs their listings carry (the live channel's rules), read
-   * in one pass — a scan, then multi-gets of 20 — for resolving SKUs in bulk (listings.ts). Once
+   * The seller's listings grouped by the SELLER_SKU attribute they carry, read in one pass — a
+   * scan, then multi-gets of 20 — for resolving SKUs in bulk (listings.ts). Only the listings are
+   * kept, never the items' bodies. A SKU set only as `seller_custom_field` is left out: MeLi's
+   * `seller_sku` search and its orders do not go by it, so it must not resolve here either. Once
    * the first scan page says how many items the account has, `afford(requests, items)` is asked
    * whether the whole read is worth its {@link accountReadCost}; false ends it there (undefined).
-   * An item with several listings of one SKU is listed once under it.
    * @throws MeliCatalogError when MeLi cannot be read (after the retries of {@link listings}).
    */
-  async itemsBySku(
+  async listingsBySku(
     sellerId: string,
     afford: (requests: number, items: number) => boolean,
     signal?: AbortSignal,
-  ): Promise<Map<string, MeliItem[]> | undefined> {
+  ): Promise<Map<string, MeliListing[]> | undefined> {
     const ids = await this.#scan(sellerId, emptyCounts(), signal, afford);
     if (!ids) return undefined;
     const seller: MeliSeller = { id: sellerId, tags: [] };
-    const bySku = new Map<string, MeliItem[]>();
+    const bySku = new Map<string, MeliListing[]>();
     for (let i = 0; i < ids.length; i += MULTIGET_LIMIT) {
-      for (
-        const { sku, item } of await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, undefined, signal)
-      ) {
-        const items = bySku.get(sku) ?? [];
-        bySku.set(sku, items);
-        if (!items.some((other) => other.id === item.id)) items.push(item);
+      const items = new Set<MeliItem>();
+      for (const { item } of await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, undefined, signal)) {
+        items.add(item);
+      }
+      for (const item of items) {
+        for (const { sku, listing } of itemListings(item, false)) {
+          if (sku === null) continue;
+          const listings = bySku.get(sku) ?? [];
+          bySku.set(sku, listings);
+          listings.push(listing);
+        }
       }
     }
     return bySku;

@@ -96,19 +96,22 @@ export interface ItemListing {
 
 /**
  * The listings of an item: its variations when it has any (the item's own SKU is
- * then not a listing), else the item itself.
+ * then not a listing), else the item itself. With `customField` false a listing's SKU is
+ * its SELLER_SKU attribute only — the one MeLi's `seller_sku` search and its orders go by.
  */
-export function itemListings(item: MeliItem): ItemListing[] {
+export function itemListings(item: MeliItem, customField = true): ItemListing[] {
   const logisticType = item.shipping?.logistic_type ?? null;
+  const skuOf = (attributes: Attribute[] | undefined, field: string | null | undefined) =>
+    sellerSku(attributes, customField ? field : null);
   if (item.variations && item.variations.length > 0) {
     return item.variations.map((v) => ({
-      sku: sellerSku(v.attributes, v.seller_custom_field),
+      sku: skuOf(v.attributes, v.seller_custom_field),
       listing: { itemId: item.id, variationId: v.id, logisticType, userProductId: v.user_product_id ?? null },
       quantity: v.available_quantity,
     }));
   }
   return [{
-    sku: sellerSku(item.attributes, item.seller_custom_field),
+    sku: skuOf(item.attributes, item.seller_custom_field),
     listing: {
       itemId: item.id,
       variationId: null,
@@ -127,9 +130,17 @@ export function pickListing(
   sku: string,
   candidates: MeliItem[],
 ): { listing: MeliListing } | { outcome: ChangeOutcome } {
-  const all = candidates.flatMap((item) =>
-    itemListings(item).filter((l) => l.sku === sku).map((l) => l.listing)
+  return pickFrom(
+    sku,
+    candidates.flatMap((item) => itemListings(item).filter((l) => l.sku === sku).map((l) => l.listing)),
   );
+}
+
+/** {@link pickListing} over the listings already known to carry `sku`. */
+export function pickFrom(
+  sku: string,
+  all: MeliListing[],
+): { listing: MeliListing } | { outcome: ChangeOutcome } {
   // Items of one user product are one listing (MeLi copies stock among them): the first stands for it.
   const family = all.length > 1 && all[0].userProductId !== null &&
     all.every((l) => l.userProductId === all[0].userProductId);
@@ -178,24 +189,26 @@ export function lookupProblem(
 /** Reads the seller's whole account (catalog.ts: a scan, then multi-gets of 20). */
 export interface AccountReader {
   /**
-   * The seller's items by the SKUs their listings carry; undefined when `afford(requests, items)`,
-   * asked once the account's size is known, answers false.
+   * The seller's listings by the SELLER_SKU attribute they carry (not `seller_custom_field`);
+   * undefined when `afford(requests, items)`, asked once the account's size is known, answers false.
    */
-  itemsBySku(
+  listingsBySku(
     sellerId: string,
     afford: (requests: number, items: number) => boolean,
     signal?: AbortSignal,
-  ): Promise<Map<string, MeliItem[]> | undefined>;
+  ): Promise<Map<string, MeliListing[]> | undefined>;
 }
 
 /**
- * Resolving SKUs by reading the whole account instead of one search per SKU. `maxRequests` caps
- * what one read may cost: it runs while a batch is planned, so it must fit well within the batch's
- * lease at the request budget's rate.
+ * Resolving SKUs by reading the whole account instead of one search per SKU. It runs while a
+ * batch is planned, so it must fit well within the batch's lease: `maxRequests` caps what one
+ * read may cost (at the request budget's rate), `deadlineMs` how long it may take before it is
+ * given up for the search (half the lease).
  */
 export interface AccountReading {
   reader: AccountReader;
   maxRequests: number;
+  deadlineMs: number;
 }
 
 /** Resolves and caches SKU → listing for one seller. */
@@ -209,7 +222,12 @@ export class MeliListings {
   /** What reading the account costs, from the size its last scan page told. */
   #readCost: { requests: number; until: number } | undefined;
   /** A read under way: a concurrent lookup waits for it rather than start another. */
-  #reading: Promise<void> | undefined;
+  #reading: Promise<boolean> | undefined;
+  /**
+   * The last read's listings by SELLER_SKU, in memory only, until it is ten minutes old; a SKU
+   * leaves it once asked (kept in the cache and `listing` if confirmed, else searched).
+   */
+  #accountRead: { bySku: Map<string, MeliListing[]>; until: number } | undefined;
 
   constructor(
     private readonly sql: Sql,
@@ -272,8 +290,12 @@ export class MeliListings {
   }
 
   /**
-   * Asks MeLi for SKUs not cached anywhere: by reading the whole account when that is worth it
-   * (see {@link #readAccount}), then one search per SKU still unresolved.
+   * Asks MeLi for SKUs not cached anywhere. When the account has been read (see
+   * {@link #readAccount}), a SKU it found on one listing is not searched: if the read was made
+   * during this lookup its items are as fresh as a search's; otherwise the item is read again
+   * (`GET /items?ids=`, 20 at a time) to confirm the SKU is still on that item or variation
+   * before the mapping is kept. Every other SKU, and one whose mapping did not hold, is searched.
+   * Only a mapping searched or confirmed goes into `listing` and the memory cache.
    */
   async #lookup(wanted: string[], signal?: AbortSignal): Promise<Map<string, MeliResolution>> {
     const out = new Map<string, MeliResolution>();
@@ -282,12 +304,61 @@ export class MeliListings {
       for (const sku of wanted) out.set(sku, seller);
       return out;
     }
+    const toConfirm = new Map<string, MeliListing>();
     if (this.accountReading) {
-      await this.#readAccount(seller.id, wanted.length, signal);
+      const fresh = await this.#readAccount(seller.id, wanted.length, signal);
+      const read = this.#accountRead && this.#accountRead.until > Date.now() ? this.#accountRead : undefined;
+      if (!read) this.#accountRead = undefined;
+      const confirmed: [string, MeliListing][] = [];
       for (const sku of wanted) {
-        const hit = this.#cache.get(sku);
-        if (hit?.ok) out.set(sku, hit);
+        const listings = read?.bySku.get(sku);
+        if (!listings) continue;
+        const pick = pickFrom(sku, listings);
+        // Ambiguous on the read: the search says so in its own words.
+        if (!("listing" in pick)) continue;
+        if (fresh) confirmed.push([sku, pick.listing]);
+        else toConfirm.set(sku, pick.listing);
       }
+      await this.#store(confirmed);
+      for (const [sku, listing] of confirmed) {
+        read!.bySku.delete(sku);
+        out.set(sku, { ok: true, listing });
+      }
+    }
+    // Items read in this lookup, by id: a confirmation's item is not read again for a search.
+    const items = new Map<string, MeliItem>();
+    const readItems = async (ids: string[], unresolved: () => string[]): Promise<boolean> => {
+      for (let i = 0; i < ids.length; i += 20) {
+        const chunk = ids.slice(i, i + 20);
+        const got = await this.client.request<{ code: number; body: MeliItem }[]>("GET", "/items", {
+          operation: "get_items",
+          query: { ids: chunk.join(","), include_attributes: "all" },
+          signal,
+        });
+        if (got.kind !== "ok") {
+          const problem = lookupProblem(got, `reading items ${chunk.join(", ")}`);
+          for (const s of unresolved()) out.set(s, problem);
+          return false;
+        }
+        for (const entry of got.data) if (entry.code === 200) items.set(entry.body.id, entry.body);
+      }
+      return true;
+    };
+    if (toConfirm.size > 0) {
+      const ids = [...new Set([...toConfirm.values()].map((l) => l.itemId))];
+      if (!await readItems(ids, () => wanted.filter((s) => !out.has(s)))) return out;
+      const confirmed: [string, MeliListing][] = [];
+      for (const [sku, listing] of toConfirm) {
+        this.#accountRead?.bySku.delete(sku);
+        const item = items.get(listing.itemId);
+        const now = item ? itemListings(item, false).filter((l) => l.sku === sku) : [];
+        // Still on that item and variation, and only there within the item: else the search decides.
+        if (now.length === 1 && now[0].listing.variationId === listing.variationId) {
+          confirmed.push([sku, now[0].listing]);
+        }
+      }
+      await this.#store(confirmed);
+      for (const [sku, listing] of confirmed) out.set(sku, { ok: true, listing });
     }
     const skus = wanted.filter((sku) => !out.has(sku));
     if (skus.length === 0) return out;
@@ -306,22 +377,8 @@ export class MeliListings {
       }
       found.set(sku, search.data.results ?? []);
     }
-    const items = new Map<string, MeliItem>();
-    const ids = [...new Set([...found.values()].flat())];
-    for (let i = 0; i < ids.length; i += 20) {
-      const chunk = ids.slice(i, i + 20);
-      const got = await this.client.request<{ code: number; body: MeliItem }[]>("GET", "/items", {
-        operation: "get_items",
-        query: { ids: chunk.join(","), include_attributes: "all" },
-        signal,
-      });
-      if (got.kind !== "ok") {
-        const problem = lookupProblem(got, `reading items ${chunk.join(", ")}`);
-        for (const s of skus) out.set(s, problem);
-        return out;
-      }
-      for (const entry of got.data) if (entry.code === 200) items.set(entry.body.id, entry.body);
-    }
+    const ids = [...new Set([...found.values()].flat())].filter((id) => !items.has(id));
+    if (!await readItems(ids, () => skus)) return out;
     for (const [sku, itemIds] of found) {
       const missing = itemIds.filter((id) => !items.has(id));
       if (missing.length > 0) {
@@ -342,29 +399,35 @@ export class MeliListings {
   }
 
   /**
-   * Reads the whole account and caches every SKU it resolves to exactly one listing, when that
-   * costs less than the searches it replaces. A read costs about one request per 17 items
-   * (`accountReadCost`) whatever the SKUs; a search costs one per SKU. Which SKUs will still be
-   * asked is unknown, so the read is bought once the searches already made since the last read
-   * plus the ones this lookup would make reach its cost (rent or buy: never much more than twice
-   * what the cheaper way would have cost), and never above `maxRequests`. The first scan page
-   * tells the account's size; when the read is not worth it, that page is its only cost, and the
-   * size is kept for ten minutes. After a read, SKUs are searched one by one for ten minutes
-   * (listings created since are found that way). What a read does not resolve to one listing
-   * (unknown, ambiguous) is left to the search, so those outcomes are the search's, word for word.
+   * Reads the whole account when that costs less than the searches it replaces, and keeps what
+   * it found in memory only — per SELLER_SKU the listings carrying it, no item bodies — for
+   * {@link ACCOUNT_READ_INTERVAL_MS}; nothing goes into `listing` until a lookup asks for the
+   * SKU (and, unless the read was made for that lookup, confirms it). A read costs about one
+   * request per 17 items (`accountReadCost`) whatever the SKUs; a search costs one per SKU.
+   * Which SKUs will still be asked is unknown, so the read is bought once the searches already
+   * made since the last read plus the ones this lookup would make reach its cost (rent or buy:
+   * never much more than twice what the cheaper way would have cost), and never above
+   * `maxRequests`. The first scan page tells the account's size; when the read is not worth it,
+   * that page is its only cost, and the size is kept for ten minutes. A read that takes longer
+   * than `deadlineMs` is abandoned (and not tried for ten minutes), and the search resolves what
+   * was asked. After a read, SKUs it did not find are searched one by one (listings created since).
+   * SKUs found only as `seller_custom_field` are not kept: MeLi's `seller_sku` search and its
+   * orders do not find them, so they stay `sku_not_found` whatever the account's size.
+   * @returns true when a read was completed during this call (its items are fresh).
    */
-  async #readAccount(sellerId: string, asking: number, signal?: AbortSignal): Promise<void> {
+  async #readAccount(sellerId: string, asking: number, signal?: AbortSignal): Promise<boolean> {
     if (this.#reading) return await this.#reading;
-    const { reader, maxRequests } = this.accountReading!;
+    const { reader, maxRequests, deadlineMs } = this.accountReading!;
     const now = Date.now();
-    if (now < this.#nextReadAt) return;
+    if (now < this.#nextReadAt) return false;
     const worth = (requests: number) =>
       requests <= maxRequests && requests <= this.#searchesSinceRead + asking;
-    if (this.#readCost && this.#readCost.until > now && !worth(this.#readCost.requests)) return;
-    const read = async () => {
-      let bySku: Map<string, MeliItem[]> | undefined;
+    if (this.#readCost && this.#readCost.until > now && !worth(this.#readCost.requests)) return false;
+    const read = async (): Promise<boolean> => {
+      const deadline = AbortSignal.timeout(deadlineMs);
+      let bySku: Map<string, MeliListing[]> | undefined;
       try {
-        bySku = await reader.itemsBySku(sellerId, (requests, items) => {
+        bySku = await reader.listingsBySku(sellerId, (requests, items) => {
           this.#readCost = { requests, until: Date.now() + ACCOUNT_SIZE_TTL_MS };
           const go = worth(requests);
           if (go) {
@@ -375,30 +438,34 @@ export class MeliListings {
             );
           }
           return go;
-        }, signal);
+        }, signal ? AbortSignal.any([signal, deadline]) : deadline);
       } catch (error) {
         // The searches below still resolve what is asked (or report MeLi's trouble themselves).
-        if (!signal?.aborted) {
+        if (signal?.aborted) {
+          this.#nextReadAt = Date.now() + ACCOUNT_READ_RETRY_MS;
+        } else if (deadline.aborted) {
+          log.warning(
+            "reading MercadoLibre's whole account took longer than {deadlineMs} ms; searching SKU by SKU",
+            { deadlineMs },
+          );
+          this.#nextReadAt = Date.now() + ACCOUNT_READ_INTERVAL_MS;
+        } else {
           log.warning("could not read MercadoLibre's whole account ({error}); searching SKU by SKU", {
             error: (error as Error).message,
           });
+          this.#nextReadAt = Date.now() + ACCOUNT_READ_RETRY_MS;
         }
-        this.#nextReadAt = Date.now() + ACCOUNT_READ_RETRY_MS;
-        return;
+        return false;
       }
-      if (!bySku) return;
+      if (!bySku) return false;
       this.#searchesSinceRead = 0;
       this.#nextReadAt = Date.now() + ACCOUNT_READ_INTERVAL_MS;
-      const resolved: [string, MeliListing][] = [];
-      for (const [sku, candidates] of bySku) {
-        const pick = pickListing(sku, candidates);
-        if ("listing" in pick) resolved.push([sku, pick.listing]);
-      }
-      await this.#store(resolved);
+      this.#accountRead = { bySku, until: Date.now() + ACCOUNT_READ_INTERVAL_MS };
+      return true;
     };
     this.#reading = read();
     try {
-      await this.#reading;
+      return await this.#reading;
     } finally {
       this.#reading = undefined;
     }
@@ -417,6 +484,7 @@ export class MeliListings {
 
   /** Records resolved listings in the ledger and in memory (one statement per 1 000). */
   async #store(resolved: [string, MeliListing][]): Promise<void> {
+    if (resolved.length === 0) return;
     for (let i = 0; i < resolved.length; i += 1_000) {
       const chunk = resolved.slice(i, i + 1_000);
       const skus = chunk.map(([sku]) => sku);

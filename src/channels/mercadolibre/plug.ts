@@ -120,11 +120,13 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
   });
   const client = new MeliClient({ baseUrl, tokens, budget, timeoutMs: config.MELI_TIMEOUT, metrics });
   // SKUs are resolved by reading the whole account when that is cheaper than a search per SKU. The
-  // read runs while a batch is planned, so it may cost at most half the batch's lease at the budget.
+  // read runs while a batch is planned, so it may cost at most half the batch's lease at the budget,
+  // and is given up for the search once it has taken half the lease.
   const catalog = meliCatalog(client, { seller: (signal) => listings.seller(signal) }, config.MELI_LOCATIONS);
   const listings: MeliListings = new MeliListings(sql, client, config.MELI_USER_ID, {
     reader: catalog,
     maxRequests: Math.floor(config.MELI_RATE_PER_SEC * config.DISPATCH_LEASE / 1000 / 2),
+    deadlineMs: Math.floor(config.DISPATCH_LEASE / 2),
   });
   const locks = new ListingLocks(redis, `marketplace-sync:lock:mercadolibre:${host}:`, config.MELI_LOCK_TTL);
   const channel = new MeliChannel({
