@@ -221,6 +221,11 @@ export class MeliListings {
   #nextReadAt = 0;
   /** What reading the account costs, from the size its last scan page told. */
   #readCost: { requests: number; until: number } | undefined;
+  /**
+   * Requests of a read that ran out of time: a read that large is not tried again by this
+   * process (requests go one after another, so at MeLi's real response times it never fits).
+   */
+  #tooSlowFrom = Infinity;
   /** A read under way: a concurrent lookup waits for it rather than start another. */
   #reading: Promise<boolean> | undefined;
   /**
@@ -409,8 +414,9 @@ export class MeliListings {
    * never much more than twice what the cheaper way would have cost), and never above
    * `maxRequests`. The first scan page tells the account's size; when the read is not worth it,
    * that page is its only cost, and the size is kept for ten minutes. A read that takes longer
-   * than `deadlineMs` is abandoned (and not tried for ten minutes), and the search resolves what
-   * was asked. After a read, SKUs it did not find are searched one by one (listings created since).
+   * than `deadlineMs` is abandoned (and a read that large is not tried again by this process), and
+   * the search resolves what was asked; after any read that did not complete, the searches have to
+   * pay for the next one again. After a read, SKUs it did not find are searched one by one (listings created since).
    * SKUs found only as `seller_custom_field` are not kept: MeLi's `seller_sku` search and its
    * orders do not find them, so they stay `sku_not_found` whatever the account's size.
    * @returns true when a read was completed during this call (its items are fresh).
@@ -421,7 +427,7 @@ export class MeliListings {
     const now = Date.now();
     if (now < this.#nextReadAt) return false;
     const worth = (requests: number) =>
-      requests <= maxRequests && requests <= this.#searchesSinceRead + asking;
+      requests <= maxRequests && requests < this.#tooSlowFrom && requests <= this.#searchesSinceRead + asking;
     if (this.#readCost && this.#readCost.until > now && !worth(this.#readCost.requests)) return false;
     const read = async (): Promise<boolean> => {
       const deadline = AbortSignal.timeout(deadlineMs);
@@ -441,6 +447,9 @@ export class MeliListings {
         }, signal ? AbortSignal.any([signal, deadline]) : deadline);
       } catch (error) {
         // The searches below still resolve what is asked (or report MeLi's trouble themselves).
+        // A read that did not complete is bought again only once as many searches have paid for
+        // it again, so a failing or slow read never costs more than twice the searches it replaces.
+        this.#searchesSinceRead = 0;
         if (signal?.aborted) {
           this.#nextReadAt = Date.now() + ACCOUNT_READ_RETRY_MS;
         } else if (deadline.aborted) {
@@ -448,6 +457,7 @@ export class MeliListings {
             "reading MercadoLibre's whole account took longer than {deadlineMs} ms; searching SKU by SKU",
             { deadlineMs },
           );
+          this.#tooSlowFrom = Math.min(this.#tooSlowFrom, this.#readCost?.requests ?? Infinity);
           this.#nextReadAt = Date.now() + ACCOUNT_READ_INTERVAL_MS;
         } else {
           log.warning("could not read MercadoLibre's whole account ({error}); searching SKU by SKU", {
