@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { startService } from "../src/main.ts";
 import { OAuthTokens } from "../src/channels/mercadolibre/tokens.ts";
-import { defaultCatalog } from "../src/sandbox/catalog.ts";
+import { buildCatalog, defaultCatalog } from "../src/sandbox/catalog.ts";
 import {
   type MeliSandbox,
   type MeliSandboxOptions,
@@ -37,9 +37,14 @@ function productOf(sku: string) {
 }
 
 /** Service variables that point the MeLi channel at a sandbox as if it were the real API. */
-function meliEnv(sandbox: MeliSandbox, pos: Pos, extra: Record<string, string> = {}): Record<string, string> {
+function meliEnv(
+  sandbox: MeliSandbox,
+  pos: Pos,
+  extra: Record<string, string> = {},
+  store = MELI_STORE,
+): Record<string, string> {
   return {
-    ...meliAsRealApi(sandbox, MELI_STORE),
+    ...meliAsRealApi(sandbox, store),
     MELI_RATE_PER_SEC: "200",
     POS_STOCK_KEY: pos.keyTemplate,
     DISPATCH_POLL_INTERVAL: "50ms",
@@ -58,18 +63,20 @@ interface MeliHarness {
   close(): Promise<void>;
 }
 
+/** A service on a MeLi sandbox; with `sandboxOptions.tiendaId` its catalog's store is the one mirrored. */
 async function startMeliHarness(
   sandboxOptions: MeliSandboxOptions = {},
   extra: Record<string, string> = {},
 ): Promise<MeliHarness> {
-  const sandbox = await startMeliSandbox({ catalog, tiendaId: MELI_STORE, ...sandboxOptions });
-  const pos = await Pos.open();
-  const config = testConfig(meliEnv(sandbox, pos, extra));
+  const store = sandboxOptions.tiendaId ?? MELI_STORE;
+  const sandbox = await startMeliSandbox({ catalog, tiendaId: store, ...sandboxOptions });
+  const pos = await Pos.open(sandboxOptions.catalog ?? catalog);
+  const config = testConfig(meliEnv(sandbox, pos, extra, store));
   const service = startService(config);
   await service.started;
   const h = await harnessFor(service, config);
   const env = {
-    ...meliEnv(sandbox, pos, extra),
+    ...meliEnv(sandbox, pos, extra, store),
     MELI_REFRESH_TOKEN: config.MELI_REFRESH_TOKEN ?? "",
     EXCHANGE: config.EXCHANGE,
     QUEUE: config.QUEUE,
@@ -167,6 +174,141 @@ integration(
       assert.ok(m.sandbox.stats().puts <= 18, `PUTs: ${m.sandbox.stats().puts}`);
       assertNoInvalidRequests(m.sandbox);
       assert.equal((await m.h.takeDeadLetters()).length, 0);
+    } finally {
+      await m.close();
+    }
+  },
+);
+
+/**
+ * The sandbox's requests on the stock path since `since` (an index into its request log), by
+ * operation; token refreshes and the orders side (catch-up, fetches) are left out.
+ */
+function stockRequests(sandbox: MeliSandbox, since = 0): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const r of sandbox.requestLog().slice(since)) {
+    if (r.path === "/oauth/token" || r.path.startsWith("/orders")) continue;
+    const scan = new URLSearchParams(r.query).get("search_type") === "scan";
+    const op = r.method === "PUT"
+      ? "put"
+      : r.path.endsWith("/items/search")
+      ? scan ? "scan_page" : "sku_search"
+      : r.path === "/items"
+      ? "multi_get"
+      : r.path.startsWith("/users/")
+      ? "get_user"
+      : `${r.method} ${r.path}`;
+    out[op] = (out[op] ?? 0) + 1;
+  }
+  return out;
+}
+
+/** What reading a whole account of `items` items costs: scan pages of 100 (and the empty last one), multi-gets of 20. */
+function accountRead(items: number): { scan_page: number; multi_get: number } {
+  return { scan_page: Math.ceil(items / 100) + 1, multi_get: Math.ceil(items / 20) };
+}
+
+/** Items our seller has in the sandbox (copies of one user product each count). */
+function sellerItems(sandbox: MeliSandbox): number {
+  return new Set(sandbox.listings.flatMap((l) => l.itemIds)).size;
+}
+
+/** `get_user` (the seller, once, cached; the orders side may have asked first) apart from the rest. */
+function withoutSeller(counts: Record<string, number>): Record<string, number> {
+  const { get_user = 0, ...rest } = counts;
+  assert.ok(get_user <= 1, `GET /users/me at most once, got ${get_user}`);
+  return rest;
+}
+
+integration(
+  "a mirror batch of N listings costs N MeLi requests (one PUT each); cold, one read of the account resolves every SKU",
+  async () => {
+    // REMERA-002 is sold by three items of one user product: still one listing, one write.
+    const m = await startMeliHarness({ catalog: catalogWithFamily("REMERA-002"), ratePerSecond: 100 });
+    try {
+      // Items without variations, enough stock that none reaches 0 (no pause, no reactivation).
+      const first = [
+        "REMERA-0010",
+        "REMERA-002",
+        "BUZO-GRIS-L",
+        "BUFANDA-GRIS",
+        "BILLETERA-CUERO",
+        "MOCHILA-URB",
+        "CAMISA-LINO-M",
+        "VESTIDO-FLORAL-S",
+      ];
+      await m.pos.sell(m.h, MELI_STORE, first.map((sku) => ({ sku, qty: 1 })));
+      await settled(m.h, first.length);
+      // Cold: the SKUs are found by reading the seller's whole account once (scan, multi-gets of 20),
+      // not by one search per SKU; then one PUT per listing.
+      assert.deepEqual(
+        withoutSeller(stockRequests(m.sandbox)),
+        { ...accountRead(sellerItems(m.sandbox)), put: first.length },
+        "cold mirror batch",
+      );
+      // Nothing the read found besides what was asked is kept in the ledger.
+      const stored = await m.h.sql<{ sku: string }[]>`
+        select sku from listing where channel = 'mercadolibre' order by sku`;
+      assert.deepEqual(stored.map((r) => r.sku), [...first].sort(), "only the SKUs asked are stored");
+      // Warm: listings written before cost one PUT each, nothing else; listings only that read found
+      // are confirmed on their items first, all in one multi-get (they may have moved since the read).
+      const second = [...first, "LENTES-SOL-01", "PANUELO-SEDA"];
+      const mark = m.sandbox.requestLog().length;
+      await m.pos.sell(m.h, MELI_STORE, second.map((sku) => ({ sku, qty: 1 })));
+      await settled(m.h, first.length + second.length);
+      assert.deepEqual(
+        stockRequests(m.sandbox, mark),
+        { multi_get: 1, put: second.length },
+        "warm mirror batch",
+      );
+      for (const sku of second) {
+        assert.equal(m.sandbox.quantityOf(productOf(sku).producto_id), await m.pos.get(MELI_STORE, sku), sku);
+      }
+      const family = m.sandbox.listingFor(productOf("REMERA-002").producto_id)!;
+      assert.equal(family.itemIds.length, 3);
+      assert.equal(m.sandbox.stats().putsByUserProduct[family.userProductId], 2, "one write per batch");
+      for (const itemId of family.itemIds) {
+        const item = m.sandbox.item(itemId) as { available_quantity: number };
+        assert.equal(item.available_quantity, await m.pos.get(MELI_STORE, "REMERA-002"), itemId);
+      }
+      assertNoInvalidRequests(m.sandbox);
+    } finally {
+      await m.close();
+    }
+  },
+);
+
+integration(
+  "a large account is searched SKU by SKU until those searches would have paid for one read of the account",
+  async () => {
+    // 300 items without variations: reading the account costs 4 scan pages + 15 multi-gets = 19.
+    const big = buildCatalog({ skus: 300, stores: 2, seed: 15 });
+    const store = big.stores[0].tienda_id;
+    const skus = big.products.filter((p) => p.stock[store] >= 2).map((p) => p.sku);
+    const m = await startMeliHarness({ catalog: big, tiendaId: store, ratePerSecond: 100 });
+    try {
+      const items = sellerItems(m.sandbox);
+      assert.equal(items, 300);
+      let sold = 0;
+      const sell = async (batch: string[]) => {
+        const mark = m.sandbox.requestLog().length;
+        await m.pos.sell(m.h, store, batch.map((sku) => ({ sku, qty: 1 })));
+        sold += batch.length;
+        await settled(m.h, sold);
+        return withoutSeller(stockRequests(m.sandbox, mark));
+      };
+      // 2 SKUs: the first scan page tells the account's size; 19 requests are not worth 2 searches.
+      assert.deepEqual(await sell(skus.slice(0, 2)), { scan_page: 1, sku_search: 2, multi_get: 1, put: 2 });
+      // 10 more: 2 searches made + 10 = 12, still under 19.
+      assert.deepEqual(await sell(skus.slice(2, 12)), { sku_search: 10, multi_get: 1, put: 10 });
+      // 10 more: 12 + 10 = 22 searches would cost more than reading the account: it is read.
+      assert.deepEqual(await sell(skus.slice(12, 22)), { ...accountRead(items), put: 10 });
+      // Every SKU of the account is known now: confirmed on its item (one multi-get), not searched.
+      assert.deepEqual(await sell(skus.slice(22, 32)), { multi_get: 1, put: 10 });
+      const applied = await m.h.sql<{ n: number }[]>`
+        select count(*)::int as n from stock_change where status = 'applied'`;
+      assert.equal(applied[0].n, sold);
+      assertNoInvalidRequests(m.sandbox);
     } finally {
       await m.close();
     }
@@ -368,6 +510,9 @@ integration("under_review, Full and unknown SKUs fail with MeLi's message and re
     assert.equal(by["RINONERA"].error_reason, "fulfillment_listing");
     assert.equal(by["MATE-IMP-01"].error_reason, "sku_ambiguous");
     assert.equal(by["NO-SUCH-SKU"].error_reason, "sku_not_found");
+    // Five SKUs cost more to search than the whole account to read: what the read could not
+    // resolve to one listing (ambiguous, unknown) still got the search's outcome.
+    assert.ok(stockRequests(m.sandbox).scan_page, "the SKUs were resolved by reading the account");
     // The copies are published after each batch is recorded: collect until all four are there.
     const dead: Awaited<ReturnType<typeof m.h.takeDeadLetters>> = [];
     await waitFor(async () => {
@@ -703,6 +848,53 @@ integration(
       assert.equal(m.sandbox.quantityOf(id), 99, "the sale subtracted once");
       assert.equal(m.sandbox.stats().puts, 1, "one PUT");
       assert.deepEqual(await statusCounts(m.h), { applied: 1 });
+    } finally {
+      await m.close();
+    }
+  },
+);
+
+integration(
+  "a SKU moved to another variation after the account was read is written where it is now, as a search finds it",
+  async () => {
+    const m = await startMeliHarness({ ratePerSecond: 100 });
+    try {
+      // A cold batch of other SKUs: enough to pay for reading the account (on a branch that reads it).
+      const first = [
+        "REMERA-0010",
+        "REMERA-002",
+        "BUZO-GRIS-L",
+        "BUFANDA-GRIS",
+        "BILLETERA-CUERO",
+        "MOCHILA-URB",
+        "CAMISA-LINO-M",
+        "VESTIDO-FLORAL-S",
+      ];
+      await m.pos.sell(m.h, MELI_STORE, first.map((sku) => ({ sku, qty: 1 })));
+      await settled(m.h, first.length);
+      // The seller swaps the SKUs of two variations of one item on MeLi (nothing was sold of either yet).
+      const v38 = m.sandbox.listingFor(productOf("JEAN-RECTO-38").producto_id)!;
+      const v40 = m.sandbox.listingFor(productOf("JEAN-RECTO-40").producto_id)!;
+      assert.equal(v38.itemId, v40.itemId, "two variations of one item");
+      for (
+        const [vid, sku] of [[v38.variationId, "JEAN-RECTO-40"], [v40.variationId, "JEAN-RECTO-38"]] as const
+      ) {
+        const res = await fetch(`${m.sandbox.url}/items/${v38.itemId}/variations/${vid}`, {
+          method: "PUT",
+          headers: { authorization: `Bearer ${m.sandbox.staticToken}`, "content-type": "application/json" },
+          body: JSON.stringify({ attributes: [{ id: "SELLER_SKU", value_name: sku }] }),
+        });
+        assert.equal(res.status, 200, await res.text());
+      }
+      const mark = m.sandbox.requestLog().length;
+      await m.pos.sell(m.h, MELI_STORE, [{ sku: "JEAN-RECTO-38", qty: 1 }]);
+      await settled(m.h, first.length + 1);
+      const puts = m.sandbox.requestLog().slice(mark).filter((r) => r.method === "PUT").map((r) => r.path);
+      assert.deepEqual(
+        puts,
+        [`/items/${v40.itemId}/variations/${v40.variationId}`],
+        "JEAN-RECTO-38's stock goes to the variation that carries JEAN-RECTO-38 now",
+      );
     } finally {
       await m.close();
     }

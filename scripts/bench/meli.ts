@@ -13,7 +13,8 @@
  * quantity of every product is max(0, its Redis value at the MeLi store).
  *
  * The burst runs twice on one service: `cold` resolves every listing for the
- * first time (search + GET per SKU, cached afterwards), `warm` (new sales, same
+ * first time (a search per SKU and multi-gets of 20, or one read of the whole
+ * account when that is cheaper; cached afterwards), `warm` (new sales, same
  * SKUs) is the measured one. Per phase: PUTs against the listings touched, how
  * they spread per listing and over time, 429s, requests by operation, the
  * request rate achieved against the budget, and time to converge from the last
@@ -94,10 +95,13 @@ function mismatchesOf(sandbox: MeliSandbox, expected: Map<string, number>): numb
 }
 
 /** Which API operation a request was (from the sandbox's request log). */
-function operationOf(method: string, path: string): string {
+function operationOf(method: string, path: string, query: string): string {
   if (path === "/oauth/token") return "oauth_token";
   if (method === "PUT") return path.includes("/variations/") ? "put_variation" : "put_item";
-  if (path.endsWith("/items/search")) return "search_items";
+  if (path.endsWith("/items/search")) {
+    return new URLSearchParams(query).get("search_type") === "scan" ? "scan_items" : "search_items";
+  }
+  if (path === "/items") return "get_items";
   if (path.startsWith("/users/")) return "get_user";
   if (path.startsWith("/items")) return "get_item";
   return "other";
@@ -178,7 +182,7 @@ async function runPhase(p: Phase, sales: SampleSale[], label: string): Promise<S
   const requests = sandbox.requestLog().filter((r) => r.at >= t0Wall);
   const byOperation: Record<string, number> = {};
   for (const r of requests) {
-    const op = operationOf(r.method, r.path);
+    const op = operationOf(r.method, r.path, r.query);
     byOperation[op] = (byOperation[op] ?? 0) + 1;
   }
   const apiRequests = requests.filter((r) => r.path !== "/oauth/token");

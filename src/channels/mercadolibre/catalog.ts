@@ -45,7 +45,13 @@ import {
 } from "../../sync/channel.ts";
 import type { MeliLocation } from "../../config.ts";
 import type { MeliClient, MeliError, MeliResult } from "./client.ts";
-import { itemListings, type MeliItem, type MeliListings, type MeliSeller } from "./listings.ts";
+import {
+  itemListings,
+  type MeliItem,
+  type MeliListing,
+  type MeliListings,
+  type MeliSeller,
+} from "./listings.ts";
 import { type MeliLocationRef, onlyInFull, quantityAt, readUserProductStock } from "./user_products.ts";
 
 const log = logger("mercadolibre");
@@ -131,6 +137,12 @@ interface Found {
 interface ScanPage {
   scroll_id?: string | null;
   results?: string[];
+  paging?: { total?: number };
+}
+
+/** Requests a read of a whole account of `items` items costs: scan pages (and the empty last one), multi-gets. */
+export function accountReadCost(items: number): number {
+  return Math.ceil(items / SCAN_LIMIT) + 1 + Math.ceil(items / MULTIGET_LIMIT);
 }
 
 /** The seller's whole MercadoLibre catalog, in pages. */
@@ -160,7 +172,7 @@ export class MeliCatalog implements ChannelCatalog {
     const counts = emptyCounts();
     this.#last = counts;
     const seller = await this.#seller(signal);
-    const ids = await this.#scan(seller.id, counts, signal);
+    const ids = (await this.#scan(seller.id, counts, signal))!;
     counts.items = ids.length;
     const multiOrigin = seller.tags.includes("warehouse_management");
 
@@ -207,6 +219,41 @@ export class MeliCatalog implements ChannelCatalog {
         stock_reads: counts.stockReads,
       },
     );
+  }
+
+  /**
+   * The seller's listings grouped by the SELLER_SKU attribute they carry, read in one pass — a
+   * scan, then multi-gets of 20 — for resolving SKUs in bulk (listings.ts). Only the listings are
+   * kept, never the items' bodies. A SKU set only as `seller_custom_field` is left out: MeLi's
+   * `seller_sku` search and its orders do not go by it, so it must not resolve here either. Once
+   * the first scan page says how many items the account has, `afford(requests, items)` is asked
+   * whether the whole read is worth its {@link accountReadCost}; false ends it there (undefined).
+   * @throws MeliCatalogError when MeLi cannot be read (after the retries of {@link listings}).
+   */
+  async listingsBySku(
+    sellerId: string,
+    afford: (requests: number, items: number) => boolean,
+    signal?: AbortSignal,
+  ): Promise<Map<string, MeliListing[]> | undefined> {
+    const ids = await this.#scan(sellerId, emptyCounts(), signal, afford);
+    if (!ids) return undefined;
+    const seller: MeliSeller = { id: sellerId, tags: [] };
+    const bySku = new Map<string, MeliListing[]>();
+    for (let i = 0; i < ids.length; i += MULTIGET_LIMIT) {
+      const items = new Set<MeliItem>();
+      for (const { item } of await this.#read(ids.slice(i, i + MULTIGET_LIMIT), seller, undefined, signal)) {
+        items.add(item);
+      }
+      for (const item of items) {
+        for (const { sku, listing } of itemListings(item, false)) {
+          if (sku === null) continue;
+          const listings = bySku.get(sku) ?? [];
+          bySku.set(sku, listings);
+          listings.push(listing);
+        }
+      }
+    }
+    return bySku;
   }
 
   /**
@@ -283,8 +330,16 @@ export class MeliCatalog implements ChannelCatalog {
     );
   }
 
-  /** The seller's item ids, each once, from a scan (started over if its scroll id expires). */
-  async #scan(sellerId: string, counts: MeliCatalogCounts, signal: AbortSignal | undefined) {
+  /**
+   * The seller's item ids, each once, from a scan (started over if its scroll id expires). With
+   * `afford`, undefined when it answers false for the account's size the first page tells.
+   */
+  async #scan(
+    sellerId: string,
+    counts: MeliCatalogCounts,
+    signal: AbortSignal | undefined,
+    afford?: (requests: number, items: number) => boolean,
+  ): Promise<string[] | undefined> {
     const maxRestarts = this.options.scanRestarts ?? 3;
     const path = `/users/${encodeURIComponent(sellerId)}/items/search`;
     const seen = new Set<string>();
@@ -314,6 +369,11 @@ export class MeliCatalog implements ChannelCatalog {
         );
       }
       const results = got.data.results ?? [];
+      if (afford && scrollId === undefined && counts.scanRestarts === 0) {
+        // No total, no estimate: not worth guessing.
+        const total = got.data.paging?.total;
+        if (typeof total !== "number" || !afford(accountReadCost(total), total)) return undefined;
+      }
       for (const id of results) seen.add(id);
       // The end: MeLi answers an empty scroll_id (and no results).
       if (!got.data.scroll_id || results.length === 0) return [...seen];

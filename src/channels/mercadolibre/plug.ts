@@ -119,7 +119,15 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
     restoreRate: config.MELI_RATE_PER_SEC,
   });
   const client = new MeliClient({ baseUrl, tokens, budget, timeoutMs: config.MELI_TIMEOUT, metrics });
-  const listings = new MeliListings(sql, client, config.MELI_USER_ID);
+  // SKUs are resolved by reading the whole account when that is cheaper than a search per SKU. The
+  // read runs while a batch is planned, so it may cost at most half the batch's lease at the budget,
+  // and is given up for the search once it has taken half the lease.
+  const catalog = meliCatalog(client, { seller: (signal) => listings.seller(signal) }, config.MELI_LOCATIONS);
+  const listings: MeliListings = new MeliListings(sql, client, config.MELI_USER_ID, {
+    reader: catalog,
+    maxRequests: Math.floor(config.MELI_RATE_PER_SEC * config.DISPATCH_LEASE / 1000 / 2),
+    deadlineMs: Math.floor(config.DISPATCH_LEASE / 2),
+  });
   const locks = new ListingLocks(redis, `marketplace-sync:lock:mercadolibre:${host}:`, config.MELI_LOCK_TTL);
   const channel = new MeliChannel({
     client,
@@ -177,7 +185,7 @@ export async function plugMercadoLibre(context: PlugContext): Promise<MeliPlug> 
       locks,
       tiendaId,
       config.MELI_MODE === "delta",
-      meliCatalog(client, listings, config.MELI_LOCATIONS),
+      catalog,
       config.MELI_LOCATIONS,
     ),
     probe: {
