@@ -45,6 +45,7 @@ Deno.test("permissionsFor: the quickstart configuration (loopback services, both
     "--allow-sys=hostname",
     "--no-prompt",
     "--no-remote",
+    "--no-code-cache",
     "--v8-flags=--max-semi-space-size=2,--max-old-space-size=256",
   ]);
   assert.ok(
