@@ -64,9 +64,9 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
 # service's own message —, prints the granted set and runs src/main.ts with the permissions derived from
 # the container's configuration (src/permissions.ts): net only to RABBITMQ_URL, DATABASE_URL, REDIS_URL, the
 # marketplaces and the listen address, env only the variables the service and its libraries read, sys
-# hostname; no read, write, run or ffi. The same derivation adds the service's V8 heap settings
-# (`--v8-flags=--max-semi-space-size=2,--max-old-space-size=256`) and, unless set here, GLIBC_TUNABLES for
-# glibc's allocator (src/permissions.ts V8_FLAGS / SERVICE_ENV, docs/DECISIONS.md "Memory"); to change the heap
-# settings append e.g. "--v8-flags=--max-old-space-size=512" after "--frozen" below. It forwards SIGTERM to the
-# service and exits with its exit code.
+# hostname; no read, write, run or ffi. The same derivation adds --no-code-cache and the service's V8
+# settings (`--v8-flags=--max-semi-space-size=2,--max-old-space-size=256,--expose-gc`) and, unless set here,
+# GLIBC_TUNABLES for glibc's allocator (src/permissions.ts DENO_FLAGS / V8_FLAGS / SERVICE_ENV,
+# docs/DECISIONS.md "Memory"); to change the heap settings append e.g. "--v8-flags=--max-old-space-size=512"
+# after "--frozen" below. It forwards SIGTERM to the service and exits with its exit code.
 CMD ["deno", "run", "--cached-only", "--frozen", "--allow-env", "--allow-run=deno", "scripts/launch.ts", "--cached-only", "--frozen", "src/main.ts"]

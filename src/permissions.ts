@@ -17,8 +17,9 @@
  *   instead of asking a person on a TTY; `--no-remote`, so no `import("https://…")` fetches code from a
  *   host outside the list (Deno otherwise allows remote imports from deno.land, jsr.io, esm.sh, … by default).
  *
- * The same flags carry the service's V8 heap settings ({@link V8_FLAGS}), and {@link SERVICE_ENV} holds the
- * allocator settings the launcher gives the service process: how the service runs is decided here too, once.
+ * The same flags carry the service's runtime settings — Deno's ({@link DENO_FLAGS}) and V8's heap settings
+ * ({@link V8_FLAGS}) —, and {@link SERVICE_ENV} holds the allocator settings the launcher gives the service
+ * process: how the service runs is decided here too, once.
  */
 import { type Config, CONFIG_VARIABLES } from "./config.ts";
 
@@ -82,6 +83,19 @@ const DEFAULT_PORTS: Record<string, number> = {
 };
 
 /**
+ * Deno runtime settings of the service process (docs/DECISIONS.md, "Memory"; measured with
+ * `deno task bench --sections idle`, docs/BENCHMARKS.md, "Sustained stream").
+ *
+ * - `--no-code-cache`: with a writable DENO_DIR (`deno task start` on a host, the benchmarks) Deno keeps V8's
+ *   compiled code of every module in a SQLite file there and keeps that file mapped while the process runs:
+ *   ~4.5 MiB of the idle service's RSS (file pages) and ~1 MiB of malloc's heap, for a cache that only
+ *   saves compiling at start-up (0.1–0.4 CPU-seconds here, once). Idle, 3 s after start-up: 96–97 MiB
+ *   without it against 102–106 MiB with it. The container's DENO_DIR is read-only and holds no code cache
+ *   (nothing in the image build runs the service), so there the flag changes nothing.
+ */
+export const DENO_FLAGS: readonly string[] = ["--no-code-cache"];
+
+/**
  * V8 heap settings of the service process (docs/DECISIONS.md, "Memory"; measured in docs/BENCHMARKS.md,
  * "Sustained stream"). V8 sizes its heap for the machine, not for this service: on a host with a few GiB it
  * lets the young generation grow to 2 × 16 MiB semi-spaces (never given back) and, with a 4 GiB old-space
@@ -93,8 +107,17 @@ const DEFAULT_PORTS: Record<string, number> = {
  * - `--max-old-space-size=256`: the old generation may hold up to 256 MiB of live data (5× what was measured
  *   under load) before V8 gives up with "heap out of memory". The smaller limit also makes V8 use its small
  *   heap growing factor (≈1.3 instead of up to 4), which is what keeps the old generation near its live size.
+ * - `--expose-gc`: the global `gc()`, called once when start-up is done (collectStartupGarbage in
+ *   src/service/process.ts) for one memory-reducing collection. Start-up leaves ~15 MiB of committed heap
+ *   pages it no longer needs, which V8's own memory reducer gives back only ~30 s later: with the call the
+ *   idle service measured 82–84 MiB RSS 3 s after start-up instead of 96–97 (docs/BENCHMARKS.md). Nothing
+ *   else calls it. A `--v8-flags=…` given to the launcher without it just skips that collection.
  */
-export const V8_FLAGS: readonly string[] = ["--max-semi-space-size=2", "--max-old-space-size=256"];
+export const V8_FLAGS: readonly string[] = [
+  "--max-semi-space-size=2",
+  "--max-old-space-size=256",
+  "--expose-gc",
+];
 
 /**
  * Environment defaults for the service process, set by the launcher (scripts/launch.ts) unless the
@@ -139,8 +162,8 @@ export interface Permissions {
   read: string[];
   sys: string[];
   /**
-   * For `deno run` / `deno compile`: the `--allow-*` flags, `--no-prompt`, `--no-remote` and, last, the V8
-   * heap settings (`--v8-flags=`, {@link V8_FLAGS}).
+   * For `deno run` / `deno compile`: the `--allow-*` flags, `--no-prompt`, `--no-remote`, the Deno runtime
+   * settings ({@link DENO_FLAGS}) and, last, the V8 heap settings (`--v8-flags=`, {@link V8_FLAGS}).
    */
   flags: string[];
   /** Why each net and read entry is there (the variables it comes from), for people. */
@@ -247,7 +270,7 @@ export function permissionsFor(config: Config, env: Record<string, string | unde
     `--allow-sys=${SYS.join(",")}`,
   ];
   if (read.length > 0) flags.push(`--allow-read=${read.join(",")}`);
-  flags.push("--no-prompt", "--no-remote", `--v8-flags=${V8_FLAGS.join(",")}`);
+  flags.push("--no-prompt", "--no-remote", ...DENO_FLAGS, `--v8-flags=${V8_FLAGS.join(",")}`);
   return { net, env: envList, read, sys: [...SYS], flags, reasons };
 }
 

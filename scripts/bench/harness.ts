@@ -66,6 +66,8 @@ export interface BenchOptions {
   meliSales: number;
   meliSkus: number;
   meliRate: number;
+  /** Idle: how long the service rests before its memory is read again. */
+  idleSeconds: number;
   /** Sustained stream: sales per second and seconds. */
   sustainedRate: number;
   sustainedSeconds: number;
@@ -284,6 +286,61 @@ export async function rssMib(pid: number): Promise<{ rss: number; hwm: number } 
   } catch {
     return undefined;
   }
+}
+
+/** A process's resident memory in MiB, split by kind (/proc/<pid>/status) and by mapping (/proc/<pid>/smaps). */
+export interface MemorySplit {
+  rss: number;
+  /** Anonymous memory: the V8 heap, malloc's arenas, thread stacks, JIT code. */
+  anon: number;
+  /** File-backed pages: the executable and the files it maps. */
+  file: number;
+  /** Resident MiB per group of mappings (see {@link memorySplit}). */
+  mappings: Record<string, number>;
+}
+
+/**
+ * Where a process's resident memory is (undefined once it is gone). Mapping groups: `binary_text` and
+ * `binary_data` (the executable `binary` maps: code, read-only data with V8's snapshot, its own writable
+ * data), `code_cache` (Deno's V8 code cache database, mapped by SQLite), `other_files` (shared libraries,
+ * Deno's other caches), `malloc_heap` (glibc's main arena, `[heap]`), `anonymous` (nameless mappings: the
+ * V8 heap, malloc's other arenas, thread stacks, JIT code) and `other` (`[stack]`, `[vvar]`, …).
+ */
+export async function memorySplit(pid: number, binary: string): Promise<MemorySplit | undefined> {
+  let status: string, smaps: string;
+  try {
+    [status, smaps] = await Promise.all([
+      Deno.readTextFile(`/proc/${pid}/status`),
+      Deno.readTextFile(`/proc/${pid}/smaps`),
+    ]);
+  } catch {
+    return undefined;
+  }
+  const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
+  const mappings: Record<string, number> = {};
+  let group = "other";
+  for (const line of smaps.split("\n")) {
+    // "start-end perms offset dev inode [name]" opens each mapping; "Rss: N kB" is one of its fields.
+    const header = /^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (header) {
+      const [, perms, name] = header;
+      group = name === binary
+        ? (perms.includes("x") ? "binary_text" : "binary_data")
+        : name.includes("v8_code_cache")
+        ? "code_cache"
+        : name.startsWith("/")
+        ? "other_files"
+        : name === "[heap]"
+        ? "malloc_heap"
+        : name === ""
+        ? "anonymous"
+        : "other";
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) mappings[group] = (mappings[group] ?? 0) + Number(rss[1]) / 1024;
+  }
+  return { rss: kib("VmRSS") / 1024, anon: kib("RssAnon") / 1024, file: kib("RssFile") / 1024, mappings };
 }
 
 /** USER_HZ: the unit of utime/stime in /proc/<pid>/stat (100 on every Linux the service targets). */

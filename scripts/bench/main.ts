@@ -26,7 +26,7 @@
  * ledger. Later scenarios (e.g. marketplace sync throughput) are added as
  * further {@link Section}s in {@link SECTIONS}: `shopify` and `naive`
  * (scripts/bench/shopify.ts), `meli` (scripts/bench/meli.ts), `sustained`
- * (scripts/bench/sustained.ts), `resync` (scripts/bench/resync.ts); `machine` is scripts/bench/machine.ts, `broker`
+ * (scripts/bench/sustained.ts), `idle` (scripts/bench/idle.ts), `resync` (scripts/bench/resync.ts); `machine` is scripts/bench/machine.ts, `broker`
  * and `custody` scripts/bench/custody.ts. This file is the command line and the
  * runner; what the sections share is scripts/bench/harness.ts, and the sections
  * import only that.
@@ -59,6 +59,7 @@ import { brokerSection, custodySection } from "./custody.ts";
 import { naiveSection, shopifyBurstSection } from "./shopify.ts";
 import { meliBurstSection } from "./meli.ts";
 import { sustainedSection } from "./sustained.ts";
+import { idleSection } from "./idle.ts";
 import { resyncSection } from "./resync.ts";
 
 /** The service's own defaults, so the benchmark follows them when they change. */
@@ -72,6 +73,7 @@ const SECTION_IDS: readonly string[] = [
   "shopify",
   "naive",
   "meli",
+  "idle",
   "sustained",
   "resync",
 ];
@@ -102,7 +104,7 @@ options:
   --log-level LEVEL      service LOG_LEVEL: ${LOG_LEVELS.join(", ")} (default warning)
   --seed N               seed for the sample events (default 7)
   --sections LIST        comma-separated sections to run (default: all):
-                         machine,broker,custody,shopify,naive,meli,sustained,resync
+                         machine,broker,custody,shopify,naive,meli,idle,sustained,resync
   --shopify-sales N      Shopify burst: sales (default 20000)
   --shopify-skus N       Shopify burst: SKUs (default 500)
   --shopify-stores N     Shopify burst: stores (default 5)
@@ -115,6 +117,8 @@ options:
                          ~3 requests per SKU cold, 1 warm: at 5 req/s ~7.5 min for 500 SKUs
   --meli-rate N          MeLi burst: MELI_RATE_PER_SEC (default ${SERVICE_DEFAULTS.MELI_RATE_PER_SEC});
                          the sandbox's own limit is twice that
+  --idle-seconds N       idle: how long the service rests after start-up before its memory is read
+                         again (default 45; 4..3600); no load, its RSS split by kind and mapping
   --sustained-rate N     sustained stream: sales per second (default 1000)
   --sustained-seconds N  sustained stream: how long (default 60); the service runs as its own
                          process with its derived permissions, its RSS sampled from /proc
@@ -171,6 +175,7 @@ export function parseOptions(args: string[]): BenchOptions {
         "meli-sales": { type: "string" },
         "meli-skus": { type: "string" },
         "meli-rate": { type: "string", default: String(SERVICE_DEFAULTS.MELI_RATE_PER_SEC) },
+        "idle-seconds": { type: "string", default: "45" },
         "sustained-rate": { type: "string", default: "1000" },
         "sustained-seconds": { type: "string", default: "60" },
         "resync-skus": { type: "string", default: "10000" },
@@ -234,6 +239,7 @@ export function parseOptions(args: string[]): BenchOptions {
       ? shopifySkus
       : wholeNumber("meli-skus", values["meli-skus"], 1, 100_000),
     meliRate: wholeNumber("meli-rate", values["meli-rate"], 1, 500),
+    idleSeconds: wholeNumber("idle-seconds", values["idle-seconds"], 4, 3_600),
     sustainedRate: wholeNumber("sustained-rate", values["sustained-rate"], 1, 100_000),
     sustainedSeconds: wholeNumber("sustained-seconds", values["sustained-seconds"], 1, 3_600),
     resyncSkus: String(values["resync-skus"]).split(",").map((n) =>
@@ -268,6 +274,7 @@ export const SECTIONS: readonly Section[] = [
   shopifyBurstSection,
   naiveSection,
   meliBurstSection,
+  idleSection,
   sustainedSection,
   resyncSection,
 ];
@@ -390,6 +397,14 @@ async function main(): Promise<number> {
   if (results.naive) {
     lines.push(
       `naive baseline ${results.naive.steady_items_per_s} items/s; it needs ${results.naive.calls_ratio_naive_to_service_cold}x (cold) / ${results.naive.calls_ratio_naive_to_service_warm}x (warm) the service's calls`,
+    );
+  }
+  if (results.idle) {
+    const r = results.idle;
+    lines.push(
+      `idle service RSS ${r.after_3s_rss_mib} MiB 3 s after ready (target <= 100: ${
+        r.target_rss_idle_le_100_mib ? "met" : "NOT met"
+      }; anon ${r.after_3s_anon_mib}, file ${r.after_3s_file_mib}), ${r.rest_rss_mib} MiB after ${r.rest_seconds} s`,
     );
   }
   if (results.sustained) {

@@ -43,6 +43,7 @@ import {
   runResources,
   type Section,
   type SectionResult,
+  type ServiceProcess,
   spawnService,
   trackProcessCpu,
 } from "./harness.ts";
@@ -132,6 +133,95 @@ async function publishStream(
   }
 }
 
+/** The service as the `sustained` and `idle` sections run it, and what it was started with. */
+export interface SandboxedService {
+  /** The run's own names (`bench_<id>…`). */
+  id: string;
+  catalog: ReturnType<typeof buildCatalog>;
+  meli: Awaited<ReturnType<typeof startMeliSandbox>>;
+  /** The store MercadoLibre mirrors. */
+  meliStore: string;
+  env: Record<string, string>;
+  config: Config;
+  /** `service_settings`, `v8_glibc_defaults` or `v8_flags:…` (BENCH_SUSTAINED_RUNTIME / _V8_FLAGS). */
+  runtime: string;
+  /** A connection on the run's ledger schema. */
+  sql: postgres.Sql;
+  child: ServiceProcess;
+}
+
+/**
+ * Starts both marketplace sandboxes in this process and the service as its own process with both channels
+ * dispatching to them, the way scripts/launch.ts starts it (the derived flags, SERVICE_ENV), and returns once
+ * it answers /readyz. Everything is stopped and removed by the context's cleanup.
+ */
+export async function startSandboxedService(ctx: BenchContext, section: string): Promise<SandboxedService> {
+  const o = ctx.options;
+  const id = crypto.randomUUID().replaceAll("-", "").slice(0, 8);
+  const catalog = buildCatalog({
+    skus: o.shopifySkus,
+    stores: o.shopifyStores,
+    seed: o.seed,
+    maxQuantity: 1e6,
+  });
+  const shop = await startShopifySandbox({
+    catalog,
+    bucket: PLAN_BUCKETS[o.plan],
+    faults: { latencyMs: o.latencyMs },
+  });
+  ctx.defer("Shopify sandbox", () => shop.close());
+  const meliStore = catalog.stores[0].tienda_id;
+  const meli = await startMeliSandbox({
+    catalog,
+    tiendaId: meliStore,
+    ratePerSecond: o.meliRate * 2,
+    faults: { latencyMs: o.latencyMs },
+  });
+  ctx.defer("MeLi sandbox", () => meli.close());
+  const port = freePort();
+  const env: Record<string, string> = {
+    ...benchServiceEnv(id),
+    HTTP_PORT: String(port),
+    LOG_LEVEL: "warning",
+    LOG_FORMAT: "json",
+    SHOPIFY_URL: shop.url,
+    SHOPIFY_TOKEN: shop.token,
+    SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(shop.locations.map((l) => [l.tiendaId, l.id]))),
+    MELI_URL: meli.url,
+    MELI_TOKEN: meli.staticToken,
+    MELI_TIENDA_ID: meliStore,
+    MELI_RATE_PER_SEC: String(o.meliRate),
+    POS_STOCK_KEY: `bench_${id}:stock:{tienda_id}:{producto_id}`,
+  };
+  const config: Config = loadConfig(env);
+  // To measure what the service's runtime settings change (docs/BENCHMARKS.md, "Sustained stream"):
+  // BENCH_SUSTAINED_RUNTIME=defaults runs it with V8's and glibc's own defaults instead;
+  // BENCH_SUSTAINED_V8_FLAGS=--a,--b replaces the V8 flags only (as `launch.ts --v8-flags=…` would).
+  const runtimeDefaults = Deno.env.get("BENCH_SUSTAINED_RUNTIME") === "defaults";
+  const v8Override = Deno.env.get("BENCH_SUSTAINED_V8_FLAGS");
+  const derived = permissionsFor(config).flags;
+  const flags = runtimeDefaults
+    ? withV8Flags(derived, null)
+    : v8Override !== undefined
+    ? withV8Flags(derived, `--v8-flags=${v8Override}`)
+    : derived;
+  const serviceEnv = runtimeDefaults ? {} : SERVICE_ENV;
+  const runtime = runtimeDefaults
+    ? "v8_glibc_defaults"
+    : v8Override !== undefined
+    ? `v8_flags:${v8Override}`
+    : "service_settings";
+  log(
+    `${section}: service process with ${flags.join(" ")}` +
+      (runtimeDefaults ? "" : ` ${envText(serviceEnv)}`) + ` (${runtime})`,
+  );
+  // Declared first, so cleanup (last in, first out) stops the service before it drops its schema.
+  const { sql } = await runResources(ctx, config);
+  // As scripts/launch.ts starts it: the allocator defaults of SERVICE_ENV next to the configuration.
+  const child = await spawnService(ctx, { flags, env, serviceEnv });
+  return { id, catalog, meli, meliStore, env, config, runtime, sql, child };
+}
+
 export const sustainedSection: Section = {
   id: "sustained",
   title: "Sustained sales stream: the service process's memory (RSS) and whether custody keeps up",
@@ -139,68 +229,10 @@ export const sustainedSection: Section = {
     const o = ctx.options;
     const rate = o.sustainedRate;
     const seconds = o.sustainedSeconds;
-    const id = crypto.randomUUID().replaceAll("-", "").slice(0, 8);
-    const catalog = buildCatalog({
-      skus: o.shopifySkus,
-      stores: o.shopifyStores,
-      seed: o.seed,
-      maxQuantity: 1e6,
-    });
-    const shop = await startShopifySandbox({
-      catalog,
-      bucket: PLAN_BUCKETS[o.plan],
-      faults: { latencyMs: o.latencyMs },
-    });
-    ctx.defer("Shopify sandbox", () => shop.close());
-    const meliStore = catalog.stores[0].tienda_id;
-    const meli = await startMeliSandbox({
-      catalog,
-      tiendaId: meliStore,
-      ratePerSecond: o.meliRate * 2,
-      faults: { latencyMs: o.latencyMs },
-    });
-    ctx.defer("MeLi sandbox", () => meli.close());
-    const port = freePort();
-    const env: Record<string, string> = {
-      ...benchServiceEnv(id),
-      HTTP_PORT: String(port),
-      LOG_LEVEL: "warning",
-      LOG_FORMAT: "json",
-      SHOPIFY_URL: shop.url,
-      SHOPIFY_TOKEN: shop.token,
-      SHOPIFY_LOCATIONS: JSON.stringify(Object.fromEntries(shop.locations.map((l) => [l.tiendaId, l.id]))),
-      MELI_URL: meli.url,
-      MELI_TOKEN: meli.staticToken,
-      MELI_TIENDA_ID: meliStore,
-      MELI_RATE_PER_SEC: String(o.meliRate),
-      POS_STOCK_KEY: `bench_${id}:stock:{tienda_id}:{producto_id}`,
-    };
-    const config: Config = loadConfig(env);
-    // To measure what the service's runtime settings change (docs/BENCHMARKS.md, "Sustained stream"):
-    // BENCH_SUSTAINED_RUNTIME=defaults runs it with V8's and glibc's own defaults instead;
-    // BENCH_SUSTAINED_V8_FLAGS=--a,--b replaces the V8 flags only (as `launch.ts --v8-flags=…` would).
-    const runtimeDefaults = Deno.env.get("BENCH_SUSTAINED_RUNTIME") === "defaults";
-    const v8Override = Deno.env.get("BENCH_SUSTAINED_V8_FLAGS");
-    const derived = permissionsFor(config).flags;
-    const flags = runtimeDefaults
-      ? withV8Flags(derived, null)
-      : v8Override !== undefined
-      ? withV8Flags(derived, `--v8-flags=${v8Override}`)
-      : derived;
-    const serviceEnv = runtimeDefaults ? {} : SERVICE_ENV;
-    const runtime = runtimeDefaults
-      ? "v8_glibc_defaults"
-      : v8Override !== undefined
-      ? `v8_flags:${v8Override}`
-      : "service_settings";
-    log(
-      `sustained: service process with ${flags.join(" ")}` +
-        (runtimeDefaults ? "" : ` ${envText(serviceEnv)}`) + ` (${runtime})`,
+    const { id, catalog, meli, meliStore, env, config, runtime, sql, child } = await startSandboxedService(
+      ctx,
+      "sustained",
     );
-    // Declared first, so cleanup (last in, first out) stops the service before it drops its schema.
-    const { sql } = await runResources(ctx, config);
-    // As scripts/launch.ts starts it: the allocator defaults of SERVICE_ENV next to the configuration.
-    const child = await spawnService(ctx, { flags, env, serviceEnv });
     await new Promise((r) => setTimeout(r, 3_000)); // let start-up allocations settle
     const idle = (await rssMib(child.pid))!;
     log(`sustained: idle RSS ${round(idle.rss)} MiB; publishing ${rate} sales/s for ${seconds} s`);

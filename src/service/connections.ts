@@ -5,7 +5,7 @@
  */
 import { Connection } from "rabbitmq-client";
 import postgres from "postgres";
-import { createClient } from "redis";
+import { createClient } from "@redis/client";
 import type { Config } from "../config.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
@@ -95,6 +95,11 @@ export function openRedis(url: string, what?: string): RedisClient {
   return redis;
 }
 
+/**
+ * node-redis's core client (`@redis/client`, what the `redis` package wraps): the `redis` package's own
+ * createClient adds the RediSearch, JSON, time-series and Bloom command sets, ~150 more modules the service
+ * never calls, which cost the idle process ~1 MiB (docs/BENCHMARKS.md, "Sustained stream").
+ */
 function newRedisClient(url: string) {
   return createClient({ url, socket: { connectTimeout: 2_000, reconnectStrategy: redisReconnectDelay } });
 }
