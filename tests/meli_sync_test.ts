@@ -220,6 +220,18 @@ function withoutSeller(counts: Record<string, number>): Record<string, number> {
   return rest;
 }
 
+/** Eight simple items none of which reaches 0: a cold batch big enough to pay for reading the account. */
+const COLD_BATCH = [
+  "REMERA-0010",
+  "REMERA-002",
+  "BUZO-GRIS-L",
+  "BUFANDA-GRIS",
+  "BILLETERA-CUERO",
+  "MOCHILA-URB",
+  "CAMISA-LINO-M",
+  "VESTIDO-FLORAL-S",
+];
+
 integration(
   "a mirror batch of N listings costs N MeLi requests (one PUT each); cold, one read of the account resolves every SKU",
   async () => {
@@ -227,16 +239,7 @@ integration(
     const m = await startMeliHarness({ catalog: catalogWithFamily("REMERA-002"), ratePerSecond: 100 });
     try {
       // Items without variations, enough stock that none reaches 0 (no pause, no reactivation).
-      const first = [
-        "REMERA-0010",
-        "REMERA-002",
-        "BUZO-GRIS-L",
-        "BUFANDA-GRIS",
-        "BILLETERA-CUERO",
-        "MOCHILA-URB",
-        "CAMISA-LINO-M",
-        "VESTIDO-FLORAL-S",
-      ];
+      const first = COLD_BATCH;
       await m.pos.sell(m.h, MELI_STORE, first.map((sku) => ({ sku, qty: 1 })));
       await settled(m.h, first.length);
       // Cold: the SKUs are found by reading the seller's whole account once (scan, multi-gets of 20),
@@ -860,16 +863,7 @@ integration(
     const m = await startMeliHarness({ ratePerSecond: 100 });
     try {
       // A cold batch of other SKUs: enough to pay for reading the account (on a branch that reads it).
-      const first = [
-        "REMERA-0010",
-        "REMERA-002",
-        "BUZO-GRIS-L",
-        "BUFANDA-GRIS",
-        "BILLETERA-CUERO",
-        "MOCHILA-URB",
-        "CAMISA-LINO-M",
-        "VESTIDO-FLORAL-S",
-      ];
+      const first = COLD_BATCH;
       await m.pos.sell(m.h, MELI_STORE, first.map((sku) => ({ sku, qty: 1 })));
       await settled(m.h, first.length);
       // The seller swaps the SKUs of two variations of one item on MeLi (nothing was sold of either yet).
