@@ -192,6 +192,8 @@ export async function startSandboxedService(ctx: BenchContext, section: string):
     MELI_TIENDA_ID: meliStore,
     MELI_RATE_PER_SEC: String(o.meliRate),
     POS_STOCK_KEY: `bench_${id}:stock:{tienda_id}:{producto_id}`,
+    // BENCH_SERVICE_ENV='{"DISPATCH_LANES":"2"}' sets service variables for an experiment.
+    ...serviceOverrides(),
   };
   const config: Config = loadConfig(env);
   // To measure what the service's runtime settings change (docs/BENCHMARKS.md, "Sustained stream"):
@@ -467,3 +469,17 @@ export const sustainedSection: Section = {
     return result;
   },
 };
+
+/** Service variables from BENCH_SERVICE_ENV (a JSON object of strings), for experiments; none when unset. */
+function serviceOverrides(): Record<string, string> {
+  const text = Deno.env.get("BENCH_SERVICE_ENV");
+  if (!text) return {};
+  const parsed: unknown = JSON.parse(text);
+  if (
+    typeof parsed !== "object" || parsed === null || Array.isArray(parsed) ||
+    !Object.values(parsed).every((v) => typeof v === "string")
+  ) {
+    throw new Error(`BENCH_SERVICE_ENV must be a JSON object of strings, got ${text}`);
+  }
+  return parsed as Record<string, string>;
+}
