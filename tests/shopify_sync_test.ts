@@ -469,7 +469,8 @@ integration(
   "a crash between send and record: the batch is re-sent with the same key and applied once",
   async () => {
     const sandbox = await startShopifySandbox({ catalog: defaultCatalog() });
-    const env = sandboxEnv(sandbox, { DISPATCH_LEASE: "1s" });
+    // One lane: the hung send below is then the whole instance's death (a second lane would be alive).
+    const env = sandboxEnv(sandbox, { DISPATCH_LEASE: "1s", DISPATCH_LANES: "1" });
     const config = testConfig(env);
     // Instance A "dies" right after Shopify applied its batch: it never records the outcome.
     const { h, sends, revive } = await startCrashingAfterSend(config);
