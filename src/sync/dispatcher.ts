@@ -52,7 +52,7 @@ export interface DispatcherDeps {
   /** How often an idle loop looks for work claimed by nobody (other replicas' custody). */
   pollIntervalMs: number;
   /**
-   * Batches of this channel in flight at once (DISPATCH_LANES, default 2; 1 when not given). Each lane is one
+   * Batches of this channel in flight at once (DISPATCH_LANES, default 1). Each lane is one
    * claim → send → record loop, exactly as another replica's would be: claims skip each other's
    * rows, and the adapters already lock and throttle per listing across replicas. A second lane
    * claims and records while the first waits on the marketplace, so Postgres and the API overlap
