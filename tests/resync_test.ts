@@ -6,7 +6,6 @@
  * against the running service.
  */
 import assert from "node:assert/strict";
-import { SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
 import { startService } from "../src/main.ts";
 import { ReconcileScheduler } from "../src/ops/reconcile.ts";
 import type { DriftLine, ResyncHooks } from "../src/ops/resync.ts";
@@ -21,6 +20,7 @@ import {
   harnessFor,
   integration,
   runResync,
+  setShopifyAvailable,
   testConfig,
   uniqueName,
   waitFor,
@@ -95,32 +95,8 @@ async function startWorld(hooks?: ResyncHooks, extra: Record<string, string> = {
 
 /** Sets a Shopify quantity behind the service's back (drift), through the sandbox's own API. */
 async function shopifySet(w: World, sku: string, tiendaId: string, quantity: number): Promise<void> {
-  const product = w.pos.product(sku);
   const item = w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId;
-  const location = w.shop.locationIdOf(tiendaId)!;
-  const res = await fetch(w.shop.graphqlUrl, {
-    method: "POST",
-    headers: { "content-type": "application/json", "x-shopify-access-token": w.shop.token },
-    body: JSON.stringify({
-      query: SET_AVAILABLE,
-      variables: {
-        key: crypto.randomUUID(),
-        input: {
-          name: "available",
-          reason: "correction",
-          referenceDocumentUri: "gid://test/Drift/1",
-          quantities: [{
-            inventoryItemId: item,
-            locationId: location,
-            quantity,
-            changeFromQuantity: w.shop.availableFor(product.producto_id, tiendaId),
-          }],
-        },
-      },
-    }),
-  });
-  const body = await res.json();
-  assert.deepEqual(body.data.inventorySetQuantities.userErrors, [], JSON.stringify(body));
+  await setShopifyAvailable(w.shop, { item, location: w.shop.locationIdOf(tiendaId)! }, quantity);
 }
 
 /** Sells one `sku` at the MeLi store and waits until the live channel mirrored the sale to MeLi. */

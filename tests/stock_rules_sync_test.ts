@@ -6,7 +6,6 @@
  * the line; write: the listing set to it) agrees with the live path.
  */
 import assert from "node:assert/strict";
-import { SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
 import { startService } from "../src/main.ts";
 import type { DriftLine, ResyncHooks } from "../src/ops/resync.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
@@ -17,6 +16,7 @@ import {
   harnessFor,
   integration,
   runResync,
+  setShopifyAvailable,
   testConfig,
   uniqueName,
   waitFor,
@@ -130,29 +130,8 @@ const meliQty = (w: World, sku: string) => w.meli.quantityOf(w.pos.product(sku).
 
 /** Sets a Shopify quantity behind the service's back (drift), through the sandbox's own API. */
 async function shopifySet(w: World, sku: string, tiendaId: string, quantity: number): Promise<void> {
-  const res = await fetch(w.shop.graphqlUrl, {
-    method: "POST",
-    headers: { "content-type": "application/json", "x-shopify-access-token": w.shop.token },
-    body: JSON.stringify({
-      query: SET_AVAILABLE,
-      variables: {
-        key: crypto.randomUUID(),
-        input: {
-          name: "available",
-          reason: "correction",
-          referenceDocumentUri: "gid://test/Drift/1",
-          quantities: [{
-            inventoryItemId: w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId,
-            locationId: w.shop.locationIdOf(tiendaId)!,
-            quantity,
-            changeFromQuantity: shopifyQty(w, sku, tiendaId),
-          }],
-        },
-      },
-    }),
-  });
-  const body = await res.json();
-  assert.deepEqual(body.data.inventorySetQuantities.userErrors, [], JSON.stringify(body));
+  const item = w.shop.variants.find((v) => v.sku === sku)!.inventoryItemId;
+  await setShopifyAvailable(w.shop, { item, location: w.shop.locationIdOf(tiendaId)! }, quantity);
 }
 
 async function settled(h: Harness, total: number): Promise<void> {

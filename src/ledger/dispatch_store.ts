@@ -131,8 +131,8 @@ export class DispatchStore {
       // The join of a listing's due rows must be a hash join, whatever the statistics say. On a
       // ledger Postgres has not analyzed (autovacuum off, or a table that grew since), the planner
       // expects a handful of due rows and nests the loop: 250 listings × every due row, 2 s per
-      // claim at 27 000 due rows (docs/BENCHMARKS.md). `set local` lasts until the next statement
-      // turns it back: the update by id below wants the index, as any nested loop would.
+      // claim at 27 000 due rows (docs/BENCHMARKS.md). `set local` ends with this transaction, whose
+      // other statements join nothing (the update below goes by id, on the primary key).
       await tx`set local enable_nestloop = off`;
       const due = await tx<{ id: string }[]>`
         with listings as (
@@ -149,7 +149,6 @@ export class DispatchStore {
          order by s.id
          limit ${maxRows * 4}
          for update of s skip locked`;
-      await tx`set local enable_nestloop to default`;
       const rows = due.length === 0 ? [] : await tx<ClaimedRow[]>`
         update stock_change s
            set status = 'sending', batch_id = ${batch.id}, attempts = s.attempts + 1, updated_at = now()
