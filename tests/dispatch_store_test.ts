@@ -270,6 +270,9 @@ integration(
       assert.equal(await ledger.store.reclaimBatch("shopify"), null, "only one replica takes it over");
 
       await assert.rejects(ledger.store.markSending(batch, request), LeaseLostError);
+      assert.equal(await ledger.store.renewLease(batch), false, "the old owner cannot renew the lease back");
+      assert.equal(await replica.renewLease(taken), true, "the new owner can");
+      assert.ok((await ledger.batchRow(batch.id)).lease_ms > POLICY.leaseMs - 5_000, "a whole lease ahead");
       await assert.rejects(
         ledger.store.record(batch, { kind: "done", results: batch.changes.map(() => ({ kind: "applied" })) }),
         LeaseLostError,

@@ -162,7 +162,7 @@ interface Fixture {
 
 /** A migrated ledger schema of its own, the real dispatch store on it, and a dispatcher. */
 async function fixture(
-  options: { steps?: Step[]; pollIntervalMs?: number; policy?: Partial<DispatchPolicy> } = {},
+  options: { steps?: Step[]; pollIntervalMs?: number; policy?: Partial<DispatchPolicy>; lanes?: number } = {},
 ): Promise<Fixture> {
   const schema = uniqueName("msync_dispatcher");
   const sql = postgres(DATABASE_URL, { max: 4, onnotice: () => {}, connection: { search_path: schema } });
@@ -186,6 +186,7 @@ async function fixture(
     metrics,
     pollIntervalMs: options.pollIntervalMs ?? 50,
     deadLetterSweepMs: 30_000,
+    lanes: options.lanes,
   });
   const limits = { maxBytes: 1 << 20, maxItems: 100, maxQuantity: 1000 };
   return {
@@ -287,6 +288,37 @@ integration("pending changes of one listing go out as one logical change and lan
     await f.close();
   }
 });
+
+integration(
+  "two lanes: a batch whose work outlasts its lease stays with the lane working on it and is sent once",
+  async () => {
+    // The first call works three leases long before it sends (a MercadoLibre batch paced by its rate
+    // limit does); the other lane polls every 50 ms meanwhile, and would take an expired lease over.
+    const f = await fixture({
+      lanes: 2,
+      policy: { leaseMs: 300 },
+      steps: [async (turn) => {
+        await sleep(900);
+        return await sendThen(appliedAll)(turn);
+      }],
+    });
+    try {
+      await f.sell(saleOf({ "SKU-1": 2 }));
+      f.dispatcher.start();
+      await waitFor(async () => (await f.changes()).every((c) => c.status === "applied"), "applied");
+      assert.equal(f.adapter.calls.length, 1, "no lane took the batch over while it was worked on");
+      const batches = await f.batches();
+      assert.deepEqual(
+        batches.map((b) => [b.status, b.channel_attempts]),
+        [["done", 1]],
+        "one batch, sent once",
+      );
+      assert.equal(await counter(f.metrics.changesProcessed, { channel: CHANNEL, outcome: "applied" }), 1);
+    } finally {
+      await f.close();
+    }
+  },
+);
 
 integration("a failed change is failed in the ledger and goes down the failure route once", async () => {
   const f = await fixture({

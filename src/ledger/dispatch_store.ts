@@ -100,6 +100,24 @@ function toJson(value: unknown): postgres.JSONValue {
 export class DispatchStore {
   constructor(private readonly sql: Sql, private readonly policy: DispatchPolicy) {}
 
+  /** How long a claim or a renewal holds a batch (DISPATCH_LEASE). */
+  get leaseMs(): number {
+    return this.policy.leaseMs;
+  }
+
+  /**
+   * Pushes the lease of a batch its owner is still working on one lease into the future.
+   * False when the batch is no longer this owner's to hold (taken over, recorded, released):
+   * renewing is fenced by the owner token like every other write.
+   */
+  async renewLease(batch: ClaimedBatch): Promise<boolean> {
+    const rows = await this.sql`
+      update sync_batch set lease_until = now() + ${this.policy.leaseMs} * interval '1 millisecond'
+       where id = ${batch.id} and owner = ${batch.owner} and status = 'sending'
+      returning id`;
+    return rows.length > 0;
+  }
+
   /**
    * Claims up to `maxListings` listings' worth of due pending changes for
    * `channel` into a new batch with a fresh idempotency key. Null when idle.

@@ -19,6 +19,7 @@ import type { ChannelAdapter } from "./channel.ts";
 import { DeadLetterCopies } from "./dead_letter_copies.ts";
 import type { FailureRoute } from "./failure_route.ts";
 import { exponential } from "../resilience/backoff.ts";
+import { keepLease } from "./lease_keeper.ts";
 import { type Attributes, markError, type Span, withSpan } from "../tracing.ts";
 
 const log = logger("sync");
@@ -220,6 +221,20 @@ export class Dispatcher {
     let outcome: BatchOutcome;
     let sent = true;
     const sendStarted = performance.now();
+    // The lease is renewed while the adapter works (its planning and throttle waits can outlast
+    // one), and no longer once it has answered: from then on the batch is ours only until the
+    // lease runs out, which is what lets another replica take over from a process that dies
+    // before recording.
+    const lease = keepLease(
+      () => store.renewLease(batch),
+      Math.max(1, Math.floor(store.leaseMs / 3)),
+      (error) =>
+        log.warning("{channel}: could not renew the lease of batch {batch_id}: {error}", {
+          channel,
+          batch_id: batch.id,
+          error: (error as Error).message,
+        }),
+    );
     try {
       outcome = await adapter.process(batch, {
         persistRequest: (request) => store.markSending(batch, request),
@@ -262,6 +277,8 @@ export class Dispatcher {
           countsAsAttempt: true,
         };
       }
+    } finally {
+      await lease.stop();
     }
     span.setAttributes(outcomeAttributes(outcome));
     if (outcome.kind === "release") {
