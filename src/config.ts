@@ -205,6 +205,14 @@ const EnvSchema = z.object({
   DISPATCH_BACKOFF_BASE: duration("DISPATCH_BACKOFF_BASE").default(1_000),
   DISPATCH_BACKOFF_MAX: duration("DISPATCH_BACKOFF_MAX").default(300_000),
   DLQ_COPY_SWEEP: duration("DLQ_COPY_SWEEP").default(30_000),
+  /**
+   * How often the service looks at its ledger tables' dead rows and statistics, to VACUUM and ANALYZE
+   * those autovacuum does not look after (server or table setting); 0 never does. Does nothing when
+   * autovacuum runs (src/ledger/upkeep.ts).
+   */
+  LEDGER_UPKEEP_INTERVAL: duration("LEDGER_UPKEEP_INTERVAL").pipe(
+    z.number().refine((ms) => ms === 0 || ms >= 1_000, "must be 0 (off) or at least 1s"),
+  ).default(30_000),
 
   MELI_URL: url(["https:", "http:"]).default(DEFAULT_MELI_URL),
   MELI_TOKEN: z.string().min(1).optional(),

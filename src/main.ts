@@ -19,6 +19,7 @@ import { DeadLetterOutbox } from "./ledger/dead_letter_outbox.ts";
 import type { Custody } from "./ledger/custody.ts";
 import type { SaleConsumer } from "./broker/sale_consumer.ts";
 import { migrate } from "./ledger/migrate.ts";
+import { LedgerUpkeep } from "./ledger/upkeep.ts";
 import type { OrderLedger } from "./ledger/orders.ts";
 import { PosOutboxStore } from "./ledger/pos_outbox.ts";
 import { logger } from "./log.ts";
@@ -31,7 +32,7 @@ import type { MeliSandbox } from "./sandbox/mercadolibre/sandbox.ts";
 import type { ShopifySandbox } from "./sandbox/shopify/sandbox.ts";
 import { PluggedChannels, shownStores } from "./service/channels.ts";
 import { consumeSales, custody, dispatchStore } from "./service/pipeline.ts";
-import { BrokerLink, closeRedis, openLedger, openRedis } from "./service/connections.ts";
+import { BrokerLink, closeRedis, openLedger, openLedgerUpkeep, openRedis } from "./service/connections.ts";
 import { listen } from "./service/http_server.ts";
 import { OrderCatchUp } from "./service/order_catch_up.ts";
 import { orderBook } from "./service/orders.ts";
@@ -104,6 +105,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
   const channels = new PluggedChannels();
   let outbox: PosOutboxPublisher | undefined;
   let catchUp: OrderCatchUp | undefined;
+  let upkeep: LedgerUpkeep | undefined;
   // Per channel the stores it shows, known once the plugins can be asked (step 4); orders wait for it.
   let storesShown: (stores: Partial<Record<ChannelName, string[]>>) => void;
   const shown = new Promise<Partial<Record<ChannelName, string[]>>>((resolve) => storesShown = resolve);
@@ -173,6 +175,14 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
       });
     });
     if (!migrated) return;
+    if (config.LEDGER_UPKEEP_INTERVAL > 0) {
+      upkeep = new LedgerUpkeep({
+        sql: openLedgerUpkeep(config),
+        schema: config.LEDGER_SCHEMA,
+        intervalMs: config.LEDGER_UPKEEP_INTERVAL,
+      });
+      upkeep.start();
+    }
 
     // 3. The broker: one connection to consume, one to publish (DLQ copies, confirms).
     const { consume, publish } = broker.open(config.RABBITMQ_URL, metrics);
@@ -288,6 +298,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     // below (publisher, AMQP, ledger) keep a reserve of it, or main() would exit 1 without them.
     await channels.finish(deadline - Math.min(5_000, config.SHUTDOWN_TIMEOUT / 4));
     await outbox?.close();
+    await upkeep?.close();
     await publisher?.close();
     await broker.close();
     // A refresh given up above still holds its reserved connection: end waits for it only as long as the

@@ -183,3 +183,14 @@ Deno.test("MELI_LOCATIONS: stores to selling_address or seller warehouses, named
     /stores "t1" and "t2" to the same store_id "1"/,
   );
 });
+
+Deno.test("LEDGER_UPKEEP_INTERVAL: 30s by default, 0 turns it off, and a too short one is refused by name", () => {
+  assert.equal(loadConfig({}).LEDGER_UPKEEP_INTERVAL, 30_000);
+  assert.equal(loadConfig({ LEDGER_UPKEEP_INTERVAL: "0" }).LEDGER_UPKEEP_INTERVAL, 0);
+  assert.equal(loadConfig({ LEDGER_UPKEEP_INTERVAL: "5m" }).LEDGER_UPKEEP_INTERVAL, 300_000);
+  assert.throws(
+    () => loadConfig({ LEDGER_UPKEEP_INTERVAL: "200ms" }),
+    (e: ConfigError) =>
+      e.problems.some((p) => p.variable === "LEDGER_UPKEEP_INTERVAL" && /0 \(off\)/.test(p.message)),
+  );
+});

@@ -35,6 +35,8 @@ export interface PostgresOptions {
   /** `application_name`, as `pg_stat_activity` shows it. */
   name: string;
   statementTimeoutMs: number;
+  /** `lock_timeout`; the server's default when omitted. */
+  lockTimeoutMs?: number;
   /** `search_path` (the ledger's schema); the server's default when omitted. */
   schema?: string;
   /**
@@ -59,6 +61,7 @@ export function openPostgres(url: string, options: PostgresOptions): postgres.Sq
       application_name: options.name,
       ...(options.schema ? { search_path: options.schema } : {}),
       statement_timeout: options.statementTimeoutMs,
+      ...(options.lockTimeoutMs === undefined ? {} : { lock_timeout: options.lockTimeoutMs }),
       ...(options.customPlans ? { plan_cache_mode: "force_custom_plan" } : {}),
     },
   });
@@ -72,6 +75,20 @@ export function openLedger(config: Config): postgres.Sql {
     schema: config.LEDGER_SCHEMA,
     statementTimeoutMs: 15_000,
     customPlans: true,
+  });
+}
+
+/**
+ * The ledger upkeep's own connection (src/ledger/upkeep.ts): one, with no statement timeout (a VACUUM
+ * takes what it takes) and a short lock timeout (a table another replica vacuums is left to it).
+ */
+export function openLedgerUpkeep(config: Config): postgres.Sql {
+  return openPostgres(config.DATABASE_URL, {
+    max: 1,
+    name: "marketplace-sync upkeep",
+    schema: config.LEDGER_SCHEMA,
+    statementTimeoutMs: 0,
+    lockTimeoutMs: 1_000,
   });
 }
 

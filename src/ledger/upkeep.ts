@@ -1,0 +1,180 @@
+/**
+ * Ledger upkeep: VACUUM and ANALYZE of the ledger's own tables when the database does not do it.
+ *
+ * Every stock change is written three times (custody's insert, the claim, the record), and the two
+ * updates leave dead row versions and index entries behind. Postgres's autovacuum removes them and
+ * keeps the planner's statistics current; a server (or table) with autovacuum off keeps all of them,
+ * and at 1 000 sales/s the ledger outgrows its buffers within minutes: Shopify's lag went from under
+ * 1 s to a minute (docs/BENCHMARKS.md, issue #15). So when autovacuum is off for a ledger table, the
+ * service does what autovacuum would have done, at autovacuum's own thresholds as the server sets
+ * them, and nothing otherwise: a database that vacuums is left to it.
+ *
+ * It runs on a connection of its own (VACUUM cannot run in a transaction and outlasts the ledger
+ * pool's statement timeout), with a short lock timeout: another replica vacuuming the same table
+ * holds the lock, and this round leaves that table to it.
+ */
+import type { Sql } from "postgres";
+import { logger } from "../log.ts";
+
+const log = logger("ledger");
+
+/** What one round did to one table. */
+export interface UpkeepAction {
+  table: string;
+  action: "vacuum" | "analyze";
+  /** Dead row versions the table had before (the statistics' figure). */
+  deadRows: number;
+  ms: number;
+}
+
+/** Autovacuum's switches and thresholds as the server is configured (postgresql.conf). */
+interface Thresholds {
+  autovacuum: boolean;
+  vacuumThreshold: number;
+  vacuumScale: number;
+  insertThreshold: number;
+  insertScale: number;
+  analyzeThreshold: number;
+  analyzeScale: number;
+}
+
+interface TableStats {
+  table: string;
+  /** The table's own `autovacuum_enabled` storage parameter; null when not set. */
+  enabled: boolean | null;
+  rows: number;
+  dead: number;
+  insertedSinceVacuum: number;
+  modifiedSinceAnalyze: number;
+}
+
+/**
+ * One upkeep round over the tables of `schema`: each table autovacuum does not look after and
+ * that is past one of autovacuum's thresholds is vacuumed (and analyzed) or analyzed.
+ * Returns what it did; an empty list when the database looks after the ledger itself.
+ */
+export async function upkeepRound(sql: Sql, schema: string): Promise<UpkeepAction[]> {
+  const [t] = await sql<Thresholds[]>`
+    select current_setting('autovacuum')::boolean as autovacuum,
+           current_setting('autovacuum_vacuum_threshold')::float8 as "vacuumThreshold",
+           current_setting('autovacuum_vacuum_scale_factor')::float8 as "vacuumScale",
+           current_setting('autovacuum_vacuum_insert_threshold')::float8 as "insertThreshold",
+           current_setting('autovacuum_vacuum_insert_scale_factor')::float8 as "insertScale",
+           current_setting('autovacuum_analyze_threshold')::float8 as "analyzeThreshold",
+           current_setting('autovacuum_analyze_scale_factor')::float8 as "analyzeScale"`;
+  const tables = await sql<TableStats[]>`
+    select s.relname as table,
+           (select option_value::boolean from pg_options_to_table(c.reloptions)
+             where option_name = 'autovacuum_enabled') as enabled,
+           greatest(c.reltuples, s.n_live_tup, 0)::float8 as rows,
+           s.n_dead_tup::float8 as dead,
+           s.n_ins_since_vacuum::float8 as "insertedSinceVacuum",
+           s.n_mod_since_analyze::float8 as "modifiedSinceAnalyze"
+      from pg_stat_user_tables s join pg_class c on c.oid = s.relid
+     where s.schemaname = ${schema}
+     order by s.relname`;
+  const done: UpkeepAction[] = [];
+  for (const table of tables) {
+    // Autovacuum looks after a table when the server runs it and the table does not opt out
+    // (autovacuum_enabled = false); a table's `true` cannot turn on what the server has off.
+    if (t.autovacuum && table.enabled !== false) continue;
+    // A threshold of -1 for inserts disables insert-driven vacuums, as it does for autovacuum.
+    const vacuum = table.dead > t.vacuumThreshold + t.vacuumScale * table.rows ||
+      (t.insertThreshold >= 0 && table.insertedSinceVacuum > t.insertThreshold + t.insertScale * table.rows);
+    const analyze = table.modifiedSinceAnalyze > t.analyzeThreshold + t.analyzeScale * table.rows;
+    if (!vacuum && !analyze) continue;
+    const target = `${quoteIdent(schema)}.${quoteIdent(table.table)}`;
+    const started = performance.now();
+    try {
+      await sql.unsafe(vacuum ? `vacuum (analyze) ${target}` : `analyze ${target}`);
+    } catch (error) {
+      // 55P03 lock_not_available: another replica is vacuuming it now.
+      if ((error as { code?: string }).code === "55P03") continue;
+      throw error;
+    }
+    done.push({
+      table: table.table,
+      action: vacuum ? "vacuum" : "analyze",
+      deadRows: table.dead,
+      ms: Math.round(performance.now() - started),
+    });
+  }
+  return done;
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+/** What the upkeep loop needs. */
+export interface LedgerUpkeepDeps {
+  /**
+   * A connection of its own, which the upkeep owns and ends on close: no statement timeout (a
+   * VACUUM takes what it takes), a short lock timeout (a table another replica vacuums now is
+   * left to it).
+   */
+  sql: Sql;
+  schema: string;
+  /** Time between rounds (LEDGER_UPKEEP_INTERVAL). */
+  intervalMs: number;
+}
+
+/** Runs {@link upkeepRound} every interval until closed; logs what each round did. */
+export class LedgerUpkeep {
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #round: Promise<void> = Promise.resolve();
+  #closed = false;
+  #told = false;
+
+  constructor(private readonly deps: LedgerUpkeepDeps) {}
+
+  start(): void {
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#closed) return;
+    this.#timer = setTimeout(() => {
+      this.#round = this.#run().finally(() => this.#schedule());
+    }, this.deps.intervalMs);
+  }
+
+  async #run(): Promise<void> {
+    try {
+      const actions = await upkeepRound(this.deps.sql, this.deps.schema);
+      if (actions.length > 0 && !this.#told) {
+        this.#told = true;
+        log.warning(
+          "autovacuum is off for the ledger's tables: the service vacuums and analyzes them itself " +
+            "(LEDGER_UPKEEP_INTERVAL=0 stops it; turning autovacuum on is better)",
+        );
+      }
+      for (const a of actions) {
+        log.info("ledger upkeep: {action} {table} ({dead_rows} dead rows) in {ms} ms", {
+          action: a.action,
+          table: a.table,
+          dead_rows: a.deadRows,
+          ms: a.ms,
+        });
+      }
+    } catch (error) {
+      if (this.#closed) return; // a VACUUM cut short by the shutdown
+      log.warning("ledger upkeep failed: {error}; trying again in {interval_ms} ms", {
+        error: (error as Error).message,
+        interval_ms: this.deps.intervalMs,
+      });
+    }
+  }
+
+  /**
+   * Stops scheduling rounds and ends the connection: a VACUUM in progress is cut short (Postgres
+   * keeps what it had cleaned; the next round, or autovacuum, finishes it) rather than holding
+   * the shutdown.
+   */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    await this.deps.sql.end({ timeout: 1 });
+    await this.#round;
+  }
+}

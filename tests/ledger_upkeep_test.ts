@@ -1,0 +1,109 @@
+/**
+ * Ledger upkeep (src/ledger/upkeep.ts) on a migrated ledger schema of its own: a ledger table
+ * autovacuum does not look after is vacuumed once its dead rows pass autovacuum's threshold, and
+ * left alone below it; the loop runs rounds and stops.
+ */
+import assert from "node:assert/strict";
+import postgres from "postgres";
+import { migrate } from "../src/ledger/migrate.ts";
+import { LedgerUpkeep, type UpkeepAction, upkeepRound } from "../src/ledger/upkeep.ts";
+import { DATABASE_URL, integration, uniqueName, waitFor } from "./helpers.ts";
+
+/** A ledger schema with `changes` stock changes, each written three times (insert, claim, record) as dispatch does. */
+async function ledgerWithDeadRows(changes: number) {
+  const schema = uniqueName("msync_upkeep");
+  // One connection: its statistics are flushed with pg_stat_force_next_flush() before they are read.
+  const sql = postgres(DATABASE_URL, { max: 1, onnotice: () => {}, connection: { search_path: schema } });
+  await migrate(sql, schema);
+  // The test must not depend on the server's autovacuum setting: this table opts out of it,
+  // which is the case the upkeep is for (the others stay with whatever the server does).
+  await sql`alter table stock_change set (autovacuum_enabled = false)`;
+  await sql`
+    insert into stock_change (event_id, channel, tienda_id, sku, delta)
+    select 'e-' || g, 'shopify', 't-1', 'SKU-' || g, -1 from generate_series(1, ${changes}::int) g`;
+  await sql`update stock_change set status = 'sending'`;
+  await sql`update stock_change set status = 'applied', applied_at = now()`;
+  await sql`select pg_stat_force_next_flush()`;
+  return {
+    sql,
+    schema,
+    async stats() {
+      await sql`select pg_stat_force_next_flush()`;
+      const [row] = await sql<{ dead: number; vacuumed: boolean }[]>`
+        select n_dead_tup::int as dead, (last_vacuum is not null) as vacuumed
+          from pg_stat_user_tables where schemaname = ${schema} and relname = 'stock_change'`;
+      return row;
+    },
+    async close() {
+      await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
+      await sql.end({ timeout: 2 });
+    },
+  };
+}
+
+integration(
+  "a ledger table autovacuum does not look after is vacuumed once its dead rows pass the threshold",
+  async () => {
+    const ledger = await ledgerWithDeadRows(2_000);
+    try {
+      // 4 000 dead versions of 2 000 rows: past autovacuum's 50 + 20 % (450).
+      let actions: UpkeepAction[] = [];
+      await waitFor(async () => (await ledger.stats()).dead >= 4_000, "the dead rows counted");
+      await waitFor(
+        async () =>
+          (actions = await upkeepRound(ledger.sql, ledger.schema)).some((a) => a.table === "stock_change"),
+        "stock_change vacuumed",
+      );
+      const done = actions.find((a) => a.table === "stock_change")!;
+      assert.equal(done.action, "vacuum");
+      assert.ok(done.deadRows >= 4_000, `it had ${done.deadRows} dead rows`);
+      const after = await ledger.stats();
+      assert.equal(after.vacuumed, true, "VACUUM ran on it");
+      assert.equal(after.dead, 0, "no dead rows left");
+      assert.ok(
+        !(await upkeepRound(ledger.sql, ledger.schema)).some((a) => a.table === "stock_change"),
+        "a clean table is not vacuumed again",
+      );
+    } finally {
+      await ledger.close();
+    }
+  },
+);
+
+integration(
+  "a table under the vacuum threshold is not vacuumed, only analyzed once its writes pass ANALYZE's",
+  async () => {
+    const ledger = await ledgerWithDeadRows(20); // 40 dead versions: under the 50 rows autovacuum starts at
+    try {
+      await waitFor(async () => (await ledger.stats()).dead >= 40, "the dead rows counted");
+      const actions = await upkeepRound(ledger.sql, ledger.schema);
+      // Its 60 writes are past ANALYZE's threshold (50 + 10 %), not VACUUM's: statistics only.
+      assert.deepEqual(
+        actions.filter((a) => a.table === "stock_change").map((a) => a.action),
+        ["analyze"],
+      );
+      assert.equal((await ledger.stats()).vacuumed, false);
+    } finally {
+      await ledger.close();
+    }
+  },
+);
+
+integration("the upkeep loop vacuums on its interval and close() ends it and its connection", async () => {
+  const ledger = await ledgerWithDeadRows(2_000);
+  const own = postgres(DATABASE_URL, {
+    max: 1,
+    onnotice: () => {},
+    connection: { search_path: ledger.schema },
+  });
+  const upkeep = new LedgerUpkeep({ sql: own, schema: ledger.schema, intervalMs: 100 });
+  try {
+    upkeep.start();
+    await waitFor(async () => (await ledger.stats()).vacuumed, "vacuumed by the loop");
+    await upkeep.close();
+    await assert.rejects(own`select 1`, "the upkeep's connection is ended");
+  } finally {
+    await upkeep.close();
+    await ledger.close();
+  }
+});
