@@ -57,13 +57,19 @@ integration(
       const done = actions.find((a) => a.table === "stock_change")!;
       assert.equal(done.action, "vacuum");
       assert.ok(done.deadRows >= 4_000, `it had ${done.deadRows} dead rows`);
-      const after = await ledger.stats();
-      assert.equal(after.vacuumed, true, "VACUUM ran on it");
-      assert.equal(after.dead, 0, "no dead rows left");
-      assert.ok(
-        !(await upkeepRound(ledger.sql, ledger.schema)).some((a) => a.table === "stock_change"),
-        "a clean table is not vacuumed again",
-      );
+      // (How many dead rows VACUUM may remove is Postgres's business: a transaction open elsewhere on
+      // the server keeps the ones it could still see.)
+      assert.equal((await ledger.stats()).vacuumed, true, "VACUUM ran on it");
+      const [paced] = await ledger.sql<{ delay: string; autovacuum: string }[]>`
+        select current_setting('vacuum_cost_delay') as delay,
+               current_setting('autovacuum_vacuum_cost_delay') as autovacuum`;
+      if (!paced.autovacuum.startsWith("-1")) {
+        assert.equal(
+          paced.delay,
+          paced.autovacuum,
+          "paced like autovacuum, not at a manual VACUUM's full speed",
+        );
+      }
     } finally {
       await ledger.close();
     }

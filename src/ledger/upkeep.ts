@@ -83,10 +83,13 @@ export async function upkeepRound(sql: Sql, schema: string): Promise<UpkeepActio
       (t.insertThreshold >= 0 && table.insertedSinceVacuum > t.insertThreshold + t.insertScale * table.rows);
     const analyze = table.modifiedSinceAnalyze > t.analyzeThreshold + t.analyzeScale * table.rows;
     if (!vacuum && !analyze) continue;
-    const target = `${quoteIdent(schema)}.${quoteIdent(table.table)}`;
+    if (done.length === 0) await paceLikeAutovacuum(sql);
     const started = performance.now();
     try {
-      await sql.unsafe(vacuum ? `vacuum (analyze) ${target}` : `analyze ${target}`);
+      // Identifiers escaped by the driver; VACUUM cannot run in a transaction, which a tagged query is not.
+      const target = sql`${sql(schema)}.${sql(table.table)}`;
+      if (vacuum) await sql`vacuum (analyze) ${target}`;
+      else await sql`analyze ${target}`;
     } catch (error) {
       // 55P03 lock_not_available: another replica is vacuuming it now.
       if ((error as { code?: string }).code === "55P03") continue;
@@ -102,8 +105,20 @@ export async function upkeepRound(sql: Sql, schema: string): Promise<UpkeepActio
   return done;
 }
 
-function quoteIdent(name: string): string {
-  return `"${name.replaceAll('"', '""')}"`;
+/**
+ * Paces this session's VACUUM as autovacuum's are (its cost delay and limit, as the server sets them;
+ * -1 means "the plain VACUUM setting", as for autovacuum). A manual VACUUM is not paced by default, and
+ * on a machine whose cores dispatch sales an unpaced one competes with them for its whole run.
+ */
+async function paceLikeAutovacuum(sql: Sql): Promise<void> {
+  await sql`
+    select set_config('vacuum_cost_delay', d, false), set_config('vacuum_cost_limit', l, false)
+      from (select case when current_setting('autovacuum_vacuum_cost_delay') in ('-1', '-1ms')
+                        then current_setting('vacuum_cost_delay')
+                        else current_setting('autovacuum_vacuum_cost_delay') end as d,
+                   case when current_setting('autovacuum_vacuum_cost_limit') = '-1'
+                        then current_setting('vacuum_cost_limit')
+                        else current_setting('autovacuum_vacuum_cost_limit') end as l) s`;
 }
 
 /** What the upkeep loop needs. */
