@@ -201,7 +201,7 @@ const EnvSchema = z.object({
   DISPATCH_MAX_ATTEMPTS: int(1, 1000).default(20),
   DISPATCH_LEASE: duration("DISPATCH_LEASE").default(30_000),
   DISPATCH_POLL_INTERVAL: duration("DISPATCH_POLL_INTERVAL").default(100),
-  DISPATCH_LANES: int(1, 16).default(1),
+  DISPATCH_LANES: int(1, 16).default(2),
   DISPATCH_BACKOFF_BASE: duration("DISPATCH_BACKOFF_BASE").default(1_000),
   DISPATCH_BACKOFF_MAX: duration("DISPATCH_BACKOFF_MAX").default(300_000),
   DLQ_COPY_SWEEP: duration("DLQ_COPY_SWEEP").default(30_000),

@@ -78,7 +78,9 @@ function availableOf(sandbox: ShopifySandbox, sku: string, tiendaId: string): nu
 async function startCrashingAfterSend(config: Config) {
   const revive = Promise.withResolvers<void>();
   let sends = 0;
-  const a = startService(config, {
+  // One lane: the hung send is then the whole instance's death (a second lane would be alive, and would
+  // take the batch over itself once its lease ran out, as a live replica should).
+  const a = startService({ ...config, DISPATCH_LANES: 1 }, {
     dispatcherHooks: {
       async afterSend() {
         sends++;
@@ -469,8 +471,7 @@ integration(
   "a crash between send and record: the batch is re-sent with the same key and applied once",
   async () => {
     const sandbox = await startShopifySandbox({ catalog: defaultCatalog() });
-    // One lane: the hung send below is then the whole instance's death (a second lane would be alive).
-    const env = sandboxEnv(sandbox, { DISPATCH_LEASE: "1s", DISPATCH_LANES: "1" });
+    const env = sandboxEnv(sandbox, { DISPATCH_LEASE: "1s" });
     const config = testConfig(env);
     // Instance A "dies" right after Shopify applied its batch: it never records the outcome.
     const { h, sends, revive } = await startCrashingAfterSend(config);
@@ -745,7 +746,9 @@ integration("a replica that lost its lease cannot record over the new owner's ba
   let paused = 0;
   // Instance A stalls after its send was applied (a long GC pause, a frozen VM),
   // then wakes up and tries to record "applied".
-  const a = startService(config, {
+  // One lane: the hung send is then the whole instance's death (a second lane would be alive, and would
+  // take the batch over itself once its lease ran out, as a live replica should).
+  const a = startService({ ...config, DISPATCH_LANES: 1 }, {
     dispatcherHooks: {
       async afterSend() {
         if (paused++ === 0) {
