@@ -380,7 +380,11 @@ export const sustainedSection: Section = {
     const meliApplied = lag.find((w) => w.channel === "mercadolibre" && w.index === -1)?.applied ?? 0;
     const lastHalfFrom = Math.floor(publishSeconds / 2 / LAG_WINDOW_S);
     const meliLastHalf = lag.filter((w) => w.channel === "mercadolibre" && w.index >= lastHalfFrom);
-    const meliLagMaxLastHalf = Math.max(...meliLastHalf.map((w) => w.max), meliOldestOpen);
+    // A window whose changes are all still open has no applied lag (NaN): the oldest open change covers it.
+    const meliLagMaxLastHalf = Math.max(
+      ...meliLastHalf.map((w) => w.max).filter(Number.isFinite),
+      meliOldestOpen,
+    );
     const shopifyLag = lagFigures(lag, "shopify", "shopify", LAG_WINDOW_S, publishSeconds);
     const custodyRatio = ctx.results.custody?.ratio_to_broker;
 
