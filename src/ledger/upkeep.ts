@@ -42,6 +42,7 @@ interface TableStats {
   table: string;
   /** The table's own `autovacuum_enabled` storage parameter; null when not set. */
   enabled: boolean | null;
+  /** The planner's row estimate as of the last VACUUM or ANALYZE (0 before the first), as autovacuum uses it. */
   rows: number;
   dead: number;
   insertedSinceVacuum: number;
@@ -50,7 +51,9 @@ interface TableStats {
 
 /**
  * One upkeep round over the tables of `schema`: each table autovacuum does not look after and
- * that is past one of autovacuum's thresholds is vacuumed (and analyzed) or analyzed.
+ * that is past one of autovacuum's thresholds is vacuumed (and analyzed) or analyzed. Smallest
+ * tables first: a long VACUUM of `stock_change` must not keep the small, busy `sync_batch` waiting
+ * (autovacuum has several workers for that; the upkeep has one connection).
  * Returns what it did; an empty list when the database looks after the ledger itself.
  */
 export async function upkeepRound(sql: Sql, schema: string): Promise<UpkeepAction[]> {
@@ -66,13 +69,13 @@ export async function upkeepRound(sql: Sql, schema: string): Promise<UpkeepActio
     select s.relname as table,
            (select option_value::boolean from pg_options_to_table(c.reloptions)
              where option_name = 'autovacuum_enabled') as enabled,
-           greatest(c.reltuples, s.n_live_tup, 0)::float8 as rows,
+           greatest(c.reltuples, 0)::float8 as rows,
            s.n_dead_tup::float8 as dead,
            s.n_ins_since_vacuum::float8 as "insertedSinceVacuum",
            s.n_mod_since_analyze::float8 as "modifiedSinceAnalyze"
       from pg_stat_user_tables s join pg_class c on c.oid = s.relid
      where s.schemaname = ${schema}
-     order by s.relname`;
+     order by pg_relation_size(c.oid), s.relname`;
   const done: UpkeepAction[] = [];
   for (const table of tables) {
     // Autovacuum looks after a table when the server runs it and the table does not opt out
