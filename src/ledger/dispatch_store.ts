@@ -23,6 +23,14 @@ import {
   SAME_KEY_CHANNELS,
 } from "../model/batch.ts";
 
+/**
+ * Most changes one batch carries. A listing is claimed with all its due changes (a marketplace write
+ * costs the same for one change as for a hundred, and a listing claimed in part stays the oldest and is
+ * written again at once, out of its turn); this only bounds a batch after a long outage, when a few
+ * listings can have tens of thousands due. Their rest goes in the next batch.
+ */
+export const MAX_CHANGES_PER_BATCH = 20_000;
+
 /** Retry and lease policy. */
 export interface DispatchPolicy {
   /** Attempts per change before it fails as `exhausted`. */
@@ -119,8 +127,10 @@ export class DispatchStore {
   }
 
   /**
-   * Claims up to `maxListings` listings' worth of due pending changes for
-   * `channel` into a new batch with a fresh idempotency key. Null when idle.
+   * Claims up to `maxListings` listings, each with all its due pending changes (up to
+   * {@link MAX_CHANGES_PER_BATCH} in the batch), for `channel` into a new batch with a fresh
+   * idempotency key. Null when idle.
+   * @param maxRows due changes looked at to pick the listings (the oldest first).
    */
   async claimBatch(
     channel: string,
@@ -165,7 +175,7 @@ export class DispatchStore {
         select s.id from stock_change s join listings l using (tienda_id, sku)
          where s.channel = ${channel} and s.status = 'pending' and s.next_attempt_at <= now()
          order by s.id
-         limit ${maxRows * 4}
+         limit ${MAX_CHANGES_PER_BATCH}
          for update of s skip locked`;
       const rows = due.length === 0 ? [] : await tx<ClaimedRow[]>`
         update stock_change s
