@@ -180,6 +180,7 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
         sql: openLedgerUpkeep(config),
         schema: config.LEDGER_SCHEMA,
         intervalMs: config.LEDGER_UPKEEP_INTERVAL,
+        metrics,
       });
       upkeep.start();
     }

@@ -35,6 +35,8 @@ export interface ServiceMetrics {
   queueConsumers: Gauge<"queue">;
   tokenExpirySeconds: Gauge<"channel">;
   resyncRuns: Counter<"mode" | "state">;
+  /** The service's own VACUUM / ANALYZE of ledger tables autovacuum does not look after (src/ledger/upkeep.ts). */
+  ledgerUpkeep: Counter<"table" | "action">;
   deadLetterCopyFailures: Counter<"channel">;
   deadLetterCopiesDue: Gauge<"channel">;
   /** Marketplace order events by origin, kind (created, restock), how they came and what applying did. */
@@ -233,6 +235,12 @@ export function createMetrics(
       name: `${prefix}resync_drift_total`,
       help: "Listings found differing from the POS by resync and scheduled reconcile (dry run or not).",
       labelNames: ["channel"] as const,
+      registers,
+    }),
+    ledgerUpkeep: new Counter({
+      name: `${prefix}ledger_upkeep_total`,
+      help: "VACUUM and ANALYZE runs the service made on ledger tables autovacuum does not look after.",
+      labelNames: ["table", "action"] as const,
       registers,
     }),
     resyncRuns: new Counter({

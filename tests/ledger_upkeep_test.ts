@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { migrate } from "../src/ledger/migrate.ts";
+import { createMetrics } from "../src/metrics.ts";
 import { LedgerUpkeep, type UpkeepAction, upkeepRound } from "../src/ledger/upkeep.ts";
 import { DATABASE_URL, integration, uniqueName, waitFor } from "./helpers.ts";
 
@@ -102,10 +103,18 @@ integration("the upkeep loop vacuums on its interval and close() ends it and its
     onnotice: () => {},
     connection: { search_path: ledger.schema },
   });
-  const upkeep = new LedgerUpkeep({ sql: own, schema: ledger.schema, intervalMs: 100 });
+  const metrics = createMetrics(`${uniqueName("upkeep_test")}_`, () => Promise.resolve([]));
+  const upkeep = new LedgerUpkeep({ sql: own, schema: ledger.schema, intervalMs: 100, metrics });
   try {
     upkeep.start();
     await waitFor(async () => (await ledger.stats()).vacuumed, "vacuumed by the loop");
+    await waitFor(
+      async () =>
+        (await metrics.ledgerUpkeep.get()).values.some((v) =>
+          v.labels.table === "stock_change" && v.labels.action === "vacuum" && v.value === 1
+        ),
+      "counted in ledger_upkeep_total",
+    );
     await upkeep.close();
     await assert.rejects(own`select 1`, "the upkeep's connection is ended");
   } finally {

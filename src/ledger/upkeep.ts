@@ -15,6 +15,7 @@
  */
 import type { Sql } from "postgres";
 import { logger } from "../log.ts";
+import type { ServiceMetrics } from "../metrics.ts";
 
 const log = logger("ledger");
 
@@ -135,6 +136,7 @@ export interface LedgerUpkeepDeps {
   schema: string;
   /** Time between rounds (LEDGER_UPKEEP_INTERVAL). */
   intervalMs: number;
+  metrics: Pick<ServiceMetrics, "ledgerUpkeep">;
 }
 
 /** Runs {@link upkeepRound} every interval until closed; logs what each round did. */
@@ -168,6 +170,7 @@ export class LedgerUpkeep {
         );
       }
       for (const a of actions) {
+        this.deps.metrics.ledgerUpkeep.inc({ table: a.table, action: a.action });
         log.info("ledger upkeep: {action} {table} ({dead_rows} dead rows) in {ms} ms", {
           action: a.action,
           table: a.table,
