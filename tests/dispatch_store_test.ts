@@ -295,6 +295,8 @@ integration(
 
       await assert.rejects(ledger.store.markSending(batch, request), LeaseLostError);
       assert.equal(await ledger.store.renewLease(batch), false, "the old owner cannot renew the lease back");
+      await ledger
+        .sql`update sync_batch set lease_until = now() + interval '1 second' where id = ${taken.id}`;
       assert.equal(await replica.renewLease(taken), true, "the new owner can");
       assert.ok((await ledger.batchRow(batch.id)).lease_ms > POLICY.leaseMs - 5_000, "a whole lease ahead");
       await assert.rejects(

@@ -41,7 +41,9 @@ interface Call {
 }
 
 /** One scripted turn of `process()`: `send()` persists and "sends" the request. */
-type Step = (turn: { batch: ClaimedBatch; send(): Promise<unknown> }) => Promise<BatchOutcome> | BatchOutcome;
+type Step = (
+  turn: { batch: ClaimedBatch; send(): Promise<unknown>; signal: AbortSignal },
+) => Promise<BatchOutcome> | BatchOutcome;
 
 /**
  * A channel adapter whose answers the test dictates, one step per call, recording what
@@ -69,6 +71,7 @@ class ScriptedAdapter implements ChannelAdapter {
     const step = this.steps.shift() ?? sendThen(appliedAll);
     return await step({
       batch,
+      signal: context.signal,
       send: async () => {
         call.built = {
           idempotencyKey: batch.idempotencyKey,
@@ -292,13 +295,13 @@ integration("pending changes of one listing go out as one logical change and lan
 integration(
   "two lanes: a batch whose work outlasts its lease stays with the lane working on it and is sent once",
   async () => {
-    // The first call works three leases long before it sends (a MercadoLibre batch paced by its rate
-    // limit does); the other lane polls every 50 ms meanwhile, and would take an expired lease over.
+    // The first call works two and a half leases long before it sends (a MercadoLibre batch paced by its
+    // rate limit does); the other lane polls every 50 ms meanwhile, and would take an expired lease over.
     const f = await fixture({
       lanes: 2,
-      policy: { leaseMs: 300 },
+      policy: { leaseMs: 1_000 },
       steps: [async (turn) => {
-        await sleep(900);
+        await sleep(2_500);
         return await sendThen(appliedAll)(turn);
       }],
     });
@@ -314,6 +317,47 @@ integration(
         "one batch, sent once",
       );
       assert.equal(await counter(f.metrics.changesProcessed, { channel: CHANNEL, outcome: "applied" }), 1);
+    } finally {
+      await f.close();
+    }
+  },
+);
+
+integration(
+  "a batch taken over while its adapter works: the adapter is told to stop, and the new owner keeps it",
+  async () => {
+    let aborted = false;
+    const f = await fixture({
+      policy: { leaseMs: 600 },
+      steps: [async ({ signal }) => {
+        // Works (without sending) until told to stop, as an adapter waiting on its rate limit would.
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, 10_000);
+          signal.addEventListener("abort", () => {
+            aborted = true;
+            clearTimeout(timer);
+            resolve();
+          }, { once: true });
+        });
+        throw signal.reason;
+      }],
+    });
+    try {
+      await f.sell(saleOf({ "SKU-1": 2 }));
+      f.dispatcher.start();
+      await waitFor(() => f.adapter.calls.length === 1, "the batch in its adapter");
+      // Another replica takes the batch over (as after a Postgres stall longer than the lease).
+      const [taken] = await f.sql<{ owner: string }[]>`
+        update sync_batch set owner = gen_random_uuid(), lease_until = now() + interval '1 minute'
+        returning owner::text`;
+      await waitFor(() => aborted, "the adapter told to stop at the next renewal", 3_000);
+      await sleep(300);
+      const [batch] = await f.sql<
+        { owner: string; status: string }[]
+      >`select owner::text, status from sync_batch`;
+      assert.deepEqual({ ...batch }, { owner: taken.owner, status: "sending" }, "left to its new owner");
+      assert.deepEqual((await f.changes()).map((c) => c.status), ["sending"], "nothing released or recorded");
+      assert.equal(f.adapter.calls.length, 1, "not claimed again here");
     } finally {
       await f.close();
     }

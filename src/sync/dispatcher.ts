@@ -30,6 +30,13 @@ const log = logger("sync");
  */
 const loopBackoff = exponential({ baseMs: 250, maxMs: 10_000, firstAttempt: 0 });
 
+/**
+ * Leases an adapter may hold one batch through renewals (5 min at the default 30 s DISPATCH_LEASE): far
+ * more than a MeLi batch paced by its rate limit or a Shopify throttle wait needs, and a bound on a call
+ * stuck with no timeout, after which the batch is left to its lease as a dead process's is.
+ */
+export const LEASE_HOLD_LEASES = 10;
+
 /** Test seams around the send; production passes none. */
 export interface DispatcherHooks {
   /** Runs after the adapter returned and before the outcome is recorded. */
@@ -225,20 +232,35 @@ export class Dispatcher {
     // one), and no longer once it has answered: from then on the batch is ours only until the
     // lease runs out, which is what lets another replica take over from a process that dies
     // before recording.
-    const lease = keepLease(
-      () => store.renewLease(batch),
-      Math.max(1, Math.floor(store.leaseMs / 3)),
-      (error) =>
+    // One abort for this batch: shutdown's, or the lease's end (taken over, or held too long).
+    const work = new AbortController();
+    const lease = keepLease({
+      renew: () => store.renewLease(batch),
+      everyMs: Math.max(1, Math.floor(store.leaseMs / 3)),
+      maxHoldMs: LEASE_HOLD_LEASES * store.leaseMs,
+      signal: this.#abort.signal,
+      onError: (error) =>
         log.warning("{channel}: could not renew the lease of batch {batch_id}: {error}", {
           channel,
           batch_id: batch.id,
           error: (error as Error).message,
         }),
-    );
+      onLost: (why) => {
+        log.warning("{channel}: batch {batch_id} {why}; its work is stopped and left to the lease", {
+          mark: "retry",
+          channel,
+          batch_id: batch.id,
+          why: why === "taken_over"
+            ? "was taken over by another replica while its adapter worked"
+            : `was held for ${LEASE_HOLD_LEASES} leases without an answer from its adapter`,
+        });
+        work.abort(new Error(`batch ${batch.id} lease ${why}`));
+      },
+    });
     try {
       outcome = await adapter.process(batch, {
         persistRequest: (request) => store.markSending(batch, request),
-        signal: this.#abort.signal,
+        signal: AbortSignal.any([this.#abort.signal, work.signal]),
       });
     } catch (error) {
       if (error instanceof LeaseLostError) throw error; // not the adapter's fault: see #run
