@@ -90,6 +90,10 @@ integration(
         ["analyze"],
       );
       assert.equal((await ledger.stats()).vacuumed, false);
+      // A table's own threshold wins over the server's, as it does for autovacuum.
+      await ledger.sql`alter table stock_change set (autovacuum_vacuum_threshold = 10)`;
+      const again = await upkeepRound(ledger.sql, ledger.schema);
+      assert.deepEqual(again.filter((a) => a.table === "stock_change").map((a) => a.action), ["vacuum"]);
     } finally {
       await ledger.close();
     }
@@ -111,7 +115,7 @@ integration("the upkeep loop vacuums on its interval and close() ends it and its
     await waitFor(
       async () =>
         (await metrics.ledgerUpkeep.get()).values.some((v) =>
-          v.labels.table === "stock_change" && v.labels.action === "vacuum" && v.value === 1
+          v.labels.table === "stock_change" && v.labels.action === "vacuum" && v.value >= 1
         ),
       "counted in ledger_upkeep_total",
     );

@@ -48,7 +48,19 @@ interface TableStats {
   dead: number;
   insertedSinceVacuum: number;
   modifiedSinceAnalyze: number;
+  /** The table's own thresholds (storage parameters), where set: they win over the server's. */
+  own: Partial<Omit<Thresholds, "autovacuum">>;
 }
+
+/** The table's own autovacuum storage parameters, by the {@link Thresholds} field each overrides. */
+const TABLE_THRESHOLDS = {
+  vacuumThreshold: "autovacuum_vacuum_threshold",
+  vacuumScale: "autovacuum_vacuum_scale_factor",
+  insertThreshold: "autovacuum_vacuum_insert_threshold",
+  insertScale: "autovacuum_vacuum_insert_scale_factor",
+  analyzeThreshold: "autovacuum_analyze_threshold",
+  analyzeScale: "autovacuum_analyze_scale_factor",
+} as const;
 
 /**
  * One upkeep round over the tables of `schema`: each table autovacuum does not look after and
@@ -66,10 +78,13 @@ export async function upkeepRound(sql: Sql, schema: string): Promise<UpkeepActio
            current_setting('autovacuum_vacuum_insert_scale_factor')::float8 as "insertScale",
            current_setting('autovacuum_analyze_threshold')::float8 as "analyzeThreshold",
            current_setting('autovacuum_analyze_scale_factor')::float8 as "analyzeScale"`;
-  const tables = await sql<TableStats[]>`
+  const stats = await sql<(Omit<TableStats, "own"> & { options: Record<string, number> })[]>`
     select s.relname as table,
            (select option_value::boolean from pg_options_to_table(c.reloptions)
              where option_name = 'autovacuum_enabled') as enabled,
+           (select coalesce(jsonb_object_agg(option_name, option_value::float8), '{}')
+              from pg_options_to_table(c.reloptions)
+             where option_name = any(${Object.values(TABLE_THRESHOLDS)})) as options,
            greatest(c.reltuples, 0)::float8 as rows,
            s.n_dead_tup::float8 as dead,
            s.n_ins_since_vacuum::float8 as "insertedSinceVacuum",
@@ -77,17 +92,27 @@ export async function upkeepRound(sql: Sql, schema: string): Promise<UpkeepActio
       from pg_stat_user_tables s join pg_class c on c.oid = s.relid
      where s.schemaname = ${schema}
      order by pg_relation_size(c.oid), s.relname`;
+  const tables: TableStats[] = stats.map(({ options, ...table }) => ({
+    ...table,
+    own: Object.fromEntries(
+      Object.entries(TABLE_THRESHOLDS).filter(([, name]) => name in options).map((
+        [field, name],
+      ) => [field, options[name]]),
+    ),
+  }));
   const done: UpkeepAction[] = [];
   for (const table of tables) {
     // Autovacuum looks after a table when the server runs it and the table does not opt out
     // (autovacuum_enabled = false); a table's `true` cannot turn on what the server has off.
     if (t.autovacuum && table.enabled !== false) continue;
+    const th = { ...t, ...table.own };
     // A threshold of -1 for inserts disables insert-driven vacuums, as it does for autovacuum.
-    const vacuum = table.dead > t.vacuumThreshold + t.vacuumScale * table.rows ||
-      (t.insertThreshold >= 0 && table.insertedSinceVacuum > t.insertThreshold + t.insertScale * table.rows);
-    const analyze = table.modifiedSinceAnalyze > t.analyzeThreshold + t.analyzeScale * table.rows;
+    const vacuum = table.dead > th.vacuumThreshold + th.vacuumScale * table.rows ||
+      (th.insertThreshold >= 0 &&
+        table.insertedSinceVacuum > th.insertThreshold + th.insertScale * table.rows);
+    const analyze = table.modifiedSinceAnalyze > th.analyzeThreshold + th.analyzeScale * table.rows;
     if (!vacuum && !analyze) continue;
-    if (done.length === 0) await paceLikeAutovacuum(sql);
+    if (done.length === 0) await sessionLikeAutovacuum(sql);
     const started = performance.now();
     try {
       // Identifiers escaped by the driver; VACUUM cannot run in a transaction, which a tagged query is not.
@@ -114,7 +139,12 @@ export async function upkeepRound(sql: Sql, schema: string): Promise<UpkeepActio
  * -1 means "the plain VACUUM setting", as for autovacuum). A manual VACUUM is not paced by default, and
  * on a machine whose cores dispatch sales an unpaced one competes with them for its whole run.
  */
-async function paceLikeAutovacuum(sql: Sql): Promise<void> {
+async function sessionLikeAutovacuum(sql: Sql): Promise<void> {
+  // A backend busy in VACUUM does not notice that its client has gone (shutdown ends the connection):
+  // from Postgres 14 on, it looks every second and stops, instead of vacuuming on after we have exited.
+  await sql`
+    select set_config('client_connection_check_interval', '1s', false)
+     where current_setting('server_version_num')::int >= 140000`;
   await sql`
     select set_config('vacuum_cost_delay', d, false), set_config('vacuum_cost_limit', l, false)
       from (select case when current_setting('autovacuum_vacuum_cost_delay') in ('-1', '-1ms')
@@ -188,9 +218,9 @@ export class LedgerUpkeep {
   }
 
   /**
-   * Stops scheduling rounds and ends the connection: a VACUUM in progress is cut short (Postgres
-   * keeps what it had cleaned; the next round, or autovacuum, finishes it) rather than holding
-   * the shutdown.
+   * Stops scheduling rounds and ends the connection. A VACUUM in progress stops within a second of it
+   * (Postgres 14 and later notice the client has gone: `client_connection_check_interval`); Postgres
+   * keeps what it had cleaned, and the next round, or autovacuum, finishes it.
    */
   async close(): Promise<void> {
     this.#closed = true;
