@@ -344,10 +344,10 @@ export class DispatchStore {
                  response = ${outcome.response === undefined ? null : tx.json(toJson(outcome.response))}
            where id = ${batch.id}`;
         // Set-based updates: one statement per kind, however many listings the batch holds.
-        // One entry per listing (its change ids and what was applied), not per change: the batch's
-        // JSON is what Postgres parses, and a listing's changes share one result.
+        // One entry per listing (its change ids and what was applied or why it waits), not per change:
+        // the batch's JSON is what Postgres parses, and a listing's changes share one result.
         const applied: { ids: string[]; result: unknown }[] = [];
-        const retried: { id: string; wait_ms: number; error: string; reason: string }[] = [];
+        const retried: { ids: string[]; wait_ms: number; error: string; reason: string }[] = [];
         for (const [index, result] of outcome.results.entries()) {
           const change = batch.changes[index];
           if (result.kind === "applied") {
@@ -359,9 +359,12 @@ export class DispatchStore {
             applied.push({ ids: change.changeIds, result: stored });
           } else if (result.kind === "retry" && change.attempts < this.policy.maxAttempts) {
             const wait = Math.max(result.waitMs ?? 0, backoffMs(change.attempts, this.policy));
-            for (const id of change.changeIds) {
-              retried.push({ id, wait_ms: wait, error: result.error, reason: result.reason });
-            }
+            retried.push({
+              ids: change.changeIds,
+              wait_ms: wait,
+              error: result.error,
+              reason: result.reason,
+            });
           } else {
             failed.push({
               ids: change.changeIds,
@@ -386,8 +389,8 @@ export class DispatchStore {
                set status = 'pending', batch_id = null, updated_at = now(), error = x.error,
                    error_reason = x.reason, next_attempt_at = now() + x.wait_ms * interval '1 millisecond'
               from jsonb_to_recordset(${tx.json(toJson(retried))}::jsonb)
-                as x(id bigint, wait_ms integer, error text, reason text)
-             where s.id = x.id and s.batch_id = ${batch.id} and s.status = 'sending'`;
+                as x(ids bigint[], wait_ms integer, error text, reason text)
+             where s.id = any(x.ids) and s.batch_id = ${batch.id} and s.status = 'sending'`;
         }
       }
       const out: FailedChange[] = [];
