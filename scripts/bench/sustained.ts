@@ -380,8 +380,8 @@ export const sustainedSection: Section = {
     // The bound on a change's lag: it may arrive just after its listing was claimed, so it waits for the
     // listing's next turn (one pass) and then for its batch to be written and recorded, while the other
     // lanes' batches share the rate: the pass plus DISPATCH_LANES × MELI_BATCH_SIZE writes.
-    const meliLagBoundS = (meliListings + config.DISPATCH_LANES * config.MELI_BATCH_SIZE) /
-      meliSteadyPutsPerS;
+    const meliBatch = config.MELI_MODE === "delta" ? 1 : config.MELI_BATCH_SIZE; // as the channel claims
+    const meliLagBoundS = (meliListings + config.DISPATCH_LANES * meliBatch) / meliSteadyPutsPerS;
     const meliApplied = lag.find((w) => w.channel === "mercadolibre" && w.index === -1)?.applied ?? 0;
     const lastHalfFrom = Math.floor(publishSeconds / 2 / LAG_WINDOW_S);
     const meliLastHalf = lag.filter((w) => w.channel === "mercadolibre" && w.index >= lastHalfFrom);
