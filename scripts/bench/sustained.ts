@@ -37,6 +37,7 @@ import {
   DATABASE_URL,
   deleteKeys,
   freePort,
+  memorySplit,
   PLAN_BUCKETS,
   REDIS_URL,
   rssMib,
@@ -285,6 +286,10 @@ export const sustainedSection: Section = {
     const elapsed = () => (performance.now() - started) / 1000;
 
     const samples: Sample[] = [];
+    // Every 5 s: where the service's RSS is (/proc/<pid>/smaps): malloc's main arena (`[heap]`, native
+    // memory of the JS thread: Deno's I/O buffers), the other anonymous mappings (the V8 heap, malloc's
+    // other arena, stacks) and file-backed pages (the binary). The 600 s peak of issue #15 was the arena.
+    const splits: { t: number; heap: number; anon: number; file: number }[] = [];
     let meliHalf: { t: number; puts: number } | undefined;
     let sampling = true;
     const sampler = (async () => {
@@ -293,7 +298,14 @@ export const sustainedSection: Section = {
         const depth = (await ctx.rabbit.queueDeclare({ queue: config.QUEUE, passive: true })).messageCount;
         const backlog = await backlogByChannel(probe);
         await servers.sample();
-        if (samples.length % 10 === 0) await findServiceBackends(); // the pool opens and closes connections
+        if (samples.length % 10 === 0) {
+          await findServiceBackends(); // the pool opens and closes connections
+          const split = await memorySplit(child.pid, Deno.execPath());
+          if (split) {
+            const heap = split.mappings.malloc_heap ?? 0;
+            splits.push({ t: elapsed(), heap, anon: split.anon - heap, file: split.file });
+          }
+        }
         const t = elapsed();
         if (!meliHalf && t >= seconds / 2) meliHalf = { t, puts: meli.stats().puts };
         if (m) {
@@ -412,6 +424,11 @@ export const sustainedSection: Section = {
         `${round(s.t, 0)}s:${round(s.rss, 0)}`
       )
         .join(" "),
+      // "t s: [heap]/other anonymous/file-backed MiB" every 5 s (see `splits`), and the largest [heap].
+      rss_split_timeline_heap_anon_file_mib: splits.map((s) =>
+        `${round(s.t, 0)}s:${round(s.heap, 0)}/${round(s.anon, 0)}/${round(s.file, 0)}`
+      ).join(" "),
+      malloc_heap_peak_mib: round(Math.max(0, ...splits.map((s) => s.heap))),
 
       // Lag, sale (the event's timestamp, set as it is published) → stock_change.applied_at, per change.
       ...shopifyLag,

@@ -58,44 +58,29 @@ export function backoffMs(
   })(attempt);
 }
 
-interface ClaimedRow {
-  id: string;
-  event_id: string;
+/** One listing's claimed changes, grouped by the claim itself (see {@link DispatchStore.claimBatch}). */
+interface ClaimedListing {
   tienda_id: string;
   sku: string;
   producto_id: string | null;
   delta: number;
   attempts: number;
-  created_at: Date;
+  oldest_created_at: Date;
+  change_ids: string[];
 }
 
-function coalesce(rows: ClaimedRow[]): LogicalChange[] {
-  const groups = new Map<string, LogicalChange>();
-  for (const row of rows) {
-    const key = `${row.tienda_id}\u0000${row.sku}`;
-    let group = groups.get(key);
-    if (!group) {
-      group = {
-        tiendaId: row.tienda_id,
-        sku: row.sku,
-        productoId: row.producto_id,
-        delta: 0,
-        changeIds: [],
-        eventIds: [],
-        attempts: 0,
-        oldestCreatedAt: row.created_at,
-      };
-      groups.set(key, group);
-    }
-    group.delta += row.delta;
-    group.changeIds.push(String(row.id));
-    group.eventIds.push(row.event_id);
-    group.productoId ??= row.producto_id;
-    group.attempts = Math.max(group.attempts, row.attempts);
-    if (row.created_at < group.oldestCreatedAt) group.oldestCreatedAt = row.created_at;
-  }
+function toLogicalChanges(rows: ClaimedListing[]): LogicalChange[] {
+  const changes = rows.map((row): LogicalChange => ({
+    tiendaId: row.tienda_id,
+    sku: row.sku,
+    productoId: row.producto_id,
+    delta: row.delta,
+    changeIds: row.change_ids,
+    attempts: row.attempts,
+    oldestCreatedAt: row.oldest_created_at,
+  }));
   // Stable order so a re-built request is identical.
-  return [...groups.values()].sort((a, b) =>
+  return changes.sort((a, b) =>
     a.tiendaId === b.tiendaId ? (a.sku < b.sku ? -1 : 1) : (a.tiendaId < b.tiendaId ? -1 : 1)
   );
 }
@@ -177,16 +162,30 @@ export class DispatchStore {
          order by s.id
          limit ${MAX_CHANGES_PER_BATCH}
          for update of s skip locked`;
-      const rows = due.length === 0 ? [] : await tx<ClaimedRow[]>`
-        update stock_change s
-           set status = 'sending', batch_id = ${batch.id}, attempts = s.attempts + 1, updated_at = now()
-         where s.id = any(${due.map((r) => r.id)}::bigint[])
-        returning s.id, s.event_id, s.tienda_id, s.sku, s.producto_id, s.delta, s.attempts, s.created_at`;
+      // Grouped per listing by Postgres, not returned row by row: a claim may take up to
+      // `maxRows * 4` changes (20 000 for Shopify once it trails), and one row per change was ~190
+      // bytes on the wire each (two UUIDs, a timestamp…), megabytes per claim that the service
+      // read only to sum them up. Deno keeps the 64 KiB socket buffers such a read fills, so the
+      // service's native heap grew with the largest claims (docs/BENCHMARKS.md, issue #15's peak
+      // RSS). One row per listing with its change ids is ~8 bytes per change.
+      const rows = due.length === 0 ? [] : await tx<ClaimedListing[]>`
+        with claimed as (
+          update stock_change s
+             set status = 'sending', batch_id = ${batch.id}, attempts = s.attempts + 1, updated_at = now()
+           where s.id = any(${due.map((r) => r.id)}::bigint[])
+          returning s.id, s.tienda_id, s.sku, s.producto_id, s.delta, s.attempts, s.created_at
+        )
+        select tienda_id, sku,
+               (array_agg(producto_id order by id) filter (where producto_id is not null))[1] as producto_id,
+               sum(delta)::float8 as delta, max(attempts) as attempts,
+               min(created_at) as oldest_created_at, array_agg(id order by id)::text[] as change_ids
+          from claimed
+         group by tienda_id, sku`;
       if (rows.length === 0) {
         await tx`delete from sync_batch where id = ${batch.id}`;
         return null;
       }
-      const changes = coalesce(rows);
+      const changes = toLogicalChanges(rows);
       await tx`update sync_batch set payload = ${tx.json(toJson(changes))} where id = ${batch.id}`;
       return {
         id: String(batch.id),

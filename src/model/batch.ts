@@ -11,7 +11,11 @@ export interface LogicalChange {
   /** Sum of the coalesced changes' deltas (negative for sales). */
   delta: number;
   changeIds: string[];
-  eventIds: string[];
+  /**
+   * The sales of the coalesced changes. Written into batches claimed before 2026-12-04; nothing
+   * reads it, and a claim no longer reads the event ids back (docs/BENCHMARKS.md, issue #15's peak RSS).
+   */
+  eventIds?: string[];
   /** Highest attempt count among the coalesced changes (1 on the first send). */
   attempts: number;
   oldestCreatedAt: Date;
