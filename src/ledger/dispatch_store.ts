@@ -163,7 +163,7 @@ export class DispatchStore {
          limit ${MAX_CHANGES_PER_BATCH}
          for update of s skip locked`;
       // Grouped per listing by Postgres, not returned row by row: a claim may take up to
-      // `maxRows * 4` changes (20 000 for Shopify once it trails), and one row per change was ~190
+      // MAX_CHANGES_PER_BATCH changes (20 000, for Shopify once it trails), and one row per change was ~190
       // bytes on the wire each (two UUIDs, a timestamp…), megabytes per claim that the service
       // read only to sum them up. Deno keeps the 64 KiB socket buffers such a read fills, so the
       // service's native heap grew with the largest claims (docs/BENCHMARKS.md, issue #15's peak
