@@ -36,6 +36,8 @@ export interface ScenarioResult {
   logDir: string;
   /** Milliseconds per phase: setup (sandboxes, topology), run (services up, burst, faults), settle, check. */
   phases: Record<string, number>;
+  /** Teardown steps that did not finish in time (reported, not failed: the invariant was checked before). */
+  teardown?: string[];
 }
 
 /** Runs one scenario variant end to end and checks the invariant. */
@@ -98,7 +100,8 @@ export async function runScenario(
         }
       }
       if (result.secretHits.length > 0) result.ok = false;
-      await world.close().catch(() => {});
+      const stuck = await world.close().catch((error) => [`teardown failed: ${(error as Error).message}`]);
+      if (stuck.length > 0) result.teardown = stuck;
     }
     result.durationMs = performance.now() - started;
   }
@@ -128,6 +131,7 @@ export function resultDetails(r: ScenarioResult): string[] {
   for (const p of (r.report?.problems ?? []).slice(0, 25)) out.push(`    ✗ ${p}`);
   if ((r.report?.problems.length ?? 0) > 25) out.push(`    ✗ … ${r.report!.problems.length - 25} more`);
   if (r.error) out.push(`    ✗ ${r.error.split("\n").slice(0, 4).join("\n      ")}`);
+  for (const t of r.teardown ?? []) out.push(`    · teardown: ${t} (left behind)`);
   out.push(`    · secret scan (${r.secretScan}): ${r.secretHits.length ? r.secretHits.join("; ") : "clean"}`);
   const phases = Object.entries(r.phases).map(([k, ms]) => `${k} ${(ms / 1000).toFixed(1)} s`).join(", ");
   out.push(`    · ${phases}; logs: ${r.logDir}`);

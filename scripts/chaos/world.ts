@@ -284,6 +284,9 @@ interface LedgerRow {
 }
 
 /** A chaos scenario's world. */
+/** Longest one teardown step may take before the run goes on without it. */
+const TEARDOWN_STEP_MS = 10_000;
+
 export class World {
   readonly sales: SampleSale[] = [];
   readonly bad: ExpectedDeadLetter[] = [];
@@ -991,35 +994,56 @@ export class World {
   }
 
   /** Stops services, sandboxes and proxies, and removes every queue, schema and key the world made. */
-  async close(): Promise<void> {
-    await Promise.all(this.services.map((s) => s.stop("SIGTERM").catch(() => undefined)));
+  /**
+   * Stops the services and tears the world down, each step bounded (10 s): a step that hangs must not hang
+   * the run (a whole `deno test` once waited on one for good). Returns the steps that did not finish.
+   */
+  async close(): Promise<string[]> {
+    const stuck: string[] = [];
+    const step = async (what: string, work: () => Promise<unknown>) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<"late">((resolve) =>
+        timer = setTimeout(() => resolve("late"), TEARDOWN_STEP_MS)
+      );
+      const done = await Promise.race([work().then(() => "done", () => "done"), late]);
+      clearTimeout(timer);
+      if (done === "late") stuck.push(`${what} did not finish within ${TEARDOWN_STEP_MS / 1000} s`);
+    };
+    await step("stopping the services", () => Promise.all(this.services.map((s) => s.stop("SIGTERM"))));
     for (const p of Object.values(this.proxies)) p?.close();
-    await this.shopify.close().catch(() => {});
-    await this.meli.close().catch(() => {});
-    for (
-      const q of [
-        this.topology.queue,
-        ...this.topology.retryQueues.map((r) => r.name),
-        this.topology.deadLetterQueue,
-      ]
-    ) {
-      await this.rabbit.queueDelete({ queue: q }).catch(() => {});
-    }
-    await this.rabbit.exchangeDelete({ exchange: this.topology.exchange }).catch(() => {});
-    await this.#publisher.close().catch(() => {});
-    await this.rabbit.close().catch(() => {});
-    await this.sql.unsafe(`drop schema if exists ${this.env.LEDGER_SCHEMA} cascade`).catch(() => {});
-    await this.sql.end({ timeout: 5 }).catch(() => {});
-    try {
-      const keys = [
-        ...await this.redis.keys(`chaos:${this.id}:*`),
-        ...await this.redis.keys(`marketplace-sync:*${new URL(this.shopify.url).host}*`),
-        ...await this.redis.keys(`marketplace-sync:*${new URL(this.meli.url).host}*`),
-      ];
-      if (keys.length) await this.redis.del(keys);
-      await this.redis.close();
-    } catch {
-      this.redis.destroy();
-    }
+    await step("closing the Shopify sandbox", () => this.shopify.close());
+    await step("closing the MeLi sandbox", () => this.meli.close());
+    await step("deleting the queues", async () => {
+      for (
+        const q of [
+          this.topology.queue,
+          ...this.topology.retryQueues.map((r) => r.name),
+          this.topology.deadLetterQueue,
+        ]
+      ) {
+        await this.rabbit.queueDelete({ queue: q }).catch(() => {});
+      }
+      await this.rabbit.exchangeDelete({ exchange: this.topology.exchange }).catch(() => {});
+      await this.#publisher.close().catch(() => {});
+      await this.rabbit.close().catch(() => {});
+    });
+    await step("dropping the ledger schema", async () => {
+      await this.sql.unsafe(`drop schema if exists ${this.env.LEDGER_SCHEMA} cascade`).catch(() => {});
+      await this.sql.end({ timeout: 5 }).catch(() => {});
+    });
+    await step("clearing Redis", async () => {
+      try {
+        const keys = [
+          ...await this.redis.keys(`chaos:${this.id}:*`),
+          ...await this.redis.keys(`marketplace-sync:*${new URL(this.shopify.url).host}*`),
+          ...await this.redis.keys(`marketplace-sync:*${new URL(this.meli.url).host}*`),
+        ];
+        if (keys.length) await this.redis.del(keys);
+        await this.redis.close();
+      } catch {
+        this.redis.destroy();
+      }
+    });
+    return stuck;
   }
 }
