@@ -24,20 +24,21 @@ function scriptedRedis(replies: (unknown | Error)[], ready = true): ScriptRunner
 }
 
 Deno.test("a full local bucket serves at once; a short one waits for the refill", async () => {
-  const bucket = new LocalBucket({ max: 10, restoreRate: 1000 });
+  // 100 units/s: a busy machine's few milliseconds between the two takes cannot refill what the second needs.
+  const bucket = new LocalBucket({ max: 10, restoreRate: 100 });
   assert.equal(await bucket.take(10), 0);
-  // Empty now: 5 units at 1 000/s is at most 5 ms away (less if the clock moved on).
+  // Empty now: 5 units at 100/s is at most 50 ms away (less if the clock moved on).
   const waited = await bucket.take(5);
-  assert.ok(waited > 0 && waited <= 5, `waited ${waited} ms`);
+  assert.ok(waited > 0 && waited <= 50, `waited ${waited} ms`);
 });
 
 Deno.test("a cost above the bucket's size takes the whole bucket instead of waiting forever", async () => {
-  const bucket = new LocalBucket({ max: 10, restoreRate: 1000 });
+  const bucket = new LocalBucket({ max: 10, restoreRate: 100 });
   assert.equal(await bucket.take(25), 0);
   assert.ok(bucket.level < 1, `level ${bucket.level}`);
-  // Empty again: the next oversized take waits for a full bucket (10 units at 1 000/s), not for 25.
+  // Empty again: the next oversized take waits for a full bucket (10 units at 100/s), not for 25.
   const waited = await bucket.take(25);
-  assert.ok(waited > 0 && waited <= 10, `waited ${waited} ms`);
+  assert.ok(waited > 0 && waited <= 100, `waited ${waited} ms`);
 });
 
 Deno.test("the marketplace's report corrects the local bucket, capped at its size", async () => {
