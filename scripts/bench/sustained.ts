@@ -389,11 +389,13 @@ export const sustainedSection: Section = {
     const meliListingsPut = Object.entries(meliAfter.putsByListing)
       .reduce((n, [k, v]) => n + v - (meliBefore.putsByListing[k] ?? 0), 0);
     const meliPassS = meliListings / meliSteadyPutsPerS;
-    // The bound on a change's lag: it may arrive just after its listing was claimed, so it waits for the
-    // listing's next turn (one pass) and then for its batch to be written and recorded, while the other
-    // lanes' batches share the rate: the pass plus DISPATCH_LANES × MELI_BATCH_SIZE writes.
+    // The bound on a change's lag: it may arrive just after its listing was claimed. Before its listing's next
+    // batch is recorded, MeLi writes at most: the batches in flight then (DISPATCH_LANES of them, its
+    // listing's among them), one write for each other listing with sales (they are all ahead of it), and the
+    // rest of its own batch (applied_at is stamped when the whole batch is recorded) — at the second half's
+    // write rate. Record and claim latency come on top.
     const meliBatch = config.MELI_MODE === "delta" ? 1 : config.MELI_BATCH_SIZE; // as the channel claims
-    const meliLagBoundS = (meliListings + config.DISPATCH_LANES * meliBatch) / meliSteadyPutsPerS;
+    const meliLagBoundS = (meliListings - 1 + (config.DISPATCH_LANES + 1) * meliBatch) / meliSteadyPutsPerS;
     const meliApplied = lag.find((w) => w.channel === "mercadolibre" && w.index === -1)?.applied ?? 0;
     const lastHalfFrom = Math.floor(publishSeconds / 2 / LAG_WINDOW_S);
     const meliLastHalf = lag.filter((w) => w.channel === "mercadolibre" && w.index >= lastHalfFrom);
