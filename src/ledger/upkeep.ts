@@ -16,6 +16,7 @@
 import type { Sql } from "postgres";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
+import { repeatRounds, type Rounds } from "../resilience/rounds.ts";
 
 const log = logger("ledger");
 
@@ -171,48 +172,38 @@ export interface LedgerUpkeepDeps {
 
 /** Runs {@link upkeepRound} every interval until closed; logs what each round did. */
 export class LedgerUpkeep {
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #round: Promise<void> = Promise.resolve();
+  #rounds: Rounds | undefined;
   #closed = false;
   #told = false;
 
   constructor(private readonly deps: LedgerUpkeepDeps) {}
 
   start(): void {
-    this.#schedule();
-  }
-
-  #schedule(): void {
-    if (this.#closed) return;
-    this.#timer = setTimeout(() => {
-      this.#round = this.#run().finally(() => this.#schedule());
-    }, this.deps.intervalMs);
-  }
-
-  async #run(): Promise<void> {
-    try {
-      const actions = await upkeepRound(this.deps.sql, this.deps.schema);
-      if (actions.length > 0 && !this.#told) {
-        this.#told = true;
-        log.warning(
-          "autovacuum is off for the ledger's tables: the service vacuums and analyzes them itself " +
-            "(LEDGER_UPKEEP_INTERVAL=0 stops it; turning autovacuum on is better)",
-        );
-      }
-      for (const a of actions) {
-        this.deps.metrics.ledgerUpkeep.inc({ table: a.table, action: a.action });
-        log.info("ledger upkeep: {action} {table} ({dead_rows} dead rows) in {ms} ms", {
-          action: a.action,
-          table: a.table,
-          dead_rows: a.deadRows,
-          ms: a.ms,
-        });
-      }
-    } catch (error) {
+    this.#rounds ??= repeatRounds(this.deps.intervalMs, () => this.#round(), (error) => {
       if (this.#closed) return; // a VACUUM cut short by the shutdown
       log.warning("ledger upkeep failed: {error}; trying again in {interval_ms} ms", {
         error: (error as Error).message,
         interval_ms: this.deps.intervalMs,
+      });
+    });
+  }
+
+  async #round(): Promise<void> {
+    const actions = await upkeepRound(this.deps.sql, this.deps.schema);
+    if (actions.length > 0 && !this.#told) {
+      this.#told = true;
+      log.warning(
+        "autovacuum is off for the ledger's tables: the service vacuums and analyzes them itself " +
+          "(LEDGER_UPKEEP_INTERVAL=0 stops it; turning autovacuum on is better)",
+      );
+    }
+    for (const a of actions) {
+      this.deps.metrics.ledgerUpkeep.inc({ table: a.table, action: a.action });
+      log.info("ledger upkeep: {action} {table} ({dead_rows} dead rows) in {ms} ms", {
+        action: a.action,
+        table: a.table,
+        dead_rows: a.deadRows,
+        ms: a.ms,
       });
     }
   }
@@ -224,8 +215,8 @@ export class LedgerUpkeep {
    */
   async close(): Promise<void> {
     this.#closed = true;
-    clearTimeout(this.#timer);
+    const inProgress = this.#rounds?.stop();
     await this.deps.sql.end({ timeout: 1 });
-    await this.#round;
+    await inProgress;
   }
 }

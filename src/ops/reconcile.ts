@@ -7,6 +7,7 @@
 import type { Sql } from "postgres";
 import { logger } from "../log.ts";
 import type { Resyncer } from "./resync.ts";
+import { repeatRounds, type Rounds } from "../resilience/rounds.ts";
 
 const log = logger("resync");
 // pg_try_advisory_lock key: one scheduled reconcile across replicas.
@@ -22,24 +23,18 @@ export interface ReconcileOptions {
 
 /** Runs a full resync every interval on whichever replica gets the lock. */
 export class ReconcileScheduler {
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #stopped = false;
-  #round: Promise<unknown> | undefined;
+  #rounds: Rounds | undefined;
 
   constructor(private readonly options: ReconcileOptions) {}
 
   /** Schedules the first round one interval from now. */
   start(): void {
-    this.#schedule();
-  }
-
-  #schedule(): void {
-    if (this.#stopped) return;
-    this.#timer = setTimeout(() => {
-      this.#round = this.runOnce().catch((error) =>
-        log.error("scheduled reconcile failed: {error}", { error: (error as Error).message, mark: "error" })
-      ).finally(() => this.#schedule());
-    }, this.options.intervalMs);
+    this.#rounds ??= repeatRounds(
+      this.options.intervalMs,
+      () => this.runOnce(),
+      (error) =>
+        log.error("scheduled reconcile failed: {error}", { error: (error as Error).message, mark: "error" }),
+    );
   }
 
   /** One round: returns the job id when this replica ran it, undefined when another one holds the lock. */
@@ -76,8 +71,6 @@ export class ReconcileScheduler {
 
   /** Stops scheduling and waits for a round in progress. */
   async stop(): Promise<void> {
-    this.#stopped = true;
-    clearTimeout(this.#timer);
-    await this.#round;
+    await this.#rounds?.stop();
   }
 }

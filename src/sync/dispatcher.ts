@@ -231,8 +231,8 @@ export class Dispatcher {
     // The lease is renewed while the adapter works (its planning and throttle waits can outlast
     // one), and no longer once it has answered: from then on the batch is ours only until the
     // lease runs out, which is what lets another replica take over from a process that dies
-    // before recording.
-    // One abort for this batch: shutdown's, or the lease's end (taken over, or held too long).
+    // before recording. The adapter's work stops on shutdown's abort or when the lease ends
+    // (taken over, or held too long).
     const work = new AbortController();
     const lease = keepLease({
       renew: () => store.renewLease(batch),
