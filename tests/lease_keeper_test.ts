@@ -4,18 +4,10 @@
  * trying through failed renewals.
  */
 import assert from "node:assert/strict";
+import { waitFor } from "./helpers.ts";
 import { keepLease, type LeaseKeeping } from "../src/sync/lease_keeper.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Waits (up to 5 s: timers run late on a loaded machine) until `done()` holds. */
-async function until(done: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + 5_000;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 /** A keeper whose renewals answer from `answers` (true once it runs out), recording what it was told. */
 function keeper(options: Partial<LeaseKeeping> & { answers?: (boolean | Error)[] } = {}) {
@@ -38,7 +30,7 @@ function keeper(options: Partial<LeaseKeeping> & { answers?: (boolean | Error)[]
 
 Deno.test("renews on its interval until stopped, then never again", async () => {
   const { k, seen } = keeper();
-  await until(() => seen.renewals >= 3, "three renewals");
+  await waitFor(() => seen.renewals >= 3, "three renewals");
   await k.stop();
   const renewals = seen.renewals;
   await sleep(60);
@@ -48,7 +40,7 @@ Deno.test("renews on its interval until stopped, then never again", async () => 
 
 Deno.test("a renewal that finds the lease taken over says so once and stops renewing", async () => {
   const { k, seen } = keeper({ answers: [true, false] });
-  await until(() => seen.lost.length > 0, "the lease lost");
+  await waitFor(() => seen.lost.length > 0, "the lease lost");
   await sleep(60);
   assert.equal(seen.renewals, 2, "none after the one that found it gone");
   assert.deepEqual(seen.lost, ["taken_over"]);
@@ -57,7 +49,7 @@ Deno.test("a renewal that finds the lease taken over says so once and stops rene
 
 Deno.test("a failed renewal is reported and the next one is tried", async () => {
   const { k, seen } = keeper({ answers: [new Error("connection lost"), true] });
-  await until(() => seen.renewals >= 3, "renewals after the failure");
+  await waitFor(() => seen.renewals >= 3, "renewals after the failure");
   await k.stop();
   assert.equal(seen.errors, 1);
   assert.ok(seen.renewals >= 3, `${seen.renewals} renewals`);
@@ -66,7 +58,7 @@ Deno.test("a failed renewal is reported and the next one is tried", async () => 
 
 Deno.test("past its longest hold it stops renewing and says the work held the lease too long", async () => {
   const { k, seen } = keeper({ maxHoldMs: 70 });
-  await until(() => seen.lost.length > 0, "the hold ended");
+  await waitFor(() => seen.lost.length > 0, "the hold ended");
   const renewals = seen.renewals;
   assert.ok(renewals <= 3, `${renewals} renewals: at most one per 20 ms within 70 ms`);
   assert.deepEqual(seen.lost, ["held_too_long"]);
@@ -78,7 +70,7 @@ Deno.test("past its longest hold it stops renewing and says the work held the le
 Deno.test("an abort (shutdown) ends the renewals without calling the lease lost", async () => {
   const abort = new AbortController();
   const { k, seen } = keeper({ signal: abort.signal });
-  await until(() => seen.renewals >= 1, "a renewal");
+  await waitFor(() => seen.renewals >= 1, "a renewal");
   abort.abort();
   const renewals = seen.renewals;
   await sleep(60);

@@ -1,17 +1,9 @@
 /** Repeated rounds (src/resilience/rounds.ts): never overlapping, kept going after a failure, stopped cleanly. */
 import assert from "node:assert/strict";
+import { waitFor } from "./helpers.ts";
 import { repeatRounds } from "../src/resilience/rounds.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Waits (up to 5 s: timers run late on a loaded machine) until `done()` holds. */
-async function until(done: () => boolean, what: string): Promise<void> {
-  const deadline = Date.now() + 5_000;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 Deno.test("a round slower than the interval is never overlapped by the next", async () => {
   let running = 0;
@@ -24,7 +16,7 @@ Deno.test("a round slower than the interval is never overlapped by the next", as
     running--;
     rounds++;
   }, (error) => assert.fail(String(error)));
-  await until(() => rounds >= 3, "three rounds");
+  await waitFor(() => rounds >= 3, "three rounds");
   await r.stop();
   assert.equal(most, 1);
 });
@@ -36,7 +28,7 @@ Deno.test("a failed round is reported and the next one still runs", async () => 
     calls++;
     return calls === 1 ? Promise.reject(new Error("Postgres down")) : Promise.resolve();
   }, (error) => errors.push(error));
-  await until(() => calls >= 3, "rounds after the failure");
+  await waitFor(() => calls >= 3, "rounds after the failure");
   await r.stop();
   assert.equal(errors.length, 1);
   assert.equal((errors[0] as Error).message, "Postgres down");
@@ -50,7 +42,7 @@ Deno.test("stop() waits for the round in progress and schedules no more", async 
     await sleep(50);
     ended++;
   }, (error) => assert.fail(String(error)));
-  await until(() => started === 1, "a round under way");
+  await waitFor(() => started === 1, "a round under way");
   await r.stop();
   assert.equal(ended, 1, "the round in progress ended before stop() resolved");
   await sleep(40);
