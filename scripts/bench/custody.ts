@@ -27,6 +27,7 @@ import {
   benchServiceEnv,
   cpuMeter,
   DATABASE_URL,
+  type ProcessCpuTracker,
   progress,
   publishAll,
   queueDepth,
@@ -34,9 +35,31 @@ import {
   round,
   sampleRss,
   type Section,
+  trackProcessCpu,
   uniqueSuffix,
   waitUntil,
 } from "./harness.ts";
+
+/**
+ * CPU per event, in µs, of RabbitMQ, Postgres and this process (the bare consumer, or the
+ * service started in it) over a timed window: where a custody event's cost goes next to a
+ * bare delivery's.
+ */
+async function cpuPerEvent(
+  servers: ProcessCpuTracker,
+  processSeconds: number,
+  events: number,
+): Promise<
+  { rabbitmq_cpu_us_per_event: number; postgres_cpu_us_per_event: number; process_cpu_us_per_event: number }
+> {
+  await servers.sample();
+  const us = (seconds: number) => round(seconds * 1e6 / events, 1);
+  return {
+    rabbitmq_cpu_us_per_event: us(servers.used("beam.smp")),
+    postgres_cpu_us_per_event: us(servers.used("postgres")),
+    process_cpu_us_per_event: us(processSeconds),
+  };
+}
 
 // ---------------------------------------------------------------------------
 // Section 1: raw broker rate
@@ -64,6 +87,7 @@ export const brokerSection: Section = {
     let acked = 0;
     const all = Promise.withResolvers<void>();
     progress(`broker: consuming (concurrency ${options.concurrency}, prefetch ${options.prefetch})`);
+    const servers = await trackProcessCpu(["postgres", "beam.smp"]);
     const cpu = cpuMeter();
     const started = performance.now();
     const consumer = consumerConnection.createConsumer({
@@ -80,6 +104,7 @@ export const brokerSection: Section = {
     await all.promise;
     const seconds = (performance.now() - started) / 1000;
     const cpuUse = cpu.stop();
+    const perEvent = await cpuPerEvent(servers, cpuUse.processSeconds, messages.length);
     await consumer.close();
     const left = await queueDepth(rabbit, queue);
     if (left !== 0) throw new Error(`broker: ${left} messages left in ${queue} after the consumer closed`);
@@ -90,6 +115,7 @@ export const brokerSection: Section = {
       msgs_per_s: round(messages.length / seconds),
       machine_cpu_busy_pct: cpuUse.machineBusyPct,
       bench_process_cpu_pct: cpuUse.processPct,
+      ...perEvent,
     };
   },
 };
@@ -204,6 +230,7 @@ export const custodySection: Section = {
     );
     const wal = await walPosition(sql);
     const rss = sampleRss(100);
+    const servers = await trackProcessCpu(["postgres", "beam.smp"]);
     const cpu = cpuMeter();
     const started = performance.now();
     let service: RunningService | undefined;
@@ -225,6 +252,7 @@ export const custodySection: Section = {
       rssFigures = rss.stop();
     }
     const cpuUse = cpu.stop();
+    const perEvent = await cpuPerEvent(servers, cpuUse.processSeconds, messages.length);
     const seconds = (performance.now() - started) / 1000;
     const consumeSeconds = (performance.now() - consumingAt) / 1000;
     const outcomes = await ackedByOutcome(service.metrics);
@@ -270,6 +298,7 @@ export const custodySection: Section = {
       rss_peak_mib: round(rssFigures.peak / 2 ** 20, 1),
       machine_cpu_busy_pct: cpuUse.machineBusyPct,
       service_process_cpu_pct: cpuUse.processPct,
+      ...perEvent,
       concurrency: config.CONSUMER_CONCURRENCY,
       prefetch: config.prefetch,
       batch: config.CUSTODY_BATCH_SIZE,

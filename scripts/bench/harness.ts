@@ -557,7 +557,9 @@ function readCpuTimes(): { busy: number; total: number } | undefined {
  * Measures CPU use over a phase: the whole machine's busy share (100 = every
  * core busy) and this process's CPU as a share of one core.
  */
-export function cpuMeter(): { stop(): { machineBusyPct: number; processPct: number } } {
+export function cpuMeter(): {
+  stop(): { machineBusyPct: number; processPct: number; processSeconds: number };
+} {
   const machine = readCpuTimes();
   const self = process.cpuUsage();
   const started = performance.now();
@@ -571,6 +573,7 @@ export function cpuMeter(): { stop(): { machineBusyPct: number; processPct: numb
           ? round(100 * (now.busy - machine.busy) / (now.total - machine.total), 0)
           : NaN,
         processPct: round(100 * (used.user + used.system) / wallUs, 0),
+        processSeconds: (used.user + used.system) / 1e6,
       };
     },
   };
