@@ -1,9 +1,12 @@
 /** Ledger migrations: versioned, applied once, safe when replicas start together. */
 import assert from "node:assert/strict";
 import postgres from "postgres";
+import { Custody } from "../src/ledger/custody.ts";
+import { DispatchStore } from "../src/ledger/dispatch_store.ts";
 import { migrate } from "../src/ledger/migrate.ts";
 import { MIGRATIONS } from "../src/ledger/migrations.ts";
-import { DATABASE_URL, integration, uniqueName } from "./helpers.ts";
+import { decodeSaleEvent } from "../src/model/sale_event.ts";
+import { DATABASE_URL, integration, sale, uniqueName } from "./helpers.ts";
 
 integration("five replicas migrating at once: each migration applied exactly once", async () => {
   const schema = uniqueName("msync_mig");
@@ -43,3 +46,116 @@ integration("a failing migration leaves nothing half-applied", async () => {
     await sql.end();
   }
 });
+
+integration(
+  "upgrade to 14 (no batch foreign key) is online: pending work kept, a long transaction not waited for, " +
+    "a batch the previous version claimed still records",
+  async () => {
+    const schema = uniqueName("msync_mig14");
+    const sql = postgres(DATABASE_URL, { max: 4, onnotice: () => {}, connection: { search_path: schema } });
+    try {
+      await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= 13));
+      // The previous version at work: sales in custody, and a Shopify batch claimed and sent.
+      const custody = new Custody(sql, ["mercadolibre", "shopify"], { batchSize: 10, maxWaitMs: 1 });
+      for (const sku of ["A", "B", "C"]) {
+        const body = new TextEncoder().encode(
+          JSON.stringify(sale({ items: [{ producto_sku: sku, cantidad: 2 }] })),
+        );
+        const decoded = decodeSaleEvent(body, {}, { maxBytes: 1 << 20, maxItems: 10, maxQuantity: 100 });
+        assert.ok(decoded.ok);
+        await custody.accept(decoded.event);
+      }
+      const store = new DispatchStore(sql, {
+        maxAttempts: 5,
+        leaseMs: 60_000,
+        backoffBaseMs: 1_000,
+        backoffMaxMs: 5_000,
+      });
+      const inFlight = (await store.claimBatch("shopify", 1))!;
+      assert.deepEqual(inFlight.changes.map((c) => c.sku), ["A"]);
+      await store.markSending(inFlight, { mutation: "adjust" });
+      const ledger = () =>
+        sql<{ channel: string; sku: string; status: string; delta: number; batch_id: string | null }[]>`
+          select channel, sku, status, delta, batch_id::text from stock_change order by channel, sku`;
+      assert.equal((await ledger()).length, 6);
+
+      // A long transaction that has read the ledger: the migration gives up instead of queueing every
+      // later query behind its lock, and leaves nothing applied.
+      const reader = await sql.reserve();
+      try {
+        await reader`begin`;
+        await reader`select count(*) from stock_change`;
+        const started = Date.now();
+        const migrating = migrate(sql, schema);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        // A sale arriving while the migration waits queues behind its lock request, for no longer.
+        const body = new TextEncoder().encode(
+          JSON.stringify(sale({ items: [{ producto_sku: "D", cantidad: 1 }] })),
+        );
+        const decoded = decodeSaleEvent(body, {}, { maxBytes: 1 << 20, maxItems: 10, maxQuantity: 100 });
+        assert.ok(decoded.ok);
+        const stored = custody.accept(decoded.event).then((outcome) => ({
+          outcome,
+          at: Date.now() - started,
+        }));
+        await assert.rejects(migrating, /lock timeout/);
+        const waited = Date.now() - started;
+        assert.ok(waited >= 900 && waited < 10_000, `gave up after the lock timeout (${waited} ms)`);
+        const custodyDone = await stored;
+        assert.equal(custodyDone.outcome, "stored");
+        assert.ok(custodyDone.at < waited + 2_000, `custody went on once it gave up (${custodyDone.at} ms)`);
+        const [{ version }] = await sql<
+          { version: number }[]
+        >`select max(version) as version from schema_migration`;
+        assert.equal(version, 13, "nothing half-applied");
+      } finally {
+        await reader`rollback`;
+        reader.release();
+      }
+
+      const before = await ledger();
+      assert.equal(before.length, 8, "the sale stored during the wait is in the ledger");
+      assert.deepEqual(await migrate(sql, schema), [14], "the start-up's retry applies it");
+      const [{ keys }] = await sql<{ keys: number }[]>`
+        select count(*)::int as keys from pg_constraint
+         where conrelid = 'stock_change'::regclass and contype = 'f'`;
+      assert.equal(keys, 0, "no foreign key left on stock_change");
+      assert.deepEqual(await ledger(), before, "every change as it was, the batch in flight included");
+
+      // The batch claimed before the upgrade records, and the rest is claimed and recorded as before.
+      await store.record(inFlight, {
+        kind: "done",
+        response: {},
+        results: [{ kind: "applied", quantityAfter: 8 }],
+      });
+      const next = (await store.claimBatch("shopify", 10))!;
+      assert.deepEqual(next.changes.map((c) => c.sku), ["B", "C", "D"]);
+      await store.markSending(next, { mutation: "adjust" });
+      await store.record(next, {
+        kind: "done",
+        response: {},
+        results: next.changes.map(() => ({ kind: "applied" as const, quantityAfter: 8 })),
+      });
+      const meli = (await store.claimBatch("mercadolibre", 10))!;
+      assert.deepEqual(meli.changes.map((c) => c.sku), ["A", "B", "C", "D"]);
+      const after = await ledger();
+      assert.deepEqual(
+        after.map((c) => [c.channel, c.sku, c.status, c.delta]),
+        [
+          ["mercadolibre", "A", "sending", -2],
+          ["mercadolibre", "B", "sending", -2],
+          ["mercadolibre", "C", "sending", -2],
+          ["mercadolibre", "D", "sending", -1],
+          ["shopify", "A", "applied", -2],
+          ["shopify", "B", "applied", -2],
+          ["shopify", "C", "applied", -2],
+          ["shopify", "D", "applied", -1],
+        ],
+      );
+      assert.ok(after.filter((c) => c.channel === "mercadolibre").every((c) => c.batch_id === meli.id));
+    } finally {
+      await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
+      await sql.end({ timeout: 2 });
+    }
+  },
+);

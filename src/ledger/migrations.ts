@@ -408,6 +408,26 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 14,
+    name: "lighter custody writes and claims: a change's batch is not a foreign key",
+    sql: `
+      -- The foreign key checked what the dispatcher's own statements guarantee (a claim sets
+      -- batch_id to the batch it inserted in the same transaction; a batch is only ever deleted
+      -- in the transaction that found nothing to put in it), and it was paid on every row: a
+      -- trigger per change at custody (~7 % of the custody statement, always with a null
+      -- batch_id) and a lookup with a row lock on sync_batch per change at every claim, up to
+      -- 20 000 per claim (docs/BENCHMARKS.md, issue #15).
+      --
+      -- Online: dropping a constraint only edits the catalog, but takes an ACCESS EXCLUSIVE lock
+      -- on both tables for that instant. While it waits behind a long transaction, every query
+      -- on them queues behind it (custody included): give up after 1 s instead, and the
+      -- start-up retries the migration with backoff. Replicas of the previous version never
+      -- relied on the key: they keep claiming and recording as before.
+      set local lock_timeout = '1s';
+      alter table stock_change drop constraint if exists stock_change_batch;
+    `,
+  },
 ];
 
 /** An index built with CREATE INDEX CONCURRENTLY after the migrations, where a migration could not build it. */
