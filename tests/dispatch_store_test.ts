@@ -496,6 +496,38 @@ integration("a batch re-sent maxAttempts times without an answer fails as outcom
   }
 });
 
+integration(
+  "an applied change is stamped when the marketplace answered for it, else when recorded",
+  async () => {
+    const ledger = await freshLedger();
+    try {
+      await ledger.sell([[["A", 1]], [["B", 1]]]);
+      const batch = (await ledger.store.claimBatch("shopify", 10))!;
+      await ledger.store.markSending(batch, { mutation: "adjust" });
+      await ledger.store.record(batch, {
+        kind: "done",
+        results: [{ kind: "applied", quantityAfter: 1, answeredAt: Date.now() - 1_500 }, {
+          kind: "applied",
+          quantityAfter: 1,
+        }],
+      });
+      const rows = await ledger.sql<{ sku: string; ago_ms: number }[]>`
+      select sku, extract(epoch from now() - applied_at)::float8 * 1000 as ago_ms
+        from stock_change where channel = 'shopify' order by sku`;
+      assert.ok(
+        rows[0].ago_ms >= 1_450 && rows[0].ago_ms < 3_000,
+        `A answered 1.5 s ago: ${rows[0].ago_ms} ms`,
+      );
+      assert.ok(
+        rows[1].ago_ms >= 0 && rows[1].ago_ms < 1_000,
+        `B stamped when recorded: ${rows[1].ago_ms} ms`,
+      );
+    } finally {
+      await ledger.close();
+    }
+  },
+);
+
 integration("a released batch puts its changes back untouched, due after the given wait", async () => {
   const ledger = await freshLedger();
   try {

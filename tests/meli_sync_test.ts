@@ -560,6 +560,43 @@ integration(
 );
 
 integration(
+  "each listing of a batch is applied when MeLi answered for it, not when the last one of the batch is done",
+  async () => {
+    // 4 writes per second: the batch's four listings are written a quarter of a second apart.
+    const m = await startMeliHarness({ ratePerSecond: 100 }, { MELI_RATE_PER_SEC: "4" });
+    try {
+      const skus = ["REMERA-001", "JEAN-RECTO-40", "BUZO-GRIS-L", "BUFANDA-GRIS"];
+      const putsBefore = m.sandbox.requestLog().length;
+      await m.pos.sell(m.h, MELI_STORE, skus.map((sku) => ({ sku, qty: 1 })));
+      await settled(m.h, skus.length);
+      const rows = await m.h.sql<{ sku: string; applied_ms: number; batch_id: string }[]>`
+        select sku, extract(epoch from applied_at)::float8 * 1000 as applied_ms, batch_id::text
+          from stock_change where status = 'applied' order by applied_at`;
+      assert.equal(new Set(rows.map((r) => r.batch_id)).size, 1, "one batch carried the four listings");
+      // Each change against the PUT of its own listing (the sandbox runs on this machine's clock).
+      const puts = m.sandbox.requestLog().slice(putsBefore).filter((r) => r.method === "PUT");
+      assert.equal(puts.length, skus.length);
+      for (const row of rows) {
+        const listing = m.sandbox.listingFor(productOf(row.sku).producto_id)!;
+        const put = puts.find((p) => p.path.startsWith(`/items/${listing.itemId}`))!;
+        const after = row.applied_ms - put.at;
+        assert.ok(
+          after >= -50 && after < 200,
+          `${row.sku} applied ${after.toFixed(0)} ms after its PUT arrived`,
+        );
+      }
+      const spread = rows.at(-1)!.applied_ms - rows[0].applied_ms;
+      assert.ok(
+        spread >= 500,
+        `the batch's applications are spread like its writes (${spread.toFixed(0)} ms)`,
+      );
+    } finally {
+      await m.close();
+    }
+  },
+);
+
+integration(
   "a multi-origin seller without MELI_LOCATIONS fails with a clear reason, not a silent success",
   async () => {
     const m = await startMeliHarness({ userTags: ["normal", "warehouse_management"] });

@@ -345,7 +345,7 @@ export class DispatchStore {
         // Set-based updates: one statement per kind, however many listings the batch holds.
         // One entry per listing (its change ids and what was applied or why it waits), not per change:
         // the batch's JSON is what Postgres parses, and a listing's changes share one result.
-        const applied: { ids: string[]; result: unknown }[] = [];
+        const applied: { ids: string[]; result: unknown; answered_ms_ago: number | null }[] = [];
         const retried: { ids: string[]; wait_ms: number; error: string; reason: string }[] = [];
         for (const [index, result] of outcome.results.entries()) {
           const change = batch.changes[index];
@@ -355,7 +355,12 @@ export class DispatchStore {
               batch_id: batch.id,
               detail: result.detail ?? null,
             };
-            applied.push({ ids: change.changeIds, result: stored });
+            applied.push({
+              ids: change.changeIds,
+              result: stored,
+              // A duration, not a time: Postgres's clock and the service's need not agree.
+              answered_ms_ago: result.answeredAt === undefined ? null : Math.max(0, Date.now() - result.answeredAt),
+            });
           } else if (result.kind === "retry" && change.attempts < this.policy.maxAttempts) {
             const wait = Math.max(result.waitMs ?? 0, backoffMs(change.attempts, this.policy));
             retried.push({
@@ -377,9 +382,10 @@ export class DispatchStore {
         if (applied.length > 0) {
           await tx`
             update stock_change s
-               set status = 'applied', applied_at = now(), updated_at = now(), error = null, error_reason = null,
-                   result = x.result
-              from jsonb_to_recordset(${tx.json(toJson(applied))}::jsonb) as x(ids bigint[], result jsonb)
+               set status = 'applied', updated_at = now(), error = null, error_reason = null, result = x.result,
+                   applied_at = coalesce(clock_timestamp() - x.answered_ms_ago * interval '1 millisecond', now())
+              from jsonb_to_recordset(${tx.json(toJson(applied))}::jsonb)
+                as x(ids bigint[], result jsonb, answered_ms_ago float8)
              where s.id = any(x.ids) and s.batch_id = ${batch.id} and s.status = 'sending'`;
         }
         if (retried.length > 0) {

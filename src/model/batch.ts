@@ -44,7 +44,17 @@ export class LeaseLostError extends Error {
 
 /** What happened to one logical change. */
 export type ChangeOutcome =
-  | { kind: "applied"; quantityAfter?: number | null; detail?: unknown }
+  | {
+    kind: "applied";
+    quantityAfter?: number | null;
+    detail?: unknown;
+    /**
+     * When the marketplace answered that it holds this change (`Date.now()`, the service's clock), where a
+     * batch writes its listings one after another: the change's `applied_at` is then that moment, not the
+     * end of the whole batch. Without it, `applied_at` is when the outcome is recorded.
+     */
+    answeredAt?: number;
+  }
   | { kind: "failed"; reason: string; error: string }
   | { kind: "retry"; reason: string; error: string; waitMs?: number };
 
