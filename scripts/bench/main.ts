@@ -425,6 +425,9 @@ async function main(): Promise<number> {
         `${r.meli_lag_max_last_half_s} s in the last half against its bound ${r.meli_lag_bound_s} s (a pass over ` +
         `${r.meli_listings_sold} listings ${r.meli_pass_s} s + the batches in flight and the rest of its own: ${
           r.target_meli_lag_within_bound ? "met" : "NOT met"
+        }), at most ${r.meli_writes_before_applied_max_last_half} MeLi writes between a sale and its change ` +
+        `applied against the bound ${r.meli_writes_bound} (${
+          r.target_meli_writes_within_bound ? "met" : "NOT met"
         }); per sale ${r.ledger_rows_written_per_sale} ledger rows, ${r.wal_bytes_per_sale} WAL bytes; ` +
         `CPU-s per 1 000 sales: service ${r.service_cpu_s_per_1000_sales}, Postgres ${r.postgres_cpu_s_per_1000_sales} ` +
         `(its backends ${r.postgres_service_backends_cpu_s_per_1000_sales}), RabbitMQ ${r.rabbitmq_cpu_s_per_1000_sales}` +

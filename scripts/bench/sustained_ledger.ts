@@ -216,3 +216,37 @@ export async function walBytes(sql: postgres.Sql, from: string, to: string): Pro
   >`select pg_wal_lsn_diff(${to}::pg_lsn, ${from}::pg_lsn) as bytes`;
   return Number(row.bytes);
 }
+
+/**
+ * For every MercadoLibre change applied whose sale is at or after `from`: how many stock writes MeLi
+ * received between the sale and the change's `applied_at` (`putTimes`: when each PUT arrived, ms, sorted).
+ * Returns the largest such count (0 when none), the change it was seen on and how many were checked.
+ */
+export async function meliWritesBeforeApplied(
+  sql: postgres.Sql,
+  putTimes: readonly number[],
+  from: Date,
+): Promise<{ max: number; lagS: number; checked: number }> {
+  const rows = await sql<{ sale_ms: number; applied_ms: number }[]>`
+    select extract(epoch from (s.body->>'timestamp')::timestamptz)::float8 * 1000 as sale_ms,
+           extract(epoch from c.applied_at)::float8 * 1000 as applied_ms
+      from stock_change c join sale s using (event_id)
+     where c.channel = 'mercadolibre' and c.status = 'applied'
+       and (s.body->>'timestamp')::timestamptz >= ${from}::timestamptz`;
+  // Index of the first PUT that arrived after `ms`.
+  const after = (ms: number) => {
+    let lo = 0, hi = putTimes.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (putTimes[mid] <= ms) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
+  let max = 0, lagS = NaN;
+  for (const r of rows) {
+    const writes = after(r.applied_ms) - after(r.sale_ms);
+    if (writes > max) [max, lagS] = [writes, (r.applied_ms - r.sale_ms) / 1000];
+  }
+  return { max, lagS, checked: rows.length };
+}
