@@ -359,7 +359,9 @@ export class DispatchStore {
               ids: change.changeIds,
               result: stored,
               // A duration, not a time: Postgres's clock and the service's need not agree.
-              answered_ms_ago: result.answeredAt === undefined ? null : Math.max(0, Date.now() - result.answeredAt),
+              answered_ms_ago: result.answeredAt === undefined
+                ? null
+                : Math.max(0, Date.now() - result.answeredAt),
             });
           } else if (result.kind === "retry" && change.attempts < this.policy.maxAttempts) {
             const wait = Math.max(result.waitMs ?? 0, backoffMs(change.attempts, this.policy));

@@ -324,7 +324,9 @@ export class MeliChannel implements ChannelAdapter {
       const outcome = await this.options.locks.with(listingKey(entry), work);
       // A batch writes its listings one after another, seconds apart at MELI_RATE_PER_SEC: each listing's
       // changes are applied when MeLi answered for it, not when the last listing of the batch is done.
-      return outcome.kind === "applied" ? { ...outcome, answeredAt: outcome.answeredAt ?? Date.now() } : outcome;
+      return outcome.kind === "applied"
+        ? { ...outcome, answeredAt: outcome.answeredAt ?? Date.now() }
+        : outcome;
     } catch (error) {
       if (error instanceof LockUnavailableError) {
         return { kind: "retry", reason: "listing_locked", error: error.message, waitMs: jitter(2_000) };
