@@ -414,7 +414,10 @@ integration(
         insert into stock_change (event_id, channel, tienda_id, sku, delta, status)
         select 'old-' || g, 'shopify', ${STORE}, 'S-' || g, -1, 'applied' from generate_series(2, 100001) g`;
 
-      assert.deepEqual(await migrate(sql, schema), [11, 12, 13]);
+      assert.deepEqual(
+        await migrate(sql, schema),
+        MIGRATIONS.filter((m) => m.version > 10).map((m) => m.version),
+      );
       const [old] = await sql<{ dead_letter_due: boolean }[]>`
         select dead_letter_due from stock_change where sku = 'NOPE-OLD'`;
       assert.equal(old.dead_letter_due, false, "nothing is re-copied on upgrade");
