@@ -93,7 +93,7 @@ Measures the raw RabbitMQ consume rate and the service's custody rate on this
 machine, in one run. Progress goes to stderr; the last stdout line is JSON.
 
 options:
-  --events N             events per section (default 20000; 1..1000000)
+  --events N             events in the broker and custody sections (default 50000; 1..1000000)
   --concurrency N        CONSUMER_CONCURRENCY, also used by the bare consumer
                          (default ${SERVICE_DEFAULTS.CONSUMER_CONCURRENCY}; 1..5000)
   --prefetch N           PREFETCH for both consumers (default: 2 × concurrency, as the service; 1..65535)
@@ -157,7 +157,7 @@ export function parseOptions(args: string[]): BenchOptions {
       strict: true,
       allowPositionals: false,
       options: {
-        events: { type: "string", default: "20000" },
+        events: { type: "string", default: "50000" },
         concurrency: { type: "string", default: String(SERVICE_DEFAULTS.CONSUMER_CONCURRENCY) },
         prefetch: { type: "string" },
         batch: { type: "string", default: String(SERVICE_DEFAULTS.CUSTODY_BATCH_SIZE) },
