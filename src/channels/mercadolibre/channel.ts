@@ -323,7 +323,9 @@ export class MeliChannel implements ChannelAdapter {
     try {
       const outcome = await this.options.locks.with(listingKey(entry), work);
       // A batch writes its listings one after another, seconds apart at MELI_RATE_PER_SEC: each listing's
-      // changes are applied when MeLi answered for it, not when the last listing of the batch is done.
+      // changes are applied when MeLi answered for it, not when the last listing of the batch is done. The
+      // write stamps the answer itself; an outcome decided otherwise (a read that confirmed it, nothing to
+      // write) is stamped here, when the listing is done.
       return outcome.kind === "applied"
         ? { ...outcome, answeredAt: outcome.answeredAt ?? Date.now() }
         : outcome;
@@ -612,6 +614,7 @@ export class MeliChannel implements ChannelAdapter {
       kind: "applied",
       quantityAfter: total(shown.locations),
       detail: { user_product_id: upId, sent: quantities },
+      answeredAt: Date.now(),
     };
   }
 
@@ -707,6 +710,7 @@ export class MeliChannel implements ChannelAdapter {
       signal,
     });
     if (put.kind !== "ok") return this.#problem(put, entry);
+    const answeredAt = Date.now(); // before any reactivation calls below: the stock is MeLi's from here
     const after = entry.variationId !== null && put.data.variations
       ? put.data.variations.find((v) => v.id === entry.variationId)?.available_quantity
       : put.data.available_quantity;
@@ -729,7 +733,7 @@ export class MeliChannel implements ChannelAdapter {
       );
       if (reactivated) detail.reactivation = reactivated;
     }
-    return { kind: "applied", quantityAfter: quantity, detail };
+    return { kind: "applied", quantityAfter: quantity, detail, answeredAt };
   }
 
   /** Reactivates a listing MeLi paused because it ran out of stock. */
