@@ -6,7 +6,7 @@ import { DispatchStore } from "../src/ledger/dispatch_store.ts";
 import { migrate } from "../src/ledger/migrate.ts";
 import { MIGRATIONS } from "../src/ledger/migrations.ts";
 import { decodeSaleEvent } from "../src/model/sale_event.ts";
-import { DATABASE_URL, integration, sale, uniqueName } from "./helpers.ts";
+import { DATABASE_URL, integration, sale, uniqueName, waitFor } from "./helpers.ts";
 
 integration("five replicas migrating at once: each migration applied exactly once", async () => {
   const schema = uniqueName("msync_mig");
@@ -87,7 +87,12 @@ integration(
         await reader`select count(*) from stock_change`;
         const started = Date.now();
         const migrating = migrate(sql, schema);
-        await new Promise((resolve) => setTimeout(resolve, 200));
+        await waitFor(async () => {
+          const [{ waiting }] = await sql<{ waiting: boolean }[]>`
+            select exists (select 1 from pg_locks
+                            where not granted and relation = ${`${schema}.stock_change`}::regclass) as waiting`;
+          return waiting;
+        }, "the migration waiting for its lock");
         // A sale arriving while the migration waits queues behind its lock request, for no longer.
         const body = new TextEncoder().encode(
           JSON.stringify(sale({ items: [{ producto_sku: "D", cantidad: 1 }] })),
@@ -98,7 +103,14 @@ integration(
           outcome,
           at: Date.now() - started,
         }));
-        await assert.rejects(migrating, /lock timeout/);
+        await assert.rejects(migrating, (error: Error) => {
+          assert.match(error.message, /lock timeout/);
+          assert.match(
+            error.message,
+            /locks on schema msync_mig14\w* are held by pid \d+ \(.*in a transaction for \d+ s\)/,
+          );
+          return true;
+        });
         const waited = Date.now() - started;
         assert.ok(waited >= 900 && waited < 10_000, `gave up after the lock timeout (${waited} ms)`);
         const custodyDone = await stored;

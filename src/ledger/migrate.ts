@@ -19,7 +19,9 @@ export async function migrate(
   schema: string,
   migrations: readonly Migration[] = MIGRATIONS,
 ): Promise<number[]> {
-  const applied = await applyMigrations(sql, schema, migrations);
+  const applied = await applyMigrations(sql, schema, migrations).catch(async (error) => {
+    throw (error as { code?: string }).code === "55P03" ? await withLockHolders(sql, schema, error) : error;
+  });
   for (const index of ONLINE_INDEXES) {
     if (!migrations.some((m) => m.version === index.after)) continue;
     try {
@@ -69,6 +71,38 @@ async function applyMigrations(
     }
     return applied;
   });
+}
+
+/**
+ * A migration gave up waiting for a lock (lock_timeout): says who holds locks on the ledger's tables, so an
+ * operator can find the long transaction that keeps the start-up retrying. Process ids, application names,
+ * states and ages only: another session's query text may hold data.
+ */
+async function withLockHolders(sql: Sql, schema: string, error: Error): Promise<Error> {
+  try {
+    const holders = await sql<{ pid: number; app: string; state: string | null; age_s: number | null }[]>`
+      select a.pid, a.application_name as app, a.state,
+             extract(epoch from now() - a.xact_start)::int as age_s
+        from pg_stat_activity a
+       where a.pid <> pg_backend_pid() and a.pid in (
+               select l.pid from pg_locks l
+                 join pg_class c on c.oid = l.relation
+                 join pg_namespace n on n.oid = c.relnamespace
+                where n.nspname = ${schema} and l.granted)
+       order by a.xact_start nulls last
+       limit 5`;
+    if (holders.length === 0) return error;
+    const who = holders.map((h) =>
+      `pid ${h.pid} (${h.app || "no application_name"}, ${h.state ?? "?"}` +
+      `${h.age_s === null ? "" : `, in a transaction for ${h.age_s} s`})`
+    ).join("; ");
+    return Object.assign(new Error(`${error.message}; locks on schema ${schema} are held by ${who}`), {
+      code: "55P03",
+      cause: error,
+    });
+  } catch {
+    return error;
+  }
 }
 
 /** Whether `schema` holds the index: absent, valid, or left invalid by an interrupted build. */

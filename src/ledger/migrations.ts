@@ -426,6 +426,8 @@ export const MIGRATIONS: readonly Migration[] = [
       -- relied on the key: they keep claiming and recording as before.
       set local lock_timeout = '1s';
       alter table stock_change drop constraint if exists stock_change_batch;
+      -- Later migrations in this transaction get the connection's own lock_timeout back.
+      reset lock_timeout;
     `,
   },
 ];
