@@ -1,5 +1,5 @@
 /**
- * Benchmark sections `broker` and `custody` (run by `deno task bench`):
+ * Benchmark sections `broker`, `custody` and `ledger` (run by `deno task bench`):
  *
  * - `broker`: the raw broker rate. N events are published to a scratch durable
  *   queue, then a bare rabbitmq-client consumer with the service's concurrency
@@ -14,12 +14,19 @@
  *
  * Both see the same bytes, so the ratio custody/broker is the cost of
  * decoding, validating and writing the ledger.
+ *
+ * - `ledger`: custody's statements alone against Postgres (no broker, no
+ *   service process around them): Postgres's CPU per event, to weigh a
+ *   change to the ledger (`--ledger-version` migrates only up to a version).
  */
 import { type AsyncMessage, Connection } from "rabbitmq-client";
 import postgres from "postgres";
 import { declareTopology, type Topology, topologyFromConfig } from "../../src/broker/topology.ts";
 import { type Config, loadConfig } from "../../src/config.ts";
+import { Custody } from "../../src/ledger/custody.ts";
 import { migrate } from "../../src/ledger/migrate.ts";
+import { MIGRATIONS } from "../../src/ledger/migrations.ts";
+import { decodeSaleEvent } from "../../src/model/sale_event.ts";
 import { type RunningService, startService } from "../../src/main.ts";
 import { type ServiceMetrics } from "../../src/metrics.ts";
 import {
@@ -257,13 +264,13 @@ export const custodySection: Section = {
     } finally {
       rssFigures = rss.stop();
     }
+    // The clock stops first: reading the servers' CPU from /proc is not custody.
+    const ended = performance.now();
     const cpuUse = cpu.stop();
+    const seconds = (ended - started) / 1000;
+    const consumeSeconds = (ended - consumingAt) / 1000;
+    const secondHalfRate = halfAt ? (messages.length - halfAt.acked) / ((ended - halfAt.t) / 1000) : NaN;
     const perEvent = await cpuPerEvent(servers, cpuUse.processSeconds, messages.length);
-    const seconds = (performance.now() - started) / 1000;
-    const consumeSeconds = (performance.now() - consumingAt) / 1000;
-    const secondHalfRate = halfAt
-      ? (messages.length - halfAt.acked) / ((performance.now() - halfAt.t) / 1000)
-      : NaN;
     const outcomes = await ackedByOutcome(service.metrics);
     const batches = await histogramMean(service.metrics.custodyBatchSize);
     const batchSeconds = await histogramMean(service.metrics.custodyBatchSeconds);
@@ -318,6 +325,72 @@ export const custodySection: Section = {
       writers: config.CUSTODY_WRITERS,
       pool: config.DATABASE_POOL_SIZE,
       dispatch: options.dispatch,
+    };
+  },
+};
+
+// ---------------------------------------------------------------------------
+// Section 3: the ledger's custody writes alone
+
+/**
+ * Custody's statements against Postgres with no broker and no service around them: the same events, decoded
+ * up front, written by {@link Custody} with the service's batch size and writers, batches full. What Postgres
+ * spends per event is measured without RabbitMQ and the service sharing the two cores, so a change to the
+ * ledger (an index, a key: `--ledger-version`) shows its cost in a few percent rather than in the noise of the
+ * custody/raw ratio.
+ */
+export const ledgerSection: Section = {
+  id: "ledger",
+  title: "Custody's ledger writes alone (no broker): Postgres CPU per event",
+  async run({ options, messages, defer }) {
+    const schema = `bench_ledger_${uniqueSuffix()}`;
+    const limits = { maxBytes: 1 << 20, maxItems: 1000, maxQuantity: 1_000_000 };
+    const events = messages.map((m) => {
+      const decoded = decodeSaleEvent(new Uint8Array(m.body), { messageId: m.messageId }, limits);
+      if (!decoded.ok) throw new Error(`ledger: a sample event was rejected: ${decoded.rejection.message}`);
+      return decoded.event;
+    });
+    const sql = postgres(DATABASE_URL, {
+      max: options.pool,
+      onnotice: () => {},
+      connection: { search_path: schema },
+    });
+    defer(`drop schema ${schema}`, async () => {
+      await sql.unsafe(`drop schema if exists ${schema} cascade`);
+      await sql.end({ timeout: 5 });
+    });
+    await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= options.ledgerVersion));
+    const custody = new Custody(sql, ["mercadolibre", "shopify"], {
+      batchSize: options.batch,
+      maxWaitMs: options.batchWaitMs,
+      maxWriters: options.writers,
+    });
+    // Warm: the pool's connections open, and their backends have touched the ledger, before the clock starts.
+    const warm = Math.min(2000, Math.floor(events.length / 10));
+    await Promise.all(events.slice(0, warm).map((e) => custody.accept(e)));
+    const wal = await walPosition(sql);
+    const servers = await trackProcessCpu(["postgres"]);
+    const cpu = cpuMeter();
+    const started = performance.now();
+    progress(
+      `ledger: ${events.length - warm} events into custody (ledger at migration ${options.ledgerVersion})`,
+    );
+    await Promise.all(events.slice(warm).map((e) => custody.accept(e)));
+    const seconds = (performance.now() - started) / 1000;
+    const cpuUse = cpu.stop();
+    await servers.sample();
+    const walUse = await walSince(sql, wal);
+    const timed = events.length - warm;
+    return {
+      events: timed,
+      ledger_version: options.ledgerVersion,
+      msgs_per_s: round(timed / seconds),
+      postgres_cpu_us_per_event: round(servers.used("postgres") * 1e6 / timed, 1),
+      process_cpu_us_per_event: round(cpuUse.processSeconds * 1e6 / timed, 1),
+      wal_kib_per_event: round(walUse.bytes / 1024 / timed, 2),
+      machine_cpu_busy_pct: cpuUse.machineBusyPct,
+      batch: options.batch,
+      writers: options.writers,
     };
   },
 };

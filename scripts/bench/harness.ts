@@ -75,6 +75,8 @@ export interface BenchOptions {
   resyncSkus: number[];
   resyncStores: number;
   resyncDriftPct: number;
+  /** The `ledger` section migrates its scratch schema only up to this migration (to compare one's cost). */
+  ledgerVersion: number;
   /** Shopify plan whose rate limit the sandbox enforces (standard, advanced, plus, enterprise). */
   plan: string;
   /** Latency the marketplace sandboxes add to every request, in ms. */

@@ -55,7 +55,8 @@ import {
   type SectionResult,
 } from "./harness.ts";
 import { machineSection } from "./machine.ts";
-import { brokerSection, custodySection } from "./custody.ts";
+import { MIGRATIONS } from "../../src/ledger/migrations.ts";
+import { brokerSection, custodySection, ledgerSection } from "./custody.ts";
 import { naiveSection, shopifyBurstSection } from "./shopify.ts";
 import { meliBurstSection } from "./meli.ts";
 import { sustainedSection } from "./sustained.ts";
@@ -70,6 +71,7 @@ const SECTION_IDS: readonly string[] = [
   "machine",
   "broker",
   "custody",
+  "ledger",
   "shopify",
   "naive",
   "meli",
@@ -104,7 +106,7 @@ options:
   --log-level LEVEL      service LOG_LEVEL: ${LOG_LEVELS.join(", ")} (default warning)
   --seed N               seed for the sample events (default 7)
   --sections LIST        comma-separated sections to run (default: all):
-                         machine,broker,custody,shopify,naive,meli,idle,sustained,resync
+                         machine,broker,custody,ledger,shopify,naive,meli,idle,sustained,resync
   --shopify-sales N      Shopify burst: sales (default 20000)
   --shopify-skus N       Shopify burst: SKUs (default 500)
   --shopify-stores N     Shopify burst: stores (default 5)
@@ -128,6 +130,8 @@ options:
   --resync-drift PCT     resync: share of the listings drifted behind the service's back before the
                          second dry run and the write (default 5; 0..100). Four jobs per size (dry run,
                          dry run with drift, write, dry run); ~2 min for 10000 × 5 on 2 cores
+  --ledger-version N     ledger: migrate the scratch ledger only up to migration N (default: all), to
+                         compare what one migration changes in custody's Postgres cost
   --dispatch             keep the marketplace dispatcher (DISPATCH_ENABLED) running
                          during the custody section; off by default so that
                          section measures custody alone
@@ -181,6 +185,7 @@ export function parseOptions(args: string[]): BenchOptions {
         "resync-skus": { type: "string", default: "10000" },
         "resync-stores": { type: "string", default: "5" },
         "resync-drift": { type: "string", default: "5" },
+        "ledger-version": { type: "string" },
         plan: { type: "string", default: "standard" },
         latency: { type: "string", default: "0" },
         help: { type: "boolean", short: "h", default: false },
@@ -246,6 +251,9 @@ export function parseOptions(args: string[]): BenchOptions {
       wholeNumber("resync-skus", n, 1, 200_000)
     ),
     resyncStores: wholeNumber("resync-stores", values["resync-stores"], 1, 250),
+    ledgerVersion: values["ledger-version"] === undefined
+      ? MIGRATIONS.at(-1)!.version
+      : wholeNumber("ledger-version", values["ledger-version"], 1, MIGRATIONS.at(-1)!.version),
     resyncDriftPct: (() => {
       const text = String(values["resync-drift"]).trim();
       const pct = Number(text);
@@ -271,6 +279,7 @@ export const SECTIONS: readonly Section[] = [
   machineSection,
   brokerSection,
   custodySection,
+  ledgerSection,
   shopifyBurstSection,
   naiveSection,
   meliBurstSection,

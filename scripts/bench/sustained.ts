@@ -366,6 +366,7 @@ export const sustainedSection: Section = {
     const end = (await rssMib(child.pid))!;
     // The service's backends publish their row counters when they exit: stop it, then read them.
     await child.stop();
+    collectMeliPuts(); // what a graceful stop wrote
     // A backend publishes its counters on its way out, a moment after the client has gone.
     for (let i = 0; i < 50 && (await Promise.all([...serviceBackends].map(alive))).some(Boolean); i++) {
       await new Promise((r) => setTimeout(r, 100));
@@ -403,12 +404,14 @@ export const sustainedSection: Section = {
     const meliListingsPut = Object.entries(meliAfter.putsByListing)
       .reduce((n, [k, v]) => n + v - (meliBefore.putsByListing[k] ?? 0), 0);
     const meliPassS = meliListings / meliSteadyPutsPerS;
-    // The bound on a change's lag, counted in MeLi writes (docs/BENCHMARKS.md derives it). Its sale may come just
-    // after its listing was claimed. Between the sale and the moment MeLi answers for the listing again, MeLi
-    // receives at most: the batches in flight at the sale (DISPATCH_LANES of them, the listing's among them),
-    // one write for each other listing with sales (a listing claimed after the sale was due before it, and is
-    // not due again before it), the listing's own write, and what the other lanes' batches write meanwhile
-    // (DISPATCH_LANES − 1 of them): listings + (2 × lanes − 1) × batch. In seconds, at the second half's rate.
+    // The bound on a change's lag, counted in MeLi writes (docs/BENCHMARKS.md derives it). The change may be
+    // created just after its listing was claimed. Until MeLi answers for the listing again, MeLi receives at
+    // most: the batches in flight then (DISPATCH_LANES of them, the listing's among them), one write for each
+    // other listing with sales (a listing claimed after the change was due before it, and is not due again
+    // before it), the listing's own write, and what the other lanes' batches write meanwhile (DISPATCH_LANES − 1
+    // of them, as long as no batch stalls for longer than another lane's whole batch): listings + (2 × lanes − 1)
+    // × batch. Counted from the change's creation (custody), so custody's own delay is not in it. In seconds, at
+    // the second half's rate.
     const meliBatch = config.MELI_MODE === "delta" ? 1 : config.MELI_BATCH_SIZE; // as the channel claims
     const meliWritesBound = meliListings + (2 * config.DISPATCH_LANES - 1) * meliBatch;
     const meliLagBoundS = meliWritesBound / meliSteadyPutsPerS;

@@ -218,20 +218,22 @@ export async function walBytes(sql: postgres.Sql, from: string, to: string): Pro
 }
 
 /**
- * For every MercadoLibre change applied whose sale is at or after `from`: how many stock writes MeLi
- * received between the sale and the change's `applied_at` (`putTimes`: when each PUT arrived, ms, sorted).
- * Returns the largest such count (0 when none), the change it was seen on and how many were checked.
+ * For every MercadoLibre change whose sale is at or after `from`: how many stock writes MeLi received between
+ * the change's creation (custody) and its `applied_at` (`putTimes`: when each PUT arrived, ms, sorted). A
+ * change still open counts every write since it was created: one left waiting too long breaks the bound too.
+ * Returns the largest count (0 when none), the lag of the change it was seen on and how many were checked.
  */
 export async function meliWritesBeforeApplied(
   sql: postgres.Sql,
   putTimes: readonly number[],
   from: Date,
 ): Promise<{ max: number; lagS: number; checked: number }> {
-  const rows = await sql<{ sale_ms: number; applied_ms: number }[]>`
-    select extract(epoch from (s.body->>'timestamp')::timestamptz)::float8 * 1000 as sale_ms,
-           extract(epoch from c.applied_at)::float8 * 1000 as applied_ms
+  const rows = await sql<{ created_ms: number; applied_ms: number | null; sale_ms: number }[]>`
+    select extract(epoch from c.created_at)::float8 * 1000 as created_ms,
+           extract(epoch from c.applied_at)::float8 * 1000 as applied_ms,
+           extract(epoch from (s.body->>'timestamp')::timestamptz)::float8 * 1000 as sale_ms
       from stock_change c join sale s using (event_id)
-     where c.channel = 'mercadolibre' and c.status = 'applied'
+     where c.channel = 'mercadolibre' and c.status <> 'failed'
        and (s.body->>'timestamp')::timestamptz >= ${from}::timestamptz`;
   // Index of the first PUT that arrived after `ms`.
   const after = (ms: number) => {
@@ -245,8 +247,9 @@ export async function meliWritesBeforeApplied(
   };
   let max = 0, lagS = NaN;
   for (const r of rows) {
-    const writes = after(r.applied_ms) - after(r.sale_ms);
-    if (writes > max) [max, lagS] = [writes, (r.applied_ms - r.sale_ms) / 1000];
+    const until = r.applied_ms ?? Infinity;
+    const writes = after(until) - after(r.created_ms);
+    if (writes > max) [max, lagS] = [writes, (Math.min(until, Date.now()) - r.sale_ms) / 1000];
   }
   return { max, lagS, checked: rows.length };
 }
