@@ -137,17 +137,27 @@ export class DispatchStore {
         values (${channel}, ${key}, '[]', 'sending', now() + ${this.policy.leaseMs} * interval '1 millisecond',
                 ${owner})
         returning id`;
-      // Pick the listings first without locking anything, then lock only their
-      // due rows (skipping rows another replica holds): locks, and their WAL,
-      // are spent only on rows this batch will carry.
+      // One statement: pick the listings first without locking anything, then lock only their due rows
+      // (skipping rows another replica holds), then mark them sending: locks, and their WAL, are spent only
+      // on rows this batch will carry, and the locked ids never leave Postgres. (They used to come back, up
+      // to MAX_CHANGES_PER_BATCH of them, only to be sent again as the update's parameter: socket reads that
+      // Deno keeps in malloc's arena, docs/BENCHMARKS.md.)
       //
       // The join of a listing's due rows must be a hash join, whatever the statistics say. On a
       // ledger Postgres has not analyzed (autovacuum off, or a table that grew since), the planner
       // expects a handful of due rows and nests the loop: 250 listings × every due row, 2 s per
       // claim at 27 000 due rows (docs/BENCHMARKS.md). `set local` ends with this transaction, whose
-      // other statements join nothing (the update below goes by id, on the primary key).
+      // other statements join nothing. The update goes by id on the primary key (`= any(array(…))`, computed
+      // once), not by a join, so it needs no nested loop either.
+      //
+      // Grouped per listing by Postgres, not returned row by row: a claim may take up to
+      // MAX_CHANGES_PER_BATCH changes (20 000, for Shopify once it trails), and one row per change was ~190
+      // bytes on the wire each (two UUIDs, a timestamp…), megabytes per claim that the service
+      // read only to sum them up. Deno keeps the 64 KiB socket buffers such a read fills, so the
+      // service's native heap grew with the largest claims (docs/BENCHMARKS.md, issue #15's peak
+      // RSS). One row per listing with its change ids is ~8 bytes per change.
       await tx`set local enable_nestloop = off`;
-      const due = await tx<{ id: string }[]>`
+      const rows = await tx<ClaimedListing[]>`
         with listings as (
           select tienda_id, sku, min(id) as first_id from (
             select id, tienda_id, sku from stock_change
@@ -156,23 +166,16 @@ export class DispatchStore {
              limit ${maxRows}
           ) candidates
           group by tienda_id, sku order by first_id limit ${maxListings}
-        )
-        select s.id from stock_change s join listings l using (tienda_id, sku)
-         where s.channel = ${channel} and s.status = 'pending' and s.next_attempt_at <= now()
-         order by s.id
-         limit ${MAX_CHANGES_PER_BATCH}
-         for update of s skip locked`;
-      // Grouped per listing by Postgres, not returned row by row: a claim may take up to
-      // MAX_CHANGES_PER_BATCH changes (20 000, for Shopify once it trails), and one row per change was ~190
-      // bytes on the wire each (two UUIDs, a timestamp…), megabytes per claim that the service
-      // read only to sum them up. Deno keeps the 64 KiB socket buffers such a read fills, so the
-      // service's native heap grew with the largest claims (docs/BENCHMARKS.md, issue #15's peak
-      // RSS). One row per listing with its change ids is ~8 bytes per change.
-      const rows = due.length === 0 ? [] : await tx<ClaimedListing[]>`
-        with claimed as (
+        ), due as (
+          select s.id from stock_change s join listings l using (tienda_id, sku)
+           where s.channel = ${channel} and s.status = 'pending' and s.next_attempt_at <= now()
+           order by s.id
+           limit ${MAX_CHANGES_PER_BATCH}
+           for update of s skip locked
+        ), claimed as (
           update stock_change s
              set status = 'sending', batch_id = ${batch.id}, attempts = s.attempts + 1, updated_at = now()
-           where s.id = any(${due.map((r) => r.id)}::bigint[])
+           where s.id = any(array(select id from due))
           returning s.id, s.tienda_id, s.sku, s.producto_id, s.delta, s.attempts, s.created_at
         )
         select tienda_id, sku,
