@@ -497,6 +497,39 @@ integration("a batch re-sent maxAttempts times without an answer fails as outcom
 });
 
 integration(
+  "a retried listing gives up only the changes out of attempts; one sold since is tried again",
+  async () => {
+    const ledger = await freshLedger({ ...POLICY, maxAttempts: 3 });
+    try {
+      const [old] = await ledger.sell([[["A", 1]]]);
+      // The old sale's change has been tried twice; a new sale of the same SKU arrives meanwhile.
+      await ledger.sql`update stock_change set attempts = 2 where channel = 'shopify'`;
+      const [fresh] = await ledger.sell([[["A", 2]]]);
+      const batch = (await ledger.store.claimBatch("shopify", 10))!;
+      assert.deepEqual(
+        batch.changes.map((c) => [c.sku, c.delta, c.attempts]),
+        [["A", -3, 3]],
+        "one write, both sales",
+      );
+      await ledger.store.markSending(batch, { mutation: "adjust" });
+      const failed = await ledger.store.record(batch, {
+        kind: "done",
+        results: [{ kind: "retry", reason: "http_502", error: "bad gateway" }],
+      });
+      assert.deepEqual(failed.map((f) => [f.eventId, f.reason]), [[old.event_id, "exhausted"]]);
+      const rows = await ledger.sql<{ event_id: string; status: string; attempts: number }[]>`
+      select event_id, status, attempts from stock_change where channel = 'shopify' order by id`;
+      assert.deepEqual(rows.map((r) => [r.event_id, r.status, r.attempts]), [
+        [old.event_id, "failed", 3],
+        [fresh.event_id, "pending", 1],
+      ], "the new sale's change waits for its next try instead of failing after its first");
+    } finally {
+      await ledger.close();
+    }
+  },
+);
+
+integration(
   "an applied change is stamped when the marketplace answered for it, else when recorded",
   async () => {
     const ledger = await freshLedger();

@@ -366,22 +366,30 @@ export class DispatchStore {
                 ? null
                 : Math.max(0, Date.now() - result.answeredAt),
             });
-          } else if (result.kind === "retry" && change.attempts < this.policy.maxAttempts) {
-            const wait = Math.max(result.waitMs ?? 0, backoffMs(change.attempts, this.policy));
+          } else if (result.kind === "retry") {
+            // A listing's changes share one write but not their history: a sale that arrived since the
+            // listing's last try has used one attempt, an old one may have used them all. Each goes by its
+            // own count: the retried update below takes those with attempts left, and the ones it leaves
+            // sending have none left, so the failed update after it gives them up (exhausted).
+            const wait = Math.max(
+              result.waitMs ?? 0,
+              backoffMs(Math.min(change.attempts, this.policy.maxAttempts - 1), this.policy),
+            );
             retried.push({
               ids: change.changeIds,
               wait_ms: wait,
               error: result.error,
               reason: result.reason,
             });
+            if (change.attempts >= this.policy.maxAttempts) {
+              failed.push({
+                ids: change.changeIds,
+                reason: "exhausted",
+                error: `gave up after ${change.attempts} attempts: ${result.error}`,
+              });
+            }
           } else {
-            failed.push({
-              ids: change.changeIds,
-              reason: result.kind === "retry" ? "exhausted" : result.reason,
-              error: result.kind === "retry"
-                ? `gave up after ${change.attempts} attempts: ${result.error}`
-                : result.error,
-            });
+            failed.push({ ids: change.changeIds, reason: result.reason, error: result.error });
           }
         }
         if (applied.length > 0) {
@@ -400,7 +408,8 @@ export class DispatchStore {
                    error_reason = x.reason, next_attempt_at = now() + x.wait_ms * interval '1 millisecond'
               from jsonb_to_recordset(${tx.json(toJson(retried))}::jsonb)
                 as x(ids bigint[], wait_ms integer, error text, reason text)
-             where s.id = any(x.ids) and s.batch_id = ${batch.id} and s.status = 'sending'`;
+             where s.id = any(x.ids) and s.batch_id = ${batch.id} and s.status = 'sending'
+               and s.attempts < ${this.policy.maxAttempts}`;
         }
       }
       const out: FailedChange[] = [];
