@@ -57,14 +57,16 @@ integration(
       await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= 13));
       // The previous version at work: sales in custody, and a Shopify batch claimed and sent.
       const custody = new Custody(sql, ["mercadolibre", "shopify"], { batchSize: 10, maxWaitMs: 1 });
-      for (const sku of ["A", "B", "C"]) {
+      /** Takes a sale of `cantidad` of `sku` into custody. */
+      const sell = (sku: string, cantidad: number) => {
         const body = new TextEncoder().encode(
-          JSON.stringify(sale({ items: [{ producto_sku: sku, cantidad: 2 }] })),
+          JSON.stringify(sale({ items: [{ producto_sku: sku, cantidad }] })),
         );
         const decoded = decodeSaleEvent(body, {}, { maxBytes: 1 << 20, maxItems: 10, maxQuantity: 100 });
         assert.ok(decoded.ok);
-        await custody.accept(decoded.event);
-      }
+        return custody.accept(decoded.event);
+      };
+      for (const sku of ["A", "B", "C"]) await sell(sku, 2);
       const store = new DispatchStore(sql, {
         maxAttempts: 5,
         leaseMs: 60_000,
@@ -94,12 +96,7 @@ integration(
           return waiting;
         }, "the migration waiting for its lock");
         // A sale arriving while the migration waits queues behind its lock request, for no longer.
-        const body = new TextEncoder().encode(
-          JSON.stringify(sale({ items: [{ producto_sku: "D", cantidad: 1 }] })),
-        );
-        const decoded = decodeSaleEvent(body, {}, { maxBytes: 1 << 20, maxItems: 10, maxQuantity: 100 });
-        assert.ok(decoded.ok);
-        const stored = custody.accept(decoded.event).then((outcome) => ({
+        const stored = sell("D", 1).then((outcome) => ({
           outcome,
           at: Date.now() - started,
         }));
