@@ -46,7 +46,7 @@ async function freshLedger(policy: DispatchPolicy = POLICY) {
   return {
     sql,
     store: new DispatchStore(sql, policy),
-    /** Takes sales into custody: one per entry, each a list of [sku, quantity] at `store`. */
+    /** Takes sales into custody, in order: one per entry, each a list of [sku, quantity] at `store`. */
     async sell(sales: [string, number][][], store = STORE): Promise<Record<string, unknown>[]> {
       const bodies = sales.map((items) =>
         sale({
@@ -54,11 +54,13 @@ async function freshLedger(policy: DispatchPolicy = POLICY) {
           items: items.map(([sku, cantidad]) => ({ producto_id: `p-${sku}`, producto_sku: sku, cantidad })),
         })
       );
-      await Promise.all(bodies.map((body) => {
+      // One after another, so the ledger holds them in the order given (a batch lists its listings by
+      // their oldest change, and custody orders the sales of one transaction by event id).
+      for (const body of bodies) {
         const decoded = decodeSaleEvent(new TextEncoder().encode(JSON.stringify(body)), {}, LIMITS);
         if (!decoded.ok) throw new Error(decoded.rejection.message);
-        return custody.accept(decoded.event);
-      }));
+        await custody.accept(decoded.event);
+      }
       return bodies;
     },
     /** The channel's changes by SKU, with the wait before each is due again (ms). */
@@ -157,6 +159,32 @@ integration("a claim takes at most maxListings listings, each with all its due c
     const second = await ledger.store.claimBatch("shopify", 2);
     assert.deepEqual(second?.changes.map((c) => [c.sku, c.changeIds.length]), [["C", 1]]);
     assert.notEqual(second?.idempotencyKey, first?.idempotencyKey, "every batch gets its own key");
+  } finally {
+    await ledger.close();
+  }
+});
+
+integration("a batch lists its listings oldest first, the order MercadoLibre writes them in", async () => {
+  // MercadoLibre writes a batch's listings one at a time at 5 writes/s. A listing claimed for its old sale
+  // waited a whole pass already: written after the younger ones claimed with it, it waited up to a batch of
+  // writes more (the bench's MeLi bound, issue #15). Store and SKU order put the youngest here first.
+  const ledger = await freshLedger();
+  try {
+    for (const sku of ["ZETA", "MEDIO", "ALFA"]) await ledger.sell([[[sku, 1]]]);
+    await ledger.sell([[["ZETA", 1]]], "another-store");
+    await ledger.sell([[["MEDIO", 1]]]);
+    const batch = await ledger.store.claimBatch("mercadolibre", 10);
+    assert.deepEqual(
+      batch?.changes.map((c) => [c.tiendaId === STORE ? "store" : "another", c.sku, c.changeIds.length]),
+      [["store", "ZETA", 1], ["store", "MEDIO", 2], ["store", "ALFA", 1], ["another", "ZETA", 1]],
+      "by each listing's oldest change",
+    );
+    const row = await ledger.batchRow(batch!.id);
+    assert.deepEqual(
+      row.payload.map((c) => c.sku),
+      ["ZETA", "MEDIO", "ALFA", "ZETA"],
+      "stored in that order",
+    );
   } finally {
     await ledger.close();
   }
