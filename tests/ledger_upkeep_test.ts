@@ -100,6 +100,40 @@ integration(
   },
 );
 
+integration(
+  "the upkeep vacuums a table's indexes with its own backend only, as autovacuum does, not with parallel workers",
+  async () => {
+    // A plain VACUUM gives every index past min_parallel_index_scan_size (512 kB) to parallel workers
+    // (max_parallel_maintenance_workers, 2 by default): on a two-core machine, three processes vacuuming
+    // beside the dispatcher. Autovacuum never does: it is the background work the upkeep stands in for.
+    const ledger = await ledgerWithDeadRows(60_000);
+    const watch = postgres(DATABASE_URL, { max: 1, onnotice: () => {} });
+    try {
+      await waitFor(async () => (await ledger.stats()).dead >= 120_000, "the dead rows counted");
+      const [{ pid }] = await ledger.sql<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      let indexPhases = 0;
+      let workers = 0;
+      let done = false;
+      const round = upkeepRound(ledger.sql, ledger.schema).finally(() => done = true);
+      while (!done) {
+        const [seen] = await watch<{ phase: string | null; workers: number }[]>`
+          select (select phase from pg_stat_progress_vacuum where pid = ${pid}) as phase,
+                 (select count(*)::int from pg_stat_activity
+                   where leader_pid = ${pid} and backend_type = 'parallel worker') as workers`;
+        if (seen.phase === "vacuuming indexes") indexPhases += 1;
+        workers = Math.max(workers, seen.workers);
+      }
+      const actions = await round;
+      assert.deepEqual(actions.filter((a) => a.table === "stock_change").map((a) => a.action), ["vacuum"]);
+      assert.ok(indexPhases > 0, "the VACUUM was seen vacuuming the indexes");
+      assert.equal(workers, 0, "no parallel worker vacuumed beside it");
+    } finally {
+      await watch.end();
+      await ledger.close();
+    }
+  },
+);
+
 integration("the upkeep loop vacuums on its interval and close() ends it and its connection", async () => {
   const ledger = await ledgerWithDeadRows(2_000);
   const own = postgres(DATABASE_URL, {

@@ -137,8 +137,12 @@ export async function upkeepRound(sql: Sql, schema: string): Promise<UpkeepActio
 
 /**
  * Paces this session's VACUUM as autovacuum's are (its cost delay and limit, as the server sets them;
- * -1 means "the plain VACUUM setting", as for autovacuum). A manual VACUUM is not paced by default, and
- * on a machine whose cores dispatch sales an unpaced one competes with them for its whole run.
+ * -1 means "the plain VACUUM setting", as for autovacuum), and keeps it to this one backend, as
+ * autovacuum's are. A manual VACUUM is not paced by default, and on a machine whose cores dispatch sales
+ * an unpaced one competes with them for its whole run. Nor is it alone by default: it hands every index
+ * past `min_parallel_index_scan_size` to parallel workers (`max_parallel_maintenance_workers`, 2 by
+ * default): three processes vacuuming `stock_change` beside the dispatcher on a two-core machine, seen in
+ * the bench's 1 000 sales/s stream (docs/BENCHMARKS.md, issue #15).
  */
 async function sessionLikeAutovacuum(sql: Sql): Promise<void> {
   // A backend busy in VACUUM does not notice that its client has gone (shutdown ends the connection):
@@ -147,7 +151,8 @@ async function sessionLikeAutovacuum(sql: Sql): Promise<void> {
     select set_config('client_connection_check_interval', '1s', false)
      where current_setting('server_version_num')::int >= 140000`;
   await sql`
-    select set_config('vacuum_cost_delay', d, false), set_config('vacuum_cost_limit', l, false)
+    select set_config('vacuum_cost_delay', d, false), set_config('vacuum_cost_limit', l, false),
+           set_config('max_parallel_maintenance_workers', '0', false)
       from (select case when current_setting('autovacuum_vacuum_cost_delay') in ('-1', '-1ms')
                         then current_setting('vacuum_cost_delay')
                         else current_setting('autovacuum_vacuum_cost_delay') end as d,
