@@ -121,7 +121,9 @@ integration(
                  (select count(*)::int from pg_stat_activity
                    where leader_pid = ${pid} and backend_type = 'parallel worker') as workers`;
         if (seen.phase === "vacuuming indexes") indexPhases += 1;
-        workers = Math.max(workers, seen.workers);
+        // While it vacuums only: the round's own catalog query may run in parallel on a database with
+        // many schemas (this one's, after the whole suite), and that is not the VACUUM's doing.
+        if (seen.phase !== null) workers = Math.max(workers, seen.workers);
       }
       const actions = await round;
       assert.deepEqual(actions.filter((a) => a.table === "stock_change").map((a) => a.action), ["vacuum"]);
