@@ -191,6 +191,59 @@ integration("a batch lists its listings oldest first, the order MercadoLibre wri
 });
 
 integration(
+  "a change committed after its listing's claim waits its turn behind the listings that were waiting then",
+  async () => {
+    // Custody's two writers take their change ids when their statement runs and commit them later, so
+    // a claim can see a listing's newer change but not an older one still in flight. Ordered by its id
+    // alone, that straggler put its listing first in the next claim: written twice in one pass, every
+    // other listing waited one write more (MercadoLibre's bound, missed by up to 7 writes, issue #15).
+    const ledger = await freshLedger();
+    const committing = Promise.withResolvers<void>();
+    const inFlight = Promise.withResolvers<void>();
+    try {
+      await ledger.sell([[["ALFA", 1]]]);
+      // A custody transaction that has written BETA's change (its id taken) and not committed yet.
+      const straggler = ledger.sql.begin(async (tx) => {
+        // Custody's own statement, run in a transaction this test commits when it chooses.
+        const custody = new Custody(tx as unknown as postgres.Sql, KNOWN_CHANNELS, {
+          batchSize: 1,
+          maxWaitMs: 0,
+        });
+        const body = sale({
+          tienda_id: STORE,
+          items: [{ producto_id: "p-BETA", producto_sku: "BETA", cantidad: 1 }],
+        });
+        const decoded = decodeSaleEvent(new TextEncoder().encode(JSON.stringify(body)), {}, LIMITS);
+        if (!decoded.ok) throw new Error(decoded.rejection.message);
+        assert.equal(await custody.accept(decoded.event), "stored");
+        inFlight.resolve();
+        await committing.promise;
+      });
+      await inFlight.promise;
+      await ledger.sell([[["BETA", 1]], [["GAMA", 1]], [["DELTA", 1]]]);
+
+      const first = await ledger.store.claimBatch("mercadolibre", 2);
+      assert.deepEqual(first?.changes.map((c) => [c.sku, c.changeIds.length]), [["ALFA", 1], ["BETA", 1]]);
+      committing.resolve();
+      await straggler;
+
+      const second = await ledger.store.claimBatch("mercadolibre", 2);
+      assert.deepEqual(
+        second?.changes.map((c) => c.sku),
+        ["GAMA", "DELTA"],
+        "GAMA and DELTA were waiting when BETA was claimed: their turn comes first",
+      );
+      const third = await ledger.store.claimBatch("mercadolibre", 2);
+      assert.deepEqual(third?.changes.map((c) => [c.sku, c.changeIds.length]), [["BETA", 1]], "then BETA's");
+      assert.equal(await ledger.store.claimBatch("mercadolibre", 2), null);
+    } finally {
+      committing.resolve();
+      await ledger.close();
+    }
+  },
+);
+
+integration(
   "a listing with many due changes is claimed whole, so one write carries them all and it waits a whole pass",
   async () => {
     // MercadoLibre claims 10 listings a batch, and at 1 000 sales/s each has ~80 changes due by its turn. A

@@ -67,10 +67,22 @@ interface ClaimedListing {
   attempts: number;
   oldest_created_at: Date;
   change_ids: string[];
+  /** Where the listing's turn came in this claim (its oldest due change, or just after its last claim). */
+  turn: string;
 }
 
 function toLogicalChanges(rows: ClaimedListing[]): LogicalChange[] {
-  const changes = rows.map((row): LogicalChange => ({
+  // In turn order, as the claim picks them: channels that write one listing at a time (MercadoLibre,
+  // 5 writes/s) write in this order, and a listing claimed for its old sale must not wait behind the
+  // younger ones claimed with it. Sorted by store and SKU, the oldest could be written last: up to a
+  // batch of writes past the bound a pass over the listings sets (docs/BENCHMARKS.md, issue #15). Ties
+  // (two listings just after the same claim) go by their oldest change; the change ids are unique, so
+  // the order is total and the payload stored with the batch keeps it.
+  const key = (row: ClaimedListing) => [BigInt(row.turn), BigInt(row.change_ids[0])];
+  const sorted = rows.map((row) => ({ row, key: key(row) })).sort((a, b) =>
+    a.key[0] !== b.key[0] ? (a.key[0] < b.key[0] ? -1 : 1) : a.key[1] < b.key[1] ? -1 : 1
+  );
+  return sorted.map(({ row }): LogicalChange => ({
     tiendaId: row.tienda_id,
     sku: row.sku,
     productoId: row.producto_id,
@@ -79,16 +91,6 @@ function toLogicalChanges(rows: ClaimedListing[]): LogicalChange[] {
     attempts: row.attempts,
     oldestCreatedAt: row.oldest_created_at,
   }));
-  // Oldest first, by the listing's first change (ids are taken in custody's order), as the claim picks
-  // them: channels that write one listing at a time (MercadoLibre, 5 writes/s) write in this order, and a
-  // listing claimed for its old sale must not wait behind the younger ones claimed with it. Sorted by
-  // store and SKU, the oldest could be written last: up to a batch of writes past the bound a pass over
-  // the listings sets (docs/BENCHMARKS.md, issue #15). The ids are unique, so the order is total and
-  // the payload stored with the batch keeps it.
-  return changes.sort((a, b) => {
-    const first = (c: LogicalChange) => BigInt(c.changeIds[0]);
-    return first(a) < first(b) ? -1 : 1;
-  });
 }
 
 function toJson(value: unknown): postgres.JSONValue {
@@ -163,15 +165,30 @@ export class DispatchStore {
       // service's native heap grew with the largest claims (docs/BENCHMARKS.md, issue #15's peak
       // RSS). One row per listing with its change ids is ~8 bytes per change.
       await tx`set local enable_nestloop = off`;
+      //
+      // A listing's turn is its oldest due change, or just after its last claim when that change is no newer
+      // than what the claim could see: custody commits ids out of order (two writers), and a change that was
+      // in flight at its listing's claim must not put the listing first again, written twice in one pass
+      // while the others wait (migration 15). Turns are doubled so "just after" is an integer between ids.
+      // Looked up per listing in a subquery, not joined: with nested loops off a join would read every turn.
       const rows = await tx<ClaimedListing[]>`
-        with listings as (
-          select tienda_id, sku, min(id) as first_id from (
-            select id, tienda_id, sku from stock_change
-             where channel = ${channel} and status = 'pending' and next_attempt_at <= now()
-             order by next_attempt_at, id
-             limit ${maxRows}
-          ) candidates
-          group by tienda_id, sku order by first_id limit ${maxListings}
+        with horizon as (
+          select coalesce(max(id), 0) as through from stock_change
+        ), listings as (
+          select tienda_id, sku,
+                 greatest(2 * first_id, 2 * coalesce((
+                   select t.claimed_through from listing_turn t
+                    where t.channel = ${channel} and t.tienda_id = c.tienda_id and t.sku = c.sku), 0) + 1) as turn
+            from (
+              select tienda_id, sku, min(id) as first_id from (
+                select id, tienda_id, sku from stock_change
+                 where channel = ${channel} and status = 'pending' and next_attempt_at <= now()
+                 order by next_attempt_at, id
+                 limit ${maxRows}
+              ) candidates
+              group by tienda_id, sku
+            ) c
+           order by turn limit ${maxListings}
         ), due as (
           select s.id from stock_change s join listings l using (tienda_id, sku)
            where s.channel = ${channel} and s.status = 'pending' and s.next_attempt_at <= now()
@@ -183,13 +200,20 @@ export class DispatchStore {
              set status = 'sending', batch_id = ${batch.id}, attempts = s.attempts + 1, updated_at = now()
            where s.id = any(array(select id from due))
           returning s.id, s.tienda_id, s.sku, s.producto_id, s.delta, s.attempts, s.created_at
+        ), turned as (
+          -- In key order, so two claims that share a listing cannot lock their turns crosswise.
+          insert into listing_turn (channel, tienda_id, sku, claimed_through)
+          select distinct on (tienda_id, sku) ${channel}, tienda_id, sku, (select through from horizon)
+            from claimed order by tienda_id, sku
+          on conflict (channel, tienda_id, sku) do update set claimed_through = excluded.claimed_through
         )
-        select tienda_id, sku,
-               (array_agg(producto_id order by id) filter (where producto_id is not null))[1] as producto_id,
-               sum(delta)::float8 as delta, max(attempts) as attempts,
-               min(created_at) as oldest_created_at, array_agg(id order by id)::text[] as change_ids
-          from claimed
-         group by tienda_id, sku`;
+        select c.tienda_id, c.sku,
+               (array_agg(c.producto_id order by c.id) filter (where c.producto_id is not null))[1] as producto_id,
+               sum(c.delta)::float8 as delta, max(c.attempts) as attempts,
+               min(c.created_at) as oldest_created_at, array_agg(c.id order by c.id)::text[] as change_ids,
+               min(l.turn)::text as turn
+          from claimed c join listings l using (tienda_id, sku)
+         group by c.tienda_id, c.sku`;
       if (rows.length === 0) {
         await tx`delete from sync_batch where id = ${batch.id}`;
         return null;

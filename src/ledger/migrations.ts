@@ -430,6 +430,28 @@ export const MIGRATIONS: readonly Migration[] = [
       reset lock_timeout;
     `,
   },
+  {
+    version: 15,
+    name: "a listing's turn: where its last claim left it",
+    sql: `
+      -- The newest change id each listing's last claim could see. Custody takes a change's id
+      -- when its statement runs and commits later, so a claim can take a listing's newer change
+      -- while an older one is still in flight; ordered by that older id, the listing came first
+      -- again in the next claim and was written twice in one pass (docs/BENCHMARKS.md, issue
+      -- #15). A claim now orders a listing by its oldest due change or, when that change is no
+      -- newer than what its last claim could see, just after that claim.
+      --
+      -- A new table only: online-safe. Replicas of the previous version do not keep it; a
+      -- listing they claim keeps its older turn, which is the previous order.
+      create table listing_turn (
+        channel         text not null,
+        tienda_id       text not null,
+        sku             text not null,
+        claimed_through bigint not null,
+        primary key (channel, tienda_id, sku)
+      ) with (fillfactor = 50);  -- room for HOT updates: each claim rewrites its listings' rows
+    `,
+  },
 ];
 
 /** An index built with CREATE INDEX CONCURRENTLY after the migrations, where a migration could not build it. */
