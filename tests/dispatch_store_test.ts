@@ -222,20 +222,27 @@ integration(
       await inFlight.promise;
       await ledger.sell([[["BETA", 1]], [["GAMA", 1]], [["DELTA", 1]]]);
 
-      const first = await ledger.store.claimBatch("mercadolibre", 2);
+      const turns = { turns: true }; // as MercadoLibre's dispatcher claims (it writes listings one at a time)
+      const first = await ledger.store.claimBatch("mercadolibre", 2, turns);
       assert.deepEqual(first?.changes.map((c) => [c.sku, c.changeIds.length]), [["ALFA", 1], ["BETA", 1]]);
       committing.resolve();
       await straggler;
 
-      const second = await ledger.store.claimBatch("mercadolibre", 2);
+      const second = await ledger.store.claimBatch("mercadolibre", 2, turns);
       assert.deepEqual(
         second?.changes.map((c) => c.sku),
         ["GAMA", "DELTA"],
         "GAMA and DELTA were waiting when BETA was claimed: their turn comes first",
       );
-      const third = await ledger.store.claimBatch("mercadolibre", 2);
+      const third = await ledger.store.claimBatch("mercadolibre", 2, turns);
       assert.deepEqual(third?.changes.map((c) => [c.sku, c.changeIds.length]), [["BETA", 1]], "then BETA's");
-      assert.equal(await ledger.store.claimBatch("mercadolibre", 2), null);
+      assert.equal(await ledger.store.claimBatch("mercadolibre", 2, turns), null);
+
+      // Shopify writes a batch in one call: its claims keep no turns (a row update per listing for nothing).
+      assert.equal((await ledger.store.claimBatch("shopify", 10))?.changes.length, 4);
+      const kept = await ledger.sql<{ channel: string; n: number }[]>`
+        select channel, count(*)::int as n from listing_turn group by channel`;
+      assert.deepEqual(kept.map((r) => [r.channel, r.n]), [["mercadolibre", 4]]);
     } finally {
       committing.resolve();
       await ledger.close();

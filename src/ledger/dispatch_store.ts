@@ -123,13 +123,17 @@ export class DispatchStore {
    * Claims up to `maxListings` listings, each with all its due pending changes (up to
    * {@link MAX_CHANGES_PER_BATCH} in the batch), for `channel` into a new batch with a fresh
    * idempotency key. Null when idle.
-   * @param maxRows due changes looked at to pick the listings (the oldest first).
+   * @param options.turns keep each listing's turn (for a channel that writes listings one at a time, in
+   *   the batch's order): see below and migration 15. Without, a listing goes by its oldest due change.
+   * @param options.maxRows due changes looked at to pick the listings (the oldest first).
    */
   async claimBatch(
     channel: string,
     maxListings: number,
-    maxRows = maxListings * 20,
+    options: { turns?: boolean; maxRows?: number } = {},
   ): Promise<ClaimedBatch | null> {
+    const maxRows = options.maxRows ?? maxListings * 20;
+    const turns = options.turns ?? false;
     // Idle loops poll often: look before opening a transaction that writes.
     const [due] = await this.sql<{ due: boolean }[]>`
       select exists (
@@ -166,19 +170,32 @@ export class DispatchStore {
       // RSS). One row per listing with its change ids is ~8 bytes per change.
       await tx`set local enable_nestloop = off`;
       //
-      // A listing's turn is its oldest due change, or just after its last claim when that change is no newer
-      // than what the claim could see: custody commits ids out of order (two writers), and a change that was
-      // in flight at its listing's claim must not put the listing first again, written twice in one pass
-      // while the others wait (migration 15). Turns are doubled so "just after" is an integer between ids.
-      // Looked up per listing in a subquery, not joined: with nested loops off a join would read every turn.
+      // A listing's turn is its oldest due change or, with `turns`, just after its last claim when that change
+      // is no newer than what the claim could see: custody commits ids out of order (two writers), and a
+      // change that was in flight at its listing's claim must not put the listing first again, written twice
+      // in one pass while the others wait (migration 15). Turns are doubled so "just after" is an integer
+      // between ids. Looked up per listing in a subquery, not joined: with nested loops off a join would read
+      // every turn. Kept only where the order of writes is the channel's pace (MercadoLibre): for Shopify it
+      // was ~1.8 row updates per sale for nothing (docs/BENCHMARKS.md).
+      const lastTurn = turns
+        ? tx`coalesce((
+                select t.claimed_through from listing_turn t
+                 where t.channel = ${channel} and t.tienda_id = c.tienda_id and t.sku = c.sku), 0)`
+        : tx`0`;
+      const keepTurns = turns
+        ? tx`, turned as (
+            -- In key order, so two claims that share a listing cannot lock their turns crosswise.
+            insert into listing_turn (channel, tienda_id, sku, claimed_through)
+            select distinct on (tienda_id, sku) ${channel}, tienda_id, sku, (select through from horizon)
+              from claimed order by tienda_id, sku
+            on conflict (channel, tienda_id, sku) do update set claimed_through = excluded.claimed_through
+          )`
+        : tx``;
       const rows = await tx<ClaimedListing[]>`
         with horizon as (
           select coalesce(max(id), 0) as through from stock_change
         ), listings as (
-          select tienda_id, sku,
-                 greatest(2 * first_id, 2 * coalesce((
-                   select t.claimed_through from listing_turn t
-                    where t.channel = ${channel} and t.tienda_id = c.tienda_id and t.sku = c.sku), 0) + 1) as turn
+          select tienda_id, sku, greatest(2 * first_id, 2 * ${lastTurn} + 1) as turn
             from (
               select tienda_id, sku, min(id) as first_id from (
                 select id, tienda_id, sku from stock_change
@@ -200,13 +217,7 @@ export class DispatchStore {
              set status = 'sending', batch_id = ${batch.id}, attempts = s.attempts + 1, updated_at = now()
            where s.id = any(array(select id from due))
           returning s.id, s.tienda_id, s.sku, s.producto_id, s.delta, s.attempts, s.created_at
-        ), turned as (
-          -- In key order, so two claims that share a listing cannot lock their turns crosswise.
-          insert into listing_turn (channel, tienda_id, sku, claimed_through)
-          select distinct on (tienda_id, sku) ${channel}, tienda_id, sku, (select through from horizon)
-            from claimed order by tienda_id, sku
-          on conflict (channel, tienda_id, sku) do update set claimed_through = excluded.claimed_through
-        )
+        )${keepTurns}
         select c.tienda_id, c.sku,
                (array_agg(c.producto_id order by c.id) filter (where c.producto_id is not null))[1] as producto_id,
                sum(c.delta)::float8 as delta, max(c.attempts) as attempts,

@@ -39,6 +39,13 @@ export interface ChannelAdapter {
   readonly name: ChannelName;
   /** Most listings one batch may hold (Shopify: 250 changes per call). */
   readonly maxListingsPerBatch: number;
+  /**
+   * Writes a batch's listings one request at a time, in the batch's order (MercadoLibre, 5 writes/s): its
+   * claims keep each listing's turn, so no listing is written twice in one pass over the listings while
+   * the others wait (`claimBatch` in src/ledger/dispatch_store.ts). A channel that writes a whole batch in one call
+   * (Shopify) needs no turns: a listing in two batches in a row costs it nothing.
+   */
+  readonly writesListingsInTurn?: boolean;
   process(batch: ClaimedBatch, context: BatchContext): Promise<BatchOutcome>;
   /** Channel health for /readyz (credentials, last error). */
   health(): CheckResult;

@@ -166,7 +166,9 @@ export class Dispatcher {
       try {
         const claimStarted = performance.now();
         const batch = await store.reclaimBatch(adapter.name) ??
-          await store.claimBatch(adapter.name, adapter.maxListingsPerBatch);
+          await store.claimBatch(adapter.name, adapter.maxListingsPerBatch, {
+            turns: adapter.writesListingsInTurn ?? false,
+          });
         if (batch) this.#phase("claim", claimStarted);
         if (batch) this.#busyLanes.add(lane);
         else this.#busyLanes.delete(lane);

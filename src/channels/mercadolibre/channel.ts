@@ -188,6 +188,8 @@ function refusalReason(status: number, text: string): string {
 export class MeliChannel implements ChannelAdapter {
   readonly name = "mercadolibre" as const;
   readonly maxListingsPerBatch: number;
+  /** One PUT per listing at MELI_RATE_PER_SEC: a listing written out of its turn delays every other. */
+  readonly writesListingsInTurn = true;
 
   constructor(private readonly options: MeliChannelOptions) {
     // Delta mode persists each listing's from → to before its PUT: one listing per batch.
