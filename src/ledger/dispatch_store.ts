@@ -169,6 +169,14 @@ export class DispatchStore {
       // service's native heap grew with the largest claims (docs/BENCHMARKS.md, issue #15's peak
       // RSS). One row per listing with its change ids is ~8 bytes per change.
       await tx`set local enable_nestloop = off`;
+      if (turns) {
+        // With turns, one claim of the channel at a time (across lanes and replicas), each seeing the last
+        // one committed: a claim running beside another saw that one's listings still pending, judged a
+        // listing by changes the other was taking, put it first, and sent its one newer change at once,
+        // ahead of every listing waiting (written twice, seconds apart). A claim takes milliseconds, at
+        // MercadoLibre's pace of a claim or two a second. Keyed by schema: ledgers may share a database.
+        await tx`select pg_advisory_xact_lock(hashtext(current_schema() || '.claim.' || ${channel}))`;
+      }
       //
       // A listing's turn is its oldest due change or, with `turns`, just after its last claim when that change
       // is no newer than what the claim could see: custody commits ids out of order (two writers), and a
