@@ -158,7 +158,10 @@ export async function runResources(
     connection: { search_path: config.LEDGER_SCHEMA },
   });
   ctx.defer("drop the bench ledger", async () => {
-    await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
+    // BENCH_KEEP_LEDGER=1 keeps it for a post-mortem (which listing was written when: docs/BENCHMARKS.md).
+    if (Deno.env.get("BENCH_KEEP_LEDGER") === "1") {
+      progress(`kept the ledger: schema ${config.LEDGER_SCHEMA}`);
+    } else await sql.unsafe(`drop schema if exists ${config.LEDGER_SCHEMA} cascade`);
     await sql.end();
   });
   ctx.defer("delete the bench queues", async () => {
