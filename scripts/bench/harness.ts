@@ -77,6 +77,8 @@ export interface BenchOptions {
   resyncDriftPct: number;
   /** The `ledger` section migrates its scratch schema only up to this migration (to compare one's cost). */
   ledgerVersion: number;
+  /** SQL the `ledger` section runs on its scratch schema after migrating (a variant to weigh); empty: none. */
+  ledgerSql: string;
   /** Shopify plan whose rate limit the sandbox enforces (standard, advanced, plus, enterprise). */
   plan: string;
   /** Latency the marketplace sandboxes add to every request, in ms. */

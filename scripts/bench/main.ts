@@ -132,6 +132,8 @@ options:
                          dry run with drift, write, dry run); ~2 min for 10000 × 5 on 2 cores
   --ledger-version N     ledger: migrate the scratch ledger only up to migration N (default: all), to
                          compare what one migration changes in custody's Postgres cost
+  --ledger-sql SQL       ledger: run SQL on the scratch ledger after migrating (e.g. "drop index
+                         stock_change_sku"), to weigh a change before writing its migration
   --dispatch             keep the marketplace dispatcher (DISPATCH_ENABLED) running
                          during the custody section; off by default so that
                          section measures custody alone
@@ -186,6 +188,7 @@ export function parseOptions(args: string[]): BenchOptions {
         "resync-stores": { type: "string", default: "5" },
         "resync-drift": { type: "string", default: "5" },
         "ledger-version": { type: "string" },
+        "ledger-sql": { type: "string", default: "" },
         plan: { type: "string", default: "standard" },
         latency: { type: "string", default: "0" },
         help: { type: "boolean", short: "h", default: false },
@@ -251,6 +254,7 @@ export function parseOptions(args: string[]): BenchOptions {
       wholeNumber("resync-skus", n, 1, 200_000)
     ),
     resyncStores: wholeNumber("resync-stores", values["resync-stores"], 1, 250),
+    ledgerSql: String(values["ledger-sql"]),
     ledgerVersion: values["ledger-version"] === undefined
       ? MIGRATIONS.at(-1)!.version
       : wholeNumber("ledger-version", values["ledger-version"], 1, MIGRATIONS.at(-1)!.version),
