@@ -177,7 +177,6 @@ export class DispatchStore {
         // MercadoLibre's pace of a claim or two a second. Keyed by schema: ledgers may share a database.
         await tx`select pg_advisory_xact_lock(hashtext(current_schema() || '.claim.' || ${channel}))`;
       }
-      //
       // A listing's turn is its oldest due change or, with `turns`, just after its last claim when that change
       // is no newer than what the claim could see: custody commits ids out of order (two writers), and a
       // change that was in flight at its listing's claim must not put the listing first again, written twice
