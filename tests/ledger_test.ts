@@ -123,6 +123,7 @@ integration(
       });
       // Its claim, as it wrote it (this version's claim keeps listing turns, a table of migration 15).
       const inFlight = await previousVersionClaim(sql, "shopify", "A");
+      assert.deepEqual(inFlight.changes.map((c) => [c.sku, c.delta]), [["A", -2]]);
       await store.markSending(inFlight, { mutation: "adjust" });
       const ledger = () =>
         sql<{ channel: string; sku: string; status: string; delta: number; batch_id: string | null }[]>`
