@@ -360,7 +360,11 @@ export const ledgerSection: Section = {
       await sql.end({ timeout: 5 });
     });
     await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= options.ledgerVersion));
-    if (options.ledgerSql) await sql.unsafe(options.ledgerSql);
+    if (options.ledgerSql) {
+      await sql.unsafe(options.ledgerSql).catch((error) => {
+        throw new Error(`--ledger-sql ${JSON.stringify(options.ledgerSql)}: ${(error as Error).message}`);
+      });
+    }
     const custody = new Custody(sql, ["mercadolibre", "shopify"], {
       batchSize: options.batch,
       maxWaitMs: options.batchWaitMs,
@@ -371,8 +375,8 @@ export const ledgerSection: Section = {
     await Promise.all(events.slice(0, warm).map((e) => custody.accept(e)));
     // A checkpoint first: otherwise whether one falls in the timed window (each page's first write after
     // it is a full page in the WAL) moved the figure by ±15 % between runs of the same ledger.
-    await sql`checkpoint`.catch(() =>
-      progress("ledger: no CHECKPOINT privilege here; the figure varies more")
+    await sql`checkpoint`.catch((error) =>
+      progress(`ledger: no checkpoint before the clock (${(error as Error).message}); the figure varies more`)
     );
     const wal = await walPosition(sql);
     const servers = await trackProcessCpu(["postgres"]);
