@@ -127,8 +127,9 @@ const EnvSchema = z.object({
   PREFETCH: int(1, 65535).optional(),
   CUSTODY_BATCH_SIZE: int(1, 5000).default(500),
   CUSTODY_WRITERS: int(1, 64).default(2),
-  // 20 ms, not 5: a steady 1 000 sales/s then makes ~20-event transactions instead of ~7, a quarter less of
-  // custody's Postgres time at the same rate (docs/BENCHMARKS.md, issue #15); a sale's ack waits 15 ms more.
+  // 20 ms, not 5: at a steady 1 000 sales/s, fewer and larger custody transactions (a third fewer commits,
+  // a quarter less custody statement time in a 300 s bench run; docs/BENCHMARKS.md, issue #15), for 15 ms
+  // more before a sale's ack. A burst fills batches to CUSTODY_BATCH_SIZE without waiting either way.
   CUSTODY_BATCH_WAIT: duration("CUSTODY_BATCH_WAIT").default(20),
   MAX_EVENT_BYTES: int(256, 16 * 1024 * 1024).default(256 * 1024),
   MAX_ITEMS_PER_EVENT: int(1, 10_000).default(1000),
