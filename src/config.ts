@@ -127,7 +127,7 @@ const EnvSchema = z.object({
   PREFETCH: int(1, 65535).optional(),
   CUSTODY_BATCH_SIZE: int(1, 5000).default(500),
   CUSTODY_WRITERS: int(1, 64).default(2),
-  // 20 ms, not 5: at a steady 1 000 sales/s, fewer and larger custody transactions (a third fewer commits,
+  // 20 ms, not 5: at a steady 1 000 sales/s, fewer and larger custody transactions (28 % fewer commits,
   // a quarter less custody statement time in a 300 s bench run; docs/BENCHMARKS.md, issue #15), for 15 ms
   // more before a sale's ack. A burst fills batches to CUSTODY_BATCH_SIZE without waiting either way.
   CUSTODY_BATCH_WAIT: duration("CUSTODY_BATCH_WAIT").default(20),
