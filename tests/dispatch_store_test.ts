@@ -281,8 +281,18 @@ integration(
           return waiting;
         }, "the first lane's claim waiting at BETA's turn");
         await ledger.sell([[["BETA", 1]]]); // committed while the first lane's claim is under way
-        secondLane = ledger.store.claimBatch("mercadolibre", 2, turns);
-        await new Promise((r) => setTimeout(r, 200));
+        let secondDone = false;
+        secondLane = ledger.store.claimBatch("mercadolibre", 2, turns).finally(() => secondDone = true);
+        // The second lane either waits (for the first lane's claim to commit, or at a lock the first holds) or
+        // claims at once from what it sees now: either way it has chosen before the first lane goes on.
+        await waitFor(async () => {
+          if (secondDone) return true;
+          const [{ waiting }] = await ledger.sql<{ waiting: number }[]>`
+            select count(*)::int as waiting from pg_stat_activity
+             where wait_event_type = 'Lock'
+               and (query like '%with horizon as%' or query like '%pg_advisory_xact_lock%')`;
+          return waiting >= 2;
+        }, "the second lane's claim waiting or done");
       } finally {
         await holder`rollback`;
         holder.release();
