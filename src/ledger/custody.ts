@@ -10,7 +10,6 @@
  * key while the marketplace still remembers it, and applied changes are never
  * touched.
  */
-import type postgres from "postgres";
 import type { Sql } from "postgres";
 import type { ChannelName } from "../model/channel_name.ts";
 import type { SaleEvent } from "../model/sale_event.ts";
@@ -206,15 +205,25 @@ export class Custody {
     const sorted = [...unique.values()].sort((a, b) =>
       a.eventId < b.eventId ? -1 : a.eventId > b.eventId ? 1 : 0
     );
-    const sales = sorted.map((e) => ({
-      event_id: e.eventId,
-      identity_source: e.identitySource,
-      tienda_id: e.tiendaId,
-      body: e.body,
-      items: e.items.map((item) => ({ sku: item.sku, producto_id: item.productoId, delta: -item.quantity })),
-      echo_origin: e.origin?.channel ?? null,
-      echo_order_id: e.origin?.orderId ?? null,
-    }));
+    // The batch as one JSON array. Each body goes in as the text received: serializing the
+    // parsed body again was most of the service's work to send a batch (docs/BENCHMARKS.md).
+    const sales = `[${
+      sorted.map((e) => {
+        const fields = JSON.stringify({
+          event_id: e.eventId,
+          identity_source: e.identitySource,
+          tienda_id: e.tiendaId,
+          items: e.items.map((item) => ({
+            sku: item.sku,
+            producto_id: item.productoId,
+            delta: -item.quantity,
+          })),
+          echo_origin: e.origin?.channel ?? null,
+          echo_order_id: e.origin?.orderId ?? null,
+        });
+        return `${fields.slice(0, -1)},"body":${e.body}}`;
+      }).join(",")
+    }]`;
     const channels = [...this.channels].sort();
     // Per channel a JSON list of its stores, or null for every store (a text[] cannot nest lists).
     const onlyStores = channels.map((c) => {
@@ -231,7 +240,8 @@ export class Custody {
       { event_id: string; kind: "stored" | "rearmed" | "kept" | "echo"; detail: string | null }[]
     >`
       with input as (
-        select * from jsonb_to_recordset(${this.sql.json(sales as unknown as postgres.JSONValue)}::jsonb)
+        -- text, then jsonb: a parameter typed jsonb would be serialized by the driver once more.
+        select * from jsonb_to_recordset(${sales}::text::jsonb)
           as x(event_id text, identity_source text, tienda_id text, body jsonb, items jsonb,
                echo_origin text, echo_order_id text)
       ), change as (

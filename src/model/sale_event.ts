@@ -53,8 +53,11 @@ export interface SaleEvent {
   items: StockItem[];
   /** SKUs repeated under different producto_ids (empty when the sale is consistent). */
   productConflicts: ProductConflict[];
-  /** The parsed body as received (unknown fields kept). */
-  body: Record<string, unknown>;
+  /**
+   * The body as received, as JSON text (unknown fields kept; numbers as the POS wrote them, where a
+   * parse and re-serialization would round them). Custody stores it without serializing it again.
+   */
+  body: string;
   /**
    * Set when the POS re-publishes a marketplace order it recorded (`origen` names one of our channels, with
    * `origen_order_id`): custody applies no stock change for it and marks the order recorded (issue #14).
@@ -233,7 +236,7 @@ export function decodeSaleEvent(
       tiendaId: data.tienda_id,
       items: [...items.values()],
       productConflicts: [...conflicts.values()],
-      body: parsed as Record<string, unknown>,
+      body: textBody,
       ...(echoed
         ? {
           origin: {
