@@ -1,11 +1,21 @@
 /**
  * The rate budget on its own (src/sync/cost_bucket.ts): the local bucket's
- * refill and correction, and the shared bucket's fallback to a local one at a
- * reduced rate while Redis is away. The shared Lua bucket against real Redis,
- * across replicas, is covered through the service in shopify_sync_test.ts.
+ * refill and correction, the shared bucket's fallback to a local one at a
+ * reduced rate while Redis is away, and both buckets' answer to a report that
+ * has not seen every call in flight (against real Redis for the shared one).
+ * The shared bucket across service instances is covered in shopify_sync_test.ts.
  */
 import assert from "node:assert/strict";
-import { LocalBucket, RedisBucket, type ScriptRunner, sleep } from "../src/sync/cost_bucket.ts";
+import { createClient } from "@redis/client";
+import {
+  type BucketShape,
+  LocalBucket,
+  type RateBudget,
+  RedisBucket,
+  type ScriptRunner,
+  sleep,
+} from "../src/sync/cost_bucket.ts";
+import { REDIS_URL } from "./helpers.ts";
 
 /** A Redis stand-in that answers the bucket's scripts from a list, recording each call. */
 function scriptedRedis(replies: (unknown | Error)[], ready = true): ScriptRunner & { calls: string[][] } {
@@ -41,15 +51,58 @@ Deno.test("a cost above the bucket's size takes the whole bucket instead of wait
   assert.ok(waited > 0 && waited <= 100, `waited ${waited} ms`);
 });
 
-Deno.test("the marketplace's report corrects the local bucket, capped at its size", async () => {
+Deno.test("the marketplace's report lowers the local bucket, never above our own count or its size", async () => {
   const bucket = new LocalBucket({ max: 100, restoreRate: 10 });
   await bucket.observe(40);
   assert.ok(bucket.level >= 40 && bucket.level < 41);
+  // A report above our count may predate calls we still have in flight: it does not raise it.
   await bucket.observe(500);
+  assert.ok(bucket.level >= 40 && bucket.level < 41, `level ${bucket.level}`);
+  // What a call cost less than we took comes back (and more than we took is taken).
+  await bucket.observe(500, undefined, 30);
+  assert.ok(bucket.level >= 70 && bucket.level < 71, `level ${bucket.level}`);
+  await bucket.observe(500, undefined, 500);
   assert.equal(bucket.level, 100);
-  await bucket.observe(500, { max: 1000, restoreRate: 50 });
-  assert.equal(bucket.level, 500);
+  await bucket.observe(500, { max: 1000, restoreRate: 50 }, 0);
+  assert.ok(bucket.level >= 100 && bucket.level < 101, `level ${bucket.level}`);
   assert.deepEqual(bucket.shape, { max: 1000, restoreRate: 50 });
+});
+
+/**
+ * Two callers share a budget of 100 restoring 50/s: A takes 60 and B the other 40, and the marketplace
+ * answers A before it has seen B's call (40 left, by its count). A third call of 40 must wait for the
+ * refill: had the report replaced the shared count, it would go at once and meet THROTTLED when it
+ * arrived after B's.
+ */
+async function reportBeforeAnotherCall(a: RateBudget, b: RateBudget, shape: BucketShape) {
+  assert.equal(await a.take(60), 0);
+  assert.equal(await b.take(40), 0);
+  await a.observe(40, shape, 0);
+  const waited = await b.take(40);
+  assert.ok(waited >= 500, `the third call waited ${waited} ms; 40 units at 50/s are ~800 ms away`);
+}
+
+Deno.test("a report that has not seen another lane's call does not give its units back (one process)", async () => {
+  const shape = { max: 100, restoreRate: 50 };
+  const bucket = new LocalBucket(shape);
+  await reportBeforeAnotherCall(bucket, bucket, shape);
+});
+
+Deno.test("a report that has not seen another replica's call does not give its units back (Redis)", async () => {
+  const redis = createClient({ url: REDIS_URL });
+  await redis.connect();
+  const key = `marketplace-sync:test:budget:${crypto.randomUUID()}`;
+  try {
+    const shape = { max: 100, restoreRate: 50 };
+    await reportBeforeAnotherCall(
+      new RedisBucket(redis, key, shape),
+      new RedisBucket(redis, key, shape),
+      shape,
+    );
+  } finally {
+    await redis.del(key);
+    await redis.quit();
+  }
 });
 
 Deno.test("an aborted take returns at once, even from an empty bucket", async () => {
@@ -87,8 +140,11 @@ Deno.test("Redis not ready: the shared bucket draws from a local one at half the
   assert.ok(await bucket.take(10) > 0);
   assert.equal(redis.calls.length, 0);
   // A report still corrects the fallback (at half) without touching Redis.
-  await bucket.observe(80);
-  assert.equal(bucket.level, 80);
+  const slow = new RedisBucket(redis, "budget:test", { max: 100, restoreRate: 100 });
+  await slow.observe(20);
+  assert.ok(slow.level >= 10 && slow.level < 11, `level ${slow.level}`);
+  assert.equal(await slow.take(10), 0);
+  assert.ok(await slow.take(10) > 0, "the report left 10 units, at half the rate");
   assert.equal(redis.calls.length, 0);
 });
 

@@ -4,8 +4,11 @@
  * Shopify's GraphQL cost bucket belongs to the app + store, not to a process,
  * so every replica draws from one bucket kept in Redis and updated atomically
  * by a Lua script. The marketplace's own answer (`throttleStatus`) corrects our
- * estimate after every call. If Redis is unreachable the budget falls back to a
- * local bucket at a fraction of the rate: syncing slows down but never stops.
+ * estimate after every call, downwards only: it may predate calls another lane
+ * or replica has already taken units for, and raising our count to it would give
+ * those units away twice (THROTTLED). What a call cost less than it took comes
+ * back explicitly. If Redis is unreachable the budget falls back to a local
+ * bucket at a fraction of the rate: syncing slows down but never stops.
  */
 import { logger } from "../log.ts";
 
@@ -30,8 +33,13 @@ export interface RateBudget {
    * A cost above the bucket's size takes the whole bucket (it could never be served otherwise).
    */
   take(cost: number, signal?: AbortSignal): Promise<number>;
-  /** Corrects the bucket with what the marketplace reported. */
-  observe(available: number, shape?: BucketShape): Promise<void>;
+  /**
+   * Corrects the bucket with what the marketplace reported after a call: `refund` is what that
+   * call took here beyond what it cost there (negative: it cost more), and the count then goes
+   * no higher than `available`. A report never raises the count: it may not have seen calls
+   * other lanes or replicas have in flight.
+   */
+  observe(available: number, shape?: BucketShape, refund?: number): Promise<void>;
   /** Last known level (for metrics). */
   readonly level: number;
   readonly shape: BucketShape;
@@ -57,13 +65,21 @@ redis.call('PEXPIRE', KEYS[1], 3600000)
 return {wait, tostring(level)}
 `;
 
-// KEYS[1] bucket; ARGV: level, max, rate.
+// KEYS[1] bucket; ARGV: available, max, rate, refund. Returns the level.
+// The count, refilled to now and given the refund, is lowered to the report, never raised to it.
 const OBSERVE = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'level', ARGV[1], 'max', ARGV[2], 'rate', ARGV[3], 'ts', tostring(now))
+local b = redis.call('HMGET', KEYS[1], 'level', 'rate', 'ts')
+local max = tonumber(ARGV[2])
+local rate = tonumber(b[2]) or tonumber(ARGV[3])
+local level = tonumber(b[1]) or max
+local ts = tonumber(b[3]) or now
+level = level + math.max(0, now - ts) * rate / 1000 + tonumber(ARGV[4])
+level = math.max(0, math.min(max, level, tonumber(ARGV[1])))
+redis.call('HSET', KEYS[1], 'level', tostring(level), 'max', ARGV[2], 'rate', ARGV[3], 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], 3600000)
-return 1
+return tostring(level)
 `;
 
 /** Resolves after `ms`, or at once when `signal` aborts (always unhooking its listener). */
@@ -113,10 +129,10 @@ export class LocalBucket implements RateBudget {
     }
   }
 
-  observe(available: number, shape?: BucketShape): Promise<void> {
+  observe(available: number, shape?: BucketShape, refund = 0): Promise<void> {
+    this.#refill();
     if (shape) this.shape = shape;
-    this.level = Math.min(this.shape.max, available);
-    this.#ts = performance.now();
+    this.level = Math.max(0, Math.min(this.shape.max, this.level + refund, available));
     return Promise.resolve();
   }
 }
@@ -178,16 +194,20 @@ export class RedisBucket implements RateBudget {
     }
   }
 
-  async observe(available: number, shape?: BucketShape): Promise<void> {
+  async observe(available: number, shape?: BucketShape, refund = 0): Promise<void> {
     if (shape) this.shape = shape;
-    this.level = available;
-    await this.#fallback.observe(available * 0.5);
-    if (!this.redis.isReady) return;
+    await this.#fallback.observe(available * 0.5, undefined, refund * 0.5);
+    if (!this.redis.isReady) {
+      this.level = this.#fallback.level;
+      return;
+    }
     try {
-      await this.redis.eval(OBSERVE, {
-        keys: [this.key],
-        arguments: [String(available), String(this.shape.max), String(this.shape.restoreRate)],
-      });
+      this.level = Number(
+        await this.redis.eval(OBSERVE, {
+          keys: [this.key],
+          arguments: [String(available), String(this.shape.max), String(this.shape.restoreRate), String(refund)],
+        }),
+      );
     } catch (error) {
       this.#degrade(error);
     }

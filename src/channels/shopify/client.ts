@@ -162,7 +162,13 @@ export class ShopifyClient {
     if (cost?.throttleStatus) {
       const s = cost.throttleStatus;
       this.#costEstimate.set(operation, cost.requestedQueryCost / parts);
-      await budget.observe(s.currentlyAvailable, { max: s.maximumAvailable, restoreRate: s.restoreRate });
+      // Shopify holds the requested cost while the call runs and keeps the actual one (none when it
+      // refused the call): what we took beyond that comes back.
+      await budget.observe(
+        s.currentlyAvailable,
+        { max: s.maximumAvailable, restoreRate: s.restoreRate },
+        estimate - (cost.actualQueryCost ?? 0),
+      );
       metrics.budgetLevel.set({ channel }, s.currentlyAvailable);
     }
     const errors = body.errors ?? [];
