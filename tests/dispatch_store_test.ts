@@ -149,6 +149,25 @@ integration(
   },
 );
 
+integration(
+  "a claim that skips the look for due work still claims everything due, and leaves no batch when nothing is",
+  async () => {
+    // A busy loop claims without the `exists` look first (one statement less per batch under load): the
+    // claim itself must then find nothing as cleanly as the look would have, with no batch row left behind.
+    const ledger = await freshLedger();
+    try {
+      await ledger.sell([[["A", 2], ["B", 1]]]);
+      const batch = await ledger.store.claimBatch("shopify", 10, { look: false });
+      assert.deepEqual(batch?.changes.map((c) => [c.sku, c.delta]), [["A", -2], ["B", -1]]);
+      assert.equal(await ledger.store.claimBatch("shopify", 10, { look: false }), null);
+      const [{ n }] = await ledger.sql<{ n: number }[]>`select count(*)::int as n from sync_batch`;
+      assert.equal(n, 1, "only the batch that carries changes");
+    } finally {
+      await ledger.close();
+    }
+  },
+);
+
 integration("a claim takes at most maxListings listings, each with all its due changes", async () => {
   const ledger = await freshLedger();
   try {

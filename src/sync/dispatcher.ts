@@ -168,6 +168,7 @@ export class Dispatcher {
         const batch = await store.reclaimBatch(adapter.name) ??
           await store.claimBatch(adapter.name, adapter.maxListingsPerBatch, {
             turns: adapter.writesListingsInTurn ?? false,
+            look: !this.#busyLanes.has(lane),
           });
         if (batch) this.#phase("claim", claimStarted);
         if (batch) this.#busyLanes.add(lane);
