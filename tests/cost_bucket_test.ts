@@ -105,6 +105,42 @@ Deno.test("a report that has not seen another replica's call does not give its u
   }
 });
 
+/**
+ * On an empty budget restoring 10 units/s, A asks for 5 units and B, just after, for 1. A was first
+ * and is served first, ~500 ms on, and B ~100 ms after it. A budget that lets each waiter retry after
+ * its own wait serves B first (it needs less), and small calls can keep a large one waiting for ever.
+ */
+async function firstComeFirstServed(a: RateBudget, b: RateBudget) {
+  const order: string[] = [];
+  const started = performance.now();
+  const first = a.take(5).then(() => order.push(`A at ${Math.round(performance.now() - started)} ms`));
+  await sleep(20);
+  const second = b.take(1).then(() => order.push(`B at ${Math.round(performance.now() - started)} ms`));
+  await Promise.all([first, second]);
+  assert.deepEqual(order.map((o) => o[0]), ["A", "B"], order.join(", "));
+}
+
+Deno.test("callers waiting for the local budget are served in the order they asked", async () => {
+  const bucket = new LocalBucket({ max: 10, restoreRate: 10 });
+  await bucket.take(10);
+  await firstComeFirstServed(bucket, bucket);
+});
+
+Deno.test("replicas waiting for the shared budget are served in the order they asked (Redis)", async () => {
+  const redis = createClient({ url: REDIS_URL });
+  await redis.connect();
+  const key = `marketplace-sync:test:budget:${crypto.randomUUID()}`;
+  try {
+    const shape = { max: 10, restoreRate: 10 };
+    const a = new RedisBucket(redis, key, shape);
+    await a.take(10);
+    await firstComeFirstServed(a, new RedisBucket(redis, key, shape));
+  } finally {
+    await redis.del(key);
+    await redis.quit();
+  }
+});
+
 Deno.test("an aborted take returns at once, even from an empty bucket", async () => {
   const bucket = new LocalBucket({ max: 10, restoreRate: 1 });
   await bucket.take(10);
@@ -124,10 +160,13 @@ Deno.test("sleep ends early on abort and clears its timer", async () => {
   assert.ok(performance.now() - started < 1000);
 });
 
-Deno.test("the shared bucket waits as long as Redis says, then takes", async () => {
-  const redis = scriptedRedis([[30, "0"], [0, "12.5"]]);
+Deno.test("the shared bucket takes at once and waits as long as Redis says", async () => {
+  const redis = scriptedRedis([[30, "-1.5"], [0, "12.5"]]);
   const bucket = new RedisBucket(redis, "budget:test", { max: 100, restoreRate: 50 });
+  // The units are taken with the first call: the wait pays them back, nothing is asked again.
   assert.equal(await bucket.take(20), 30);
+  assert.equal(bucket.level, 0);
+  assert.equal(await bucket.take(20), 0);
   assert.equal(bucket.level, 12.5);
   assert.deepEqual(redis.calls, [["20", "100", "50"], ["20", "100", "50"]]);
 });

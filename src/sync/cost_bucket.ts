@@ -9,6 +9,12 @@
  * those units away twice (THROTTLED). What a call cost less than it took comes
  * back explicitly. If Redis is unreachable the budget falls back to a local
  * bucket at a fraction of the rate: syncing slows down but never stops.
+ *
+ * Callers are served first come, first served: a take that finds too few units
+ * takes them anyway, driving the count below zero, and waits until the refill
+ * has paid them back. A later caller queues behind that debt. (Waiting and
+ * asking again let a small call overtake a large one that asked first, and
+ * left lanes sharing a budget unevenly.)
  */
 import { logger } from "../log.ts";
 
@@ -29,8 +35,10 @@ export interface BucketShape {
 /** Something that hands out units of a rate budget. */
 export interface RateBudget {
   /**
-   * Waits until `cost` units are available and takes them; resolves to the ms waited.
-   * A cost above the bucket's size takes the whole bucket (it could never be served otherwise).
+   * Takes `cost` units, waiting for the refill when they are not there yet (after every caller
+   * that asked before); resolves to the ms waited. A cost above the bucket's size takes the whole
+   * bucket (it could never be served otherwise). An abort ends the wait at once; the units stay
+   * taken.
    */
   take(cost: number, signal?: AbortSignal): Promise<number>;
   /**
@@ -40,7 +48,7 @@ export interface RateBudget {
    * other lanes or replicas have in flight.
    */
   observe(available: number, shape?: BucketShape, refund?: number): Promise<void>;
-  /** Last known level (for metrics). */
+  /** Last known level (for metrics); 0 while callers wait for units they have taken. */
   readonly level: number;
   readonly shape: BucketShape;
 }
@@ -57,9 +65,10 @@ local level = tonumber(b[1]) or max
 local ts = tonumber(b[4]) or now
 -- A cost above the bucket's size could never be served: take the whole bucket instead.
 local cost = math.min(tonumber(ARGV[1]), max)
-level = math.min(max, level + math.max(0, now - ts) * rate / 1000)
+-- Below zero: units already promised to earlier callers, paid back by the refill in order.
+level = math.min(max, level + math.max(0, now - ts) * rate / 1000) - cost
 local wait = 0
-if level >= cost then level = level - cost else wait = math.ceil((cost - level) * 1000 / rate) end
+if level < 0 then wait = math.ceil(-level * 1000 / rate) end
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'max', tostring(max), 'rate', tostring(rate), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], 3600000)
 return {wait, tostring(level)}
@@ -76,7 +85,7 @@ local rate = tonumber(b[2]) or tonumber(ARGV[3])
 local level = tonumber(b[1]) or max
 local ts = tonumber(b[3]) or now
 level = level + math.max(0, now - ts) * rate / 1000 + tonumber(ARGV[4])
-level = math.max(0, math.min(max, level, tonumber(ARGV[1])))
+level = math.min(max, level, tonumber(ARGV[1]))
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'max', ARGV[2], 'rate', ARGV[3], 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], 3600000)
 return tostring(level)
@@ -100,39 +109,39 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 
 /** An in-process bucket: the fallback, and the budget for tests of one replica. */
 export class LocalBucket implements RateBudget {
-  level: number;
+  /** Units left; below zero, units promised to callers still waiting. */
+  #count: number;
   #ts = performance.now();
   constructor(public shape: BucketShape) {
-    this.level = shape.max;
+    this.#count = shape.max;
+  }
+
+  get level(): number {
+    this.#refill();
+    return Math.max(0, this.#count);
   }
 
   #refill() {
     const now = performance.now();
-    this.level = Math.min(this.shape.max, this.level + (now - this.#ts) * this.shape.restoreRate / 1000);
+    this.#count = Math.min(this.shape.max, this.#count + (now - this.#ts) * this.shape.restoreRate / 1000);
     this.#ts = now;
   }
 
   async take(cost: number, signal?: AbortSignal): Promise<number> {
     // A cost above the bucket's size could never be served: take the whole bucket instead
     // (the marketplace then answers for the call itself, e.g. MAX_COST_EXCEEDED).
-    cost = Math.min(cost, this.shape.max);
-    let waited = 0;
-    for (;;) {
-      this.#refill();
-      if (this.level >= cost || signal?.aborted) {
-        this.level -= cost;
-        return waited;
-      }
-      const wait = Math.ceil((cost - this.level) * 1000 / this.shape.restoreRate);
-      await sleep(wait, signal);
-      waited += wait;
-    }
+    this.#refill();
+    this.#count -= Math.min(cost, this.shape.max);
+    if (this.#count >= 0 || signal?.aborted) return 0;
+    const wait = Math.ceil(-this.#count * 1000 / this.shape.restoreRate);
+    await sleep(wait, signal);
+    return wait;
   }
 
   observe(available: number, shape?: BucketShape, refund = 0): Promise<void> {
     this.#refill();
     if (shape) this.shape = shape;
-    this.level = Math.max(0, Math.min(this.shape.max, this.level + refund, available));
+    this.#count = Math.min(this.shape.max, this.#count + refund, available);
     return Promise.resolve();
   }
 }
@@ -171,27 +180,25 @@ export class RedisBucket implements RateBudget {
   }
 
   async take(cost: number, signal?: AbortSignal): Promise<number> {
-    let waited = 0;
-    for (;;) {
-      if (!this.redis.isReady) return waited + await this.#fallback.take(cost, signal);
-      let reply: [number, string];
-      try {
-        reply = await this.redis.eval(TAKE, {
-          keys: [this.key],
-          arguments: [String(cost), String(this.shape.max), String(this.shape.restoreRate)],
-        }) as [number, string];
-      } catch (error) {
-        this.#degrade(error);
-        return waited + await this.#fallback.take(cost, signal);
-      }
-      if (this.#degraded) log.info("shared budget {key} reachable again", { key: this.key });
-      this.#degraded = false;
-      const [wait, level] = reply;
-      this.level = Number(level);
-      if (wait <= 0 || signal?.aborted) return waited;
-      await sleep(wait, signal);
-      waited += wait;
+    if (!this.redis.isReady) return await this.#fallback.take(cost, signal);
+    let reply: [number, string];
+    try {
+      reply = await this.redis.eval(TAKE, {
+        keys: [this.key],
+        arguments: [String(cost), String(this.shape.max), String(this.shape.restoreRate)],
+      }) as [number, string];
+    } catch (error) {
+      this.#degrade(error);
+      return await this.#fallback.take(cost, signal);
     }
+    if (this.#degraded) log.info("shared budget {key} reachable again", { key: this.key });
+    this.#degraded = false;
+    const [wait, level] = reply;
+    this.level = Math.max(0, Number(level));
+    if (wait <= 0 || signal?.aborted) return 0;
+    // The units are ours already: wait for the refill to pay them back, then go.
+    await sleep(wait, signal);
+    return wait;
   }
 
   async observe(available: number, shape?: BucketShape, refund = 0): Promise<void> {
@@ -202,12 +209,11 @@ export class RedisBucket implements RateBudget {
       return;
     }
     try {
-      this.level = Number(
-        await this.redis.eval(OBSERVE, {
-          keys: [this.key],
-          arguments: [String(available), String(this.shape.max), String(this.shape.restoreRate), String(refund)],
-        }),
-      );
+      const level = await this.redis.eval(OBSERVE, {
+        keys: [this.key],
+        arguments: [String(available), String(this.shape.max), String(this.shape.restoreRate), String(refund)],
+      });
+      this.level = Math.max(0, Number(level));
     } catch (error) {
       this.#degrade(error);
     }
