@@ -1,6 +1,7 @@
 /** The event contract (docs/DESIGN.md §3): identity rule, summing, rejection reasons. */
 import assert from "node:assert/strict";
 import { canonicalJson, decodeSaleEvent, eventIdentity } from "../src/model/sale_event.ts";
+import { randomInt, seededRandom } from "../src/sandbox/prng.ts";
 import { sale } from "./helpers.ts";
 
 const LIMITS = { maxBytes: 4096, maxItems: 5, maxQuantity: 1000 };
@@ -144,4 +145,102 @@ Deno.test("size is checked on the raw bytes before parsing", () => {
       message: `body is ${LIMITS.maxBytes + 1} bytes; the limit is ${LIMITS.maxBytes}`,
     },
   });
+});
+
+Deno.test("the hand check of the usual sale never accepts what the schema refuses, nor decodes it otherwise", () => {
+  // Decoding checks the usual sale by hand and leaves everything else to the zod schema. On bodies
+  // one field away from valid, or several, both paths must give the same result: the same event, or
+  // the same refusal with the same reason.
+  const random = seededRandom(15);
+  const pick = <T>(values: readonly T[]): T => values[randomInt(random, 0, values.length - 1)];
+  const x = (n: number) => "x".repeat(n);
+  const edges: unknown[] = [
+    undefined,
+    null,
+    true,
+    {},
+    [],
+    "",
+    " ",
+    "  x  ",
+    "x",
+    x(100),
+    x(101),
+    x(200),
+    x(201),
+    ` ${x(199)} `,
+    x(255),
+    x(256),
+    ` ${x(254)} `,
+    x(1000),
+    x(1001),
+    "mercadolibre",
+    " Shopify ",
+    "tienda-nube",
+    "2026-12-05T10:00:00Z",
+    "2026-12-05T10:00:00.123-03:00",
+    "2026-12-05T10:00:00",
+    "2026-13-05T10:00:00Z",
+    "2026-02-30T10:00:00Z",
+    "2026-12-05",
+    0,
+    1,
+    -1,
+    1.5,
+    7,
+    1000,
+    1001,
+    2 ** 53,
+    2 ** 53 - 1,
+    1e308,
+  ];
+  const topFields = [
+    "event_id",
+    "venta_id",
+    "tienda_id",
+    "total",
+    "metodo_pago",
+    "timestamp",
+    "origen",
+    "origen_order_id",
+  ];
+  const itemFields = [
+    "producto_id",
+    "producto_nombre",
+    "producto_sku",
+    "cantidad",
+    "precio_unitario",
+    "subtotal",
+  ];
+  const limits = { maxBytes: 65_536, maxItems: 3, maxQuantity: 1000 };
+  const mutate = (target: Record<string, unknown>, fields: string[], chance: number) => {
+    for (const field of fields) {
+      if (random() >= chance) continue;
+      const value = pick(edges);
+      if (value === undefined) delete target[field];
+      else target[field] = value;
+    }
+  };
+  let accepted = 0;
+  for (let i = 0; i < 4000; i++) {
+    const body = sale({ event_id: `sale-${i}` });
+    const chance = pick([0.02, 0.05, 0.15, 0.4]);
+    mutate(body, topFields, chance);
+    const lines = Array.from({ length: pick([0, 1, 1, 2, 3, 4]) }, () => {
+      const line = { ...(sale().items as Record<string, unknown>[])[0] };
+      mutate(line, itemFields, chance);
+      return random() < 0.03 ? pick(edges) : line;
+    });
+    if (random() < 0.97) body.items = lines;
+    else body.items = pick(edges);
+    if (random() < 0.1) body.extra = { nested: pick(edges) };
+    const raw = new TextEncoder().encode(JSON.stringify(body));
+    const props = random() < 0.3 ? { messageId: pick(["m-1", " m-2 ", "", "  "]) } : {};
+    const usual = decodeSaleEvent(raw, props, limits);
+    const schema = decodeSaleEvent(raw, props, limits, { schemaOnly: true });
+    assert.deepEqual(usual, schema, JSON.stringify(body).slice(0, 500));
+    if (usual.ok) accepted++;
+  }
+  // Both kinds are well represented: the comparison covers acceptance as well as refusal.
+  assert.ok(accepted > 500 && accepted < 3500, `${accepted} of 4000 accepted`);
 });
