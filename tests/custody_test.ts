@@ -49,6 +49,30 @@ integration("N valid events become N sales with one change per channel and SKU; 
   }
 });
 
+integration(
+  "the sale's body is kept as the POS wrote it: numbers JavaScript would round, unknown fields",
+  async () => {
+    const h = await startHarness({ CHANNELS: "shopify" });
+    try {
+      // 2^63 and a 20-digit decimal do not survive a JavaScript parse and re-serialization.
+      const text = '{"event_id":"as-written-1","tienda_id":"t-1","total":9223372036854775807,' +
+        '"precio_lista":0.12345678901234567890,"items":[{"producto_sku":"SKU-1","cantidad":1,"extra":{"a":[1,2]}}]}';
+      await h.publish(text, { messageId: "as-written-1" });
+      await waitFor(async () => (await h.sql`select count(*)::int as n from sale`)[0].n === 1, "the sale");
+      const [row] = await h.sql<{ total: string; precio: string; extra: string }[]>`
+      select body->>'total' as total, body->>'precio_lista' as precio, body->'items'->0->>'extra' as extra
+        from sale where event_id = 'as-written-1'`;
+      assert.deepEqual(row, {
+        total: "9223372036854775807",
+        precio: "0.12345678901234567890",
+        extra: '{"a": [1, 2]}',
+      });
+    } finally {
+      await h.close();
+    }
+  },
+);
+
 integration("only enabled channels get change rows", async () => {
   const h = await startHarness({ CHANNELS: "shopify" });
   try {
