@@ -141,6 +141,40 @@ Deno.test("replicas waiting for the shared budget are served in the order they a
   }
 });
 
+/**
+ * A stream of writes that leaves 50 of 100 units (restoring 50/s) for the others has taken 25 twice
+ * and waits to take 25 more; a read of 50 then goes at once, and the write after it. Taking its
+ * units while it waited, the write would have made the read wait for them (~500 ms): the stall
+ * Shopify's stock writes met behind every orders poll.
+ */
+async function streamLeavesRoom(writes: RateBudget, read: RateBudget) {
+  assert.equal(await writes.take(25, undefined, 50), 0);
+  assert.equal(await writes.take(25, undefined, 50), 0);
+  const third = writes.take(25, undefined, 50);
+  await sleep(10);
+  const readWaited = await read.take(50);
+  assert.ok(readWaited < 100, `the read waited ${readWaited} ms behind the stream`);
+  assert.ok(await third > 0, "the stream's write waited for its room to come back");
+}
+
+Deno.test("a stream that keeps room for others lets a read go at once (one process)", async () => {
+  const bucket = new LocalBucket({ max: 100, restoreRate: 50 });
+  await streamLeavesRoom(bucket, bucket);
+});
+
+Deno.test("a stream that keeps room for others lets a read go at once (Redis)", async () => {
+  const redis = createClient({ url: REDIS_URL });
+  await redis.connect();
+  const key = `marketplace-sync:test:budget:${crypto.randomUUID()}`;
+  try {
+    const shape = { max: 100, restoreRate: 50 };
+    await streamLeavesRoom(new RedisBucket(redis, key, shape), new RedisBucket(redis, key, shape));
+  } finally {
+    await redis.del(key);
+    await redis.quit();
+  }
+});
+
 Deno.test("an aborted take returns at once, even from an empty bucket", async () => {
   const bucket = new LocalBucket({ max: 10, restoreRate: 1 });
   await bucket.take(10);
@@ -161,14 +195,14 @@ Deno.test("sleep ends early on abort and clears its timer", async () => {
 });
 
 Deno.test("the shared bucket takes at once and waits as long as Redis says", async () => {
-  const redis = scriptedRedis([[30, "-1.5"], [0, "12.5"]]);
+  const redis = scriptedRedis([[30, "-1.5", 1], [0, "12.5", 1]]);
   const bucket = new RedisBucket(redis, "budget:test", { max: 100, restoreRate: 50 });
   // The units are taken with the first call: the wait pays them back, nothing is asked again.
   assert.equal(await bucket.take(20), 30);
   assert.equal(bucket.level, 0);
   assert.equal(await bucket.take(20), 0);
   assert.equal(bucket.level, 12.5);
-  assert.deepEqual(redis.calls, [["20", "100", "50"], ["20", "100", "50"]]);
+  assert.deepEqual(redis.calls, [["20", "100", "50", "0"], ["20", "100", "50", "0"]]);
 });
 
 Deno.test("Redis not ready: the shared bucket draws from a local one at half the size and rate", async () => {

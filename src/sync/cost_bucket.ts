@@ -15,6 +15,13 @@
  * has paid them back. A later caller queues behind that debt. (Waiting and
  * asking again let a small call overtake a large one that asked first, and
  * left lanes sharing a budget unevenly.)
+ *
+ * A steady stream of calls (Shopify's stock writes) may instead leave room for
+ * the others (`keep`): it takes only while that much would remain, holding
+ * nothing while it waits. A saturating stream then keeps the count at `keep`,
+ * and an occasional read whose requested cost is hundreds of points (the
+ * orders poll) goes at once instead of stalling the stream behind its debt;
+ * what it did not use comes back with its answer.
  */
 import { logger } from "../log.ts";
 
@@ -38,9 +45,10 @@ export interface RateBudget {
    * Takes `cost` units, waiting for the refill when they are not there yet (after every caller
    * that asked before); resolves to the ms waited. A cost above the bucket's size takes the whole
    * bucket (it could never be served otherwise). An abort ends the wait at once; the units stay
-   * taken.
+   * taken. With `keep`, the call yields to the others instead: it takes only once `keep` units
+   * would remain (at most the bucket's size less the cost), and holds nothing while it waits.
    */
-  take(cost: number, signal?: AbortSignal): Promise<number>;
+  take(cost: number, signal?: AbortSignal, keep?: number): Promise<number>;
   /**
    * Corrects the bucket with what the marketplace reported after a call: `refund` is what that
    * call took here beyond what it cost there (negative: it cost more), and the count then goes
@@ -53,7 +61,7 @@ export interface RateBudget {
   readonly shape: BucketShape;
 }
 
-// KEYS[1] bucket; ARGV: cost, default max, default rate. Returns {wait_ms, level}.
+// KEYS[1] bucket; ARGV: cost, default max, default rate, keep. Returns {wait_ms, level, taken}.
 // Time comes from Redis so replicas with skewed clocks agree.
 const TAKE = `
 local t = redis.call('TIME')
@@ -65,13 +73,22 @@ local level = tonumber(b[1]) or max
 local ts = tonumber(b[4]) or now
 -- A cost above the bucket's size could never be served: take the whole bucket instead.
 local cost = math.min(tonumber(ARGV[1]), max)
--- Below zero: units already promised to earlier callers, paid back by the refill in order.
-level = math.min(max, level + math.max(0, now - ts) * rate / 1000) - cost
+level = math.min(max, level + math.max(0, now - ts) * rate / 1000)
+local keep = math.min(tonumber(ARGV[4]) or 0, max - cost)
 local wait = 0
-if level < 0 then wait = math.ceil(-level * 1000 / rate) end
+local taken = 1
+if keep > 0 and level - cost < keep then
+  -- Yields to the others: nothing taken; ask again once the refill leaves keep after the cost.
+  wait = math.ceil((keep + cost - level) * 1000 / rate)
+  taken = 0
+else
+  -- Below zero: units already promised to earlier callers, paid back by the refill in order.
+  level = level - cost
+  if level < 0 then wait = math.ceil(-level * 1000 / rate) end
+end
 redis.call('HSET', KEYS[1], 'level', tostring(level), 'max', tostring(max), 'rate', tostring(rate), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], 3600000)
-return {wait, tostring(level)}
+return {wait, tostring(level), taken}
 `;
 
 // KEYS[1] bucket; ARGV: available, max, rate, refund. Returns the level.
@@ -127,15 +144,27 @@ export class LocalBucket implements RateBudget {
     this.#ts = now;
   }
 
-  async take(cost: number, signal?: AbortSignal): Promise<number> {
+  async take(cost: number, signal?: AbortSignal, keep = 0): Promise<number> {
     // A cost above the bucket's size could never be served: take the whole bucket instead
     // (the marketplace then answers for the call itself, e.g. MAX_COST_EXCEEDED).
-    this.#refill();
-    this.#count -= Math.min(cost, this.shape.max);
-    if (this.#count >= 0 || signal?.aborted) return 0;
-    const wait = Math.ceil(-this.#count * 1000 / this.shape.restoreRate);
-    await sleep(wait, signal);
-    return wait;
+    cost = Math.min(cost, this.shape.max);
+    keep = Math.min(keep, this.shape.max - cost);
+    let waited = 0;
+    for (;;) {
+      this.#refill();
+      if (keep > 0 && this.#count - cost < keep && !signal?.aborted) {
+        // Yields to the others: nothing held while waiting for the room to come back.
+        const wait = Math.ceil((keep + cost - this.#count) * 1000 / this.shape.restoreRate);
+        await sleep(wait, signal);
+        waited += wait;
+        continue;
+      }
+      this.#count -= cost;
+      if (this.#count >= 0 || signal?.aborted) return waited;
+      const wait = Math.ceil(-this.#count * 1000 / this.shape.restoreRate);
+      await sleep(wait, signal);
+      return waited + wait;
+    }
   }
 
   observe(available: number, shape?: BucketShape, refund = 0): Promise<void> {
@@ -179,26 +208,31 @@ export class RedisBucket implements RateBudget {
     this.#degraded = true;
   }
 
-  async take(cost: number, signal?: AbortSignal): Promise<number> {
-    if (!this.redis.isReady) return await this.#fallback.take(cost, signal);
-    let reply: [number, string];
-    try {
-      reply = await this.redis.eval(TAKE, {
-        keys: [this.key],
-        arguments: [String(cost), String(this.shape.max), String(this.shape.restoreRate)],
-      }) as [number, string];
-    } catch (error) {
-      this.#degrade(error);
-      return await this.#fallback.take(cost, signal);
+  async take(cost: number, signal?: AbortSignal, keep = 0): Promise<number> {
+    let waited = 0;
+    for (;;) {
+      if (!this.redis.isReady) return waited + await this.#fallback.take(cost, signal, keep * 0.5);
+      let reply: [number, string, number];
+      try {
+        reply = await this.redis.eval(TAKE, {
+          keys: [this.key],
+          arguments: [String(cost), String(this.shape.max), String(this.shape.restoreRate), String(keep)],
+        }) as [number, string, number];
+      } catch (error) {
+        this.#degrade(error);
+        return waited + await this.#fallback.take(cost, signal, keep * 0.5);
+      }
+      if (this.#degraded) log.info("shared budget {key} reachable again", { key: this.key });
+      this.#degraded = false;
+      const [wait, level, taken] = reply;
+      this.level = Math.max(0, Number(level));
+      if (wait <= 0 || signal?.aborted) return waited;
+      // Taken: the units are ours, wait for the refill to pay them back and go. Not taken (the
+      // call yields to others): wait for the room to come back and ask again.
+      await sleep(wait, signal);
+      waited += wait;
+      if (taken !== 0) return waited;
     }
-    if (this.#degraded) log.info("shared budget {key} reachable again", { key: this.key });
-    this.#degraded = false;
-    const [wait, level] = reply;
-    this.level = Math.max(0, Number(level));
-    if (wait <= 0 || signal?.aborted) return 0;
-    // The units are ours already: wait for the refill to pay them back, then go.
-    await sleep(wait, signal);
-    return wait;
   }
 
   async observe(available: number, shape?: BucketShape, refund = 0): Promise<void> {

@@ -168,6 +168,7 @@ export class ShopifyChannel implements ChannelAdapter {
       ADJUST_AVAILABLE,
       request.variables,
       context.signal,
+      { stream: true },
     );
     if (result.kind === "unauthorized") {
       if (!this.#unauthorized) {

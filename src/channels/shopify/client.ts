@@ -53,7 +53,17 @@ export interface CallOptions {
    * `perPart` is the guess until Shopify has answered one.
    */
   cost?: { parts: number; perPart: number };
+  /**
+   * A call of a steady stream (the dispatcher's stock writes): it leaves room in the budget for one
+   * query at Shopify's single-query maximum (at most half the bucket), so an occasional read whose
+   * requested cost is hundreds of points (the orders poll) goes at once instead of stalling the
+   * stream behind its wait.
+   */
+  stream?: boolean;
 }
+
+/** Shopify refuses one query whose requested cost is above 1 000 points, whatever the bucket. */
+const SINGLE_QUERY_MAX_COST = 1000;
 
 /** Admin GraphQL client for one shop. */
 export class ShopifyClient {
@@ -84,7 +94,8 @@ export class ShopifyClient {
     const estimate = options.cost
       ? Math.ceil((learned ?? options.cost.perPart) * parts)
       : learned ?? INITIAL_COST_ESTIMATE;
-    const waited = await budget.take(estimate, signal);
+    const keep = options.stream ? Math.min(SINGLE_QUERY_MAX_COST, budget.shape.max / 2) : 0;
+    const waited = await budget.take(estimate, signal, keep);
     if (waited > 0) metrics.throttleWaitSeconds.inc({ channel }, waited / 1000);
 
     let response: Response;
