@@ -157,6 +157,41 @@ async function streamLeavesRoom(writes: RateBudget, read: RateBudget) {
   assert.ok(await third > 0, "the stream's write waited for its room to come back");
 }
 
+/**
+ * With 100 units restoring 10/s, a stream keeping 50 has taken 25 and a read 50: the stream's next write
+ * yields (it needs 75). The read's answer gives its 50 back; the write goes then, not 5 s later when
+ * the refill alone would have made the room.
+ */
+async function streamSeesRefund(writes: RateBudget, read: RateBudget) {
+  assert.equal(await writes.take(25, undefined, 50), 0);
+  assert.equal(await read.take(50), 0);
+  const started = performance.now();
+  const next = writes.take(25, undefined, 50);
+  await sleep(50);
+  await read.observe(100, undefined, 50);
+  await next;
+  const waited = performance.now() - started;
+  assert.ok(waited < 1000, `the write waited ${Math.round(waited)} ms; the room came back after 50 ms`);
+}
+
+Deno.test("a stream's write goes as soon as a read gives back what it did not use (one process)", async () => {
+  const bucket = new LocalBucket({ max: 100, restoreRate: 10 });
+  await streamSeesRefund(bucket, bucket);
+});
+
+Deno.test("a stream's write goes as soon as a read gives back what it did not use (Redis)", async () => {
+  const redis = createClient({ url: REDIS_URL });
+  await redis.connect();
+  const key = `marketplace-sync:test:budget:${crypto.randomUUID()}`;
+  try {
+    const shape = { max: 100, restoreRate: 10 };
+    await streamSeesRefund(new RedisBucket(redis, key, shape), new RedisBucket(redis, key, shape));
+  } finally {
+    await redis.del(key);
+    await redis.quit();
+  }
+});
+
 Deno.test("a stream that keeps room for others lets a read go at once (one process)", async () => {
   const bucket = new LocalBucket({ max: 100, restoreRate: 50 });
   await streamLeavesRoom(bucket, bucket);

@@ -108,6 +108,12 @@ redis.call('PEXPIRE', KEYS[1], 3600000)
 return tostring(level)
 `;
 
+/**
+ * The longest a yielding call sleeps before asking again: the room it waits for usually comes back
+ * with a read's answer (what it did not use), long before the refill alone would make it.
+ */
+const YIELD_RECHECK_MS = 100;
+
 /** Resolves after `ms`, or at once when `signal` aborts (always unhooking its listener). */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -154,7 +160,10 @@ export class LocalBucket implements RateBudget {
       this.#refill();
       if (keep > 0 && this.#count - cost < keep && !signal?.aborted) {
         // Yields to the others: nothing held while waiting for the room to come back.
-        const wait = Math.ceil((keep + cost - this.#count) * 1000 / this.shape.restoreRate);
+        const wait = Math.min(
+          YIELD_RECHECK_MS,
+          Math.ceil((keep + cost - this.#count) * 1000 / this.shape.restoreRate),
+        );
         await sleep(wait, signal);
         waited += wait;
         continue;
@@ -228,9 +237,10 @@ export class RedisBucket implements RateBudget {
       this.level = Math.max(0, Number(level));
       if (wait <= 0 || signal?.aborted) return waited;
       // Taken: the units are ours, wait for the refill to pay them back and go. Not taken (the
-      // call yields to others): wait for the room to come back and ask again.
-      await sleep(wait, signal);
-      waited += wait;
+      // call yields to others): wait for the room to come back, or a little, and ask again.
+      const pause = taken !== 0 ? wait : Math.min(wait, YIELD_RECHECK_MS);
+      await sleep(pause, signal);
+      waited += pause;
       if (taken !== 0) return waited;
     }
   }
