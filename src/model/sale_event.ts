@@ -154,7 +154,8 @@ interface SaleFields {
 
 const absent = (value: unknown) => value === undefined || value === null;
 const textWithin = (value: unknown, max: number) => typeof value === "string" && value.length <= max;
-const finiteOrAbsent = (value: unknown) => absent(value) || (typeof value === "number" && Number.isFinite(value));
+const finiteOrAbsent = (value: unknown) =>
+  absent(value) || (typeof value === "number" && Number.isFinite(value));
 /** A non-blank string of at most `max` characters, trimmed; undefined when it is not one. */
 const trimmedWithin = (value: unknown, max: number) => {
   if (!textWithin(value, max)) return undefined;
@@ -163,7 +164,9 @@ const trimmedWithin = (value: unknown, max: number) => {
 };
 /** An identifier as the schema outputs it (string trimmed, or a safe integer); null when absent, undefined when invalid. */
 const identifierOf = (value: unknown) =>
-  absent(value) ? null : typeof value === "number"
+  absent(value)
+    ? null
+    : typeof value === "number"
     ? (Number.isSafeInteger(value) ? value : undefined)
     : trimmedWithin(value, ID_MAX);
 
@@ -174,18 +177,26 @@ const identifierOf = (value: unknown) =>
  * schema refuses (tests/events_test.ts compares both on generated bodies): zod cost ~6 µs a sale, a fifth
  * of the service's own work in custody (docs/BENCHMARKS.md).
  */
-function usualSale(body: Record<string, unknown>, limits: EventLimits, messageId?: string): SaleFields | undefined {
+function usualSale(
+  body: Record<string, unknown>,
+  limits: EventLimits,
+  messageId?: string,
+): SaleFields | undefined {
   const tiendaId = trimmedWithin(body.tienda_id, ID_MAX);
   const eventId = identifierOf(body.event_id);
   const ventaId = identifierOf(body.venta_id);
   const orderId = identifierOf(body.origen_order_id);
-  if (tiendaId === undefined || eventId === undefined || ventaId === undefined || orderId === undefined) return;
+  if (tiendaId === undefined || eventId === undefined || ventaId === undefined || orderId === undefined) {
+    return;
+  }
   // A body-hashed identity hashes the schema's whole output: left to the schema.
   if (!messageId?.trim() && eventId === null && ventaId === null) return;
   if (!finiteOrAbsent(body.total)) return;
   if (!absent(body.metodo_pago) && !textWithin(body.metodo_pago, 100)) return;
   if (!absent(body.origen) && !textWithin(body.origen, 100)) return;
-  if (!absent(body.timestamp) && !(typeof body.timestamp === "string" && timestampPattern.test(body.timestamp))) {
+  if (
+    !absent(body.timestamp) && !(typeof body.timestamp === "string" && timestampPattern.test(body.timestamp))
+  ) {
     return;
   }
   const lines = body.items;
@@ -193,11 +204,17 @@ function usualSale(body: Record<string, unknown>, limits: EventLimits, messageId
   const items: SaleFields["items"] = [];
   for (const line of lines) {
     if (line === null || typeof line !== "object" || Array.isArray(line)) return;
-    const { producto_sku: sku, producto_id: id, cantidad, producto_nombre: name } = line as Record<string, unknown>;
+    const { producto_sku: sku, producto_id: id, cantidad, producto_nombre: name } = line as Record<
+      string,
+      unknown
+    >;
     if (!textWithin(sku, 255) || (sku as string).trim().length === 0) return;
     const productoId = absent(id) ? null : trimmedWithin(id, ID_MAX);
     if (productoId === undefined) return;
-    if (!Number.isSafeInteger(cantidad) || (cantidad as number) <= 0 || (cantidad as number) > limits.maxQuantity) {
+    if (
+      !Number.isSafeInteger(cantidad) || (cantidad as number) <= 0 ||
+      (cantidad as number) > limits.maxQuantity
+    ) {
       return;
     }
     if (!absent(name) && !textWithin(name, 1000)) return;

@@ -255,7 +255,12 @@ export class RedisBucket implements RateBudget {
     try {
       const level = await this.redis.eval(OBSERVE, {
         keys: [this.key],
-        arguments: [String(available), String(this.shape.max), String(this.shape.restoreRate), String(refund)],
+        arguments: [
+          String(available),
+          String(this.shape.max),
+          String(this.shape.restoreRate),
+          String(refund),
+        ],
       });
       this.level = Math.max(0, Number(level));
     } catch (error) {
