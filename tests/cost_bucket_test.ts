@@ -33,6 +33,22 @@ function scriptedRedis(replies: (unknown | Error)[], ready = true): ScriptRunner
   };
 }
 
+/** Two buckets on one fresh key of the real Redis, as two replicas share a budget. */
+async function twoReplicas(
+  shape: BucketShape,
+  run: (a: RedisBucket, b: RedisBucket, shape: BucketShape) => Promise<void>,
+): Promise<void> {
+  const redis = createClient({ url: REDIS_URL });
+  await redis.connect();
+  const key = `marketplace-sync:test:budget:${crypto.randomUUID()}`;
+  try {
+    await run(new RedisBucket(redis, key, shape), new RedisBucket(redis, key, shape), shape);
+  } finally {
+    await redis.del(key);
+    await redis.quit();
+  }
+}
+
 Deno.test("a full local bucket serves at once; a short one waits for the refill", async () => {
   // 100 units/s: a busy machine's few milliseconds between the two takes cannot refill what the second needs.
   const bucket = new LocalBucket({ max: 10, restoreRate: 100 });
@@ -89,20 +105,7 @@ Deno.test("a report that has not seen another lane's call does not give its unit
 });
 
 Deno.test("a report that has not seen another replica's call does not give its units back (Redis)", async () => {
-  const redis = createClient({ url: REDIS_URL });
-  await redis.connect();
-  const key = `marketplace-sync:test:budget:${crypto.randomUUID()}`;
-  try {
-    const shape = { max: 100, restoreRate: 50 };
-    await reportBeforeAnotherCall(
-      new RedisBucket(redis, key, shape),
-      new RedisBucket(redis, key, shape),
-      shape,
-    );
-  } finally {
-    await redis.del(key);
-    await redis.quit();
-  }
+  await twoReplicas({ max: 100, restoreRate: 50 }, (a, b, shape) => reportBeforeAnotherCall(a, b, shape));
 });
 
 /**
@@ -127,18 +130,10 @@ Deno.test("callers waiting for the local budget are served in the order they ask
 });
 
 Deno.test("replicas waiting for the shared budget are served in the order they asked (Redis)", async () => {
-  const redis = createClient({ url: REDIS_URL });
-  await redis.connect();
-  const key = `marketplace-sync:test:budget:${crypto.randomUUID()}`;
-  try {
-    const shape = { max: 10, restoreRate: 10 };
-    const a = new RedisBucket(redis, key, shape);
+  await twoReplicas({ max: 10, restoreRate: 10 }, async (a, b) => {
     await a.take(10);
-    await firstComeFirstServed(a, new RedisBucket(redis, key, shape));
-  } finally {
-    await redis.del(key);
-    await redis.quit();
-  }
+    await firstComeFirstServed(a, b);
+  });
 });
 
 /**
@@ -180,16 +175,7 @@ Deno.test("a stream's write goes as soon as a read gives back what it did not us
 });
 
 Deno.test("a stream's write goes as soon as a read gives back what it did not use (Redis)", async () => {
-  const redis = createClient({ url: REDIS_URL });
-  await redis.connect();
-  const key = `marketplace-sync:test:budget:${crypto.randomUUID()}`;
-  try {
-    const shape = { max: 100, restoreRate: 10 };
-    await streamSeesRefund(new RedisBucket(redis, key, shape), new RedisBucket(redis, key, shape));
-  } finally {
-    await redis.del(key);
-    await redis.quit();
-  }
+  await twoReplicas({ max: 100, restoreRate: 10 }, streamSeesRefund);
 });
 
 Deno.test("a stream that keeps room for others lets a read go at once (one process)", async () => {
@@ -198,16 +184,7 @@ Deno.test("a stream that keeps room for others lets a read go at once (one proce
 });
 
 Deno.test("a stream that keeps room for others lets a read go at once (Redis)", async () => {
-  const redis = createClient({ url: REDIS_URL });
-  await redis.connect();
-  const key = `marketplace-sync:test:budget:${crypto.randomUUID()}`;
-  try {
-    const shape = { max: 100, restoreRate: 50 };
-    await streamLeavesRoom(new RedisBucket(redis, key, shape), new RedisBucket(redis, key, shape));
-  } finally {
-    await redis.del(key);
-    await redis.quit();
-  }
+  await twoReplicas({ max: 100, restoreRate: 50 }, streamLeavesRoom);
 });
 
 Deno.test("an aborted take returns at once, even from an empty bucket", async () => {

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { canonicalJson, decodeSaleEvent, eventIdentity } from "../src/model/sale_event.ts";
 import { randomInt, seededRandom } from "../src/sandbox/prng.ts";
-import { sale } from "./helpers.ts";
+import { sale, SALE_ITEM_FIELDS } from "./helpers.ts";
 
 const LIMITS = { maxBytes: 4096, maxItems: 5, maxQuantity: 1000 };
 const decode = (body: unknown, props = {}) =>
@@ -204,14 +204,7 @@ Deno.test("the hand check of the usual sale never accepts what the schema refuse
     "origen",
     "origen_order_id",
   ];
-  const itemFields = [
-    "producto_id",
-    "producto_nombre",
-    "producto_sku",
-    "cantidad",
-    "precio_unitario",
-    "subtotal",
-  ];
+  const itemFields = [...SALE_ITEM_FIELDS];
   const limits = { maxBytes: 65_536, maxItems: 3, maxQuantity: 1000 };
   const mutate = (target: Record<string, unknown>, fields: string[], chance: number) => {
     for (const field of fields) {

@@ -25,7 +25,15 @@ import {
   type HostileSample,
   STORE,
 } from "./fuzz/hostile_events.ts";
-import { DATABASE_URL, header, integration, REDIS_URL, startHarness, waitFor } from "./helpers.ts";
+import {
+  DATABASE_URL,
+  header,
+  integration,
+  REDIS_URL,
+  SALE_ITEM_FIELDS,
+  startHarness,
+  waitFor,
+} from "./helpers.ts";
 import { describeHits, scanForSecrets } from "../scripts/support/secrets.ts";
 
 const SEED = 0x7_0003;
@@ -107,14 +115,7 @@ Deno.test(`the validator never throws and agrees with every hostile kind (${VALI
       { maxKeys: 3 },
     ),
     fc.dictionary(
-      fc.constantFrom(
-        "producto_id",
-        "producto_nombre",
-        "producto_sku",
-        "cantidad",
-        "precio_unitario",
-        "subtotal",
-      ),
+      fc.constantFrom(...SALE_ITEM_FIELDS),
       fc.jsonValue({ maxDepth: 2 }),
       { maxKeys: 3 },
     ),

@@ -165,6 +165,15 @@ export async function waitFor<T>(
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${String(last)})`);
 }
 
+/** The fields an item of a sale may carry (docs/DESIGN.md §3). */
+export const SALE_ITEM_FIELDS = [
+  "producto_id",
+  "producto_nombre",
+  "producto_sku",
+  "cantidad",
+  "precio_unitario",
+  "subtotal",
+] as const;
 /** A valid sale event with overridable fields. */
 export function sale(overrides: Record<string, unknown> = {}): Record<string, unknown> {
   return {
