@@ -7,7 +7,7 @@
  */
 import { Buffer } from "node:buffer";
 import { type AsyncMessage, type Connection, ConsumerStatus } from "rabbitmq-client";
-import { ADJUST_AVAILABLE, VARIANTS_BY_SKU } from "../src/channels/shopify/documents.ts";
+import { ADJUST_AVAILABLE, ITEMS_BY_SKU } from "../src/channels/shopify/documents.ts";
 import { skuSearchQuery } from "../src/channels/shopify/search.ts";
 
 /** Counters the benchmark reads while the baseline runs. */
@@ -67,10 +67,10 @@ export function startNaiveConsumer(
     for (const item of sale.items as { producto_sku: string; cantidad: number }[]) {
       let itemId = items.get(item.producto_sku);
       if (!itemId) {
-        const data = await call(VARIANTS_BY_SKU, { query: skuSearchQuery(item.producto_sku) }) as {
-          productVariants: { nodes: { sku: string; inventoryItem: { id: string } }[] };
+        const data = await call(ITEMS_BY_SKU, { query: skuSearchQuery(item.producto_sku) }) as {
+          inventoryItems: { nodes: { id: string; sku: string }[] };
         };
-        itemId = data.productVariants.nodes.find((n) => n.sku === item.producto_sku)?.inventoryItem.id;
+        itemId = data.inventoryItems.nodes.find((n) => n.sku === item.producto_sku)?.id;
         if (!itemId) continue;
         items.set(item.producto_sku, itemId);
       }

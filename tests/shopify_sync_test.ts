@@ -189,11 +189,11 @@ integration("a batch's new SKUs are looked up 25 per call, not one call each", a
       )]
         .reduce((n, m) => n + Number(m[1]), 0);
     assert.equal(
-      calls("VariantsBySkus"),
+      calls("ItemsBySkus"),
       Math.ceil(skus.length / 25),
       `batched lookups for ${skus.length} SKUs`,
     );
-    assert.equal(calls("VariantsBySku"), 0, "no SKU needed a call of its own");
+    assert.equal(calls("ItemsBySku"), 0, "no SKU needed a call of its own");
     for (const sku of skus) {
       if (sku === "MATE-IMP-01") continue; // ambiguous on purpose
       assert.equal(availableOf(sandbox, sku, tienda), before.get(sku)! - 1, sku);

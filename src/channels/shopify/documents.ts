@@ -3,20 +3,23 @@
  * against Shopify's published schema of the pinned API version.
  */
 
-/** SKU → variant → InventoryItem. `first: 2` is enough to detect ambiguity. */
-export const VARIANTS_BY_SKU = `query VariantsBySku($query: String!) {
-  productVariants(first: 2, query: $query) {
-    nodes { id sku inventoryItem { id } }
+/**
+ * SKU → InventoryItem: the item is what a stock write addresses, and asked for directly it costs one
+ * point (an item), not two (a variant and its item). `first: 2` is enough to detect ambiguity.
+ */
+export const ITEMS_BY_SKU = `query ItemsBySku($query: String!) {
+  inventoryItems(first: 2, query: $query) {
+    nodes { id sku }
   }
 }`;
 
 /**
- * Many SKUs → variants in one call: the SKUs' terms OR'ed in `$query`. `hasNextPage` says the page was too
- * small to see every match (then each SKU is asked alone, where `first: 2` settles ambiguity).
+ * Many SKUs → inventory items in one call: the SKUs' terms OR'ed in `$query`. `hasNextPage` says the page
+ * was too small to see every match (then each SKU is asked alone, where `first: 2` settles ambiguity).
  */
-export const VARIANTS_BY_SKUS = `query VariantsBySkus($query: String!, $first: Int!) {
-  productVariants(first: $first, query: $query) {
-    nodes { id sku inventoryItem { id } }
+export const ITEMS_BY_SKUS = `query ItemsBySkus($query: String!, $first: Int!) {
+  inventoryItems(first: $first, query: $query) {
+    nodes { id sku }
     pageInfo { hasNextPage }
   }
 }`;
@@ -162,8 +165,8 @@ export const ORDERS_UPDATED_SINCE = `query OrdersUpdatedSince($query: String!, $
 
 /** Every document above, by operation name (built documents as a two-listing example). */
 export const SHOPIFY_DOCUMENTS: Record<string, string> = {
-  VariantsBySku: VARIANTS_BY_SKU,
-  VariantsBySkus: VARIANTS_BY_SKUS,
+  ItemsBySku: ITEMS_BY_SKU,
+  ItemsBySkus: ITEMS_BY_SKUS,
   AdjustAvailable: ADJUST_AVAILABLE,
   SetAvailable: SET_AVAILABLE,
   AvailableAtLocation: AVAILABLE_AT_LOCATION,

@@ -1,19 +1,19 @@
 /**
  * SKU → Shopify InventoryItem resolution, cached in memory and in the ledger's
- * `listing` table. Exactly one variant whose SKU equals ours (Shopify's search
- * is not exact) or the change fails `sku_not_found` / `sku_ambiguous`.
+ * `listing` table. Exactly one inventory item whose SKU equals ours (Shopify's
+ * search is not exact) or the change fails `sku_not_found` / `sku_ambiguous`.
+ * Every variant has an item of its own, so two variants with one SKU are two items.
  */
 import type { Sql } from "postgres";
 import type { ChangeOutcome } from "../../model/batch.ts";
 import type { ShopifyClient } from "./client.ts";
-import { VARIANTS_BY_SKU, VARIANTS_BY_SKUS } from "./documents.ts";
+import { ITEMS_BY_SKU, ITEMS_BY_SKUS } from "./documents.ts";
 import { skuSearchQuery } from "./search.ts";
 import { ListingCache } from "../../sync/listing_cache.ts";
 
 /** A resolved listing: the inventory item the SKU's stock lives on. */
 export interface ShopifyListing {
   inventoryItemId: string;
-  variantId: string;
 }
 
 /**
@@ -26,13 +26,23 @@ export type Resolution =
   | { ok: false; outcome: ChangeOutcome }
   | { ok: false; transient: { reason: string; error: string; waitMs?: number } };
 
-interface VariantsBySku {
-  productVariants: { nodes: { id: string; sku: string | null; inventoryItem: { id: string } }[] };
+interface ItemsBySku {
+  inventoryItems: { nodes: { id: string; sku: string | null }[] };
 }
 
-/** SKUs per batched lookup, and the page that should hold all their variants (ambiguous ones have two). */
+/** SKUs per batched lookup. */
 const SKUS_PER_LOOKUP = 25;
-const VARIANTS_PER_LOOKUP = 60;
+
+/**
+ * The page a batched lookup asks for: its SKUs and room for a few more items (an ambiguous SKU has two, and
+ * Shopify's search may match more than the exact SKU). The requested cost is the page's (a point an item)
+ * and is held from the shared budget until Shopify answers; a page sized for every SKU twice over held
+ * 110 points for 52 spent, and a fresh catalog's lookups kept the stock writes waiting (docs/BENCHMARKS.md,
+ * issue #15). A page too small to be sure sends its SKUs one per call, as before.
+ */
+export function lookupPageSize(skus: number): number {
+  return skus + Math.max(5, Math.ceil(skus / 5));
+}
 
 /** Resolves and caches SKU → InventoryItem for one shop. */
 export class ShopifyListings {
@@ -45,17 +55,17 @@ export class ShopifyListings {
     const cached = this.#cache.get(sku);
     if (cached) return cached;
 
-    const [row] = await this.sql<{ external_id: string; variant_id: string }[]>`
-      select external_id, variant_id from listing where channel = 'shopify' and sku = ${sku}`;
+    const [row] = await this.sql<{ external_id: string }[]>`
+      select external_id from listing where channel = 'shopify' and sku = ${sku}`;
     if (row) {
-      const listing = { inventoryItemId: row.external_id, variantId: row.variant_id };
+      const listing = { inventoryItemId: row.external_id };
       this.#cache.remember(sku, listing);
       return { ok: true, listing };
     }
 
-    const result = await this.client.call<VariantsBySku>(
-      "VariantsBySku",
-      VARIANTS_BY_SKU,
+    const result = await this.client.call<ItemsBySku>(
+      "ItemsBySku",
+      ITEMS_BY_SKU,
       { query: skuSearchQuery(sku) },
       signal,
     );
@@ -70,30 +80,33 @@ export class ShopifyListings {
       const reason = result.kind === "unauthorized" ? "unauthorized" : result.reason;
       return { ok: false, transient: { reason, error: `resolving SKU ${sku}: ${result.error}`, waitMs } };
     }
-    return await this.#settle(sku, result.data.productVariants.nodes.filter((n) => n.sku === sku));
+    return await this.#settle(sku, result.data.inventoryItems.nodes.filter((n) => n.sku === sku));
   }
 
-  /** Exactly one variant with exactly this SKU, cached; else the permanent outcome (cached a minute). */
-  async #settle(sku: string, exact: VariantsBySku["productVariants"]["nodes"]): Promise<Resolution> {
+  /** Exactly one item with exactly this SKU, cached; else the permanent outcome (cached a minute). */
+  async #settle(sku: string, exact: ItemsBySku["inventoryItems"]["nodes"]): Promise<Resolution> {
     if (exact.length !== 1) {
       const outcome: ChangeOutcome = exact.length === 0
         ? { kind: "failed", reason: "sku_not_found", error: `no Shopify variant has SKU "${sku}"` }
         : {
           kind: "failed",
           reason: "sku_ambiguous",
-          error: `several Shopify variants have SKU "${sku}" (${
+          error: `several Shopify inventory items have SKU "${sku}" (${
             exact.map((n) => n.id).join(", ")
           }); make it unique`,
         };
       this.#cache.miss(sku, outcome);
       return { ok: false, outcome };
     }
-    const listing = { inventoryItemId: exact[0].inventoryItem.id, variantId: exact[0].id };
+    const listing = { inventoryItemId: exact[0].id };
+    // The variant's id is not asked for (a point per SKU, and no write needs it): a row resolved
+    // before kept it, and it goes with the item it belonged to.
     await this.sql`
-      insert into listing (channel, sku, external_id, variant_id)
-      values ('shopify', ${sku}, ${listing.inventoryItemId}, ${listing.variantId})
+      insert into listing (channel, sku, external_id)
+      values ('shopify', ${sku}, ${listing.inventoryItemId})
       on conflict (channel, sku) do update
-        set external_id = excluded.external_id, variant_id = excluded.variant_id, resolved_at = now()`;
+        set external_id = excluded.external_id, resolved_at = now(),
+            variant_id = case when listing.external_id = excluded.external_id then listing.variant_id end`;
     this.#cache.remember(sku, listing);
     return { ok: true, listing, fresh: true };
   }
@@ -119,10 +132,10 @@ export class ShopifyListings {
     const { known, unknown } = this.#cache.split(skus);
     const out = new Map<string, Resolution>(known);
     if (unknown.length === 0) return out;
-    const rows = await this.sql<{ sku: string; external_id: string; variant_id: string }[]>`
-      select sku, external_id, variant_id from listing where channel = 'shopify' and sku = any(${unknown})`;
+    const rows = await this.sql<{ sku: string; external_id: string }[]>`
+      select sku, external_id from listing where channel = 'shopify' and sku = any(${unknown})`;
     for (const row of rows) {
-      const listing = { inventoryItemId: row.external_id, variantId: row.variant_id };
+      const listing = { inventoryItemId: row.external_id };
       this.#cache.remember(row.sku, listing);
       out.set(row.sku, { ok: true, listing });
     }
@@ -130,15 +143,11 @@ export class ShopifyListings {
     for (let i = 0; i < left.length && left.length > 1; i += SKUS_PER_LOOKUP) {
       const chunk = left.slice(i, i + SKUS_PER_LOOKUP);
       const result = await this.client.call<
-        VariantsBySku & { productVariants: { pageInfo: { hasNextPage: boolean } } }
+        ItemsBySku & { inventoryItems: { pageInfo: { hasNextPage: boolean } } }
       >(
-        "VariantsBySkus",
-        VARIANTS_BY_SKUS,
-        // Room for two variants a SKU (an ambiguous one has two) and a few more: the page's size is its cost.
-        {
-          query: chunk.map(skuSearchQuery).join(" OR "),
-          first: Math.min(VARIANTS_PER_LOOKUP, chunk.length * 2 + 4),
-        },
+        "ItemsBySkus",
+        ITEMS_BY_SKUS,
+        { query: chunk.map(skuSearchQuery).join(" OR "), first: lookupPageSize(chunk.length) },
         signal,
       );
       if (result.kind === "retry" || result.kind === "unauthorized") {
@@ -153,9 +162,9 @@ export class ShopifyListings {
         return out;
       }
       // A refused query or a page too full to be sure: these SKUs go one per call below.
-      if (result.kind !== "ok" || result.data.productVariants.pageInfo.hasNextPage) continue;
+      if (result.kind !== "ok" || result.data.inventoryItems.pageInfo.hasNextPage) continue;
       for (const sku of chunk) {
-        out.set(sku, await this.#settle(sku, result.data.productVariants.nodes.filter((n) => n.sku === sku)));
+        out.set(sku, await this.#settle(sku, result.data.inventoryItems.nodes.filter((n) => n.sku === sku)));
       }
     }
     for (const sku of left) if (!out.has(sku)) out.set(sku, await this.resolve(sku, signal));

@@ -1,5 +1,5 @@
 /**
- * Shopify search syntax for `productVariants(query:)`.
+ * Shopify search syntax for `inventoryItems(query:)` (and the other `query:` arguments with a `sku` field).
  *
  * The SKU is always sent as a quoted phrase of the `sku` field, with every
  * character that has a meaning in the syntax backslash-escaped, so a SKU like
@@ -8,7 +8,7 @@
  */
 const SPECIAL = /[\\":()]/g;
 
-/** The `query` argument that finds variants with exactly this SKU. */
+/** The `query` argument that finds the inventory items with exactly this SKU. */
 export function skuSearchQuery(sku: string): string {
   return `sku:"${sku.replace(SPECIAL, (ch) => `\\${ch}`)}"`;
 }
