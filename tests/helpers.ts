@@ -12,6 +12,7 @@ import { type RunningService, startService } from "../src/main.ts";
 import { isolatedServiceEnv } from "../scripts/support/service_env.ts";
 import { SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
 import type { ShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
+import type { BucketShape, RateBudget } from "../src/sync/cost_bucket.ts";
 
 export const RABBITMQ_URL = Deno.env.get("TEST_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
 export const DATABASE_URL = Deno.env.get("TEST_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -308,5 +309,24 @@ export async function setShopifyAvailable(
   const body = await res.json();
   if (body.data?.inventorySetQuantities?.userErrors?.length !== 0) {
     throw new Error(`could not set the listing: ${JSON.stringify(body)}`);
+  }
+}
+
+/** A rate budget, with what each call took from it before it was sent (the client's estimate of the request). */
+export class RecordingBudget implements RateBudget {
+  readonly takes: number[] = [];
+  constructor(private readonly inner: RateBudget) {}
+  get level(): number {
+    return this.inner.level;
+  }
+  get shape(): BucketShape {
+    return this.inner.shape;
+  }
+  take(cost: number, signal?: AbortSignal, keep?: number): Promise<number> {
+    this.takes.push(cost);
+    return this.inner.take(cost, signal, keep);
+  }
+  observe(available: number, shape?: BucketShape, refund?: number): Promise<void> {
+    return this.inner.observe(available, shape, refund);
   }
 }

@@ -12,27 +12,8 @@ import { migrate } from "../src/ledger/migrate.ts";
 import { createMetrics } from "../src/metrics.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
-import { type BucketShape, LocalBucket, type RateBudget } from "../src/sync/cost_bucket.ts";
-import { DATABASE_URL, integration, uniqueName } from "./helpers.ts";
-
-/** The budget, with what each call took from it before it was sent (the client's estimate of the request). */
-class RecordingBudget implements RateBudget {
-  readonly takes: number[] = [];
-  constructor(private readonly inner: RateBudget) {}
-  get level(): number {
-    return this.inner.level;
-  }
-  get shape(): BucketShape {
-    return this.inner.shape;
-  }
-  take(cost: number, signal?: AbortSignal, keep?: number): Promise<number> {
-    this.takes.push(cost);
-    return this.inner.take(cost, signal, keep);
-  }
-  observe(available: number, shape?: BucketShape, refund?: number): Promise<void> {
-    return this.inner.observe(available, shape, refund);
-  }
-}
+import { LocalBucket } from "../src/sync/cost_bucket.ts";
+import { DATABASE_URL, integration, RecordingBudget, uniqueName } from "./helpers.ts";
 
 /** The reason a resolution failed for good, or null. */
 function failedFor(r: Resolution | undefined): string | null {

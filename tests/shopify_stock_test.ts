@@ -28,31 +28,12 @@ import {
   startShopifySandbox,
 } from "../src/sandbox/shopify/sandbox.ts";
 import { shopifySchema } from "../src/sandbox/shopify/schema.ts";
-import { type BucketShape, type RateBudget, RedisBucket } from "../src/sync/cost_bucket.ts";
-import { integration, REDIS_URL, setShopifyAvailable, uniqueName } from "./helpers.ts";
+import { type BucketShape, RedisBucket } from "../src/sync/cost_bucket.ts";
+import { integration, RecordingBudget, REDIS_URL, setShopifyAvailable, uniqueName } from "./helpers.ts";
 
 /** 60 SKUs × 5 stores: 300 listings, more than one batch holds. */
 const catalog = buildCatalog({ skus: 60, stores: 5, seed: 13 });
 const REFERENCE = "gid://marketplace-sync/Resync/batch-test";
-
-/** The budget the client draws from, recording every take (what the client estimated). */
-class RecordingBudget implements RateBudget {
-  readonly takes: number[] = [];
-  constructor(private readonly inner: RateBudget) {}
-  get level(): number {
-    return this.inner.level;
-  }
-  get shape(): BucketShape {
-    return this.inner.shape;
-  }
-  take(cost: number, signal?: AbortSignal): Promise<number> {
-    this.takes.push(cost);
-    return this.inner.take(cost, signal);
-  }
-  observe(available: number, shape?: BucketShape): Promise<void> {
-    return this.inner.observe(available, shape);
-  }
-}
 
 interface Shop {
   shop: ShopifySandbox;
