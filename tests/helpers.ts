@@ -12,7 +12,9 @@ import { type RunningService, startService } from "../src/main.ts";
 import { isolatedServiceEnv } from "../scripts/support/service_env.ts";
 import { SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
 import type { ShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
-import type { BucketShape, RateBudget } from "../src/sync/cost_bucket.ts";
+import { type BucketShape, LocalBucket, type RateBudget } from "../src/sync/cost_bucket.ts";
+import { ShopifyClient } from "../src/channels/shopify/client.ts";
+import { createMetrics, type ServiceMetrics } from "../src/metrics.ts";
 
 export const RABBITMQ_URL = Deno.env.get("TEST_RABBITMQ_URL") ?? "amqp://guest:guest@127.0.0.1:5672";
 export const DATABASE_URL = Deno.env.get("TEST_DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -329,4 +331,22 @@ export class RecordingBudget implements RateBudget {
   observe(available: number, shape?: BucketShape, refund?: number): Promise<void> {
     return this.inner.observe(available, shape, refund);
   }
+}
+
+/**
+ * The service's Shopify client pointed at a sandbox as if it were the shop: the Standard budget in this process
+ * and metrics of its own unless given.
+ */
+export function sandboxShopifyClient(
+  shop: Pick<ShopifySandbox, "url" | "token" | "apiVersion">,
+  options: { budget?: RateBudget; metrics?: ServiceMetrics; timeoutMs?: number } = {},
+): ShopifyClient {
+  return new ShopifyClient({
+    baseUrl: shop.url,
+    token: shop.token,
+    apiVersion: shop.apiVersion,
+    timeoutMs: options.timeoutMs ?? 5_000,
+    budget: options.budget ?? new LocalBucket({ max: 2000, restoreRate: 100 }),
+    metrics: options.metrics ?? createMetrics(`${uniqueName("shopify_client")}_`, () => Promise.resolve([])),
+  });
 }

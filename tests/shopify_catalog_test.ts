@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { type LocationMap, locationMap } from "../src/channels/shopify/channel.ts";
 import { ShopifyCatalog, shopifyCatalog, ShopifyCatalogError } from "../src/channels/shopify/catalog.ts";
-import { ShopifyClient } from "../src/channels/shopify/client.ts";
+import type { ShopifyClient } from "../src/channels/shopify/client.ts";
 import { BULK_QUERIES, RUN_BULK_QUERY } from "../src/channels/shopify/documents.ts";
 import type { ShopifyListings } from "../src/channels/shopify/listings.ts";
 import { ShopifyStock } from "../src/channels/shopify/stock.ts";
@@ -20,6 +20,7 @@ import {
 } from "../src/sandbox/shopify/sandbox.ts";
 import type { CatalogListing } from "../src/sync/channel.ts";
 import { LocalBucket } from "../src/sync/cost_bucket.ts";
+import { sandboxShopifyClient } from "./helpers.ts";
 
 /** A bucket generous enough that the paginated reads are not slowed by the Standard plan's 100 points/s. */
 const WIDE_BUCKET = { maximumAvailable: 1_000_000, restoreRate: 1_000_000 };
@@ -49,10 +50,7 @@ async function withCatalog(
   });
   try {
     const metrics = createMetrics("shopify_catalog_test_", () => Promise.resolve([]));
-    const client = new ShopifyClient({
-      baseUrl: sandbox.url,
-      token: sandbox.token,
-      apiVersion: sandbox.apiVersion,
+    const client = sandboxShopifyClient(sandbox, {
       timeoutMs: 10_000,
       budget: new LocalBucket({ max: WIDE_BUCKET.maximumAvailable, restoreRate: WIDE_BUCKET.restoreRate }),
       metrics,

@@ -6,14 +6,12 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { ShopifyClient } from "../src/channels/shopify/client.ts";
 import { lookupPageSize, type Resolution, ShopifyListings } from "../src/channels/shopify/listings.ts";
 import { migrate } from "../src/ledger/migrate.ts";
-import { createMetrics } from "../src/metrics.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 import { LocalBucket } from "../src/sync/cost_bucket.ts";
-import { DATABASE_URL, integration, RecordingBudget, uniqueName } from "./helpers.ts";
+import { DATABASE_URL, integration, RecordingBudget, sandboxShopifyClient, uniqueName } from "./helpers.ts";
 
 /** The reason a resolution failed for good, or null. */
 function failedFor(r: Resolution | undefined): string | null {
@@ -29,14 +27,7 @@ integration("a fresh catalog's SKUs cost a point each to resolve, and are resolv
   try {
     await migrate(admin, schema);
     const budget = new RecordingBudget(new LocalBucket({ max: 2000, restoreRate: 100 }));
-    const client = new ShopifyClient({
-      baseUrl: shop.url,
-      token: shop.token,
-      apiVersion: shop.apiVersion,
-      timeoutMs: 5_000,
-      budget,
-      metrics: createMetrics(`${uniqueName("shopify_listings")}_`, () => Promise.resolve([])),
-    });
+    const client = sandboxShopifyClient(shop, { budget });
     const skus = [...new Set(catalog.products.map((p) => p.sku))];
     const ambiguous = skus.filter((sku) => shop.variants.filter((v) => v.sku === sku).length > 1);
     assert.ok(ambiguous.length > 0, "the default catalog has an ambiguous SKU");

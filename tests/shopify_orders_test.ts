@@ -12,15 +12,21 @@ import {
   shopifyOrderSource,
   ShopifyOrderWebhooks,
 } from "../src/channels/shopify/orders.ts";
-import { ShopifyClient } from "../src/channels/shopify/client.ts";
 import { type RunningService, startService } from "../src/main.ts";
 import { createMetrics } from "../src/metrics.ts";
 import type { OrderEffect, OrderEvent, Quarantine } from "../src/model/marketplace_order.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { type ShopifySandbox, startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
 import type { OrderBook, StoredDelivery } from "../src/sync/channel.ts";
-import { LocalBucket } from "../src/sync/cost_bucket.ts";
-import { type Harness, harnessFor, integration, testConfig, uniqueName, waitFor } from "./helpers.ts";
+import {
+  type Harness,
+  harnessFor,
+  integration,
+  sandboxShopifyClient,
+  testConfig,
+  uniqueName,
+  waitFor,
+} from "./helpers.ts";
 
 const catalog = defaultCatalog();
 const STORES = catalog.stores.map((s) => s.tienda_id);
@@ -303,14 +309,7 @@ Deno.test("catch-up source: orders(updated_at:>=…) validated by the sandbox gi
   const sandbox = await startShopifySandbox({ catalog: defaultCatalog(), now: () => clock });
   const metrics = createMetrics(`${uniqueName("shopify_orders")}_`, () => Promise.resolve([]));
   try {
-    const client = new ShopifyClient({
-      baseUrl: sandbox.url,
-      token: sandbox.token,
-      apiVersion: sandbox.apiVersion,
-      timeoutMs: 5_000,
-      budget: new LocalBucket({ max: 2000, restoreRate: 100 }),
-      metrics,
-    });
+    const client = sandboxShopifyClient(sandbox, { metrics });
     const locations = locationMap(Object.fromEntries(sandbox.locations.map((l) => [l.tiendaId, l.id])));
     const rule = orderStoreRule(locations, STORES[1]);
     const since = new Date(clock - 1000).toISOString();

@@ -10,17 +10,14 @@
 import assert from "node:assert/strict";
 import { createClient } from "redis";
 import { locationMap } from "../src/channels/shopify/channel.ts";
-import { ShopifyClient } from "../src/channels/shopify/client.ts";
 import type { ShopifyListings } from "../src/channels/shopify/listings.ts";
 import { RuledSets } from "../src/channels/shopify/ruled.ts";
 import { ShopifyStock } from "../src/channels/shopify/stock.ts";
-import { createMetrics } from "../src/metrics.ts";
 import { applyRule, resolveRule, type StockRules } from "../src/model/stock_rule.ts";
 import { PosStockReader } from "../src/pos/stock.ts";
 import { defaultCatalog } from "../src/sandbox/catalog.ts";
 import { startShopifySandbox } from "../src/sandbox/shopify/sandbox.ts";
-import { LocalBucket } from "../src/sync/cost_bucket.ts";
-import { integration, REDIS_URL, setShopifyAvailable, uniqueName } from "./helpers.ts";
+import { integration, REDIS_URL, sandboxShopifyClient, setShopifyAvailable, uniqueName } from "./helpers.ts";
 
 const catalog = defaultCatalog();
 
@@ -41,14 +38,7 @@ integration(
       // should end at 5 — which another writer, handling that sale, finds it already at.
       await redis.set(posKey, "8");
       await setShopifyAvailable(shop, { item, location: location.id }, 5);
-      const client = new ShopifyClient({
-        baseUrl: shop.url,
-        token: shop.token,
-        apiVersion: shop.apiVersion,
-        timeoutMs: 5_000,
-        budget: new LocalBucket({ max: 2000, restoreRate: 100 }),
-        metrics: createMetrics(`${prefix}_`, () => Promise.resolve([])),
-      });
+      const client = sandboxShopifyClient(shop);
       const stock = new ShopifyStock(client, {} as ShopifyListings, locationMap({}), "correction");
       let saleLanded = false;
       const ruled = new RuledSets({

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { getOperationAST, getVariableValues, parse, validate } from "graphql";
 import { createClient } from "redis";
 import { locationMap } from "../src/channels/shopify/channel.ts";
-import { ShopifyClient } from "../src/channels/shopify/client.ts";
+import type { ShopifyClient } from "../src/channels/shopify/client.ts";
 import { availableAtLocations, SET_AVAILABLE } from "../src/channels/shopify/documents.ts";
 import type { ShopifyListings } from "../src/channels/shopify/listings.ts";
 import {
@@ -18,7 +18,6 @@ import {
   ShopifyStock,
   type StockSet,
 } from "../src/channels/shopify/stock.ts";
-import { createMetrics } from "../src/metrics.ts";
 import { buildCatalog } from "../src/sandbox/catalog.ts";
 import { requestedQueryCost } from "../src/sandbox/cost.ts";
 import { seededRandom } from "../src/sandbox/prng.ts";
@@ -29,7 +28,14 @@ import {
 } from "../src/sandbox/shopify/sandbox.ts";
 import { shopifySchema } from "../src/sandbox/shopify/schema.ts";
 import { type BucketShape, RedisBucket } from "../src/sync/cost_bucket.ts";
-import { integration, RecordingBudget, REDIS_URL, setShopifyAvailable, uniqueName } from "./helpers.ts";
+import {
+  integration,
+  RecordingBudget,
+  REDIS_URL,
+  sandboxShopifyClient,
+  setShopifyAvailable,
+  uniqueName,
+} from "./helpers.ts";
 
 /** 60 SKUs × 5 stores: 300 listings, more than one batch holds. */
 const catalog = buildCatalog({ skus: 60, stores: 5, seed: 13 });
@@ -54,14 +60,7 @@ async function withShop(
   const budget = new RecordingBudget(
     new RedisBucket(redis, key, options.bucket ?? { max: 2000, restoreRate: 100 }),
   );
-  const client = new ShopifyClient({
-    baseUrl: shop.url,
-    token: shop.token,
-    apiVersion: shop.apiVersion,
-    timeoutMs: 5_000,
-    budget,
-    metrics: createMetrics(`${uniqueName("shopify_stock")}_`, () => Promise.resolve([])),
-  });
+  const client = sandboxShopifyClient(shop, { budget });
   const locations = locationMap(Object.fromEntries(shop.locations.map((l) => [l.tiendaId, l.id])));
   // The batch methods address listings by inventory item: SKU resolution takes no part.
   const stock = new ShopifyStock(client, {} as ShopifyListings, locations, "correction");
