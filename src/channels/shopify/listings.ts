@@ -34,14 +34,13 @@ interface ItemsBySku {
 const SKUS_PER_LOOKUP = 25;
 
 /**
- * The page a batched lookup asks for: its SKUs and room for a few more items (an ambiguous SKU has two, and
- * Shopify's search may match more than the exact SKU). The requested cost is the page's (a point an item)
- * and is held from the shared budget until Shopify answers; a page sized for every SKU twice over held
- * 110 points for 52 spent, and a fresh catalog's lookups kept the stock writes waiting (docs/BENCHMARKS.md,
- * issue #15). A page too small to be sure sends its SKUs one per call, as before.
+ * The page a batched lookup asks for: room for every SKU to be ambiguous (two items each) and a few loose
+ * matches (Shopify's search is not exact), so a full page, which sends its SKUs one per call, stays rare.
+ * Shopify holds the requested cost (a point an item, 2 + 54 for 25 SKUs) until it answers and keeps a point
+ * per item returned.
  */
-export function lookupPageSize(skus: number): number {
-  return skus + Math.max(5, Math.ceil(skus / 5));
+function lookupPageSize(skus: number): number {
+  return 2 * skus + 4;
 }
 
 /** Resolves and caches SKU → InventoryItem for one shop. */
