@@ -136,6 +136,27 @@ for (const [name, body, reason, field] of REJECTIONS) {
   });
 }
 
+Deno.test("what Postgres cannot store is refused however it is written, and only that", () => {
+  // A sale with `extra` spliced in as JSON text, so escapes and nesting are exactly as the POS wrote them.
+  const withExtra = (json: string) =>
+    `{"event_id":"e","tienda_id":"t","items":[{"producto_sku":"A","cantidad":1}],"extra":${json}}`;
+  const nested = (levels: number) => "[".repeat(levels) + "]".repeat(levels);
+  const refused = (json: string) => {
+    const result = decode(withExtra(json));
+    return result.ok ? null : result.rejection.message;
+  };
+  // The body is level 0 and `extra` level 1: 32 arrays reach level 32, the deepest allowed.
+  assert.equal(refused(nested(32)), null);
+  assert.match(refused(nested(33)) ?? "", /nested deeper than 32 levels/);
+  assert.match(refused(`{"k":${nested(32)}}`) ?? "", /nested deeper/);
+  assert.match(refused('"a\\u0000b"') ?? "", /NUL/);
+  assert.match(refused('{"a\\u0000":1}') ?? "", /NUL/);
+  assert.match(refused('["ok","\\udc00"]') ?? "", /unpaired UTF-16 surrogate/);
+  assert.equal(refused('"\\ud83d\\ude00 \\u00e9"'), null, "a surrogate pair and an accent are fine");
+  assert.equal(refused('"C:\\\\u0000"'), null, "an escaped backslash before u0000 is text, not a NUL");
+  assert.equal(refused(`"${"[".repeat(40)}"`), null, "brackets in a string are not nesting");
+});
+
 Deno.test("size is checked on the raw bytes before parsing", () => {
   const result = decodeSaleEvent(new Uint8Array(LIMITS.maxBytes + 1), {}, LIMITS);
   assert.deepEqual(result, {
