@@ -177,6 +177,7 @@ export const SALE_ITEM_FIELDS = [
   "precio_unitario",
   "subtotal",
 ] as const;
+
 /** A valid sale event with overridable fields. */
 export function sale(overrides: Record<string, unknown> = {}): Record<string, unknown> {
   return {
