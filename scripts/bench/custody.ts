@@ -42,6 +42,7 @@ import {
   round,
   sampleRss,
   type Section,
+  type SectionResult,
   trackProcessCpu,
   uniqueSuffix,
   waitUntil,
@@ -328,6 +329,36 @@ export const custodySection: Section = {
     };
   },
 };
+
+/** One round of the paired broker and custody sections. */
+export interface CustodyRound {
+  broker: SectionResult;
+  custody: SectionResult;
+}
+
+/**
+ * The round whose custody/raw is the median (the lower one of the middle two for an even count), with every
+ * round's raw rate, custody rate and ratio added to its custody figures in the order they ran.
+ */
+export function medianRound(rounds: readonly CustodyRound[]): CustodyRound {
+  if (rounds.length === 0) throw new Error("medianRound: no rounds");
+  const ratio = (r: CustodyRound) => Number(r.custody.ratio_to_broker);
+  const sorted = [...rounds].sort((a, b) => ratio(a) - ratio(b));
+  const median = sorted[Math.floor((sorted.length - 1) / 2)];
+  const each = (pick: (r: CustodyRound) => unknown) => rounds.map(pick).join(" / ");
+  return {
+    broker: median.broker,
+    custody: {
+      ...median.custody,
+      rounds: rounds.length,
+      median_round: rounds.indexOf(median) + 1,
+      ratio_to_broker_per_round: each((r) => Number(ratio(r)).toFixed(3)),
+      ratio_consuming_to_broker_per_round: each((r) => r.custody.ratio_consuming_to_broker),
+      raw_msgs_per_s_per_round: each((r) => r.broker.msgs_per_s),
+      custody_msgs_per_s_per_round: each((r) => r.custody.msgs_per_s),
+    },
+  };
+}
 
 // ---------------------------------------------------------------------------
 // Section 3: the ledger's custody writes alone

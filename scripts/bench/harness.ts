@@ -56,6 +56,8 @@ export interface BenchOptions {
   dispatch: boolean;
   /** Sections to run, by id (default: all). */
   sections: string[];
+  /** Interleaved rounds of the broker and custody sections when both run; the median round is reported. */
+  rounds: number;
   /** Shopify burst: sales, SKUs and stores. */
   shopifySales: number;
   shopifySkus: number;
