@@ -352,7 +352,7 @@ export function medianRound(rounds: readonly CustodyRound[]): CustodyRound {
       ...median.custody,
       rounds: rounds.length,
       median_round: rounds.indexOf(median) + 1,
-      ratio_to_broker_per_round: each((r) => Number(ratio(r)).toFixed(3)),
+      ratio_to_broker_per_round: each((r) => ratio(r).toFixed(3)),
       ratio_consuming_to_broker_per_round: each((r) => r.custody.ratio_consuming_to_broker),
       raw_msgs_per_s_per_round: each((r) => r.broker.msgs_per_s),
       custody_msgs_per_s_per_round: each((r) => r.custody.msgs_per_s),
