@@ -384,10 +384,10 @@ export function canonicalJson(value: unknown): string {
 /**
  * Whether a JSON text could hold what {@link findUnstorableValue} refuses; false means it cannot, and the
  * walk (a path string for every value) is skipped: decoding the bench's sales took 4.3–4.7 µs with it and
- * 3.4–3.6 µs without (docs/BENCHMARKS.md, seventh session). The text is valid UTF-8, which has no lone surrogates, and JSON refuses raw control characters in
- * strings, so a NUL or a lone surrogate can only come in as a `\u` escape; and a value nested deeper than
- * MAX_DEPTH has more than MAX_DEPTH brackets around it. An escaped backslash before a `u` only sends the body
- * to the walk, which decides.
+ * 3.4–3.6 µs without (docs/BENCHMARKS.md, seventh session). The text is valid UTF-8, which has no lone
+ * surrogates, and JSON refuses raw control characters in strings, so a NUL or a lone surrogate can only come
+ * in as a `\u` escape; and a value nested deeper than MAX_DEPTH has more than MAX_DEPTH brackets around it.
+ * An escaped backslash before a `u` only sends the body to the walk, which decides.
  */
 function mayBeUnstorable(text: string): boolean {
   if (text.includes("\\u")) return true;
