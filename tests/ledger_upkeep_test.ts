@@ -11,7 +11,7 @@ import { LedgerUpkeep, type UpkeepAction, upkeepRound } from "../src/ledger/upke
 import { DATABASE_URL, integration, uniqueName, waitFor } from "./helpers.ts";
 
 /** A ledger schema with `changes` stock changes, each written three times (insert, claim, record) as dispatch does. */
-async function ledgerWithDeadRows(changes: number) {
+async function ledgerWithDeadRows(changes: number, options: { wideIndex?: boolean } = {}) {
   const schema = uniqueName("msync_upkeep");
   // One connection: its statistics are flushed with pg_stat_force_next_flush() before they are read.
   const sql = postgres(DATABASE_URL, { max: 1, onnotice: () => {}, connection: { search_path: schema } });
@@ -19,6 +19,8 @@ async function ledgerWithDeadRows(changes: number) {
   // The test must not depend on the server's autovacuum setting: this table opts out of it,
   // which is the case the upkeep is for (the others stay with whatever the server does).
   await sql`alter table stock_change set (autovacuum_enabled = false)`;
+  // More index work per dead row (a text key like the event id's), for a test that must see the index phase.
+  if (options.wideIndex) await sql`create index stock_change_wide on stock_change (event_id, channel, sku)`;
   await sql`
     insert into stock_change (event_id, channel, tienda_id, sku, delta)
     select 'e-' || g, 'shopify', 't-1', 'SKU-' || g, -1 from generate_series(1, ${changes}::int) g`;
@@ -106,7 +108,8 @@ integration(
     // A plain VACUUM gives every index past min_parallel_index_scan_size (512 kB) to parallel workers
     // (max_parallel_maintenance_workers, 2 by default): on a two-core machine, three processes vacuuming
     // beside the dispatcher. Autovacuum never does: it is the background work the upkeep stands in for.
-    const ledger = await ledgerWithDeadRows(60_000);
+    // The wide index keeps the index phase long enough to be seen while the suite runs beside it.
+    const ledger = await ledgerWithDeadRows(60_000, { wideIndex: true });
     const watch = postgres(DATABASE_URL, { max: 1, onnotice: () => {} });
     try {
       await waitFor(async () => (await ledger.stats()).dead >= 120_000, "the dead rows counted");
