@@ -7,6 +7,7 @@ import { migrate } from "../src/ledger/migrate.ts";
 import { MIGRATIONS } from "../src/ledger/migrations.ts";
 import type { ClaimedBatch, LogicalChange } from "../src/model/batch.ts";
 import { decodeSaleEvent } from "../src/model/sale_event.ts";
+import { changesQuerySchema, listChanges } from "../src/ops/changes.ts";
 import { DATABASE_URL, integration, sale, uniqueName, waitFor } from "./helpers.ts";
 
 integration("five replicas migrating at once: each migration applied exactly once", async () => {
@@ -47,6 +48,39 @@ integration("a failing migration leaves nothing half-applied", async () => {
     await sql.end();
   }
 });
+
+/** A sale of `cantidad` of `sku`, decoded as the consumer decodes it. */
+function saleEvent(sku: string, cantidad: number) {
+  const body = new TextEncoder().encode(JSON.stringify(sale({ items: [{ producto_sku: sku, cantidad }] })));
+  const decoded = decodeSaleEvent(body, {}, { maxBytes: 1 << 20, maxItems: 10, maxQuantity: 100 });
+  assert.ok(decoded.ok);
+  return decoded.event;
+}
+
+/**
+ * A sale taken into custody as versions up to 15 did: its row, which does not list its changes, and one
+ * change per channel and item. This version's custody needs the column of its own migration 16.
+ */
+async function previousVersionCustody(
+  sql: postgres.Sql,
+  event: ReturnType<typeof saleEvent>,
+  channels: string[],
+): Promise<"stored"> {
+  await sql.begin(async (tx) => {
+    await tx`
+      insert into sale (event_id, identity_source, tienda_id, body)
+      values (${event.eventId}, ${event.identitySource}, ${event.tiendaId}, ${event.body}::jsonb)`;
+    for (const channel of channels) {
+      for (const item of event.items) {
+        await tx`
+          insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
+          values (${event.eventId}, ${channel}, ${event.tiendaId}, ${item.sku}, ${item.productoId},
+                  ${-item.quantity})`;
+      }
+    }
+  });
+  return "stored";
+}
 
 /**
  * A batch of one listing claimed as versions up to 14 did (a batch row with its key, then its changes marked
@@ -104,16 +138,8 @@ integration(
     try {
       await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= 13));
       // The previous version at work: sales in custody, and a Shopify batch claimed and sent.
-      const custody = new Custody(sql, ["mercadolibre", "shopify"], { batchSize: 10, maxWaitMs: 1 });
-      /** Takes a sale of `cantidad` of `sku` into custody. */
-      const sell = (sku: string, cantidad: number) => {
-        const body = new TextEncoder().encode(
-          JSON.stringify(sale({ items: [{ producto_sku: sku, cantidad }] })),
-        );
-        const decoded = decodeSaleEvent(body, {}, { maxBytes: 1 << 20, maxItems: 10, maxQuantity: 100 });
-        assert.ok(decoded.ok);
-        return custody.accept(decoded.event);
-      };
+      const sell = (sku: string, cantidad: number) =>
+        previousVersionCustody(sql, saleEvent(sku, cantidad), ["mercadolibre", "shopify"]);
       for (const sku of ["A", "B", "C"]) await sell(sku, 2);
       const store = new DispatchStore(sql, {
         maxAttempts: 5,
@@ -173,8 +199,8 @@ integration(
 
       const before = await ledger();
       assert.equal(before.length, 8, "the sale stored during the wait is in the ledger");
-      // 15 (listing turns, a new table) comes with it: the claims below are this version's.
-      assert.deepEqual(await migrate(sql, schema), [14, 15], "the start-up's retry applies it");
+      // 15 (listing turns, a new table) and 16 come with it: the claims below are this version's.
+      assert.deepEqual(await migrate(sql, schema), [14, 15, 16], "the start-up's retry applies it");
       const [{ keys }] = await sql<{ keys: number }[]>`
         select count(*)::int as keys from pg_constraint
          where conrelid = 'stock_change'::regclass and contype = 'f'`;
@@ -212,6 +238,95 @@ integration(
         ],
       );
       assert.ok(after.filter((c) => c.channel === "mercadolibre").every((c) => c.batch_id === meli.id));
+    } finally {
+      await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
+      await sql.end({ timeout: 2 });
+    }
+  },
+);
+
+integration(
+  "upgrade to 16 (a sale lists its changes, no event key) is online: a long transaction not waited for, " +
+    "a sale stored before is replayed by SKU, new sales list their changes, the audit trail finds both",
+  async () => {
+    const schema = uniqueName("msync_mig16");
+    const sql = postgres(DATABASE_URL, { max: 4, onnotice: () => {}, connection: { search_path: schema } });
+    try {
+      await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= 15));
+      const channels = ["mercadolibre", "shopify"];
+      // The previous version at work: two sales in custody, one of whose Shopify change failed for good.
+      const failedBefore = saleEvent("A", 2);
+      const appliedBefore = saleEvent("B", 1);
+      await previousVersionCustody(sql, failedBefore, channels);
+      await previousVersionCustody(sql, appliedBefore, channels);
+      await sql`
+        update stock_change set status = 'failed', error_reason = 'rejected', error = 'unknown SKU'
+         where event_id = ${failedBefore.eventId} and channel = 'shopify'`;
+      await sql`update stock_change set status = 'applied' where event_id = ${appliedBefore.eventId}`;
+      const ledger = () =>
+        sql<{ event_id: string; channel: string; sku: string; status: string; delta: number }[]>`
+          select event_id, channel, sku, status, delta from stock_change order by id`;
+      const before = await ledger();
+
+      // A long transaction that has read the sales: the migration gives up after its lock timeout.
+      const reader = await sql.reserve();
+      try {
+        await reader`begin`;
+        await reader`select count(*) from sale`;
+        await assert.rejects(migrate(sql, schema), /lock timeout/);
+        const [{ version }] = await sql<
+          { version: number }[]
+        >`select max(version) as version from schema_migration`;
+        assert.equal(version, 15, "nothing half-applied");
+      } finally {
+        await reader`rollback`;
+        reader.release();
+      }
+      assert.deepEqual(await migrate(sql, schema), [16], "the start-up's retry applies it");
+      const [{ keys }] = await sql<{ keys: number }[]>`
+        select count(*)::int as keys from pg_constraint where conrelid = 'stock_change'::regclass and contype = 'u'`;
+      assert.equal(keys, 0, "no (event, channel, sku) key left");
+      assert.deepEqual(await ledger(), before, "every change as it was");
+
+      const custody = new Custody(sql, channels as ("mercadolibre" | "shopify")[], {
+        batchSize: 10,
+        maxWaitMs: 1,
+      });
+      // The DLQ replay of the sale stored before: its failed change found by SKU and re-armed, nothing created.
+      assert.equal(await custody.accept(failedBefore), "rearmed");
+      assert.equal(await custody.accept(appliedBefore), "duplicate");
+      const replayed = await ledger();
+      assert.equal(replayed.length, before.length, "no change created by the replays");
+      assert.deepEqual(
+        replayed.filter((c) => c.event_id === failedBefore.eventId).map((c) => [c.channel, c.status]),
+        [["mercadolibre", "pending"], ["shopify", "pending"]],
+      );
+
+      // A new sale lists its changes; its replay finds them by id (the failed one re-armed, and only it).
+      const after = saleEvent("C", 3);
+      assert.equal(await custody.accept(after), "stored");
+      const [{ change_ids }] = await sql<{ change_ids: string[] }[]>`
+        select change_ids::text[] from sale where event_id = ${after.eventId}`;
+      const own = await sql<{ id: string; channel: string }[]>`
+        select id::text, channel from stock_change where event_id = ${after.eventId} order by stock_change.id`;
+      assert.deepEqual(change_ids, own.map((c) => c.id));
+      await sql`
+        update stock_change set status = 'failed', error_reason = 'rejected' where id = ${own[0].id}`;
+      assert.equal(await custody.accept(after), "rearmed");
+      assert.deepEqual(
+        (await ledger()).filter((c) => c.event_id === after.eventId).map((
+          c,
+        ) => [c.channel, c.status, c.delta]),
+        [["mercadolibre", "pending", -3], ["shopify", "pending", -3]],
+      );
+
+      // The audit trail finds a sale's changes either way, and none for an event it has not seen.
+      for (const event of [failedBefore, after]) {
+        const { changes } = await listChanges(sql, changesQuerySchema.parse({ event_id: event.eventId }));
+        assert.deepEqual(changes.map((c) => c.channel).sort(), channels);
+      }
+      const { changes: none } = await listChanges(sql, changesQuerySchema.parse({ event_id: "never-seen" }));
+      assert.deepEqual(none, []);
     } finally {
       await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
       await sql.end({ timeout: 2 });

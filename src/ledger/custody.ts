@@ -39,6 +39,16 @@ export interface CustodyObserver {
   recorded?(origin: ChannelName, known: boolean): void;
 }
 
+/** A row of the custody statement's answer: what it did with one sale (or one of its changes). */
+interface CustodyRow {
+  event_id: string;
+  kind: "stored" | "rearmed" | "kept" | "echo";
+  /** kept: the change's channel and SKU; echo: whether the order is known. */
+  detail: string | null;
+  /** kept: the change's id. */
+  change_id: string | null;
+}
+
 interface Waiter {
   event: SaleEvent;
   resolve(outcome: CustodyOutcome): void;
@@ -181,17 +191,15 @@ export class Custody {
    * another sale of the same batch, committed meanwhile, may have re-opened it (this
    * statement then skipped the batch under its row lock): no warning for those.
    */
-  async #stillUnknown(
-    kept: { event_id: string; detail: string | null }[],
-  ): Promise<{ event_id: string; detail: string | null }[]> {
+  async #stillUnknown(kept: CustodyRow[]): Promise<CustodyRow[]> {
     if (kept.length === 0) return kept;
     try {
-      const open = await this.sql<{ change: string }[]>`
-        select event_id || ' ' || channel || ' ' || sku as change from stock_change
-         where event_id = any(${[...new Set(kept.map((k) => k.event_id))]}::text[])
+      const open = await this.sql<{ id: string }[]>`
+        select id::text from stock_change
+         where id = any(${kept.map((k) => k.change_id!)}::bigint[])
            and status = 'failed' and error_reason = ${OUTCOME_UNKNOWN}`;
-      const still = new Set(open.map((r) => r.change));
-      return kept.filter((k) => still.has(`${k.event_id} ${k.detail}`));
+      const still = new Set(open.map((r) => r.id));
+      return kept.filter((k) => still.has(k.change_id!));
     } catch {
       return kept; // the sale is stored either way; better a warning too many than none
     }
@@ -236,9 +244,7 @@ export class Custody {
     // in custody (a redelivery or a DLQ replay) its failed changes re-armed, its
     // outcome_unknown ones re-opened under their batch's key within the key
     // window, and applied ones never touched.
-    const rows = await this.sql<
-      { event_id: string; kind: "stored" | "rearmed" | "kept" | "echo"; detail: string | null }[]
-    >`
+    const rows = await this.sql<CustodyRow[]>`
       with input as (
         -- text, then jsonb: a parameter typed jsonb would be serialized by the driver once more.
         select * from jsonb_to_recordset(${sales}::text::jsonb)
@@ -248,7 +254,10 @@ export class Custody {
         -- One row per (sale, enabled channel, item); a channel that follows some stores only
         -- gets the sales of those stores. The POS's echo of a marketplace order changes no stock:
         -- the order's own channel lowered itself and the others got the order's changes already.
-        select i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
+        -- Ids are taken here, so the sale's row can list them (a sale already in custody wastes
+        -- its few: ids have gaps anyway).
+        select nextval('stock_change_id_seq') as id,
+               i.event_id, c.channel, i.tienda_id, item.sku, item.producto_id, item.delta
           from input i
           cross join unnest(${channels}::text[], ${onlyStores}::text[]) as c(channel, only_stores)
           cross join jsonb_to_recordset(i.items) as item(sku text, producto_id text, delta integer)
@@ -265,19 +274,37 @@ export class Custody {
           from echo e where l.origin = e.origin and l.order_id = e.order_id
         returning l.order_id
       ), new_sale as (
-        insert into sale (event_id, identity_source, tienda_id, body)
-        select event_id, identity_source, tienda_id, body from input
+        -- A sale lists its changes: a replay finds them by primary key (migration 16).
+        insert into sale (event_id, identity_source, tienda_id, body, change_ids)
+        select i.event_id, i.identity_source, i.tienda_id, i.body, coalesce(c.ids, '{}')
+          from input i
+          left join (select event_id, array_agg(id order by id) as ids from change group by event_id) c
+            using (event_id)
         on conflict (event_id) do nothing
         returning event_id
       ), known as (
-        -- Sales already in custody (a redelivery or a DLQ replay): only their changes are looked up
-        -- below. Almost every batch has none, so the lookups cost nothing on the common path.
-        select c.* from change c
-         where c.event_id in (select event_id from input except all select event_id from new_sale)
+        -- Sales already in custody (a redelivery or a DLQ replay): their changes that custody would
+        -- create now (same channel and SKU), as stored. Almost every batch has none, so the lookups
+        -- cost nothing on the common path. A sale stored before migration 16 does not list its
+        -- changes: they are found by SKU (the index the audit trail reads), slower and as rare.
+        select s.id, s.event_id, s.channel, s.sku, s.status, s.error_reason, s.batch_id
+          from sale k
+          join change c on c.event_id = k.event_id
+          cross join lateral (
+            select s.* from stock_change s
+             where k.change_ids is not null and s.id = any(k.change_ids)
+               and s.channel = c.channel and s.sku = c.sku
+            union all
+            select s.* from stock_change s
+             where k.change_ids is null
+               and s.sku = c.sku and s.channel = c.channel and s.event_id = c.event_id
+          ) s
+         where k.event_id in (select event_id from input except all select event_id from new_sale)
       ), new_change as (
-        insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
+        insert into stock_change (id, event_id, channel, tienda_id, sku, producto_id, delta)
+        overriding system value
         select c.* from change c join new_sale using (event_id)
-         order by c.event_id, c.channel, c.sku
+         order by c.id
       ), rearmed as (
         -- Only changes the sale already has: a channel enabled since (or MeLi now
         -- following this store) started from a quantity that included this sale,
@@ -287,14 +314,13 @@ export class Custody {
            set status = 'pending', attempts = 0, next_attempt_at = now(), batch_id = null,
                error = null, error_reason = null, updated_at = now(), dead_letter_due = false
           from known c
-         where s.event_id = c.event_id and s.channel = c.channel and s.sku = c.sku
+         where s.id = c.id
            and s.status = 'failed' and s.error_reason is distinct from 'outcome_unknown'
         returning s.event_id
       ), unknown as (
         -- Changes whose batch reached the marketplace without a definite answer.
-        select s.event_id, s.channel, s.sku, s.batch_id from stock_change s
-          join known c on s.event_id = c.event_id and s.channel = c.channel and s.sku = c.sku
-         where s.status = 'failed' and s.error_reason = ${OUTCOME_UNKNOWN}
+        select c.id, c.event_id, c.channel, c.sku, c.batch_id from known c
+         where c.status = 'failed' and c.error_reason = ${OUTCOME_UNKNOWN}
       ), reopened_batch as (
         -- Within the key window, their batch goes out again under its ORIGINAL key and
         -- stored request: the marketplace answers an applied key from its record, so
@@ -325,18 +351,18 @@ export class Custody {
          where s.batch_id = r.id and s.status = 'failed' and s.error_reason = ${OUTCOME_UNKNOWN}
         returning s.event_id
       )
-      select event_id, 'stored' as kind, null as detail from new_sale
+      select event_id, 'stored' as kind, null as detail, null as change_id from new_sale
       union all
       select e.event_id, 'echo',
              case when exists (select 1 from marketplace_order o where o.origin = e.origin and o.order_id = e.order_id)
-                  then 'known' else 'unknown' end
+                  then 'known' else 'unknown' end, null
         from echo e
       union all
-      select distinct event_id, 'rearmed', null from rearmed
+      select distinct event_id, 'rearmed', null, null from rearmed
       union all
-      select distinct event_id, 'rearmed', null from reopened
+      select distinct event_id, 'rearmed', null, null from reopened
       union all
-      select event_id, 'kept', channel || ' ' || sku from unknown u
+      select event_id, 'kept', channel || ' ' || sku, id::text from unknown u
        where not exists (select 1 from reopened_batch r where r.id = u.batch_id)`;
     // An echo is news when its order was not marked recorded before (the sale row may be known: the POS
     // can reuse the order's message_id as its own identity).

@@ -452,6 +452,34 @@ export const MIGRATIONS: readonly Migration[] = [
       ) with (fillfactor = 50);  -- room for HOT updates: each claim rewrites its listings' rows
     `,
   },
+  {
+    version: 16,
+    name: "lighter custody writes and claims: a sale lists its changes, no (event, channel, sku) key",
+    sql: `
+      -- The widest key of stock_change, its event id (the POS's, often a UUID) with channel and SKU, was paid
+      -- three times per change: at custody's insert and at the claim's and the record's row updates (an
+      -- update that changes the status writes a new entry in every index). Custody only creates a sale's
+      -- changes in the statement that inserts the sale, so the key checked what the sale's own primary key
+      -- already guarantees, and its lookups were the rare ones: a replayed sale's changes. A sale now lists
+      -- the ids of its changes, and a replay finds them by primary key. Without the key, custody's Postgres
+      -- time per sale was ~12 % lower and its WAL ~15 % smaller (docs/BENCHMARKS.md, issue #15).
+      --
+      -- Sales taken into custody before this migration (and by replicas of the previous version during a
+      -- rolling deploy) have no list (null): their changes are found by SKU and event id, slower but the same
+      -- rows. Replicas of the previous version keep taking sales into custody and dispatching; their
+      -- statements that relied on the key (ON CONFLICT in resync writes and marketplace orders) fail with a
+      -- Postgres error and are retried, and their replays look changes up without an index, until they are
+      -- replaced.
+      --
+      -- Online: adding a nullable column and dropping a constraint only edit the catalog, under an ACCESS
+      -- EXCLUSIVE lock held for that instant; give up after 1 s behind a long transaction instead of queueing
+      -- every query on the tables behind it (the start-up retries the migration with backoff).
+      set local lock_timeout = '1s';
+      alter table sale add column if not exists change_ids bigint[];
+      alter table stock_change drop constraint if exists stock_change_event_id_channel_sku_key;
+      reset lock_timeout;
+    `,
+  },
 ];
 
 /** An index built with CREATE INDEX CONCURRENTLY after the migrations, where a migration could not build it. */

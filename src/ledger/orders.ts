@@ -165,8 +165,8 @@ export class OrderLedger {
 
   /**
    * An order seen again: the lines the ledger does not know yet (a catch-up read capped at 50 lines, an order
-   * edit) take their units off the other channels under an event id of their own — stock_change is unique by
-   * (event_id, channel, sku) — `order:<origin>:<id>:lines:<k>`, k = lines known before + 1. Known lines are
+   * edit) take their units off the other channels under an event id of their own (an event id's changes are
+   * written once, with its sale row) — `order:<origin>:<id>:lines:<k>`, k = lines known before + 1. Known lines are
    * left as they are (a quantity edit is not applied). A re-delivery of the same addition adds nothing.
    */
   async #addedLines(
@@ -290,14 +290,6 @@ export class OrderLedger {
     const targets = this.options.channels.filter((c) =>
       c !== event.origin && (onlyStores[c] === undefined || onlyStores[c]!.includes(tiendaId))
     ).sort();
-    // No `origen` in the stored body: a DLQ copy of a failed change replays as what it is, a re-receipt of
-    // this sale row (it re-arms), never as the POS's echo of an order.
-    await tx`
-      insert into sale (event_id, identity_source, tienda_id, body)
-      values (${eventId}, 'marketplace_order', ${tiendaId}, ${
-      tx.json(saleBody(event, tiendaId, items) as postgres.JSONValue)
-    })
-      on conflict (event_id) do nothing`;
     // MercadoLibre's own order: no change lowers it again, but a mirror write computed just before this
     // transaction (available stock without this order) may land after the marketplace moved itself and
     // undo the order (or a cancellation). A change of 0 makes it write available stock once more, after
@@ -305,7 +297,6 @@ export class OrderLedger {
     // included), delta mode reads and writes the same number.
     const remirror = event.origin === "mercadolibre" && this.options.channels.includes(event.origin) &&
       (onlyStores[event.origin] === undefined || onlyStores[event.origin]!.includes(tiendaId));
-    if (targets.length === 0 && !remirror) return 0;
     const rows = targets.flatMap((channel) =>
       items.map((i) => ({
         channel,
@@ -318,13 +309,30 @@ export class OrderLedger {
         ? items.map((i) => ({ channel: event.origin, sku: i.sku, producto_id: i.productoId, delta: 0 }))
         : [],
     );
+    // The sale row and its changes in one statement, as custody writes a sale: the changes only with a new
+    // sale row (the order's own lock and dedupe already keep a second pass out; this is the ledger's word),
+    // and the row lists their ids, which a replay of a failed one finds them by (migration 16). No `origen`
+    // in the stored body: a DLQ copy of a failed change replays as what it is, a re-receipt of this sale row
+    // (it re-arms), never as the POS's echo of an order.
     const inserted = await tx`
-      insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta)
-      select ${eventId}, x.channel, ${tiendaId}, x.sku, x.producto_id, x.delta
-        from jsonb_to_recordset(${tx.json(rows)}::jsonb)
-          as x(channel text, sku text, producto_id text, delta integer)
-       order by x.channel, x.sku
-      on conflict (event_id, channel, sku) do nothing
+      with change as (
+        select nextval('stock_change_id_seq') as id, x.*
+          from (select * from jsonb_to_recordset(${tx.json(rows)}::jsonb)
+                  as x(channel text, sku text, producto_id text, delta integer)
+                 order by x.channel, x.sku) x
+      ), new_sale as (
+        insert into sale (event_id, identity_source, tienda_id, body, change_ids)
+        values (${eventId}, 'marketplace_order', ${tiendaId}, ${
+      tx.json(saleBody(event, tiendaId, items) as postgres.JSONValue)
+    }, (select coalesce(array_agg(id order by id), '{}') from change))
+        on conflict (event_id) do nothing
+        returning event_id
+      )
+      insert into stock_change (id, event_id, channel, tienda_id, sku, producto_id, delta)
+      overriding system value
+      select c.id, ${eventId}, c.channel, ${tiendaId}, c.sku, c.producto_id, c.delta
+        from change c where exists (select 1 from new_sale)
+       order by c.id
       returning delta`;
     // A re-mirror (delta 0) moves no stock: it is not one of the order's changes.
     return inserted.filter((r) => r.delta !== 0).length;

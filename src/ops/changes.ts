@@ -53,6 +53,20 @@ export async function listChanges(
   sql: Sql,
   q: ChangesQuery,
 ): Promise<{ changes: ChangeRecord[]; next_cursor: string | null }> {
+  // Every change has its sale's row (custody, an order and a resync write it first). A sale lists its
+  // changes (migration 16): found by primary key. A sale stored before, and a resync's writes, do not:
+  // their changes are found by event id, scanning newest first. An unknown event id has none.
+  const [sale] = q.event_id
+    ? await sql<{ change_ids: string[] | null }[]>`
+        select change_ids::text[] from sale where event_id = ${q.event_id}`
+    : [];
+  const byEvent = !q.event_id
+    ? sql``
+    : !sale
+    ? sql`and false`
+    : sale.change_ids
+    ? sql`and id = any(${sale.change_ids}::bigint[]) and event_id = ${q.event_id}`
+    : sql`and event_id = ${q.event_id}`;
   const rows = await sql<
     (
       & Omit<
@@ -82,7 +96,7 @@ export async function listChanges(
        ${q.channel ? sql`and channel = ${q.channel}` : sql``}
        ${q.sku ? sql`and sku = ${q.sku}` : sql``}
        ${q.tienda_id ? sql`and tienda_id = ${q.tienda_id}` : sql``}
-       ${q.event_id ? sql`and event_id = ${q.event_id}` : sql``}
+       ${byEvent}
        ${q.since ? sql`and created_at >= ${new Date(q.since)}` : sql``}
        ${q.cursor ? sql`and id < ${q.cursor}` : sql``}
      order by id desc

@@ -963,6 +963,13 @@ export class Resyncer {
         insert into sale (event_id, identity_source, tienda_id, body)
         values (${eventId}, 'resync', ${tiendaId}, ${tx.json({ resync_id: id, tienda_id: tiendaId })})
         on conflict (event_id) do nothing`;
+      // One row per (job, store, channel, SKU), however often its step runs (a job taken over runs its step
+      // again). Under the job's sale row lock, so two runs cannot both find none; found by SKU, as the
+      // step's in-flight check reads it (a resync's sale row does not list its changes: they come one by one).
+      await tx`select 1 from sale where event_id = ${eventId} for update`;
+      const [written] = await tx`
+        select 1 from stock_change where sku = ${sku} and channel = ${channel} and event_id = ${eventId}`;
+      if (written) return;
       await tx`
         insert into stock_change (event_id, channel, tienda_id, sku, producto_id, delta, status, attempts,
                                   result, error, error_reason, applied_at)
@@ -971,8 +978,7 @@ export class Resyncer {
                 ${
         tx.json({ quantity_after: failure ? null : to, detail: { resync_id: id, from, sent: to } })
       },
-                ${failure?.error ?? null}, ${failure?.reason ?? null}, ${failure ? null : tx`now()`})
-        on conflict (event_id, channel, sku) do nothing`;
+                ${failure?.error ?? null}, ${failure?.reason ?? null}, ${failure ? null : tx`now()`})`;
     });
   }
 }
