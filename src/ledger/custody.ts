@@ -287,9 +287,11 @@ export class Custody {
         -- create now (same channel and SKU), as stored. Almost every batch has none, so the lookups
         -- cost nothing on the common path. A sale stored before migration 16 does not list its
         -- changes: they are found by SKU (the index the audit trail reads), slower and as rare.
+        -- Laterals from the few known sales inward: a join could read the whole sale table.
         select s.id, s.event_id, s.channel, s.sku, s.status, s.error_reason, s.batch_id
-          from sale k
-          join change c on c.event_id = k.event_id
+          from (select event_id from input except all select event_id from new_sale) known_sale
+          cross join lateral (select k.change_ids from sale k where k.event_id = known_sale.event_id) k
+          join change c on c.event_id = known_sale.event_id
           cross join lateral (
             select s.* from stock_change s
              where k.change_ids is not null and s.id = any(k.change_ids)
@@ -299,7 +301,6 @@ export class Custody {
              where k.change_ids is null
                and s.sku = c.sku and s.channel = c.channel and s.event_id = c.event_id
           ) s
-         where k.event_id in (select event_id from input except all select event_id from new_sale)
       ), new_change as (
         insert into stock_change (id, event_id, channel, tienda_id, sku, producto_id, delta)
         overriding system value
