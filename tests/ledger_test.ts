@@ -49,6 +49,43 @@ integration("a failing migration leaves nothing half-applied", async () => {
   }
 });
 
+/** Runs `test` on a ledger schema of its own migrated up to `version`, dropped afterwards. */
+async function withLedgerAt(
+  version: number,
+  test: (sql: postgres.Sql, schema: string) => Promise<void>,
+): Promise<void> {
+  const schema = uniqueName(`msync_mig${version + 1}`);
+  const sql = postgres(DATABASE_URL, { max: 4, onnotice: () => {}, connection: { search_path: schema } });
+  try {
+    await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= version));
+    await test(sql, schema);
+  } finally {
+    await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
+    await sql.end({ timeout: 2 });
+  }
+}
+
+/** Runs `during` while a long transaction that has read `table` holds its lock. */
+async function whileReading(sql: postgres.Sql, table: string, during: () => Promise<void>): Promise<void> {
+  const reader = await sql.reserve();
+  try {
+    await reader`begin`;
+    await reader.unsafe(`select count(*) from ${table}`);
+    await during();
+  } finally {
+    await reader`rollback`;
+    reader.release();
+  }
+}
+
+/** The ledger's latest applied migration. */
+async function appliedVersion(sql: postgres.Sql): Promise<number> {
+  const [{ version }] = await sql<
+    { version: number }[]
+  >`select max(version) as version from schema_migration`;
+  return version;
+}
+
 /** A sale of `cantidad` of `sku`, decoded as the consumer decodes it. */
 function saleEvent(sku: string, cantidad: number) {
   const body = new TextEncoder().encode(JSON.stringify(sale({ items: [{ producto_sku: sku, cantidad }] })));
@@ -132,11 +169,8 @@ async function previousVersionClaim(sql: postgres.Sql, channel: string, sku: str
 integration(
   "upgrade to 14 (no batch foreign key) is online: pending work kept, a long transaction not waited for, " +
     "a batch the previous version claimed still records",
-  async () => {
-    const schema = uniqueName("msync_mig14");
-    const sql = postgres(DATABASE_URL, { max: 4, onnotice: () => {}, connection: { search_path: schema } });
-    try {
-      await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= 13));
+  () =>
+    withLedgerAt(13, async (sql, schema) => {
       // The previous version at work: sales in custody, and a Shopify batch claimed and sent.
       const sell = (sku: string, cantidad: number) =>
         previousVersionCustody(sql, saleEvent(sku, cantidad), ["mercadolibre", "shopify"]);
@@ -158,10 +192,7 @@ integration(
 
       // A long transaction that has read the ledger: the migration gives up instead of queueing every
       // later query behind its lock, and leaves nothing applied.
-      const reader = await sql.reserve();
-      try {
-        await reader`begin`;
-        await reader`select count(*) from stock_change`;
+      await whileReading(sql, "stock_change", async () => {
         const started = Date.now();
         const migrating = migrate(sql, schema);
         await waitFor(async () => {
@@ -188,14 +219,8 @@ integration(
         const custodyDone = await stored;
         assert.equal(custodyDone.outcome, "stored");
         assert.ok(custodyDone.at < waited + 2_000, `custody went on once it gave up (${custodyDone.at} ms)`);
-        const [{ version }] = await sql<
-          { version: number }[]
-        >`select max(version) as version from schema_migration`;
-        assert.equal(version, 13, "nothing half-applied");
-      } finally {
-        await reader`rollback`;
-        reader.release();
-      }
+        assert.equal(await appliedVersion(sql), 13, "nothing half-applied");
+      });
 
       const before = await ledger();
       assert.equal(before.length, 8, "the sale stored during the wait is in the ledger");
@@ -238,21 +263,14 @@ integration(
         ],
       );
       assert.ok(after.filter((c) => c.channel === "mercadolibre").every((c) => c.batch_id === meli.id));
-    } finally {
-      await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
-      await sql.end({ timeout: 2 });
-    }
-  },
+    }),
 );
 
 integration(
   "upgrade to 16 (a sale lists its changes, no event key) is online: a long transaction not waited for, " +
     "a sale stored before is replayed by SKU, new sales list their changes, the audit trail finds both",
-  async () => {
-    const schema = uniqueName("msync_mig16");
-    const sql = postgres(DATABASE_URL, { max: 4, onnotice: () => {}, connection: { search_path: schema } });
-    try {
-      await migrate(sql, schema, MIGRATIONS.filter((m) => m.version <= 15));
+  () =>
+    withLedgerAt(15, async (sql, schema) => {
       const channels = ["mercadolibre", "shopify"];
       // The previous version at work: two sales in custody, one of whose Shopify change failed for good.
       const failedBefore = saleEvent("A", 2);
@@ -269,19 +287,10 @@ integration(
       const before = await ledger();
 
       // A long transaction that has read the sales: the migration gives up after its lock timeout.
-      const reader = await sql.reserve();
-      try {
-        await reader`begin`;
-        await reader`select count(*) from sale`;
+      await whileReading(sql, "sale", async () => {
         await assert.rejects(migrate(sql, schema), /lock timeout/);
-        const [{ version }] = await sql<
-          { version: number }[]
-        >`select max(version) as version from schema_migration`;
-        assert.equal(version, 15, "nothing half-applied");
-      } finally {
-        await reader`rollback`;
-        reader.release();
-      }
+        assert.equal(await appliedVersion(sql), 15, "nothing half-applied");
+      });
       assert.deepEqual(await migrate(sql, schema), [16], "the start-up's retry applies it");
       const [{ keys }] = await sql<{ keys: number }[]>`
         select count(*)::int as keys from pg_constraint where conrelid = 'stock_change'::regclass and contype = 'u'`;
@@ -327,9 +336,5 @@ integration(
       }
       const { changes: none } = await listChanges(sql, changesQuerySchema.parse({ event_id: "never-seen" }));
       assert.deepEqual(none, []);
-    } finally {
-      await sql.unsafe(`drop schema if exists ${schema} cascade`).catch(() => {});
-      await sql.end({ timeout: 2 });
-    }
-  },
+    }),
 );
