@@ -3,8 +3,8 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { Custody } from "../src/ledger/custody.ts";
 import { DispatchStore } from "../src/ledger/dispatch_store.ts";
-import { migrate } from "../src/ledger/migrate.ts";
-import { MIGRATIONS } from "../src/ledger/migrations.ts";
+import { contractLedger, migrate } from "../src/ledger/migrate.ts";
+import { LEDGER_VERSION, MIGRATIONS } from "../src/ledger/migrations.ts";
 import type { ClaimedBatch, LogicalChange } from "../src/model/batch.ts";
 import { decodeSaleEvent } from "../src/model/sale_event.ts";
 import { changesQuerySchema, listChanges } from "../src/ops/changes.ts";
@@ -267,8 +267,9 @@ integration(
 );
 
 integration(
-  "upgrade to 16 (a sale lists its changes, no event key) is online: a long transaction not waited for, " +
-    "a sale stored before is replayed by SKU, new sales list their changes, the audit trail finds both",
+  "upgrade to 16 (a sale lists its changes) is online: a long transaction not waited for, the event key kept " +
+    "until the previous version's replicas are gone, a sale stored before replayed by SKU, new sales list " +
+    "their changes, the audit trail finds both",
   () =>
     withLedgerAt(15, async (sql, schema) => {
       const channels = ["mercadolibre", "shopify"];
@@ -291,10 +292,32 @@ integration(
         await assert.rejects(migrate(sql, schema), /lock timeout/);
         assert.equal(await appliedVersion(sql), 15, "nothing half-applied");
       });
-      assert.deepEqual(await migrate(sql, schema), [16], "the start-up's retry applies it");
-      const [{ keys }] = await sql<{ keys: number }[]>`
-        select count(*)::int as keys from pg_constraint where conrelid = 'stock_change'::regclass and contype = 'u'`;
-      assert.equal(keys, 0, "no (event, channel, sku) key left");
+      // A replica of the previous version is still at work (its connections carry no ledger mark), and one
+      // of this version: the key the previous version's statements name stays while the older one is there.
+      const older = postgres(DATABASE_URL, { max: 1, connection: { application_name: "marketplace-sync" } });
+      const newer = postgres(DATABASE_URL, {
+        max: 1,
+        connection: { application_name: `marketplace-sync [ledger ${LEDGER_VERSION}]` },
+      });
+      const keys = async () =>
+        (await sql<{ keys: number }[]>`
+          select count(*)::int as keys from pg_constraint
+           where conrelid = 'stock_change'::regclass and contype = 'u'`)[0].keys;
+      try {
+        await Promise.all([older`select 1`, newer`select 1`]);
+        assert.deepEqual(await migrate(sql, schema), [16], "the start-up's retry applies it");
+        assert.equal(await keys(), 1, "the key kept while a replica of the previous version is connected");
+        assert.deepEqual(await contractLedger(sql, schema), [], "a later round keeps it too");
+        await older.end();
+        assert.deepEqual(await contractLedger(sql, schema), [
+          "the (event_id, channel, sku) key of stock_change",
+        ], "the round after it has gone takes it");
+      } finally {
+        await older.end();
+        await newer.end();
+      }
+      assert.equal(await keys(), 0, "no (event, channel, sku) key left");
+      assert.deepEqual(await contractLedger(sql, schema), [], "nothing left to take");
       assert.deepEqual(await ledger(), before, "every change as it was");
 
       const custody = new Custody(sql, channels as ("mercadolibre" | "shopify")[], {

@@ -4,9 +4,17 @@
  * instead of colliding, and a failed migration leaves nothing half-applied.
  * Then builds, concurrently, the online indexes a migration left to it.
  */
+import type postgres from "postgres";
 import type { Sql } from "postgres";
 import { logger } from "../log.ts";
-import { type Migration, MIGRATIONS, ONLINE_INDEXES, type OnlineIndex } from "./migrations.ts";
+import {
+  CONTRACT_STEPS,
+  type ContractStep,
+  type Migration,
+  MIGRATIONS,
+  ONLINE_INDEXES,
+  type OnlineIndex,
+} from "./migrations.ts";
 
 const log = logger("ledger");
 
@@ -36,7 +44,77 @@ export async function migrate(
       });
     }
   }
+  await contractLedger(sql, schema, migrations);
   return applied;
+}
+
+/**
+ * Takes the {@link CONTRACT_STEPS} whose migration is applied, once no replica of an older version is
+ * connected; called at every start and by the upkeep's rounds, so the last replica of a rolling deploy to
+ * go lets the next call take them. Never fails: a step not taken now is taken later.
+ * Returns the names of the steps taken.
+ */
+export async function contractLedger(
+  sql: Sql,
+  schema: string,
+  migrations: readonly Migration[] = MIGRATIONS,
+): Promise<string[]> {
+  const taken: string[] = [];
+  for (const step of CONTRACT_STEPS) {
+    if (!migrations.some((m) => m.version === step.after)) continue;
+    try {
+      if (await takeContractStep(sql, schema, step)) taken.push(step.name);
+    } catch (error) {
+      log.warning("could not remove {step} yet: {error}; trying again later", {
+        step: step.name,
+        schema,
+        error: (error as Error).message,
+      });
+    }
+  }
+  return taken;
+}
+
+/**
+ * Connections of this service of a ledger version older than `version`: `marketplace-sync…`
+ * application names without a `[ledger N]` mark of N ≥ `version` (the previous versions had none).
+ * Ledgers may share a database, so an older replica of another schema counts too: it only delays a step.
+ */
+async function olderReplicas(
+  sql: Sql | postgres.TransactionSql,
+  version: number,
+): Promise<{ pid: number; app: string }[]> {
+  return await sql<{ pid: number; app: string }[]>`
+    select pid, application_name as app from pg_stat_activity
+     where datname = current_database() and pid <> pg_backend_pid()
+       and application_name like 'marketplace-sync%'
+       and coalesce(substring(application_name from '[[]ledger ([0-9]+)[]]')::int, 0) < ${version}`;
+}
+
+async function takeContractStep(sql: Sql, schema: string, step: ContractStep): Promise<boolean> {
+  return await sql.begin(async (tx) => {
+    await tx`set local search_path to ${tx(schema)}`;
+    const [{ pending }] = await tx<{ pending: boolean }[]>`
+      select exists (
+        select 1 from pg_constraint c join pg_class t on t.oid = c.conrelid
+         where t.relnamespace = ${schema}::regnamespace and t.relname = ${step.constraint.table}
+           and c.conname = ${step.constraint.name}) as pending`;
+    if (!pending) return false;
+    const older = await olderReplicas(tx, step.after);
+    if (older.length > 0) {
+      log.info("keeping {step} while replicas of an older version are connected ({replicas})", {
+        step: step.name,
+        schema,
+        replicas: older.map((r) => `pid ${r.pid} ${r.app}`).join(", "),
+      });
+      return false;
+    }
+    // A catalog edit under an ACCESS EXCLUSIVE lock held for an instant: not queued behind a long transaction.
+    await tx`set local lock_timeout = '1s'`;
+    await tx.unsafe(step.sql);
+    log.info("removed {step}: no replica of an older version is connected", { step: step.name, schema });
+    return true;
+  });
 }
 
 async function applyMigrations(

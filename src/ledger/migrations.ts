@@ -454,29 +454,25 @@ export const MIGRATIONS: readonly Migration[] = [
   },
   {
     version: 16,
-    name: "lighter custody writes and claims: a sale lists its changes, no (event, channel, sku) key",
+    name: "lighter custody writes and claims: a sale lists its changes",
     sql: `
       -- The widest key of stock_change, its event id (the POS's, often a UUID) with channel and SKU, was paid
       -- three times per change: at custody's insert and at the claim's and the record's row updates (an
       -- update that changes the status writes a new entry in every index). Custody only creates a sale's
       -- changes in the statement that inserts the sale, so the key checked what the sale's own primary key
       -- already guarantees, and its lookups were the rare ones: a replayed sale's changes. A sale now lists
-      -- the ids of its changes, and a replay finds them by primary key. Without the key, custody's Postgres
-      -- time per sale was ~12 % lower and its WAL ~15 % smaller (docs/BENCHMARKS.md, issue #15).
+      -- the ids of its changes, and a replay finds them by primary key; sales stored before (null) are found
+      -- by SKU and event id, slower, the same rows. Without the key, custody's Postgres time per sale was
+      -- ~12 % lower and the stream's WAL per sale ~29 % (docs/BENCHMARKS.md, issue #15).
       --
-      -- Sales taken into custody before this migration (and by replicas of the previous version during a
-      -- rolling deploy) have no list (null): their changes are found by SKU and event id, slower but the same
-      -- rows. Replicas of the previous version keep taking sales into custody and dispatching; their
-      -- statements that relied on the key (ON CONFLICT in resync writes and marketplace orders) fail with a
-      -- Postgres error and are retried, and their replays look changes up without an index, until they are
-      -- replaced.
+      -- The key itself goes later (CONTRACT_STEPS below): replicas of the previous version rely on it (ON
+      -- CONFLICT in resync writes and marketplace orders), so it is dropped once none is connected.
       --
-      -- Online: adding a nullable column and dropping a constraint only edit the catalog, under an ACCESS
-      -- EXCLUSIVE lock held for that instant; give up after 1 s behind a long transaction instead of queueing
-      -- every query on the tables behind it (the start-up retries the migration with backoff).
+      -- Online: adding a nullable column only edits the catalog, under an ACCESS EXCLUSIVE lock held for
+      -- that instant; give up after 1 s behind a long transaction instead of queueing every query on the
+      -- table behind it (the start-up retries the migration with backoff).
       set local lock_timeout = '1s';
       alter table sale add column if not exists change_ids bigint[];
-      alter table stock_change drop constraint if exists stock_change_event_id_channel_sku_key;
       reset lock_timeout;
     `,
   },
@@ -503,5 +499,39 @@ export const ONLINE_INDEXES: readonly OnlineIndex[] = [
     after: 11,
     sql: `create index concurrently if not exists stock_change_dead_letter_due
             on stock_change (channel, updated_at) where dead_letter_due`,
+  },
+];
+
+/**
+ * The ledger version this code writes, part of its connections' `application_name`
+ * (`marketplace-sync [ledger 16]`), so that a replica can tell whether others of an older version are
+ * still at work (a rolling deploy).
+ */
+export const LEDGER_VERSION: number = MIGRATIONS[MIGRATIONS.length - 1].version;
+
+/**
+ * What a migration made unnecessary but replicas of the previous version still use: removed once no
+ * connection of a version older than `after` is open on the database (a rolling deploy has ended).
+ */
+export interface ContractStep {
+  /** What it removes, for log lines. */
+  name: string;
+  /** The migration that made it unnecessary. */
+  after: number;
+  /** The constraint it removes: the step is pending while the table has it. */
+  constraint: { table: string; name: string };
+  /** Removes it (idempotent; with the ledger schema on the search path). */
+  sql: string;
+}
+
+/** See {@link ContractStep}. */
+export const CONTRACT_STEPS: readonly ContractStep[] = [
+  {
+    // Migration 16: a sale lists its changes. The previous version's resync writes and order applications
+    // name this key in ON CONFLICT, which fails without it.
+    name: "the (event_id, channel, sku) key of stock_change",
+    after: 16,
+    constraint: { table: "stock_change", name: "stock_change_event_id_channel_sku_key" },
+    sql: `alter table stock_change drop constraint if exists stock_change_event_id_channel_sku_key`,
   },
 ];

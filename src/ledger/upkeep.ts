@@ -17,6 +17,7 @@ import type { Sql } from "postgres";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import { repeatRounds, type Rounds } from "../resilience/rounds.ts";
+import { contractLedger } from "./migrate.ts";
 
 const log = logger("ledger");
 
@@ -194,6 +195,8 @@ export class LedgerUpkeep {
   }
 
   async #round(): Promise<void> {
+    // What a rolling deploy's older replicas still used goes once they are gone.
+    await contractLedger(this.deps.sql, this.deps.schema);
     const actions = await upkeepRound(this.deps.sql, this.deps.schema);
     if (actions.length > 0 && !this.#told) {
       this.#told = true;

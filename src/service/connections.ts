@@ -10,6 +10,7 @@ import type { Config } from "../config.ts";
 import { logger } from "../log.ts";
 import type { ServiceMetrics } from "../metrics.ts";
 import { exponential, inSeconds } from "../resilience/backoff.ts";
+import { LEDGER_VERSION } from "../ledger/migrations.ts";
 
 const log = logger("main");
 
@@ -58,7 +59,9 @@ export function openPostgres(url: string, options: PostgresOptions): postgres.Sq
     idle_timeout: 30,
     onnotice: () => {},
     connection: {
-      application_name: options.name,
+      // The ledger version marks this replica's connections: a newer replica waits for the older ones to
+      // be gone before it removes what they still use (src/ledger/migrate.ts, contractLedger).
+      application_name: `${options.name} [ledger ${LEDGER_VERSION}]`,
       ...(options.schema ? { search_path: options.schema } : {}),
       statement_timeout: options.statementTimeoutMs,
       ...(options.lockTimeoutMs === undefined ? {} : { lock_timeout: options.lockTimeoutMs }),
