@@ -4,7 +4,6 @@
  * instead of colliding, and a failed migration leaves nothing half-applied.
  * Then builds, concurrently, the online indexes a migration left to it.
  */
-import type postgres from "postgres";
 import type { Sql } from "postgres";
 import { logger } from "../log.ts";
 import {
@@ -76,45 +75,48 @@ export async function contractLedger(
 }
 
 /**
- * Connections of this service of a ledger version older than `version`: `marketplace-sync…`
- * application names without a `[ledger N]` mark of N ≥ `version` (the previous versions had none).
- * Ledgers may share a database, so an older replica of another schema counts too: it only delays a step.
+ * Whether `step` is still to take, and the connections of this service of a ledger version older than its
+ * migration: `marketplace-sync…` application names without a `[ledger N]` mark of N ≥ `step.after` (the
+ * previous versions had none). Ledgers may share a database, so an older replica of another schema counts too:
+ * it only delays the step. One round trip: every start asks, and a start through a slow link pays each one.
  */
-async function olderReplicas(
-  sql: Sql | postgres.TransactionSql,
-  version: number,
-): Promise<{ pid: number; app: string }[]> {
-  return await sql<{ pid: number; app: string }[]>`
-    select pid, application_name as app from pg_stat_activity
-     where datname = current_database() and pid <> pg_backend_pid()
-       and application_name like 'marketplace-sync%'
-       and coalesce(substring(application_name from '[[]ledger ([0-9]+)[]]')::int, 0) < ${version}`;
+async function contractState(
+  sql: Sql,
+  schema: string,
+  step: ContractStep,
+): Promise<{ pending: boolean; older: string[] }> {
+  const [state] = await sql<{ pending: boolean; older: string[] }[]>`
+    select exists (
+             select 1 from pg_constraint c join pg_class t on t.oid = c.conrelid
+              where t.relnamespace = ${schema}::regnamespace and t.relname = ${step.constraint.table}
+                and c.conname = ${step.constraint.name}) as pending,
+           array(select 'pid ' || pid || ' ' || application_name from pg_stat_activity
+                  where datname = current_database() and pid <> pg_backend_pid()
+                    and application_name like 'marketplace-sync%'
+                    and coalesce(substring(application_name from '[[]ledger ([0-9]+)[]]')::int, 0) < ${step.after}
+                  order by pid) as older`;
+  return state;
 }
 
 async function takeContractStep(sql: Sql, schema: string, step: ContractStep): Promise<boolean> {
-  return await sql.begin(async (tx) => {
-    await tx`set local search_path to ${tx(schema)}`;
-    const [{ pending }] = await tx<{ pending: boolean }[]>`
-      select exists (
-        select 1 from pg_constraint c join pg_class t on t.oid = c.conrelid
-         where t.relnamespace = ${schema}::regnamespace and t.relname = ${step.constraint.table}
-           and c.conname = ${step.constraint.name}) as pending`;
-    if (!pending) return false;
-    const older = await olderReplicas(tx, step.after);
-    if (older.length > 0) {
-      log.info("keeping {step} while replicas of an older version are connected ({replicas})", {
-        step: step.name,
-        schema,
-        replicas: older.map((r) => `pid ${r.pid} ${r.app}`).join(", "),
-      });
-      return false;
-    }
+  const { pending, older } = await contractState(sql, schema, step);
+  if (!pending) return false;
+  if (older.length > 0) {
+    log.info("keeping {step} while replicas of an older version are connected ({replicas})", {
+      step: step.name,
+      schema,
+      replicas: older.join(", "),
+    });
+    return false;
+  }
+  await sql.begin(async (tx) => {
     // A catalog edit under an ACCESS EXCLUSIVE lock held for an instant: not queued behind a long transaction.
-    await tx`set local lock_timeout = '1s'`;
+    await tx`
+      select set_config('search_path', quote_ident(${schema}), true), set_config('lock_timeout', '1s', true)`;
     await tx.unsafe(step.sql);
-    log.info("removed {step}: no replica of an older version is connected", { step: step.name, schema });
-    return true;
   });
+  log.info("removed {step}: no replica of an older version is connected", { step: step.name, schema });
+  return true;
 }
 
 async function applyMigrations(
