@@ -465,14 +465,27 @@ export const MIGRATIONS: readonly Migration[] = [
       -- by SKU and event id, slower, the same rows. Without the key, custody's Postgres time per sale was
       -- ~12 % lower and the stream's WAL per sale ~29 % (docs/BENCHMARKS.md, issue #15).
       --
-      -- The key itself goes later (CONTRACT_STEPS below): replicas of the previous version rely on it (ON
-      -- CONFLICT in resync writes and marketplace orders), so it is dropped once none is connected.
+      -- Replicas of the previous version rely on the key (ON CONFLICT in resync writes and marketplace
+      -- orders): it goes here only when none is connected (their connections carry no "[ledger N]" in
+      -- application_name; the same test as src/ledger/migrate.ts's contractState), else later, by the
+      -- contract step (CONTRACT_STEPS below) once the last one has gone.
       --
-      -- Online: adding a nullable column only edits the catalog, under an ACCESS EXCLUSIVE lock held for
-      -- that instant; give up after 1 s behind a long transaction instead of queueing every query on the
-      -- table behind it (the start-up retries the migration with backoff).
+      -- Online: adding a nullable column and dropping a constraint only edit the catalog, under an ACCESS
+      -- EXCLUSIVE lock held for that instant; give up after 1 s behind a long transaction instead of
+      -- queueing every query on the table behind it (the start-up retries the migration with backoff).
       set local lock_timeout = '1s';
       alter table sale add column if not exists change_ids bigint[];
+      do $$
+      begin
+        if not exists (
+          select 1 from pg_stat_activity
+           where datname = current_database() and pid <> pg_backend_pid()
+             and application_name like 'marketplace-sync%'
+             and coalesce(substring(application_name from '[[]ledger ([0-9]+)[]]')::int, 0) < 16) then
+          alter table stock_change drop constraint if exists stock_change_event_id_channel_sku_key;
+        end if;
+      end
+      $$;
       reset lock_timeout;
     `,
   },
