@@ -18,7 +18,7 @@ import { ledgerBacklog } from "./ledger/backlog.ts";
 import { DeadLetterOutbox } from "./ledger/dead_letter_outbox.ts";
 import type { Custody } from "./ledger/custody.ts";
 import type { SaleConsumer } from "./broker/sale_consumer.ts";
-import { migrate } from "./ledger/migrate.ts";
+import { contractLedger, migrate } from "./ledger/migrate.ts";
 import { LedgerUpkeep } from "./ledger/upkeep.ts";
 import type { OrderLedger } from "./ledger/orders.ts";
 import { PosOutboxStore } from "./ledger/pos_outbox.ts";
@@ -168,6 +168,8 @@ export function startService(config: Config, options: ServiceOptions = {}): Runn
     // 2. The ledger: nothing is consumed that could not be stored.
     const migrated = await lifecycle.retrying("ledger migration", async () => {
       const applied = await migrate(sql, config.LEDGER_SCHEMA);
+      // What older replicas still used, once they are gone: in the background, never failing.
+      void contractLedger(sql, config.LEDGER_SCHEMA);
       ledgerReady = true;
       log.info("ledger ready in schema {schema} ({count} migrations applied now)", {
         schema: config.LEDGER_SCHEMA,

@@ -43,14 +43,14 @@ export async function migrate(
       });
     }
   }
-  await contractLedger(sql, schema, migrations);
   return applied;
 }
 
 /**
  * Takes the {@link CONTRACT_STEPS} whose migration is applied, once no replica of an older version is
- * connected; called at every start and by the upkeep's rounds, so the last replica of a rolling deploy to
- * go lets the next call take them. Never fails: a step not taken now is taken later.
+ * connected; called after every start's migration (in the background: a start does not wait for it) and by
+ * the upkeep's rounds, so the last replica of a rolling deploy to go lets the next call take them. Never
+ * fails: a step not taken now is taken later.
  * Returns the names of the steps taken.
  */
 export async function contractLedger(
@@ -140,8 +140,12 @@ async function applyMigrations(
     const applied: number[] = [];
     for (const migration of migrations) {
       if (done.has(migration.version)) continue;
-      await tx.unsafe(migration.sql);
-      await tx`insert into schema_migration (version, name) values (${migration.version}, ${migration.name})`;
+      // Sent together (one round trip: a start through a slow link pays each one); Postgres runs them in
+      // order, and an error in the first aborts the transaction before the second counts.
+      await Promise.all([
+        tx.unsafe(migration.sql),
+        tx`insert into schema_migration (version, name) values (${migration.version}, ${migration.name})`,
+      ]);
       applied.push(migration.version);
       log.info("applied ledger migration {version} ({name})", {
         version: migration.version,
