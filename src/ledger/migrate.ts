@@ -78,7 +78,7 @@ export async function contractLedger(
  * Whether `step` is still to take, and the connections of this service of a ledger version older than its
  * migration: `marketplace-sync…` application names without a `[ledger N]` mark of N ≥ `step.after` (the
  * previous versions had none). Ledgers may share a database, so an older replica of another schema counts too:
- * it only delays the step. One round trip: every start asks, and a start through a slow link pays each one.
+ * it only delays the step. One round trip: every start and every upkeep round asks.
  */
 async function contractState(
   sql: Sql,
